@@ -1,0 +1,373 @@
+//! Configuration: `whale.toml` (`--config` or `WHALE_CONFIG`) overridden by the `WHALE_*`
+//! environment variables of design.md. Every field has a default, so whale runs on a laptop with
+//! no file at all. Secrets are held in [`Secret`], which never prints its value.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Deserializer};
+
+/// A secret string (API key, password, token). Debug and Display print `***`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The value, for the one place that sends it to a server.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// Durations in config files are human strings: "30s", "10m", "7d".
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(s.trim())
+        .with_context(|| format!("{s:?} is not a duration (use e.g. 30s, 10m, 2h, 7d)"))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub events: EventsConfig,
+    pub http: HttpConfig,
+    pub redis: RedisConfig,
+    pub index: IndexConfig,
+    /// StackStorm clusters by name; `default` comes from WHALE_ST2_URL / WHALE_ST2_API_KEY.
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    /// Notification channels by name (used by rules' `notify` and approvals).
+    pub channels: BTreeMap<String, toml::Value>,
+    pub dispatch: toml::Table,
+}
+
+/// How to reach NATS. Several URLs for a cluster; one of the auth methods.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URLs (`nats://host:4222`, `tls://...`); the client fails over between them.
+    pub urls: Vec<String>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    /// A `.creds` file (JWT + NKey).
+    pub creds_file: Option<PathBuf>,
+    /// CA bundle for TLS; setting it (or `tls_required`) turns TLS on.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_required: bool,
+    /// Stream replicas (1 for one server, 3 for a cluster).
+    pub replicas: usize,
+    /// Retention of internal pipeline records.
+    #[serde(deserialize_with = "de_duration")]
+    pub pipe_retention: Duration,
+    /// How long JetStream remembers message ids for deduplication.
+    #[serde(deserialize_with = "de_duration")]
+    pub duplicate_window: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            urls: vec!["nats://127.0.0.1:4222".into()],
+            user: None,
+            password: None,
+            token: None,
+            creds_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_required: false,
+            replicas: 1,
+            pipe_retention: Duration::from_secs(24 * 3600),
+            duplicate_window: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// Accepted-event handling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// History of accepted events kept for replay.
+    #[serde(deserialize_with = "de_duration")]
+    pub retention: Duration,
+    pub max_bytes: usize,
+    pub max_depth: usize,
+    /// Accept event types that have no schema (default: reject them).
+    pub allow_unknown_types: bool,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 1024 * 1024,
+            max_depth: 64,
+            allow_unknown_types: false,
+        }
+    }
+}
+
+impl EventsConfig {
+    pub fn limits(&self) -> crate::envelope::Limits {
+        crate::envelope::Limits {
+            max_bytes: self.max_bytes,
+            max_depth: self.max_depth,
+        }
+    }
+}
+
+/// The HTTP server (ingest, metrics, health, approvals).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub addr: String,
+    /// Bearer token required on `/v1/*` when set.
+    pub token: Option<Secret>,
+    /// Largest request body (a batch of events).
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: "127.0.0.1:8080".into(),
+            token: None,
+            max_body_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: Secret,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: Secret::new("redis://127.0.0.1:6379"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// OpenSearch URL; unset → the embedded index in `dir`.
+    pub opensearch_url: Option<String>,
+    pub dir: PathBuf,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            opensearch_url: None,
+            dir: PathBuf::from(".whale/index"),
+        }
+    }
+}
+
+/// One StackStorm cluster.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Base URL, e.g. `https://st2.example.com` (whale appends /api/v1, /auth/v1, /stream/v1).
+    pub url: String,
+    /// Name of the environment variable holding the API key (keys never live in the file).
+    pub api_key_env: Option<String>,
+    #[serde(skip)]
+    pub api_key: Option<Secret>,
+    /// Most executions whale keeps in flight on this cluster.
+    pub max_concurrent: Option<usize>,
+    /// Cluster that takes this one's tasks while it is drained or failing.
+    pub failover: Option<String>,
+}
+
+impl Config {
+    /// Reads the file (if any) and applies the environment. `path` None → `WHALE_CONFIG`, then
+    /// `./whale.toml` if it exists, else defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        Self::load_with_env(path, &|k| std::env::var(k).ok())
+    }
+
+    /// As [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| env("WHALE_CONFIG").map(PathBuf::from))
+            .or_else(|| Some(PathBuf::from("whale.toml")).filter(|p| p.exists()));
+        let mut cfg = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config file {}", p.display()))?;
+                toml::from_str::<Config>(&text)
+                    .with_context(|| format!("config file {} is invalid", p.display()))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(env)?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        let var = |k: &str| env(k).filter(|v| !v.is_empty());
+        if let Some(v) = var("WHALE_NATS_URL") {
+            self.nats.urls = v.split(',').map(|s| s.trim().to_owned()).collect();
+        }
+        if let Some(v) = var("WHALE_NATS_USER") {
+            self.nats.user = Some(v);
+        }
+        if let Some(v) = var("WHALE_NATS_PASSWORD") {
+            self.nats.password = Some(Secret::new(v));
+        }
+        if let Some(v) = var("WHALE_NATS_TOKEN") {
+            self.nats.token = Some(Secret::new(v));
+        }
+        if let Some(v) = var("WHALE_NATS_CREDS") {
+            self.nats.creds_file = Some(v.into());
+        }
+        if let Some(v) = var("WHALE_REDIS_URL") {
+            self.redis.url = Secret::new(v);
+        }
+        if let Some(v) = var("WHALE_OPENSEARCH_URL") {
+            self.index.opensearch_url = Some(v);
+        }
+        if let Some(v) = var("WHALE_INDEX_DIR") {
+            self.index.dir = v.into();
+        }
+        if let Some(v) = var("WHALE_HTTP_ADDR") {
+            self.http.addr = v;
+        }
+        if let Some(v) = var("WHALE_HTTP_TOKEN") {
+            self.http.token = Some(Secret::new(v));
+        }
+        if let Some(v) = var("WHALE_RETENTION") {
+            self.events.retention = parse_duration(&v).context("WHALE_RETENTION")?;
+        }
+        if let Some(v) = var("WHALE_MAX_EVENT_BYTES") {
+            self.events.max_bytes = v.parse().context("WHALE_MAX_EVENT_BYTES must be a number of bytes")?;
+        }
+        if let Some(v) = var("WHALE_ALLOW_UNKNOWN_TYPES") {
+            self.events.allow_unknown_types = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = var("WHALE_ST2_URL") {
+            self.clusters.entry("default".into()).or_default().url = v;
+        }
+        if let Some(v) = var("WHALE_ST2_API_KEY") {
+            self.clusters.entry("default".into()).or_default().api_key = Some(Secret::new(v));
+        }
+        for (name, c) in &mut self.clusters {
+            if let Some(var_name) = &c.api_key_env {
+                match var(var_name) {
+                    Some(k) => c.api_key = Some(Secret::new(k)),
+                    None if c.api_key.is_none() => bail!(
+                        "cluster {name:?} takes its API key from ${var_name}, which is not set"
+                    ),
+                    None => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.nats.urls.is_empty() {
+            bail!("nats.urls is empty: set WHALE_NATS_URL or nats.urls in whale.toml");
+        }
+        if self.nats.replicas == 0 {
+            bail!("nats.replicas must be at least 1");
+        }
+        for (name, c) in &self.clusters {
+            if c.url.is_empty() {
+                bail!("cluster {name:?} has no url");
+            }
+            if let Some(f) = &c.failover {
+                if !self.clusters.contains_key(f) {
+                    bail!("cluster {name:?} fails over to {f:?}, which is not configured");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_and_secrets_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("whale.toml");
+        std::fs::write(
+            &p,
+            "[nats]\nurls = [\"nats://a:4222\"]\n[events]\nretention = \"2d\"\n[clusters.east]\nurl = \"http://east\"\napi_key_env = \"EAST_KEY\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| match k {
+            "WHALE_NATS_URL" => Some("nats://x:1,nats://y:2".to_string()),
+            "WHALE_ST2_URL" => Some("http://st2".to_string()),
+            "WHALE_ST2_API_KEY" => Some("sekrit-key".to_string()),
+            "EAST_KEY" => Some("east-sekrit".to_string()),
+            _ => None,
+        };
+        let cfg = Config::load_with_env(Some(&p), &env).unwrap();
+        assert_eq!(cfg.nats.urls, vec!["nats://x:1", "nats://y:2"]);
+        assert_eq!(cfg.events.retention, Duration::from_secs(2 * 86400));
+        assert_eq!(cfg.clusters["default"].url, "http://st2");
+        assert_eq!(cfg.clusters["east"].api_key.as_ref().unwrap().expose(), "east-sekrit");
+        let dump = format!("{cfg:?}");
+        assert!(!dump.contains("sekrit"), "secret leaked in Debug: {dump}");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_durations_are_refused_with_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("whale.toml");
+        std::fs::write(&p, "[nats]\nurl = \"x\"\n").unwrap();
+        let err = format!("{:#}", Config::load_with_env(Some(&p), &|_| None).unwrap_err());
+        assert!(err.contains("whale.toml") && err.contains("unknown field"), "{err}");
+        std::fs::write(&p, "[events]\nretention = \"forever\"\n").unwrap();
+        let err = format!("{:#}", Config::load_with_env(Some(&p), &|_| None).unwrap_err());
+        assert!(err.contains("not a duration"), "{err}");
+    }
+}

@@ -1,0 +1,39 @@
+//! whale's kernel: the only crate that talks to NATS. It owns the event envelope, every subject,
+//! stream, consumer and bucket name ([`subjects`]), `whale setup`, the one JetStream worker loop
+//! every stage runs ([`worker`]), windowed publishing, configuration, logs, metrics, health and
+//! the HTTP server. Stages depend on this crate and never on each other.
+
+pub mod config;
+pub mod envelope;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod nats;
+pub mod publish;
+pub mod setup;
+pub mod status;
+pub mod subjects;
+pub mod telemetry;
+pub mod worker;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use config::{Config, Secret};
+pub use envelope::{Envelope, Reason};
+pub use health::Health;
+pub use nats::Nats;
+pub use publish::{Output, PublishStats, Window};
+pub use worker::{Delivery, Outcome, Stage};
+
+/// The JSON type name of a value, for error messages.
+pub fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,145 @@
+//! Publishing to JetStream through a bounded window of pending acks: every record goes out with a
+//! deterministic `Nats-Msg-Id` (so a redelivered input cannot create a second record), and acks
+//! are awaited together rather than one round trip at a time.
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::future::BoxFuture;
+
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::HeaderMap;
+
+/// A record to publish.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub subject: String,
+    /// Deterministic id; JetStream drops a second message with the same id (duplicate window).
+    pub msg_id: String,
+    pub payload: Bytes,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Output {
+    pub fn new(subject: String, msg_id: String, payload: impl Into<Bytes>) -> Self {
+        Output {
+            subject,
+            msg_id,
+            payload: payload.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A JSON record.
+    pub fn json<T: serde::Serialize>(subject: String, msg_id: String, value: &T) -> Self {
+        let payload = serde_json::to_vec(value).expect("records serialize");
+        Self::new(subject, msg_id, payload)
+    }
+
+    /// Adds a header (event id, rule, task id: see `subjects::HDR_*`).
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub(crate) fn into_publish(self) -> (String, jetstream::message::PublishMessage) {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", self.msg_id.as_str());
+        for (k, v) in &self.headers {
+            headers.insert(*k, v.as_str());
+        }
+        (
+            self.subject,
+            jetstream::message::PublishMessage::build()
+                .payload(self.payload)
+                .headers(headers),
+        )
+    }
+}
+
+/// Counts of a publishing run.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PublishStats {
+    pub published: u64,
+    pub duplicates: u64,
+    pub failed: u64,
+}
+
+type Pending<T> = BoxFuture<'static, (T, Result<jetstream::publish::PublishAck, String>)>;
+
+/// A window of pending publish acks. `T` tags each publish (e.g. the input message index) so the
+/// caller learns which ones failed.
+pub struct Window<T> {
+    js: jetstream::Context,
+    limit: usize,
+    pending: FuturesUnordered<Pending<T>>,
+    pub stats: PublishStats,
+}
+
+impl<T: Send + 'static> Window<T> {
+    pub fn new(js: jetstream::Context, limit: usize) -> Self {
+        Window {
+            js,
+            limit: limit.max(1),
+            pending: FuturesUnordered::new(),
+            stats: PublishStats::default(),
+        }
+    }
+
+    /// Sends one record; waits only when the window is full. Returns the results that completed
+    /// while making room.
+    pub async fn send(&mut self, tag: T, out: Output) -> Vec<(T, Result<bool, String>)> {
+        let mut done = Vec::new();
+        while self.pending.len() >= self.limit {
+            if let Some(r) = self.next().await {
+                done.push(r);
+            }
+        }
+        let (subject, publish) = out.into_publish();
+        match self.js.send_publish(subject, publish).await {
+            Ok(ack) => self.pending.push(wrap(tag, ack)),
+            Err(e) => {
+                self.stats.failed += 1;
+                done.push((tag, Err(e.to_string())));
+            }
+        }
+        done
+    }
+
+    /// Waits for every pending ack.
+    pub async fn drain(&mut self) -> Vec<(T, Result<bool, String>)> {
+        let mut done = Vec::new();
+        while let Some(r) = self.next().await {
+            done.push(r);
+        }
+        done
+    }
+
+    /// Number of publishes awaiting their ack.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// `Ok(true)` = stored, `Ok(false)` = duplicate (already stored earlier), `Err` = failed.
+    async fn next(&mut self) -> Option<(T, Result<bool, String>)> {
+        let (tag, r) = self.pending.next().await?;
+        let r = match r {
+            Ok(ack) if ack.duplicate => {
+                self.stats.duplicates += 1;
+                Ok(false)
+            }
+            Ok(_) => {
+                self.stats.published += 1;
+                Ok(true)
+            }
+            Err(e) => {
+                self.stats.failed += 1;
+                Err(e)
+            }
+        };
+        Some((tag, r))
+    }
+}
+
+fn wrap<T: Send + 'static>(tag: T, ack: PublishAckFuture) -> Pending<T> {
+    Box::pin(async move { (tag, ack.await.map_err(|e| e.to_string())) })
+}

