@@ -1,1 +1,7 @@
-fn main(){}
+//! whale's integration suite: one test binary (links once) with a module per area. Every test
+//! talks to real servers started by `harness` on free ports (nats-server, redis-server, the
+//! StackStorm emulator) and runs the real `whale` binary as child processes.
+
+mod harness;
+mod setup;
+mod validate;

@@ -360,7 +360,8 @@ fn from_cloudevent(mut ce: Map<String, Value>) -> Result<Map<String, Value>, Vec
                 out.insert("event_type".into(), v);
             }
             "data" => {
-                // Non-JSON content types carry text: keep it as a string, not as encoded JSON.
+                // Non-JSON content types carry text. `normalize` decodes a string detail as
+                // JSON, so pass text through as its JSON encoding: it decodes back to the text.
                 let is_json = content_type
                     .as_ref()
                     .and_then(Value::as_str)
@@ -408,6 +409,9 @@ pub fn cloudevent_from_binary<'h>(
         if let Some(attr) = name.to_ascii_lowercase().strip_prefix("ce-") {
             ce.insert(attr.to_owned(), Value::String(value.to_owned()));
         }
+    }
+    if let Some(ct) = content_type {
+        ce.insert("datacontenttype".into(), Value::String(ct.to_owned()));
     }
     let data = match content_type {
         Some(ct) if !ct.contains("json") => {

@@ -9,6 +9,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod nats;
+pub mod records;
 pub mod publish;
 pub mod setup;
 pub mod status;
@@ -36,4 +37,16 @@ pub fn json_type(v: &serde_json::Value) -> &'static str {
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
     }
+}
+
+/// Hex SHA-256 of the parts (separated so that ("ab","c") and ("a","bc") differ). Stable across
+/// builds and machines, unlike `std`'s hasher: use it for every id derived from content.
+pub fn digest(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(h.finalize())
 }

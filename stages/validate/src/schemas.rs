@@ -125,10 +125,7 @@ pub async fn apply_dir(nats: &Nats, dir: &Path) -> anyhow::Result<Vec<Applied>> 
 
 fn digest(v: &Value) -> String {
     // serde_json's map is ordered by key, so this is canonical enough for change detection.
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    v.to_string().hash(&mut h);
-    format!("{:016x}", h.finish())
+    whale_kernel::digest(&[&v.to_string()])[..16].to_owned()
 }
 
 /// The live view of the registry.

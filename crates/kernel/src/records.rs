@@ -1,0 +1,123 @@
+//! The records stages hand each other on `whale.pipe.*`. They live in the kernel (not in a stage)
+//! so that stages depend only on the kernel, never on each other, and the index can read them
+//! all. Every record carries the event id, and the rule and task id where they exist.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// match → render: an event matched a rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Matched {
+    pub event_id: String,
+    pub rule: String,
+    /// Version (content hash) of the rule set that matched.
+    pub rule_version: String,
+    /// The accepted event, so render needs no lookup.
+    pub event: crate::Envelope,
+    /// Set when the event was re-injected by `whale replay` (the replay run id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<String>,
+}
+
+/// How a task is rate limited (rendered from the rule's `throttle`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Throttle {
+    /// Rendered key; the bucket is per (rule, key).
+    pub key: String,
+    /// Tasks allowed per period.
+    pub limit: u64,
+    /// Period in milliseconds.
+    pub per_ms: u64,
+    /// Extra tasks allowed at once above the steady rate.
+    #[serde(default)]
+    pub burst: u64,
+    #[serde(default)]
+    pub mode: ThrottleMode,
+    /// Admit tasks when Redis is unreachable (default: wait).
+    #[serde(default)]
+    pub fail_open: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ThrottleMode {
+    /// Token bucket: `limit` per `per` (+ burst).
+    #[default]
+    Rate,
+    /// Debounce: the first task per key in a window fires, the rest are suppressed.
+    OnceWithin,
+}
+
+/// Approval gate settings (rendered from the rule's `approval`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Approval {
+    pub timeout_ms: u64,
+    pub channel: Option<String>,
+}
+
+/// render → throttle → dispatch: one StackStorm execution to create.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Task {
+    /// Deterministic: the same (event, rule) always yields the same task id, so a redelivery
+    /// anywhere upstream can never create a second execution.
+    pub task_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub rule: String,
+    pub rule_version: String,
+    /// StackStorm action ref `pack.name`.
+    pub action: String,
+    pub parameters: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<Throttle>,
+    /// Target StackStorm cluster name.
+    pub cluster: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
+    /// Publish `whale.in.whale.execution_finished` when the execution ends.
+    #[serde(default)]
+    pub result_event: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<String>,
+    /// When the task was rendered (RFC 3339).
+    pub created: String,
+}
+
+/// The deterministic task id of (event, rule).
+pub fn task_id(event_id: &str, rule: &str) -> String {
+    format!("t-{}", &crate::digest(&[event_id, rule])[..32])
+}
+
+/// render failure: the rule matched but its templates could not be rendered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenderFailed {
+    pub event_id: String,
+    pub rule: String,
+    pub rule_version: String,
+    /// Which field failed: `params.host`, `throttle.key`, `route`, ...
+    pub field: String,
+    pub reason: String,
+}
+
+/// throttle: a task over its limit (recorded, not lost).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Throttled {
+    pub task: Task,
+    /// Milliseconds until the next token frees up.
+    pub retry_after_ms: u64,
+    pub reason: String,
+}
+
+/// dispatch: a task that will not be executed, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub task: Task,
+    pub cluster: String,
+    pub reason: String,
+    /// StackStorm's `faultstring` when it refused the execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faultstring: Option<String>,
+    pub attempts: u64,
+}

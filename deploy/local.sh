@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The local quick start: installs what is missing, starts nats-server, redis-server and the
+# StackStorm emulator on local ports (state under .whale/local, ignored by git), creates the
+# streams, loads the example schemas and rules, runs every whale stage in one process and sends
+# the example events through it — then shows what happened.
+#
+#   deploy/local.sh up      start everything and send the examples (idempotent)
+#   deploy/local.sh down    stop everything started by `up`
+#   deploy/local.sh status  show what runs
+#
+# Ports (override by environment): NATS 4222, Redis 6379, whale HTTP 8080, StackStorm emulator 9101.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STATE="$ROOT/.whale/local"
+NATS_PORT=${WHALE_LOCAL_NATS_PORT:-4222}
+REDIS_PORT=${WHALE_LOCAL_REDIS_PORT:-6379}
+HTTP_PORT=${WHALE_LOCAL_HTTP_PORT:-8080}
+ST2_PORT=${WHALE_LOCAL_ST2_PORT:-9101}
+WHALE="$ROOT/target/debug/whale"
+EMULATOR="$ROOT/target/debug/st2-emulator"
+
+log() { printf '\033[1mwhale-local:\033[0m %s\n' "$*" >&2; }
+
+running() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 1 100); do port_open "$1" && return 0; sleep 0.1; done
+  log "$2 did not start on port $1; see $STATE/$2.log"; exit 1
+}
+
+start() { # name port command...
+  local name=$1 port=$2; shift 2
+  if running "$name"; then log "$name already running"; return; fi
+  if port_open "$port"; then log "port $port is taken by another process: set WHALE_LOCAL_${name^^}_PORT"; exit 1; fi
+  nohup "$@" >"$STATE/$name.log" 2>&1 &
+  echo $! >"$STATE/$name.pid"
+  wait_port "$port" "$name"
+  log "$name on 127.0.0.1:$port (log: .whale/local/$name.log)"
+}
+
+env_file() {
+  cat >"$STATE/env" <<ENV
+export WHALE_NATS_URL=nats://127.0.0.1:$NATS_PORT
+export WHALE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export WHALE_HTTP_ADDR=127.0.0.1:$HTTP_PORT
+export WHALE_ST2_URL=http://127.0.0.1:$ST2_PORT
+export WHALE_ST2_API_KEY=local-dev-key
+export WHALE_INDEX_DIR=$STATE/index
+ENV
+}
+
+up() {
+  mkdir -p "$STATE"
+  "$ROOT/deploy/install.sh"
+  log "building whale (first time takes a few minutes)"
+  (cd "$ROOT" && cargo build --quiet --bins)
+  env_file
+  # shellcheck disable=SC1091
+  source "$STATE/env"
+  cat >"$STATE/nats.conf" <<CONF
+listen: 127.0.0.1:$NATS_PORT
+max_payload: 8MB
+jetstream { store_dir: "$STATE/nats" }
+CONF
+  start nats "$NATS_PORT" nats-server -c "$STATE/nats.conf"
+  start redis "$REDIS_PORT" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STATE" --save "" --appendonly no
+  if [ -x "$EMULATOR" ]; then
+    start st2 "$ST2_PORT" "$EMULATOR" --listen "127.0.0.1:$ST2_PORT" --any-action
+  fi
+  (cd "$ROOT" && "$WHALE" setup >/dev/null && "$WHALE" schemas apply schemas)
+  if [ -d "$ROOT/pipelines" ] && "$WHALE" rules --help >/dev/null 2>&1; then
+    (cd "$ROOT" && "$WHALE" rules apply pipelines)
+  fi
+  start whale "$HTTP_PORT" "$WHALE" run --stages all
+  log "sending the example events (schemas/examples/*.ndjson)"
+  for f in "$ROOT"/schemas/examples/*.ndjson; do
+    "$WHALE" publish --file "$f" >/dev/null 2>"$STATE/publish.log" || true
+  done
+  curl -s -XPOST "http://127.0.0.1:$HTTP_PORT/v1/events" -H 'content-type: application/json' \
+    -d '{"event_type":"generic","source":"quickstart/http","detail":{"message":"hello from HTTP"}}' >/dev/null
+  sleep 2
+  (cd "$ROOT" && "$WHALE" status)
+  if [ -x "$ROOT/.whale/tools/bin/st2" ] && running st2; then
+    log "executions on the StackStorm emulator (official st2 CLI):"
+    ST2_API_URL="http://127.0.0.1:$ST2_PORT/api/v1" ST2_AUTH_URL="http://127.0.0.1:$ST2_PORT/auth/v1" \
+      ST2_STREAM_URL="http://127.0.0.1:$ST2_PORT/stream/v1" ST2_API_KEY=local-dev-key ST2_CLI_SKIP_CONFIG=1 \
+      "$ROOT/.whale/tools/bin/st2" execution list -n 20 || true
+  fi
+  cat >&2 <<DONE
+
+whale is running. Try:
+  source .whale/local/env
+  target/debug/whale publish --type vm.disk_usage --data '{"host":"web-12","usage_pct":97,"env":"prod","mounts":[{"path":"/data"}]}'
+  curl -XPOST localhost:$HTTP_PORT/v1/events -d '{"event_type":"generic","detail":{"message":"hi"}}'
+  target/debug/whale status
+  curl -s localhost:$HTTP_PORT/metrics | grep whale_stage
+Stop with: deploy/local.sh down
+DONE
+}
+
+down() {
+  for name in whale st2 redis nats; do
+    if running "$name"; then
+      kill "$(cat "$STATE/$name.pid")" 2>/dev/null || true
+      for _ in $(seq 1 50); do running "$name" || break; sleep 0.1; done
+      log "stopped $name"
+    fi
+    rm -f "$STATE/$name.pid"
+  done
+}
+
+status() {
+  for name in nats redis st2 whale; do
+    if running "$name"; then echo "$name: running (pid $(cat "$STATE/$name.pid"))"; else echo "$name: stopped"; fi
+  done
+}
+
+case "${1:-up}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: deploy/local.sh up|down|status" >&2; exit 2 ;;
+esac

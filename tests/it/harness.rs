@@ -1,0 +1,205 @@
+//! Starting real servers and `whale` processes for tests, and reading what they produced.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+pub use whale_kernel::testkit::{free_port, NatsServer};
+use whale_kernel::{config::NatsConfig, Nats};
+
+/// Path of the repository (schemas/, pipelines/ live there).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A test environment: one nats-server plus the env vars that point whale at it.
+pub struct Env {
+    pub nats: NatsServer,
+    pub http_port: u16,
+    pub extra: Vec<(String, String)>,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env { nats: NatsServer::start(), http_port: free_port(), extra: Vec::new() }
+    }
+
+    pub fn set(&mut self, k: &str, v: &str) {
+        self.extra.push((k.into(), v.into()));
+    }
+
+    /// A `whale` command with this environment.
+    pub fn whale(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_whale"));
+        c.args(args)
+            .env_remove("WHALE_CONFIG")
+            .env("WHALE_NATS_URL", self.nats.url())
+            .env("WHALE_HTTP_ADDR", format!("127.0.0.1:{}", self.http_port))
+            .env("WHALE_LOG", "info,async_nats=warn")
+            .current_dir(repo());
+        for (k, v) in &self.extra {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs a whale command to completion; panics with its output if it fails.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = self.whale(args).output().expect("run whale");
+        assert!(
+            out.status.success(),
+            "whale {args:?} failed: {}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `whale setup` + `whale schemas apply schemas`.
+    pub fn prepare(&self) {
+        self.ok(&["setup"]);
+        self.ok(&["schemas", "apply", "schemas"]);
+    }
+
+    /// Starts `whale run --stages ...` in the background; waits for /readyz.
+    pub fn run(&self, stages: &str) -> Worker {
+        let child = self
+            .whale(&["run", "--stages", stages])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn whale run");
+        let w = Worker { child: Some(child) };
+        wait_ready(self.http_port);
+        w
+    }
+
+    pub async fn connect(&self) -> Nats {
+        let cfg = NatsConfig { urls: vec![self.nats.url()], ..Default::default() };
+        Nats::connect(&cfg, "whale-test").await.expect("connect to test nats")
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+}
+
+fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = plain::get_status(&format!("http://127.0.0.1:{port}/readyz")) {
+            if r == 200 {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("whale run did not become ready on port {port}");
+}
+
+/// Minimal blocking GET without pulling in reqwest's blocking feature.
+mod plain {
+    pub fn get_status(url: &str) -> std::io::Result<u16> {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_once('/').unwrap();
+        let mut s = std::net::TcpStream::connect(host)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        Ok(buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
+    }
+}
+
+/// A running `whale run` process; killed (SIGKILL) on drop.
+pub struct Worker {
+    child: Option<Child>,
+}
+
+impl Worker {
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status success.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return false };
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        c.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Every message on `filter` in `stream`, as JSON (reads from the start, acks nothing).
+pub async fn read_all(nats: &Nats, stream: &str, filter: &str) -> Vec<serde_json::Value> {
+    let st = nats.js.get_stream(stream).await.expect("stream");
+    let c: jetstream::consumer::PullConsumer = st
+        .create_consumer(consumer::pull::Config {
+            filter_subject: filter.into(),
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut pending = c.cached_info().num_pending;
+    let mut out = Vec::new();
+    while pending > 0 {
+        let mut batch = c.fetch().max_messages(1000).expires(Duration::from_secs(2)).messages().await.unwrap();
+        let mut got = 0;
+        while let Some(m) = batch.next().await {
+            let m = m.unwrap();
+            out.push(serde_json::from_slice(&m.payload).expect("JSON record"));
+            got += 1;
+        }
+        if got == 0 {
+            break;
+        }
+        pending -= got.min(pending);
+    }
+    out
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Number of messages in a stream matching `filter`.
+pub async fn count(nats: &Nats, stream: &str, filter: &str) -> u64 {
+    let st = nats.js.get_stream(stream).await.expect("stream");
+    let info = st.info_with_subjects(filter).await;
+    match info {
+        Ok(mut subjects) => {
+            let mut n = 0;
+            while let Some(Ok((_, c))) = subjects.next().await {
+                n += c as u64;
+            }
+            n
+        }
+        Err(_) => 0,
+    }
+}
