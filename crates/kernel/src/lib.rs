@@ -7,6 +7,7 @@ pub mod config;
 pub mod envelope;
 pub mod health;
 pub mod http;
+pub mod kv;
 pub mod metrics;
 pub mod nats;
 pub mod records;

@@ -74,9 +74,11 @@ impl Validate {
             time: d.published,
             source: "nats",
         };
-        let ev = envelope::normalize(value.clone(), &defaults).map_err(|reasons| {
-            let id = value.get("id").and_then(Value::as_str).map(str::to_owned);
-            reject(reasons, Some(value.clone()), id, None)
+        let ev = envelope::normalize(value, &defaults).map_err(|reasons| {
+            // Rare path: parse again rather than clone every event up front.
+            let value: Option<Value> = serde_json::from_slice(&d.payload).ok();
+            let id = value.as_ref().and_then(|v| v.get("id")).and_then(Value::as_str).map(str::to_owned);
+            reject(reasons, value, id, None)
         })?;
         match self.registry.get(&ev.event_type) {
             Some(schema) => {

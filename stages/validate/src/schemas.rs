@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, Context as _};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use whale_kernel::setup::Change;
-use whale_kernel::{envelope, subjects, Nats};
+use whale_kernel::{envelope, kv, subjects, Nats};
 
 /// What the KV bucket stores per event type.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,16 +89,10 @@ pub struct Applied {
 /// Stores every schema of `dir` in the bucket; only changed ones get a new version.
 pub async fn apply_dir(nats: &Nats, dir: &Path) -> anyhow::Result<Vec<Applied>> {
     let files = read_dir(dir)?;
-    let kv = nats
-        .js
-        .get_key_value(subjects::KV_SCHEMAS)
-        .await
-        .context("the schema bucket does not exist: run `whale setup` first")?;
     let mut out = Vec::new();
     for f in files {
         let digest = digest(&f.schema);
-        let prev: Option<StoredSchema> = kv
-            .get(&f.event_type)
+        let prev: Option<StoredSchema> = kv::get(nats, subjects::KV_SCHEMAS, &f.event_type)
             .await?
             .and_then(|b| serde_json::from_slice(&b).ok());
         let (version, change) = match &prev {
@@ -114,7 +107,7 @@ pub async fn apply_dir(nats: &Nats, dir: &Path) -> anyhow::Result<Vec<Applied>> 
                 digest,
                 schema: f.schema,
             };
-            kv.put(&f.event_type, serde_json::to_vec(&stored)?.into())
+            kv::put(nats, subjects::KV_SCHEMAS, &f.event_type, serde_json::to_vec(&stored)?)
                 .await
                 .with_context(|| format!("cannot store schema {}", f.event_type))?;
         }
@@ -162,43 +155,9 @@ impl Registry {
     /// Loads every schema, then keeps the view current in a background task. Returns once the
     /// initial load is complete, so no event is judged against a half-loaded registry.
     pub async fn load_and_watch(nats: &Nats) -> anyhow::Result<Registry> {
-        let kv = nats
-            .js
-            .get_key_value(subjects::KV_SCHEMAS)
-            .await
-            .context("the schema bucket does not exist: run `whale setup` first")?;
         let reg = Registry::default();
-        let initial = kv.status().await?.values();
-        let mut watch = kv.watch_with_history(">").await?;
-        let mut seen = 0u64;
-        if initial > 0 {
-            while let Some(entry) = watch.next().await {
-                let entry = entry?;
-                reg.apply_entry(&entry);
-                seen += 1;
-                if entry.delta == 0 || seen >= initial {
-                    break;
-                }
-            }
-        }
         let bg = reg.clone();
-        tokio::spawn(async move {
-            while let Some(entry) = watch.next().await {
-                match entry {
-                    Ok(e) => bg.apply_entry(&e),
-                    Err(e) => tracing::warn!("schema watch: {e}"),
-                }
-            }
-            tracing::error!("schema watch ended; schema changes will not be seen until restart");
-        });
+        whale_kernel::kv::watch_bucket(nats, subjects::KV_SCHEMAS, move |k, v| bg.apply(k, v)).await?;
         Ok(reg)
-    }
-
-    fn apply_entry(&self, e: &async_nats::jetstream::kv::Entry) {
-        use async_nats::jetstream::kv::Operation;
-        match e.operation {
-            Operation::Put => self.apply(&e.key, Some(&e.value)),
-            Operation::Delete | Operation::Purge => self.apply(&e.key, None),
-        }
     }
 }
