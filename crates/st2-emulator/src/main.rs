@@ -1,7 +1,7 @@
 //! `st2-emulator`: a StackStorm stand-in for whale's tests and local quick start, because
 //! StackStorm itself cannot run on these machines. It serves, on one port as StackStorm behind
 //! its nginx does, `/api/v1`, `/auth/v1` and `/stream/v1`, keeps everything in memory, and is
-//! checked against the official `st2` CLI by this crate's tests. See ARCHITECTURE.md here.
+//! checked against the official `st2` CLI by this crate's tests. README.md here lists what it serves.
 
 mod actions;
 mod admin;

@@ -26,18 +26,20 @@ mod auth;
 mod client;
 mod conn;
 mod error;
+mod filter;
 mod model;
 mod secret;
 mod sse;
 mod stream;
 pub mod timefmt;
+mod transport;
 
 pub use client::St2Client;
 pub use conn::{Auth, ClusterConn};
 pub use error::{ErrorKind, Result, St2Error};
+pub use filter::{ListFilter, StreamFilter};
 pub use model::{
-    ActionInfo, Execution, ExecutionRequest, ListFilter, LogEntry, Status, StreamEvent,
-    StreamFilter, Trace, TraceComponent,
+    ActionInfo, Execution, ExecutionRequest, LogEntry, Status, StreamEvent, Trace, TraceComponent,
 };
 pub use secret::Secret;
 pub use sse::SseParser;

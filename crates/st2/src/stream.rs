@@ -5,7 +5,8 @@
 
 use crate::client::St2Client;
 use crate::error::{ErrorKind, Result, St2Error};
-use crate::model::{StreamEvent, StreamFilter};
+use crate::filter::StreamFilter;
+use crate::model::StreamEvent;
 use crate::sse::SseParser;
 use futures::Stream;
 use reqwest::Method;
