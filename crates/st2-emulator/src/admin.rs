@@ -1,7 +1,7 @@
 //! `/_emulator/...`: test controls that StackStorm does not have, no auth needed.
 //!
-//! - `GET /_emulator/stats` → `{executions_created, by_action: {ref: n}, by_status: {..}, requests}`
-//!   (`requests` counts API, auth and stream requests, faulted ones included).
+//! - `GET /_emulator/stats` → `{executions_created, by_action: {ref: n}, by_status: {..}, requests,
+//!   open_streams}` (`requests` counts API, auth and stream requests, faulted ones included).
 //! - `GET|POST|DELETE /_emulator/faults`: see [`crate::faults`].
 //! - `POST /_emulator/actions`: one action (as in the actions file) or a list; adds or replaces.
 //! - `POST /_emulator/executions/{id}/finish` `{"status": "failed", "result": {...}}`: force a
@@ -44,6 +44,7 @@ async fn stats(State(emu): State<Arc<Emu>>) -> Json<Value> {
         "by_action": *lock(&emu.stats.by_action),
         "by_status": by_status,
         "requests": emu.stats.requests.load(Ordering::Relaxed),
+        "open_streams": emu.events.receiver_count(),
     }))
 }
 

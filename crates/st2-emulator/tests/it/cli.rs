@@ -1,7 +1,7 @@
 //! The official `st2` CLI (st2client 3.9.0) against the emulator: if these pass, the emulator
 //! answers what real StackStorm clients expect.
 
-use crate::harness::{eventually, Cli, Emulator};
+use crate::harness::{eventually, strip_ansi, Cli, Emulator};
 use serde_json::Value;
 
 async fn status(cli: &Cli, id: &str) -> String {
@@ -67,7 +67,7 @@ async fn execution_list_and_get() {
     let a = cli.run_async(&["ops.echo", "message=one"]).await;
     let b = cli.run_async(&["ops.broken"]).await;
     for id in [&a, &b] {
-        eventually(10, "terminal", || async {
+        eventually(20, "terminal", || async {
             ["succeeded", "failed"].contains(&status(&cli, id).await.as_str())
         })
         .await;
@@ -128,8 +128,8 @@ async fn execution_list_and_get() {
 async fn execution_cancel() {
     let emu = Emulator::start();
     let cli = Cli::new(&emu);
-    let id = cli.run_async(&["ops.slow"]).await;
-    eventually(5, "running", || async {
+    let id = cli.run_async(&["ops.long"]).await;
+    eventually(20, "running", || async {
         status(&cli, &id).await == "running"
     })
     .await;
@@ -139,7 +139,7 @@ async fn execution_cancel() {
         r.stdout.trim(),
         format!("action execution with id {id} canceled.")
     );
-    eventually(5, "canceled", || async {
+    eventually(20, "canceled", || async {
         status(&cli, &id).await == "canceled"
     })
     .await;
@@ -147,7 +147,7 @@ async fn execution_cancel() {
     assert_eq!(j["result"]["message"], "Action canceled by user.");
 
     let done = cli.run_async(&["ops.echo", "message=x"]).await;
-    eventually(5, "succeeded", || async {
+    eventually(20, "succeeded", || async {
         status(&cli, &done).await == "succeeded"
     })
     .await;
@@ -202,7 +202,7 @@ async fn execution_pause_and_resume_a_workflow() {
     let emu = Emulator::start();
     let cli = Cli::new(&emu);
     let id = cli.run_async(&["ops.flow"]).await;
-    eventually(5, "running", || async {
+    eventually(20, "running", || async {
         status(&cli, &id).await == "running"
     })
     .await;
@@ -210,7 +210,7 @@ async fn execution_pause_and_resume_a_workflow() {
     let r = cli.run(&["execution", "pause", &id]).await;
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("status: pausing"), "{}", r.stdout);
-    eventually(5, "paused", || async {
+    eventually(20, "paused", || async {
         status(&cli, &id).await == "paused"
     })
     .await;
@@ -218,15 +218,15 @@ async fn execution_pause_and_resume_a_workflow() {
     let r = cli.run(&["execution", "resume", &id, "-j"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.json()["status"], "resuming");
-    eventually(15, "succeeded", || async {
+    eventually(30, "succeeded", || async {
         status(&cli, &id).await == "succeeded"
     })
     .await;
     let j = cli.run(&["execution", "get", &id, "-j"]).await.json();
     assert_eq!(j["result"]["output"]["greeting"], "hi");
 
-    let shell = cli.run_async(&["ops.slow"]).await;
-    eventually(5, "running", || async {
+    let shell = cli.run_async(&["ops.long"]).await;
+    eventually(20, "running", || async {
         status(&cli, &shell).await == "running"
     })
     .await;
@@ -244,15 +244,44 @@ async fn execution_pause_and_resume_a_workflow() {
 async fn execution_tail_follows_the_stream() {
     let emu = Emulator::start();
     let cli = Cli::new(&emu);
-    let id = cli.run_async(&["ops.slow"]).await;
-    let r = cli.run(&["execution", "tail", &id]).await;
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("one\ntwo\nthree\n"), "{}", r.stdout);
+    // The stream has no replay, so hold the execution (delayed) until tail is subscribed,
+    // then release it with a plain status update, as StackStorm allows.
+    let api = |m: reqwest::Method, path: &str| {
+        reqwest::Client::new()
+            .request(m, format!("{}/api/v1/executions{path}", emu.base()))
+            .header("St2-Api-Key", crate::harness::KEY)
+    };
+    let held: Value = api(reqwest::Method::POST, "")
+        .json(&serde_json::json!({"action": "ops.slow", "delay": 600_000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(held["status"], "delayed");
+    let id = held["id"].as_str().unwrap().to_owned();
+    let tail = cli.command(&["execution", "tail", &id]).spawn().unwrap();
+    eventually(30, "tail to subscribe", || async {
+        emu.stats().await["open_streams"] == 1
+    })
+    .await;
+    let put = api(reqwest::Method::PUT, &format!("/{id}"))
+        .json(&serde_json::json!({"status": "requested"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let out = tail.wait_with_output().await.unwrap();
+    let stdout = strip_ansi(&String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{stdout}");
     assert!(
-        r.stdout
-            .contains(&format!("Execution {id} has completed (status=succeeded).")),
-        "{}",
-        r.stdout
+        stdout.starts_with(&format!("Execution {id} has started.\n\none\ntwo\nthree\n")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("Execution {id} has completed (status=succeeded).")),
+        "{stdout}"
     );
     // Tailing a finished execution prints its stored output.
     let r = cli.run(&["execution", "tail", &id]).await;

@@ -29,7 +29,7 @@ async fn create_with_retries(st2: &St2Client, task: &str) -> Vec<St2Error> {
 async fn http_500_for_a_while_then_recovery_creates_exactly_once() {
     let emu = Emulator::start();
     let st2 = client(&emu);
-    emu.faults(json!({"http_500": {"for_ms": 800}})).await;
+    emu.faults(json!({"http_500": {"for_ms": 1500}})).await;
     let errors = create_with_retries(&st2, "t1").await;
     assert!(!errors.is_empty());
     for e in &errors {

@@ -5,4 +5,5 @@ mod cli;
 mod client;
 mod faults;
 mod harness;
+mod raw;
 mod stream;
