@@ -2,7 +2,8 @@
 //! `ActionExecutionAPI` (falsy fields dropped, `action` and `runner` as whole documents), its
 //! output chunks, and the result each runner would produce.
 
-use crate::actions::{runner_doc, ActionSpec};
+use crate::actions::ActionSpec;
+use crate::runners::runner_doc;
 use crate::util::{drop_falsy, fmt_ts};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;

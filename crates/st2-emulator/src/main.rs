@@ -14,6 +14,7 @@ mod lifecycle;
 mod operations;
 mod params;
 mod resources;
+mod runners;
 mod state;
 mod stream;
 mod util;

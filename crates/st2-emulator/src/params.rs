@@ -2,7 +2,8 @@
 //! runner's, no unknown names, required ones present (or defaulted), JSON types as declared,
 //! immutable ones not overridden.
 
-use crate::actions::{runner_param_map, ActionSpec, ParamSpec};
+use crate::actions::{ActionSpec, ParamSpec};
+use crate::runners::runner_param_map;
 use crate::util::py_repr;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;

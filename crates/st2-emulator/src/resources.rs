@@ -1,8 +1,8 @@
 //! Read-only resources the CLI and clients look up: `/` (version), actions, runner types, and
 //! traces (how a client finds an execution by trace tag).
 
-use crate::actions::{runner_doc, RUNNERS};
 use crate::executions::{paging, Q};
+use crate::runners::{runner_doc, RUNNERS};
 use crate::state::{lock, Emu};
 use crate::util::{ApiError, ApiResult};
 use axum::extract::{Path, Query, State};

@@ -43,3 +43,23 @@ impl ClusterConn {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_credentials() {
+        let key = ClusterConn::new("http://h", Auth::ApiKey(Secret::new("k-123-secret")));
+        let user = ClusterConn::new(
+            "http://h",
+            Auth::UserPassword {
+                user: "bob".into(),
+                password: Secret::new("p-456-secret"),
+            },
+        );
+        let text = format!("{key:?} {user:?}");
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("bob"), "{text}");
+    }
+}
