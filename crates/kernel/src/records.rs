@@ -121,3 +121,34 @@ pub struct DeadLetter {
     pub faultstring: Option<String>,
     pub attempts: u64,
 }
+
+/// dispatch → feedback: StackStorm accepted the task as an execution.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dispatched {
+    pub task: Task,
+    /// The cluster that really got it (may differ from `task.cluster` after failover).
+    pub cluster: String,
+    pub execution_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_url: Option<String>,
+    /// When the execution was created (RFC 3339).
+    pub created: String,
+}
+
+/// feedback: an execution reached a terminal status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecutionResult {
+    pub task: Task,
+    pub cluster: String,
+    pub execution_id: String,
+    /// succeeded, failed, timeout, canceled or abandoned.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_seconds: Option<f64>,
+    /// A bounded summary of StackStorm's `result` (stdout/stderr/error, cut to a few KiB).
+    #[serde(default)]
+    pub summary: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_url: Option<String>,
+    pub finished: String,
+}
