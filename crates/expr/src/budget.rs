@@ -1,0 +1,254 @@
+//! The evaluation budget ("fuel") and the native filters that charge it.
+//!
+//! jaq has no fuel and no timeout, and a thread cannot be stopped from outside. So the rewriter
+//! (`rewrite.rs`) threads calls to the natives below through every place where work can
+//! multiply: each output of `.[]`, `..`, `,` and generator builtins, each call of a closure
+//! argument, each byte or element that a builtin walks or builds, each root of an update.
+//! The budget lives in a thread-local counter that `Filter::run` sets before a run; once it is
+//! spent every further charge fails, so even a `try` that catches the error only gets to the next
+//! charge, and the run is reported as over budget whatever it caught.
+//!
+//! It also holds the replacements for builtins whose jaq version is unsafe: `fromjson` (jaq's
+//! parser recurses without a depth limit) and `getpath` (an unbounded path builds an unbounded
+//! deep value), and the checked arithmetic (`"x" * 1e10` allocates 10 GB in one step).
+
+use jaq_core::box_iter::box_once;
+use jaq_core::native::{v, Fun};
+use jaq_core::{Error, Exn, Native, ValX, ValXs};
+use jaq_json::{Num, Val};
+use std::cell::Cell;
+
+/// The data type our filters run on.
+pub(crate) type D = jaq_core::data::JustLut<Val>;
+
+thread_local! {
+    static FUEL: Cell<i64> = const { Cell::new(i64::MAX) };
+}
+
+pub(crate) const EXHAUSTED: &str = "evaluation budget exhausted";
+
+/// Give the current thread `fuel` units for the next run.
+pub(crate) fn reset(fuel: u64) {
+    FUEL.set(i64::try_from(fuel).unwrap_or(i64::MAX));
+}
+
+/// True if a charge failed since the last [`reset`].
+pub(crate) fn exhausted() -> bool {
+    FUEL.get() < 0
+}
+
+fn err<'a>(msg: impl ToString) -> Exn<'a, Val> {
+    Exn::from(Error::str(msg))
+}
+
+/// Charge `units`; fails once the budget is spent.
+pub(crate) fn charge<'a>(units: u64) -> Result<(), Exn<'a, Val>> {
+    let left = FUEL
+        .get()
+        .saturating_sub(i64::try_from(units).unwrap_or(i64::MAX));
+    FUEL.set(left);
+    if left < 0 {
+        Err(err(EXHAUSTED))
+    } else {
+        Ok(())
+    }
+}
+
+/// Size of the top level of a value: bytes of a string, elements of an array or object.
+pub(crate) fn shallow(v: &Val) -> u64 {
+    match v {
+        Val::TStr(b) | Val::BStr(b) => b.len() as u64,
+        Val::Arr(a) => a.len() as u64,
+        Val::Obj(o) => o.len() as u64,
+        Val::Num(n) => num_bits(n) / 64,
+        Val::Null | Val::Bool(_) => 0,
+    }
+}
+
+fn num_bits(n: &Num) -> u64 {
+    match n {
+        Num::BigInt(i) => i.bits(),
+        Num::Dec(s) => 4 * s.len() as u64,
+        Num::Int(_) | Num::Float(_) => 64,
+    }
+}
+
+/// Charge the whole tree of `v`, counting shared subtrees every time they occur (that is what a
+/// walk over the value costs). Stops as soon as the budget is spent.
+pub(crate) fn charge_deep<'a>(v: &Val) -> Result<(), Exn<'a, Val>> {
+    let mut left = FUEL.get();
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        left = left.saturating_sub(1 + i64::try_from(shallow(v)).unwrap_or(i64::MAX));
+        if left < 0 {
+            FUEL.set(left);
+            return Err(err(EXHAUSTED));
+        }
+        match v {
+            Val::Arr(a) => stack.extend(a.iter()),
+            Val::Obj(o) => stack.extend(o.iter().flat_map(|(k, v)| [k, v])),
+            _ => {}
+        }
+    }
+    FUEL.set(left);
+    Ok(())
+}
+
+fn once<'a>(r: Result<Val, Exn<'a, Val>>) -> ValXs<'a, Val> {
+    box_once(r)
+}
+
+fn tick<'a>(v: Val) -> ValX<'a, Val> {
+    charge(1 + shallow(&v))?;
+    Ok(v)
+}
+
+fn deep<'a>(v: Val) -> ValX<'a, Val> {
+    charge_deep(&v)?;
+    Ok(v)
+}
+
+fn add<'a>(l: Val, r: Val) -> ValX<'a, Val> {
+    tick((l + r)?)
+}
+
+fn sub<'a>(l: Val, r: Val) -> ValX<'a, Val> {
+    if let (Val::Arr(a), Val::Arr(b)) = (&l, &r) {
+        // array difference compares every pair of elements
+        charge((a.len() as u64).saturating_mul(b.len() as u64))?;
+        charge_deep(&l)?;
+        charge_deep(&r)?;
+    }
+    tick((l - r)?)
+}
+
+fn mul<'a>(l: Val, r: Val) -> ValX<'a, Val> {
+    match (&l, &r) {
+        (Val::TStr(s) | Val::BStr(s), Val::Num(n)) | (Val::Num(n), Val::TStr(s) | Val::BStr(s)) => {
+            let times = match n {
+                Num::Int(i) => u64::try_from(*i).unwrap_or(0),
+                Num::BigInt(_) => u64::MAX,
+                Num::Float(_) | Num::Dec(_) => 0,
+            };
+            // charge the result before it is allocated
+            charge((s.len() as u64).saturating_mul(times))?;
+        }
+        (Val::Num(x), Val::Num(y)) => {
+            let (bx, by) = (num_bits(x), num_bits(y));
+            if bx + by > 1 << 16 {
+                return Err(err(
+                    "number too large: the product would have more than 65536 bits",
+                ));
+            }
+            charge((bx / 64 + 1) * (by / 64 + 1))?;
+        }
+        (Val::Obj(_), Val::Obj(_)) => {
+            charge_deep(&l)?;
+            charge_deep(&r)?;
+        }
+        _ => {}
+    }
+    tick((l * r)?)
+}
+
+fn div<'a>(l: Val, r: Val) -> ValX<'a, Val> {
+    charge(shallow(&l))?;
+    tick((l / r)?)
+}
+
+/// `fromjson` with serde_json's nesting limit (128) instead of jaq's unbounded recursion.
+fn fromjson<'a>(v: Val) -> ValX<'a, Val> {
+    let bytes: &[u8] = match &v {
+        Val::TStr(b) | Val::BStr(b) => b,
+        _ => return Err(Exn::from(Error::typ(v, "string"))),
+    };
+    charge(bytes.len() as u64)?;
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(json) => Ok(crate::value::to_val(&json)),
+        Err(e) => {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned();
+            Err(err(format!("cannot parse {text:?} as JSON: {e}")))
+        }
+    }
+}
+
+macro_rules! binary {
+    ($f:expr) => {
+        Native::new(|mut cv| {
+            let r = cv.0.pop_var();
+            let l = cv.0.pop_var();
+            once($f(l, r))
+        })
+    };
+}
+
+/// The metering natives, and the replacement for `fromjson`.
+pub(crate) fn natives() -> impl Iterator<Item = Fun<D>> {
+    // identity filters that charge, usable in value, path and update position
+    let tick_native = Native::<D>::new(|cv| once(tick(cv.1)))
+        .with_paths(|cv| box_once(charge(1 + shallow(&cv.1 .0)).map(|()| cv.1)))
+        .with_update(|cv, f| match charge(1 + shallow(&cv.1)) {
+            Ok(()) => f(cv.1),
+            Err(e) => box_once(Err(e)),
+        });
+    let deep_native = Native::<D>::new(|cv| once(deep(cv.1)))
+        .with_paths(|cv| box_once(charge_deep(&cv.1 .0).map(|()| cv.1)))
+        .with_update(|cv, f| match charge_deep(&cv.1) {
+            Ok(()) => f(cv.1),
+            Err(e) => box_once(Err(e)),
+        });
+    // free in value and path position; charges the whole root when it is updated
+    let update_native = Native::<D>::new(|cv| once(Ok(cv.1)))
+        .with_paths(|cv| box_once(Ok(cv.1)))
+        .with_update(|cv, f| match charge_deep(&cv.1) {
+            Ok(()) => f(cv.1),
+            Err(e) => box_once(Err(e)),
+        });
+    // charge `weight` units per byte of the input string (a regex search is O(m * n))
+    let regex_native = Native::<D>::new(|mut cv| {
+        let weight = cv.0.pop_var();
+        let w = match weight {
+            Val::Num(Num::Int(w)) => u64::try_from(w).unwrap_or(1),
+            _ => 1,
+        };
+        let cost = (1 + shallow(&cv.1)).saturating_mul(w);
+        once(charge(cost).map(|()| cv.1))
+    });
+    // charge both sides of `contains`, `inside`, `indices`: the product for two arrays
+    let pair_native = Native::<D>::new(|mut cv| {
+        let other = cv.0.pop_var();
+        let r = (|| {
+            if let (Val::Arr(a), Val::Arr(b)) = (&cv.1, &other) {
+                charge((a.len() as u64).saturating_mul(b.len() as u64))?;
+            }
+            charge_deep(&cv.1)?;
+            charge_deep(&other)?;
+            Ok(cv.1)
+        })();
+        once(r)
+    });
+    [
+        ("__whale_tick", v(0), tick_native),
+        ("__whale_deep", v(0), deep_native),
+        ("__whale_upd", v(0), update_native),
+        ("__whale_regex", v(1), regex_native),
+        ("__whale_pair", v(1), pair_native),
+        ("__whale_add", v(2), binary!(add)),
+        ("__whale_sub", v(2), binary!(sub)),
+        ("__whale_mul", v(2), binary!(mul)),
+        ("__whale_div", v(2), binary!(div)),
+        ("fromjson", v(0), Native::new(|cv| once(fromjson(cv.1)))),
+    ]
+    .into_iter()
+}
+
+/// jaq natives that are removed outright (defence in depth: the allow-list already refuses them).
+pub(crate) const REMOVED_NATIVES: &[&str] = &["fromjson", "env", "input", "inputs"];
+
+/// Definitions that replace jaq's, appended to the prelude.
+pub(crate) const DEFS: &str = r#"
+def getpath($path):
+  if ($path | length) > 64 then error("getpath: a path may have at most 64 elements")
+  else reduce $path[] as $p (.; .[$p]) end;
+def setpath($path; $x): getpath($path) = $x;
+"#;

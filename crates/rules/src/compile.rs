@@ -1,0 +1,188 @@
+//! Checking and compiling one parsed rule: names, event types, steps, templates, throttle and
+//! approval settings. Every problem is reported with the line it is on where it can be found.
+
+use crate::eval::Paths;
+use crate::parse::{find_line, Located};
+use crate::render::Approval;
+use crate::rule::{short_json, CompiledRule, Throttle};
+use crate::step::Step;
+use crate::RuleError;
+use serde_json::Value;
+use std::time::Duration;
+use whale_expr::{Compiler, TemplateValue};
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+fn valid_action(s: &str) -> bool {
+    s.split_once('.').is_some_and(|(pack, action)| {
+        !pack.is_empty()
+            && !action.is_empty()
+            && valid_name(pack)
+            && valid_name(action)
+            && !pack.contains('.')
+    })
+}
+
+/// Compile one parsed rule; every problem found is returned.
+pub(crate) fn compile_rule(
+    loc: Located,
+    file: &str,
+    text: &str,
+    c: &mut Compiler,
+    paths: &mut Paths,
+) -> Result<CompiledRule, Vec<RuleError>> {
+    let Located { rule: raw, line } = loc;
+    let mut errors = Vec::new();
+    // step errors are searched for from the `when:` line on
+    let when_line = line.and_then(|l| find_line(text, l, "when:")).or(line);
+    let mut error = |needle: &str, message: String| {
+        let from = if message.starts_with("when[") {
+            when_line
+        } else {
+            line
+        };
+        let at = from.and_then(|l| find_line(text, l, needle)).or(from);
+        errors.push(RuleError {
+            file: file.to_owned(),
+            line: at,
+            rule: Some(raw.name.clone()),
+            message,
+        });
+    };
+    if !valid_name(&raw.name) {
+        error(
+            "name:",
+            "`name` must be 1 to 128 characters of A-Z a-z 0-9 _ . -".into(),
+        );
+    }
+    let on = raw.on.into_vec();
+    if on.is_empty() {
+        error("on:", "`on` needs at least one event type".into());
+    }
+    for t in &on {
+        if t.trim().is_empty() || t.chars().any(char::is_whitespace) {
+            error(
+                "on:",
+                format!("event type {t:?} is empty or contains whitespace"),
+            );
+        } else if let Err(e) = globset::Glob::new(t) {
+            error(
+                t,
+                format!("event type pattern {t:?} is not a valid glob: {e}"),
+            );
+        }
+    }
+    let mut steps = Vec::new();
+    for (i, v) in raw.when.iter().enumerate() {
+        match Step::compile(v, c, paths, &format!("when[{i}]")) {
+            Ok(s) => steps.push(s),
+            Err(e) => error(&e.needle, e.message),
+        }
+    }
+    if !valid_action(&raw.action) {
+        error(
+            "action:",
+            format!(
+                "`action` must be a StackStorm action ref `pack.action`, got {:?}",
+                raw.action
+            ),
+        );
+    }
+    let params = match raw.params {
+        None => TemplateValue::Literal(Value::Object(Default::default())),
+        Some(p @ Value::Object(_)) => c.template_value(&p).unwrap_or_else(|e| {
+            let needle = e
+                .path
+                .rsplit(['.', '['])
+                .next()
+                .unwrap_or("params")
+                .to_owned();
+            error(&needle, format!("params.{}: {}", e.path, e.error));
+            TemplateValue::Literal(Value::Null)
+        }),
+        Some(v) => {
+            error(
+                "params:",
+                format!(
+                    "`params` must be a mapping of parameter names to values, got {}",
+                    short_json(&v)
+                ),
+            );
+            TemplateValue::Literal(Value::Null)
+        }
+    };
+    let mut template =
+        |src: &str, field: &str, error: &mut dyn FnMut(&str, String)| match c.template(src) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                error(src, format!("{field}: {e}"));
+                None
+            }
+        };
+    let throttle = raw.throttle.map(|t| {
+        if t.limit == 0 {
+            error("limit:", "`throttle.limit` must be at least 1".into());
+        }
+        let per = t.per.to_duration().unwrap_or_else(|e| {
+            error("per:", format!("throttle.per: {e}"));
+            Duration::ZERO
+        });
+        if per.is_zero() {
+            error("per:", "`throttle.per` must be longer than zero".into());
+        }
+        let key = t
+            .key
+            .as_deref()
+            .and_then(|k| template(k, "throttle.key", &mut error));
+        Throttle {
+            key,
+            limit: t.limit,
+            per,
+            burst: t.burst,
+            mode: t.mode,
+            fail_open: t.fail_open,
+        }
+    });
+    let route = raw
+        .route
+        .as_deref()
+        .and_then(|r| template(r, "route", &mut error));
+    let approval = raw.approval.map(|a| Approval {
+        required: a.required,
+        timeout: a.timeout.and_then(|t| {
+            t.to_duration()
+                .map_err(|e| error("timeout:", format!("approval.timeout: {e}")))
+                .ok()
+        }),
+        channel: a.channel,
+    });
+    for n in &raw.notify {
+        if n.trim().is_empty() {
+            error("notify:", "`notify` entries must be channel names".into());
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(CompiledRule {
+        name: raw.name,
+        description: raw.description,
+        enabled: raw.enabled,
+        on,
+        steps,
+        action: raw.action,
+        params,
+        throttle,
+        route,
+        approval,
+        notify: raw.notify,
+        result_event: raw.result_event,
+        file: file.to_owned(),
+        line,
+    })
+}

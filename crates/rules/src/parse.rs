@@ -1,0 +1,224 @@
+//! Reading rule files: YAML text to raw rule structs, one file holding one rule, a list of
+//! rules, or several `---` documents. Unknown fields are refused here (serde's
+//! `deny_unknown_fields`), with the line serde_yaml reports; everything that needs more than
+//! the shape of the data is checked later, in `compile.rs`.
+
+use crate::error::RuleError;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::fmt;
+use std::time::Duration;
+
+/// A rule as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub on: OneOrMany,
+    #[serde(default)]
+    pub when: Vec<serde_json::Value>,
+    pub action: String,
+    #[serde(default)]
+    pub params: Option<serde_json::Value>,
+    #[serde(default)]
+    pub throttle: Option<RawThrottle>,
+    #[serde(default)]
+    pub route: Option<String>,
+    #[serde(default)]
+    pub approval: Option<RawApproval>,
+    #[serde(default)]
+    pub notify: Vec<String>,
+    #[serde(default)]
+    pub result_event: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `on: vm.disk_usage` or `on: [vm.disk_usage, vm.*]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "an event type or a list of event types")]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawThrottle {
+    #[serde(default)]
+    pub key: Option<String>,
+    pub limit: u64,
+    pub per: DurationSpec,
+    #[serde(default)]
+    pub burst: u64,
+    #[serde(default)]
+    pub mode: crate::ThrottleMode,
+    #[serde(default)]
+    pub fail_open: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApproval {
+    #[serde(default = "yes")]
+    pub required: bool,
+    #[serde(default)]
+    pub timeout: Option<DurationSpec>,
+    #[serde(default)]
+    pub channel: Option<String>,
+}
+
+/// `10m`, `1h30m`, `45s` (humantime), or a number of seconds.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a duration such as 10s, 10m, 1h, or a number of seconds"
+)]
+pub(crate) enum DurationSpec {
+    Seconds(u64),
+    Text(String),
+}
+
+impl DurationSpec {
+    pub fn to_duration(&self) -> Result<Duration, String> {
+        match self {
+            DurationSpec::Seconds(s) => Ok(Duration::from_secs(*s)),
+            DurationSpec::Text(t) => humantime::parse_duration(t.trim())
+                .map_err(|e| format!("invalid duration {t:?}: {e} (write e.g. 10s, 10m, 1h)")),
+        }
+    }
+}
+
+/// The rules of one YAML document: a mapping is one rule, a sequence is a list of rules.
+struct Doc(Vec<RawRule>);
+
+impl<'de> Deserialize<'de> for Doc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Doc;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a rule (a mapping with name, on, action, ...) or a list of rules")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Doc, A::Error> {
+                RawRule::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|r| Doc(vec![r]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Doc, A::Error> {
+                Vec::<RawRule>::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Doc)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Doc, E> {
+                Ok(Doc(Vec::new()))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Doc, E> {
+                Ok(Doc(Vec::new()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A parsed rule and the 1-based line where its `name` is written.
+pub(crate) struct Located {
+    pub rule: RawRule,
+    pub line: Option<usize>,
+}
+
+/// Parse every document of a file. Stops at the first YAML or shape error (serde cannot
+/// resynchronise inside a document).
+pub(crate) fn parse_file(path: &str, text: &str) -> Result<Vec<Located>, RuleError> {
+    let mut out = Vec::new();
+    let mut used_lines = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let Doc(rules) = Doc::deserialize(doc).map_err(|e| yaml_error(path, text, &e))?;
+        for rule in rules {
+            let line = find_name_line(text, &rule.name, &used_lines);
+            used_lines.extend(line);
+            out.push(Located { rule, line });
+        }
+    }
+    Ok(out)
+}
+
+fn yaml_error(path: &str, text: &str, e: &serde_yaml_ng::Error) -> RuleError {
+    let line = e.location().map(|l| l.line());
+    let mut message = e.to_string();
+    // the line is reported in front; drop serde_yaml's " at line N column M" when it is the same
+    if let Some(l) = line {
+        let marker = format!(" at line {l} column ");
+        if let Some(at) = message.find(&marker) {
+            let end = message[at + marker.len()..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(message.len(), |i| at + marker.len() + i);
+            message.replace_range(at..end, "");
+        }
+    }
+    let hint = if message.contains("unknown field") {
+        " (check the spelling; see the rule format)"
+    } else if message.contains("did not find expected ','") {
+        " (inside { } and [ ], quote values that contain [ ] { } or commas, e.g. paths with indices)"
+    } else {
+        ""
+    };
+    let rule = line.and_then(|l| rule_name_before(text, l));
+    RuleError {
+        file: path.to_owned(),
+        line,
+        rule,
+        message: format!("{message}{hint}"),
+    }
+}
+
+/// The value of the nearest `name:` at or above `line` (for errors before a rule is parsed).
+fn rule_name_before(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().take(line).collect();
+    lines.iter().rev().find_map(|l| {
+        let t = l.trim_start().trim_start_matches("- ").trim_start();
+        let v = t.strip_prefix("name:")?.trim();
+        let v = v.split(" #").next().unwrap_or(v).trim();
+        Some(v.trim_matches(|c| c == '"' || c == '\'').to_owned()).filter(|v| !v.is_empty())
+    })
+}
+
+/// The first line (not in `used`) that holds `name: <name>`.
+fn find_name_line(text: &str, name: &str, used: &[usize]) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .find_map(|(n, l)| {
+            let at = l.find("name:")?;
+            let rest = l[at + 5..].trim_start().trim_start_matches(['"', '\'']);
+            let ok = rest.starts_with(name)
+                && !rest[name.len()..]
+                    .starts_with(|c: char| c.is_alphanumeric() || "_.-".contains(c));
+            (ok && !used.contains(&n)).then_some(n)
+        })
+}
+
+/// The first line at or after `from` (1-based) that contains `needle`.
+pub(crate) fn find_line(text: &str, from: usize, needle: &str) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    let first = needle.lines().next().unwrap_or(needle).trim();
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .find(|(_, l)| l.contains(first))
+        .map(|(i, _)| i + 1)
+}

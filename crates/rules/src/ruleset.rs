@@ -1,0 +1,303 @@
+//! [`RuleSet`]: every rule of a directory, compiled together (identical jq sources compiled
+//! once), refused whole if anything is wrong, versioned by a hash of its sources, and indexed by
+//! event type so that an event only meets the rules that listen to it.
+
+use crate::compile::compile_rule;
+use crate::eval::{Cx, Paths};
+use crate::parse::parse_file;
+use crate::rule::CompiledRule;
+use crate::step::Counts;
+use crate::{RuleError, RuleErrors};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use whale_expr::{Compiler, Input};
+
+/// One rule file: where it came from (used in error messages) and its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSource {
+    /// Path as shown to people, e.g. `pipelines/disk.yaml`.
+    pub path: String,
+    /// The YAML text.
+    pub text: String,
+}
+
+type Rules = Arc<[Arc<CompiledRule>]>;
+
+/// The result of [`RuleSet::match_event`].
+#[derive(Debug, Clone)]
+pub struct Matches {
+    /// The rules whose steps all passed, in load order.
+    pub matched: Vec<Arc<CompiledRule>>,
+    /// How many rules listened to the event type (and were evaluated).
+    pub evaluated: usize,
+    /// Type mismatches and jq errors over all evaluations.
+    pub counts: Counts,
+}
+
+/// At most this many event types matched only by globs are remembered.
+const GLOB_CACHE_MAX: usize = 10_000;
+
+/// A compiled, indexed set of rules.
+pub struct RuleSet {
+    rules: Vec<Arc<CompiledRule>>,
+    by_type: HashMap<String, Rules>,
+    globs: Vec<(globset::GlobMatcher, usize)>,
+    glob_cache: RwLock<HashMap<String, Rules>>,
+    empty: Rules,
+    version: String,
+    sources: Vec<RuleSource>,
+    filters_compiled: usize,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet")
+            .field("version", &self.version)
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+fn is_glob(t: &str) -> bool {
+    t.contains(['*', '?', '['])
+}
+
+impl RuleSet {
+    /// Parse and compile every source. Any error refuses the whole set; all errors found are
+    /// returned.
+    pub fn compile(sources: &[RuleSource]) -> Result<RuleSet, RuleErrors> {
+        let mut compiler = Compiler::new();
+        let mut paths = Paths::default();
+        let mut errors = Vec::new();
+        let mut rules: Vec<Arc<CompiledRule>> = Vec::new();
+        let mut seen: HashMap<String, (String, Option<usize>)> = HashMap::new();
+        for src in sources {
+            let parsed = match parse_file(&src.path, &src.text) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            for loc in parsed {
+                let (name, line) = (loc.rule.name.clone(), loc.line);
+                if let Some((file, first)) = seen.get(&name) {
+                    let at = first
+                        .map(|l| format!("{file}:{l}"))
+                        .unwrap_or_else(|| file.clone());
+                    errors.push(RuleError {
+                        file: src.path.clone(),
+                        line,
+                        rule: Some(name.clone()),
+                        message: format!(
+                            "duplicate rule name; also defined at {at} (names must be unique)"
+                        ),
+                    });
+                } else {
+                    seen.insert(name, (src.path.clone(), line));
+                }
+                match compile_rule(loc, &src.path, &src.text, &mut compiler, &mut paths) {
+                    Ok(rule) => rules.push(Arc::new(rule)),
+                    Err(errs) => errors.extend(errs),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(RuleErrors(errors));
+        }
+        Ok(Self::index(
+            rules,
+            sources.to_vec(),
+            compiler.filters_compiled(),
+        ))
+    }
+
+    /// Read `*.yaml` and `*.yml` in `dir` (not recursively), in file name order, and compile.
+    pub fn load_dir(dir: impl AsRef<Path>) -> Result<RuleSet, RuleErrors> {
+        let dir = dir.as_ref();
+        let io_err = |file: &Path, e: std::io::Error| RuleError {
+            file: file.display().to_string(),
+            line: None,
+            rule: None,
+            message: format!("cannot read: {e}"),
+        };
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| io_err(dir, e))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        paths.sort();
+        let mut sources = Vec::new();
+        let mut errors = Vec::new();
+        for p in paths {
+            match std::fs::read_to_string(&p) {
+                Ok(text) => sources.push(RuleSource {
+                    path: p.display().to_string(),
+                    text,
+                }),
+                Err(e) => errors.push(io_err(&p, e)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(RuleErrors(errors));
+        }
+        Self::compile(&sources)
+    }
+
+    fn index(
+        rules: Vec<Arc<CompiledRule>>,
+        sources: Vec<RuleSource>,
+        filters_compiled: usize,
+    ) -> RuleSet {
+        let mut globs = Vec::new();
+        let mut exact: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.enabled()) {
+            for t in rule.event_types() {
+                if is_glob(t) {
+                    if let Ok(g) = globset::Glob::new(t) {
+                        globs.push((g.compile_matcher(), i));
+                    }
+                } else {
+                    let list = exact.entry(t).or_default();
+                    if list.last() != Some(&i) {
+                        list.push(i);
+                    }
+                }
+            }
+        }
+        let by_type = exact
+            .into_iter()
+            .map(|(t, mut list)| {
+                list.extend(globs.iter().filter(|(g, _)| g.is_match(t)).map(|(_, j)| *j));
+                list.sort_unstable();
+                list.dedup();
+                let rules: Vec<_> = list.into_iter().map(|i| rules[i].clone()).collect();
+                (t.to_owned(), Rules::from(rules))
+            })
+            .collect();
+        RuleSet {
+            by_type,
+            globs,
+            glob_cache: RwLock::new(HashMap::new()),
+            empty: Arc::from(Vec::new()),
+            version: version(&sources),
+            sources,
+            filters_compiled,
+            rules,
+        }
+    }
+
+    /// Enabled rules listening to `event_type` only through globs, in load order.
+    fn glob_rules(&self, event_type: &str) -> Rules {
+        let mut list: Vec<usize> = self
+            .globs
+            .iter()
+            .filter(|(g, _)| g.is_match(event_type))
+            .map(|(_, i)| *i)
+            .collect();
+        list.sort_unstable();
+        list.dedup();
+        list.into_iter().map(|i| self.rules[i].clone()).collect()
+    }
+
+    /// The enabled rules that listen to `event_type` (exactly or by glob), in load order.
+    /// Cheap: a lookup and a reference count.
+    pub fn rules_for(&self, event_type: &str) -> Arc<[Arc<CompiledRule>]> {
+        if let Some(rules) = self.by_type.get(event_type) {
+            return rules.clone();
+        }
+        if self.globs.is_empty() {
+            return self.empty.clone();
+        }
+        if let Some(rules) = self
+            .glob_cache
+            .read()
+            .ok()
+            .and_then(|c| c.get(event_type).cloned())
+        {
+            return rules;
+        }
+        let rules = self.glob_rules(event_type);
+        if let Ok(mut cache) = self.glob_cache.write() {
+            if cache.len() < GLOB_CACHE_MAX {
+                cache.insert(event_type.to_owned(), rules.clone());
+            }
+        }
+        rules
+    }
+
+    /// The hot path of the match stage: the enabled rules listening to the event's
+    /// `event_type` whose steps all pass, in load order. Path lookups are shared between the
+    /// rules, and the counters of all evaluations are summed.
+    pub fn match_event(&self, input: &Input) -> Matches {
+        let event_type = input
+            .value()
+            .get("event_type")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default();
+        let rules = self.rules_for(event_type);
+        let mut cx = Cx::new(input);
+        let matched = rules
+            .iter()
+            .filter(|r| r.matches_in(&mut cx))
+            .cloned()
+            .collect();
+        Matches {
+            matched,
+            evaluated: rules.len(),
+            counts: cx.counts,
+        }
+    }
+
+    /// Every rule, enabled or not, in load order.
+    pub fn rules(&self) -> &[Arc<CompiledRule>] {
+        &self.rules
+    }
+
+    /// A rule by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<CompiledRule>> {
+        self.rules.iter().find(|r| r.name() == name)
+    }
+
+    /// Number of rules (enabled or not).
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// True if the set has no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// A content hash of the sources (12 hex digits of SHA-256 over paths and texts).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The sources the set was compiled from.
+    pub fn sources(&self) -> &[RuleSource] {
+        &self.sources
+    }
+
+    /// How many distinct jq filters were compiled for this set.
+    pub fn filters_compiled(&self) -> usize {
+        self.filters_compiled
+    }
+}
+
+fn version(sources: &[RuleSource]) -> String {
+    let mut sorted: Vec<&RuleSource> = sources.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut h = Sha256::new();
+    for s in sorted {
+        h.update(s.path.as_bytes());
+        h.update([0]);
+        h.update(s.text.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())[..12].to_owned()
+}
