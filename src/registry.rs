@@ -11,6 +11,13 @@ use whale_kernel::{Config, Nats, Stage};
 pub const STAGES: &[(&str, &str)] = &[
     ("ingest", "HTTP POST /v1/events → whale.in.<type>"),
     ("validate", "whale.in.> → whale.events.<type> | whale.rejected.<type>"),
+    ("index", "events, rejections, pipeline records → OpenSearch | embedded index"),
+    ("match", "whale.events.> → whale.pipe.matched (one per event and matching rule)"),
+    ("render", "whale.pipe.matched → whale.pipe.task | whale.pipe.render_failed"),
+    ("throttle", "whale.pipe.task → admitted | throttled (Redis token bucket)"),
+    ("dispatch", "whale.pipe.admitted.<cluster> → StackStorm executions"),
+    ("approve", "whale.pipe.approval → held until approved (link, CLI, /v1/approvals) → admitted | decision"),
+    ("feedback", "whale.pipe.dispatched → result, execution_finished event, chat notifications; /v1/executions"),
 ];
 
 /// Parses `--stages` (comma list or `all`); unknown names are refused with the known list.
@@ -44,6 +51,18 @@ pub async fn build(name: &str, nats: &Nats, cfg: &Config) -> anyhow::Result<Opti
             limits: cfg.events.limits(),
             allow_unknown_types: cfg.events.allow_unknown_types,
         })),
+        "match" => Some(Arc::new(whale_match::Match {
+            rules: crate::rules_store::live(nats).await?,
+        })),
+        "render" => Some(Arc::new(whale_render::Render {
+            rules: crate::rules_store::live(nats).await?,
+        })),
+        // Connects to Redis lazily: the worker starts while Redis is down, and its tasks wait.
+        "throttle" => Some(Arc::new(whale_throttle::ThrottleStage::from_config(cfg)?)),
+        "dispatch" => Some(Arc::new(whale_dispatch::Dispatch::start(nats, cfg).await?)),
+        "approve" => Some(Arc::new(whale_approve::Approve::build(nats, cfg).await?)),
+        "feedback" => Some(Arc::new(whale_feedback::Feedback::build(nats, cfg).await?)),
+        "index" => Some(whale_index::build(cfg)? as Arc<dyn Stage>),
         other => bail!("stage {other:?} has no constructor"),
     })
 }

@@ -1,12 +1,19 @@
 //! Command-line surface (design.md "Public CLI"): one subcommand per module. Data-printing
 //! commands take `--json`.
 
+mod approvals;
 mod bench;
+mod events;
+mod clusters;
+mod exec;
 mod publish;
+mod replay;
+mod rules;
 mod run;
 mod schemas;
 mod setup;
 mod status;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +44,35 @@ enum Cmd {
         #[command(subcommand)]
         cmd: schemas::Cmd,
     },
+    /// Rule files: check, apply, test offline, show the active set.
+    Rules {
+        #[command(subcommand)]
+        cmd: rules::Cmd,
+    },
+    /// StackStorm clusters: list with health, drain and undrain.
+    Clusters {
+        #[command(subcommand)]
+        cmd: clusters::Cmd,
+    },
+    /// StackStorm task management: list, get, logs, retry, pause, resume, cancel.
+    Exec {
+        #[command(subcommand)]
+        cmd: exec::Cmd,
+    },
+    /// The approval gate: list, approve, deny held tasks.
+    Approvals {
+        #[command(subcommand)]
+        cmd: approvals::Cmd,
+    },
+    /// Replay or backtest the accepted-event history through the rules.
+    Replay(replay::Args),
+    /// Search stored events, rejections and pipeline records.
+    Events {
+        #[command(subcommand)]
+        cmd: events::Cmd,
+    },
+    /// One event's story: accepted or rejected, matched rules, tasks, throttle, dispatch, result.
+    Trace(trace::Args),
     /// Stage health: server, streams, consumer backlog.
     Status(status::Args),
     /// Benchmarks that print figures beside a raw JetStream reference.
@@ -53,6 +89,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Setup(a) => setup::run(cfg, a).await,
         Cmd::Publish(a) => publish::run(cfg, a).await,
         Cmd::Schemas { cmd } => schemas::run(cfg, cmd).await,
+        Cmd::Rules { cmd } => rules::run(cfg, cmd).await,
+        Cmd::Clusters { cmd } => clusters::run(cfg, cmd).await,
+        Cmd::Exec { cmd } => exec::run(cfg, cmd).await,
+        Cmd::Approvals { cmd } => approvals::run(cfg, cmd).await,
+        Cmd::Replay(a) => replay::run(cfg, a).await,
+        Cmd::Events { cmd } => events::run(cfg, cmd).await,
+        Cmd::Trace(a) => trace::run(cfg, a).await,
         Cmd::Status(a) => status::run(cfg, a).await,
         Cmd::Bench { cmd } => bench::run(cfg, cmd).await,
     }

@@ -2,6 +2,12 @@
 //! talks to real servers started by `harness` on free ports (nats-server, redis-server, the
 //! StackStorm emulator) and runs the real `whale` binary as child processes.
 
+mod approvals;
+mod dispatch;
+mod feedback;
 mod harness;
+mod index;
+mod rules;
 mod setup;
 mod validate;
+mod throttle;

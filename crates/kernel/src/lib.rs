@@ -6,12 +6,13 @@
 pub mod config;
 pub mod envelope;
 pub mod health;
+pub mod history;
 pub mod http;
 pub mod kv;
 pub mod metrics;
 pub mod nats;
-pub mod records;
 pub mod publish;
+pub mod records;
 pub mod setup;
 pub mod status;
 pub mod subjects;

@@ -57,7 +57,7 @@ impl Delivery {
         )
     }
 
-    fn from_message(m: &jetstream::Message) -> Delivery {
+    pub(crate) fn from_message(m: &jetstream::Message) -> Delivery {
         let (attempt, stream_seq, published) = match m.info() {
             Ok(i) => (i.delivered, i.stream_sequence, i.published),
             Err(_) => (1, 0, OffsetDateTime::now_utc()),
@@ -152,7 +152,12 @@ pub async fn run(
         .with_context(|| crate::setup::not_set_up(&format!("stream {}", input.stream)))?
         .get_consumer(input.consumer)
         .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", crate::setup::not_set_up(&format!("consumer {}", input.consumer))))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}",
+                crate::setup::not_set_up(&format!("consumer {}", input.consumer))
+            )
+        })?;
     let mut window: Window<usize> = Window::new(nats.js.clone(), opts.window);
     'connect: loop {
         if *shutdown.borrow() {
@@ -168,7 +173,10 @@ pub async fn run(
         {
             Ok(m) => m,
             Err(e) => {
-                health.set_error(input.consumer, format!("cannot pull from {}: {e}", input.consumer));
+                health.set_error(
+                    input.consumer,
+                    format!("cannot pull from {}: {e}", input.consumer),
+                );
                 tracing::warn!(stage = name, "cannot pull: {e}; retrying in 1s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -189,7 +197,9 @@ pub async fn run(
                 }
                 c = chunks.next() => c,
             };
-            let Some(chunk) = chunk else { continue 'connect };
+            let Some(chunk) = chunk else {
+                continue 'connect;
+            };
             let mut msgs = Vec::with_capacity(chunk.len());
             for m in chunk {
                 match m {
@@ -207,7 +217,12 @@ pub async fn run(
     Ok(())
 }
 
-async fn process(stage: &dyn Stage, msgs: &[jetstream::Message], window: &mut Window<usize>, opts: &Options) {
+async fn process(
+    stage: &dyn Stage,
+    msgs: &[jetstream::Message],
+    window: &mut Window<usize>,
+    opts: &Options,
+) {
     let name = stage.name();
     let started = Instant::now();
     let deliveries: Vec<Delivery> = msgs.iter().map(Delivery::from_message).collect();
@@ -234,8 +249,11 @@ async fn process(stage: &dyn Stage, msgs: &[jetstream::Message], window: &mut Wi
             tracing::warn!(stage = name, "publish failed: {e}");
         }
     }
-    metrics::STAGE_OUTPUTS.with_label_values(&[name]).inc_by(outputs);
-    for ((m, outcome), (d, failed)) in msgs.iter().zip(outcomes).zip(deliveries.iter().zip(failed)) {
+    metrics::STAGE_OUTPUTS
+        .with_label_values(&[name])
+        .inc_by(outputs);
+    for ((m, outcome), (d, failed)) in msgs.iter().zip(outcomes).zip(deliveries.iter().zip(failed))
+    {
         let (kind, label) = match outcome {
             Outcome::Ack(_) if failed => (AckKind::Nak(Some(opts.publish_retry)), "publish_failed"),
             Outcome::Ack(_) => (AckKind::Ack, "ack"),
@@ -249,9 +267,14 @@ async fn process(stage: &dyn Stage, msgs: &[jetstream::Message], window: &mut Wi
             }
         };
         if let Err(e) = m.ack_with(kind).await {
-            tracing::warn!(stage = name, "ack failed (message will be redelivered): {e}");
+            tracing::warn!(
+                stage = name,
+                "ack failed (message will be redelivered): {e}"
+            );
         }
-        metrics::STAGE_MESSAGES.with_label_values(&[name, label]).inc();
+        metrics::STAGE_MESSAGES
+            .with_label_values(&[name, label])
+            .inc();
     }
     metrics::STAGE_BATCH_SECONDS
         .with_label_values(&[name])

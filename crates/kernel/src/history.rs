@@ -1,0 +1,97 @@
+//! Reading history: the records a stream holds for a time range, in order, without disturbing
+//! any stage's consumer. `whale replay` reads accepted events this way; the range is the time
+//! whale stored them (stream time), which is what retention applies to.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::consumer::{self, DeliverPolicy};
+use futures::StreamExt;
+use time::OffsetDateTime;
+
+use crate::nats::Nats;
+use crate::worker::Delivery;
+
+/// What the stream still holds: its first message's time (older history is gone).
+pub async fn oldest(nats: &Nats, stream: &str) -> anyhow::Result<Option<OffsetDateTime>> {
+    let mut st = nats
+        .js
+        .get_stream(stream)
+        .await
+        .with_context(|| crate::setup::not_set_up(&format!("stream {stream}")))?;
+    let info = st.info().await?;
+    Ok((info.state.messages > 0).then_some(info.state.first_timestamp))
+}
+
+/// Calls `f` for every message on `filter` stored between `from` and `to`, oldest first.
+/// Returns how many were read. Uses an ephemeral consumer that acks nothing.
+pub async fn read<F>(
+    nats: &Nats,
+    stream: &str,
+    filter: &str,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    mut f: F,
+) -> anyhow::Result<u64>
+where
+    F: FnMut(Delivery),
+{
+    let st = nats
+        .js
+        .get_stream(stream)
+        .await
+        .with_context(|| crate::setup::not_set_up(&format!("stream {stream}")))?;
+    let c: consumer::PullConsumer = st
+        .create_consumer(consumer::pull::Config {
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::ByStartTime { start_time: from },
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read {stream}: {e}"))?;
+    let mut remaining = c.cached_info().num_pending;
+    let mut n = 0;
+    'outer: while remaining > 0 {
+        let mut batch = c
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read {stream}: {e}"))?;
+        let mut got = 0;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("cannot read {stream}: {e}"))?;
+            got += 1;
+            let d = Delivery::from_message(&m);
+            if d.published > to {
+                break 'outer;
+            }
+            n += 1;
+            f(d);
+        }
+        if got == 0 {
+            break;
+        }
+        remaining = remaining.saturating_sub(got);
+    }
+    Ok(n)
+}
+
+/// Parses a time argument: RFC 3339 (`2026-11-28T01:00:00Z`), `now`, or a duration meaning
+/// that long ago (`90m`, `24h`, `7d`).
+pub fn parse_time_arg(s: &str) -> anyhow::Result<OffsetDateTime> {
+    let s = s.trim();
+    if s == "now" {
+        return Ok(OffsetDateTime::now_utc());
+    }
+    if let Ok(t) = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok(t);
+    }
+    let ago = crate::config::parse_duration(s).map_err(|_| {
+        anyhow::anyhow!("{s:?} is not a time: use RFC 3339 (2026-11-28T01:00:00Z), `now`, or an age like 90m, 24h, 7d")
+    })?;
+    Ok(OffsetDateTime::now_utc() - ago)
+}
