@@ -7,6 +7,7 @@ mod dispatch;
 mod feedback;
 mod harness;
 mod index;
+mod replay;
 mod rules;
 mod setup;
 mod validate;
