@@ -42,4 +42,18 @@ fi
 mkdir -p "$TOOLS/bin"
 ln -sf "$TOOLS/st2-venv/bin/st2" "$TOOLS/bin/st2"
 
+# A real OpenSearch 2.19 node for the index tests, without Docker: a small Java launcher and its
+# Maven Central jars (deploy/opensearch). Needs Java 17 and Maven; skipped when already built.
+OS_DIR="$(cd "$(dirname "$0")" && pwd)/opensearch"
+if [ ! -f "$OS_DIR/target/whale-opensearch.jar" ] || [ ! -f "$OS_DIR/target/lib/opensearch-2.19.6.jar" ]; then
+  if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+    log "installing Java 17 and Maven (Debian) for the OpenSearch test node"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq openjdk-17-jdk-headless maven >/dev/null
+  fi
+  log "building the OpenSearch test node (deploy/opensearch)"
+  mvn -q -f "$OS_DIR/pom.xml" package
+fi
+
 log "ready: $(nats-server --version 2>&1 | head -1); redis-server $(redis-server --version | sed -E 's/.*v=([^ ]+).*/\1/'); $("$TOOLS/bin/st2" --version 2>&1 | head -1) at $TOOLS/bin/st2"

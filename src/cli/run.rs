@@ -36,6 +36,15 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             router = router.merge(whale_validate::ingest::router(nats.clone(), cfg.clone()));
             continue;
         }
+        if *name == "index" {
+            router = router.merge(whale_index::http::router(cfg.clone(), whale_index::writer(&cfg)?));
+        }
+        if *name == "feedback" {
+            router = router.merge(whale_feedback::http::router(&nats, cfg.clone()).await?);
+        }
+        if *name == "approve" {
+            router = router.merge(whale_approve::http::router(&nats, cfg.clone()).await?);
+        }
         let stage = registry::build(name, &nats, &cfg)
             .await
             .with_context(|| format!("cannot start stage {name}"))?

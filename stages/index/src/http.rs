@@ -1,0 +1,123 @@
+//! `GET /v1/events?q=&from=&to=&limit=&kind=`: the search of `whale events search` over HTTP,
+//! served by a `whale run` that runs the index stage. Answers `{"total": N, "hits": [doc, ...]}`;
+//! a bad query is a 400 that says where it is wrong, an unreachable backend a 503.
+
+use std::sync::Arc;
+
+use axum::extract::{Query as Params, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use whale_kernel::http::{check_bearer, error};
+use whale_kernel::Config;
+
+use crate::backend::{Backend, Error, Search};
+
+/// Default number of hits.
+pub const DEFAULT_LIMIT: usize = 20;
+
+#[derive(Clone)]
+struct App {
+    cfg: Arc<Config>,
+    backend: Arc<dyn Backend>,
+}
+
+/// The search route, for `whale_kernel::http::serve` to merge.
+pub fn router(cfg: Arc<Config>, backend: Arc<dyn Backend>) -> Router {
+    Router::new()
+        .route("/v1/events", get(search))
+        .with_state(App { cfg, backend })
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchParams {
+    #[serde(default)]
+    q: String,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+    /// Comma list of document kinds, or `all` (default: event,rejected).
+    kind: Option<String>,
+}
+
+/// Document kinds a search covers when none are named: events and rejections.
+pub const DEFAULT_KINDS: [&str; 2] = ["event", "rejected"];
+
+/// `event,rejected` / `all` / `task,throttled` → kinds (empty = all).
+pub fn parse_kinds(s: Option<&str>) -> Vec<String> {
+    match s.map(str::trim) {
+        None | Some("") => DEFAULT_KINDS.iter().map(|k| k.to_string()).collect(),
+        Some("all") | Some("*") => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect(),
+    }
+}
+
+/// Builds a [`Search`] from the user's strings; the error says what to fix.
+pub fn make_search(
+    q: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    limit: Option<usize>,
+    kinds: Option<&str>,
+) -> Result<Search, String> {
+    let query = crate::query::parse(q).map_err(|e| e.explain(q))?;
+    let mut s = Search::new(query);
+    s.from = from
+        .map(crate::time::parse_time)
+        .transpose()
+        .map_err(|e| format!("--from: {e}"))?;
+    s.to = to
+        .map(crate::time::parse_time)
+        .transpose()
+        .map_err(|e| format!("--to: {e}"))?;
+    s.limit = limit.unwrap_or(DEFAULT_LIMIT);
+    s.kinds = parse_kinds(kinds);
+    Ok(s)
+}
+
+async fn search(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Params(p): Params<SearchParams>,
+) -> Response {
+    if let Err(r) = check_bearer(&headers, app.cfg.http.token.as_ref()) {
+        return r;
+    }
+    let s = match make_search(
+        &p.q,
+        p.from.as_deref(),
+        p.to.as_deref(),
+        p.limit,
+        p.kind.as_deref(),
+    ) {
+        Ok(s) => s,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg, json!({})),
+    };
+    match app.backend.search(&s).await {
+        Ok(hits) => Json(hits).into_response(),
+        Err(Error::Invalid(m)) => error(StatusCode::BAD_REQUEST, m, json!({})),
+        Err(e @ Error::Unavailable(_)) => {
+            tracing::warn!("search: {e}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the index backend is unavailable; try again shortly",
+                json!({}),
+            )
+        }
+        Err(e) => {
+            tracing::error!("search: {e}");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "search failed; see the server log",
+                json!({}),
+            )
+        }
+    }
+}

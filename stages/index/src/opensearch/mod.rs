@@ -1,0 +1,453 @@
+//! The OpenSearch backend, over plain HTTP: composable templates installed on first use, daily
+//! indices `<prefix>-YYYY.MM.DD` chosen by when a record was stored on NATS (so retention here
+//! follows the stream's), `_bulk` writes with per-item handling, and retention enforced by whale
+//! (old daily indices deleted; no ISM plugin needed).
+//!
+//! Per item: stored → done; 429/5xx → sent again (only those items) with a short backoff, then
+//! left to the stage to redeliver; any other refusal (a mapping error such as a value over
+//! Lucene's 32 KiB term limit) → stored again without `detail`/`labels` and with `index_error`
+//! saying why, so one bad document can never block its batch. A cluster that cannot be reached
+//! fails the whole call: the stage naks with a delay and nothing is lost; ids are deterministic,
+//! so a batch sent twice overwrites itself.
+
+mod template;
+mod translate;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::{json, Value};
+use time::{Date, OffsetDateTime};
+
+use crate::backend::{Backend, Error, Hits, Order, Search, WriteReport};
+use crate::doc::Doc;
+
+/// Largest `_bulk` body sent at once (OpenSearch refuses bodies over `http.max_content_length`,
+/// 100 MiB by default).
+const BULK_BYTES: usize = 8 * 1024 * 1024;
+/// Rounds of resending items the cluster was too busy for, within one write.
+const ITEM_ROUNDS: u32 = 3;
+/// Largest result page (`index.max_result_window`).
+pub const MAX_LIMIT: usize = 10_000;
+
+/// An OpenSearch cluster.
+pub struct OpenSearch {
+    http: reqwest::Client,
+    /// Base URL without credentials (safe to print).
+    base: String,
+    auth: Option<(String, Option<String>)>,
+    prefix: String,
+    templates_ok: AtomicBool,
+}
+
+impl OpenSearch {
+    /// A client for `url` (`http[s]://[user:password@]host:port`) writing `whale-*` indices.
+    pub fn new(url: &str) -> Result<OpenSearch, Error> {
+        Self::with_prefix(url, "whale")
+    }
+
+    /// As [`OpenSearch::new`] with another index name prefix (tests share a cluster this way).
+    pub fn with_prefix(url: &str, prefix: &str) -> Result<OpenSearch, Error> {
+        let mut u = reqwest::Url::parse(url).map_err(|e| {
+            Error::Invalid(format!(
+                "WHALE_OPENSEARCH_URL is not a URL ({e}): use http://host:9200"
+            ))
+        })?;
+        let auth = (!u.username().is_empty())
+            .then(|| (u.username().to_owned(), u.password().map(str::to_owned)));
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(20))
+            .build()
+            .map_err(|e| Error::Other(e.to_string()))?;
+        Ok(OpenSearch {
+            http,
+            base: u.as_str().trim_end_matches('/').to_owned(),
+            auth,
+            prefix: prefix.to_owned(),
+            templates_ok: AtomicBool::new(false),
+        })
+    }
+
+    /// The URL (without credentials).
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// The daily index a document goes to.
+    pub fn index_for(&self, doc: &Doc) -> String {
+        let d = doc.seen.date();
+        format!(
+            "{}-{:04}.{:02}.{:02}",
+            self.prefix,
+            d.year(),
+            u8::from(d.month()),
+            d.day()
+        )
+    }
+
+    fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.auth {
+            Some((u, p)) => r.basic_auth(u, p.as_deref()),
+            None => r,
+        }
+    }
+
+    /// Sends a request; `Unavailable` when the cluster cannot take it now.
+    async fn send(&self, r: RequestBuilder) -> Result<(StatusCode, Value), Error> {
+        let resp = r.send().await.map_err(|e| {
+            Error::Unavailable(format!(
+                "OpenSearch at {} did not answer: {}",
+                self.base,
+                redact(&e)
+            ))
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| {
+            Error::Unavailable(format!(
+                "OpenSearch at {} broke off: {}",
+                self.base,
+                redact(&e)
+            ))
+        })?;
+        let v: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&body)}));
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Err(Error::Unavailable(format!(
+                "OpenSearch at {} answered {status}: {}",
+                self.base,
+                reason(&v)
+            )));
+        }
+        Ok((status, v))
+    }
+
+    async fn send_ok(&self, r: RequestBuilder, what: &str) -> Result<Value, Error> {
+        let (status, v) = self.send(r).await?;
+        if !status.is_success() {
+            return Err(Error::Other(format!(
+                "{what}: OpenSearch answered {status}: {}",
+                reason(&v)
+            )));
+        }
+        Ok(v)
+    }
+
+    /// Installs (or updates) the component and index templates. Idempotent.
+    pub async fn ensure_templates(&self) -> Result<(), Error> {
+        if self.templates_ok.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let p = &self.prefix;
+        self.send_ok(
+            self.req(
+                Method::PUT,
+                &format!("/_component_template/{}", template::component_name(p)),
+            )
+            .json(&template::component(p)),
+            "installing the component template",
+        )
+        .await?;
+        self.send_ok(
+            self.req(Method::PUT, &format!("/_index_template/{p}"))
+                .json(&template::index_template(p)),
+            "installing the index template",
+        )
+        .await?;
+        self.templates_ok.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The bulk body lines of one document (action + source with the derived fields).
+    fn bulk_lines(&self, doc: &Doc, out: &mut Vec<u8>) {
+        let action = json!({"index": {"_index": self.index_for(doc), "_id": doc.id}});
+        let mut src = serde_json::to_value(doc).unwrap_or_else(|_| json!({}));
+        if let Value::Object(m) = &mut src {
+            m.insert("text".into(), Value::String(doc.text()));
+            m.insert("num".into(), json!(doc.nums()));
+        }
+        let _ = serde_json::to_writer(&mut *out, &action);
+        out.push(b'\n');
+        let _ = serde_json::to_writer(&mut *out, &src);
+        out.push(b'\n');
+    }
+
+    /// One `_bulk` request for `items` (indices into `docs`); per item: None = stored, Some((retry, why)).
+    async fn bulk(
+        &self,
+        docs: &[Doc],
+        items: &[usize],
+    ) -> Result<Vec<Option<(bool, String)>>, Error> {
+        let mut body = Vec::with_capacity(items.len() * 512);
+        for &i in items {
+            self.bulk_lines(&docs[i], &mut body);
+        }
+        let v = self
+            .send_ok(
+                self.req(Method::POST, "/_bulk")
+                    .header("content-type", "application/x-ndjson")
+                    .body(body),
+                "bulk write",
+            )
+            .await?;
+        let results = v["items"].as_array().cloned().unwrap_or_default();
+        if results.len() != items.len() {
+            return Err(Error::Other(format!(
+                "bulk write: sent {} documents, OpenSearch answered for {}",
+                items.len(),
+                results.len()
+            )));
+        }
+        Ok(results
+            .iter()
+            .map(|r| {
+                let r = r.get("index").unwrap_or(r);
+                let status = r["status"].as_u64().unwrap_or(0);
+                if (200..300).contains(&status) {
+                    None
+                } else {
+                    let retry = status == 429 || status >= 500 || status == 0;
+                    Some((retry, format!("{status}: {}", reason(r))))
+                }
+            })
+            .collect())
+    }
+}
+
+/// Error text without any URL credentials.
+fn redact(e: &reqwest::Error) -> String {
+    let mut e = e.to_string();
+    if let Some(at) = e.find('@') {
+        if let Some(scheme) = e[..at].rfind("://") {
+            e.replace_range(scheme + 3..at, "***");
+        }
+    }
+    e
+}
+
+/// The `error.reason` (and type) of an OpenSearch answer.
+fn reason(v: &Value) -> String {
+    let e = &v["error"];
+    match (e["type"].as_str(), e["reason"].as_str()) {
+        (Some(t), Some(r)) => format!("{t}: {r}"),
+        (None, Some(r)) => r.to_owned(),
+        _ if e.is_string() => e.as_str().unwrap_or_default().to_owned(),
+        _ => {
+            let s = v.to_string();
+            s.chars().take(300).collect()
+        }
+    }
+}
+
+/// Groups item indices into requests of at most [`BULK_BYTES`] (estimated).
+fn chunks(docs: &[Doc], items: &[usize]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut size = 0;
+    for &i in items {
+        let est = serde_json::to_vec(&docs[i].record)
+            .map(|v| v.len() * 3 + 512)
+            .unwrap_or(1024);
+        if out.is_empty() || size + est > BULK_BYTES {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += est;
+        out.last_mut().expect("a chunk").push(i);
+    }
+    out
+}
+
+#[async_trait]
+impl Backend for OpenSearch {
+    fn name(&self) -> &'static str {
+        "opensearch"
+    }
+
+    async fn write(&self, mut docs: Vec<Doc>) -> Result<WriteReport, Error> {
+        let mut report = WriteReport::default();
+        if docs.is_empty() {
+            return Ok(report);
+        }
+        self.ensure_templates().await?;
+        let mut pending: Vec<usize> = (0..docs.len()).collect();
+        let mut degraded: Vec<Option<String>> = vec![None; docs.len()];
+        let mut stored_any = false;
+        let mut round = 0;
+        loop {
+            let mut again: Vec<(usize, String)> = Vec::new();
+            let mut busy = false;
+            for chunk in chunks(&docs, &pending) {
+                let results = match self.bulk(&docs, &chunk).await {
+                    Ok(r) => r,
+                    Err(Error::Unavailable(why)) if !stored_any && round == 0 => {
+                        // Nothing stored yet: the whole batch waits for the cluster.
+                        return Err(Error::Unavailable(why));
+                    }
+                    Err(e) => {
+                        busy = true;
+                        chunk.iter().map(|_| Some((true, e.to_string()))).collect()
+                    }
+                };
+                for (&i, r) in chunk.iter().zip(results) {
+                    match r {
+                        None => stored_any = true,
+                        Some((true, why)) => {
+                            busy = true;
+                            again.push((i, why));
+                        }
+                        Some((false, why)) if degraded[i].is_none() => {
+                            tracing::warn!(id = %docs[i].id, "OpenSearch refused the document ({why}); storing it without detail");
+                            docs[i] = docs[i].degraded(&why);
+                            degraded[i] = Some(why.clone());
+                            again.push((i, why));
+                        }
+                        Some((false, why)) => {
+                            tracing::error!(id = %docs[i].id, "OpenSearch refused the document even without detail: {why}");
+                            report.dropped.push((i, why));
+                        }
+                    }
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            round += 1;
+            if round > ITEM_ROUNDS {
+                report.retry = again;
+                break;
+            }
+            if busy {
+                tokio::time::sleep(Duration::from_millis(200 << round)).await;
+            }
+            pending = again.into_iter().map(|(i, _)| i).collect();
+        }
+        let retrying: std::collections::HashSet<usize> =
+            report.retry.iter().map(|(i, _)| *i).collect();
+        let dropped: std::collections::HashSet<usize> =
+            report.dropped.iter().map(|(i, _)| *i).collect();
+        report.degraded = degraded
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                w.filter(|_| !retrying.contains(&i) && !dropped.contains(&i))
+                    .map(|w| (i, w))
+            })
+            .collect();
+        Ok(report)
+    }
+
+    async fn search(&self, s: &Search) -> Result<Hits, Error> {
+        let q = translate::query(&s.effective_query())?;
+        let sort = match s.order {
+            Order::NewestFirst => json!([{"time": {"order": "desc"}}, {"id": {"order": "asc"}}]),
+            Order::SeenFirst => json!([{"seen": {"order": "asc"}}, {"id": {"order": "asc"}}]),
+        };
+        let body = json!({
+            "query": q,
+            "size": s.limit.min(MAX_LIMIT),
+            "sort": sort,
+            "track_total_hits": true,
+        });
+        let path = format!(
+            "/{}-*/_search?ignore_unavailable=true&allow_no_indices=true",
+            self.prefix
+        );
+        let (status, v) = self.send(self.req(Method::POST, &path).json(&body)).await?;
+        if status == StatusCode::BAD_REQUEST {
+            return Err(Error::Invalid(format!(
+                "OpenSearch refused the query: {}",
+                reason(&v)
+            )));
+        }
+        if !status.is_success() {
+            return Err(Error::Other(format!(
+                "search: OpenSearch answered {status}: {}",
+                reason(&v)
+            )));
+        }
+        let total = v["hits"]["total"]["value"].as_u64().unwrap_or(0);
+        let mut hits = Vec::new();
+        for h in v["hits"]["hits"].as_array().into_iter().flatten() {
+            match serde_json::from_value::<Doc>(h["_source"].clone()) {
+                Ok(d) => hits.push(d),
+                Err(e) => tracing::warn!("document {} does not parse: {e}", h["_id"]),
+            }
+        }
+        crate::embedded::sort_hits(&mut hits, s.order);
+        Ok(Hits { total, hits })
+    }
+
+    async fn refresh(&self) -> Result<(), Error> {
+        let path = format!(
+            "/{}-*/_refresh?ignore_unavailable=true&allow_no_indices=true",
+            self.prefix
+        );
+        self.send_ok(self.req(Method::POST, &path), "refresh")
+            .await
+            .map(|_| ())
+    }
+
+    async fn expire(&self, cutoff: OffsetDateTime) -> Result<u64, Error> {
+        let path = format!("/_cat/indices/{}-*?format=json&h=index", self.prefix);
+        let v = self
+            .send_ok(self.req(Method::GET, &path), "listing indices")
+            .await?;
+        let mut deleted = 0;
+        for name in v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["index"].as_str())
+        {
+            let Some(day) = self.day_of(name) else {
+                continue;
+            };
+            // The index holds what was seen that day: it goes once its whole day is past retention.
+            let end = day.next_day().map(|d| d.midnight().assume_utc());
+            if end.is_some_and(|end| end <= cutoff) {
+                self.send_ok(
+                    self.req(Method::DELETE, &format!("/{name}")),
+                    "deleting an expired index",
+                )
+                .await?;
+                tracing::info!(index = name, "deleted index past retention");
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+impl OpenSearch {
+    /// The day of a `<prefix>-YYYY.MM.DD` index name; None for any other name.
+    fn day_of(&self, name: &str) -> Option<Date> {
+        let rest = name.strip_prefix(&self.prefix)?.strip_prefix('-')?;
+        Date::parse(
+            rest,
+            time::macros::format_description!("[year].[month].[day]"),
+        )
+        .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daily_index_names_and_credentials() {
+        let os = OpenSearch::with_prefix("http://user:sekrit@127.0.0.1:9200/", "whale").unwrap();
+        assert_eq!(os.url(), "http://127.0.0.1:9200");
+        assert_eq!(
+            os.day_of("whale-2026.11.28"),
+            Date::from_calendar_date(2026, time::Month::November, 28).ok()
+        );
+        assert_eq!(os.day_of("whale-mappings"), None);
+        assert_eq!(os.day_of("whalefoo-2026.11.28"), None);
+    }
+}

@@ -1,0 +1,68 @@
+//! What whale installs in OpenSearch before it writes: a component template with the mapping and
+//! analysis (known fields explicit, `detail`/`labels` as `flat_object`, root `dynamic: strict`),
+//! composed by an index template for the daily indices `<prefix>-YYYY.MM.DD`. Being composable
+//! templates (`_component_template` + `_index_template`), operators can add their own component
+//! (replicas, ILM-free tiering, ...) without editing whale's.
+
+use serde_json::{json, Value};
+
+use crate::query::KEYWORDS;
+
+/// The analyzer of `text`: split on anything that is not a letter or a digit, lowercase, drop
+/// tokens over 40 characters — what tantivy's `default` tokenizer does in the embedded index, so
+/// free text matches the same words on both backends.
+pub fn component(prefix: &str) -> Value {
+    let mut props = serde_json::Map::new();
+    for k in KEYWORDS {
+        props.insert(k.into(), json!({"type": "keyword"}));
+    }
+    props.insert(
+        "index_error".into(),
+        json!({"type": "keyword", "ignore_above": 1024}),
+    );
+    let date = json!({"type": "date", "format": "strict_date_optional_time||epoch_millis"});
+    props.insert("time".into(), date.clone());
+    props.insert("seen".into(), date);
+    props.insert("detail".into(), json!({"type": "flat_object"}));
+    props.insert("labels".into(), json!({"type": "flat_object"}));
+    props.insert("num".into(), json!({"type": "keyword"}));
+    props.insert(
+        "text".into(),
+        json!({"type": "text", "analyzer": "whale_text"}),
+    );
+    // The record as it arrived: kept in _source, never indexed (searchable through text/detail).
+    props.insert("record".into(), json!({"type": "object", "enabled": false}));
+    json!({
+        "template": {
+            "settings": {
+                "index": {"number_of_shards": 1, "refresh_interval": "1s"},
+                "analysis": {
+                    "tokenizer": {"whale_words": {"type": "pattern", "pattern": "[^\\p{L}\\p{N}]+"}},
+                    "filter": {"whale_long": {"type": "length", "max": 40}},
+                    "analyzer": {"whale_text": {"type": "custom", "tokenizer": "whale_words", "filter": ["lowercase", "whale_long"]}}
+                }
+            },
+            "mappings": {
+                "dynamic": "strict",
+                // Derived fields are indexed, not kept: the document reads back as whale wrote it.
+                "_source": {"excludes": ["text", "num"]},
+                "properties": Value::Object(props)
+            }
+        },
+        "_meta": {"managed_by": "whale", "description": format!("mappings of {prefix}-* (whale index stage)")}
+    })
+}
+
+/// The index template composing [`component`] for `<prefix>-*`.
+pub fn index_template(prefix: &str) -> Value {
+    json!({
+        "index_patterns": [format!("{prefix}-*")],
+        "composed_of": [component_name(prefix)],
+        "priority": 200,
+        "_meta": {"managed_by": "whale"}
+    })
+}
+
+pub fn component_name(prefix: &str) -> String {
+    format!("{prefix}-mappings")
+}

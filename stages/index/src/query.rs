@@ -1,0 +1,805 @@
+//! The one query syntax both backends answer: a Lucene-style query string parsed here into a
+//! small AST, which each backend translates itself (tantivy queries, OpenSearch query DSL). Parsing
+//! once in whale, rather than handing the string to tantivy's or OpenSearch's own parser, is what
+//! makes the same query mean the same thing on both.
+//!
+//! ```text
+//! event_type:vm.disk_usage AND detail.host:web-12     field terms, AND / OR / NOT, ( )
+//! detail.usage_pct:[90 TO 100]   detail.usage_pct:>=90   ranges ([ ] inclusive, { } exclusive, *)
+//! kernel oops   "disk full"   oop*                     free text: words, phrases, wildcards
+//! detail.host:web-*   _exists_:detail.code   detail.code:*   wildcards and existence
+//! kind:(event OR rejected)   -kind:task   time:[2026-11-28 TO now-1h]
+//! ```
+//!
+//! Juxtaposed clauses are ANDed. Keyword fields and `detail.*`/`labels.*` values match exactly
+//! (case-sensitive); free text matches words case-insensitively. A `detail.*` value that is a
+//! number also matches numerically (`detail.code:1` matches `1` and `1.0`), and a range whose
+//! bounds are numbers compares numerically.
+
+use std::fmt;
+use std::ops::Bound;
+
+use time::OffsetDateTime;
+
+/// Top-level keyword fields (exact, case-sensitive values).
+pub const KEYWORDS: [&str; 12] = [
+    "kind",
+    "id",
+    "event_id",
+    "event_type",
+    "source",
+    "rule",
+    "task_id",
+    "cluster",
+    "status",
+    "execution_id",
+    "subject",
+    "index_error",
+];
+
+/// The objects whose arbitrary keys are searchable as `<root>.<path>`.
+pub const FLAT_ROOTS: [&str; 2] = ["detail", "labels"];
+
+/// A parsed query.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    /// Every document.
+    All,
+    And(Vec<Query>),
+    Or(Vec<Query>),
+    Not(Box<Query>),
+    Clause(Field, Pred),
+}
+
+/// What a clause looks at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field {
+    /// Free text over every string of the record (words, lowercased).
+    Text,
+    /// One of [`KEYWORDS`].
+    Keyword(&'static str),
+    /// `time` (the event's time; a record's publish time) or `seen` (when whale stored it on NATS).
+    Date(&'static str),
+    /// `detail.<path>` or `labels.<path>`; an empty path means any key of that object.
+    Flat { root: &'static str, path: String },
+}
+
+impl Field {
+    /// `detail.host`, `kind`, ...: the name as written in queries.
+    pub fn name(&self) -> String {
+        match self {
+            Field::Text => "text".into(),
+            Field::Keyword(k) | Field::Date(k) => (*k).into(),
+            Field::Flat { root, path } if path.is_empty() => (*root).into(),
+            Field::Flat { root, path } => format!("{root}.{path}"),
+        }
+    }
+}
+
+/// What a clause requires of its field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pred {
+    /// An unquoted value: exact for keyword and flat fields, word(s) for text.
+    Term(String),
+    /// A quoted value: exact for keyword and flat fields, a phrase for text.
+    Phrase(String),
+    /// A value with `*` / `?` wildcards.
+    Wildcard(String),
+    /// The field has a value (`field:*`, `_exists_:field`).
+    Exists,
+    /// Lexicographic range (keyword fields; flat fields when a bound is not a number).
+    StrRange(Bound<String>, Bound<String>),
+    /// Numeric range on a flat field (both bounds numbers or `*`).
+    NumRange(Bound<f64>, Bound<f64>),
+    /// Range on a date field, bounds resolved when the query was parsed.
+    TimeRange(Bound<OffsetDateTime>, Bound<OffsetDateTime>),
+}
+
+/// A query that cannot be parsed: where (character offset) and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct QueryError {
+    pub pos: usize,
+    pub msg: String,
+}
+
+impl fmt::Display for QueryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "query error at character {}: {}", self.pos + 1, self.msg)
+    }
+}
+
+impl QueryError {
+    /// The error with the query and a caret under the offending character.
+    pub fn explain(&self, query: &str) -> String {
+        let col: usize = query.chars().take(self.pos).count();
+        format!("{self}\n  {query}\n  {}^", " ".repeat(col))
+    }
+}
+
+/// Parses a query string (empty or `*` = everything); relative times resolve against now.
+pub fn parse(s: &str) -> Result<Query, QueryError> {
+    parse_at(s, OffsetDateTime::now_utc())
+}
+
+/// Parses with relative times (`1h`, `now`) resolved against `now`.
+pub fn parse_at(s: &str, now: OffsetDateTime) -> Result<Query, QueryError> {
+    let mut p = Parser { s, pos: 0, now };
+    p.ws();
+    if p.eof() {
+        return Ok(Query::All);
+    }
+    let q = p.or(None)?;
+    p.ws();
+    if !p.eof() {
+        return Err(p.err(if p.peek() == Some(')') {
+            "unbalanced ')'".to_string()
+        } else {
+            "unexpected text".to_string()
+        }));
+    }
+    Ok(simplify(q))
+}
+
+/// Resolves a field name as written in a query.
+pub fn field(name: &str) -> Result<Field, String> {
+    if name == "text" {
+        return Ok(Field::Text);
+    }
+    if let Some(k) = KEYWORDS.iter().find(|k| **k == name) {
+        return Ok(Field::Keyword(k));
+    }
+    if name == "time" {
+        return Ok(Field::Date("time"));
+    }
+    if name == "seen" {
+        return Ok(Field::Date("seen"));
+    }
+    for root in FLAT_ROOTS {
+        if name == root {
+            return Ok(Field::Flat {
+                root,
+                path: String::new(),
+            });
+        }
+        if let Some(path) = name.strip_prefix(root).and_then(|r| r.strip_prefix('.')) {
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                return Err(format!("{name:?} is not a valid path"));
+            }
+            return Ok(Field::Flat {
+                root,
+                path: path.to_owned(),
+            });
+        }
+    }
+    Err(format!(
+        "unknown field {name:?}: use {}, time, seen, text, detail.<key> or labels.<key> \
+         (an event's own keys are under detail.)",
+        KEYWORDS.join(", ")
+    ))
+}
+
+fn simplify(q: Query) -> Query {
+    match q {
+        Query::And(v) | Query::Or(v) if v.len() == 1 => {
+            simplify(v.into_iter().next().unwrap_or(Query::All))
+        }
+        Query::And(v) => Query::And(v.into_iter().map(simplify).collect()),
+        Query::Or(v) => Query::Or(v.into_iter().map(simplify).collect()),
+        Query::Not(x) => Query::Not(Box::new(simplify(*x))),
+        other => other,
+    }
+}
+
+struct Parser<'a> {
+    s: &'a str,
+    pos: usize,
+    now: OffsetDateTime,
+}
+
+/// A value as read: its text and whether it had an unescaped wildcard or was quoted.
+struct Word {
+    text: String,
+    wildcard: bool,
+    start: usize,
+}
+
+const SPECIAL: &[char] = &['(', ')', '"', '[', ']', '{', '}'];
+
+impl Parser<'_> {
+    fn eof(&self) -> bool {
+        self.pos >= self.s.len()
+    }
+    fn peek(&self) -> Option<char> {
+        self.s[self.pos..].chars().next()
+    }
+    fn rest(&self) -> &str {
+        &self.s[self.pos..]
+    }
+    fn bump(&mut self) -> Option<char> {
+        let c = self.peek()?;
+        self.pos += c.len_utf8();
+        Some(c)
+    }
+    fn ws(&mut self) {
+        while self.peek().is_some_and(char::is_whitespace) {
+            self.bump();
+        }
+    }
+    fn err(&self, msg: impl Into<String>) -> QueryError {
+        QueryError {
+            pos: self.pos,
+            msg: msg.into(),
+        }
+    }
+    fn err_at(&self, pos: usize, msg: impl Into<String>) -> QueryError {
+        QueryError {
+            pos,
+            msg: msg.into(),
+        }
+    }
+
+    /// An operator word (`AND`, `OR`, `NOT`, `TO`) followed by a separator.
+    fn at_op(&self, op: &str) -> bool {
+        let r = self.rest();
+        r.starts_with(op)
+            && r[op.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| c.is_whitespace() || c == '(' || c == '"')
+    }
+
+    fn or(&mut self, default: Option<&Field>) -> Result<Query, QueryError> {
+        let mut items = vec![self.and(default)?];
+        loop {
+            self.ws();
+            if !(self.at_op("OR") || self.rest().starts_with("||")) {
+                break;
+            }
+            self.pos += 2;
+            self.ws();
+            if self.eof() || self.peek() == Some(')') {
+                return Err(self.err("OR needs something after it"));
+            }
+            items.push(self.and(default)?);
+        }
+        Ok(Query::Or(items))
+    }
+
+    fn and(&mut self, default: Option<&Field>) -> Result<Query, QueryError> {
+        let mut items = vec![self.unary(default)?];
+        loop {
+            self.ws();
+            if self.eof()
+                || self.peek() == Some(')')
+                || self.at_op("OR")
+                || self.rest().starts_with("||")
+            {
+                break;
+            }
+            if self.at_op("AND") {
+                self.pos += 3;
+                self.ws();
+            } else if self.rest().starts_with("&&") {
+                self.pos += 2;
+                self.ws();
+            }
+            if self.eof() || self.peek() == Some(')') {
+                return Err(self.err("AND needs something after it"));
+            }
+            items.push(self.unary(default)?);
+        }
+        Ok(Query::And(items))
+    }
+
+    fn unary(&mut self, default: Option<&Field>) -> Result<Query, QueryError> {
+        self.ws();
+        if self.at_op("NOT") {
+            self.pos += 3;
+            self.ws();
+            return Ok(Query::Not(Box::new(self.unary(default)?)));
+        }
+        match self.peek() {
+            Some('!') | Some('-') => {
+                let next = self.rest()[1..].chars().next();
+                if next.is_some_and(|c| !c.is_whitespace()) {
+                    self.bump();
+                    return Ok(Query::Not(Box::new(self.unary(default)?)));
+                }
+            }
+            Some('+') => {
+                self.bump();
+                return self.unary(default);
+            }
+            _ => {}
+        }
+        self.primary(default)
+    }
+
+    fn primary(&mut self, default: Option<&Field>) -> Result<Query, QueryError> {
+        self.ws();
+        let Some(c) = self.peek() else {
+            return Err(self.err("the query ends where a value was expected"));
+        };
+        if c == '(' {
+            self.bump();
+            let q = self.or(default)?;
+            self.ws();
+            if self.bump() != Some(')') {
+                return Err(self.err("missing ')'"));
+            }
+            return Ok(q);
+        }
+        if c == ')' {
+            return Err(self.err("unexpected ')'"));
+        }
+        // `name:` introduces a field.
+        if default.is_none() {
+            if let Some((name, after)) = self.field_prefix() {
+                let start = self.pos;
+                if name == "_exists_" {
+                    self.pos = after;
+                    let w = self.word(false)?;
+                    let f = field(&w.text).map_err(|m| self.err_at(w.start, m))?;
+                    return Ok(Query::Clause(f, Pred::Exists));
+                }
+                let f = field(&name).map_err(|m| self.err_at(start, m))?;
+                self.pos = after;
+                if self.peek().is_none_or(char::is_whitespace) {
+                    return Err(self.err(format!("{name}: needs a value right after the colon")));
+                }
+                return self.value(&f);
+            }
+        }
+        let f = default.cloned().unwrap_or(Field::Text);
+        self.value(&f)
+    }
+
+    /// If the text at `pos` is `name:`, the name (unescaped) and the offset after the colon.
+    fn field_prefix(&self) -> Option<(String, usize)> {
+        let mut name = String::new();
+        let mut it = self.rest().char_indices();
+        while let Some((i, c)) = it.next() {
+            match c {
+                ':' if !name.is_empty() => return Some((name, self.pos + i + 1)),
+                '\\' => name.push(it.next()?.1),
+                c if c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | '@' | '/') => {
+                    name.push(c)
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// Reads an unquoted word (colons allowed when `colon_ok`, e.g. in values like times).
+    fn word(&mut self, colon_ok: bool) -> Result<Word, QueryError> {
+        let start = self.pos;
+        let mut text = String::new();
+        let mut wildcard = false;
+        while let Some(c) = self.peek() {
+            if c.is_whitespace() || SPECIAL.contains(&c) || (c == ':' && !colon_ok) {
+                break;
+            }
+            self.bump();
+            match c {
+                '\\' => match self.bump() {
+                    Some(e) => text.push(e),
+                    None => return Err(self.err("a backslash at the end escapes nothing")),
+                },
+                '*' | '?' => {
+                    wildcard = true;
+                    text.push(c);
+                }
+                c => text.push(c),
+            }
+        }
+        if text.is_empty() {
+            return Err(self.err_at(start, "a value was expected here"));
+        }
+        Ok(Word {
+            text,
+            wildcard,
+            start,
+        })
+    }
+
+    fn phrase(&mut self) -> Result<String, QueryError> {
+        let start = self.pos;
+        self.bump(); // opening quote
+        let mut text = String::new();
+        loop {
+            match self.bump() {
+                None => return Err(self.err_at(start, "unterminated \"phrase\"")),
+                Some('"') => return Ok(text),
+                Some('\\') => match self.bump() {
+                    Some(e) => text.push(e),
+                    None => return Err(self.err_at(start, "unterminated \"phrase\"")),
+                },
+                Some(c) => text.push(c),
+            }
+        }
+    }
+
+    fn value(&mut self, f: &Field) -> Result<Query, QueryError> {
+        let start = self.pos;
+        match self.peek() {
+            Some('(') => {
+                self.bump();
+                let q = self.or(Some(f))?;
+                self.ws();
+                if self.bump() != Some(')') {
+                    return Err(self.err("missing ')'"));
+                }
+                Ok(q)
+            }
+            Some('"') => {
+                let text = self.phrase()?;
+                self.clause(f, Pred::Phrase(text), start)
+            }
+            Some('[') | Some('{') => self.range(f),
+            Some('>') | Some('<') => {
+                let gt = self.bump() == Some('>');
+                let eq = if self.peek() == Some('=') {
+                    self.bump();
+                    true
+                } else {
+                    false
+                };
+                let v = self.bound_value()?;
+                let Some(v) = v else {
+                    return Err(self.err_at(start, "a comparison needs a value, not *"));
+                };
+                let b = if eq {
+                    Bound::Included(v)
+                } else {
+                    Bound::Excluded(v)
+                };
+                let (lo, hi) = if gt {
+                    (b, Bound::Unbounded)
+                } else {
+                    (Bound::Unbounded, b)
+                };
+                self.range_clause(f, lo, hi, start)
+            }
+            _ => {
+                let w = self.word(true)?;
+                if w.text == "*" {
+                    return Ok(match f {
+                        Field::Text => Query::All,
+                        f => Query::Clause(f.clone(), Pred::Exists),
+                    });
+                }
+                let pred = if w.wildcard {
+                    Pred::Wildcard(w.text)
+                } else {
+                    Pred::Term(w.text)
+                };
+                self.clause(f, pred, w.start)
+            }
+        }
+    }
+
+    /// A range bound: a word, a phrase, or `*` (None).
+    fn bound_value(&mut self) -> Result<Option<String>, QueryError> {
+        self.ws();
+        if self.peek() == Some('"') {
+            return self.phrase().map(Some);
+        }
+        let start = self.pos;
+        let mut text = String::new();
+        while let Some(c) = self.peek() {
+            if c.is_whitespace() || matches!(c, ']' | '}' | ')' | '(') {
+                break;
+            }
+            self.bump();
+            if c == '\\' {
+                match self.bump() {
+                    Some(e) => text.push(e),
+                    None => return Err(self.err("a backslash at the end escapes nothing")),
+                }
+            } else {
+                text.push(c);
+            }
+        }
+        match text.as_str() {
+            "" => Err(self.err_at(start, "a range bound was expected here")),
+            "*" => Ok(None),
+            _ => Ok(Some(text)),
+        }
+    }
+
+    fn range(&mut self, f: &Field) -> Result<Query, QueryError> {
+        let start = self.pos;
+        let lo_incl = self.bump() == Some('[');
+        let lo = self.bound_value()?;
+        self.ws();
+        if !self.at_op("TO") {
+            return Err(self.err("a range is written [LOW TO HIGH] (TO in capitals)"));
+        }
+        self.pos += 2;
+        let hi = self.bound_value()?;
+        self.ws();
+        let hi_incl = match self.bump() {
+            Some(']') => true,
+            Some('}') => false,
+            _ => return Err(self.err_at(start, "a range ends with ] or }")),
+        };
+        let bound = |v: Option<String>, incl: bool| match v {
+            None => Bound::Unbounded,
+            Some(v) if incl => Bound::Included(v),
+            Some(v) => Bound::Excluded(v),
+        };
+        self.range_clause(f, bound(lo, lo_incl), bound(hi, hi_incl), start)
+    }
+
+    fn range_clause(
+        &self,
+        f: &Field,
+        lo: Bound<String>,
+        hi: Bound<String>,
+        start: usize,
+    ) -> Result<Query, QueryError> {
+        let pred = match f {
+            Field::Text => {
+                return Err(self.err_at(start, "ranges need a field: write field:[LOW TO HIGH]"))
+            }
+            Field::Date(_) => {
+                let t = |s: &String| {
+                    crate::time::parse_time_at(s, self.now).map_err(|m| self.err_at(start, m))
+                };
+                Pred::TimeRange(map_bound(lo, t)?, map_bound(hi, t)?)
+            }
+            Field::Keyword(_) => Pred::StrRange(lo, hi),
+            Field::Flat { path, .. } if path.is_empty() => {
+                return Err(self.err_at(
+                    start,
+                    "a range needs a key: write detail.<key>:[LOW TO HIGH]",
+                ))
+            }
+            Field::Flat { .. } => {
+                let num = |b: &Bound<String>| match b {
+                    Bound::Included(s) | Bound::Excluded(s) => parse_number(s).is_some(),
+                    Bound::Unbounded => true,
+                };
+                if num(&lo) && num(&hi) && !(lo == Bound::Unbounded && hi == Bound::Unbounded) {
+                    let n = |s: &String| {
+                        parse_number(s).ok_or_else(|| self.err_at(start, "not a number"))
+                    };
+                    Pred::NumRange(map_bound(lo, n)?, map_bound(hi, n)?)
+                } else {
+                    Pred::StrRange(lo, hi)
+                }
+            }
+        };
+        Ok(Query::Clause(f.clone(), pred))
+    }
+
+    fn clause(&self, f: &Field, pred: Pred, start: usize) -> Result<Query, QueryError> {
+        if let Field::Date(_) = f {
+            let text = match &pred {
+                Pred::Term(t) | Pred::Phrase(t) => t.clone(),
+                Pred::Wildcard(_) => {
+                    return Err(self.err_at(start, "wildcards do not apply to times"))
+                }
+                _ => unreachable!("only values reach clause()"),
+            };
+            let t =
+                crate::time::parse_time_at(&text, self.now).map_err(|m| self.err_at(start, m))?;
+            // A bare date means that whole day.
+            let is_date = text.len() == 10 && text.as_bytes()[4] == b'-';
+            let hi = if is_date {
+                Bound::Excluded(t + time::Duration::days(1))
+            } else {
+                Bound::Included(t)
+            };
+            return Ok(Query::Clause(
+                f.clone(),
+                Pred::TimeRange(Bound::Included(t), hi),
+            ));
+        }
+        Ok(Query::Clause(f.clone(), pred))
+    }
+}
+
+fn map_bound<T, U, E>(b: Bound<T>, f: impl Fn(&T) -> Result<U, E>) -> Result<Bound<U>, E> {
+    Ok(match b {
+        Bound::Included(v) => Bound::Included(f(&v)?),
+        Bound::Excluded(v) => Bound::Excluded(f(&v)?),
+        Bound::Unbounded => Bound::Unbounded,
+    })
+}
+
+/// A finite number as written in a query or a document.
+pub fn parse_number(s: &str) -> Option<f64> {
+    let s = s.trim();
+    if s.is_empty()
+        || s.starts_with('+')
+        || s.eq_ignore_ascii_case("nan")
+        || s.to_ascii_lowercase().contains("inf")
+    {
+        return None;
+    }
+    s.parse::<f64>().ok().filter(|f| f.is_finite())
+}
+
+/// The key under which a numeric leaf is indexed for numeric equality and ranges: the field path,
+/// a unit separator, then the number encoded so that byte order is numeric order. Both backends
+/// index these in a keyword field (`num`), so numeric ranges on arbitrary `detail` keys need no
+/// per-key mapping (OpenSearch's `flat_object` compares values as strings: "100" < "90").
+pub fn num_key(path: &str, n: f64) -> String {
+    format!("{path}\u{1f}{}", sortable(n))
+}
+
+/// The smallest and the past-the-end keys of a path in the `num` field.
+pub fn num_key_bounds(path: &str) -> (String, String) {
+    (format!("{path}\u{1f}"), format!("{path}\u{20}"))
+}
+
+fn sortable(n: f64) -> String {
+    let n = if n == 0.0 { 0.0 } else { n }; // -0.0 == 0.0
+    let bits = n.to_bits();
+    let key = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    };
+    format!("{key:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn p(s: &str) -> Query {
+        parse_at(s, datetime!(2026-11-28 12:00:00 UTC))
+            .unwrap_or_else(|e| panic!("{}", e.explain(s)))
+    }
+    fn kw(k: &'static str, v: &str) -> Query {
+        Query::Clause(Field::Keyword(k), Pred::Term(v.into()))
+    }
+    fn flat(path: &str, pred: Pred) -> Query {
+        Query::Clause(
+            Field::Flat {
+                root: "detail",
+                path: path.into(),
+            },
+            pred,
+        )
+    }
+    fn text(v: &str) -> Query {
+        Query::Clause(Field::Text, Pred::Term(v.into()))
+    }
+
+    #[test]
+    fn fields_boolean_operators_and_implicit_and() {
+        assert_eq!(
+            p("event_type:vm.disk_usage AND detail.host:web-12"),
+            Query::And(vec![
+                kw("event_type", "vm.disk_usage"),
+                flat("host", Pred::Term("web-12".into()))
+            ])
+        );
+        assert_eq!(
+            p("kernel oops"),
+            Query::And(vec![text("kernel"), text("oops")])
+        );
+        assert_eq!(
+            p("a OR b c"),
+            Query::Or(vec![text("a"), Query::And(vec![text("b"), text("c")])])
+        );
+        assert_eq!(p("-kind:task"), Query::Not(Box::new(kw("kind", "task"))));
+        assert_eq!(p("NOT kind:task"), Query::Not(Box::new(kw("kind", "task"))));
+        assert_eq!(
+            p("kind:(event OR rejected)"),
+            Query::Or(vec![kw("kind", "event"), kw("kind", "rejected")])
+        );
+        assert_eq!(p(""), Query::All);
+        assert_eq!(p("*"), Query::All);
+        assert_eq!(p("and or"), Query::And(vec![text("and"), text("or")]));
+    }
+
+    #[test]
+    fn values_ranges_wildcards_and_exists() {
+        assert_eq!(
+            p("detail.usage_pct:[90 TO 100]"),
+            flat(
+                "usage_pct",
+                Pred::NumRange(Bound::Included(90.0), Bound::Included(100.0))
+            )
+        );
+        assert_eq!(
+            p("detail.usage_pct:{90 TO *]"),
+            flat(
+                "usage_pct",
+                Pred::NumRange(Bound::Excluded(90.0), Bound::Unbounded)
+            )
+        );
+        assert_eq!(
+            p("detail.usage_pct:>=90"),
+            flat(
+                "usage_pct",
+                Pred::NumRange(Bound::Included(90.0), Bound::Unbounded)
+            )
+        );
+        assert_eq!(
+            p("detail.host:[a TO m}"),
+            flat(
+                "host",
+                Pred::StrRange(Bound::Included("a".into()), Bound::Excluded("m".into()))
+            )
+        );
+        assert_eq!(
+            p("detail.host:web-*"),
+            flat("host", Pred::Wildcard("web-*".into()))
+        );
+        assert_eq!(
+            p("detail.host:web\\*"),
+            flat("host", Pred::Term("web*".into()))
+        );
+        assert_eq!(p("detail.code:*"), flat("code", Pred::Exists));
+        assert_eq!(p("_exists_:detail.code"), flat("code", Pred::Exists));
+        assert_eq!(
+            p("\"disk full\""),
+            Query::Clause(Field::Text, Pred::Phrase("disk full".into()))
+        );
+        assert_eq!(
+            p("detail.msg:\"a \\\"b\\\"\""),
+            flat("msg", Pred::Phrase("a \"b\"".into()))
+        );
+        assert_eq!(
+            p("time:[2026-11-28T00:00:00Z TO 1h]"),
+            Query::Clause(
+                Field::Date("time"),
+                Pred::TimeRange(
+                    Bound::Included(datetime!(2026-11-28 00:00:00 UTC)),
+                    Bound::Included(datetime!(2026-11-28 11:00:00 UTC))
+                )
+            )
+        );
+        assert_eq!(
+            p("time:2026-11-27"),
+            Query::Clause(
+                Field::Date("time"),
+                Pred::TimeRange(
+                    Bound::Included(datetime!(2026-11-27 00:00:00 UTC)),
+                    Bound::Excluded(datetime!(2026-11-28 00:00:00 UTC))
+                )
+            )
+        );
+    }
+
+    #[test]
+    fn errors_say_where_and_what() {
+        let e = parse("evnt_type:x").unwrap_err();
+        assert!(
+            e.msg.contains("unknown field \"evnt_type\"") && e.msg.contains("detail.<key>"),
+            "{e}"
+        );
+        assert_eq!(e.pos, 0);
+        let e = parse("kind:event AND (x").unwrap_err();
+        assert!(e.msg.contains("missing ')'"), "{e}");
+        let e = parse("detail.n:[1 100]").unwrap_err();
+        assert!(e.msg.contains("TO"), "{e}");
+        let e = parse("\"open").unwrap_err();
+        assert!(e.msg.contains("unterminated"), "{e}");
+        let e = parse("time:[yesterday TO now]").unwrap_err();
+        assert!(e.msg.contains("not a time"), "{e}");
+        assert!(parse("a )").unwrap_err().explain("a )").contains("\n    ^"));
+    }
+
+    #[test]
+    fn numeric_keys_sort_numerically() {
+        let nums = [
+            -1e300, -2.5, -1.0, 0.0, 1e-9, 1.0, 9.0, 10.0, 90.0, 100.0, 1e300,
+        ];
+        let keys: Vec<String> = nums.iter().map(|n| num_key("detail.x", *n)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(num_key("d", -0.0), num_key("d", 0.0));
+        let (lo, hi) = num_key_bounds("detail.x");
+        assert!(keys.iter().all(|k| *k >= lo && *k < hi));
+        assert!(num_key("detail.xy", 1.0) > hi || num_key("detail.xy", 1.0) < lo);
+    }
+}

@@ -1,0 +1,157 @@
+//! The index stage: every batch of events, rejections and pipeline records becomes documents
+//! written in one backend call, and each message is acked only once its document is stored. When
+//! the backend cannot take them, the messages are nak'ed with a growing delay (redelivered later;
+//! nothing lost), and a redelivered message overwrites its own document (nothing doubled). It
+//! also ages out what is older than the accepted-event retention.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use whale_kernel::metrics::STAGE_EVENTS;
+use whale_kernel::{Delivery, Outcome, Stage};
+
+use crate::backend::{Backend, Error};
+use crate::doc::Doc;
+
+/// How often retention runs.
+const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The index stage.
+pub struct Index {
+    pub backend: Arc<dyn Backend>,
+    /// The backend failed last time: log the outage once, not once per batch.
+    down: AtomicBool,
+}
+
+impl Index {
+    pub fn new(backend: Arc<dyn Backend>) -> Index {
+        Index {
+            backend,
+            down: AtomicBool::new(false),
+        }
+    }
+
+    /// Starts the retention loop: deletes what was seen more than `retention` ago, now and then
+    /// every hour, until the process ends.
+    pub fn spawn_retention(&self, retention: Duration) -> tokio::task::JoinHandle<()> {
+        let backend = self.backend.clone();
+        tokio::spawn(async move {
+            loop {
+                let cutoff = OffsetDateTime::now_utc() - retention;
+                match backend.expire(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(backend = backend.name(), removed = n, "index retention")
+                    }
+                    Err(e) => tracing::warn!(
+                        backend = backend.name(),
+                        "index retention failed (will try again): {e}"
+                    ),
+                }
+                tokio::time::sleep(EXPIRE_EVERY).await;
+            }
+        })
+    }
+}
+
+/// Redelivery delay after `attempt` failed deliveries: 1 s doubling to 30 s.
+pub fn backoff(attempt: i64) -> Duration {
+    let exp = attempt.clamp(1, 6) - 1;
+    Duration::from_secs((1u64 << exp).min(30))
+}
+
+fn count(kind: &str, n: usize) {
+    if n > 0 {
+        STAGE_EVENTS
+            .with_label_values(&["index", kind])
+            .inc_by(n as u64);
+    }
+}
+
+#[async_trait]
+impl Stage for Index {
+    fn name(&self) -> &'static str {
+        "index"
+    }
+
+    async fn handle(&self, d: &Delivery) -> Outcome {
+        self.handle_batch(std::slice::from_ref(d))
+            .await
+            .pop()
+            .unwrap_or(Outcome::Ack(vec![]))
+    }
+
+    async fn handle_batch(&self, batch: &[Delivery]) -> Vec<Outcome> {
+        let docs: Vec<Doc> = batch.iter().map(Doc::from_delivery).collect();
+        count(
+            "unparsed",
+            docs.iter().filter(|d| d.kind == "unparsed").count(),
+        );
+        let attempt = batch.iter().map(|d| d.attempt).max().unwrap_or(1);
+        match self.backend.write(docs).await {
+            Ok(report) => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        backend = self.backend.name(),
+                        "index backend is back: catching up"
+                    );
+                }
+                count(
+                    "indexed",
+                    batch.len() - report.retry.len() - report.dropped.len(),
+                );
+                count("degraded", report.degraded.len());
+                count("dropped", report.dropped.len());
+                let mut out: Vec<Outcome> =
+                    (0..batch.len()).map(|_| Outcome::Ack(vec![])).collect();
+                for (i, why) in report.retry {
+                    out[i] = Outcome::Retry {
+                        delay: backoff(batch[i].attempt),
+                        reason: why,
+                    };
+                }
+                out
+            }
+            Err(e) => {
+                let delay = backoff(attempt);
+                let first = !self.down.swap(true, Ordering::Relaxed);
+                let name = self.backend.name();
+                match &e {
+                    Error::Unavailable(_) if first => tracing::warn!(
+                        backend = name,
+                        "cannot store records ({e}); they wait in NATS and are retried with backoff until it is back"
+                    ),
+                    Error::Unavailable(_) => {
+                        tracing::debug!(backend = name, "cannot store {} records, retrying in {delay:?}: {e}", batch.len())
+                    }
+                    _ => tracing::error!(backend = name, "cannot store {} records, retrying in {delay:?}: {e}", batch.len()),
+                }
+                count("retried", batch.len());
+                let reason = e.to_string();
+                batch
+                    .iter()
+                    .map(|_| Outcome::Retry {
+                        delay,
+                        reason: reason.clone(),
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(50), Duration::from_secs(30));
+    }
+}

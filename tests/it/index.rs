@@ -1,0 +1,335 @@
+//! The index stage end to end: events through NATS and HTTP, `whale run --stages
+//! ingest,validate,index`, then `whale events search`, `GET /v1/events` and `whale trace` — on the
+//! embedded index and on a real OpenSearch node (deploy/opensearch). And OpenSearch stopped
+//! mid-run: the stage waits and catches up, nothing lost or doubled (documents counted by id).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use whale_index::testkit::OpenSearchNode;
+
+use crate::harness::*;
+
+enum Backend {
+    Embedded(tempfile::TempDir),
+    OpenSearch(OpenSearchNode),
+}
+
+impl Backend {
+    async fn opensearch() -> Backend {
+        Backend::OpenSearch(
+            tokio::task::spawn_blocking(OpenSearchNode::start)
+                .await
+                .unwrap(),
+        )
+    }
+    fn embedded() -> Backend {
+        Backend::Embedded(tempfile::tempdir().unwrap())
+    }
+    fn configure(&self, env: &mut Env) {
+        match self {
+            Backend::Embedded(dir) => env.set("WHALE_INDEX_DIR", dir.path().to_str().unwrap()),
+            Backend::OpenSearch(node) => env.set("WHALE_OPENSEARCH_URL", &node.url()),
+        }
+    }
+}
+
+/// The mixed events of the end-to-end test and which are accepted.
+fn events(n: usize) -> Vec<(Value, bool)> {
+    (0..n)
+        .map(|i| {
+            let id = format!("ix-{i:05}");
+            let time = format!("2026-11-28T{:02}:{:02}:{:02}Z", i / 3600, (i / 60) % 60, i % 60);
+            match i % 5 {
+                0 | 1 => (
+                    json!({"id": id, "event_type": "vm.disk_usage", "source": "prom", "time": time,
+                           "detail": {"host": format!("web-{}", i % 7), "usage_pct": i % 101, "env": "prod"}}),
+                    true,
+                ),
+                2 => (
+                    json!({"id": id, "event_type": "generic", "source": "script", "time": time,
+                           "detail": {"message": format!("backup {i} finished"), "code": i}}),
+                    true,
+                ),
+                3 => (
+                    json!({"id": id, "event_type": "generic", "source": "script", "time": time,
+                           "detail": {"message": format!("kernel oops on node {i}"), "code": {"x": i % 3, "name": "oops"}}}),
+                    true,
+                ),
+                _ => (
+                    json!({"id": id, "event_type": "vm.disk_usage", "source": "prom", "time": time,
+                           "detail": {"host": "web-x", "usage_pct": "high"}}),
+                    false,
+                ),
+            }
+        })
+        .collect()
+}
+
+async fn get_json(url: &str) -> (u16, Value) {
+    let r = reqwest::get(url).await.unwrap();
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn total(env: &Env, q: &str, kind: &str) -> u64 {
+    let url = env.http(&format!(
+        "/v1/events?q={}&kind={kind}&limit=1",
+        urlencode(q)
+    ));
+    get_json(&url).await.1["total"].as_u64().unwrap_or(0)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn search_ids(env: &Env, args: &[&str]) -> BTreeSet<String> {
+    let mut all = vec!["events", "search", "--json", "--limit", "10000"];
+    all.extend_from_slice(args);
+    let out = env.ok(&all);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let ids: BTreeSet<String> = v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids.len() as u64,
+        v["total"].as_u64().unwrap(),
+        "{args:?}: every hit once"
+    );
+    ids
+}
+
+async fn end_to_end(backend: Backend) {
+    let mut env = Env::new();
+    backend.configure(&mut env);
+    env.prepare();
+    let _w = env.run("ingest,validate,index");
+    let nats = env.connect().await;
+    let evs = events(2_000);
+    let http = reqwest::Client::new();
+    for (i, chunk) in evs.chunks(250).enumerate() {
+        if i % 2 == 0 {
+            let body: Vec<&Value> = chunk.iter().map(|(e, _)| e).collect();
+            let r = http
+                .post(env.http("/v1/events"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        } else {
+            for (e, _) in chunk {
+                let t = e["event_type"].as_str().unwrap();
+                nats.js
+                    .publish(format!("whale.in.{t}"), Bytes::from(e.to_string()))
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let accepted = evs.iter().filter(|(_, ok)| *ok).count() as u64;
+    let rejected = evs.len() as u64 - accepted;
+    assert!(
+        eventually(Duration::from_secs(120), || async {
+            total(&env, "*", "event").await == accepted
+                && total(&env, "*", "rejected").await == rejected
+        })
+        .await,
+        "indexed {} events and {} rejections, want {accepted} and {rejected}",
+        total(&env, "*", "event").await,
+        total(&env, "*", "rejected").await
+    );
+
+    let want = |f: &dyn Fn(usize, &Value) -> bool| -> BTreeSet<String> {
+        evs.iter()
+            .enumerate()
+            .filter(|(i, (e, ok))| *ok && f(*i, e))
+            .map(|(_, (e, _))| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // By type and detail field, range, text, time; the CLI reads while `whale run` writes.
+    assert_eq!(
+        search_ids(&env, &["event_type:vm.disk_usage AND detail.host:web-3"]),
+        want(&|i, _| i % 5 < 2 && i % 7 == 3)
+    );
+    assert_eq!(
+        search_ids(
+            &env,
+            &["event_type:vm.disk_usage AND detail.usage_pct:[90 TO 100]"]
+        ),
+        want(&|i, _| i % 5 < 2 && i % 101 >= 90)
+    );
+    assert_eq!(search_ids(&env, &["oops"]), want(&|i, _| i % 5 == 3));
+    assert_eq!(
+        search_ids(&env, &["detail.code:[100 TO 199]"]),
+        want(&|i, _| i % 5 == 2 && (100..200).contains(&i))
+    );
+    assert_eq!(
+        search_ids(&env, &["detail.code.x:1"]),
+        want(&|i, _| i % 5 == 3 && i % 3 == 1)
+    );
+    assert_eq!(
+        search_ids(
+            &env,
+            &[
+                "*",
+                "--from",
+                "2026-11-28T00:10:00Z",
+                "--to",
+                "2026-11-28T00:19:59Z"
+            ]
+        ),
+        want(&|i, _| (600..1200).contains(&i))
+    );
+    let rejected_ids = search_ids(&env, &["detail.usage_pct:high", "--kind", "rejected"]);
+    assert_eq!(rejected_ids.len() as u64, rejected);
+
+    // The same search over HTTP.
+    let (code, v) = get_json(&env.http("/v1/events?q=detail.code.x%3A1&limit=10000")).await;
+    assert_eq!(code, 200, "{v}");
+    let http_ids: BTreeSet<String> = v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(http_ids, want(&|i, _| i % 5 == 3 && i % 3 == 1));
+    let (code, v) = get_json(&env.http("/v1/events?q=nofield%3Ax")).await;
+    assert_eq!(code, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"nofield\""),
+        "{v}"
+    );
+    let out = env
+        .whale(&["events", "search", "detail.usage_pct:[1 100]"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TO"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Human output.
+    let out = env.ok(&["events", "search", "event_id:ix-00003"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ix-00003") && text.contains("1 of 1 matching events"),
+        "{text}"
+    );
+
+    // Trace: a rejected event and an accepted one.
+    let out = env.ok(&["trace", "ix-00004"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("event ix-00004 — rejected"), "{text}");
+    assert!(
+        text.contains("/detail/usage_pct"),
+        "the reason is shown: {text}"
+    );
+    let out = env.ok(&["trace", "ix-00001", "--json"]);
+    let t: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(t["outcome"], "accepted");
+    assert_eq!(t["steps"][0]["kind"], "event");
+    assert_eq!(t["event"]["detail"]["host"], "web-1");
+    let out = env.whale(&["trace", "no-such-event"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_embedded() {
+    end_to_end(Backend::embedded()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_opensearch() {
+    end_to_end(Backend::opensearch().await).await;
+}
+
+/// OpenSearch killed mid-run and started again: the stage naks and retries with backoff, then
+/// catches up; every event is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opensearch_outage_loses_and_doubles_nothing() {
+    let backend = Backend::opensearch().await;
+    let mut env = Env::new();
+    backend.configure(&mut env);
+    let Backend::OpenSearch(mut node) = backend else {
+        unreachable!()
+    };
+    env.prepare();
+    let _w = env.run("validate,index");
+    let nats = env.connect().await;
+    let publish = |from: usize, to: usize| {
+        let js = nats.js.clone();
+        async move {
+            for i in from..to {
+                let ev = json!({"id": format!("out-{i:05}"), "event_type": "generic", "source": "t",
+                                "detail": {"message": format!("event {i}"), "seq": i}});
+                js.publish("whale.in.generic", Bytes::from(ev.to_string()))
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    publish(0, 1_000).await;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            total(&env, "*", "event").await >= 500
+        })
+        .await
+    );
+    // Published while the cluster is down: validated, then waiting in the index consumer.
+    let mut node = tokio::task::spawn_blocking(move || {
+        node.stop();
+        node
+    })
+    .await
+    .unwrap();
+    publish(1_000, 3_000).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let node = tokio::task::spawn_blocking(move || {
+        node.start_again();
+        node
+    })
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(120), || async {
+            total(&env, "*", "event").await >= 3_000
+        })
+        .await,
+        "caught up to {} of 3000",
+        total(&env, "*", "event").await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ids = search_ids(&env, &["event_type:generic", "--kind", "event"]);
+    let want: BTreeSet<String> = (0..3_000).map(|i| format!("out-{i:05}")).collect();
+    assert_eq!(ids, want, "every event indexed once");
+    // Counted on the OpenSearch side too: one document per event id.
+    let (code, body) =
+        tokio::task::spawn_blocking(move || node.get("/whale-*/_count?q=kind:event"))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["count"], 3_000, "{v}");
+}
