@@ -22,7 +22,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let mut t = whale_index::trace::trace(&*backend, &a.event_id)
         .await
         .map_err(|e| anyhow::anyhow!("reading the {} index: {e}", backend.name()))?;
-    t.not_matched = not_matched(&cfg, &t);
+    t.not_matched = not_matched(&cfg, &t).await;
     if a.json {
         super::print_json(&t)?;
     } else {
@@ -41,14 +41,39 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Rules that listened to the event's type and did not match, and why.
-///
-/// The place for the rules crate: nothing is published for a rule that does not match, so the
-/// index cannot know. Evaluate the active rule set (KV `whale_rules`) against `t.event` here —
-/// each rule whose `event_type` is the event's and whose condition is false becomes a
-/// `NotMatched { rule, reason: "<which condition> was false: ..." }`. Until then: none listed.
-fn not_matched(_cfg: &Config, _t: &Trace) -> Vec<NotMatched> {
-    Vec::new()
+/// Rules that listened to the event's type and did not match, and why. Nothing is recorded for
+/// a non-match (only counted), so the answer comes from evaluating the active rule set on the
+/// stored event now; if NATS is unreachable the section is left out.
+async fn not_matched(cfg: &Config, t: &Trace) -> Vec<NotMatched> {
+    let Some(ev) = t.event.clone() else { return Vec::new() };
+    let Some(event_type) = ev.get("event_type").and_then(|v| v.as_str()).map(str::to_owned) else {
+        return Vec::new();
+    };
+    let connect = super::connect(cfg, "trace");
+    let Ok(Ok(nats)) = tokio::time::timeout(std::time::Duration::from_secs(3), connect).await else {
+        return Vec::new();
+    };
+    let Ok(Some(stored)) = crate::rules_store::active(&nats).await else { return Vec::new() };
+    let Ok(set) = whale_rules::RuleSet::compile(&stored.sources) else { return Vec::new() };
+    let input = whale_rules::Input::new(ev);
+    set.rules_for(&event_type)
+        .iter()
+        .filter_map(|rule| {
+            let e = rule.evaluate(&input);
+            (!e.matched).then(|| NotMatched {
+                rule: rule.name().to_owned(),
+                reason: match e.failed {
+                    Some(f) => format!(
+                        "{} was false: saw {} ({})",
+                        f.step,
+                        f.saw.map(|v| v.to_string()).unwrap_or_else(|| "nothing (missing)".into()),
+                        f.reason
+                    ),
+                    None => "did not match".into(),
+                },
+            })
+        })
+        .collect()
 }
 
 /// The human view: a header, then one block per step, top to bottom.

@@ -164,3 +164,38 @@ async fn render_failures_are_recorded_and_hostile_runtime_jq_does_not_stop_the_w
     let tasks = read_all(&nats, STREAM_PIPE, "whale.pipe.task").await;
     assert_eq!(tasks.iter().filter(|t| t["rule"] == "plain").count(), 20, "other rules keep serving");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_says_which_rule_matched_and_why_the_others_did_not() {
+    let mut env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    env.set("WHALE_INDEX_DIR", dir.path().to_str().unwrap());
+    env.prepare();
+    env.ok(&["rules", "apply", "pipelines"]);
+    let _w = env.run("ingest,validate,index,match,render");
+    let http = reqwest::Client::new();
+    let staging = json!({"id": "tr-staging", "event_type": "vm.disk_usage",
+                         "detail": {"host": "web-3", "usage_pct": 97, "env": "staging", "mounts": [{"path": "/data"}]}});
+    let prod = json!({"id": "tr-prod", "event_type": "vm.disk_usage",
+                      "detail": {"host": "web-4", "usage_pct": 97, "env": "prod", "mounts": [{"path": "/data"}]}});
+    for body in [&staging, &prod] {
+        assert_eq!(http.post(env.http("/v1/events")).json(body).send().await.unwrap().status(), 202);
+    }
+    let traced = |id: &str, want: &str| {
+        let out = env.whale(&["trace", id]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(want)
+    };
+    let mut ok = false;
+    for _ in 0..100 {
+        if traced("tr-prod", "ops.clean_disk") && traced("tr-staging", "did not match") {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let human = stdout(&env.whale(&["trace", "tr-staging"]).output().unwrap());
+    assert!(ok, "{human}");
+    assert!(human.contains("disk-full-cleanup") && human.contains("\"staging\""), "why not names the rule and the value: {human}");
+    let json: Value = serde_json::from_slice(&env.ok(&["trace", "tr-staging", "--json"]).stdout).unwrap();
+    assert_eq!(json["not_matched"][0]["rule"], "disk-full-cleanup", "{json}");
+}
