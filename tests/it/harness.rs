@@ -203,3 +203,75 @@ pub async fn count(nats: &Nats, stream: &str, filter: &str) -> u64 {
         Err(_) => 0,
     }
 }
+
+/// The StackStorm emulator (`st2-emulator`, a bin of the workspace) on a free port; killed on
+/// drop. The root package cannot depend on another package's binary, so it is found next to the
+/// `whale` test binary: `cargo test --workspace` (or `cargo build --workspace --bins` before
+/// `cargo test --test it`) builds it there.
+pub struct Emulator {
+    child: Child,
+    pub url: String,
+}
+
+impl Emulator {
+    /// Path of the emulator binary; panics with the fix when it was not built.
+    pub fn binary() -> PathBuf {
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_whale")).with_file_name("st2-emulator");
+        assert!(
+            bin.is_file(),
+            "{} is missing: build it with `cargo build --workspace --bins` (or run `cargo test --workspace`) before `cargo test --test it`",
+            bin.display()
+        );
+        bin
+    }
+
+    /// Starts it with extra flags (`--any-action`, `--api-key K`, `--actions FILE`).
+    pub fn start(args: &[&str]) -> Emulator {
+        use std::io::BufRead;
+        let mut child = Command::new(Self::binary())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn st2-emulator");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("read the emulator's address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("st2-emulator did not start: {line:?}"))
+            .to_owned();
+        Emulator { child, url: format!("http://{addr}") }
+    }
+
+    /// `GET /_emulator/stats`.
+    pub async fn stats(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/_emulator/stats", self.url)).await.unwrap().json().await.unwrap()
+    }
+
+    /// Executions the emulator created so far.
+    pub async fn created(&self) -> u64 {
+        self.stats().await["executions_created"].as_u64().unwrap_or(0)
+    }
+
+    /// `POST /_emulator/faults` (e.g. `{"http_500": {"for_ms": 3000}}`).
+    pub async fn fault(&self, body: serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/_emulator/faults", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "fault {body} refused: {}", r.text().await.unwrap_or_default());
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

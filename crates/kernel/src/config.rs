@@ -67,8 +67,13 @@ pub struct Config {
     /// StackStorm clusters by name; `default` comes from WHALE_ST2_URL / WHALE_ST2_API_KEY.
     pub clusters: BTreeMap<String, ClusterConfig>,
     /// Notification channels by name (used by rules' `notify` and approvals).
-    pub channels: BTreeMap<String, toml::Value>,
-    pub dispatch: toml::Table,
+    pub channels: BTreeMap<String, ChannelConfig>,
+    /// The feedback stage: following executions and sending notifications.
+    pub feedback: FeedbackConfig,
+    /// The approval gate: signed links in chat.
+    pub approvals: ApprovalsConfig,
+    /// The dispatch stage: routing of unknown clusters, retries, circuit breakers.
+    pub dispatch: DispatchConfig,
 }
 
 /// How to reach NATS. Several URLs for a cluster; one of the auth methods.
@@ -218,6 +223,240 @@ pub struct ClusterConfig {
     pub failover: Option<String>,
 }
 
+/// What dispatch does with a task whose `cluster` is not configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownRoute {
+    /// Send it to the cluster named `default` (dead letter if there is none).
+    #[default]
+    Default,
+    /// Put it in the dead letter with the reason.
+    DeadLetter,
+}
+
+/// The dispatch stage (`[dispatch]`): how tasks reach StackStorm and what happens when they cannot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Task for a cluster that is not configured: `"default"` or `"dead_letter"`.
+    pub unknown_route: UnknownRoute,
+    /// Failed StackStorm calls (5xx, timeouts, connection errors, 401/403) for one task before it
+    /// goes to the dead letter with the last error. Waiting for a drained cluster does not count.
+    pub max_attempts: u32,
+    /// Delay after the first failed call; it doubles with each further failure (with jitter).
+    #[serde(deserialize_with = "de_duration")]
+    pub backoff_base: Duration,
+    /// Longest delay between two attempts.
+    #[serde(deserialize_with = "de_duration")]
+    pub backoff_max: Duration,
+    /// Consecutive failed calls to one cluster (per worker) that open its circuit breaker: its
+    /// new tasks then go to its failover cluster, or wait.
+    pub breaker_threshold: u32,
+    /// How long an open breaker stays open before one probe (`GET /api/v1/`) may close it.
+    #[serde(deserialize_with = "de_duration")]
+    pub breaker_cooldown: Duration,
+    /// Limit for one StackStorm request. A task's claim is leased for twice this while its
+    /// execution is being created; a task redelivered meanwhile waits for the lease to end.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    /// How often a task waiting for a drained or failing cluster (no failover available) is
+    /// looked at again.
+    #[serde(deserialize_with = "de_duration")]
+    pub wait_retry: Duration,
+    /// How long a task may wait for its cluster before it goes to the dead letter. Keep it below
+    /// `nats.pipe_retention`, which would otherwise drop the waiting task from the stream.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_wait: Duration,
+    /// StackStorm calls in flight per worker loop, over all clusters (each cluster's
+    /// `max_concurrent` caps its own share).
+    pub concurrency: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            unknown_route: UnknownRoute::Default,
+            max_attempts: 10,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            wait_retry: Duration::from_secs(5),
+            max_wait: Duration::from_secs(3600),
+            concurrency: 64,
+        }
+    }
+}
+
+impl DispatchConfig {
+    /// Refuses settings that cannot work.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.max_attempts == 0 || self.breaker_threshold == 0 || self.concurrency == 0 {
+            bail!("dispatch.max_attempts, dispatch.breaker_threshold and dispatch.concurrency must be at least 1");
+        }
+        if self.backoff_base.is_zero() || self.backoff_base > self.backoff_max {
+            bail!("dispatch.backoff_base must be above zero and at most dispatch.backoff_max");
+        }
+        if self.request_timeout.is_zero() {
+            bail!("dispatch.request_timeout must be above zero");
+        }
+        Ok(())
+    }
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+/// What kind of webhook a channel is; it decides the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    /// WeCom (企业微信) group robot: `{"msgtype": "markdown", "markdown": {"content": ...}}`.
+    Wecom,
+    /// Slack incoming webhook: `{"text": ...}`.
+    Slack,
+    /// Any HTTP endpoint: the JSON record itself.
+    Webhook,
+}
+
+/// One notification channel (`[channels.<name>]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// `wecom`, `slack` or `webhook`.
+    #[serde(rename = "type")]
+    pub kind: ChannelKind,
+    /// Webhook URL, for URLs that hold no secret (WeCom defaults to its robot endpoint).
+    pub url: Option<String>,
+    /// Environment variable holding the whole URL instead (Slack webhook URLs are secrets).
+    pub url_env: Option<String>,
+    /// Environment variable holding the key: the WeCom robot `key` query parameter, or a bearer
+    /// token for generic webhooks.
+    pub key_env: Option<String>,
+    /// Message: a `{{ jq }}` template over `{event, task, result}`; default: a short summary.
+    pub template: Option<String>,
+    /// The URL to call, key included (filled from the environment; never printed).
+    #[serde(skip)]
+    pub endpoint: Option<Secret>,
+    /// Bearer token for generic webhooks (from `key_env`).
+    #[serde(skip)]
+    pub bearer: Option<Secret>,
+}
+
+/// WeCom's group robot endpoint, used when a `wecom` channel gives only its key.
+pub const WECOM_ROBOT_URL: &str = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send";
+
+impl ChannelConfig {
+    /// Fills `endpoint` and `bearer` from the file and the environment.
+    fn resolve(&mut self, name: &str, var: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        let from_env = |v: &str| {
+            var(v).with_context(|| format!("channel {name:?} reads ${v}, which is not set"))
+        };
+        let url = match (&self.url, &self.url_env) {
+            (Some(_), Some(_)) => bail!("channel {name:?}: give url or url_env, not both"),
+            (Some(u), None) => Some(u.clone()),
+            (None, Some(v)) => Some(from_env(v)?),
+            (None, None) if self.kind == ChannelKind::Wecom => Some(WECOM_ROBOT_URL.to_owned()),
+            (None, None) => bail!("channel {name:?} has no url: set url or url_env"),
+        };
+        let key = self.key_env.as_deref().map(from_env).transpose()?;
+        let url = url.unwrap_or_default();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("channel {name:?}: the url is not an http(s) URL");
+        }
+        self.endpoint = Some(Secret::new(match (self.kind, key) {
+            (ChannelKind::Wecom, Some(k)) => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}key={k}")
+            }
+            (ChannelKind::Wecom, None) if !url.contains("key=") => {
+                bail!("channel {name:?}: a WeCom robot needs its key: set key_env (or a url_env with ?key=)")
+            }
+            (ChannelKind::Slack, Some(_)) => {
+                bail!("channel {name:?}: Slack webhook URLs carry their secret; use url_env, not key_env")
+            }
+            (ChannelKind::Webhook, Some(k)) => {
+                self.bearer = Some(Secret::new(k));
+                url
+            }
+            (_, None) => url,
+        }));
+        Ok(())
+    }
+}
+
+/// The feedback stage (`[feedback]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackConfig {
+    /// First look at a running execution after this; the wait doubles up to `poll_max`.
+    #[serde(deserialize_with = "de_duration")]
+    pub poll_min: Duration,
+    /// Longest wait between two looks at a running execution (the most a result lags).
+    #[serde(deserialize_with = "de_duration")]
+    pub poll_max: Duration,
+    /// Follow StackStorm's event stream; off (or disconnected) means every look is a GET.
+    pub stream: bool,
+    /// StackStorm calls and webhook posts in flight per worker loop.
+    pub concurrency: usize,
+    /// Limit for one webhook post.
+    #[serde(deserialize_with = "de_duration")]
+    pub notify_timeout: Duration,
+    /// Posts to a failing channel before the notification is recorded as failed.
+    pub notify_attempts: u32,
+    /// Wait after the first failed post; doubles with each failure up to `notify_backoff_max`.
+    #[serde(deserialize_with = "de_duration")]
+    pub notify_backoff: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub notify_backoff_max: Duration,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        FeedbackConfig {
+            poll_min: Duration::from_millis(500),
+            poll_max: Duration::from_secs(5),
+            stream: true,
+            concurrency: 32,
+            notify_timeout: Duration::from_secs(10),
+            notify_attempts: 5,
+            notify_backoff: Duration::from_secs(1),
+            notify_backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl FeedbackConfig {
+    /// Refuses settings that cannot work.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.poll_min.is_zero() || self.poll_min > self.poll_max {
+            bail!("feedback.poll_min must be above zero and at most feedback.poll_max");
+        }
+        if self.concurrency == 0 || self.notify_attempts == 0 || self.notify_timeout.is_zero() {
+            bail!("feedback.concurrency, feedback.notify_attempts and feedback.notify_timeout must be above zero");
+        }
+        Ok(())
+    }
+}
+
+/// The approval gate (`[approvals]`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// Base URL people reach whale's HTTP server at, for the links (default `http://<http.addr>`).
+    pub public_url: Option<String>,
+    /// Environment variable holding the link-signing secret (default `WHALE_APPROVAL_SECRET`).
+    /// Without a secret, messages carry no links (CLI and HTTP API still decide).
+    pub secret_env: Option<String>,
+    #[serde(skip)]
+    pub secret: Option<Secret>,
+    /// How long a link works after it is sent (never past the approval's timeout).
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub link_ttl: Option<Duration>,
+}
+
 impl Config {
     /// Reads the file (if any) and applies the environment. `path` None → `WHALE_CONFIG`, then
     /// `./whale.toml` if it exists, else defaults.
@@ -284,7 +523,9 @@ impl Config {
             self.events.retention = parse_duration(&v).context("WHALE_RETENTION")?;
         }
         if let Some(v) = var("WHALE_MAX_EVENT_BYTES") {
-            self.events.max_bytes = v.parse().context("WHALE_MAX_EVENT_BYTES must be a number of bytes")?;
+            self.events.max_bytes = v
+                .parse()
+                .context("WHALE_MAX_EVENT_BYTES must be a number of bytes")?;
         }
         if let Some(v) = var("WHALE_ALLOW_UNKNOWN_TYPES") {
             self.events.allow_unknown_types = matches!(v.as_str(), "1" | "true" | "yes");
@@ -294,6 +535,17 @@ impl Config {
         }
         if let Some(v) = var("WHALE_ST2_API_KEY") {
             self.clusters.entry("default".into()).or_default().api_key = Some(Secret::new(v));
+        }
+        for (name, c) in &mut self.channels {
+            c.resolve(name, &var)?;
+        }
+        let secret_var = self
+            .approvals
+            .secret_env
+            .as_deref()
+            .unwrap_or("WHALE_APPROVAL_SECRET");
+        if let Some(v) = var(secret_var) {
+            self.approvals.secret = Some(Secret::new(v));
         }
         for (name, c) in &mut self.clusters {
             if let Some(var_name) = &c.api_key_env {
@@ -316,6 +568,8 @@ impl Config {
         if self.nats.replicas == 0 {
             bail!("nats.replicas must be at least 1");
         }
+        self.dispatch.check()?;
+        self.feedback.check()?;
         for (name, c) in &self.clusters {
             if c.url.is_empty() {
                 bail!("cluster {name:?} has no url");
@@ -354,7 +608,10 @@ mod tests {
         assert_eq!(cfg.nats.urls, vec!["nats://x:1", "nats://y:2"]);
         assert_eq!(cfg.events.retention, Duration::from_secs(2 * 86400));
         assert_eq!(cfg.clusters["default"].url, "http://st2");
-        assert_eq!(cfg.clusters["east"].api_key.as_ref().unwrap().expose(), "east-sekrit");
+        assert_eq!(
+            cfg.clusters["east"].api_key.as_ref().unwrap().expose(),
+            "east-sekrit"
+        );
         let dump = format!("{cfg:?}");
         assert!(!dump.contains("sekrit"), "secret leaked in Debug: {dump}");
     }
@@ -364,10 +621,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("whale.toml");
         std::fs::write(&p, "[nats]\nurl = \"x\"\n").unwrap();
-        let err = format!("{:#}", Config::load_with_env(Some(&p), &|_| None).unwrap_err());
-        assert!(err.contains("whale.toml") && err.contains("unknown field"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load_with_env(Some(&p), &|_| None).unwrap_err()
+        );
+        assert!(
+            err.contains("whale.toml") && err.contains("unknown field"),
+            "{err}"
+        );
         std::fs::write(&p, "[events]\nretention = \"forever\"\n").unwrap();
-        let err = format!("{:#}", Config::load_with_env(Some(&p), &|_| None).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Config::load_with_env(Some(&p), &|_| None).unwrap_err()
+        );
         assert!(err.contains("not a duration"), "{err}");
     }
 }

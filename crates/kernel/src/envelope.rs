@@ -132,7 +132,10 @@ pub fn parse_bytes(raw: &[u8], limits: &Limits) -> Result<Value, Reason> {
     if let Err(e) = std::str::from_utf8(raw) {
         return Err(Reason::new(
             "",
-            format!("event is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+            format!(
+                "event is not valid UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
         ));
     }
     let value: Value = serde_json::from_slice(raw).map_err(|e| {
@@ -253,7 +256,9 @@ pub fn normalize(value: Value, defaults: &Defaults<'_>) -> Result<Envelope, Vec<
         Some(Value::String(_)) => {
             reasons.push(Reason::new(
                 "/id",
-                format!("must be 1 to {MAX_ID_LEN} characters without whitespace or control characters"),
+                format!(
+                    "must be 1 to {MAX_ID_LEN} characters without whitespace or control characters"
+                ),
             ));
             String::new()
         }
@@ -269,7 +274,13 @@ pub fn normalize(value: Value, defaults: &Defaults<'_>) -> Result<Envelope, Vec<
         None | Some(Value::Null) => defaults.source.to_owned(),
         Some(Value::String(s)) if !s.is_empty() => s,
         Some(other) => {
-            reasons.push(Reason::new("/source", format!("must be a non-empty string, got {}", crate::json_type(&other))));
+            reasons.push(Reason::new(
+                "/source",
+                format!(
+                    "must be a non-empty string, got {}",
+                    crate::json_type(&other)
+                ),
+            ));
             String::new()
         }
     };
@@ -286,7 +297,13 @@ pub fn normalize(value: Value, defaults: &Defaults<'_>) -> Result<Envelope, Vec<
             }
         },
         Some(other) => {
-            reasons.push(Reason::new("/time", format!("must be an RFC 3339 string, got {}", crate::json_type(&other))));
+            reasons.push(Reason::new(
+                "/time",
+                format!(
+                    "must be an RFC 3339 string, got {}",
+                    crate::json_type(&other)
+                ),
+            ));
             String::new()
         }
     };
@@ -315,14 +332,23 @@ pub fn normalize(value: Value, defaults: &Defaults<'_>) -> Result<Envelope, Vec<
                     }
                     other => reasons.push(Reason::new(
                         format!("/labels/{}", escape_pointer(&k)),
-                        format!("label values must be strings, got {}", crate::json_type(&other)),
+                        format!(
+                            "label values must be strings, got {}",
+                            crate::json_type(&other)
+                        ),
                     )),
                 }
             }
             labels
         }
         Some(other) => {
-            reasons.push(Reason::new("/labels", format!("must be an object of strings, got {}", crate::json_type(&other))));
+            reasons.push(Reason::new(
+                "/labels",
+                format!(
+                    "must be an object of strings, got {}",
+                    crate::json_type(&other)
+                ),
+            ));
             BTreeMap::new()
         }
     };
@@ -347,7 +373,10 @@ fn from_cloudevent(mut ce: Map<String, Value>) -> Result<Map<String, Value>, Vec
         other => {
             return Err(vec![Reason::new(
                 "/specversion",
-                format!("only CloudEvents 1.0 is supported, got {}", other.map(|v| v.to_string()).unwrap_or_default()),
+                format!(
+                    "only CloudEvents 1.0 is supported, got {}",
+                    other.map(|v| v.to_string()).unwrap_or_default()
+                ),
             )])
         }
     }
@@ -429,7 +458,9 @@ pub fn cloudevent_from_binary<'h>(
 }
 
 fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+    !s.is_empty()
+        && s.len() <= MAX_ID_LEN
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// RFC 3339 in UTC.

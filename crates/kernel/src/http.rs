@@ -41,16 +41,21 @@ async fn metrics() -> Response {
 }
 
 async fn readyz(State(b): State<Base>) -> Response {
-    let nats_ok = b.nats.as_ref().is_none_or(|n| {
-        n.client.connection_state() == async_nats::connection::State::Connected
-    });
+    let nats_ok = b
+        .nats
+        .as_ref()
+        .is_none_or(|n| n.client.connection_state() == async_nats::connection::State::Connected);
     let ready = nats_ok && b.health.ready();
     let body = json!({
         "ready": ready,
         "nats": if nats_ok { "connected" } else { "disconnected" },
         "stages": b.health.snapshot(),
     });
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
@@ -63,7 +68,9 @@ pub fn error(code: StatusCode, msg: impl Into<String>, extra: serde_json::Value)
     (code, Json(body)).into_response()
 }
 
-/// Checks `Authorization: Bearer <token>` when a token is configured.
+/// Checks `Authorization: Bearer <token>` when a token is configured. The error is the response
+/// to send, as axum handlers return them.
+#[allow(clippy::result_large_err)]
 pub fn check_bearer(headers: &HeaderMap, token: Option<&Secret>) -> Result<(), Response> {
     let Some(token) = token else { return Ok(()) };
     let given = headers
@@ -91,15 +98,18 @@ pub async fn serve(
     router: Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (WHALE_HTTP_ADDR): is another process using it?"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (WHALE_HTTP_ADDR): is another process using it?")
+    })?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::error!("http server: {e}");
         }
     });

@@ -29,7 +29,9 @@ impl Nats {
             .client_capacity(65_536)
             .event_callback(|event| async move {
                 match event {
-                    async_nats::Event::Disconnected => tracing::warn!("nats: disconnected, reconnecting"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("nats: disconnected, reconnecting")
+                    }
                     async_nats::Event::Connected => tracing::debug!("nats: connected"),
                     other => tracing::debug!("nats: {other}"),
                 }
@@ -41,10 +43,9 @@ impl Nats {
             opts = opts.token(token.expose().to_owned());
         }
         if let Some(creds) = &cfg.creds_file {
-            opts = opts
-                .credentials_file(creds)
-                .await
-                .with_context(|| format!("cannot read NATS credentials file {}", creds.display()))?;
+            opts = opts.credentials_file(creds).await.with_context(|| {
+                format!("cannot read NATS credentials file {}", creds.display())
+            })?;
         }
         if let Some(ca) = &cfg.tls_ca {
             opts = opts.add_root_certificates(ca.clone()).require_tls(true);
@@ -58,7 +59,10 @@ impl Nats {
         let addrs: Vec<async_nats::ServerAddr> = cfg
             .urls
             .iter()
-            .map(|u| u.parse().with_context(|| format!("{u:?} is not a NATS server URL")))
+            .map(|u| {
+                u.parse()
+                    .with_context(|| format!("{u:?} is not a NATS server URL"))
+            })
             .collect::<anyhow::Result<_>>()?;
         let urls = cfg.urls.join(",");
         let client = connect_with_retry(opts, addrs).await.with_context(|| {
@@ -75,7 +79,9 @@ impl Nats {
     /// The server's version, refusing servers older than [`MIN_SERVER`].
     pub fn check_server_version(&self) -> anyhow::Result<String> {
         let v = self.client.server_info().version;
-        let mut parts = v.split('.').map(|p| p.trim_start_matches('v').parse::<u64>().unwrap_or(0));
+        let mut parts = v
+            .split('.')
+            .map(|p| p.trim_start_matches('v').parse::<u64>().unwrap_or(0));
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         if (major, minor) < MIN_SERVER {
             bail!(

@@ -3,8 +3,8 @@
 //! are awaited together rather than one round trip at a time.
 
 use bytes::Bytes;
-use futures::stream::{FuturesUnordered, StreamExt};
 use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::HeaderMap;

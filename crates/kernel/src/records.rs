@@ -152,3 +152,66 @@ pub struct ExecutionResult {
     pub web_url: Option<String>,
     pub finished: String,
 }
+
+/// A link in a notification (approve, deny, the execution page), rendered in each channel's
+/// own syntax.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Link {
+    pub label: String,
+    pub url: String,
+}
+
+/// feedback / approval gate → notify: one message for one channel. `id` is unique per
+/// (purpose, task, channel); it is the msg id and the key of the sent-marker, so a message is
+/// posted at most once whatever is redelivered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotifyRequest {
+    /// `res:<task_id>:<channel>` (a result) or `apv:<task_id>:<channel>` (an approval request).
+    pub id: String,
+    pub channel: String,
+    /// `result` or `approval`.
+    pub kind: String,
+    pub task_id: String,
+    pub event_id: String,
+    pub rule: String,
+    /// The rendered message (markdown).
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
+    /// What a generic JSON webhook receives.
+    pub record: Value,
+    pub created: String,
+}
+
+/// notify: what became of one [`NotifyRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notified {
+    pub id: String,
+    pub channel: String,
+    pub kind: String,
+    pub task_id: String,
+    pub event_id: String,
+    pub rule: String,
+    /// `sent`; `failed` (gave up after retries, or the channel is not configured); `unknown`
+    /// (a worker stopped mid-post and the post was not repeated, to avoid a duplicate).
+    pub status: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub at: String,
+}
+
+/// approval gate: a person (or the timeout) decided about a held task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Decision {
+    pub task: Task,
+    /// `approved`, `denied` or `expired`.
+    pub decision: String,
+    /// Who decided: a user name, `link via <channel>`, or `whale` for a timeout.
+    pub by: String,
+    /// `link`, `cli`, `http` or `timeout`.
+    pub via: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub decided: String,
+}

@@ -118,7 +118,11 @@ pub async fn setup(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<Item>> {
             }
             Err(e) => return Err(e).with_context(|| format!("cannot look up stream {name}")),
         };
-        report.push(Item { kind: "stream", name, change });
+        report.push(Item {
+            kind: "stream",
+            name,
+            change,
+        });
     }
     for stage in subjects::STAGES {
         for input in subjects::stage_inputs(stage) {
@@ -142,9 +146,10 @@ pub async fn setup(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<Item>> {
                     }
                 }
                 Err(_) => {
-                    stream.create_consumer(want).await.with_context(|| {
-                        format!("cannot create consumer {}", input.consumer)
-                    })?;
+                    stream
+                        .create_consumer(want)
+                        .await
+                        .with_context(|| format!("cannot create consumer {}", input.consumer))?;
                     Change::Created
                 }
             };
@@ -193,7 +198,6 @@ fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {
 pub fn not_set_up(what: &str) -> String {
     format!("{what} does not exist: run `whale setup` first")
 }
-
 
 fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(

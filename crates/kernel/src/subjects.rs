@@ -86,11 +86,15 @@ pub enum Pipe {
     DeadLetter,
     /// feedback: terminal result of an execution.
     Result,
+    /// feedback / approval gate → notify: one message for one channel.
+    Notify,
+    /// notify: what became of one message (sent, failed, unknown).
+    Notified,
 }
 
 impl Pipe {
     /// Every record kind, for setup and the index stage.
-    pub const ALL: [Pipe; 10] = [
+    pub const ALL: [Pipe; 12] = [
         Pipe::Matched,
         Pipe::Task,
         Pipe::RenderFailed,
@@ -101,6 +105,8 @@ impl Pipe {
         Pipe::Dispatched,
         Pipe::DeadLetter,
         Pipe::Result,
+        Pipe::Notify,
+        Pipe::Notified,
     ];
 
     /// The token after `whale.pipe.`.
@@ -116,6 +122,8 @@ impl Pipe {
             Pipe::Dispatched => "dispatched",
             Pipe::DeadLetter => "dead_letter",
             Pipe::Result => "result",
+            Pipe::Notify => "notify",
+            Pipe::Notified => "notified",
         }
     }
 
@@ -162,7 +170,27 @@ pub fn stage_inputs(stage: &str) -> Vec<Input> {
             },
         ];
     }
+    if stage == "feedback" {
+        return vec![
+            Input {
+                stream: STREAM_PIPE,
+                consumer: "feedback",
+                filters: vec![Pipe::Dispatched.filter()],
+            },
+            Input {
+                stream: STREAM_PIPE,
+                consumer: "feedback-notify",
+                filters: vec![Pipe::Notify.filter()],
+            },
+        ];
+    }
     stage_input(stage).into_iter().collect()
+}
+
+/// `whale.pipe.approval.wait`: one per pending approval, redelivered until it is decided or
+/// times out (the approval gate's durable timer).
+pub fn approval_wait() -> String {
+    Pipe::Approval.subject_with("wait")
 }
 
 fn stage_input(stage: &str) -> Option<Input> {
@@ -172,7 +200,15 @@ fn stage_input(stage: &str) -> Option<Input> {
         "render" => (STREAM_PIPE, "render", vec![Pipe::Matched.filter()]),
         "throttle" => (STREAM_PIPE, "throttle", vec![Pipe::Task.filter()]),
         "dispatch" => (STREAM_PIPE, "dispatch", vec![Pipe::Admitted.filter()]),
-        "feedback" => (STREAM_PIPE, "feedback", vec![Pipe::Dispatched.filter()]),
+        "approve" => (
+            STREAM_PIPE,
+            "approve",
+            vec![
+                Pipe::Approval.filter(),
+                approval_wait(),
+                Pipe::Decision.filter(),
+            ],
+        ),
         _ => return None,
     };
     Some(Input {
@@ -190,6 +226,6 @@ pub const HDR_RULE: &str = "Whale-Rule";
 pub const HDR_TASK_ID: &str = "Whale-Task-Id";
 
 /// Every stage with a JetStream input, in pipeline order.
-pub const STAGES: [&str; 7] = [
-    "validate", "index", "match", "render", "throttle", "dispatch", "feedback",
+pub const STAGES: [&str; 8] = [
+    "validate", "index", "match", "render", "throttle", "approve", "dispatch", "feedback",
 ];

@@ -25,7 +25,10 @@ fn fills_in_id_time_source_and_decodes_a_string_detail() {
 #[test]
 fn time_is_normalized_to_utc() {
     let v = json!({"event_type": "t", "time": "2026-11-28T09:00:00+08:00"});
-    assert_eq!(normalize(v, &defaults()).unwrap().time, "2026-11-28T01:00:00Z");
+    assert_eq!(
+        normalize(v, &defaults()).unwrap().time,
+        "2026-11-28T01:00:00Z"
+    );
 }
 
 #[test]
@@ -33,18 +36,34 @@ fn cloudevents_structured_maps_type_data_and_extensions() {
     let v = json!({"specversion": "1.0", "type": "vm.disk_usage", "source": "/a", "id": "x1",
                    "time": "2026-11-28T01:00:00Z", "data": {"host": "h"}, "biz": "trade", "subject": "s"});
     let e = normalize(v, &defaults()).unwrap();
-    assert_eq!((e.event_type.as_str(), e.id.as_str(), e.source.as_str()), ("vm.disk_usage", "x1", "/a"));
+    assert_eq!(
+        (e.event_type.as_str(), e.id.as_str(), e.source.as_str()),
+        ("vm.disk_usage", "x1", "/a")
+    );
     assert_eq!(e.detail, json!({"host": "h"}));
     assert_eq!(e.labels["biz"], "trade");
     assert_eq!(e.labels["ce_subject"], "s");
     let bad = json!({"specversion": "0.3", "type": "t"});
-    assert!(normalize(bad, &defaults()).unwrap_err()[0].message.contains("CloudEvents 1.0"));
+    assert!(normalize(bad, &defaults()).unwrap_err()[0]
+        .message
+        .contains("CloudEvents 1.0"));
 }
 
 #[test]
 fn cloudevents_binary_mode_text_data_stays_text() {
-    let h = [("ce-specversion", "1.0"), ("ce-type", "generic"), ("ce-id", "b1"), ("ce-source", "/s")];
-    let v = cloudevent_from_binary(h.into_iter(), Some("text/plain"), b"hello", &Limits::default()).unwrap();
+    let h = [
+        ("ce-specversion", "1.0"),
+        ("ce-type", "generic"),
+        ("ce-id", "b1"),
+        ("ce-source", "/s"),
+    ];
+    let v = cloudevent_from_binary(
+        h.into_iter(),
+        Some("text/plain"),
+        b"hello",
+        &Limits::default(),
+    )
+    .unwrap();
     let e = normalize(v, &defaults()).unwrap();
     assert_eq!(e.detail, json!("hello"));
     assert_eq!(e.id, "b1");
@@ -55,30 +74,66 @@ fn every_problem_is_reported_with_its_pointer() {
     let v = json!({"event_type": "bad type!", "id": 5, "time": "yesterday", "labels": {"a": 1}, "extra": true, "detail": "{"});
     let reasons = normalize(v, &defaults()).unwrap_err();
     let pointers: Vec<&str> = reasons.iter().map(|r| r.pointer.as_str()).collect();
-    for p in ["/extra", "/event_type", "/id", "/time", "/detail", "/labels/a"] {
+    for p in [
+        "/extra",
+        "/event_type",
+        "/id",
+        "/time",
+        "/detail",
+        "/labels/a",
+    ] {
         assert!(pointers.contains(&p), "{p} missing from {pointers:?}");
     }
 }
 
 #[test]
 fn subject_type_fills_in_and_must_agree() {
-    let d = Defaults { event_type: Some("generic"), ..defaults() };
-    assert_eq!(normalize(json!({"detail": {}}), &d).unwrap().event_type, "generic");
+    let d = Defaults {
+        event_type: Some("generic"),
+        ..defaults()
+    };
+    assert_eq!(
+        normalize(json!({"detail": {}}), &d).unwrap().event_type,
+        "generic"
+    );
     let err = normalize(json!({"event_type": "other"}), &d).unwrap_err();
     assert!(err[0].message.contains("does not match"), "{err:?}");
-    assert!(normalize(json!({}), &defaults()).unwrap_err()[0].message.contains("missing"));
+    assert!(normalize(json!({}), &defaults()).unwrap_err()[0]
+        .message
+        .contains("missing"));
 }
 
 #[test]
 fn limits_size_utf8_syntax_and_depth() {
-    let l = Limits { max_bytes: 100, max_depth: 3 };
-    assert!(parse_bytes(&[b' '; 101], &l).unwrap_err().message.contains("limit is 100"));
-    assert!(parse_bytes(b"\"\xff\"", &l).unwrap_err().message.contains("UTF-8"));
-    assert!(parse_bytes(b"{", &l).unwrap_err().message.contains("malformed JSON"));
-    assert!(parse_bytes(b"[[[[1]]]]", &l).unwrap_err().message.contains("4 levels"));
+    let l = Limits {
+        max_bytes: 100,
+        max_depth: 3,
+    };
+    assert!(parse_bytes(&[b' '; 101], &l)
+        .unwrap_err()
+        .message
+        .contains("limit is 100"));
+    assert!(parse_bytes(b"\"\xff\"", &l)
+        .unwrap_err()
+        .message
+        .contains("UTF-8"));
+    assert!(parse_bytes(b"{", &l)
+        .unwrap_err()
+        .message
+        .contains("malformed JSON"));
+    assert!(parse_bytes(b"[[[[1]]]]", &l)
+        .unwrap_err()
+        .message
+        .contains("4 levels"));
     let deep = "[".repeat(10_000) + &"]".repeat(10_000);
-    let l = Limits { max_bytes: 1 << 20, max_depth: 64 };
-    assert!(parse_bytes(deep.as_bytes(), &l).unwrap_err().message.contains("nests deeper"));
+    let l = Limits {
+        max_bytes: 1 << 20,
+        max_depth: 64,
+    };
+    assert!(parse_bytes(deep.as_bytes(), &l)
+        .unwrap_err()
+        .message
+        .contains("nests deeper"));
 }
 
 #[test]

@@ -1,0 +1,242 @@
+//! The approval gate: a rule with `approval: {required: true, timeout, channel}` holds its task
+//! here, after throttle, until a person approves or denies it — with a signed, expiring,
+//! single-use link sent to the channel, `whale approvals approve|deny`, or `/v1/approvals` — or
+//! the timeout expires it. Approve → the task goes on to dispatch (`whale.pipe.admitted.<cluster>`,
+//! msg id `adm:<task_id>`, so it is dispatched once); deny or timeout → recorded, not dispatched.
+//!
+//! The gate's consumer reads three subjects:
+//! - `whale.pipe.approval` (from throttle): store the pending approval in KV, send the channel
+//!   its message (a notification request), start the timer;
+//! - `whale.pipe.approval.wait` (the timer): one message per approval, redelivered (nak with
+//!   delay) until the approval is decided or times out, so a timeout fires even across restarts
+//!   and a decision whose record was lost is published again from KV;
+//! - `whale.pipe.decision`: an `approved` decision admits the task.
+//!
+//! [`store`] holds the KV state and the single compare-and-set decision; [`link`] signs links;
+//! [`http`] serves them and the API.
+
+pub mod http;
+pub mod link;
+mod message;
+pub mod store;
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv::Store;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use whale_kernel::records::{DeadLetter, Decision, Task};
+use whale_kernel::subjects::{self, Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
+use whale_kernel::{Config, Delivery, Nats, Outcome, Output, Secret};
+
+/// The timer's message: which approval to look at.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Wait {
+    pub task_id: String,
+    pub expires: String,
+}
+
+/// How often a pending approval's timer looks at it (bounds how long a lost decision record
+/// stays unpublished).
+const WAIT_STEP: Duration = Duration::from_secs(30);
+
+/// Link settings shared by the stage and the HTTP routes.
+#[derive(Clone)]
+pub struct Links {
+    pub secret: Option<Secret>,
+    pub base: String,
+    pub ttl: Option<Duration>,
+}
+
+impl Links {
+    pub fn from_config(cfg: &Config) -> Links {
+        let base = cfg
+            .approvals
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", cfg.http.addr));
+        Links {
+            secret: cfg.approvals.secret.clone(),
+            base,
+            ttl: cfg.approvals.link_ttl,
+        }
+    }
+}
+
+/// The stage.
+pub struct Approve {
+    kv: Store,
+    links: Links,
+}
+
+impl Approve {
+    pub async fn build(nats: &Nats, cfg: &Config) -> anyhow::Result<Approve> {
+        let links = Links::from_config(cfg);
+        if links.secret.is_none() {
+            tracing::warn!("WHALE_APPROVAL_SECRET is not set: approval messages carry no links (decide with `whale approvals` or /v1/approvals)");
+        }
+        Ok(Approve {
+            kv: store::bucket(nats).await?,
+            links,
+        })
+    }
+
+    async fn request(&self, d: &Delivery) -> Outcome {
+        let task: Task = match serde_json::from_slice(&d.payload) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(parent: &d.span("approve"), "not a task record, dropped: {e}");
+                return Outcome::Ack(vec![]);
+            }
+        };
+        let a = match store::open(&self.kv, &task, self.links.ttl).await {
+            Ok(a) => a,
+            Err(e) => return kv_down(e),
+        };
+        let mut out = Vec::new();
+        if let Some(channel) = &a.channel {
+            out.push(message::request(&a, channel, &self.links));
+        }
+        let wait = Wait {
+            task_id: task.task_id.clone(),
+            expires: a.expires.clone(),
+        };
+        out.push(headers(
+            Output::json(
+                subjects::approval_wait(),
+                format!("wait:{}", task.task_id),
+                &wait,
+            ),
+            &task,
+        ));
+        Outcome::Ack(out)
+    }
+
+    async fn wait(&self, d: &Delivery) -> Outcome {
+        let w: Wait = match serde_json::from_slice(&d.payload) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(parent: &d.span("approve"), "not an approval timer, dropped: {e}");
+                return Outcome::Ack(vec![]);
+            }
+        };
+        let a = match store::read(&self.kv, &w.task_id).await {
+            Ok(Some((a, _))) => a,
+            Ok(None) => {
+                tracing::warn!(task_id = %w.task_id, "approval timer for an approval that is not there");
+                return Outcome::Ack(vec![]);
+            }
+            Err(e) => return kv_down(e),
+        };
+        if a.is_pending() {
+            let left = a.expires_unix - OffsetDateTime::now_utc().unix_timestamp();
+            if left > 0 {
+                let delay = Duration::from_secs(left as u64).min(WAIT_STEP);
+                return Outcome::Retry {
+                    delay,
+                    reason: "waiting for a decision".into(),
+                };
+            }
+            return match store::expire(&self.kv, &w.task_id).await {
+                Ok(Some(a)) => {
+                    tracing::info!(task_id = %w.task_id, state = %a.state, "approval timed out");
+                    Outcome::Ack(vec![a.decision_output()])
+                }
+                Ok(None) => Outcome::Ack(vec![]),
+                Err(e) => kv_down(e),
+            };
+        }
+        // Decided: (re)publish the decision; the msg id makes a second copy a no-op.
+        Outcome::Ack(vec![a.decision_output()])
+    }
+
+    async fn decision(&self, d: &Delivery) -> Outcome {
+        let dec: Decision = match serde_json::from_slice(&d.payload) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(parent: &d.span("approve"), "not a decision record, dropped: {e}");
+                return Outcome::Ack(vec![]);
+            }
+        };
+        if dec.decision != "approved" {
+            return Outcome::Ack(vec![]);
+        }
+        // Only what KV says was approved goes on (a stray record cannot admit a task).
+        match store::read(&self.kv, &dec.task.task_id).await {
+            Ok(Some((a, _))) if a.state == "approved" => {}
+            Ok(other) => {
+                let state = other
+                    .map(|(a, _)| a.state)
+                    .unwrap_or_else(|| "missing".into());
+                tracing::warn!(task_id = %dec.task.task_id, %state, "an approved decision that KV does not confirm; not admitted");
+                return Outcome::Ack(vec![]);
+            }
+            Err(e) => return kv_down(e),
+        }
+        let task = dec.task;
+        if !is_token(&task.cluster) {
+            let reason = format!(
+                "cluster {:?} is not a valid cluster name (letters, digits, '-' and '_')",
+                task.cluster
+            );
+            let rec = DeadLetter {
+                task: task.clone(),
+                cluster: task.cluster.clone(),
+                reason,
+                faultstring: None,
+                attempts: 0,
+            };
+            let out = Output::json(
+                Pipe::DeadLetter.subject(),
+                format!("dl:{}", task.task_id),
+                &rec,
+            );
+            return Outcome::Ack(vec![headers(out, &task)]);
+        }
+        let out = Output::json(
+            Pipe::Admitted.subject_with(&task.cluster),
+            format!("adm:{}", task.task_id),
+            &task,
+        );
+        Outcome::Ack(vec![headers(out, &task)])
+    }
+}
+
+#[async_trait]
+impl whale_kernel::Stage for Approve {
+    fn name(&self) -> &'static str {
+        "approve"
+    }
+
+    async fn handle(&self, d: &Delivery) -> Outcome {
+        if d.subject == subjects::approval_wait() {
+            self.wait(d).await
+        } else if d.subject == Pipe::Decision.subject() {
+            self.decision(d).await
+        } else {
+            self.request(d).await
+        }
+    }
+}
+
+fn headers(out: Output, task: &Task) -> Output {
+    out.header(HDR_EVENT_ID, task.event_id.clone())
+        .header(HDR_RULE, task.rule.clone())
+        .header(HDR_TASK_ID, task.task_id.clone())
+}
+
+fn kv_down(e: anyhow::Error) -> Outcome {
+    Outcome::Retry {
+        delay: Duration::from_secs(2),
+        reason: format!("KV unavailable: {e:#}"),
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && !s
+            .chars()
+            .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
+}

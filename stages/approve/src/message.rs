@@ -1,0 +1,71 @@
+//! The message a channel gets when a task waits for approval: what would run, where, until
+//! when, and the approve / deny links (rendered in each channel's syntax by the notifier).
+
+use serde_json::json;
+use time::OffsetDateTime;
+use whale_kernel::envelope::format_time;
+use whale_kernel::records::{Link, NotifyRequest};
+use whale_kernel::subjects::{Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
+use whale_kernel::Output;
+
+use crate::store::Approval;
+use crate::{link, Links};
+
+/// The notification request (msg id `apv:<task_id>:<channel>`).
+pub fn request(a: &Approval, channel: &str, links: &Links) -> Output {
+    let t = &a.task;
+    let mut params = t.parameters.to_string();
+    if params.len() > 400 {
+        let mut end = 400;
+        while !params.is_char_boundary(end) {
+            end -= 1;
+        }
+        params = format!("{}…", &params[..end]);
+    }
+    let mut text = format!(
+        "🔐 **Approval needed** · rule **{}**\n> action `{}` on cluster `{}`\n> parameters `{params}`\n> event `{}` ({}), task `{}`\n> expires {}\nOr: `whale approvals approve {}` / `whale approvals deny {} --reason ...`",
+        t.rule, t.action, t.cluster, t.event_id, t.event_type, t.task_id, a.expires, t.task_id, t.task_id
+    );
+    let mut out_links = Vec::new();
+    let mut record = json!({
+        "kind": "approval",
+        "task": t,
+        "expires": a.expires,
+    });
+    match &links.secret {
+        Some(secret) => {
+            for (label, action) in [("Approve", "approve"), ("Deny", "deny")] {
+                let url = link::url(
+                    &links.base,
+                    secret,
+                    &t.task_id,
+                    action,
+                    a.link_expires_unix,
+                    &a.nonce,
+                );
+                record[format!("{action}_url")] = json!(url);
+                out_links.push(Link {
+                    label: label.into(),
+                    url,
+                });
+            }
+        }
+        None => text.push_str("\n(no links: WHALE_APPROVAL_SECRET is not set)"),
+    }
+    let req = NotifyRequest {
+        id: format!("apv:{}:{channel}", t.task_id),
+        channel: channel.to_owned(),
+        kind: "approval".into(),
+        task_id: t.task_id.clone(),
+        event_id: t.event_id.clone(),
+        rule: t.rule.clone(),
+        text,
+        links: out_links,
+        record,
+        created: format_time(OffsetDateTime::now_utc()),
+    };
+    Output::json(Pipe::Notify.subject(), req.id.clone(), &req)
+        .header(HDR_EVENT_ID, t.event_id.clone())
+        .header(HDR_RULE, t.rule.clone())
+        .header(HDR_TASK_ID, t.task_id.clone())
+}

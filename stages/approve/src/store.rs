@@ -1,0 +1,338 @@
+//! Pending approvals in KV `whale_state` (`approval.<task_id>`), and the one way a decision is
+//! made: a compare-and-set from `pending`, so two clicks, a click and a CLI call, or a decision
+//! and the timeout can never both win. The winner publishes the decision record
+//! (`whale.pipe.decision`, msg id `dec:<task_id>`); the gate's timer republishes it from KV if
+//! that publish was lost, and only a decision record admits a task.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
+use async_nats::HeaderMap;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use whale_kernel::envelope::format_time;
+use whale_kernel::records::{Decision, Task};
+use whale_kernel::subjects::{self, Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
+use whale_kernel::{Nats, Output};
+
+/// One held task and what became of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Approval {
+    pub task: Task,
+    /// `pending`, `approved`, `denied` or `expired`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    pub requested: String,
+    /// When the approval times out (RFC 3339, and unix seconds).
+    pub expires: String,
+    pub expires_unix: i64,
+    /// Links stop working at this time (unix seconds; never after `expires_unix`).
+    pub link_expires_unix: i64,
+    /// Signed into the links: links of another approval of the same task do not verify.
+    pub nonce: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_via: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided: Option<String>,
+}
+
+pub const PENDING: &str = "pending";
+
+/// Default wait when a task reaches the gate without approval settings.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+impl Approval {
+    /// A new pending approval for `task`, requested now.
+    pub fn new(task: Task, link_ttl: Option<Duration>) -> Approval {
+        let now = OffsetDateTime::now_utc();
+        let (timeout, channel) = match &task.approval {
+            Some(a) => (Duration::from_millis(a.timeout_ms), a.channel.clone()),
+            None => (DEFAULT_TIMEOUT, None),
+        };
+        let expires = now + timeout;
+        let link_expires = link_ttl.map(|t| now + t).unwrap_or(expires).min(expires);
+        Approval {
+            task,
+            state: PENDING.into(),
+            channel,
+            requested: format_time(now),
+            expires: format_time(expires),
+            expires_unix: expires.unix_timestamp(),
+            link_expires_unix: link_expires.unix_timestamp(),
+            nonce: ulid::Ulid::new().to_string(),
+            decided_by: None,
+            decided_via: None,
+            reason: None,
+            decided: None,
+        }
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.state == PENDING
+    }
+
+    /// The decision record of a decided approval.
+    pub fn decision(&self) -> Decision {
+        Decision {
+            task: self.task.clone(),
+            decision: self.state.clone(),
+            by: self.decided_by.clone().unwrap_or_default(),
+            via: self.decided_via.clone().unwrap_or_default(),
+            reason: self.reason.clone(),
+            decided: self.decided.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The decision record as an output (msg id `dec:<task_id>`).
+    pub fn decision_output(&self) -> Output {
+        let t = &self.task;
+        Output::json(
+            Pipe::Decision.subject(),
+            format!("dec:{}", t.task_id),
+            &self.decision(),
+        )
+        .header(HDR_EVENT_ID, t.event_id.clone())
+        .header(HDR_RULE, t.rule.clone())
+        .header(HDR_TASK_ID, t.task_id.clone())
+    }
+}
+
+/// The KV key of a task's approval (ids outside KV's alphabet are hashed).
+pub fn key(task_id: &str) -> String {
+    let safe = !task_id.is_empty()
+        && task_id.len() <= 200
+        && task_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if safe {
+        format!("approval.{task_id}")
+    } else {
+        format!("approval.h{}", &whale_kernel::digest(&[task_id])[..40])
+    }
+}
+
+/// The bucket.
+pub async fn bucket(nats: &Nats) -> anyhow::Result<Store> {
+    nats.js
+        .get_key_value(subjects::KV_STATE)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "KV bucket {} is not there ({e}): run `whale setup` first",
+                subjects::KV_STATE
+            )
+        })
+}
+
+/// The approval and its revision.
+pub async fn read(kv: &Store, task_id: &str) -> anyhow::Result<Option<(Approval, u64)>> {
+    match kv.entry(key(task_id)).await? {
+        Some(e) if e.operation == Operation::Put => {
+            let a = serde_json::from_slice(&e.value)
+                .map_err(|err| anyhow::anyhow!("approval {task_id} is unreadable: {err}"))?;
+            Ok(Some((a, e.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The approval of `task`, created pending if there is none yet.
+pub async fn open(kv: &Store, task: &Task, link_ttl: Option<Duration>) -> anyhow::Result<Approval> {
+    loop {
+        if let Some((a, _)) = read(kv, &task.task_id).await? {
+            return Ok(a);
+        }
+        let a = Approval::new(task.clone(), link_ttl);
+        match kv
+            .create(key(&task.task_id), serde_json::to_vec(&a)?.into())
+            .await
+        {
+            Ok(_) => return Ok(a),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Every approval, pending first, then newest first.
+pub async fn list(kv: &Store) -> anyhow::Result<Vec<Approval>> {
+    let keys: Vec<String> = kv
+        .keys()
+        .await?
+        .try_filter(|k| futures::future::ready(k.starts_with("approval.")))
+        .try_collect()
+        .await?;
+    let mut out: Vec<Approval> = futures::stream::iter(keys)
+        .map(|k| async move {
+            match kv.entry(k).await {
+                Ok(Some(e)) if e.operation == Operation::Put => {
+                    serde_json::from_slice::<Approval>(&e.value).ok()
+                }
+                _ => None,
+            }
+        })
+        .buffer_unordered(32)
+        .filter_map(|a| async move { a })
+        .collect()
+        .await;
+    out.sort_by(|a, b| {
+        b.is_pending()
+            .cmp(&a.is_pending())
+            .then_with(|| b.requested.cmp(&a.requested))
+    });
+    Ok(out)
+}
+
+/// A decision about one approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Approve,
+    Deny,
+}
+
+impl Verdict {
+    pub fn parse(s: &str) -> Option<Verdict> {
+        match s {
+            "approve" | "approved" => Some(Verdict::Approve),
+            "deny" | "denied" => Some(Verdict::Deny),
+            _ => None,
+        }
+    }
+    pub fn action(self) -> &'static str {
+        match self {
+            Verdict::Approve => "approve",
+            Verdict::Deny => "deny",
+        }
+    }
+    fn state(self) -> &'static str {
+        match self {
+            Verdict::Approve => "approved",
+            Verdict::Deny => "denied",
+        }
+    }
+}
+
+/// Why a decision was not taken.
+#[derive(Debug)]
+pub enum DecideError {
+    NotFound(String),
+    /// Someone (or the timeout) decided first.
+    AlreadyDecided(Box<Approval>),
+    /// The approval timed out (the gate records it as expired).
+    TimedOut(Box<Approval>),
+    Internal(anyhow::Error),
+}
+
+impl std::fmt::Display for DecideError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecideError::NotFound(id) => {
+                write!(f, "no approval {id:?} (see `whale approvals list`)")
+            }
+            DecideError::AlreadyDecided(a) => write!(
+                f,
+                "approval {} was already {} by {} at {}",
+                a.task.task_id,
+                a.state,
+                a.decided_by.as_deref().unwrap_or("?"),
+                a.decided.as_deref().unwrap_or("?")
+            ),
+            DecideError::TimedOut(a) => {
+                write!(f, "approval {} timed out at {}", a.task.task_id, a.expires)
+            }
+            DecideError::Internal(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for DecideError {}
+
+/// Makes a decision, once: compare-and-set from pending, then publishes the decision record.
+pub async fn decide(
+    nats: &Nats,
+    kv: &Store,
+    task_id: &str,
+    verdict: Verdict,
+    by: &str,
+    via: &str,
+    reason: Option<String>,
+) -> Result<Approval, DecideError> {
+    let internal = |e: anyhow::Error| DecideError::Internal(e);
+    let decided = loop {
+        let Some((a, rev)) = read(kv, task_id).await.map_err(internal)? else {
+            return Err(DecideError::NotFound(task_id.to_owned()));
+        };
+        if !a.is_pending() {
+            return Err(DecideError::AlreadyDecided(Box::new(a)));
+        }
+        let now = OffsetDateTime::now_utc();
+        if now.unix_timestamp() >= a.expires_unix {
+            return Err(DecideError::TimedOut(Box::new(a)));
+        }
+        let mut next = a.clone();
+        next.state = verdict.state().into();
+        next.decided_by = Some(by.to_owned());
+        next.decided_via = Some(via.to_owned());
+        next.reason = reason.clone().filter(|r| !r.is_empty());
+        next.decided = Some(format_time(now));
+        let body = serde_json::to_vec(&next).map_err(|e| internal(e.into()))?;
+        match kv.update(key(task_id), body.into(), rev).await {
+            Ok(_) => break next,
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(internal(e.into())),
+        }
+    };
+    tracing::info!(task_id, decision = %decided.state, by, via, "approval decided");
+    if let Err(e) = publish(nats, decided.decision_output()).await {
+        // Recorded in KV: the gate's timer republishes the decision within 30 s.
+        tracing::warn!(
+            task_id,
+            "decision recorded but not yet published ({e:#}); the gate will publish it"
+        );
+    }
+    Ok(decided)
+}
+
+/// Marks a pending approval expired (the timeout); returns the approval as it now stands.
+pub async fn expire(kv: &Store, task_id: &str) -> anyhow::Result<Option<Approval>> {
+    loop {
+        let Some((a, rev)) = read(kv, task_id).await? else {
+            return Ok(None);
+        };
+        if !a.is_pending() {
+            return Ok(Some(a));
+        }
+        let mut next = a.clone();
+        next.state = "expired".into();
+        next.decided_by = Some("whale".into());
+        next.decided_via = Some("timeout".into());
+        next.decided = Some(format_time(OffsetDateTime::now_utc()));
+        match kv
+            .update(key(task_id), serde_json::to_vec(&next)?.into(), rev)
+            .await
+        {
+            Ok(_) => return Ok(Some(next)),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn publish(nats: &Nats, out: Output) -> anyhow::Result<()> {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", out.msg_id.as_str());
+    for (k, v) in &out.headers {
+        headers.insert(*k, v.as_str());
+    }
+    nats.js
+        .publish_with_headers(out.subject, headers, out.payload)
+        .await?
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! whale's own record of every execution it followed, kept in KV `whale_state` so that task
+//! management finds an execution's cluster without asking every StackStorm: `exec.<task_id>` →
+//! [`ExecRecord`], and `exec-id.<execution_id>` → task id. Written by the feedback stage when it
+//! first sees an execution and again when the execution ends.
+
+use async_nats::jetstream::kv::{Operation, Store};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use whale_kernel::records::Dispatched;
+use whale_kernel::{subjects, Nats};
+
+/// One execution as whale knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExecRecord {
+    pub task_id: String,
+    pub event_id: String,
+    pub rule: String,
+    pub action: String,
+    pub cluster: String,
+    pub execution_id: String,
+    /// The last status whale saw: `running` until the execution ends, then StackStorm's
+    /// terminal status.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_url: Option<String>,
+    pub created: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_seconds: Option<f64>,
+}
+
+impl ExecRecord {
+    /// The record of a freshly dispatched execution.
+    pub fn from_dispatched(d: &Dispatched) -> ExecRecord {
+        ExecRecord {
+            task_id: d.task.task_id.clone(),
+            event_id: d.task.event_id.clone(),
+            rule: d.task.rule.clone(),
+            action: d.task.action.clone(),
+            cluster: d.cluster.clone(),
+            execution_id: d.execution_id.clone(),
+            status: "running".into(),
+            web_url: d.web_url.clone(),
+            created: d.created.clone(),
+            finished: None,
+            elapsed_seconds: None,
+        }
+    }
+}
+
+const PREFIX: &str = "exec.";
+const ID_PREFIX: &str = "exec-id.";
+
+/// A KV-safe key part: ids made of letters, digits, `-` and `_` as they are, anything else
+/// hashed (KV keys allow few characters).
+fn part(id: &str) -> String {
+    if !id.is_empty()
+        && id.len() <= 200
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        id.to_owned()
+    } else {
+        format!("h{}", &whale_kernel::digest(&[id])[..40])
+    }
+}
+
+/// The bucket.
+pub async fn store(nats: &Nats) -> anyhow::Result<Store> {
+    nats.js
+        .get_key_value(subjects::KV_STATE)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "KV bucket {} is not there ({e}): run `whale setup` first",
+                subjects::KV_STATE
+            )
+        })
+}
+
+/// Writes the record under both keys.
+pub async fn put(kv: &Store, rec: &ExecRecord) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(rec)?;
+    kv.put(format!("{PREFIX}{}", part(&rec.task_id)), body.into())
+        .await?;
+    kv.put(
+        format!("{ID_PREFIX}{}", part(&rec.execution_id)),
+        rec.task_id.clone().into_bytes().into(),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn get_key(kv: &Store, key: &str) -> anyhow::Result<Option<bytes::Bytes>> {
+    Ok(match kv.entry(key).await? {
+        Some(e) if e.operation == Operation::Put => Some(e.value),
+        _ => None,
+    })
+}
+
+/// The record of a task id.
+pub async fn by_task(kv: &Store, task_id: &str) -> anyhow::Result<Option<ExecRecord>> {
+    match get_key(kv, &format!("{PREFIX}{}", part(task_id))).await? {
+        Some(v) => Ok(serde_json::from_slice(&v).ok()),
+        None => Ok(None),
+    }
+}
+
+/// The record of a StackStorm execution id.
+pub async fn by_execution(kv: &Store, execution_id: &str) -> anyhow::Result<Option<ExecRecord>> {
+    match get_key(kv, &format!("{ID_PREFIX}{}", part(execution_id))).await? {
+        Some(task) => by_task(kv, &String::from_utf8_lossy(&task)).await,
+        None => Ok(None),
+    }
+}
+
+/// Every record (newest first).
+pub async fn list(kv: &Store) -> anyhow::Result<Vec<ExecRecord>> {
+    let keys: Vec<String> = kv
+        .keys()
+        .await?
+        .try_filter(|k| futures::future::ready(k.starts_with(PREFIX)))
+        .try_collect()
+        .await?;
+    let mut out: Vec<ExecRecord> = futures::stream::iter(keys)
+        .map(|k| async move { get_key(kv, &k).await })
+        .buffer_unordered(32)
+        .filter_map(|r| async move {
+            r.ok()
+                .flatten()
+                .and_then(|v| serde_json::from_slice(&v).ok())
+        })
+        .collect()
+        .await;
+    out.sort_by(|a: &ExecRecord, b| {
+        b.created
+            .cmp(&a.created)
+            .then_with(|| a.task_id.cmp(&b.task_id))
+    });
+    Ok(out)
+}

@@ -1,0 +1,133 @@
+//! `/v1/executions`: task management over HTTP, the same calls as `whale exec`.
+//!
+//! - `GET /v1/executions?rule=R&status=S` → whale's records, newest first
+//! - `GET /v1/executions/{id}` → `{record, execution}` (StackStorm's current view)
+//! - `GET /v1/executions/{id}/logs` → the execution's output, `text/plain`
+//! - `POST /v1/executions/{id}/{retry|pause|resume|cancel}` → `{record, execution}`; `retry`
+//!   takes an optional JSON body `{"parameters": {...}}` merged over the original ones
+//!
+//! `id` is a whale task id or a StackStorm execution id. StackStorm's refusals answer with its
+//! status (4xx) and `faultstring`; the bearer token (`WHALE_HTTP_TOKEN`) is required when set.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use whale_kernel::http::{check_bearer, error};
+use whale_kernel::{Config, Nats};
+
+use crate::manage::{Action, Error, Manager};
+
+#[derive(Clone)]
+struct St {
+    manager: Manager,
+    cfg: Arc<Config>,
+}
+
+/// The router, merged into whale's HTTP server by `whale run`.
+pub async fn router(nats: &Nats, cfg: Arc<Config>) -> anyhow::Result<Router> {
+    let manager = Manager::new(nats, &cfg).await?;
+    Ok(Router::new()
+        .route("/v1/executions", get(list))
+        .route("/v1/executions/{id}", get(one))
+        .route("/v1/executions/{id}/logs", get(logs))
+        .route("/v1/executions/{id}/{action}", post(act))
+        .with_state(St { manager, cfg }))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    rule: Option<String>,
+    status: Option<String>,
+}
+
+fn fail(e: Error) -> Response {
+    let code = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if let Error::Internal(err) = &e {
+        tracing::error!("executions API: {err:#}");
+        return error(code, "internal error (see whale's log)", json!({}));
+    }
+    let extra = match e.faultstring() {
+        Some(f) => json!({ "faultstring": f }),
+        None => json!({}),
+    };
+    error(code, e.to_string(), extra)
+}
+
+async fn list(State(st): State<St>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
+        return r;
+    }
+    match st
+        .manager
+        .list(q.rule.as_deref(), q.status.as_deref())
+        .await
+    {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+async fn one(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
+        return r;
+    }
+    match st.manager.get(&id).await {
+        Ok(f) => Json(f).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+async fn logs(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
+        return r;
+    }
+    match st.manager.logs(&id).await {
+        Ok((_, text)) => {
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn act(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
+        return r;
+    }
+    let Some(action) = Action::parse(&action) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown action {action:?}: use retry, pause, resume or cancel"),
+            json!({}),
+        );
+    };
+    let params = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => v.get("parameters").cloned().unwrap_or(Value::Null),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("body is not JSON: {e}"),
+                    json!({}),
+                )
+            }
+        }
+    };
+    match st.manager.act(&id, action, params).await {
+        Ok(f) => Json(f).into_response(),
+        Err(e) => fail(e),
+    }
+}
