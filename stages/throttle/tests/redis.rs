@@ -1,0 +1,559 @@
+//! The throttle against a real redis-server (testkit): exact limits, refill, burst, once_within,
+//! idempotency per task, odd keys, and Redis going away and coming back — first at the level of
+//! the limiter (Redis decisions), then through the stage (outcomes and records).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use whale_kernel::records::{Approval, Task, Throttle, ThrottleMode, Throttled};
+use whale_kernel::subjects::{HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
+use whale_kernel::testkit::RedisServer;
+use whale_kernel::{Delivery, Outcome, Secret, Stage};
+use whale_throttle::policy::{self, Plan, Request};
+use whale_throttle::{Limiter, ThrottleStage};
+
+fn throttle(key: &str, limit: u64, per_ms: u64, burst: u64, mode: ThrottleMode) -> Throttle {
+    Throttle {
+        key: key.into(),
+        limit,
+        per_ms,
+        burst,
+        mode,
+        fail_open: false,
+    }
+}
+
+fn req(t: &Throttle, task_id: &str) -> Request {
+    match policy::plan("rule-a", t, task_id) {
+        Plan::Ask(r) => r,
+        other => panic!("expected a Redis question, got {other:?}"),
+    }
+}
+
+fn limiter(redis: &RedisServer) -> Limiter {
+    Limiter::new(&Secret::new(redis.url())).expect("valid url")
+}
+
+/// (admitted, throttled retry_after_ms) of asking for `ids` in one pipeline.
+async fn ask(l: &Limiter, t: &Throttle, ids: &[String]) -> (Vec<String>, Vec<u64>) {
+    let reqs: Vec<Request> = ids.iter().map(|id| req(t, id)).collect();
+    let mut admitted = Vec::new();
+    let mut retry = Vec::new();
+    for (id, d) in ids.iter().zip(l.decide(&reqs).await) {
+        let d = d.expect("Redis answers");
+        if d.admitted {
+            admitted.push(id.clone());
+        } else {
+            assert!(
+                d.retry_after_ms > 0,
+                "a throttled task says when to come back"
+            );
+            retry.push(d.retry_after_ms);
+        }
+    }
+    (admitted, retry)
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+fn redis_cmd<T: redis::FromRedisValue>(redis: &RedisServer, args: &[&str]) -> T {
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut c).unwrap()
+}
+
+#[tokio::test]
+async fn exact_limit_then_refill_after_the_period() {
+    let redis = RedisServer::start();
+    let l = limiter(&redis);
+    let t = throttle("web-1", 5, 1_000, 0, ThrottleMode::Rate);
+    let (admitted, retry) = ask(&l, &t, &ids("a", 20)).await;
+    assert_eq!(admitted, ids("a", 5), "the first five in order, exactly");
+    assert_eq!(retry.len(), 15);
+    assert!(retry.iter().all(|&r| r <= 1_000), "{retry:?}");
+    // Nothing frees up before the period has passed...
+    let (admitted, _) = ask(&l, &t, &ids("b", 3)).await;
+    assert!(admitted.is_empty());
+    // ...and after it the bucket is whole again: five more, exactly.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (admitted, retry) = ask(&l, &t, &ids("c", 8)).await;
+    assert_eq!(admitted, ids("c", 5));
+    assert_eq!(retry.len(), 3);
+    // Another key of the same rule, and the same key of another rule, are separate buckets.
+    let (admitted, _) = ask(
+        &l,
+        &throttle("web-2", 5, 1_000, 0, ThrottleMode::Rate),
+        &ids("d", 6),
+    )
+    .await;
+    assert_eq!(admitted.len(), 5);
+    let other_rule = match policy::plan("rule-b", &t, "e-0") {
+        Plan::Ask(r) => r,
+        p => panic!("{p:?}"),
+    };
+    assert!(l.decide(&[other_rule]).await[0].as_ref().unwrap().admitted);
+}
+
+#[tokio::test]
+async fn retry_after_is_when_the_next_token_frees_up() {
+    let redis = RedisServer::start();
+    let l = limiter(&redis);
+    let t = throttle("k", 2, 1_500, 0, ThrottleMode::Rate);
+    assert_eq!(ask(&l, &t, &ids("a", 1)).await.0.len(), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(ask(&l, &t, &ids("b", 1)).await.0.len(), 1);
+    // Full. The first token was taken ~600 ms ago: it frees up in ~900 ms, not in 1.5 s.
+    let (_, retry) = ask(&l, &t, &ids("c", 1)).await;
+    assert!(retry[0] <= 900, "{retry:?}");
+    tokio::time::sleep(Duration::from_millis(retry[0] + 50)).await;
+    // One token back (the first), the second still held.
+    let (admitted, _) = ask(&l, &t, &ids("d", 2)).await;
+    assert_eq!(admitted, ids("d", 1));
+}
+
+#[tokio::test]
+async fn burst_lets_more_through_at_once_and_keeps_the_rate() {
+    let redis = RedisServer::start();
+    let l = limiter(&redis);
+    // 2 per second with a burst of 3: five at once, then each token is held 2.5 s.
+    let t = throttle("k", 2, 1_000, 3, ThrottleMode::Rate);
+    let (admitted, retry) = ask(&l, &t, &ids("a", 10)).await;
+    assert_eq!(admitted.len(), 5);
+    assert!(retry.iter().all(|&r| r > 1_000 && r <= 2_500), "{retry:?}");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(
+        ask(&l, &t, &ids("b", 1)).await.0.is_empty(),
+        "no refill before 2.5 s"
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(ask(&l, &t, &ids("c", 10)).await.0.len(), 5);
+}
+
+#[tokio::test]
+async fn once_within_fires_the_first_and_suppresses_the_rest_until_the_window_passes() {
+    let redis = RedisServer::start();
+    let l = limiter(&redis);
+    // limit and burst do not matter in this mode.
+    let t = throttle("host-7", 50, 1_000, 9, ThrottleMode::OnceWithin);
+    let (admitted, retry) = ask(&l, &t, &ids("a", 10)).await;
+    assert_eq!(admitted, ids("a", 1));
+    assert!(retry.iter().all(|&r| r <= 1_000));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        ask(&l, &t, &ids("b", 3)).await.0.is_empty(),
+        "still within the window"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        ask(&l, &t, &ids("c", 3)).await.0,
+        ids("c", 1),
+        "window passed: the next one fires"
+    );
+}
+
+#[tokio::test]
+async fn decisions_are_idempotent_per_task() {
+    let redis = RedisServer::start();
+    let l = limiter(&redis);
+    let t = throttle("k", 5, 60_000, 0, ThrottleMode::Rate);
+    let first: Vec<_> = l
+        .decide(&ids("t", 3).iter().map(|id| req(&t, id)).collect::<Vec<_>>())
+        .await;
+    assert!(first
+        .iter()
+        .all(|d| d.as_ref().unwrap().admitted && !d.as_ref().unwrap().repeated));
+    // The three again (a redelivery), twice in the same pipeline, plus four new tasks: the
+    // repeats take no tokens, so two of the new ones still fit.
+    let mut again = ids("t", 3);
+    again.extend(ids("t", 3));
+    again.extend(ids("n", 4));
+    let reqs: Vec<Request> = again.iter().map(|id| req(&t, id)).collect();
+    let d: Vec<_> = l
+        .decide(&reqs)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(d[..6].iter().all(|d| d.admitted && d.repeated), "{d:?}");
+    assert_eq!(
+        d[6..].iter().map(|d| d.admitted).collect::<Vec<_>>(),
+        [true, true, false, false]
+    );
+    // A throttled task asked again gets the same answer, the same retry_after, even after a
+    // token has freed up — and an admitted one stays admitted.
+    let thr = l.decide(&[req(&t, "n-3")]).await.remove(0).unwrap();
+    assert!(!thr.admitted && thr.repeated);
+    assert_eq!(thr.retry_after_ms, d[9].retry_after_ms);
+    let log = req(&t, "x").log_key;
+    assert_eq!(
+        redis_cmd::<u64>(&redis, &["ZCARD", &log]),
+        5,
+        "five tokens taken, no more"
+    );
+}
+
+#[tokio::test]
+async fn repeated_decision_outlives_a_short_period() {
+    let redis = RedisServer::start();
+    let l = limiter(&redis);
+    // A 200 ms period: by the time a crashed worker's task is redelivered (ack wait) the token
+    // is long back, but the task must still get its first answer.
+    let t = throttle("k", 1, 200, 0, ThrottleMode::Rate);
+    let (admitted, _) = ask(&l, &t, &ids("t", 2)).await;
+    assert_eq!(admitted, ids("t", 1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d: Vec<_> = l.decide(&[req(&t, "t-1"), req(&t, "t-0")]).await;
+    let d: Vec<_> = d.into_iter().map(Result::unwrap).collect();
+    assert!(
+        !d[0].admitted && d[0].repeated,
+        "throttled stays throttled: {:?}",
+        d[0]
+    );
+    assert!(d[1].admitted && d[1].repeated);
+    let r = req(&t, "t-1");
+    let pttl: i64 = redis_cmd(&redis, &["PTTL", &r.marker_key]);
+    assert!(
+        pttl > 60_000,
+        "decision remembered past the ack wait: {pttl}"
+    );
+}
+
+#[tokio::test]
+async fn idle_keys_expire() {
+    let redis = RedisServer::start();
+    let l = limiter(&redis);
+    let t = throttle("k", 3, 500, 0, ThrottleMode::Rate);
+    ask(&l, &t, &ids("t", 5)).await;
+    let r = req(&t, "t-0");
+    let pttl: i64 = redis_cmd(&redis, &["PTTL", &r.log_key]);
+    assert!(
+        pttl > 0 && pttl <= 500,
+        "log expires with its last token: {pttl}"
+    );
+    let pttl: i64 = redis_cmd(&redis, &["PTTL", &r.marker_key]);
+    assert!(
+        pttl > 0 && pttl <= policy::MARKER_TTL_MAX_MS as i64,
+        "{pttl}"
+    );
+    let no_ttl: Vec<String> = redis_cmd::<Vec<String>>(&redis, &["KEYS", "*"])
+        .into_iter()
+        .filter(|k| redis_cmd::<i64>(&redis, &["PTTL", k]) < 0)
+        .collect();
+    assert!(
+        no_ttl.is_empty(),
+        "keys that would never expire: {no_ttl:?}"
+    );
+}
+
+#[tokio::test]
+async fn empty_huge_and_odd_keys_get_their_own_bounded_buckets() {
+    let redis = RedisServer::start();
+    let l = limiter(&redis);
+    let huge = "h".repeat(4 << 20);
+    let lossy = String::from_utf8_lossy(b"\xff\xfe host \xc3\x28").into_owned();
+    let keys = [
+        "",
+        " ",
+        huge.as_str(),
+        "a\0b\r\n{}}{*",
+        "🐳 müll",
+        lossy.as_str(),
+        "{rule-a}",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        let t = throttle(key, 1, 60_000, 0, ThrottleMode::Rate);
+        let (admitted, retry) = ask(&l, &t, &ids(&format!("k{i}"), 3)).await;
+        assert_eq!(admitted.len(), 1, "key #{i}");
+        assert_eq!(retry.len(), 2, "key #{i}");
+    }
+    let stored: Vec<String> = redis_cmd(&redis, &["KEYS", "*"]);
+    assert_eq!(
+        stored.iter().filter(|k| k.ends_with(":log")).count(),
+        keys.len()
+    );
+    assert!(
+        stored
+            .iter()
+            .all(|k| k.len() < 120 && k.starts_with("whale:throttle:{")),
+        "{stored:?}"
+    );
+}
+
+#[tokio::test]
+async fn redis_gone_means_wait_and_decisions_resume_when_it_is_back() {
+    let mut redis = RedisServer::start();
+    let l = limiter(&redis);
+    let t = throttle("k", 3, 60_000, 0, ThrottleMode::Rate);
+    assert_eq!(ask(&l, &t, &ids("a", 1)).await.0.len(), 1);
+    redis.stop();
+    for _ in 0..3 {
+        let d = l.decide(&[req(&t, "b-0"), req(&t, "b-1")]).await;
+        assert!(
+            d.iter()
+                .all(|d| matches!(d, Err(whale_throttle::limiter::Error::Unreachable(_)))),
+            "{d:?}"
+        );
+    }
+    // Back, empty (no persistence) and with an empty script cache: NOSCRIPT → reload.
+    redis.start_again();
+    let mut answered = None;
+    for _ in 0..50 {
+        let d = l.decide(&[req(&t, "c-0")]).await;
+        if let Ok(d) = &d[0] {
+            answered = Some(*d);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered.expect("decisions resume").admitted);
+}
+
+// ---- through the stage ------------------------------------------------------------------
+
+fn task(id: &str, th: Option<Throttle>) -> Task {
+    Task {
+        task_id: id.into(),
+        event_id: format!("ev-{id}"),
+        event_type: "vm.disk_usage".into(),
+        rule: "disk-full-cleanup".into(),
+        rule_version: "v1".into(),
+        action: "ops.clean_disk".into(),
+        parameters: serde_json::json!({"host": "web-1"}),
+        throttle: th,
+        cluster: "default".into(),
+        approval: None,
+        notify: vec![],
+        result_event: false,
+        replay: None,
+        created: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+fn delivery(payload: Vec<u8>) -> Delivery {
+    Delivery {
+        subject: "whale.pipe.task".into(),
+        payload: Bytes::from(payload),
+        headers: vec![],
+        attempt: 1,
+        stream_seq: 1,
+        published: time::OffsetDateTime::now_utc(),
+    }
+}
+
+fn of(t: &Task) -> Delivery {
+    delivery(serde_json::to_vec(t).unwrap())
+}
+
+fn outputs(o: &Outcome) -> &[whale_kernel::Output] {
+    match o {
+        Outcome::Ack(v) => v,
+        other => panic!("expected ack, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stage_routes_admitted_throttled_approval_and_unthrottled_tasks() {
+    let redis = RedisServer::start();
+    let stage = ThrottleStage::new(&Secret::new(redis.url())).unwrap();
+    let th = throttle("web-1", 1, 60_000, 0, ThrottleMode::Rate);
+    let mut gated = task("t-3", None);
+    gated.approval = Some(Approval {
+        timeout_ms: 1_000,
+        channel: None,
+    });
+    let mut bad_cluster = task("t-5", Some(th.clone()));
+    bad_cluster.cluster = "east.*".into();
+    let mut batch = vec![
+        of(&task("t-1", Some(th.clone()))),
+        of(&task("t-2", Some(th.clone()))),
+        of(&gated),
+        of(&task("t-4", None)),
+        of(&bad_cluster),
+        delivery(b"{not a task".to_vec()),
+    ];
+    // A key with bytes that are not UTF-8, straight in the JSON.
+    let mut raw = serde_json::to_vec(&task(
+        "t-6",
+        Some(throttle("KEY", 1, 60_000, 0, ThrottleMode::Rate)),
+    ))
+    .unwrap();
+    let at = raw.windows(3).position(|w| w == b"KEY").unwrap();
+    raw.splice(at..at + 3, b"\xff\xc3\x28".iter().copied());
+    batch.push(delivery(raw));
+    let out = stage.handle_batch(&batch).await;
+    assert_eq!(out.len(), batch.len());
+
+    let o = &outputs(&out[0])[0];
+    assert_eq!(
+        (o.subject.as_str(), o.msg_id.as_str()),
+        ("whale.pipe.admitted.default", "adm:t-1")
+    );
+    let hdr = |o: &whale_kernel::Output, k: &str| {
+        o.headers
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(hdr(o, HDR_EVENT_ID).as_deref(), Some("ev-t-1"));
+    assert_eq!(hdr(o, HDR_RULE).as_deref(), Some("disk-full-cleanup"));
+    assert_eq!(hdr(o, HDR_TASK_ID).as_deref(), Some("t-1"));
+    assert_eq!(
+        serde_json::from_slice::<Task>(&o.payload).unwrap(),
+        task("t-1", Some(th.clone()))
+    );
+
+    let o = &outputs(&out[1])[0];
+    assert_eq!(
+        (o.subject.as_str(), o.msg_id.as_str()),
+        ("whale.pipe.throttled", "thr:t-2")
+    );
+    let rec: Throttled = serde_json::from_slice(&o.payload).unwrap();
+    assert_eq!(rec.task.task_id, "t-2");
+    assert!(rec.retry_after_ms > 0 && rec.retry_after_ms <= 60_000);
+    assert!(
+        rec.reason.contains("disk-full-cleanup") && rec.reason.contains("\"web-1\""),
+        "{}",
+        rec.reason
+    );
+    assert_eq!(hdr(o, HDR_TASK_ID).as_deref(), Some("t-2"));
+
+    let o = &outputs(&out[2])[0];
+    assert_eq!(
+        (o.subject.as_str(), o.msg_id.as_str()),
+        ("whale.pipe.approval", "apv:t-3")
+    );
+    let o = &outputs(&out[3])[0];
+    assert_eq!(
+        (o.subject.as_str(), o.msg_id.as_str()),
+        ("whale.pipe.admitted.default", "adm:t-4")
+    );
+    let o = &outputs(&out[4])[0];
+    assert_eq!(
+        (o.subject.as_str(), o.msg_id.as_str()),
+        ("whale.pipe.dead_letter", "dl:t-5")
+    );
+    assert!(matches!(&out[5], Outcome::Term { reason } if reason.contains("not a task record")));
+    let o = &outputs(&out[6])[0];
+    assert_eq!(
+        o.msg_id, "adm:t-6",
+        "odd bytes in the key: read lossily, decided, admitted"
+    );
+    let again = stage.handle_batch(&batch[..2]).await;
+    assert_eq!(
+        outputs(&again[0])[0].msg_id,
+        "adm:t-1",
+        "redelivery gets the same decision"
+    );
+    assert_eq!(outputs(&again[1])[0].msg_id, "thr:t-2");
+}
+
+#[tokio::test]
+async fn stage_waits_while_redis_is_down_unless_fail_open() {
+    // The stage is built while Redis is down (a worker must start and wait).
+    let port = whale_kernel::testkit::free_port();
+    let stage = ThrottleStage::new(&Secret::new(format!("redis://127.0.0.1:{port}"))).unwrap();
+    let th = throttle("k", 1, 60_000, 0, ThrottleMode::Rate);
+    let open = Throttle {
+        fail_open: true,
+        ..th.clone()
+    };
+    let named = |mut t: Task| {
+        t.rule = "waits-for-redis".into();
+        of(&t)
+    };
+    let batch = vec![
+        named(task("t-1", Some(th.clone()))),
+        named(task("t-2", Some(open))),
+        named(task("t-3", None)),
+    ];
+    for _ in 0..2 {
+        let out = stage.handle_batch(&batch).await;
+        assert!(
+            matches!(&out[0], Outcome::Retry { delay, .. } if *delay == whale_throttle::stage::REDIS_RETRY),
+            "{:?}",
+            out[0]
+        );
+        assert_eq!(
+            outputs(&out[1])[0].msg_id,
+            "adm:t-2",
+            "fail_open admits without Redis"
+        );
+        assert_eq!(
+            outputs(&out[2])[0].msg_id,
+            "adm:t-3",
+            "no throttle, no Redis needed"
+        );
+    }
+    let metrics = whale_kernel::metrics::render();
+    assert!(metrics.contains(r#"whale_throttle_decisions_total{decision="waiting_for_redis",rule="waits-for-redis"} 2"#), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"whale_throttle_decisions_total{decision="fail_open",rule="waits-for-redis"} 2"#
+        ),
+        "{metrics}"
+    );
+    // Redis comes up on that port: the waiting task is decided.
+    // RedisServer picks its own port; start one by hand on the port the stage was given.
+    let bin = std::env::var("WHALE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let redis = std::process::Command::new(bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let _guard = KillOnDrop(redis);
+    assert!(whale_kernel::testkit::wait_for_port(
+        port,
+        Duration::from_secs(10)
+    ));
+    let mut decided = None;
+    for _ in 0..50 {
+        let out = stage.handle_batch(&batch[..1]).await;
+        if let Outcome::Ack(o) = &out[0] {
+            decided = Some(o[0].msg_id.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(decided.as_deref(), Some("adm:t-1"));
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn script_cache_flushed_means_reload_not_failure() {
+    let redis = RedisServer::start();
+    let l = limiter(&redis);
+    let t = throttle("k", 2, 60_000, 0, ThrottleMode::Rate);
+    assert_eq!(ask(&l, &t, &ids("a", 1)).await.0.len(), 1);
+    let _: String = redis_cmd(&redis, &["SCRIPT", "FLUSH"]);
+    let (admitted, retry) = ask(&l, &t, &ids("b", 3)).await;
+    assert_eq!(
+        (admitted.len(), retry.len()),
+        (1, 2),
+        "the bucket survived, only the script was reloaded"
+    );
+}
