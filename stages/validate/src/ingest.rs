@@ -136,7 +136,8 @@ async fn post_events(State(st): State<Ingest>, headers: HeaderMap, body: Bytes) 
     (StatusCode::ACCEPTED, Json(json!({ "accepted": ids.len(), "duplicates": stats.duplicates, "ids": ids }))).into_response()
 }
 
-/// Splits a request body into events according to its form.
+/// Splits a request body into events according to its form (the error is the 400 to send).
+#[allow(clippy::result_large_err)]
 fn split_body(headers: &HeaderMap, content_type: &str, body: &[u8], limits: &Limits) -> Result<Vec<Raw>, Response> {
     let whole = |value| vec![Raw { value, bytes: body.len() }];
     // CloudEvents binary mode: attributes in ce-* headers, the body is the data.

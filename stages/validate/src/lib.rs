@@ -45,7 +45,7 @@ pub struct Validate {
 
 impl Validate {
     /// Judges one raw message: `Ok(accepted)` or `Err(rejection)`. Pure apart from the registry.
-    pub fn judge(&self, d: &Delivery) -> Result<Envelope, Rejection> {
+    pub fn judge(&self, d: &Delivery) -> Result<Envelope, Box<Rejection>> {
         let subject_type = subjects::ingest_type(&d.subject);
         let received = envelope::format_time(d.published);
         let reject = |reasons: Vec<Reason>, event: Option<Value>, id: Option<String>, t: Option<String>| {
@@ -56,7 +56,7 @@ impl Validate {
                     (Some(String::from_utf8_lossy(keep).into_owned()), d.payload.len() > RAW_KEEP)
                 }
             };
-            Rejection {
+            Box::new(Rejection {
                 id,
                 event_type: t.or(subject_type.map(str::to_owned)),
                 received: received.clone(),
@@ -64,7 +64,7 @@ impl Validate {
                 event,
                 raw,
                 raw_truncated,
-            }
+            })
         };
         let value = envelope::parse_bytes(&d.payload, &self.limits)
             .map_err(|r| reject(vec![r], None, None, None))?;
