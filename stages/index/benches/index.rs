@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench -p whale-index --features testkit --bench index
-//! WHALE_BENCH_EMBEDDED=1000000 WHALE_BENCH_OPENSEARCH=200000 (defaults)
+//! WHALE_BENCH_EMBEDDED=1000000 WHALE_BENCH_OPENSEARCH=200000 WHALE_BENCH_BATCH=512 (defaults)
 //! ```
 //!
 //! Documents are built from deliveries exactly as the stage builds them and written through the
@@ -22,7 +22,6 @@ use whale_index::testkit::OpenSearchNode;
 use whale_index::{Backend, Doc, Search};
 use whale_kernel::Delivery;
 
-const BATCH: usize = 512;
 const ENVS: [&str; 3] = ["prod", "staging", "dev"];
 const BIZ: [&str; 2] = ["trade", "ops"];
 const WRITERS: usize = 4;
@@ -72,6 +71,8 @@ fn delivery(i: usize, base: OffsetDateTime) -> Delivery {
 }
 
 async fn index(backend: Arc<dyn Backend>, n: usize) -> f64 {
+    #[allow(non_snake_case)]
+    let BATCH = env_n("WHALE_BENCH_BATCH", 512);
     let base = OffsetDateTime::now_utc() - Duration::from_secs(3600);
     let mut elapsed = Duration::ZERO;
     let step = 100_000;

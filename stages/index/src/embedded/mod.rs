@@ -32,6 +32,11 @@ use crate::doc::Doc;
 const WRITER_HEAP: usize = 128 * 1024 * 1024;
 /// Most documents grouped into one commit.
 const GROUP_MAX: usize = 50_000;
+/// How long the writer waits for more batches before committing. A commit has a fixed cost
+/// (segment files written and fsynced, readers reopened) that dominates at the worker's batch
+/// size: measured on 2 busy cores, 512-document commits ran ~6k docs/s, 5,000-document ones ~32k.
+/// Waiting a little lets concurrent worker loops share one commit.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 /// Largest result page (as OpenSearch's default `index.max_result_window`).
 pub const MAX_LIMIT: usize = 10_000;
 
@@ -81,7 +86,8 @@ impl Embedded {
         e.shared
             .reload
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        let writer: IndexWriter = e.shared.index.writer(WRITER_HEAP).map_err(|err| match err {
+        // One indexing thread: one segment per commit (two threads made two, and ran slower).
+        let writer: IndexWriter = e.shared.index.writer_with_num_threads(1, WRITER_HEAP).map_err(|err| match err {
             tantivy::TantivyError::LockFailure(..) => Error::Invalid(format!(
                 "another process is writing the index in {} (only one `whale run` with the index stage \
                  may use one WHALE_INDEX_DIR; searching needs no writer)",
@@ -220,8 +226,9 @@ fn writer_loop(
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         let mut docs = job_len(&jobs[0]);
+        let until = std::time::Instant::now() + LINGER;
         while docs < GROUP_MAX {
-            match rx.try_recv() {
+            match rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
                 Ok(j) => {
                     docs += job_len(&j);
                     jobs.push(j);
