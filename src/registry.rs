@@ -32,7 +32,11 @@ pub fn parse(list: &str) -> anyhow::Result<Vec<&'static str>> {
             Some(_) => {}
             None => bail!(
                 "unknown stage {name:?}; known stages: {} (or all)",
-                STAGES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                STAGES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -43,7 +47,11 @@ pub fn parse(list: &str) -> anyhow::Result<Vec<&'static str>> {
 }
 
 /// Builds a JetStream stage. `ingest` has no worker (it is HTTP only) and returns None.
-pub async fn build(name: &str, nats: &Nats, cfg: &Config) -> anyhow::Result<Option<Arc<dyn Stage>>> {
+pub async fn build(
+    name: &str,
+    nats: &Nats,
+    cfg: &Config,
+) -> anyhow::Result<Option<Arc<dyn Stage>>> {
     Ok(match name {
         "ingest" => None,
         "validate" => Some(Arc::new(whale_validate::Validate {

@@ -44,5 +44,11 @@ pub async fn apply(nats: &Nats, set: &RuleSet) -> anyhow::Result<u64> {
         applied_at: whale_kernel::envelope::format_time(time::OffsetDateTime::now_utc()),
         sources: set.sources().to_vec(),
     };
-    kv::put(nats, subjects::KV_RULES, ACTIVE, serde_json::to_vec(&stored)?).await
+    kv::put(
+        nats,
+        subjects::KV_RULES,
+        ACTIVE,
+        serde_json::to_vec(&stored)?,
+    )
+    .await
 }

@@ -52,10 +52,15 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         Some(_) => None,
         None => Some(NatsServer::start()),
     };
-    cfg.nats.urls = vec![a.nats_url.clone().unwrap_or_else(|| server.as_ref().unwrap().url())];
+    cfg.nats.urls = vec![a
+        .nats_url
+        .clone()
+        .unwrap_or_else(|| server.as_ref().unwrap().url())];
     let nats = super::connect(&cfg, "bench").await?;
     let n = a.events;
-    let payloads: Vec<Vec<u8>> = (0..n).map(|i| serde_json::to_vec(&sample(i)).unwrap()).collect();
+    let payloads: Vec<Vec<u8>> = (0..n)
+        .map(|i| serde_json::to_vec(&sample(i)).unwrap())
+        .collect();
     let avg = payloads.iter().map(Vec::len).sum::<usize>() / n.max(1);
 
     let (raw_pub, raw_consume) = raw_jetstream(&nats, &payloads).await?;
@@ -67,10 +72,15 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         "required": ["host", "usage_pct"],
         "properties": {"host": {"type": "string"}, "usage_pct": {"type": "number", "minimum": 0, "maximum": 100},
                        "env": {"enum": ["prod", "staging", "dev"]}}}});
-    kv.put("bench.disk", serde_json::to_vec(&schema)?.into()).await?;
+    kv.put("bench.disk", serde_json::to_vec(&schema)?.into())
+        .await?;
     let mut w: Window<()> = Window::new(nats.js.clone(), 1024);
     for (i, p) in payloads.iter().enumerate() {
-        let out = Output::new(subjects::ingest("bench.disk"), format!("bench-{i:09}"), p.clone());
+        let out = Output::new(
+            subjects::ingest("bench.disk"),
+            format!("bench-{i:09}"),
+            p.clone(),
+        );
         w.send((), out).await;
     }
     w.drain().await;
@@ -86,7 +96,12 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
     for input in subjects::stage_inputs("validate") {
         for _ in 0..a.workers.max(1) {
             loops.push(tokio::spawn(worker::run(
-                nats.clone(), stage.clone(), input.clone(), worker::Options::default(), Health::default(), rx.clone(),
+                nats.clone(),
+                stage.clone(),
+                input.clone(),
+                worker::Options::default(),
+                Health::default(),
+                rx.clone(),
             )));
         }
     }
@@ -115,11 +130,27 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
     if a.json {
         super::print_json(&result)?;
     } else {
-        println!("validate bench: {n} events of ~{avg} B, {} worker loop(s), nats-server {}", a.workers, result["nats_server"]);
-        println!("  raw JetStream publish (window 1024)  {:>10.0} msg/s", raw_pub);
-        println!("  raw JetStream consume+ack            {:>10.0} msg/s", raw_consume);
-        println!("  bound for consume+ack+publish        {:>10.0} msg/s", bound);
-        println!("  validate whale.in → whale.events     {:>10.0} events/s  ({:.2} × bound)", validate, validate / bound);
+        println!(
+            "validate bench: {n} events of ~{avg} B, {} worker loop(s), nats-server {}",
+            a.workers, result["nats_server"]
+        );
+        println!(
+            "  raw JetStream publish (window 1024)  {:>10.0} msg/s",
+            raw_pub
+        );
+        println!(
+            "  raw JetStream consume+ack            {:>10.0} msg/s",
+            raw_consume
+        );
+        println!(
+            "  bound for consume+ack+publish        {:>10.0} msg/s",
+            bound
+        );
+        println!(
+            "  validate whale.in → whale.events     {:>10.0} events/s  ({:.2} × bound)",
+            validate,
+            validate / bound
+        );
     }
     drop(server);
     Ok(ExitCode::SUCCESS)
@@ -130,17 +161,29 @@ async fn raw_jetstream(nats: &Nats, payloads: &[Vec<u8>]) -> anyhow::Result<(f64
     let js = &nats.js;
     let _ = js.delete_stream("BENCH_RAW").await;
     let st = js
-        .create_stream(stream::Config { name: "BENCH_RAW".into(), subjects: vec!["bench.raw".into()], ..Default::default() })
+        .create_stream(stream::Config {
+            name: "BENCH_RAW".into(),
+            subjects: vec!["bench.raw".into()],
+            ..Default::default()
+        })
         .await?;
     let t = Instant::now();
     let mut w: Window<()> = Window::new(js.clone(), 1024);
     for (i, p) in payloads.iter().enumerate() {
-        w.send((), Output::new("bench.raw".into(), format!("raw-{i}"), p.clone())).await;
+        w.send(
+            (),
+            Output::new("bench.raw".into(), format!("raw-{i}"), p.clone()),
+        )
+        .await;
     }
     w.drain().await;
     let publish = payloads.len() as f64 / t.elapsed().as_secs_f64();
     let c: jetstream::consumer::PullConsumer = st
-        .create_consumer(consumer::pull::Config { durable_name: Some("bench".into()), max_ack_pending: 20_000, ..Default::default() })
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("bench".into()),
+            max_ack_pending: 20_000,
+            ..Default::default()
+        })
         .await?;
     let t = Instant::now();
     let mut msgs = c.stream().max_messages_per_batch(512).messages().await?;

@@ -3,8 +3,8 @@
 
 mod approvals;
 mod bench;
-mod events;
 mod clusters;
+mod events;
 mod exec;
 mod publish;
 mod replay;
@@ -22,7 +22,11 @@ use clap::{Parser, Subcommand};
 use whale_kernel::{Config, Nats};
 
 #[derive(Parser)]
-#[command(name = "whale", version, about = "Event-driven automation: events in, rules matched, StackStorm tasks out")]
+#[command(
+    name = "whale",
+    version,
+    about = "Event-driven automation: events in, rules matched, StackStorm tasks out"
+)]
 pub struct Cli {
     /// Configuration file (default: $WHALE_CONFIG, then ./whale.toml if present).
     #[arg(long, global = true, env = "WHALE_CONFIG")]

@@ -49,20 +49,27 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let limits = cfg.events.limits();
     let lines: Box<dyn Iterator<Item = std::io::Result<String>>> = match (&a.data, &a.file) {
         (Some(data), None) => {
-            let Some(t) = &a.event_type else { bail!("--data needs --type") };
+            let Some(t) = &a.event_type else {
+                bail!("--data needs --type")
+            };
             let detail: Value = serde_json::from_str(data).context("--data is not JSON")?;
             let mut ev = json!({ "event_type": t, "detail": detail, "source": a.source });
             if let Some(id) = &a.id {
                 ev["id"] = json!(id);
             }
             if !a.labels.is_empty() {
-                ev["labels"] = json!(a.labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>());
+                ev["labels"] = json!(a
+                    .labels
+                    .iter()
+                    .cloned()
+                    .collect::<std::collections::BTreeMap<_, _>>());
             }
             Box::new(std::iter::once(Ok(ev.to_string())))
         }
         (None, Some(path)) if path.as_os_str() == "-" => Box::new(std::io::stdin().lock().lines()),
         (None, Some(path)) => {
-            let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            let f = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
             Box::new(std::io::BufReader::new(f).lines())
         }
         _ => bail!("give --type T --data JSON, or --file F.ndjson"),
@@ -74,7 +81,10 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let nats = super::connect(&cfg, "publish").await?;
     let bar = if std::io::stderr().is_terminal() && total_hint > 1 {
         let b = ProgressBar::new(total_hint);
-        b.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}").unwrap());
+        b.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
+                .unwrap(),
+        );
         b
     } else {
         ProgressBar::hidden()
@@ -91,7 +101,9 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         }
         let ev = envelope::parse_bytes(line.as_bytes(), &limits)
             .map_err(|r| vec![r])
-            .and_then(|v| envelope::normalize(v, &Defaults::fresh(a.event_type.as_deref(), &a.source)));
+            .and_then(|v| {
+                envelope::normalize(v, &Defaults::fresh(a.event_type.as_deref(), &a.source))
+            });
         match ev {
             Ok(ev) => {
                 if a.data.is_some() {
@@ -104,7 +116,11 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
                 }
             }
             Err(reasons) => {
-                let msg = reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                let msg = reasons
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 if !a.json {
                     eprintln!("whale: line {line_no}: refused: {msg}");
                 }
@@ -132,11 +148,19 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         }
         eprintln!(
             "published {}, duplicates {}, refused {}, failed {} in {:.2}s ({:.0} events/s)",
-            s.published, s.duplicates, refused.len(), s.failed, secs,
+            s.published,
+            s.duplicates,
+            refused.len(),
+            s.failed,
+            secs,
             (s.published + s.duplicates) as f64 / secs.max(1e-9)
         );
     }
-    Ok(if refused.is_empty() && s.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if refused.is_empty() && s.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
 
 fn bytecount(b: &[u8]) -> u64 {

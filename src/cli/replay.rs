@@ -73,13 +73,22 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let set: RuleSet = match &a.rules {
         Some(dir) => RuleSet::load_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => {
-            let stored = rules_store::active(&nats).await?.context("no rule set is active: apply one, or give --rules DIR")?;
+            let stored = rules_store::active(&nats)
+                .await?
+                .context("no rule set is active: apply one, or give --rules DIR")?;
             RuleSet::compile(&stored.sources).map_err(|e| anyhow::anyhow!("{e}"))?
         }
     };
     if let Some(r) = &a.rule {
         if set.get(r).is_none() {
-            bail!("rule {r:?} is not in the {} rule set", if a.rules.is_some() { "candidate" } else { "active" });
+            bail!(
+                "rule {r:?} is not in the {} rule set",
+                if a.rules.is_some() {
+                    "candidate"
+                } else {
+                    "active"
+                }
+            );
         }
     }
     let mut warnings = Vec::new();
@@ -125,7 +134,10 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
                 continue;
             }
             hit = true;
-            let line = lines.entry(m.rule.clone()).or_insert_with(|| RuleLine { rule: m.rule.clone(), ..Default::default() });
+            let line = lines.entry(m.rule.clone()).or_insert_with(|| RuleLine {
+                rule: m.rule.clone(),
+                ..Default::default()
+            });
             line.would_match += 1;
             if line.examples.len() < a.examples {
                 line.examples.push(m.event_id.clone());
@@ -144,18 +156,28 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         let mut fired: BTreeSet<(String, String)> = BTreeSet::new();
         let pipe_from = from;
         let pipe_to = to + time::Duration::hours(1);
-        let _ = history::read(&nats, subjects::STREAM_PIPE, &Pipe::Matched.subject(), pipe_from, pipe_to, |d| {
-            if let Ok(v) = serde_json::from_slice::<Value>(&d.payload) {
-                if let (Some(e), Some(r)) = (v["event_id"].as_str(), v["rule"].as_str()) {
-                    if a.rule.as_deref().is_none_or(|x| x == r) {
-                        fired.insert((e.to_owned(), r.to_owned()));
+        let _ = history::read(
+            &nats,
+            subjects::STREAM_PIPE,
+            &Pipe::Matched.subject(),
+            pipe_from,
+            pipe_to,
+            |d| {
+                if let Ok(v) = serde_json::from_slice::<Value>(&d.payload) {
+                    if let (Some(e), Some(r)) = (v["event_id"].as_str(), v["rule"].as_str()) {
+                        if a.rule.as_deref().is_none_or(|x| x == r) {
+                            fired.insert((e.to_owned(), r.to_owned()));
+                        }
                     }
                 }
-            }
-        })
+            },
+        )
         .await;
         for (e, r) in &fired {
-            let line = lines.entry(r.clone()).or_insert_with(|| RuleLine { rule: r.clone(), ..Default::default() });
+            let line = lines.entry(r.clone()).or_insert_with(|| RuleLine {
+                rule: r.clone(),
+                ..Default::default()
+            });
             line.actually_matched += 1;
             if !would.contains(&(e.clone(), r.clone())) {
                 line.removed += 1;
@@ -182,15 +204,27 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             println!(
                 "backtest of rule set {}{} over {read} events ({} → {})",
                 set.version(),
-                if a.rules.is_some() { " (candidate)" } else { "" },
+                if a.rules.is_some() {
+                    " (candidate)"
+                } else {
+                    ""
+                },
                 envelope::format_time(from),
                 envelope::format_time(to)
             );
-            println!("{:<32} {:>10} {:>10} {:>8} {:>8}  examples", "RULE", "WOULD", "FIRED", "+NEW", "-GONE");
+            println!(
+                "{:<32} {:>10} {:>10} {:>8} {:>8}  examples",
+                "RULE", "WOULD", "FIRED", "+NEW", "-GONE"
+            );
             for l in lines.values() {
                 println!(
                     "{:<32} {:>10} {:>10} {:>8} {:>8}  {}",
-                    l.rule, l.would_match, l.actually_matched, l.added, l.removed, l.examples.join(", ")
+                    l.rule,
+                    l.would_match,
+                    l.actually_matched,
+                    l.added,
+                    l.removed,
+                    l.examples.join(", ")
                 );
             }
         }
@@ -208,7 +242,8 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         if let Some(r) = &a.rule {
             ev.labels.insert(REPLAY_RULE_LABEL.into(), r.clone());
         }
-        let out = Output::json(subjects::events(&ev.event_type), ev.id.clone(), &ev).header(subjects::HDR_EVENT_ID, ev.id.clone());
+        let out = Output::json(subjects::events(&ev.event_type), ev.id.clone(), &ev)
+            .header(subjects::HDR_EVENT_ID, ev.id.clone());
         w.send((), out).await;
     }
     w.drain().await;
@@ -225,5 +260,9 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         }
         println!("replay {run_id}: {} of {read} events re-injected with fresh ids (label whale_replay={run_id}); {} failed", s.published, s.failed);
     }
-    Ok(if s.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if s.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

@@ -61,7 +61,11 @@ fn load(dir: &Path, json_out: bool) -> anyhow::Result<Result<(RuleSet, f64), Exi
                 for e in errs.errors() {
                     eprintln!("whale: {e}");
                 }
-                eprintln!("whale: rule set in {} refused ({} error(s)); nothing was applied", dir.display(), errs.errors().len());
+                eprintln!(
+                    "whale: rule set in {} refused ({} error(s)); nothing was applied",
+                    dir.display(),
+                    errs.errors().len()
+                );
             }
             Ok(Err(ExitCode::from(3)))
         }
@@ -76,9 +80,16 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             if json {
-                super::print_json(&json!({"ok": true, "rules": set.len(), "version": set.version(), "compile_ms": ms}))?;
+                super::print_json(
+                    &json!({"ok": true, "rules": set.len(), "version": set.version(), "compile_ms": ms}),
+                )?;
             } else {
-                println!("ok: {} rule(s) from {}, version {} (compiled in {ms:.1} ms)", set.len(), dir.display(), set.version());
+                println!(
+                    "ok: {} rule(s) from {}, version {} (compiled in {ms:.1} ms)",
+                    set.len(),
+                    dir.display(),
+                    set.version()
+                );
             }
         }
         Cmd::Apply { dir, json } => {
@@ -93,9 +104,15 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 rules_store::apply(&nats, &set).await?;
             }
             if json {
-                super::print_json(&json!({"version": set.version(), "previous": before, "rules": set.len(), "changed": !unchanged}))?;
+                super::print_json(
+                    &json!({"version": set.version(), "previous": before, "rules": set.len(), "changed": !unchanged}),
+                )?;
             } else if unchanged {
-                println!("unchanged: version {} is already active ({} rules)", set.version(), set.len());
+                println!(
+                    "unchanged: version {} is already active ({} rules)",
+                    set.version(),
+                    set.len()
+                );
             } else {
                 println!(
                     "applied version {} ({} rules) replacing {}; running workers switch now",
@@ -110,14 +127,29 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 Ok(x) => x,
                 Err(code) => return Ok(code),
             };
-            let text = std::fs::read_to_string(&events).with_context(|| format!("cannot read {}", events.display()))?;
+            let text = std::fs::read_to_string(&events)
+                .with_context(|| format!("cannot read {}", events.display()))?;
             let limits = cfg.events.limits();
             let mut evs = Vec::new();
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
                 let ev = envelope::parse_bytes(line.as_bytes(), &limits)
                     .map_err(|r| vec![r])
                     .and_then(|v| envelope::normalize(v, &Defaults::fresh(None, "rules-test")))
-                    .map_err(|rs| anyhow::anyhow!("{}:{}: {}", events.display(), i + 1, rs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+                    .map_err(|rs| {
+                        anyhow::anyhow!(
+                            "{}:{}: {}",
+                            events.display(),
+                            i + 1,
+                            rs.iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    })?;
                 evs.push(serde_json::to_value(ev)?);
             }
             let reports = whale_rules::test_events(&set, &evs);
@@ -131,7 +163,9 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
             let nats = super::connect(&cfg, "rules").await?;
             match rules_store::active(&nats).await? {
                 None => println!("no rule set applied yet: `whale rules apply pipelines`"),
-                Some(s) if json => super::print_json(&json!({"version": s.version, "applied_at": s.applied_at, "files": s.sources.iter().map(|f| &f.path).collect::<Vec<_>>()}))?,
+                Some(s) if json => super::print_json(
+                    &json!({"version": s.version, "applied_at": s.applied_at, "files": s.sources.iter().map(|f| &f.path).collect::<Vec<_>>()}),
+                )?,
                 Some(s) => {
                     println!("active version {} applied at {}", s.version, s.applied_at);
                     for f in &s.sources {

@@ -37,7 +37,10 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             continue;
         }
         if *name == "index" {
-            router = router.merge(whale_index::http::router(cfg.clone(), whale_index::writer(&cfg)?));
+            router = router.merge(whale_index::http::router(
+                cfg.clone(),
+                whale_index::writer(&cfg)?,
+            ));
         }
         if *name == "feedback" {
             router = router.merge(whale_feedback::http::router(&nats, cfg.clone()).await?);
@@ -84,7 +87,10 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("some stages did not finish within 30s; their messages will be redelivered");
     }
     let _ = http_task.await;

@@ -34,7 +34,12 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 super::print_json(&applied)?;
             } else {
                 for a in &applied {
-                    println!("{:<10} {:<24} v{}", format!("{:?}", a.change).to_lowercase(), a.event_type, a.version);
+                    println!(
+                        "{:<10} {:<24} v{}",
+                        format!("{:?}", a.change).to_lowercase(),
+                        a.event_type,
+                        a.version
+                    );
                 }
             }
         }

@@ -19,9 +19,17 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         super::print_json(&report)?;
     } else {
         for item in &report {
-            println!("{:<9} {:<10} {}", item.kind, format!("{:?}", item.change).to_lowercase(), item.name);
+            println!(
+                "{:<9} {:<10} {}",
+                item.kind,
+                format!("{:?}", item.change).to_lowercase(),
+                item.name
+            );
         }
-        let changed = report.iter().filter(|i| i.change != Change::Unchanged).count();
+        let changed = report
+            .iter()
+            .filter(|i| i.change != Change::Unchanged)
+            .count();
         println!(
             "setup done on nats-server {}: {changed} changed, {} unchanged (retention of accepted events: {})",
             nats.client.server_info().version,

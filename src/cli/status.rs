@@ -18,14 +18,23 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("nats-server {} ({})", st.server_version, st.server_name);
-    println!("\n{:<16} {:>10} {:>12} {:>9}", "STREAM", "MESSAGES", "BYTES", "CONSUMERS");
+    println!(
+        "\n{:<16} {:>10} {:>12} {:>9}",
+        "STREAM", "MESSAGES", "BYTES", "CONSUMERS"
+    );
     for s in &st.streams {
         match &s.error {
             Some(e) => println!("{:<16} {e}", s.name),
-            None => println!("{:<16} {:>10} {:>12} {:>9}", s.name, s.messages, s.bytes, s.consumers),
+            None => println!(
+                "{:<16} {:>10} {:>12} {:>9}",
+                s.name, s.messages, s.bytes, s.consumers
+            ),
         }
     }
-    println!("\n{:<10} {:<15} {:>10} {:>12} {:>12} {:>8}", "STAGE", "CONSUMER", "PENDING", "ACK-PENDING", "REDELIVERED", "WAITING");
+    println!(
+        "\n{:<10} {:<15} {:>10} {:>12} {:>12} {:>8}",
+        "STAGE", "CONSUMER", "PENDING", "ACK-PENDING", "REDELIVERED", "WAITING"
+    );
     for c in &st.consumers {
         match &c.error {
             Some(e) => println!("{:<10} {:<15} {e}", c.stage, c.consumer),

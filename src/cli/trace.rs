@@ -45,16 +45,27 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
 /// a non-match (only counted), so the answer comes from evaluating the active rule set on the
 /// stored event now; if NATS is unreachable the section is left out.
 async fn not_matched(cfg: &Config, t: &Trace) -> Vec<NotMatched> {
-    let Some(ev) = t.event.clone() else { return Vec::new() };
-    let Some(event_type) = ev.get("event_type").and_then(|v| v.as_str()).map(str::to_owned) else {
+    let Some(ev) = t.event.clone() else {
+        return Vec::new();
+    };
+    let Some(event_type) = ev
+        .get("event_type")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+    else {
         return Vec::new();
     };
     let connect = super::connect(cfg, "trace");
-    let Ok(Ok(nats)) = tokio::time::timeout(std::time::Duration::from_secs(3), connect).await else {
+    let Ok(Ok(nats)) = tokio::time::timeout(std::time::Duration::from_secs(3), connect).await
+    else {
         return Vec::new();
     };
-    let Ok(Some(stored)) = crate::rules_store::active(&nats).await else { return Vec::new() };
-    let Ok(set) = whale_rules::RuleSet::compile(&stored.sources) else { return Vec::new() };
+    let Ok(Some(stored)) = crate::rules_store::active(&nats).await else {
+        return Vec::new();
+    };
+    let Ok(set) = whale_rules::RuleSet::compile(&stored.sources) else {
+        return Vec::new();
+    };
     let input = whale_rules::Input::new(ev);
     set.rules_for(&event_type)
         .iter()
@@ -66,7 +77,9 @@ async fn not_matched(cfg: &Config, t: &Trace) -> Vec<NotMatched> {
                     Some(f) => format!(
                         "{} was false: saw {} ({})",
                         f.step,
-                        f.saw.map(|v| v.to_string()).unwrap_or_else(|| "nothing (missing)".into()),
+                        f.saw
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| "nothing (missing)".into()),
                         f.reason
                     ),
                     None => "did not match".into(),

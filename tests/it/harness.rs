@@ -23,7 +23,11 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        Env { nats: NatsServer::start(), http_port: free_port(), extra: Vec::new() }
+        Env {
+            nats: NatsServer::start(),
+            http_port: free_port(),
+            extra: Vec::new(),
+        }
     }
 
     pub fn set(&mut self, k: &str, v: &str) {
@@ -78,8 +82,13 @@ impl Env {
     }
 
     pub async fn connect(&self) -> Nats {
-        let cfg = NatsConfig { urls: vec![self.nats.url()], ..Default::default() };
-        Nats::connect(&cfg, "whale-test").await.expect("connect to test nats")
+        let cfg = NatsConfig {
+            urls: vec![self.nats.url()],
+            ..Default::default()
+        };
+        Nats::connect(&cfg, "whale-test")
+            .await
+            .expect("connect to test nats")
     }
 
     pub fn http(&self, path: &str) -> String {
@@ -108,10 +117,17 @@ mod plain {
         let (host, path) = rest.split_once('/').unwrap();
         let mut s = std::net::TcpStream::connect(host)?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-        write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
         let mut buf = String::new();
         s.read_to_string(&mut buf)?;
-        Ok(buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
+        Ok(buf
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0))
     }
 }
 
@@ -130,8 +146,13 @@ impl Worker {
 
     /// SIGTERM and wait for a clean exit; returns the exit status success.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return false };
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         c.wait().map(|s| s.success()).unwrap_or(false)
     }
 }
@@ -157,7 +178,13 @@ pub async fn read_all(nats: &Nats, stream: &str, filter: &str) -> Vec<serde_json
     let mut pending = c.cached_info().num_pending;
     let mut out = Vec::new();
     while pending > 0 {
-        let mut batch = c.fetch().max_messages(1000).expires(Duration::from_secs(2)).messages().await.unwrap();
+        let mut batch = c
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
         let mut got = 0;
         while let Some(m) = batch.next().await {
             let m = m.unwrap();
@@ -244,17 +271,27 @@ impl Emulator {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("st2-emulator did not start: {line:?}"))
             .to_owned();
-        Emulator { child, url: format!("http://{addr}") }
+        Emulator {
+            child,
+            url: format!("http://{addr}"),
+        }
     }
 
     /// `GET /_emulator/stats`.
     pub async fn stats(&self) -> serde_json::Value {
-        reqwest::get(format!("{}/_emulator/stats", self.url)).await.unwrap().json().await.unwrap()
+        reqwest::get(format!("{}/_emulator/stats", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Executions the emulator created so far.
     pub async fn created(&self) -> u64 {
-        self.stats().await["executions_created"].as_u64().unwrap_or(0)
+        self.stats().await["executions_created"]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// `POST /_emulator/faults` (e.g. `{"http_500": {"for_ms": 3000}}`).
@@ -265,7 +302,11 @@ impl Emulator {
             .send()
             .await
             .unwrap();
-        assert!(r.status().is_success(), "fault {body} refused: {}", r.text().await.unwrap_or_default());
+        assert!(
+            r.status().is_success(),
+            "fault {body} refused: {}",
+            r.text().await.unwrap_or_default()
+        );
     }
 }
 

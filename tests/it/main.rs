@@ -10,5 +10,5 @@ mod index;
 mod replay;
 mod rules;
 mod setup;
-mod validate;
 mod throttle;
+mod validate;

@@ -5,14 +5,19 @@ use crate::harness::*;
 #[test]
 fn setup_twice_changes_nothing_the_second_time() {
     let env = Env::new();
-    let first: serde_json::Value = serde_json::from_slice(&env.ok(&["setup", "--json"]).stdout).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["setup", "--json"]).stdout).unwrap();
     let items = first.as_array().unwrap();
     assert!(items.len() >= 12, "streams, consumers and buckets: {first}");
     assert!(items.iter().all(|i| i["change"] == "created"), "{first}");
-    let second: serde_json::Value = serde_json::from_slice(&env.ok(&["setup", "--json"]).stdout).unwrap();
+    let second: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["setup", "--json"]).stdout).unwrap();
     let second = second.as_array().unwrap();
     assert_eq!(second.len(), items.len());
-    assert!(second.iter().all(|i| i["change"] == "unchanged"), "{second:?}");
+    assert!(
+        second.iter().all(|i| i["change"] == "unchanged"),
+        "{second:?}"
+    );
 }
 
 #[test]
@@ -20,12 +25,24 @@ fn setup_applies_a_new_retention_and_status_reports_consumers() {
     let mut env = Env::new();
     env.ok(&["setup"]);
     env.set("WHALE_RETENTION", "2d");
-    let out: serde_json::Value = serde_json::from_slice(&env.ok(&["setup", "--json"]).stdout).unwrap();
-    let events = out.as_array().unwrap().iter().find(|i| i["name"] == "WHALE_EVENTS").unwrap();
+    let out: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["setup", "--json"]).stdout).unwrap();
+    let events = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "WHALE_EVENTS")
+        .unwrap();
     assert_eq!(events["change"], "updated");
-    let st: serde_json::Value = serde_json::from_slice(&env.ok(&["status", "--json"]).stdout).unwrap();
+    let st: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["status", "--json"]).stdout).unwrap();
     assert!(st["server_version"].as_str().unwrap().starts_with("2."));
-    let validate = st["consumers"].as_array().unwrap().iter().find(|c| c["stage"] == "validate").unwrap();
+    let validate = st["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["stage"] == "validate")
+        .unwrap();
     assert_eq!(validate["pending"], 0);
     assert!(validate["error"].is_null(), "{validate}");
 }
@@ -33,11 +50,20 @@ fn setup_applies_a_new_retention_and_status_reports_consumers() {
 #[test]
 fn run_refuses_unknown_stages_and_a_server_without_setup() {
     let env = Env::new();
-    let out = env.whale(&["run", "--stages", "validate,bogus"]).output().unwrap();
+    let out = env
+        .whale(&["run", "--stages", "validate,bogus"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown stage \"bogus\"") && err.contains("validate"), "{err}");
-    let out = env.whale(&["run", "--stages", "validate"]).output().unwrap();
+    assert!(
+        err.contains("unknown stage \"bogus\"") && err.contains("validate"),
+        "{err}"
+    );
+    let out = env
+        .whale(&["run", "--stages", "validate"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("whale setup"), "{err}");

@@ -41,13 +41,25 @@ impl Kind {
 fn event(i: usize) -> (String, Value) {
     let id = format!("mixed-{i:06}");
     let ev = match Kind::of(i) {
-        Kind::Valid => json!({"id": id, "event_type": "vm.disk_usage", "detail": {"host": format!("web-{i}"), "usage_pct": 91}}),
-        Kind::ValidNoId => json!({"event_type": "vm.disk_usage", "detail": {"host": format!("web-{i}"), "usage_pct": 50}}),
-        Kind::DetailAsString => json!({"id": id, "event_type": "dmesg.error", "detail": format!("{{\"host\": \"h{i}\", \"msg\": [\"a\"], \"code\": \"1\"}}")}),
-        Kind::WrongType => json!({"id": id, "event_type": "vm.disk_usage", "detail": {"host": "web-1", "usage_pct": "high"}}),
-        Kind::MissingRequired => json!({"id": id, "event_type": "vm.disk_usage", "detail": {"usage_pct": 99}}),
+        Kind::Valid => {
+            json!({"id": id, "event_type": "vm.disk_usage", "detail": {"host": format!("web-{i}"), "usage_pct": 91}})
+        }
+        Kind::ValidNoId => {
+            json!({"event_type": "vm.disk_usage", "detail": {"host": format!("web-{i}"), "usage_pct": 50}})
+        }
+        Kind::DetailAsString => {
+            json!({"id": id, "event_type": "dmesg.error", "detail": format!("{{\"host\": \"h{i}\", \"msg\": [\"a\"], \"code\": \"1\"}}")})
+        }
+        Kind::WrongType => {
+            json!({"id": id, "event_type": "vm.disk_usage", "detail": {"host": "web-1", "usage_pct": "high"}})
+        }
+        Kind::MissingRequired => {
+            json!({"id": id, "event_type": "vm.disk_usage", "detail": {"usage_pct": 99}})
+        }
         Kind::UnknownType => json!({"id": id, "event_type": "nope.unknown", "detail": {}}),
-        Kind::DetailNotJson => json!({"id": id, "event_type": "dmesg.error", "detail": "kernel: oops {not json"}),
+        Kind::DetailNotJson => {
+            json!({"id": id, "event_type": "dmesg.error", "detail": "kernel: oops {not json"})
+        }
     };
     (id, ev)
 }
@@ -89,10 +101,18 @@ async fn ten_thousand_mixed_events_over_nats_and_http() {
             // Over HTTP: envelope-level problems are refused at the door (400) instead.
             match kind {
                 Kind::DetailNotJson => {
-                    let r = http.post(env.http("/v1/events")).json(&ev).send().await.unwrap();
+                    let r = http
+                        .post(env.http("/v1/events"))
+                        .json(&ev)
+                        .send()
+                        .await
+                        .unwrap();
                     assert_eq!(r.status(), 400);
                     let body: Value = r.json().await.unwrap();
-                    assert_eq!(body["refused"][0]["reasons"][0]["pointer"], "/detail", "{body}");
+                    assert_eq!(
+                        body["refused"][0]["reasons"][0]["pointer"], "/detail",
+                        "{body}"
+                    );
                 }
                 _ => {
                     if !kind.valid() {
@@ -102,26 +122,49 @@ async fn ten_thousand_mixed_events_over_nats_and_http() {
                 }
             }
             if batch.len() == 250 {
-                let r = http.post(env.http("/v1/events")).json(&batch).send().await.unwrap();
+                let r = http
+                    .post(env.http("/v1/events"))
+                    .json(&batch)
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
                 batch.clear();
             }
         }
     }
     if !batch.is_empty() {
-        let r = http.post(env.http("/v1/events")).json(&batch).send().await.unwrap();
+        let r = http
+            .post(env.http("/v1/events"))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 202);
     }
     // The same ids again, over both paths: accepted once.
     for i in (0..200).filter(|i| matches!(Kind::of(*i), Kind::Valid)) {
         let (_, ev) = event(i);
-        nats.js.publish("whale.in.vm.disk_usage", Bytes::from(ev.to_string())).await.unwrap().await.unwrap();
-        let r = http.post(env.http("/v1/events")).json(&ev).send().await.unwrap();
+        nats.js
+            .publish("whale.in.vm.disk_usage", Bytes::from(ev.to_string()))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let r = http
+            .post(env.http("/v1/events"))
+            .json(&ev)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 202);
     }
     let total = (expected_valid + expected_rejected) as u64;
     assert!(
-        eventually(Duration::from_secs(60), || async { count(&nats, STREAM_EVENTS, ">").await >= total }).await,
+        eventually(Duration::from_secs(60), || async {
+            count(&nats, STREAM_EVENTS, ">").await >= total
+        })
+        .await,
         "expected {total} records, got {}",
         count(&nats, STREAM_EVENTS, ">").await
     );
@@ -130,9 +173,15 @@ async fn ten_thousand_mixed_events_over_nats_and_http() {
     let rejected = read_all(&nats, STREAM_EVENTS, "whale.rejected.>").await;
     assert_eq!(accepted.len(), expected_valid, "accepted");
     assert_eq!(rejected.len(), expected_rejected, "rejected");
-    let ids: BTreeSet<String> = accepted.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let ids: BTreeSet<String> = accepted
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids.len(), accepted.len(), "no event accepted twice");
-    assert!(expected_valid_ids.is_subset(&ids), "every valid event with an id is accepted");
+    assert!(
+        expected_valid_ids.is_subset(&ids),
+        "every valid event with an id is accepted"
+    );
     for e in &accepted {
         assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e}");
         assert!(e["detail"].is_object(), "detail decoded to an object: {e}");
@@ -140,8 +189,14 @@ async fn ten_thousand_mixed_events_over_nats_and_http() {
     for r in &rejected {
         let reasons = r["reasons"].as_array().unwrap();
         assert!(!reasons.is_empty(), "{r}");
-        let text = reasons.iter().map(|x| format!("{} {}", x["pointer"], x["message"])).collect::<String>();
-        match r["id"].as_str().map(|id| Kind::of(id[6..].parse().unwrap())) {
+        let text = reasons
+            .iter()
+            .map(|x| format!("{} {}", x["pointer"], x["message"]))
+            .collect::<String>();
+        match r["id"]
+            .as_str()
+            .map(|id| Kind::of(id[6..].parse().unwrap()))
+        {
             Some(Kind::WrongType) => assert!(text.contains("/detail/usage_pct"), "{text}"),
             Some(Kind::MissingRequired) => assert!(text.contains("host"), "{text}"),
             Some(Kind::UnknownType) => assert!(text.contains("no schema"), "{text}"),
@@ -160,16 +215,34 @@ async fn kill_9_mid_run_then_restart_accepts_every_event_exactly_once() {
     let mut w = whale_kernel::Window::new(nats.js.clone(), 1024);
     for i in 0..n {
         let ev = json!({"id": format!("k-{i}"), "event_type": "vm.disk_usage", "detail": {"host": "h", "usage_pct": 95}});
-        w.send((), whale_kernel::Output::new("whale.in.vm.disk_usage".into(), format!("k-{i}"), ev.to_string())).await;
+        w.send(
+            (),
+            whale_kernel::Output::new(
+                "whale.in.vm.disk_usage".into(),
+                format!("k-{i}"),
+                ev.to_string(),
+            ),
+        )
+        .await;
     }
     w.drain().await;
     let mut worker = env.run("validate");
-    assert!(eventually(Duration::from_secs(30), || async { count(&nats, STREAM_EVENTS, "whale.events.>").await >= 2_000 }).await);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            count(&nats, STREAM_EVENTS, "whale.events.>").await >= 2_000
+        })
+        .await
+    );
     worker.kill9();
     let mid = count(&nats, STREAM_EVENTS, "whale.events.>").await;
     assert!(mid < n, "killed mid-run ({mid} of {n} done)");
     let _again = env.run("validate");
-    assert!(eventually(Duration::from_secs(60), || async { count(&nats, STREAM_EVENTS, "whale.events.>").await >= n }).await);
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            count(&nats, STREAM_EVENTS, "whale.events.>").await >= n
+        })
+        .await
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let accepted = read_all(&nats, STREAM_EVENTS, "whale.events.>").await;
     assert_eq!(accepted.len() as u64, n, "every event exactly once");
@@ -189,10 +262,18 @@ async fn a_schema_applied_while_running_takes_effect() {
         http.post(env.http("/v1/events")).json(&body).send()
     };
     assert_eq!(post("before").await.unwrap().status(), 202);
-    assert!(eventually(Duration::from_secs(10), || async { count(&nats, STREAM_EVENTS, "whale.rejected.>").await == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            count(&nats, STREAM_EVENTS, "whale.rejected.>").await == 1
+        })
+        .await
+    );
     // A new version of the schema allows usage up to 200.
     let dir = tempfile::tempdir().unwrap();
-    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(repo().join("schemas/vm.disk_usage.json")).unwrap()).unwrap();
+    let mut schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/vm.disk_usage.json")).unwrap(),
+    )
+    .unwrap();
     schema["properties"]["usage_pct"]["maximum"] = json!(200);
     std::fs::write(dir.path().join("vm.disk_usage.json"), schema.to_string()).unwrap();
     let out = env.ok(&["schemas", "apply", dir.path().to_str().unwrap(), "--json"]);
@@ -212,7 +293,10 @@ async fn a_schema_applied_while_running_takes_effect() {
         }
     })
     .await;
-    assert!(took, "the running worker accepted usage_pct 150 under schema v2");
+    assert!(
+        took,
+        "the running worker accepted usage_pct 150 under schema v2"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,49 +306,134 @@ async fn hostile_input_gets_clear_reasons_and_the_worker_goes_on() {
     let _w = env.run("ingest,validate");
     let nats = env.connect().await;
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    let big = json!({"event_type": "generic", "detail": {"message": "x".repeat(2 * 1024 * 1024)}}).to_string();
+    let big = json!({"event_type": "generic", "detail": {"message": "x".repeat(2 * 1024 * 1024)}})
+        .to_string();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("malformed", br#"{"event_type": "generic", "detail": {"#.to_vec(), "malformed JSON"),
-        ("invalid utf-8", b"{\"event_type\": \"generic\", \"detail\": {\"message\": \"\xff\xfe\"}}".to_vec(), "not valid UTF-8"),
-        ("2 MiB", big.clone().into_bytes(), "the limit is 1048576 bytes"),
-        ("deep", format!("{{\"event_type\":\"generic\",\"detail\":{deep}}}").into_bytes(), "nests deeper"),
-        ("wrong types", br#"{"event_type": "generic", "detail": {"message": 5, "severity": "x"}}"#.to_vec(), "/detail/message"),
-        ("type not a string", br#"{"event_type": 7, "detail": {}}"#.to_vec(), "must be a string"),
-        ("detail not json", br#"{"event_type": "generic", "detail": "oops {"}"#.to_vec(), "is a string but not JSON"),
-        ("not an object", b"[1, 2, 3]".to_vec(), "must be a JSON object"),
-        ("unknown field", br#"{"event_type": "generic", "detail": {"message": "m"}, "host": "x"}"#.to_vec(), "unknown top-level field"),
+        (
+            "malformed",
+            br#"{"event_type": "generic", "detail": {"#.to_vec(),
+            "malformed JSON",
+        ),
+        (
+            "invalid utf-8",
+            b"{\"event_type\": \"generic\", \"detail\": {\"message\": \"\xff\xfe\"}}".to_vec(),
+            "not valid UTF-8",
+        ),
+        (
+            "2 MiB",
+            big.clone().into_bytes(),
+            "the limit is 1048576 bytes",
+        ),
+        (
+            "deep",
+            format!("{{\"event_type\":\"generic\",\"detail\":{deep}}}").into_bytes(),
+            "nests deeper",
+        ),
+        (
+            "wrong types",
+            br#"{"event_type": "generic", "detail": {"message": 5, "severity": "x"}}"#.to_vec(),
+            "/detail/message",
+        ),
+        (
+            "type not a string",
+            br#"{"event_type": 7, "detail": {}}"#.to_vec(),
+            "must be a string",
+        ),
+        (
+            "detail not json",
+            br#"{"event_type": "generic", "detail": "oops {"}"#.to_vec(),
+            "is a string but not JSON",
+        ),
+        (
+            "not an object",
+            b"[1, 2, 3]".to_vec(),
+            "must be a JSON object",
+        ),
+        (
+            "unknown field",
+            br#"{"event_type": "generic", "detail": {"message": "m"}, "host": "x"}"#.to_vec(),
+            "unknown top-level field",
+        ),
     ];
     for (_, body, _) in &cases {
-        nats.js.publish("whale.in.generic", Bytes::from(body.clone())).await.unwrap().await.unwrap();
+        nats.js
+            .publish("whale.in.generic", Bytes::from(body.clone()))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     nats.js
-        .publish("whale.in.generic", Bytes::from(json!({"id": "good-after", "detail": {"message": "still here"}}).to_string()))
-        .await.unwrap().await.unwrap();
-    assert!(eventually(Duration::from_secs(15), || async { count(&nats, STREAM_EVENTS, ">").await > cases.len() as u64 }).await);
+        .publish(
+            "whale.in.generic",
+            Bytes::from(
+                json!({"id": "good-after", "detail": {"message": "still here"}}).to_string(),
+            ),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            count(&nats, STREAM_EVENTS, ">").await > cases.len() as u64
+        })
+        .await
+    );
     let rejected = read_all(&nats, STREAM_EVENTS, "whale.rejected.>").await;
     assert_eq!(rejected.len(), cases.len(), "{rejected:#?}");
     for ((name, _, want), r) in cases.iter().zip(&rejected) {
         let text = r["reasons"].to_string();
         assert!(text.contains(want), "{name}: expected {want:?} in {text}");
     }
-    assert!(rejected[2]["raw_truncated"].as_bool().unwrap(), "a 2 MiB event is kept truncated");
+    assert!(
+        rejected[2]["raw_truncated"].as_bool().unwrap(),
+        "a 2 MiB event is kept truncated"
+    );
     let accepted = read_all(&nats, STREAM_EVENTS, "whale.events.>").await;
     assert_eq!(accepted.len(), 1);
     assert_eq!(accepted[0]["id"], "good-after");
-    assert_eq!(accepted[0]["event_type"], "generic", "type taken from the subject");
+    assert_eq!(
+        accepted[0]["event_type"], "generic",
+        "type taken from the subject"
+    );
 
     // Over HTTP the same input is refused at the door with the status that says why.
     let http = reqwest::Client::new();
-    let r = http.post(env.http("/v1/events")).body(big).send().await.unwrap();
+    let r = http
+        .post(env.http("/v1/events"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
-    let r = http.post(env.http("/v1/events")).body(cases[0].1.clone()).send().await.unwrap();
+    let r = http
+        .post(env.http("/v1/events"))
+        .body(cases[0].1.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("malformed JSON"));
-    let r = http.post(env.http("/v1/events")).body(cases[1].1.clone()).send().await.unwrap();
+    let r = http
+        .post(env.http("/v1/events"))
+        .body(cases[1].1.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = http.post(env.http("/v1/events")).json(&json!({"detail": {"message": "m"}})).send().await.unwrap();
+    let r = http
+        .post(env.http("/v1/events"))
+        .json(&json!({"detail": {"message": "m"}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("every event needs an event_type"));
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("every event needs an event_type"));
     let r = http.get(env.http("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200, "still serving");
 }
@@ -278,16 +447,35 @@ async fn http_takes_ndjson_and_cloudevents_and_requires_the_token() {
     let nats = env.connect().await;
     let http = reqwest::Client::new();
     let url = env.http("/v1/events");
-    let r = http.post(&url).json(&json!({"event_type": "generic", "detail": {"message": "m"}})).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .json(&json!({"event_type": "generic", "detail": {"message": "m"}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let auth = "Bearer t0ken";
     let ndjson = "{\"id\":\"nd-1\",\"event_type\":\"generic\",\"detail\":{\"message\":\"a\"}}\n{\"id\":\"nd-2\",\"event_type\":\"generic\",\"detail\":{\"message\":\"b\"}}\n";
-    let r = http.post(&url).header("authorization", auth).header("content-type", "application/x-ndjson").body(ndjson).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .header("authorization", auth)
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["ids"], json!(["nd-1", "nd-2"]));
     let structured = json!({"specversion": "1.0", "type": "generic", "source": "/ci", "id": "ce-s", "data": {"message": "s"}, "biz": "trade"});
-    let r = http.post(&url).header("authorization", auth).header("content-type", "application/cloudevents+json").body(structured.to_string()).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .header("authorization", auth)
+        .header("content-type", "application/cloudevents+json")
+        .body(structured.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let r = http
         .post(&url)
@@ -303,9 +491,20 @@ async fn http_takes_ndjson_and_cloudevents_and_requires_the_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
-    assert!(eventually(Duration::from_secs(10), || async { count(&nats, STREAM_EVENTS, "whale.events.>").await >= 4 }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            count(&nats, STREAM_EVENTS, "whale.events.>").await >= 4
+        })
+        .await
+    );
     let accepted = read_all(&nats, STREAM_EVENTS, "whale.events.>").await;
-    let by_id = |id: &str| accepted.iter().find(|e| e["id"] == id).cloned().unwrap_or_else(|| panic!("{id} accepted"));
+    let by_id = |id: &str| {
+        accepted
+            .iter()
+            .find(|e| e["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} accepted"))
+    };
     assert_eq!(by_id("ce-s")["source"], "/ci");
     assert_eq!(by_id("ce-s")["labels"]["biz"], "trade");
     assert_eq!(by_id("ce-b")["event_type"], "vm.disk_usage");
@@ -324,13 +523,28 @@ fn publish_cli_reports_refused_lines_and_counts() {
         "{\"id\":\"c-1\",\"event_type\":\"generic\",\"detail\":{\"message\":\"a\"}}\nnot json\n{\"id\":\"c-1\",\"event_type\":\"generic\",\"detail\":{\"message\":\"a\"}}\n",
     )
     .unwrap();
-    let out = env.whale(&["publish", "--file", f.to_str().unwrap(), "--json"]).output().unwrap();
+    let out = env
+        .whale(&["publish", "--file", f.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3), "refused lines make exit code 3");
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["published"], 1);
     assert_eq!(s["duplicates"], 1);
     assert_eq!(s["refused"], 1);
     assert_eq!(s["refused_lines"][0]["line"], 2);
-    let out = env.ok(&["publish", "--type", "generic", "--data", "{\"message\":\"hi\"}", "--label", "biz=trade"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().len(), 26, "prints the new ULID");
+    let out = env.ok(&[
+        "publish",
+        "--type",
+        "generic",
+        "--data",
+        "{\"message\":\"hi\"}",
+        "--label",
+        "biz=trade",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim().len(),
+        26,
+        "prints the new ULID"
+    );
 }

@@ -45,13 +45,22 @@ pub fn normalize_all(
             too_large = true;
             refused.push(Refused {
                 index,
-                reasons: vec![Reason::new("", format!("event is {bytes} bytes; the limit is {} bytes", limits.max_bytes))],
+                reasons: vec![Reason::new(
+                    "",
+                    format!(
+                        "event is {bytes} bytes; the limit is {} bytes",
+                        limits.max_bytes
+                    ),
+                )],
             });
             continue;
         }
         let r = v.map_err(|r| vec![r]).and_then(|v| {
             if envelope::depth(&v) > limits.max_depth {
-                return Err(vec![Reason::new("", format!("event nests deeper than {} levels", limits.max_depth))]);
+                return Err(vec![Reason::new(
+                    "",
+                    format!("event nests deeper than {} levels", limits.max_depth),
+                )]);
             }
             envelope::normalize(v, &Defaults::fresh(event_type, source))
         });
@@ -115,13 +124,21 @@ async fn post_events(State(st): State<Ingest>, headers: HeaderMap, body: Bytes) 
         Err(resp) => return resp,
     };
     if raws.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "the body holds no events", json!({}));
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body holds no events",
+            json!({}),
+        );
     }
     let values = raws.into_iter().map(|r| (r.value, r.bytes)).collect();
     let events = match normalize_all(values, &limits, None, "http") {
         Ok(e) => e,
         Err((code, refused)) => {
-            return error(code, format!("{} event(s) refused; nothing was accepted", refused.len()), json!({ "refused": refused }));
+            return error(
+                code,
+                format!("{} event(s) refused; nothing was accepted", refused.len()),
+                json!({ "refused": refused }),
+            );
         }
     };
     let stats = publish_all(&st.nats, &events).await;
@@ -133,20 +150,42 @@ async fn post_events(State(st): State<Ingest>, headers: HeaderMap, body: Bytes) 
         );
     }
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    (StatusCode::ACCEPTED, Json(json!({ "accepted": ids.len(), "duplicates": stats.duplicates, "ids": ids }))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "accepted": ids.len(), "duplicates": stats.duplicates, "ids": ids })),
+    )
+        .into_response()
 }
 
 /// Splits a request body into events according to its form (the error is the 400 to send).
 #[allow(clippy::result_large_err)]
-fn split_body(headers: &HeaderMap, content_type: &str, body: &[u8], limits: &Limits) -> Result<Vec<Raw>, Response> {
-    let whole = |value| vec![Raw { value, bytes: body.len() }];
+fn split_body(
+    headers: &HeaderMap,
+    content_type: &str,
+    body: &[u8],
+    limits: &Limits,
+) -> Result<Vec<Raw>, Response> {
+    let whole = |value| {
+        vec![Raw {
+            value,
+            bytes: body.len(),
+        }]
+    };
     // CloudEvents binary mode: attributes in ce-* headers, the body is the data.
     if headers.contains_key("ce-specversion") {
-        let hs = headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        return Ok(whole(envelope::cloudevent_from_binary(hs, ct, body, limits)));
+        let hs = headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        return Ok(whole(envelope::cloudevent_from_binary(
+            hs, ct, body, limits,
+        )));
     }
-    if content_type.starts_with("application/x-ndjson") || content_type.starts_with("application/jsonl") {
+    if content_type.starts_with("application/x-ndjson")
+        || content_type.starts_with("application/jsonl")
+    {
         return Ok(ndjson(body, limits));
     }
     if body.len() > limits.max_bytes && !content_type.contains("batch") {
@@ -155,26 +194,40 @@ fn split_body(headers: &HeaderMap, content_type: &str, body: &[u8], limits: &Lim
             return Ok(whole(Ok(Value::Null)));
         }
     }
-    let parse_limits = Limits { max_bytes: usize::MAX, ..*limits };
+    let parse_limits = Limits {
+        max_bytes: usize::MAX,
+        ..*limits
+    };
     match envelope::parse_bytes(body, &parse_limits) {
         Ok(Value::Array(items)) => Ok(items
             .into_iter()
             .map(|v| {
                 let bytes = serde_json::to_vec(&v).map(|b| b.len()).unwrap_or(0);
-                Raw { value: Ok(v), bytes }
+                Raw {
+                    value: Ok(v),
+                    bytes,
+                }
             })
             .collect()),
         Ok(v) => Ok(whole(Ok(v))),
         // Several JSON documents, one per line, without the NDJSON content type.
-        Err(_) if body.contains(&b'\n') && ndjson(body, limits).iter().all(|r| r.value.is_ok()) => Ok(ndjson(body, limits)),
+        Err(_) if body.contains(&b'\n') && ndjson(body, limits).iter().all(|r| r.value.is_ok()) => {
+            Ok(ndjson(body, limits))
+        }
         Err(r) => Err(error(StatusCode::BAD_REQUEST, r.message, json!({}))),
     }
 }
 
 fn ndjson(body: &[u8], limits: &Limits) -> Vec<Raw> {
-    let parse_limits = Limits { max_bytes: usize::MAX, ..*limits };
+    let parse_limits = Limits {
+        max_bytes: usize::MAX,
+        ..*limits
+    };
     body.split(|b| *b == b'\n')
         .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
-        .map(|l| Raw { value: envelope::parse_bytes(l, &parse_limits), bytes: l.len() })
+        .map(|l| Raw {
+            value: envelope::parse_bytes(l, &parse_limits),
+            bytes: l.len(),
+        })
         .collect()
 }

@@ -48,24 +48,28 @@ impl Validate {
     pub fn judge(&self, d: &Delivery) -> Result<Envelope, Box<Rejection>> {
         let subject_type = subjects::ingest_type(&d.subject);
         let received = envelope::format_time(d.published);
-        let reject = |reasons: Vec<Reason>, event: Option<Value>, id: Option<String>, t: Option<String>| {
-            let (raw, raw_truncated) = match &event {
-                Some(_) => (None, false),
-                None => {
-                    let keep = &d.payload[..d.payload.len().min(RAW_KEEP)];
-                    (Some(String::from_utf8_lossy(keep).into_owned()), d.payload.len() > RAW_KEEP)
-                }
+        let reject =
+            |reasons: Vec<Reason>, event: Option<Value>, id: Option<String>, t: Option<String>| {
+                let (raw, raw_truncated) = match &event {
+                    Some(_) => (None, false),
+                    None => {
+                        let keep = &d.payload[..d.payload.len().min(RAW_KEEP)];
+                        (
+                            Some(String::from_utf8_lossy(keep).into_owned()),
+                            d.payload.len() > RAW_KEEP,
+                        )
+                    }
+                };
+                Box::new(Rejection {
+                    id,
+                    event_type: t.or(subject_type.map(str::to_owned)),
+                    received: received.clone(),
+                    reasons,
+                    event,
+                    raw,
+                    raw_truncated,
+                })
             };
-            Box::new(Rejection {
-                id,
-                event_type: t.or(subject_type.map(str::to_owned)),
-                received: received.clone(),
-                reasons,
-                event,
-                raw,
-                raw_truncated,
-            })
-        };
         let value = envelope::parse_bytes(&d.payload, &self.limits)
             .map_err(|r| reject(vec![r], None, None, None))?;
         let defaults = Defaults {
@@ -77,7 +81,11 @@ impl Validate {
         let ev = envelope::normalize(value, &defaults).map_err(|reasons| {
             // Rare path: parse again rather than clone every event up front.
             let value: Option<Value> = serde_json::from_slice(&d.payload).ok();
-            let id = value.as_ref().and_then(|v| v.get("id")).and_then(Value::as_str).map(str::to_owned);
+            let id = value
+                .as_ref()
+                .and_then(|v| v.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             reject(reasons, value, id, None)
         })?;
         match self.registry.get(&ev.event_type) {
@@ -89,7 +97,12 @@ impl Validate {
                     .collect();
                 if !reasons.is_empty() {
                     let (id, t) = (ev.id.clone(), ev.event_type.clone());
-                    return Err(reject(reasons, serde_json::to_value(&ev).ok(), Some(id), Some(t)));
+                    return Err(reject(
+                        reasons,
+                        serde_json::to_value(&ev).ok(),
+                        Some(id),
+                        Some(t),
+                    ));
                 }
             }
             None if self.allow_unknown_types => {}
@@ -102,7 +115,12 @@ impl Validate {
                     ),
                 );
                 let (id, t) = (ev.id.clone(), ev.event_type.clone());
-                return Err(reject(vec![reason], serde_json::to_value(&ev).ok(), Some(id), Some(t)));
+                return Err(reject(
+                    vec![reason],
+                    serde_json::to_value(&ev).ok(),
+                    Some(id),
+                    Some(t),
+                ));
             }
         }
         Ok(ev)
@@ -118,12 +136,16 @@ impl Stage for Validate {
     async fn handle(&self, d: &Delivery) -> Outcome {
         let out = match self.judge(d) {
             Ok(ev) => {
-                STAGE_EVENTS.with_label_values(&["validate", "accepted"]).inc();
+                STAGE_EVENTS
+                    .with_label_values(&["validate", "accepted"])
+                    .inc();
                 Output::json(subjects::events(&ev.event_type), ev.id.clone(), &ev)
                     .header(subjects::HDR_EVENT_ID, ev.id.clone())
             }
             Err(rej) => {
-                STAGE_EVENTS.with_label_values(&["validate", "rejected"]).inc();
+                STAGE_EVENTS
+                    .with_label_values(&["validate", "rejected"])
+                    .inc();
                 let msg_id = match &rej.id {
                     Some(id) => format!("rej:{id}"),
                     None => format!("rej:seq:{}", d.stream_seq),

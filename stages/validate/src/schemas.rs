@@ -54,7 +54,11 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<Vec<SchemaFile>> {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
-        let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let stem = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let r = (|| -> anyhow::Result<SchemaFile> {
             if !envelope::is_valid_event_type(&stem) {
                 bail!("{stem:?} is not a valid event type; name the file <event_type>.json, e.g. vm.disk_usage.json");
@@ -62,7 +66,11 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<Vec<SchemaFile>> {
             let text = std::fs::read_to_string(&path)?;
             let schema: Value = serde_json::from_str(&text).context("not JSON")?;
             compile(&schema)?;
-            Ok(SchemaFile { path: path.clone(), event_type: stem, schema })
+            Ok(SchemaFile {
+                path: path.clone(),
+                event_type: stem,
+                schema,
+            })
         })();
         match r {
             Ok(f) => files.push(f),
@@ -70,7 +78,11 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<Vec<SchemaFile>> {
         }
     }
     if !errors.is_empty() {
-        bail!("{} schema file(s) refused, nothing applied:\n  {}", errors.len(), errors.join("\n  "));
+        bail!(
+            "{} schema file(s) refused, nothing applied:\n  {}",
+            errors.len(),
+            errors.join("\n  ")
+        );
     }
     if files.is_empty() {
         bail!("no schema files (*.json) in {}", dir.display());
@@ -107,11 +119,20 @@ pub async fn apply_dir(nats: &Nats, dir: &Path) -> anyhow::Result<Vec<Applied>> 
                 digest,
                 schema: f.schema,
             };
-            kv::put(nats, subjects::KV_SCHEMAS, &f.event_type, serde_json::to_vec(&stored)?)
-                .await
-                .with_context(|| format!("cannot store schema {}", f.event_type))?;
+            kv::put(
+                nats,
+                subjects::KV_SCHEMAS,
+                &f.event_type,
+                serde_json::to_vec(&stored)?,
+            )
+            .await
+            .with_context(|| format!("cannot store schema {}", f.event_type))?;
         }
-        out.push(Applied { event_type: f.event_type, version, change });
+        out.push(Applied {
+            event_type: f.event_type,
+            version,
+            change,
+        });
     }
     Ok(out)
 }
@@ -157,7 +178,8 @@ impl Registry {
     pub async fn load_and_watch(nats: &Nats) -> anyhow::Result<Registry> {
         let reg = Registry::default();
         let bg = reg.clone();
-        whale_kernel::kv::watch_bucket(nats, subjects::KV_SCHEMAS, move |k, v| bg.apply(k, v)).await?;
+        whale_kernel::kv::watch_bucket(nats, subjects::KV_SCHEMAS, move |k, v| bg.apply(k, v))
+            .await?;
         Ok(reg)
     }
 }
