@@ -1,0 +1,209 @@
+//! `whale clusters list|drain|undrain`: operator state in the `whale_state` bucket that every
+//! dispatch worker watches — `drain.<cluster>` while a cluster is drained, `breaker.<cluster>`
+//! for the last circuit breaker change a worker reported — and a live health check of each
+//! cluster for the list.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+use whale_kernel::{subjects, Config, Nats};
+
+use crate::clusters::Clusters;
+
+/// Key prefix of drain flags in `whale_state`.
+pub const DRAIN_PREFIX: &str = "drain.";
+/// Key prefix of breaker reports in `whale_state`.
+pub const BREAKER_PREFIX: &str = "breaker.";
+
+pub fn drain_key(cluster: &str) -> String {
+    format!("{DRAIN_PREFIX}{cluster}")
+}
+
+pub fn breaker_key(cluster: &str) -> String {
+    format!("{BREAKER_PREFIX}{cluster}")
+}
+
+/// The value of `drain.<cluster>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrainRecord {
+    #[serde(default = "yes")]
+    pub drained: bool,
+    #[serde(default)]
+    pub since: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl DrainRecord {
+    /// Reads a stored value; anything unreadable counts as drained (someone meant to drain).
+    pub fn parse(value: &[u8]) -> DrainRecord {
+        serde_json::from_slice(value).unwrap_or(DrainRecord {
+            drained: true,
+            since: None,
+        })
+    }
+}
+
+/// The value of `breaker.<cluster>`: the last change one worker saw.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BreakerReport {
+    /// `open` or `closed`.
+    pub state: String,
+    pub since: String,
+    pub worker: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl BreakerReport {
+    pub fn now(open: bool, worker: &str, error: Option<String>) -> BreakerReport {
+        BreakerReport {
+            state: if open { "open" } else { "closed" }.into(),
+            since: now_rfc3339(),
+            worker: worker.into(),
+            error,
+        }
+    }
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// One line of `whale clusters list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub url: String,
+    pub failover: Option<String>,
+    pub max_concurrent: Option<usize>,
+    pub drained: bool,
+    pub drained_since: Option<String>,
+    /// The last breaker change a worker reported (breakers are per worker).
+    pub breaker: Option<BreakerReport>,
+    pub health: Health,
+}
+
+/// The result of `GET /api/v1/` from here, now.
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    pub ok: bool,
+    pub version: Option<String>,
+    pub latency_ms: u64,
+    pub error: Option<String>,
+}
+
+async fn state(nats: &Nats) -> anyhow::Result<kv::Store> {
+    nats.js
+        .get_key_value(subjects::KV_STATE)
+        .await
+        .with_context(|| {
+            format!(
+                "KV bucket {} does not exist: run `whale setup` first",
+                subjects::KV_STATE
+            )
+        })
+}
+
+fn known(cfg: &Config, name: &str) -> anyhow::Result<()> {
+    if cfg.clusters.contains_key(name) {
+        return Ok(());
+    }
+    let names: Vec<&str> = cfg.clusters.keys().map(String::as_str).collect();
+    match names.is_empty() {
+        true => bail!("cluster {name:?} is not configured, and no cluster is (set WHALE_ST2_URL, or [clusters.<name>] in whale.toml)"),
+        false => bail!("cluster {name:?} is not configured (configured: {})", names.join(", ")),
+    }
+}
+
+/// Drains `name`; returns false when it already was.
+pub async fn drain(nats: &Nats, cfg: &Config, name: &str) -> anyhow::Result<bool> {
+    known(cfg, name)?;
+    let kv = state(nats).await?;
+    let key = drain_key(name);
+    if let Some(v) = kv.get(&key).await? {
+        if DrainRecord::parse(&v).drained {
+            return Ok(false);
+        }
+    }
+    let rec = DrainRecord {
+        drained: true,
+        since: Some(now_rfc3339()),
+    };
+    kv.put(&key, serde_json::to_vec(&rec)?.into()).await?;
+    Ok(true)
+}
+
+/// Undrains `name`; returns false when it was not drained.
+pub async fn undrain(nats: &Nats, cfg: &Config, name: &str) -> anyhow::Result<bool> {
+    known(cfg, name)?;
+    let kv = state(nats).await?;
+    let key = drain_key(name);
+    let was = kv
+        .get(&key)
+        .await?
+        .is_some_and(|v| DrainRecord::parse(&v).drained);
+    if was {
+        kv.delete(&key).await?;
+    }
+    Ok(was)
+}
+
+/// Every configured cluster with its drain flag, last breaker report and a health check.
+pub async fn list(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<ClusterStatus>> {
+    let kv = state(nats).await?;
+    let mut quick = cfg.clone();
+    quick.dispatch.request_timeout = Duration::from_secs(3);
+    let clusters = Clusters::from_config(&quick, "cli")?;
+    let checks = clusters.names().map(|name| {
+        let c = clusters.get(name).expect("listed").clone();
+        async move {
+            let started = Instant::now();
+            let r = c.st2.api_info().await;
+            let latency_ms = started.elapsed().as_millis() as u64;
+            match r {
+                Ok(v) => Health {
+                    ok: true,
+                    version: v.get("version").and_then(|v| v.as_str()).map(Into::into),
+                    latency_ms,
+                    error: None,
+                },
+                Err(e) => Health {
+                    ok: false,
+                    version: None,
+                    latency_ms,
+                    error: Some(e.to_string()),
+                },
+            }
+        }
+    });
+    let health = futures::future::join_all(checks).await;
+    let mut out = Vec::new();
+    for ((name, c), health) in cfg.clusters.iter().zip(health) {
+        let drain = kv
+            .get(drain_key(name))
+            .await?
+            .map(|v| DrainRecord::parse(&v));
+        let breaker = kv
+            .get(breaker_key(name))
+            .await?
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        out.push(ClusterStatus {
+            name: name.clone(),
+            url: c.url.clone(),
+            failover: c.failover.clone(),
+            max_concurrent: c.max_concurrent,
+            drained: drain.as_ref().is_some_and(|d| d.drained),
+            drained_since: drain.and_then(|d| d.since),
+            breaker,
+            health,
+        });
+    }
+    Ok(out)
+}
