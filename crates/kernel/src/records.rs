@@ -215,3 +215,36 @@ pub struct Decision {
     pub reason: Option<String>,
     pub decided: String,
 }
+
+/// Adds the event id, rule and task id headers of `task` to a record about it.
+pub fn tagged(out: crate::Output, task: &Task) -> crate::Output {
+    use crate::subjects::{HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
+    out.header(HDR_EVENT_ID, task.event_id.clone())
+        .header(HDR_RULE, task.rule.clone())
+        .header(HDR_TASK_ID, task.task_id.clone())
+}
+
+/// The dead letter for a task whose cluster cannot be a subject token (publishing it to
+/// `whale.pipe.admitted.<cluster>` would fail forever), or None when the cluster is fine.
+/// Every stage that admits tasks checks this first.
+pub fn unroutable(task: &Task) -> Option<crate::Output> {
+    if crate::subjects::is_token(&task.cluster) {
+        return None;
+    }
+    let rec = DeadLetter {
+        task: task.clone(),
+        cluster: task.cluster.clone(),
+        reason: format!(
+            "cluster {:?} is not a valid cluster name (letters, digits, '-' and '_'; no dots, spaces or wildcards)",
+            task.cluster
+        ),
+        faultstring: None,
+        attempts: 0,
+    };
+    let out = crate::Output::json(
+        crate::subjects::Pipe::DeadLetter.subject(),
+        format!("dl:{}", task.task_id),
+        &rec,
+    );
+    Some(tagged(out, task))
+}

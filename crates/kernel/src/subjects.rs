@@ -229,3 +229,12 @@ pub const HDR_TASK_ID: &str = "Whale-Task-Id";
 pub const STAGES: [&str; 8] = [
     "validate", "index", "match", "render", "throttle", "approve", "dispatch", "feedback",
 ];
+
+/// Whether `s` can be one subject token (a cluster name in `whale.pipe.admitted.<cluster>`).
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && !s
+            .chars()
+            .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
+}

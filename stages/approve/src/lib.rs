@@ -26,8 +26,8 @@ use async_nats::jetstream::kv::Store;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use whale_kernel::records::{DeadLetter, Decision, Task};
-use whale_kernel::subjects::{self, Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
+use whale_kernel::records::{self, Decision, Task};
+use whale_kernel::subjects::{self, Pipe};
 use whale_kernel::{Config, Delivery, Nats, Outcome, Output, Secret};
 
 /// The timer's message: which approval to look at.
@@ -175,24 +175,8 @@ impl Approve {
             Err(e) => return kv_down(e),
         }
         let task = dec.task;
-        if !is_token(&task.cluster) {
-            let reason = format!(
-                "cluster {:?} is not a valid cluster name (letters, digits, '-' and '_')",
-                task.cluster
-            );
-            let rec = DeadLetter {
-                task: task.clone(),
-                cluster: task.cluster.clone(),
-                reason,
-                faultstring: None,
-                attempts: 0,
-            };
-            let out = Output::json(
-                Pipe::DeadLetter.subject(),
-                format!("dl:{}", task.task_id),
-                &rec,
-            );
-            return Outcome::Ack(vec![headers(out, &task)]);
+        if let Some(dead) = records::unroutable(&task) {
+            return Outcome::Ack(vec![dead]);
         }
         let out = Output::json(
             Pipe::Admitted.subject_with(&task.cluster),
@@ -221,9 +205,7 @@ impl whale_kernel::Stage for Approve {
 }
 
 fn headers(out: Output, task: &Task) -> Output {
-    out.header(HDR_EVENT_ID, task.event_id.clone())
-        .header(HDR_RULE, task.rule.clone())
-        .header(HDR_TASK_ID, task.task_id.clone())
+    records::tagged(out, task)
 }
 
 fn kv_down(e: anyhow::Error) -> Outcome {
@@ -231,12 +213,4 @@ fn kv_down(e: anyhow::Error) -> Outcome {
         delay: Duration::from_secs(2),
         reason: format!("KV unavailable: {e:#}"),
     }
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 256
-        && !s
-            .chars()
-            .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use whale_kernel::records::{DeadLetter, Task, Throttle, ThrottleMode, Throttled};
-use whale_kernel::subjects::{Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
+use whale_kernel::records::{self, Task, Throttle, ThrottleMode, Throttled};
+use whale_kernel::subjects::{Pipe, HDR_RULE};
 use whale_kernel::{Config, Delivery, Outcome, Output, Secret, Stage};
 
 use crate::limiter::{self, Limiter};
@@ -233,42 +233,16 @@ fn throttled(task: Task, retry_after_ms: u64, reason: String) -> Output {
 }
 
 fn with_headers(out: Output, task: &Task) -> Output {
-    out.header(HDR_EVENT_ID, task.event_id.clone())
-        .header(HDR_RULE, task.rule.clone())
-        .header(HDR_TASK_ID, task.task_id.clone())
+    records::tagged(out, task)
 }
 
 /// A task bound for dispatch whose cluster cannot be a subject token is dead-lettered here,
 /// before it takes a token (publishing it would fail forever).
 fn unroutable(task: &Task) -> Option<Output> {
-    if task.approval.is_some() || is_token(&task.cluster) {
+    if task.approval.is_some() {
         return None;
     }
-    let reason = format!(
-        "cluster {:?} is not a valid cluster name (letters, digits, '-' and '_'; no dots, spaces or wildcards)",
-        task.cluster
-    );
-    let rec = DeadLetter {
-        task: task.clone(),
-        cluster: task.cluster.clone(),
-        reason,
-        faultstring: None,
-        attempts: 0,
-    };
-    let out = Output::json(
-        Pipe::DeadLetter.subject(),
-        format!("dl:{}", task.task_id),
-        &rec,
-    );
-    Some(with_headers(out, task))
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 256
-        && !s
-            .chars()
-            .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
+    records::unroutable(task)
 }
 
 /// Why a task was throttled, for `whale trace`.
