@@ -3,6 +3,9 @@
 //! StackStorm emulator) and runs the real `whale` binary as child processes.
 
 mod approvals;
+mod chaos;
+mod cluster;
+mod deploy;
 mod dispatch;
 mod feedback;
 mod harness;

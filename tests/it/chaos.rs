@@ -1,0 +1,1 @@
+//! (being written) chaos tests for issue 8.

@@ -1,0 +1,1 @@
+//! (being written) cluster tests for issue 8.

@@ -1,0 +1,1 @@
+//! (being written) deploy tests for issue 8.
