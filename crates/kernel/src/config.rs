@@ -457,6 +457,32 @@ pub struct ApprovalsConfig {
     pub link_ttl: Option<Duration>,
 }
 
+/// Every fixed environment variable whale reads (config overrides and process settings). Channels,
+/// clusters and the approval secret may also name variables of their own in `whale.toml`
+/// (`*_env` keys). Deployment manifests are checked against this list.
+pub const ENV_VARS: &[&str] = &[
+    "WHALE_CONFIG",
+    "WHALE_LOG",
+    "WHALE_LOG_FORMAT",
+    "WHALE_NATS_URL",
+    "WHALE_NATS_REPLICAS",
+    "WHALE_NATS_USER",
+    "WHALE_NATS_PASSWORD",
+    "WHALE_NATS_TOKEN",
+    "WHALE_NATS_CREDS",
+    "WHALE_REDIS_URL",
+    "WHALE_OPENSEARCH_URL",
+    "WHALE_INDEX_DIR",
+    "WHALE_HTTP_ADDR",
+    "WHALE_HTTP_TOKEN",
+    "WHALE_RETENTION",
+    "WHALE_MAX_EVENT_BYTES",
+    "WHALE_ALLOW_UNKNOWN_TYPES",
+    "WHALE_ST2_URL",
+    "WHALE_ST2_API_KEY",
+    "WHALE_APPROVAL_SECRET",
+];
+
 impl Config {
     /// Reads the file (if any) and applies the environment. `path` None → `WHALE_CONFIG`, then
     /// `./whale.toml` if it exists, else defaults.
@@ -491,6 +517,11 @@ impl Config {
         let var = |k: &str| env(k).filter(|v| !v.is_empty());
         if let Some(v) = var("WHALE_NATS_URL") {
             self.nats.urls = v.split(',').map(|s| s.trim().to_owned()).collect();
+        }
+        if let Some(v) = var("WHALE_NATS_REPLICAS") {
+            self.nats.replicas = v
+                .parse()
+                .context("WHALE_NATS_REPLICAS must be a number (1, or 3 for a 3-node cluster)")?;
         }
         if let Some(v) = var("WHALE_NATS_USER") {
             self.nats.user = Some(v);
@@ -635,5 +666,31 @@ mod tests {
             Config::load_with_env(Some(&p), &|_| None).unwrap_err()
         );
         assert!(err.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn every_variable_read_is_listed() {
+        let src = include_str!("config.rs");
+        let body = &src[src.find("fn apply_env").unwrap()..];
+        let body = &body[..body.find("\n    }\n").unwrap()];
+        for part in body.split("var(\"").skip(1) {
+            let name = &part[..part.find('"').unwrap()];
+            assert!(
+                ENV_VARS.contains(&name),
+                "{name} is read but not in ENV_VARS"
+            );
+        }
+    }
+
+    #[test]
+    fn replicas_from_env() {
+        let cfg =
+            Config::load_with_env(None, &|k| (k == "WHALE_NATS_REPLICAS").then(|| "3".into()))
+                .unwrap();
+        assert_eq!(cfg.nats.replicas, 3);
+        let err =
+            Config::load_with_env(None, &|k| (k == "WHALE_NATS_REPLICAS").then(|| "x".into()))
+                .unwrap_err();
+        assert!(format!("{err:#}").contains("WHALE_NATS_REPLICAS"));
     }
 }
