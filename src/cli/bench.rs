@@ -17,6 +17,9 @@ use whale_kernel::{setup, subjects, worker, Config, Health, Nats, Output, Window
 pub enum Cmd {
     /// validate stage: whale.in → whale.events events/s vs raw JetStream publish and consume+ack.
     Validate(Args),
+    /// The whole pipeline (all stages, NATS, Redis, StackStorm emulator) end to end: events/s,
+    /// ingest→StackStorm latency, CPU/memory per process, beside raw JetStream rates.
+    Pipeline(super::bench_pipeline::Args),
 }
 
 #[derive(clap::Args)]
@@ -47,7 +50,10 @@ fn sample(i: usize) -> serde_json::Value {
 }
 
 pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
-    let Cmd::Validate(a) = cmd;
+    let a = match cmd {
+        Cmd::Validate(a) => a,
+        Cmd::Pipeline(a) => return super::bench_pipeline::run(cfg, a).await,
+    };
     let server = match &a.nats_url {
         Some(_) => None,
         None => Some(NatsServer::start()),
@@ -157,7 +163,7 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
 }
 
 /// Raw publish (window 1024, with msg ids like whale) and pull consume+ack rates.
-async fn raw_jetstream(nats: &Nats, payloads: &[Vec<u8>]) -> anyhow::Result<(f64, f64)> {
+pub(crate) async fn raw_jetstream(nats: &Nats, payloads: &[Vec<u8>]) -> anyhow::Result<(f64, f64)> {
     let js = &nats.js;
     let _ = js.delete_stream("BENCH_RAW").await;
     let st = js

@@ -3,6 +3,7 @@
 
 mod approvals;
 mod bench;
+mod bench_pipeline;
 mod clusters;
 mod events;
 mod exec;

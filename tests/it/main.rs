@@ -3,6 +3,7 @@
 //! StackStorm emulator) and runs the real `whale` binary as child processes.
 
 mod approvals;
+mod bench;
 mod chaos;
 mod cluster;
 mod deploy;

@@ -105,6 +105,11 @@ impl NatsServer {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Process id of the running server (for CPU/memory figures in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for NatsServer {
@@ -150,6 +155,11 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Process id of the running server (for CPU/memory figures in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn stop(&mut self) {

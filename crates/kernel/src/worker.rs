@@ -1,6 +1,7 @@
 //! The one JetStream worker loop every stage runs: pull a batch from the stage's durable
 //! consumer, hand it to the stage, publish the stage's outputs (deterministic msg ids, bounded
-//! window of pending acks), then end each input as exactly one of ack, nak-with-delay or term.
+//! window of pending acks; the next batch is handled while earlier ones await their acks), then
+//! end each input as exactly one of ack, nak-with-delay or term.
 //! A crash anywhere means redelivery; dedup by msg id means no double records. Stages never see
 //! NATS: they get [`Delivery`] values and return [`Outcome`]s.
 
@@ -122,6 +123,8 @@ pub struct Options {
     pub window: usize,
     /// Delay before redelivery when publishing a message's outputs failed.
     pub publish_retry: Duration,
+    /// Batches allowed between "handled" and "acked" at once (1 = no overlap).
+    pub overlap: usize,
 }
 
 impl Default for Options {
@@ -130,6 +133,7 @@ impl Default for Options {
             batch: 512,
             window: 2048,
             publish_retry: Duration::from_secs(1),
+            overlap: 3,
         }
     }
 }
@@ -158,7 +162,8 @@ pub async fn run(
                 crate::setup::not_set_up(&format!("consumer {}", input.consumer))
             )
         })?;
-    let mut window: Window<usize> = Window::new(nats.js.clone(), opts.window);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(opts.overlap.max(1)));
+    let mut finishing = tokio::task::JoinSet::new();
     'connect: loop {
         if *shutdown.borrow() {
             break;
@@ -210,24 +215,42 @@ pub async fn run(
             if msgs.is_empty() {
                 continue;
             }
-            process(&*stage, &msgs, &mut window, &opts).await;
+            // At most `opts.overlap` batches between "handled" and "acked": the next batch is
+            // handled while earlier ones wait for their publish acks.
+            let permit = in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore never closed");
+            let batch = handle(&*stage, msgs, &nats.js, &opts).await;
+            finishing.spawn(async move {
+                finish(batch).await;
+                drop(permit);
+            });
+            while finishing.try_join_next().is_some() {}
         }
     }
+    // Every handled batch is acked (or nak'ed) before the worker reports stopped.
+    while finishing.join_next().await.is_some() {}
     health.set_stopped(input.consumer);
     Ok(())
 }
 
-async fn process(
+/// First half of a batch: the stage handles it and its outputs are sent (acks still pending in
+/// the batch's own window). The second half, [`finish`], runs as its own task, so the next
+/// batch is handled while this one's publish acks come back.
+async fn handle(
     stage: &dyn Stage,
-    msgs: &[jetstream::Message],
-    window: &mut Window<usize>,
+    msgs: Vec<jetstream::Message>,
+    js: &jetstream::Context,
     opts: &Options,
-) {
+) -> Batch {
     let name = stage.name();
     let started = Instant::now();
     let deliveries: Vec<Delivery> = msgs.iter().map(Delivery::from_message).collect();
     let mut outcomes = stage.handle_batch(&deliveries).await;
     debug_assert_eq!(outcomes.len(), msgs.len());
+    let mut window: Window<usize> = Window::new(js.clone(), opts.window);
     let mut failed = vec![false; msgs.len()];
     let mut outputs = 0u64;
     for (i, outcome) in outcomes.iter_mut().enumerate() {
@@ -243,19 +266,51 @@ async fn process(
             }
         }
     }
-    for (idx, r) in window.drain().await {
-        if let Err(e) = r {
-            failed[idx] = true;
-            tracing::warn!(stage = name, "publish failed: {e}");
-        }
-    }
     metrics::STAGE_OUTPUTS
         .with_label_values(&[name])
         .inc_by(outputs);
-    for ((m, outcome), (d, failed)) in msgs.iter().zip(outcomes).zip(deliveries.iter().zip(failed))
+    Batch {
+        name,
+        started,
+        msgs,
+        deliveries,
+        outcomes,
+        window,
+        failed,
+        publish_retry: opts.publish_retry,
+    }
+}
+
+/// A handled batch whose publishes may still be awaiting their acks.
+struct Batch {
+    name: &'static str,
+    started: Instant,
+    msgs: Vec<jetstream::Message>,
+    deliveries: Vec<Delivery>,
+    outcomes: Vec<Outcome>,
+    window: Window<usize>,
+    failed: Vec<bool>,
+    publish_retry: Duration,
+}
+
+/// Second half of a batch: waits for its publish acks, then ends every input as exactly one of
+/// ack, nak-with-delay or term. An input is acked only after all its outputs are stored.
+async fn finish(mut b: Batch) {
+    let name = b.name;
+    for (idx, r) in b.window.drain().await {
+        if let Err(e) = r {
+            b.failed[idx] = true;
+            tracing::warn!(stage = name, "publish failed: {e}");
+        }
+    }
+    for ((m, outcome), (d, failed)) in b
+        .msgs
+        .iter()
+        .zip(b.outcomes)
+        .zip(b.deliveries.iter().zip(b.failed))
     {
         let (kind, label) = match outcome {
-            Outcome::Ack(_) if failed => (AckKind::Nak(Some(opts.publish_retry)), "publish_failed"),
+            Outcome::Ack(_) if failed => (AckKind::Nak(Some(b.publish_retry)), "publish_failed"),
             Outcome::Ack(_) => (AckKind::Ack, "ack"),
             Outcome::Retry { delay, reason } => {
                 tracing::debug!(parent: &d.span(name), "retry in {delay:?}: {reason}");
@@ -278,5 +333,5 @@ async fn process(
     }
     metrics::STAGE_BATCH_SECONDS
         .with_label_values(&[name])
-        .observe(started.elapsed().as_secs_f64());
+        .observe(b.started.elapsed().as_secs_f64());
 }

@@ -1,0 +1,120 @@
+//! `whale bench pipeline` runs the real pipeline end to end (its own servers and emulator) and
+//! reports complete, consistent figures in `--json`; the figures themselves are measured, never
+//! asserted (they depend on the machine).
+
+use crate::harness::*;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let env = Env::new();
+    let mut all = vec!["bench", "pipeline", "--json"];
+    all.extend_from_slice(args);
+    let out = env.ok(&all);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bench --json printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn check(r: &serde_json::Value, events: u64, expected: u64) {
+    assert_eq!(r["complete"], true, "{r:#}");
+    assert_eq!(r["published"], events, "{r:#}");
+    assert_eq!(r["expected_executions"], expected, "{r:#}");
+    assert_eq!(
+        r["executions"], expected,
+        "every matching event is one execution: {r:#}"
+    );
+    assert_eq!(r["latency_samples"], expected, "{r:#}");
+    for k in [
+        "events_per_s",
+        "p50_ms",
+        "p99_ms",
+        "jetstream_bound_per_s",
+        "efficiency",
+    ] {
+        assert!(
+            r[k].as_f64().is_some_and(|v| v > 0.0),
+            "{k} missing or zero: {r:#}"
+        );
+    }
+    assert!(r["p50_ms"].as_f64() <= r["p99_ms"].as_f64());
+    // Counted on the server: at least ingest + accepted per event, and validate + match + index.
+    assert!(
+        r["js_publishes_per_event"].as_f64().unwrap() >= 2.0,
+        "{r:#}"
+    );
+    assert!(r["js_consumes_per_event"].as_f64().unwrap() >= 3.0, "{r:#}");
+    let hops = r["hops_ms"].as_array().unwrap();
+    assert_eq!(hops.len(), 5, "{r:#}");
+    assert!(hops.iter().all(|h| h["n"] == expected), "{r:#}");
+    let procs = r["processes"].as_array().unwrap();
+    for name in ["nats-server", "redis-server", "st2-emulator"] {
+        assert!(procs.iter().any(|p| p["process"] == name), "{name}: {r:#}");
+    }
+}
+
+#[test]
+fn pipeline_bench_one_process_at_a_fixed_rate() {
+    let r = bench(&[
+        "--events",
+        "3000",
+        "--rate",
+        "1000",
+        "--match-fraction",
+        "0.1",
+        "--rules",
+        "200",
+        "--types",
+        "20",
+    ]);
+    check(&r, 3000, 300);
+    assert_eq!(r["procs"], "one");
+}
+
+#[test]
+fn pipeline_bench_split_with_two_validate_copies() {
+    let r = bench(&[
+        "--events",
+        "2000",
+        "--match-fraction",
+        "0.05",
+        "--rules",
+        "100",
+        "--types",
+        "10",
+        "--procs",
+        "split",
+        "--copies",
+        "validate=2",
+    ]);
+    check(&r, 2000, 100);
+    let procs = r["processes"].as_array().unwrap();
+    for name in [
+        "validate#1",
+        "validate#2",
+        "index#1",
+        "match#1",
+        "dispatch#1",
+        "feedback#1",
+    ] {
+        assert!(procs.iter().any(|p| p["process"] == name), "{name}: {r:#}");
+    }
+}
+
+#[test]
+fn pipeline_bench_refuses_bad_options_clearly() {
+    let env = Env::new();
+    let out = env
+        .whale(&["bench", "pipeline", "--copies", "nosuch=2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
+    let out = env
+        .whale(&["bench", "pipeline", "--rules", "10", "--types", "100"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rules"));
+}
