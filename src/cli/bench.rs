@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::watch;
 use whale_kernel::testkit::NatsServer;
-use whale_kernel::{setup, subjects, worker, Config, Health, Nats, Output, Window};
+use whale_kernel::{setup, subjects, worker, Config, Health, Nats, Output, Stage as _, Window};
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {
@@ -105,7 +105,7 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 nats.clone(),
                 stage.clone(),
                 input.clone(),
-                worker::Options::default(),
+                stage.options(),
                 Health::default(),
                 rx.clone(),
             )));

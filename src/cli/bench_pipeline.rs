@@ -218,15 +218,24 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let mut last = Sample::default();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut drained_at: Option<f64> = None;
+    let mut left: BTreeMap<String, u64>;
+    let mut left_prev: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_held = 0u64;
     let complete = loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let s = sample_counts(&nats, &emulator_url, started).await?;
-        if (s.accepted, s.matched, s.dispatched) != (last.accepted, last.matched, last.dispatched) {
+        let held: u64 = left_prev.values().sum();
+        if (s.accepted, s.matched, s.dispatched) != (last.accepted, last.matched, last.dispatched)
+            || held != last_held
+        {
             last_change = Instant::now();
         }
+        last_held = held;
         let through = s.accepted >= n as u64 && s.matched >= expected && s.dispatched >= expected;
         // Done when everything is through and every stage (index, feedback too) has caught up.
-        let done = through && backlog(&nats).await? == 0;
+        left = backlog(&nats, &stage_names).await?;
+        left_prev = left.clone();
+        let done = through && left.is_empty();
         if through && drained_at.is_none() {
             drained_at = Some(s.t);
         }
@@ -310,7 +319,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         "jetstream_bound_per_s": bound.round(),
         "efficiency": round2(events_per_s / bound),
         "processes": usage, "stage_busy_s": busy, "hops_ms": hops,
-        "all_through_s": drained_at.map(round2),
+        "all_through_s": drained_at.map(round2), "backlog_at_end": left,
         "nats_server": nats.client.server_info().version,
     });
     drop(procs);
@@ -615,10 +624,15 @@ async fn jetstream_ops(nats: &Nats) -> anyhow::Result<(u64, u64)> {
     Ok((publishes, consumes))
 }
 
-/// Messages not yet handled by some whale consumer (pending + awaiting ack), over all streams.
-async fn backlog(nats: &Nats) -> anyhow::Result<u64> {
+/// Messages not yet handled (pending + awaiting ack) per consumer of the stages run.
+async fn backlog(nats: &Nats, stages: &[&str]) -> anyhow::Result<BTreeMap<String, u64>> {
+    let ours: Vec<&str> = stages
+        .iter()
+        .flat_map(|s| subjects::stage_inputs(s))
+        .map(|i| i.consumer)
+        .collect();
     use futures::TryStreamExt;
-    let mut n = 0;
+    let mut out = BTreeMap::new();
     for name in [
         subjects::STREAM_INGEST,
         subjects::STREAM_EVENTS,
@@ -626,12 +640,14 @@ async fn backlog(nats: &Nats) -> anyhow::Result<u64> {
     ] {
         let st = nats.js.get_stream(name).await?;
         let consumers: Vec<_> = st.consumers().try_collect().await?;
-        n += consumers
-            .iter()
-            .map(|c| c.num_pending + c.num_ack_pending as u64)
-            .sum::<u64>();
+        for c in consumers {
+            let n = c.num_pending + c.num_ack_pending as u64;
+            if n > 0 && ours.contains(&c.name.as_str()) {
+                out.insert(c.name, n);
+            }
+        }
     }
-    Ok(n)
+    Ok(out)
 }
 
 /// Where the ingest→POST time goes: for each dispatched event, the time between consecutive
@@ -867,6 +883,10 @@ fn print_human(r: &Value) {
     if !r["complete"].as_bool().unwrap_or(false) {
         println!(
             "  INCOMPLETE: the pipeline stalled before every event was through (counts below)"
+        );
+        println!(
+            "  consumers still holding messages: {}",
+            r["backlog_at_end"]
         );
     }
     println!(

@@ -59,7 +59,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
                     nats.clone(),
                     stage.clone(),
                     input.clone(),
-                    worker::Options::default(),
+                    stage.options(),
                     health.clone(),
                     stop_rx.clone(),
                 ));

@@ -104,6 +104,12 @@ pub trait Stage: Send + Sync + 'static {
     /// Handles one message.
     async fn handle(&self, msg: &Delivery) -> Outcome;
 
+    /// How the worker loop feeds this stage (batch size, batches in flight). Override when a
+    /// stage's cost is per batch rather than per message (the index commits once per group).
+    fn options(&self) -> Options {
+        Options::default()
+    }
+
     /// Handles a batch; returns one outcome per message, in order. Override to pipeline I/O.
     async fn handle_batch(&self, batch: &[Delivery]) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(batch.len());
