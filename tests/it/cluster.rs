@@ -146,7 +146,10 @@ async fn stream_info(nats: &Nats, name: &str) -> Result<jetstream::stream::Info,
         .get_stream(name)
         .await
         .map_err(|e| format!("{name}: {e}"))?;
-    s.info().await.map(|i| i.clone()).map_err(|e| format!("{name}: {e}"))
+    s.info()
+        .await
+        .map(|i| i.clone())
+        .map_err(|e| format!("{name}: {e}"))
 }
 
 /// The stream's RAFT leader and followers are all there and current: leader elected, two
@@ -184,10 +187,7 @@ async fn all_replicas_current(nats: &Nats) -> Result<(), String> {
     for name in &names {
         let info = stream_info(nats, name).await?;
         if info.config.num_replicas != 3 {
-            return Err(format!(
-                "{name}: num_replicas {}",
-                info.config.num_replicas
-            ));
+            return Err(format!("{name}: num_replicas {}", info.config.num_replicas));
         }
         check_group(name, info.cluster.as_ref())?;
     }
@@ -204,10 +204,7 @@ async fn all_replicas_current(nats: &Nats) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("{what}: {e}"))?;
             if info.config.num_replicas != 3 {
-                return Err(format!(
-                    "{what}: num_replicas {}",
-                    info.config.num_replicas
-                ));
+                return Err(format!("{what}: num_replicas {}", info.config.num_replicas));
             }
             check_group(&what, info.cluster.as_ref())?;
         }
@@ -422,13 +419,59 @@ async fn executions(emu: &Emulator) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Messages in `stream` on `filter`; None while the stream cannot be asked (an election).
+async fn try_count(nats: &Nats, stream: &str, filter: &str) -> Option<u64> {
+    use futures::StreamExt;
+    let st = nats.js.get_stream(stream).await.ok()?;
+    let mut subjects = st.info_with_subjects(filter).await.ok()?;
+    let mut n = 0;
+    while let Some(r) = subjects.next().await {
+        n += r.ok()?.1 as u64;
+    }
+    Some(n)
+}
+
+/// (accepted, rejected, dispatched, throttled); None while a stream cannot be asked.
+async fn try_counts(nats: &Nats) -> Option<(u64, u64, u64, u64)> {
+    Some((
+        try_count(nats, STREAM_EVENTS, "whale.events.>").await?,
+        try_count(nats, STREAM_EVENTS, "whale.rejected.>").await?,
+        try_count(nats, STREAM_PIPE, &Pipe::Dispatched.subject()).await?,
+        try_count(nats, STREAM_PIPE, &Pipe::Throttled.subject()).await?,
+    ))
+}
+
 async fn counts(nats: &Nats) -> (u64, u64, u64, u64) {
-    (
-        count(nats, STREAM_EVENTS, "whale.events.>").await,
-        count(nats, STREAM_EVENTS, "whale.rejected.>").await,
-        count(nats, STREAM_PIPE, &Pipe::Dispatched.subject()).await,
-        count(nats, STREAM_PIPE, &Pipe::Throttled.subject()).await,
-    )
+    try_counts(nats).await.expect("stream counts")
+}
+
+/// Makes `node` the leader of `stream`: asks the current leader to step down in its favour
+/// (retried: an election may pick another peer or a request may time out).
+async fn move_leader(nats: &Nats, stream: &str, node: &str) {
+    let subject = format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}");
+    let body = serde_json::to_vec(&json!({"placement": {"preferred": node}})).unwrap();
+    for _ in 0..20 {
+        let leader = stream_info(nats, stream)
+            .await
+            .ok()
+            .and_then(|i| i.cluster?.leader);
+        match leader.as_deref() {
+            Some(l) if l == node => return,
+            Some(_) => {
+                let r = nats
+                    .client
+                    .request(subject.clone(), body.clone().into())
+                    .await;
+                if let Ok(m) = r {
+                    let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+                    assert!(v["error"].is_null(), "stepdown of {stream} refused: {v}");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            None => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    panic!("could not move the leader of {stream} to {node}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,6 +498,20 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
     );
     worker.ready().await;
 
+    // The node to kill mid-run leads WHALE_PIPE *and* serves the worker's connection, the worst
+    // case: a leader election and a client failover at once. The leader is moved there before
+    // the run if needed (stepdown with a preferred peer, NATS >= 2.11).
+    let stream = STREAM_PIPE;
+    let victim = (0..env.cluster.len())
+        .find(|&i| {
+            env.cluster
+                .client_names(i)
+                .iter()
+                .any(|n| n.starts_with("whale run"))
+        })
+        .expect("the worker is connected to a node");
+    move_leader(&nats, stream, env.cluster.name(victim)).await;
+
     let (valid, want, want_throttled) = expected(N);
     let progress = Arc::new(Progress::default());
     let publisher = tokio::spawn(publish_steadily(
@@ -464,32 +521,23 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
         progress.clone(),
     ));
 
-    // Mid-run: kill -9 the leader of WHALE_INGEST or WHALE_PIPE, preferring one the worker
-    // is connected to, so its connection has to fail over too.
+    // Mid-run: kill -9 the node that leads WHALE_PIPE and serves the worker's connection.
     let kill_at = N * 2 / 5;
     let ok = eventually(Duration::from_secs(120), || async {
         progress.acked.load(Ordering::Relaxed) >= kill_at
     })
     .await;
     assert!(ok, "publishing did not reach {kill_at}");
-    let mut candidates = Vec::new();
-    for stream in [STREAM_PIPE, STREAM_INGEST] {
-        let info = stream_info(&nats, stream).await.unwrap();
-        let leader = info.cluster.and_then(|c| c.leader).expect("a leader");
-        let i = env.cluster.index_of(&leader).unwrap();
-        let worker_there = env
-            .cluster
-            .client_names(i)
-            .iter()
-            .any(|n| n.starts_with("whale "));
-        candidates.push((stream, i, worker_there));
-    }
-    let (stream, victim, worker_there) = candidates
-        .iter()
-        .copied()
-        .find(|c| c.2)
-        .unwrap_or(candidates[0]);
     let victim_name = env.cluster.name(victim).to_owned();
+    let leader_now = stream_info(&nats, stream)
+        .await
+        .ok()
+        .and_then(|i| i.cluster?.leader);
+    assert_eq!(
+        leader_now.as_deref(),
+        Some(victim_name.as_str()),
+        "{stream} leader moved"
+    );
     let publisher_there = env
         .cluster
         .client_names(victim)
@@ -497,24 +545,51 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
         .any(|n| n == "cluster-test-publisher");
     let published_at_kill = progress.acked.load(Ordering::Relaxed);
     let at_kill = counts(&nats).await;
+    let mut leaders = Vec::new();
+    for name in STREAMS {
+        let l = stream_info(&nats, name)
+            .await
+            .ok()
+            .and_then(|i| i.cluster?.leader);
+        leaders.push(format!("{name}={}", l.unwrap_or_default()));
+    }
     env.cluster.kill(victim);
     let killed = Instant::now();
     eprintln!(
-        "cluster: killed {victim_name} (leader of {stream}; worker connected: {worker_there}, publisher connected: {publisher_there}) at {published_at_kill}/{N} published; accepted/rejected/dispatched/throttled then: {at_kill:?}"
+        "cluster: killed {victim_name} (leader of {stream}, the worker's server; publisher connected there: {publisher_there}; leaders {}) at {published_at_kill}/{N} published; accepted/rejected/dispatched/throttled then: {at_kill:?}",
+        leaders.join(" ")
     );
 
     // With the node down, everything gets published and goes all the way through.
-    publisher.await.expect("publisher");
-    let published_all = killed.elapsed();
-    let done = eventually(Duration::from_secs(240), || async {
-        let (acc, rej, disp, thr) = counts(&nats).await;
-        acc == valid as u64
+    let mut published_all = None;
+    let mut timeline: Vec<(u64, u64, u64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let done = loop {
+        if published_all.is_none() && publisher.is_finished() {
+            published_all = Some(killed.elapsed());
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        let Some((acc, rej, disp, thr)) = try_counts(&nats).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let second = killed.elapsed().as_secs();
+        if timeline.last().is_none_or(|t| t.0 < second) {
+            timeline.push((second, acc, disp + thr));
+        }
+        if published_all.is_some()
+            && acc == valid as u64
             && rej == (N - valid) as u64
             && disp == want.len() as u64
             && thr == want_throttled as u64
-    })
-    .await;
-    let (acc, rej, disp, thr) = counts(&nats).await;
+        {
+            break true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (acc, rej, disp, thr) = try_counts(&nats).await.unwrap_or_default();
     assert!(
         done,
         "with {victim_name} down the pipeline did not finish: accepted {acc}/{valid}, rejected {rej}/{}, dispatched {disp}/{}, throttled {thr}/{want_throttled}; worker alive: {}; log:\n{}",
@@ -524,6 +599,10 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
         worker.stderr()
     );
     let drained = killed.elapsed();
+    publisher.await.expect("publisher");
+    let published_all = published_all.expect("publisher finished");
+    // One sample per second after the kill: (s, accepted, decided by throttle and dispatched).
+    eprintln!("cluster: after the kill (s, accepted, dispatched+throttled): {timeline:?}");
     assert!(
         worker.alive(),
         "the worker exited; log:\n{}",
@@ -557,11 +636,7 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect();
-    let valid_ids: BTreeSet<String> = (0..N)
-        .map(event)
-        .filter(|e| e.2)
-        .map(|e| e.0)
-        .collect();
+    let valid_ids: BTreeSet<String> = (0..N).map(event).filter(|e| e.2).map(|e| e.0).collect();
     assert_eq!(accepted_ids, valid_ids, "every valid event accepted once");
     let execs = executions(&st2).await;
     let mut per_task: BTreeMap<&(String, String), usize> = BTreeMap::new();
@@ -571,11 +646,7 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
     let doubled: Vec<_> = per_task.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "tasks executed twice: {doubled:?}");
     let got: BTreeSet<(String, String)> = execs.iter().cloned().collect();
-    assert_eq!(
-        got.difference(&want).count(),
-        0,
-        "unexpected executions"
-    );
+    assert_eq!(got.difference(&want).count(), 0, "unexpected executions");
     assert_eq!(
         want.difference(&got).cloned().collect::<Vec<_>>(),
         Vec::<(String, String)>::new(),
@@ -588,9 +659,12 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
         worker.stderr()
     );
     let log = worker.stderr();
+    for line in log.lines().filter(|l| l.contains("WARN")).take(20) {
+        eprintln!("cluster: worker: {line}");
+    }
     eprintln!(
         "cluster: 3 nodes R3, killed leader {victim_name} of {stream} at {published_at_kill}/{N} published \
-         (worker connected there: {worker_there}), {acc} accepted (valid {valid}), {rej} rejected, \
+         (the worker's server), {acc} accepted (valid {valid}), {rej} rejected, \
          {} executions (expected {}), {thr} throttled, 0 duplicates; publisher: {} retries, {} dedup hits \
          (last error: {:?}); all published {:.1}s and all dispatched {:.1}s after the kill; node back, \
          replicas current ({stream} leader now {stream_leader}); worker log: {} publish failures, {} warnings; total {:.0}s",

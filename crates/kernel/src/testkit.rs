@@ -14,6 +14,17 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// `n` distinct free TCP ports on loopback (all held open until every one is picked).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
+}
+
 /// Waits until something accepts connections on `port`.
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -201,28 +212,35 @@ struct ClusterNode {
 }
 
 impl NatsCluster {
-    /// Starts three nodes (`n1`, `n2`, `n3`) and waits for a meta leader.
+    /// Starts three nodes (`n1`, `n2`, `n3`) and waits for a meta leader. Ports are picked
+    /// free, but another process can take one before the server binds it: then the whole
+    /// cluster is started again on new ports (up to three times).
     pub fn start() -> NatsCluster {
-        let nodes = (1..=3)
-            .map(|i| ClusterNode {
-                name: format!("n{i}"),
-                port: free_port(),
-                route_port: free_port(),
-                http_port: free_port(),
-                child: None,
-            })
-            .collect();
-        let mut c = NatsCluster {
-            dir: tempfile::tempdir().expect("temp dir"),
-            nodes,
-        };
-        for i in 0..c.nodes.len() {
-            c.spawn(i);
+        let mut last = String::new();
+        for _ in 0..3 {
+            let ports = free_ports(9);
+            let nodes = (0..3)
+                .map(|i| ClusterNode {
+                    name: format!("n{}", i + 1),
+                    port: ports[3 * i],
+                    route_port: ports[3 * i + 1],
+                    http_port: ports[3 * i + 2],
+                    child: None,
+                })
+                .collect();
+            let mut c = NatsCluster {
+                dir: tempfile::tempdir().expect("temp dir"),
+                nodes,
+            };
+            for i in 0..c.nodes.len() {
+                c.spawn(i);
+            }
+            match (0..c.nodes.len()).try_for_each(|i| c.wait_joined(i)) {
+                Ok(()) => return c,
+                Err(e) => last = e,
+            }
         }
-        for i in 0..c.nodes.len() {
-            c.wait_joined(i);
-        }
-        c
+        panic!("{last}");
     }
 
     fn spawn(&mut self, i: usize) {
@@ -263,23 +281,31 @@ impl NatsCluster {
         self.nodes[i].child = Some(child);
     }
 
-    /// Waits until node `i` serves JetStream and knows a meta leader.
-    fn wait_joined(&self, i: usize) {
-        let node = &self.nodes[i];
+    /// Waits until node `i` serves JetStream and knows a meta leader; why not otherwise.
+    fn wait_joined(&mut self, i: usize) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.nodes[i].child.as_mut().map(Child::try_wait) {
+                self.nodes[i].child = None;
+                return Err(format!(
+                    "nats node {} exited ({status}); log:\n{}",
+                    self.nodes[i].name,
+                    self.log(i)
+                ));
+            }
+            let node = &self.nodes[i];
             let healthy = http_get(node.http_port, "/healthz?js-enabled-only=true")
                 .is_some_and(|(status, _)| status == 200);
             if healthy && self.meta_leader_seen_by(i).is_some() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!(
+        Err(format!(
             "nats node {} did not join a cluster with a JetStream meta leader within 60 s; log:\n{}",
-            node.name,
+            self.nodes[i].name,
             self.log(i)
-        );
+        ))
     }
 
     /// The meta leader's server name as node `i` sees it (`/jsz`).
@@ -343,7 +369,9 @@ impl NatsCluster {
             self.nodes[i].name
         );
         self.spawn(i);
-        self.wait_joined(i);
+        if let Err(e) = self.wait_joined(i) {
+            panic!("{e}");
+        }
     }
 
     /// Names of the clients connected to node `i` (`/connz`); empty when it is down.
@@ -382,11 +410,7 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
