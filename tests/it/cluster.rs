@@ -15,7 +15,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use serde_json::{json, Value};
 use whale_kernel::config::NatsConfig;
 use whale_kernel::subjects::{self, Pipe, STREAM_EVENTS, STREAM_INGEST, STREAM_PIPE};
-use whale_kernel::testkit::{NatsCluster, RedisServer};
+use whale_kernel::testkit::{NatsCluster, NatsServer, RedisServer};
 use whale_kernel::Nats;
 
 use crate::harness::*;
@@ -146,10 +146,7 @@ async fn stream_info(nats: &Nats, name: &str) -> Result<jetstream::stream::Info,
         .get_stream(name)
         .await
         .map_err(|e| format!("{name}: {e}"))?;
-    s.info()
-        .await
-        .map(|i| i.clone())
-        .map_err(|e| format!("{name}: {e}"))
+    s.info().await.cloned().map_err(|e| format!("{name}: {e}"))
 }
 
 /// The stream's RAFT leader and followers are all there and current: leader elected, two
@@ -290,12 +287,16 @@ fn event(i: usize) -> (String, Vec<u8>, bool) {
     let valid = i % 10 != 7;
     let usage = if !valid {
         json!("high")
-    } else if i % 3 == 0 {
+    } else if i.is_multiple_of(3) {
         json!(50)
     } else {
         json!(91 + i % 9)
     };
-    let env = if i % 2 == 0 { "prod" } else { "staging" };
+    let env = if i.is_multiple_of(2) {
+        "prod"
+    } else {
+        "staging"
+    };
     let body = json!({
         "id": id,
         "event_type": "vm.disk_usage",
@@ -303,6 +304,51 @@ fn event(i: usize) -> (String, Vec<u8>, bool) {
         "detail": {"host": format!("web-{}", i % 40), "usage_pct": usage, "env": env},
     });
     (id, serde_json::to_vec(&body).unwrap(), valid)
+}
+
+/// A rule applied after the node came back, to show the workers' live views survived.
+const AFTER_RULE: &str = r#"
+name: cl-after-loss
+on: vm.disk_usage
+when:
+  - { path: .detail.env, eq: dev }
+action: ops.after_loss
+params:
+  host: "{{ .detail.host }}"
+  event: "{{ .id }}"
+  rule: cl-after-loss
+"#;
+
+/// Events published after the node came back (all match [`AFTER_RULE`] only).
+const AFTER: usize = 200;
+
+fn after_event(i: usize) -> (String, Vec<u8>) {
+    let id = format!("cl-after-{i:05}");
+    let body = json!({
+        "id": id,
+        "event_type": "vm.disk_usage",
+        "source": "cluster-test",
+        "detail": {"host": format!("web-{i}"), "usage_pct": 95, "env": "dev"},
+    });
+    (id, serde_json::to_vec(&body).unwrap())
+}
+
+/// Consumers of the KV streams (the workers' watches) whose leader is `node`.
+async fn kv_consumers_on(nats: &Nats, node: &str) -> usize {
+    use futures::StreamExt;
+    let mut n = 0;
+    for name in kv_streams() {
+        let Ok(s) = nats.js.get_stream(&name).await else {
+            continue;
+        };
+        let mut consumers = s.consumers();
+        while let Some(Ok(c)) = consumers.next().await {
+            if c.cluster.and_then(|c| c.leader).as_deref() == Some(node) {
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 /// What the rules must produce for events `0..n`: (valid, executions as (event id, rule),
@@ -316,10 +362,10 @@ fn expected(n: usize) -> (usize, BTreeSet<(String, String)>, usize) {
             continue;
         }
         valid += 1;
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             continue;
         }
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             execs.insert((id, "cl-prod-clean".to_owned()));
         } else if staging_hosts.insert(i % 40) {
             execs.insert((id, "cl-staging-once".to_owned()));
@@ -339,21 +385,25 @@ struct Progress {
     last_error: std::sync::Mutex<String>,
 }
 
-/// Publishes events `0..n` to `whale.in.vm.disk_usage` at about `rate` per second, as a careful
+/// Publishes `(id, JSON)` events to `whale.in.vm.disk_usage` at about `rate` per second, as a careful
 /// producer does: `Nats-Msg-Id` = event id, each publish retried until acked (a timeout or "no
 /// responders" while a leader is being elected is retried; the duplicate window makes a retry
 /// of a publish that did land harmless). Gives up after 3 minutes per event.
-async fn publish_steadily(nats: Nats, n: usize, rate: u64, progress: Arc<Progress>) {
+async fn publish_steadily(
+    nats: Nats,
+    events: Vec<(String, Vec<u8>)>,
+    rate: u64,
+    progress: Arc<Progress>,
+) {
     let permits = Arc::new(tokio::sync::Semaphore::new(256));
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
+    for (i, (id, payload)) in events.into_iter().enumerate() {
         tokio::time::sleep_until(start + Duration::from_micros(i as u64 * 1_000_000 / rate)).await;
         let permit = permits.clone().acquire_owned().await.unwrap();
         let (js, progress) = (nats.js.clone(), progress.clone());
         tasks.spawn(async move {
             let _permit = permit;
-            let (id, payload, _) = event(i);
             let subject = subjects::ingest("vm.disk_usage");
             let first = Instant::now();
             loop {
@@ -516,7 +566,7 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
     let progress = Arc::new(Progress::default());
     let publisher = tokio::spawn(publish_steadily(
         env.connect("cluster-test-publisher").await,
-        N,
+        (0..N).map(event).map(|(id, body, _)| (id, body)).collect(),
         RATE,
         progress.clone(),
     ));
@@ -543,6 +593,7 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
         .client_names(victim)
         .iter()
         .any(|n| n == "cluster-test-publisher");
+    let watches_there = kv_consumers_on(&nats, &victim_name).await;
     let published_at_kill = progress.acked.load(Ordering::Relaxed);
     let at_kill = counts(&nats).await;
     let mut leaders = Vec::new();
@@ -556,9 +607,31 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
     env.cluster.kill(victim);
     let killed = Instant::now();
     eprintln!(
-        "cluster: killed {victim_name} (leader of {stream}, the worker's server; publisher connected there: {publisher_there}; leaders {}) at {published_at_kill}/{N} published; accepted/rejected/dispatched/throttled then: {at_kill:?}",
+        "cluster: killed {victim_name} (leader of {stream}, the worker's server; publisher connected there: {publisher_there}; KV watch consumers there: {watches_there}; leaders {}) at {published_at_kill}/{N} published; accepted/rejected/dispatched/throttled then: {at_kill:?}",
         leaders.join(" ")
     );
+
+    // How long the streams it led are without a leader (the RAFT election after a kill).
+    let elections = tokio::spawn({
+        let (nats, victim_name) = (nats.clone(), victim_name.clone());
+        async move {
+            let mut out = Vec::new();
+            for name in STREAMS {
+                loop {
+                    let l = stream_info(&nats, name)
+                        .await
+                        .ok()
+                        .and_then(|i| i.cluster?.leader);
+                    if l.is_some_and(|l| l != victim_name) {
+                        out.push(format!("{name} {:.1}s", killed.elapsed().as_secs_f64()));
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            out.join(", ")
+        }
+    });
 
     // With the node down, everything gets published and goes all the way through.
     let mut published_all = None;
@@ -599,6 +672,10 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
         worker.stderr()
     );
     let drained = killed.elapsed();
+    eprintln!(
+        "cluster: stream info answered with a new leader after the kill: {}",
+        elections.await.expect("elections")
+    );
     publisher.await.expect("publisher");
     let published_all = published_all.expect("publisher finished");
     // One sample per second after the kill: (s, accepted, decided by throttle and dispatched).
@@ -653,13 +730,60 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
         "lost executions"
     );
     assert_eq!(st2.created().await, want.len() as u64, "executions created");
+
+    // The worker's live views survived too: a rule applied now reaches match and render (both
+    // log "loaded new version"), and events published now are executed by it.
+    let loaded = |log: &str| log.matches("loaded new version").count();
+    let before = loaded(&worker.stderr());
+    std::fs::write(rules.join("after.yaml"), AFTER_RULE).unwrap();
+    env.ok(&["rules", "apply", rules.to_str().unwrap()]);
+    let ok = eventually(Duration::from_secs(60), || async {
+        loaded(&worker.stderr()) >= before + 2
+    })
+    .await;
+    assert!(
+        ok,
+        "match and render did not load the rule applied after the node loss; log:\n{}",
+        worker.stderr()
+    );
+    let after: Vec<(String, Vec<u8>)> = (0..AFTER).map(after_event).collect();
+    publish_steadily(
+        env.connect("cluster-test-publisher").await,
+        after,
+        RATE,
+        Arc::new(Progress::default()),
+    )
+    .await;
+    let total = (want.len() + AFTER) as u64;
+    let ok = eventually(Duration::from_secs(120), || async {
+        try_count(&nats, STREAM_PIPE, &Pipe::Dispatched.subject()).await == Some(total)
+    })
+    .await;
+    assert!(ok, "events after the node loss not all dispatched");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later: BTreeSet<(String, String)> = executions(&st2)
+        .await
+        .into_iter()
+        .filter(|e| e.1 == "cl-after-loss")
+        .collect();
+    assert_eq!(later.len(), AFTER, "executions of the rule applied after");
+    assert_eq!(st2.created().await, total, "executions created in all");
+
     assert!(
         worker.alive(),
         "the worker exited; log:\n{}",
         worker.stderr()
     );
     let log = worker.stderr();
-    for line in log.lines().filter(|l| l.contains("WARN")).take(20) {
+    assert!(
+        !log.contains("watch ended"),
+        "a live view stopped; log:\n{log}"
+    );
+    for line in log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("works again"))
+        .take(40)
+    {
         eprintln!("cluster: worker: {line}");
     }
     eprintln!(
@@ -667,7 +791,7 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
          (the worker's server), {acc} accepted (valid {valid}), {rej} rejected, \
          {} executions (expected {}), {thr} throttled, 0 duplicates; publisher: {} retries, {} dedup hits \
          (last error: {:?}); all published {:.1}s and all dispatched {:.1}s after the kill; node back, \
-         replicas current ({stream} leader now {stream_leader}); worker log: {} publish failures, {} warnings; total {:.0}s",
+         replicas current ({stream} leader now {stream_leader}), a rule applied then ran {AFTER}/{AFTER}; worker log: {} publish outages, {} warnings; total {:.0}s",
         execs.len(),
         want.len(),
         progress.retries.load(Ordering::Relaxed),
@@ -678,5 +802,34 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
         log.matches("publish failed").count(),
         log.matches("WARN").count(),
         began.elapsed().as_secs_f64(),
+    );
+}
+
+/// A publish whose server dies before acking fails as soon as the connection drops, not after
+/// the JetStream timeout (10 s): the worker naks and retries on the surviving nodes at once.
+/// The "server" that should ack here is a plain subscriber that never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_in_flight_when_its_server_dies_fails_at_once() {
+    use futures::StreamExt;
+    use whale_kernel::{Output, Window};
+    let mut server = NatsServer::start();
+    let cfg = NatsConfig {
+        urls: vec![server.url()],
+        ..Default::default()
+    };
+    let nats = Nats::connect(&cfg, "cluster-test").await.unwrap();
+    let mut silent = nats.client.subscribe("whale.test.silent").await.unwrap();
+    nats.client.flush().await.unwrap();
+    let mut window: Window<u32> = Window::new(nats.js.clone(), 8).fail_fast_on_disconnect(&nats);
+    let out = Output::new("whale.test.silent".into(), "m1".into(), "x");
+    assert!(window.send(1, out).await.is_empty());
+    assert!(silent.next().await.is_some(), "the publish went out");
+    server.stop();
+    let done = window.drain().await;
+    assert_eq!(done.len(), 1);
+    let err = done[0].1.clone().unwrap_err();
+    assert!(
+        err.contains("connection to the server lost"),
+        "failed for the lost connection, not a timeout: {err}"
     );
 }
