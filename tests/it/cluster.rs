@@ -351,6 +351,24 @@ async fn kv_consumers_on(nats: &Nats, node: &str) -> usize {
     n
 }
 
+/// The stage consumers whose RAFT leader is `node`.
+async fn stage_consumers_on(nats: &Nats, node: &str) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for stage in subjects::STAGES {
+        for input in subjects::stage_inputs(stage) {
+            let Ok(s) = nats.js.get_stream(input.stream).await else {
+                continue;
+            };
+            if let Ok(info) = s.consumer_info(input.consumer).await {
+                if info.cluster.and_then(|c| c.leader).as_deref() == Some(node) {
+                    out.push(input.consumer);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// What the rules must produce for events `0..n`: (valid, executions as (event id, rule),
 /// throttled).
 fn expected(n: usize) -> (usize, BTreeSet<(String, String)>, usize) {
@@ -594,6 +612,7 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
         .iter()
         .any(|n| n == "cluster-test-publisher");
     let watches_there = kv_consumers_on(&nats, &victim_name).await;
+    let stage_consumers_there = stage_consumers_on(&nats, &victim_name).await;
     let published_at_kill = progress.acked.load(Ordering::Relaxed);
     let at_kill = counts(&nats).await;
     let mut leaders = Vec::new();
@@ -607,7 +626,7 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
     env.cluster.kill(victim);
     let killed = Instant::now();
     eprintln!(
-        "cluster: killed {victim_name} (leader of {stream}, the worker's server; publisher connected there: {publisher_there}; KV watch consumers there: {watches_there}; leaders {}) at {published_at_kill}/{N} published; accepted/rejected/dispatched/throttled then: {at_kill:?}",
+        "cluster: killed {victim_name} (leader of {stream}, the worker's server; publisher connected there: {publisher_there}; stage consumers led there: {stage_consumers_there:?}; KV watch consumers there: {watches_there}; stream leaders {}) at {published_at_kill}/{N} published; accepted/rejected/dispatched/throttled then: {at_kill:?}",
         leaders.join(" ")
     );
 
@@ -680,6 +699,17 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
     let published_all = published_all.expect("publisher finished");
     // One sample per second after the kill: (s, accepted, decided by throttle and dispatched).
     eprintln!("cluster: after the kill (s, accepted, dispatched+throttled): {timeline:?}");
+    // Where the run stood before its last step (the stragglers): (second, accepted, decided).
+    let last = timeline.last().map(|t| (t.1, t.2)).unwrap_or_default();
+    let before_last = timeline
+        .iter()
+        .rev()
+        .find(|t| (t.1, t.2) != last)
+        .map(|t| (t.1, t.2));
+    let plateau = before_last
+        .and_then(|b| timeline.iter().find(|t| (t.1, t.2) == b))
+        .copied()
+        .unwrap_or((0, last.0, last.1));
     assert!(
         worker.alive(),
         "the worker exited; log:\n{}",
@@ -790,7 +820,8 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
         "cluster: 3 nodes R3, killed leader {victim_name} of {stream} at {published_at_kill}/{N} published \
          (the worker's server), {acc} accepted (valid {valid}), {rej} rejected, \
          {} executions (expected {}), {thr} throttled, 0 duplicates; publisher: {} retries, {} dedup hits \
-         (last error: {:?}); all published {:.1}s and all dispatched {:.1}s after the kill; node back, \
+         (last error: {:?}); all published {:.1}s after the kill, {}/{valid} accepted and {}/{} decided \
+         by {}s, all {:.1}s after the kill; node back, \
          replicas current ({stream} leader now {stream_leader}), a rule applied then ran {AFTER}/{AFTER}; worker log: {} publish outages, {} warnings; total {:.0}s",
         execs.len(),
         want.len(),
@@ -798,6 +829,10 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
         progress.duplicates.load(Ordering::Relaxed),
         progress.last_error.lock().unwrap(),
         published_all.as_secs_f64(),
+        plateau.1,
+        plateau.2,
+        want.len() + want_throttled,
+        plateau.0,
         drained.as_secs_f64(),
         log.matches("publish failed").count(),
         log.matches("WARN").count(),
