@@ -1,10 +1,12 @@
 //! The NATS connection: the options a production cluster needs (several URLs, user/password,
 //! token, credentials file, TLS), reconnection, and the JetStream context every stage shares.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use async_nats::jetstream;
+use tokio::sync::watch;
 
 use crate::config::NatsConfig;
 
@@ -16,24 +18,34 @@ pub const MIN_SERVER: (u64, u64) = (2, 10);
 pub struct Nats {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
+    /// Bumped on every lost connection: a publish still awaiting its ack when this moves will
+    /// never get it (the server that would have answered is gone), see
+    /// [`crate::Window::fail_fast_on_disconnect`].
+    pub(crate) disconnects: watch::Receiver<u64>,
 }
 
 impl Nats {
     /// Connects with every option in `cfg`; retries the first connection for a while so that a
     /// worker started before its server does not die, then keeps reconnecting forever.
     pub async fn connect(cfg: &NatsConfig, name: &str) -> anyhow::Result<Nats> {
+        let (disconnected, disconnects) = watch::channel(0u64);
+        let disconnected = Arc::new(disconnected);
         let mut opts = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None)
             .client_capacity(65_536)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("nats: disconnected, reconnecting")
+            .event_callback(move |event| {
+                let disconnected = disconnected.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            disconnected.send_modify(|n| *n += 1);
+                            tracing::warn!("nats: disconnected, reconnecting")
+                        }
+                        async_nats::Event::Connected => tracing::debug!("nats: connected"),
+                        other => tracing::debug!("nats: {other}"),
                     }
-                    async_nats::Event::Connected => tracing::debug!("nats: connected"),
-                    other => tracing::debug!("nats: {other}"),
                 }
             });
         if let (Some(user), Some(pass)) = (&cfg.user, &cfg.password) {
@@ -73,7 +85,11 @@ impl Nats {
             .max_ack_inflight(4096)
             .backpressure_on_inflight(true)
             .build(client.clone());
-        Ok(Nats { client, js })
+        Ok(Nats {
+            client,
+            js,
+            disconnects,
+        })
     }
 
     /// The server's version, refusing servers older than [`MIN_SERVER`].

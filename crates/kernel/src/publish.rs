@@ -8,6 +8,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::HeaderMap;
+use tokio::sync::watch;
+
+use crate::nats::Nats;
 
 /// A record to publish.
 #[derive(Debug, Clone)]
@@ -70,6 +73,7 @@ type Pending<T> = BoxFuture<'static, (T, Result<jetstream::publish::PublishAck, 
 /// caller learns which ones failed.
 pub struct Window<T> {
     js: jetstream::Context,
+    disconnects: Option<watch::Receiver<u64>>,
     limit: usize,
     pending: FuturesUnordered<Pending<T>>,
     pub stats: PublishStats,
@@ -79,10 +83,20 @@ impl<T: Send + 'static> Window<T> {
     pub fn new(js: jetstream::Context, limit: usize) -> Self {
         Window {
             js,
+            disconnects: None,
             limit: limit.max(1),
             pending: FuturesUnordered::new(),
             stats: PublishStats::default(),
         }
+    }
+
+    /// Fails the publishes awaiting their ack as soon as `nats` loses its connection, instead of
+    /// after the JetStream timeout: the server that was to answer is gone (killed node), so the
+    /// ack can never come, and the caller can retry at once. A publish that did land before is
+    /// harmless to repeat (same msg id, deduplicated).
+    pub fn fail_fast_on_disconnect(mut self, nats: &Nats) -> Self {
+        self.disconnects = Some(nats.disconnects.clone());
+        self
     }
 
     /// Sends one record; waits only when the window is full. Returns the results that completed
@@ -96,7 +110,7 @@ impl<T: Send + 'static> Window<T> {
         }
         let (subject, publish) = out.into_publish();
         match self.js.send_publish(subject, publish).await {
-            Ok(ack) => self.pending.push(wrap(tag, ack)),
+            Ok(ack) => self.pending.push(wrap(tag, ack, self.disconnects.clone())),
             Err(e) => {
                 self.stats.failed += 1;
                 done.push((tag, Err(e.to_string())));
@@ -140,6 +154,31 @@ impl<T: Send + 'static> Window<T> {
     }
 }
 
-fn wrap<T: Send + 'static>(tag: T, ack: PublishAckFuture) -> Pending<T> {
-    Box::pin(async move { (tag, ack.await.map_err(|e| e.to_string())) })
+/// The ack of one publish; with `disconnects`, an error as soon as the connection the publish
+/// went out on is lost (counted from now, when it was sent).
+fn wrap<T: Send + 'static>(
+    tag: T,
+    ack: PublishAckFuture,
+    mut disconnects: Option<watch::Receiver<u64>>,
+) -> Pending<T> {
+    if let Some(d) = &mut disconnects {
+        d.mark_unchanged();
+    }
+    Box::pin(async move {
+        let lost = async {
+            // A dropped sender (client gone) never counts as a lost connection.
+            let moved = match &mut disconnects {
+                Some(d) => d.changed().await.is_ok(),
+                None => false,
+            };
+            if !moved {
+                std::future::pending::<()>().await;
+            }
+        };
+        let r = tokio::select! {
+            r = ack => r.map_err(|e| e.to_string()),
+            () = lost => Err("connection to the server lost before the ack arrived".to_owned()),
+        };
+        (tag, r)
+    })
 }

@@ -14,6 +14,17 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// `n` distinct free TCP ports on loopback (all held open until every one is picked).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
+}
+
 /// Waits until something accepts connections on `port`.
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -180,4 +191,229 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Three nats-servers on loopback joined by cluster routes (`whale-test`), each with
+/// JetStream and its own store, for tests of replicated streams and node loss. Every node
+/// has a monitoring port; [`NatsCluster::start`] and [`NatsCluster::start_node`] return once the
+/// cluster has a JetStream meta leader. Stopped on drop.
+pub struct NatsCluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<ClusterNode>,
+}
+
+/// One node of a [`NatsCluster`]: client, route and monitoring ports, and the process.
+struct ClusterNode {
+    name: String,
+    port: u16,
+    route_port: u16,
+    http_port: u16,
+    child: Option<Child>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes (`n1`, `n2`, `n3`) and waits for a meta leader. Ports are picked
+    /// free, but another process can take one before the server binds it: then the whole
+    /// cluster is started again on new ports (up to three times).
+    pub fn start() -> NatsCluster {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let ports = free_ports(9);
+            let nodes = (0..3)
+                .map(|i| ClusterNode {
+                    name: format!("n{}", i + 1),
+                    port: ports[3 * i],
+                    route_port: ports[3 * i + 1],
+                    http_port: ports[3 * i + 2],
+                    child: None,
+                })
+                .collect();
+            let mut c = NatsCluster {
+                dir: tempfile::tempdir().expect("temp dir"),
+                nodes,
+            };
+            for i in 0..c.nodes.len() {
+                c.spawn(i);
+            }
+            match (0..c.nodes.len()).try_for_each(|i| c.wait_joined(i)) {
+                Ok(()) => return c,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}");
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let routes: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| format!("nats://127.0.0.1:{}", n.route_port))
+            .collect();
+        let node = &self.nodes[i];
+        let dir = self.dir.path().join(&node.name);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let conf = dir.join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n\
+                 max_payload: 8MB\njetstream {{\n  store_dir: {store:?}\n}}\n\
+                 cluster {{\n  name: whale-test\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n",
+                name = node.name,
+                port = node.port,
+                http = node.http_port,
+                store = dir.join("js"),
+                route = node.route_port,
+                routes = routes.join(", "),
+            ),
+        )
+        .expect("write nats.conf");
+        let log = std::fs::File::create(dir.join("nats.log")).expect("node log");
+        let child = Command::new(find_binary("nats-server", "WHALE_NATS_SERVER"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nats-server");
+        self.nodes[i].child = Some(child);
+    }
+
+    /// Waits until node `i` serves JetStream and knows a meta leader; why not otherwise.
+    fn wait_joined(&mut self, i: usize) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.nodes[i].child.as_mut().map(Child::try_wait) {
+                self.nodes[i].child = None;
+                return Err(format!(
+                    "nats node {} exited ({status}); log:\n{}",
+                    self.nodes[i].name,
+                    self.log(i)
+                ));
+            }
+            let node = &self.nodes[i];
+            let healthy = http_get(node.http_port, "/healthz?js-enabled-only=true")
+                .is_some_and(|(status, _)| status == 200);
+            if healthy && self.meta_leader_seen_by(i).is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!(
+            "nats node {} did not join a cluster with a JetStream meta leader within 60 s; log:\n{}",
+            self.nodes[i].name,
+            self.log(i)
+        ))
+    }
+
+    /// The meta leader's server name as node `i` sees it (`/jsz`).
+    fn meta_leader_seen_by(&self, i: usize) -> Option<String> {
+        let (status, body) = http_get(self.nodes[i].http_port, "/jsz")?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let leader = v["meta_cluster"]["leader"].as_str()?;
+        (!leader.is_empty()).then(|| leader.to_owned())
+    }
+
+    /// Client URLs of every node, comma-separated (for `WHALE_NATS_URL`).
+    pub fn urls(&self) -> String {
+        self.url_list().join(",")
+    }
+
+    /// Client URLs of every node.
+    pub fn url_list(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Server name of node `i` (`n1`, `n2`, `n3`): what stream info reports as leader/peer.
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    /// Index of the node called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Always false: a cluster has nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Kills node `i` with SIGKILL (no lame duck, no flush).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again (same ports, same store) and waits until it has rejoined and sees
+    /// a meta leader.
+    pub fn start_node(&mut self, i: usize) {
+        assert!(
+            self.nodes[i].child.is_none(),
+            "node {} is running",
+            self.nodes[i].name
+        );
+        self.spawn(i);
+        if let Err(e) = self.wait_joined(i) {
+            panic!("{e}");
+        }
+    }
+
+    /// Names of the clients connected to node `i` (`/connz`); empty when it is down.
+    pub fn client_names(&self, i: usize) -> Vec<String> {
+        let Some((200, body)) = http_get(self.nodes[i].http_port, "/connz?limit=1000") else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["connections"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The server's log of node `i` (stderr), for failure messages.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(&self.nodes[i].name).join("nats.log"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A blocking `GET` on a loopback port: status and body (HTTP/1.0, so never chunked).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }

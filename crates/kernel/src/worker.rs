@@ -170,6 +170,7 @@ pub async fn run(
         })?;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(opts.overlap.max(1)));
     let mut finishing = tokio::task::JoinSet::new();
+    let outage = Arc::new(std::sync::Mutex::new(PublishOutage::default()));
     'connect: loop {
         if *shutdown.borrow() {
             break;
@@ -228,7 +229,7 @@ pub async fn run(
                 .acquire_owned()
                 .await
                 .expect("semaphore never closed");
-            let batch = handle(&*stage, msgs, &nats.js, &opts).await;
+            let batch = handle(&*stage, msgs, &nats, &opts, outage.clone()).await;
             finishing.spawn(async move {
                 finish(batch).await;
                 drop(permit);
@@ -248,26 +249,26 @@ pub async fn run(
 async fn handle(
     stage: &dyn Stage,
     msgs: Vec<jetstream::Message>,
-    js: &jetstream::Context,
+    nats: &Nats,
     opts: &Options,
+    outage: Arc<std::sync::Mutex<PublishOutage>>,
 ) -> Batch {
     let name = stage.name();
     let started = Instant::now();
     let deliveries: Vec<Delivery> = msgs.iter().map(Delivery::from_message).collect();
     let mut outcomes = stage.handle_batch(&deliveries).await;
     debug_assert_eq!(outcomes.len(), msgs.len());
-    let mut window: Window<usize> = Window::new(js.clone(), opts.window);
+    let mut window: Window<usize> =
+        Window::new(nats.js.clone(), opts.window).fail_fast_on_disconnect(nats);
     let mut failed = vec![false; msgs.len()];
+    let mut errors = PublishErrors::default();
     let mut outputs = 0u64;
     for (i, outcome) in outcomes.iter_mut().enumerate() {
         if let Outcome::Ack(outs) = outcome {
             for out in outs.drain(..) {
                 outputs += 1;
                 for (idx, r) in window.send(i, out).await {
-                    if let Err(e) = r {
-                        failed[idx] = true;
-                        tracing::warn!(stage = name, "publish failed: {e}");
-                    }
+                    errors.note(&mut failed, idx, r);
                 }
             }
         }
@@ -283,6 +284,9 @@ async fn handle(
         outcomes,
         window,
         failed,
+        errors,
+        outputs,
+        outage,
         publish_retry: opts.publish_retry,
     }
 }
@@ -296,6 +300,9 @@ struct Batch {
     outcomes: Vec<Outcome>,
     window: Window<usize>,
     failed: Vec<bool>,
+    errors: PublishErrors,
+    outputs: u64,
+    outage: Arc<std::sync::Mutex<PublishOutage>>,
     publish_retry: Duration,
 }
 
@@ -304,9 +311,14 @@ struct Batch {
 async fn finish(mut b: Batch) {
     let name = b.name;
     for (idx, r) in b.window.drain().await {
-        if let Err(e) = r {
-            b.failed[idx] = true;
-            tracing::warn!(stage = name, "publish failed: {e}");
+        b.errors.note(&mut b.failed, idx, r);
+    }
+    {
+        let mut outage = b.outage.lock().unwrap();
+        match b.errors.first.take() {
+            Some(first) => outage.failed(name, b.errors.count, first, b.publish_retry),
+            None if b.outputs > 0 => outage.ok(name),
+            None => {}
         }
     }
     for ((m, outcome), (d, failed)) in b
@@ -340,4 +352,54 @@ async fn finish(mut b: Batch) {
     metrics::STAGE_BATCH_SECONDS
         .with_label_values(&[name])
         .observe(b.started.elapsed().as_secs_f64());
+}
+
+/// The publish failures of one batch: how many, and the first error.
+#[derive(Default)]
+struct PublishErrors {
+    count: u64,
+    first: Option<String>,
+}
+
+impl PublishErrors {
+    fn note(&mut self, failed: &mut [bool], idx: usize, r: Result<bool, String>) {
+        if let Err(e) = r {
+            failed[idx] = true;
+            self.count += 1;
+            self.first.get_or_insert(e);
+        }
+    }
+}
+
+/// Publish failures of one worker loop, logged when they start and when they end rather than
+/// once per record: while a stream elects a new leader (a node was lost) every publish fails
+/// the same way for a few seconds, and the inputs are simply redelivered.
+#[derive(Default)]
+struct PublishOutage {
+    since: Option<(Instant, u64)>,
+}
+
+impl PublishOutage {
+    fn failed(&mut self, stage: &'static str, n: u64, first: String, retry: Duration) {
+        match &mut self.since {
+            Some((_, count)) => *count += n,
+            None => {
+                tracing::warn!(
+                    stage,
+                    "publish failed: {first}; inputs are redelivered every {retry:?} until it works"
+                );
+                self.since = Some((Instant::now(), n));
+            }
+        }
+    }
+
+    fn ok(&mut self, stage: &'static str) {
+        if let Some((since, count)) = self.since.take() {
+            tracing::info!(
+                stage,
+                "publishing works again after {:.1?} ({count} records retried)",
+                since.elapsed()
+            );
+        }
+    }
 }
