@@ -13,6 +13,7 @@
 //! ```text
 //! WHALE_CHAOS=long       cargo test --test it chaos -- --nocapture   # ~12 min of events
 //! WHALE_CHAOS_SECS=300   cargo test --test it chaos -- --nocapture   # N seconds of events
+//! WHALE_CHAOS_RATE=400   events per second (default 100)
 //! WHALE_CHAOS_KEEP=1     keep the workers' logs (the directory is printed)
 //! ```
 //!
@@ -162,8 +163,14 @@ fn publish_secs() -> u64 {
     }
 }
 
-/// Events published per second.
-const RATE: usize = 100;
+/// Events published per second: `WHALE_CHAOS_RATE`, else 100.
+fn rate() -> usize {
+    std::env::var("WHALE_CHAOS_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|r| *r >= 10)
+        .unwrap_or(100)
+}
 
 /// A random number in `range` (std only: the seed of a fresh `RandomState`).
 fn random(range: std::ops::Range<u64>) -> u64 {
@@ -207,11 +214,11 @@ impl Proc {
     }
 }
 
-/// Publishes events `0..n` at [`RATE`] to `whale.in.<type>` with msg id = event id; each one is
+/// Publishes events `0..n` at `rate` a second to `whale.in.<type>` with msg id = event id; each one is
 /// retried until JetStream acknowledges it (NATS restarts on the way).
-async fn publish(nats: Nats, n: usize, retries: Arc<AtomicU64>) {
+async fn publish(nats: Nats, n: usize, rate: usize, retries: Arc<AtomicU64>) {
     let tick = Duration::from_millis(100);
-    let per_tick = RATE / 10;
+    let per_tick = rate / 10;
     let mut next = Instant::now();
     for start in (0..n).step_by(per_tick) {
         let batch = (start..(start + per_tick).min(n)).map(|i| {
@@ -360,7 +367,8 @@ fn dups<'a>(ids: impl IntoIterator<Item = &'a str>) -> (BTreeSet<String>, usize)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
     let secs = publish_secs();
-    let n = secs as usize * RATE;
+    let rate = rate();
+    let n = secs as usize * rate;
     let events: Vec<Event> = (0..n).map(event).collect();
     let dir = tempfile::Builder::new()
         .prefix("whale-chaos")
@@ -414,7 +422,7 @@ async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
     // The publisher runs on its own; the driver below makes the weather.
     let nats = env.connect().await;
     let retries = Arc::new(AtomicU64::new(0));
-    let publisher = tokio::spawn(publish(nats.clone(), n, retries.clone()));
+    let publisher = tokio::spawn(publish(nats.clone(), n, rate, retries.clone()));
     let began = Instant::now();
     let mut chaos = Chaos::default();
     // Server faults, once per cycle of about three minutes, at fixed points of the cycle.
@@ -441,6 +449,16 @@ async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
         {
             match server_faults[next_server_fault % server_faults.len()] {
                 "nats" => {
+                    // Down for a few seconds; a worker that crashes meanwhile starts again into
+                    // the outage.
+                    env.nats.stop();
+                    tokio::time::sleep(Duration::from_millis(random(300..1500))).await;
+                    let k = random(0..procs.len() as u64) as usize;
+                    procs[k].worker.kill9();
+                    procs[k].kills += 1;
+                    chaos.kills += 1;
+                    procs[k].spawn(&env, None);
+                    tokio::time::sleep(Duration::from_millis(random(500..2500))).await;
                     env.nats.restart();
                     chaos.nats_restarts += 1;
                 }
