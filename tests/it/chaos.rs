@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -108,7 +108,10 @@ enum Fate {
 }
 
 struct Event {
+    /// The envelope id, or for an event sent without one, its `Nats-Msg-Id` (validate derives
+    /// the id from the ingest stream sequence).
     id: String,
+    has_id: bool,
     subject: String,
     body: Value,
     fate: Fate,
@@ -116,11 +119,25 @@ struct Event {
     app: String,
 }
 
+/// Source of the events sent without an id (one index query finds them all).
+const NO_ID: &str = "chaos_noid";
+
 fn event(i: usize) -> Event {
     let id = format!("chaos-{i:07}");
     let source = format!("chaos_b{}", i / BATCH);
     let host = format!("web-{}", (i * 7 + i / 10) % HOSTS);
     let app = format!("app{}", (i / 3) % APPS);
+    if i % 20 == 19 {
+        return Event {
+            id: format!("noid-{i:07}"),
+            has_id: false,
+            subject: "whale.in.generic".into(),
+            body: json!({"source": NO_ID, "detail": {"message": format!("noid {i}")}}),
+            fate: Fate::Quiet,
+            host,
+            app,
+        };
+    }
     let detail =
         |env: &str, pct: Value| json!({"host": host, "usage_pct": pct, "env": env, "app": app});
     let (ty, detail, fate) = match i % 10 {
@@ -143,6 +160,7 @@ fn event(i: usize) -> Event {
         subject: format!("whale.in.{ty}"),
         body: json!({"id": id, "event_type": ty, "source": source, "detail": detail}),
         id,
+        has_id: true,
         fate,
         host,
         app,
@@ -215,8 +233,15 @@ impl Proc {
 }
 
 /// Publishes events `0..n` at `rate` a second to `whale.in.<type>` with msg id = event id; each one is
-/// retried until JetStream acknowledges it (NATS restarts on the way).
-async fn publish(nats: Nats, n: usize, rate: usize, retries: Arc<AtomicU64>) {
+/// retried until JetStream acknowledges it (NATS restarts on the way). Events published more
+/// than once go into `retried`.
+async fn publish(
+    nats: Nats,
+    n: usize,
+    rate: usize,
+    retries: Arc<AtomicU64>,
+    retried: Arc<Mutex<BTreeSet<usize>>>,
+) {
     let tick = Duration::from_millis(100);
     let per_tick = rate / 10;
     let mut next = Instant::now();
@@ -224,6 +249,7 @@ async fn publish(nats: Nats, n: usize, rate: usize, retries: Arc<AtomicU64>) {
         let batch = (start..(start + per_tick).min(n)).map(|i| {
             let js = nats.js.clone();
             let retries = retries.clone();
+            let retried = retried.clone();
             async move {
                 let ev = event(i);
                 let payload = bytes::Bytes::from(serde_json::to_vec(&ev.body).unwrap());
@@ -239,6 +265,7 @@ async fn publish(nats: Nats, n: usize, rate: usize, retries: Arc<AtomicU64>) {
                         }
                     }
                     retries.fetch_add(1, Ordering::Relaxed);
+                    retried.lock().unwrap().insert(i);
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
@@ -309,11 +336,10 @@ async fn busy_consumers(nats: &Nats) -> BTreeMap<String, (u64, usize)> {
     out
 }
 
-/// Ids of documents of `kind` from one source batch, via the index worker's `GET /v1/events`.
-async fn indexed(port: u16, batch: usize, kind: &str) -> Option<Vec<String>> {
-    let url = format!(
-        "http://127.0.0.1:{port}/v1/events?q=source:chaos_b{batch}&kind={kind}&limit=10000"
-    );
+/// Ids of documents of `kind` from one source, via the index worker's `GET /v1/events`.
+async fn indexed(port: u16, source: &str, kind: &str) -> Option<Vec<String>> {
+    let url =
+        format!("http://127.0.0.1:{port}/v1/events?q=source:{source}&kind={kind}&limit=10000");
     let v: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
     let hits = v["hits"].as_array()?;
     assert_eq!(
@@ -422,7 +448,14 @@ async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
     // The publisher runs on its own; the driver below makes the weather.
     let nats = env.connect().await;
     let retries = Arc::new(AtomicU64::new(0));
-    let publisher = tokio::spawn(publish(nats.clone(), n, rate, retries.clone()));
+    let retried = Arc::new(Mutex::new(BTreeSet::new()));
+    let publisher = tokio::spawn(publish(
+        nats.clone(),
+        n,
+        rate,
+        retries.clone(),
+        retried.clone(),
+    ));
     let began = Instant::now();
     let mut chaos = Chaos::default();
     // Server faults, once per cycle of about three minutes, at fixed points of the cycle.
@@ -527,9 +560,15 @@ async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
     // What must come out.
     let valid: BTreeSet<&str> = events
         .iter()
-        .filter(|e| e.fate != Fate::Rejected)
+        .filter(|e| e.fate != Fate::Rejected && e.has_id)
         .map(|e| e.id.as_str())
         .collect();
+    let no_id: BTreeSet<String> = events
+        .iter()
+        .filter(|e| !e.has_id)
+        .map(|e| e.body["detail"]["message"].as_str().unwrap().to_owned())
+        .collect();
+    let accepted = (valid.len() + no_id.len()) as u64;
     let rejected: BTreeSet<&str> = events
         .iter()
         .filter(|e| e.fate == Fate::Rejected)
@@ -550,11 +589,11 @@ async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
     // Drained: every durable consumer empty, every count reached.
     let drained = eventually(Duration::from_secs(600 + secs), || async {
         busy_consumers(&nats).await.is_empty()
-            && count(&nats, STREAM_EVENTS, "whale.events.>").await >= valid.len() as u64
+            && count(&nats, STREAM_EVENTS, "whale.events.>").await >= accepted
             && count(&nats, STREAM_EVENTS, "whale.rejected.>").await >= rejected.len() as u64
             && emu.created().await >= expected as u64
             && count(&nats, STREAM_PIPE, &Pipe::Result.subject()).await >= expected as u64
-            && indexed_total(index_port).await >= valid.len() as u64
+            && indexed_total(index_port).await >= accepted
     })
     .await;
     let drain_time = began.elapsed() - published_in;
@@ -566,7 +605,7 @@ async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
             "chaos: not drained: consumers {:?}, accepted {}/{}, rejected {}/{}, executions {}/{}, results {}/{}, deaths {deaths:?}",
             busy_consumers(&nats).await,
             count(&nats, STREAM_EVENTS, "whale.events.>").await,
-            valid.len(),
+            accepted,
             count(&nats, STREAM_EVENTS, "whale.rejected.>").await,
             rejected.len(),
             emu.created().await,
@@ -581,16 +620,47 @@ async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
 
     // Accepted and rejected events, on the stream, by id.
     let acc = read_all(&nats, STREAM_EVENTS, "whale.events.>").await;
-    let (acc_ids, acc_dups) = dups(acc.iter().map(|e| e["id"].as_str().unwrap_or("?")));
+    let (with_id, without): (Vec<&Value>, Vec<&Value>) =
+        acc.iter().partition(|e| e["source"] != NO_ID);
+    let (acc_ids, acc_dups) = dups(with_id.iter().map(|e| e["id"].as_str().unwrap_or("?")));
+    // Sent without an id: validate derived one from the ingest sequence, which a redelivery
+    // keeps. Only a producer's own retry (a second publish) may make a second event.
+    let (noid_ids, _) = dups(without.iter().map(|e| e["id"].as_str().unwrap_or("?")));
+    let mut noid_msgs: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &without {
+        *noid_msgs
+            .entry(e["detail"]["message"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    let retried = retried.lock().unwrap().clone();
+    let noid_doubled: Vec<&String> = noid_msgs
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(m, _)| m)
+        .collect();
+    let noid_dups = noid_doubled
+        .iter()
+        .filter(|m| {
+            let i: usize = m.trim_start_matches("noid ").parse().unwrap_or(usize::MAX);
+            !retried.contains(&i)
+        })
+        .count();
     let rej = read_all(&nats, STREAM_EVENTS, "whale.rejected.>").await;
     let (rej_ids, rej_dups) = dups(rej.iter().map(|e| e["id"].as_str().unwrap_or("?")));
     // The index, by id.
     let mut ix_events = Vec::new();
     let mut ix_rejected = Vec::new();
     for b in 0..n.div_ceil(BATCH) {
-        ix_events.extend(indexed(index_port, b, "event").await.expect("search"));
-        ix_rejected.extend(indexed(index_port, b, "rejected").await.expect("search"));
+        let source = format!("chaos_b{b}");
+        ix_events.extend(indexed(index_port, &source, "event").await.expect("search"));
+        ix_rejected.extend(
+            indexed(index_port, &source, "rejected")
+                .await
+                .expect("search"),
+        );
     }
+    let ix_noid = indexed(index_port, NO_ID, "event").await.expect("search");
+    let (ix_noid_ids, ix_noid_dups) = dups(ix_noid.iter().map(String::as_str));
     let (ix_ids, ix_dups) = dups(ix_events.iter().map(String::as_str));
     let (ixr_ids, ixr_dups) = dups(ix_rejected.iter().map(String::as_str));
     // StackStorm's side: the count, and every execution by whale task id.
@@ -647,7 +717,15 @@ async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
             .map(|r| r["task"]["task_id"].as_str().unwrap_or("?")),
     );
     let dead = read_all(&nats, STREAM_PIPE, &Pipe::DeadLetter.subject()).await;
-    let duplicates = acc_dups + rej_dups + ix_dups + ixr_dups + exec_dups + disp_dups + thr_dups;
+    let duplicates = acc_dups
+        + noid_dups
+        + rej_dups
+        + ix_dups
+        + ixr_dups
+        + ix_noid_dups
+        + exec_dups
+        + disp_dups
+        + thr_dups;
 
     let stages_killed: BTreeSet<&str> = procs
         .iter()
@@ -655,13 +733,14 @@ async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
         .map(|p| p.stage)
         .collect();
     eprintln!(
-        "chaos: {n} sent, {} accepted, {} rejected, {} indexed, {created} executions (expected {expected}), \
+        "chaos: {n} sent, {} accepted ({} without an id), {} rejected, {} indexed, {created} executions (expected {expected}), \
          {} kills (+{} by the dispatch failpoint) over {} of {} stages, nats restarted {}, redis restarted {}, \
-         emulator faults {} windows, {duplicates} duplicates, {} dead letters, {} publish retries; \
+         emulator faults {} windows, {duplicates} duplicates, {} dead letters, {} publish retries ({} id-less events doubled by them); \
          published in {:.0?}, drained in {:.0?}",
-        acc_ids.len(),
+        acc_ids.len() + noid_ids.len(),
+        noid_ids.len(),
         rej_ids.len(),
-        ix_ids.len(),
+        ix_ids.len() + ix_noid_ids.len(),
         chaos.kills,
         chaos.failpoint_deaths,
         stages_killed.len(),
@@ -671,6 +750,7 @@ async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
         chaos.fault_windows,
         dead.len(),
         retries.load(Ordering::Relaxed),
+        noid_doubled.len() - noid_dups,
         published_in,
         drain_time,
     );
@@ -691,11 +771,22 @@ async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
     let rejected_set: BTreeSet<String> = rejected.iter().map(|s| s.to_string()).collect();
     assert_eq!(acc_dups, 0, "an accepted event was recorded twice");
     assert_eq!(acc_ids, valid_set, "accepted events");
+    assert_eq!(
+        noid_msgs.keys().cloned().collect::<BTreeSet<_>>(),
+        no_id,
+        "events sent without an id"
+    );
+    assert_eq!(
+        noid_dups, 0,
+        "an event sent once without an id was accepted twice: {noid_doubled:?}"
+    );
     assert_eq!(rej_dups, 0, "a rejection was recorded twice");
     assert_eq!(rej_ids, rejected_set, "rejected events");
     assert_eq!((ix_dups, ixr_dups), (0, 0), "an event was indexed twice");
     assert_eq!(ix_ids, valid_set, "indexed events");
     assert_eq!(ixr_ids, rejected_set, "indexed rejections");
+    assert_eq!(ix_noid_dups, 0, "an event without id was indexed twice");
+    assert_eq!(ix_noid_ids, noid_ids, "indexed events sent without an id");
     // Executions: exactly one per task, on StackStorm's side.
     assert_eq!(exec_dups, 0, "a task made two StackStorm executions");
     assert_eq!(created, expected as u64, "executions created");
