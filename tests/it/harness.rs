@@ -1,7 +1,7 @@
 //! Starting real servers and `whale` processes for tests, and reading what they produced.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
@@ -81,6 +81,27 @@ impl Env {
         w
     }
 
+    /// Starts `whale run --stages ...` on its own HTTP `port` with `extra` env vars and its stderr
+    /// appended to `log`, without waiting for it (see [`ready`]): for tests that run many workers
+    /// and start them again while servers are down.
+    pub fn spawn_on(&self, stages: &str, port: u16, log: &Path, extra: &[(&str, &str)]) -> Worker {
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open worker log");
+        let mut cmd = self.whale(&["run", "--stages", stages]);
+        cmd.env("WHALE_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(err));
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Worker {
+            child: Some(cmd.spawn().expect("spawn whale run")),
+        }
+    }
+
     pub async fn connect(&self) -> Nats {
         let cfg = NatsConfig {
             urls: vec![self.nats.url()],
@@ -107,6 +128,15 @@ fn wait_ready(port: u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("whale run did not become ready on port {port}");
+}
+
+/// Waits (without blocking the runtime) until a `whale run` answers 200 on `port`'s /readyz.
+pub async fn ready(port: u16, timeout: Duration) -> bool {
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    eventually(timeout, || async {
+        reqwest::get(&url).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await
 }
 
 /// Minimal blocking GET without pulling in reqwest's blocking feature.
@@ -142,6 +172,13 @@ impl Worker {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The exit status if the process ended by itself (None while it runs or after a kill).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGTERM and wait for a clean exit; returns the exit status success.

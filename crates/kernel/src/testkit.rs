@@ -129,28 +129,48 @@ impl Drop for NatsServer {
     }
 }
 
-/// A redis-server on a free port without persistence.
+/// A redis-server on a free port, without persistence unless started with
+/// [`RedisServer::start_persistent`].
 pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    persistent: bool,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// With an append-only file fsynced on every write (`--appendonly yes --appendfsync always`),
+    /// as production Redis for the throttle must run: a killed server comes back with every
+    /// bucket it acknowledged, so limits hold across a restart.
+    pub fn start_persistent() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> RedisServer {
         let mut s = RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
+            persistent,
         };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
+        let aof: &[&str] = match self.persistent {
+            true => &["--appendonly", "yes", "--appendfsync", "always"],
+            false => &["--appendonly", "no"],
+        };
         let child = Command::new(find_binary("redis-server", "WHALE_REDIS_SERVER"))
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .args(["--save", ""])
+            .args(aof)
+            .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -180,8 +200,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again after [`RedisServer::stop`] (same port; data is gone, as after a crash
-    /// without persistence).
+    /// Starts it again after [`RedisServer::stop`] (same port; without persistence the data is
+    /// gone, as after a crash; a persistent server reloads its append-only file).
     pub fn start_again(&mut self) {
         self.spawn();
     }
