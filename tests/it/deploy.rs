@@ -45,6 +45,15 @@ fn every_whale_command_line_exists() {
         Ok(inv) => invs.push(inv),
         Err(e) => problems.push(e),
     }
+    for guide in [
+        "docs/operations.md",
+        "deploy/k8s/README.md",
+        "deploy/nats/README.md",
+        "deploy/st2-packs/README.md",
+    ] {
+        let text = std::fs::read_to_string(root().join(guide)).unwrap();
+        invs.extend(markdown_invocations(guide, &text));
+    }
     assert!(
         invs.len() > 20,
         "found only {} whale command lines: {invs:#?}",

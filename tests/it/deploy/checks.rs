@@ -508,7 +508,12 @@ impl Cli {
                 let value = inline
                     .or_else(|| args.get(i + 1).map(|s| s.to_string()))
                     .unwrap_or_default();
-                for s in value.split(',').map(str::trim) {
+                // `<stage>` in a guide is a placeholder, not a value.
+                for s in value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.starts_with('<'))
+                {
                     if !self.stages.iter().any(|k| k == s) {
                         problems.push(format!(
                             "{}: `{cmd}` --stages {s:?} is not a stage (known: {})",
@@ -740,4 +745,28 @@ pub fn compose_services_env(doc: &Doc) -> Vec<Invocation> {
             env: compose_env(svc),
         })
         .collect()
+}
+
+/// `whale ...` command lines quoted in a Markdown guide (inline code spans, `&&` chains).
+pub fn markdown_invocations(file: &str, text: &str) -> Vec<Invocation> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        // Inline spans are between odd and even backticks; code lines are the whole line.
+        let spans: Vec<&str> = if line.starts_with("```") {
+            vec![]
+        } else {
+            line.split('`').skip(1).step_by(2).collect()
+        };
+        for part in spans.iter().flat_map(|s| s.split("&&")) {
+            let words: Vec<String> = part.split_whitespace().map(str::to_owned).collect();
+            if words.first().is_some_and(|w| w == "whale") && words.len() > 1 {
+                out.push(Invocation {
+                    at: format!("{file}:{}", n + 1),
+                    args: words[1..].to_vec(),
+                    env: BTreeMap::new(),
+                });
+            }
+        }
+    }
+    out
 }
