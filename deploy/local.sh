@@ -66,7 +66,7 @@ max_payload: 8MB
 jetstream { store_dir: "$STATE/nats" }
 CONF
   start nats "$NATS_PORT" nats-server -c "$STATE/nats.conf"
-  start redis "$REDIS_PORT" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STATE" --save "" --appendonly no
+  start redis "$REDIS_PORT" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STATE" --save "" --appendonly yes --appendfsync everysec
   if [ -x "$EMULATOR" ]; then
     start st2 "$ST2_PORT" "$EMULATOR" --listen "127.0.0.1:$ST2_PORT" --any-action
   fi
