@@ -194,6 +194,13 @@ impl DispatchWorker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// True once the process ended by itself (e.g. its failpoint fired).
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
     /// Waits until the log contains `needle` (a live change the worker announces).
     async fn logged(&self, needle: &str) {
         let ok = eventually(Duration::from_secs(10), || async {
@@ -545,6 +552,14 @@ async fn chaos_kill9_two_workers_creates_every_execution_exactly_once() {
                     &env,
                     &[(whale_dispatch::stage::KILL_AFTER_ENV, after.as_str())],
                 );
+                if kills == 1 {
+                    // Let the first failpoint fire before the next random kill: on a busy
+                    // machine that kill could otherwise take this worker down first.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                    while !w.exited() && std::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
             }
             false => w.spawn(&env, &[]),
         }
