@@ -283,9 +283,10 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let dispatched_per_s = rate_of(|s| s.dispatched, expected);
     let sustained = sustained_rate(&timeline, n as u64);
     let events_per_s = if complete { n as f64 / wall } else { 0.0 };
-    let lat = latencies(&emulator_url).await?;
+    let ends = sent_and_posted(&emulator_url).await?;
+    let lat = latencies(&ends);
     progress(&a, "reading record timestamps for the per-hop latency");
-    let hops = hop_latencies(&nats, &emulator_url).await?;
+    let hops = hop_latencies(&nats, &ends).await?;
     let pct = |q: f64| -> Option<f64> {
         (!lat.is_empty()).then(|| lat[((lat.len() - 1) as f64 * q).round() as usize])
     };
@@ -576,9 +577,9 @@ fn sustained_rate(timeline: &[Sample], n: u64) -> f64 {
     }
 }
 
-/// Ingest → StackStorm POST latencies (ms, sorted): the event's publish time travels in the
-/// action parameters; the emulator stamps the execution when the POST arrives.
-async fn latencies(emulator: &str) -> anyhow::Result<Vec<f64>> {
+/// (sent, posted) in µs since the epoch for every execution: the event's publish time travels in
+/// the action parameters; the emulator stamps the execution when the POST arrives.
+async fn sent_and_posted(emulator: &str) -> anyhow::Result<Vec<(i128, i128)>> {
     let list: Value = reqwest::Client::new()
         .get(format!("{emulator}/api/v1/executions?limit=-1"))
         .header("St2-Api-Key", "bench-key")
@@ -595,12 +596,20 @@ async fn latencies(emulator: &str) -> anyhow::Result<Vec<f64>> {
             time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
         });
         if let (Some(sent), Some(start)) = (sent, start) {
-            let start_us = start.unix_timestamp_nanos() / 1000;
-            out.push((start_us - sent) as f64 / 1000.0);
+            out.push((sent, start.unix_timestamp_nanos() / 1000));
         }
     }
-    out.sort_by(f64::total_cmp);
     Ok(out)
+}
+
+/// Ingest → StackStorm POST latencies in ms, sorted.
+fn latencies(ends: &[(i128, i128)]) -> Vec<f64> {
+    let mut out: Vec<f64> = ends
+        .iter()
+        .map(|(sent, posted)| (posted - sent) as f64 / 1000.0)
+        .collect();
+    out.sort_by(f64::total_cmp);
+    out
 }
 
 /// Total JetStream publishes (stream sequences) and consumer deliveries, over whale's streams.
@@ -652,32 +661,11 @@ async fn backlog(nats: &Nats, stages: &[&str]) -> anyhow::Result<BTreeMap<String
 
 /// Where the ingest→POST time goes: for each dispatched event, the time between consecutive
 /// records (JetStream stores each message's publish time), as p50/p99 per hop.
-async fn hop_latencies(nats: &Nats, emulator: &str) -> anyhow::Result<Value> {
+async fn hop_latencies(nats: &Nats, ends: &[(i128, i128)]) -> anyhow::Result<Value> {
     use std::collections::HashMap;
-    let list: Value = reqwest::Client::new()
-        .get(format!("{emulator}/api/v1/executions?limit=-1"))
-        .header("St2-Api-Key", "bench-key")
-        .send()
-        .await?
-        .json()
-        .await?;
-    // event id → (sent, posted) in µs since the epoch.
-    let mut ends: HashMap<String, (i128, i128)> = HashMap::new();
-    for e in list.as_array().map(Vec::as_slice).unwrap_or_default() {
-        let sent = e["parameters"]["sent_us"]
-            .as_str()
-            .and_then(|s| s.parse::<i128>().ok());
-        let start = e["start_timestamp"].as_str().and_then(|s| {
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-        });
-        // Keyed by the send time: the accepted event's payload carries it too (see below).
-        if let (Some(sent), Some(start)) = (sent, start) {
-            ends.insert(
-                sent.to_string(),
-                (sent, start.unix_timestamp_nanos() / 1000),
-            );
-        }
-    }
+    // Keyed by the send time: the accepted event's payload carries it too (see below).
+    let ends: HashMap<String, (i128, i128)> =
+        ends.iter().map(|&(s, p)| (s.to_string(), (s, p))).collect();
     let steps = [
         (
             "accepted",
