@@ -233,7 +233,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         last_held = held;
         let through = s.accepted >= n as u64 && s.matched >= expected && s.dispatched >= expected;
         // Done when everything is through and every stage (index, feedback too) has caught up.
-        left = backlog(&nats, &stage_names).await?;
+        left = backlog(&nats, &cfg, &stage_names).await?;
         left_prev = left.clone();
         let done = through && left.is_empty();
         if through && drained_at.is_none() {
@@ -633,30 +633,21 @@ async fn jetstream_ops(nats: &Nats) -> anyhow::Result<(u64, u64)> {
     Ok((publishes, consumes))
 }
 
-/// Messages not yet handled (pending + awaiting ack) per consumer of the stages run.
-async fn backlog(nats: &Nats, stages: &[&str]) -> anyhow::Result<BTreeMap<String, u64>> {
-    let ours: Vec<&str> = stages
-        .iter()
-        .flat_map(|s| subjects::stage_inputs(s))
-        .map(|i| i.consumer)
-        .collect();
-    use futures::TryStreamExt;
-    let mut out = BTreeMap::new();
-    for name in [
-        subjects::STREAM_INGEST,
-        subjects::STREAM_EVENTS,
-        subjects::STREAM_PIPE,
-    ] {
-        let st = nats.js.get_stream(name).await?;
-        let consumers: Vec<_> = st.consumers().try_collect().await?;
-        for c in consumers {
-            let n = c.num_pending + c.num_ack_pending as u64;
-            if n > 0 && ours.contains(&c.name.as_str()) {
-                out.insert(c.name, n);
-            }
-        }
-    }
-    Ok(out)
+/// Messages not yet handled (pending + awaiting ack) per consumer of the stages run, read from
+/// the same figures `whale status` shows.
+async fn backlog(
+    nats: &Nats,
+    cfg: &Config,
+    stages: &[&str],
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let st = whale_kernel::status::status(nats, cfg).await?;
+    Ok(st
+        .consumers
+        .into_iter()
+        .filter(|c| stages.contains(&c.stage.as_str()))
+        .map(|c| (c.consumer, c.pending + c.ack_pending as u64))
+        .filter(|(_, n)| *n > 0)
+        .collect())
 }
 
 /// Where the ingest→POST time goes: for each dispatched event, the time between consecutive
