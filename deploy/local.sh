@@ -55,8 +55,12 @@ ENV
 up() {
   mkdir -p "$STATE"
   "$ROOT/deploy/install.sh"
-  log "building whale (first time takes a few minutes)"
-  (cd "$ROOT" && cargo build --quiet --bins)
+  log "building whale and the StackStorm emulator (first time takes a few minutes)"
+  # The emulator is its own package: `--bins` alone builds only the root package's binaries.
+  (cd "$ROOT" && cargo build --quiet -p whale -p st2-emulator --bins)
+  for bin in "$WHALE" "$EMULATOR"; do
+    [ -x "$bin" ] || { log "missing $bin after the build: run 'cargo build -p whale -p st2-emulator --bins' and read its errors"; exit 1; }
+  done
   env_file
   # shellcheck disable=SC1091
   source "$STATE/env"
@@ -67,9 +71,7 @@ jetstream { store_dir: "$STATE/nats" }
 CONF
   start nats "$NATS_PORT" nats-server -c "$STATE/nats.conf"
   start redis "$REDIS_PORT" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$STATE" --save "" --appendonly yes --appendfsync everysec
-  if [ -x "$EMULATOR" ]; then
-    start st2 "$ST2_PORT" "$EMULATOR" --listen "127.0.0.1:$ST2_PORT" --any-action
-  fi
+  start st2 "$ST2_PORT" "$EMULATOR" --listen "127.0.0.1:$ST2_PORT" --any-action
   (cd "$ROOT" && "$WHALE" setup >/dev/null && "$WHALE" schemas apply schemas)
   if [ -d "$ROOT/pipelines" ] && "$WHALE" rules --help >/dev/null 2>&1; then
     (cd "$ROOT" && "$WHALE" rules apply pipelines)
@@ -81,14 +83,24 @@ CONF
   done
   curl -s -XPOST "http://127.0.0.1:$HTTP_PORT/v1/events" -H 'content-type: application/json' \
     -d '{"event_type":"generic","source":"quickstart/http","detail":{"message":"hello from HTTP"}}' >/dev/null
-  sleep 2
   (cd "$ROOT" && "$WHALE" status)
-  if [ -x "$ROOT/.whale/tools/bin/st2" ] && running st2; then
-    log "executions on the StackStorm emulator (official st2 CLI):"
-    ST2_API_URL="http://127.0.0.1:$ST2_PORT/api/v1" ST2_AUTH_URL="http://127.0.0.1:$ST2_PORT/auth/v1" \
-      ST2_STREAM_URL="http://127.0.0.1:$ST2_PORT/stream/v1" ST2_API_KEY=local-dev-key ST2_CLI_SKIP_CONFIG=1 \
-      "$ROOT/.whale/tools/bin/st2" execution list -n 20 || true
+  # The promise of the quick start: events reach StackStorm. Read it back with the official CLI
+  # and fail loudly when nothing arrived, instead of printing an empty table.
+  local st2=(env ST2_API_URL="http://127.0.0.1:$ST2_PORT/api/v1" ST2_AUTH_URL="http://127.0.0.1:$ST2_PORT/auth/v1"
+    ST2_STREAM_URL="http://127.0.0.1:$ST2_PORT/stream/v1" ST2_API_KEY=local-dev-key ST2_CLI_SKIP_CONFIG=1
+    "$ROOT/.whale/tools/bin/st2")
+  local n=0
+  for _ in $(seq 1 60); do
+    n=$("${st2[@]}" execution list -n 100 -j 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin) or []))' 2>/dev/null || echo 0)
+    [ "$n" -gt 0 ] && break
+    sleep 0.5
+  done
+  if [ "$n" -eq 0 ]; then
+    log "no execution reached the StackStorm emulator within 30 s: see $STATE/whale.log and $STATE/st2.log, and 'whale status'"
+    exit 1
   fi
+  log "$n execution(s) on the StackStorm emulator (official st2 CLI):"
+  "${st2[@]}" execution list -n 20
   cat >&2 <<DONE
 
 whale is running. Try:

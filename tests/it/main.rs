@@ -13,6 +13,7 @@ mod harness;
 mod index;
 mod replay;
 mod rules;
+mod security;
 mod setup;
 mod throttle;
 mod validate;

@@ -1,0 +1,1 @@
+//! Security regressions (ingest): filled in by the hardening work.

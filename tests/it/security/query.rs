@@ -1,0 +1,1 @@
+//! Security regressions (query): filled in by the hardening work.

@@ -1,0 +1,1 @@
+//! Security regressions (state): filled in by the hardening work.

@@ -1,0 +1,1 @@
+//! Security regressions (worker): filled in by the hardening work.
