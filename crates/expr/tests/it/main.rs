@@ -4,6 +4,8 @@ mod filter;
 mod hostile;
 mod quick;
 mod template;
+mod time;
+mod fuzz;
 
 use serde_json::{json, Value};
 use whale_expr::{Filter, Input};
