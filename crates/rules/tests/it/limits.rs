@@ -22,9 +22,15 @@ fn yaml_nested_10000_deep_is_refused() {
     );
     let e = refused(&deep, &["big.yaml:", "recursion limit exceeded"]);
     eprintln!("10,000-deep YAML: {e}");
-    // the same in block style, and as a flow mapping
-    let deep_map = format!("{}1{}", "{a: ".repeat(10_000), "}".repeat(10_000));
-    refused(&deep_map, &["big.yaml", "recursion limit exceeded"]);
+    // as a flow mapping, and as a block sequence
+    let deep_map = format!(
+        "name: deep\non: e\naction: a.b\nparams:\n  x: {}1{}\n",
+        "{a: ".repeat(10_000),
+        "}".repeat(10_000)
+    );
+    refused(&deep_map, &["big.yaml:", "recursion limit exceeded"]);
+    let block: String = (0..10_000).map(|i| format!("{}-\n", " ".repeat(i))).collect();
+    refused(&format!("name: deep\non: e\naction: a.b\nparams:\n x:\n{block}"), &["big.yaml"]);
 }
 
 #[test]
@@ -37,14 +43,15 @@ fn billion_laughs_is_refused() {
         bomb.push_str(&format!("{n}: &{n} [{refs}]\n"));
         prev = *n;
     }
-    let e = refused(&bomb, &["big.yaml", "repetition limit exceeded"]);
-    eprintln!("billion laughs: {e}");
-    // inside a rule's params too
+    // at the top of a file it is refused before it is expanded
+    refused(&bomb, &["big.yaml:1"]);
+    // inside a rule's params, where it is a valid value
     let rule = format!(
         "name: bomb\non: e\naction: a.b\nparams:\n{}",
         bomb.lines().map(|l| format!("  {l}\n")).collect::<String>()
     );
-    refused(&rule, &["big.yaml", "repetition limit exceeded"]);
+    let e = refused(&rule, &["big.yaml", "repetition limit exceeded"]);
+    eprintln!("billion laughs: {e}");
 }
 
 #[test]
