@@ -72,7 +72,7 @@ fn past_deadline() -> bool {
 fn clock_due() -> bool {
     let n = CHARGES.get().wrapping_add(1);
     CHARGES.set(n);
-    n % CLOCK_EVERY == 0
+    n.is_multiple_of(CLOCK_EVERY)
 }
 
 /// True if a charge failed since the last [`reset`].
@@ -125,7 +125,7 @@ pub(crate) fn charge_deep<'a>(v: &Val) -> Result<(), Exn<'a, Val>> {
     while let Some(v) = stack.pop() {
         left = left.saturating_sub(1 + i64::try_from(shallow(v)).unwrap_or(i64::MAX));
         nodes = nodes.wrapping_add(1);
-        if left < 0 || (nodes % CLOCK_EVERY_NODES == 0 && past_deadline()) {
+        if left < 0 || (nodes.is_multiple_of(CLOCK_EVERY_NODES) && past_deadline()) {
             FUEL.set(left.min(-1));
             return Err(err(EXHAUSTED));
         }

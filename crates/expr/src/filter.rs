@@ -198,7 +198,9 @@ impl Filter {
                     .unwrap_or_default();
                 Err(EvalError::Internal(msg))
             }
-            Ok(_) if timed_out => Err(EvalError::Time(self.limits.max_eval_time.unwrap_or_default())),
+            Ok(_) if timed_out => Err(EvalError::Time(
+                self.limits.max_eval_time.unwrap_or_default(),
+            )),
             Ok(_) if exhausted => Err(EvalError::Budget(self.limits.fuel)),
             Ok(r) => r,
         }

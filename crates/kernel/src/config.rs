@@ -634,7 +634,9 @@ impl Config {
             bail!("nats.replicas must be at least 1");
         }
         if self.nats.ack_wait < Duration::from_secs(1) {
-            bail!("nats.ack_wait must be at least 1s (workers keep batches alive every third of it)");
+            bail!(
+                "nats.ack_wait must be at least 1s (workers keep batches alive every third of it)"
+            );
         }
         if self.http.request_timeout < Duration::from_secs(1) {
             bail!("http.request_timeout must be at least 1s");

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -80,7 +80,10 @@ async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> 
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
         Err(_) => {
-            tracing::warn!(path, "request stopped after {limit:?} (http.request_timeout)");
+            tracing::warn!(
+                path,
+                "request stopped after {limit:?} (http.request_timeout)"
+            );
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -95,7 +98,9 @@ async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> 
 }
 
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
-    crate::metrics::PANICS.with_label_values(&["http", ""]).inc();
+    crate::metrics::PANICS
+        .with_label_values(&["http", ""])
+        .inc();
     tracing::error!(
         "panic while handling a request: {}",
         crate::worker::panic_message(&*panic)

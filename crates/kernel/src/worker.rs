@@ -470,10 +470,7 @@ async fn keep_alive(client: async_nats::Client, held: Arc<Held>, every: Duration
     loop {
         tick.tick().await;
         for reply in held.replies() {
-            if let Err(e) = client
-                .publish(reply, Bytes::from(AckKind::Progress))
-                .await
-            {
+            if let Err(e) = client.publish(reply, Bytes::from(AckKind::Progress)).await {
                 tracing::debug!("in-progress ack not sent: {e}");
             }
         }
@@ -517,7 +514,10 @@ async fn read(
             Ok(m) => m,
             Err(e) => {
                 held.room.add_permits(want);
-                health.set_error(consumer_name, format!("cannot pull from {consumer_name}: {e}"));
+                health.set_error(
+                    consumer_name,
+                    format!("cannot pull from {consumer_name}: {e}"),
+                );
                 tracing::warn!(stage, "cannot pull: {e}; retrying in 1s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;

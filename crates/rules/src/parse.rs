@@ -240,7 +240,12 @@ fn check_size(rule: &RawRule, limits: &FileLimits) -> Result<(), String> {
         ));
     }
     let params = rule.params.iter();
-    for (field, v) in rule.when.iter().map(|v| ("when", v)).chain(params.map(|v| ("params", v))) {
+    for (field, v) in rule
+        .when
+        .iter()
+        .map(|v| ("when", v))
+        .chain(params.map(|v| ("params", v)))
+    {
         if let Some(depth) = too_deep(v, limits.max_depth) {
             return Err(format!(
                 "`{field}` is nested {depth} levels deep, over the limit of {}: flatten it",
@@ -258,7 +263,12 @@ fn check_size(rule: &RawRule, limits: &FileLimits) -> Result<(), String> {
             .map(|s| ("throttle.key", s)),
     );
     let mut nested = Vec::new();
-    for (field, v) in rule.when.iter().map(|v| ("when", v)).chain(rule.params.iter().map(|v| ("params", v))) {
+    for (field, v) in rule
+        .when
+        .iter()
+        .map(|v| ("when", v))
+        .chain(rule.params.iter().map(|v| ("params", v)))
+    {
         collect_strings(v, field, &mut nested);
     }
     for (field, s) in strings.into_iter().chain(nested) {
@@ -305,7 +315,11 @@ fn too_deep(v: &serde_json::Value, max: usize) -> Option<usize> {
 }
 
 /// Every string (keys included) inside `v`.
-fn collect_strings<'a>(v: &'a serde_json::Value, field: &'static str, out: &mut Vec<(&'static str, &'a str)>) {
+fn collect_strings<'a>(
+    v: &'a serde_json::Value,
+    field: &'static str,
+    out: &mut Vec<(&'static str, &'a str)>,
+) {
     let mut stack = vec![v];
     while let Some(v) = stack.pop() {
         match v {

@@ -139,8 +139,16 @@ async fn finding6_slow_rule_makes_no_redelivery_storm() {
         "each event delivered exactly once to match"
     );
     assert_eq!(info.num_redelivered, 0);
-    assert_eq!(count(&nats, STREAM_PIPE, "whale.pipe.matched").await, n as u64);
-    let metrics = reqwest::get(env.http("/metrics")).await.unwrap().text().await.unwrap();
+    assert_eq!(
+        count(&nats, STREAM_PIPE, "whale.pipe.matched").await,
+        n as u64
+    );
+    let metrics = reqwest::get(env.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let line = metrics
         .lines()
         .find(|l| l.starts_with("whale_stage_events_total") && l.contains("jq_error"))
@@ -183,8 +191,7 @@ async fn finding6_killed_worker_messages_reach_a_new_worker_quickly() {
     let _b = env.spawn_on("validate,match", port_b, &log, &[]);
     // Redelivery: the consumer delivers again (its delivered sequence passes what A got).
     let redelivered = eventually(Duration::from_secs(60), || async {
-        match_consumer(&nats).await.delivered.consumer_sequence
-            > before.delivered.consumer_sequence
+        match_consumer(&nats).await.delivered.consumer_sequence > before.delivered.consumer_sequence
     })
     .await;
     let to_redelivery = killed.elapsed();
@@ -323,7 +330,12 @@ async fn a_panicking_stage_does_not_stop_the_worker_and_is_counted() {
         .unwrap();
     assert!(
         eventually(Duration::from_secs(20), || async {
-            stage.handled.lock().unwrap().iter().any(|(b, _)| b == "three")
+            stage
+                .handled
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(b, _)| b == "three")
         })
         .await
     );
@@ -382,7 +394,10 @@ async fn http_panics_become_json_500_and_slow_requests_json_503() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["limit"], "http.request_timeout", "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("took longer than 1s"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("took longer than 1s"),
         "{body}"
     );
 }
@@ -439,7 +454,10 @@ fn deep_yaml_and_alias_bombs_are_refused_by_rules_apply() {
     let mut bomb = String::from("name: bomb\non: [generic]\naction: a.b\nparams:\n  a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
     let mut prev = 'a';
     for n in "bcdefghi".chars() {
-        bomb.push_str(&format!("  {n}: &{n} [{}]\n", vec![format!("*{prev}"); 9].join(",")));
+        bomb.push_str(&format!(
+            "  {n}: &{n} [{}]\n",
+            vec![format!("*{prev}"); 9].join(",")
+        ));
         prev = n;
     }
     std::fs::write(dir.path().join("bomb.yaml"), bomb).unwrap();

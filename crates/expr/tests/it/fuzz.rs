@@ -12,15 +12,94 @@ use whale_expr::{Compiler, EvalError, Filter, Input, Limits, Template};
 /// Pieces of jq that combine into programs worth trying: paths, generators, builtins that
 /// walk or build values, operators, literals, brackets (often unbalanced).
 const TOKENS: &[&str] = &[
-    ".", ".detail", ".detail.a", ".[]", "..", "[", "]", "(", ")", "{", "}", "|", ",", ";", ":",
-    "+", "-", "*", "/", "%", "==", "<", "and", "or", "not", "//", "?", "if", "then", "else",
-    "end", "try", "catch", "as $x", "$x", "map(", "select(", "flatten", "length", "tostring",
-    "tojson", "fromjson", "keys", "add", "range(", "0", "1", "1e9", "-1", "\"x\"", "\"\\(.)\"",
-    "test(\"a.*\")", "split(\",\")", "join(\"-\")", "ascii_downcase", "paths", "getpath(",
-    "setpath(", "del(", "to_entries", "from_entries", "group_by(.)", "unique", "sort",
-    "limit(", "first(", "any", "all", "@base64", "@json", "error", "null", "true", "[.[]]",
-    "implode", "explode", "ltrimstr(\"a\")", "splits(\"a\")", "|=", "+=", "recurse",
-    "env", "input", "def f: f;", "reduce", "$__loc__", "tostream", "getpath([\"a\"])",
+    ".",
+    ".detail",
+    ".detail.a",
+    ".[]",
+    "..",
+    "[",
+    "]",
+    "(",
+    ")",
+    "{",
+    "}",
+    "|",
+    ",",
+    ";",
+    ":",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    "==",
+    "<",
+    "and",
+    "or",
+    "not",
+    "//",
+    "?",
+    "if",
+    "then",
+    "else",
+    "end",
+    "try",
+    "catch",
+    "as $x",
+    "$x",
+    "map(",
+    "select(",
+    "flatten",
+    "length",
+    "tostring",
+    "tojson",
+    "fromjson",
+    "keys",
+    "add",
+    "range(",
+    "0",
+    "1",
+    "1e9",
+    "-1",
+    "\"x\"",
+    "\"\\(.)\"",
+    "test(\"a.*\")",
+    "split(\",\")",
+    "join(\"-\")",
+    "ascii_downcase",
+    "paths",
+    "getpath(",
+    "setpath(",
+    "del(",
+    "to_entries",
+    "from_entries",
+    "group_by(.)",
+    "unique",
+    "sort",
+    "limit(",
+    "first(",
+    "any",
+    "all",
+    "@base64",
+    "@json",
+    "error",
+    "null",
+    "true",
+    "[.[]]",
+    "implode",
+    "explode",
+    "ltrimstr(\"a\")",
+    "splits(\"a\")",
+    "|=",
+    "+=",
+    "recurse",
+    "env",
+    "input",
+    "def f: f;",
+    "reduce",
+    "$__loc__",
+    "tostream",
+    "getpath([\"a\"])",
 ];
 
 fn program() -> impl Strategy<Value = String> {
@@ -34,7 +113,9 @@ fn program() -> impl Strategy<Value = String> {
 }
 
 fn event() -> serde_json::Value {
-    let a: Vec<_> = (0..200).map(|i| json!({"v": i, "s": "a,b,c", "t": [1, [2, [3]]]})).collect();
+    let a: Vec<_> = (0..200)
+        .map(|i| json!({"v": i, "s": "a,b,c", "t": [1, [2, [3]]]}))
+        .collect();
     json!({"id": "x", "event_type": "t", "detail": {"a": a, "host": "web-1"}, "labels": {}})
 }
 
@@ -46,8 +127,12 @@ fn limits() -> Limits {
 }
 
 /// Runs `cases` cases of `strategy` through `check`; prints how many ran.
-fn fuzz<S: Strategy>(target: &str, cases: u32, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
+fn fuzz<S: Strategy>(
+    target: &str,
+    cases: u32,
+    strategy: S,
+    check: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) where
     S::Value: std::fmt::Debug,
 {
     let mut runner = TestRunner::new(Config {
@@ -64,7 +149,9 @@ where
 
 fn bounded(r: Result<(), EvalError>, what: &str) -> Result<(), TestCaseError> {
     match r {
-        Err(EvalError::Internal(m)) => Err(TestCaseError::fail(format!("{what}: interpreter panic: {m}"))),
+        Err(EvalError::Internal(m)) => Err(TestCaseError::fail(format!(
+            "{what}: interpreter panic: {m}"
+        ))),
         _ => Ok(()),
     }
 }
@@ -84,7 +171,12 @@ fn fuzz_jq_programs() {
 #[test]
 fn fuzz_templates() {
     let input = Input::new(event());
-    let strategy = (program(), "\\PC{0,10}", prop::sample::select(&["{{ ", "{{", "{{{ ", "{{ {{ "][..]), prop::sample::select(&[" }}", "}}", " }}}", ""][..]));
+    let strategy = (
+        program(),
+        "\\PC{0,10}",
+        prop::sample::select(&["{{ ", "{{", "{{{ ", "{{ {{ "][..]),
+        prop::sample::select(&[" }}", "}}", " }}}", ""][..]),
+    );
     fuzz("template", 1000, strategy, |(src, text, open, close)| {
         let t = format!("{text}{open}{src}{close}{text}");
         let mut c = Compiler::with_limits(limits());

@@ -33,7 +33,10 @@ fn slow_predicate_stops_at_its_deadline_not_its_steps() {
         assert_eq!(r, Err(EvalError::Time(Duration::from_millis(5))));
     }
     let msg = EvalError::Time(Duration::from_millis(5)).to_string();
-    assert!(msg.contains("time limit of 5 ms") && msg.contains("rules.eval_time_limit"), "{msg}");
+    assert!(
+        msg.contains("time limit of 5 ms") && msg.contains("rules.eval_time_limit"),
+        "{msg}"
+    );
     still_works();
 }
 
@@ -55,8 +58,14 @@ fn template_fails_at_its_deadline() {
 
 #[test]
 fn default_limit_is_100ms_and_settable() {
-    assert_eq!(whale_expr::default_eval_time(), Some(Duration::from_millis(100)));
-    assert_eq!(Limits::default().max_eval_time, Some(Duration::from_millis(100)));
+    assert_eq!(
+        whale_expr::default_eval_time(),
+        Some(Duration::from_millis(100))
+    );
+    assert_eq!(
+        Limits::default().max_eval_time,
+        Some(Duration::from_millis(100))
+    );
 }
 
 #[test]

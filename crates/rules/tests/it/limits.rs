@@ -29,13 +29,20 @@ fn yaml_nested_10000_deep_is_refused() {
         "}".repeat(10_000)
     );
     refused(&deep_map, &["big.yaml:", "recursion limit exceeded"]);
-    let block: String = (0..10_000).map(|i| format!("{}-\n", " ".repeat(i))).collect();
-    refused(&format!("name: deep\non: e\naction: a.b\nparams:\n x:\n{block}"), &["big.yaml"]);
+    let block: String = (0..10_000)
+        .map(|i| format!("{}-\n", " ".repeat(i)))
+        .collect();
+    refused(
+        &format!("name: deep\non: e\naction: a.b\nparams:\n x:\n{block}"),
+        &["big.yaml"],
+    );
 }
 
 #[test]
 fn billion_laughs_is_refused() {
-    let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
     let names: Vec<char> = "bcdefghi".chars().collect();
     let mut prev = 'a';
     for n in &names {
