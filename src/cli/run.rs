@@ -25,6 +25,8 @@ pub struct Args {
 
 pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let names = registry::parse(&a.stages)?;
+    // Before any rule set is compiled: every jq predicate and template gets this time limit.
+    whale_rules::set_default_eval_time(Some(cfg.rules.eval_time_limit).filter(|d| !d.is_zero()));
     let nats = super::connect(&cfg, &format!("run {}", names.join(","))).await?;
     let cfg = Arc::new(cfg);
     let health = Health::default();
@@ -66,6 +68,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let router = http::harden(router, cfg.http.request_timeout);
     let (addr, http_task) = http::serve(&cfg.http.addr, router, stop_rx.clone()).await?;
     tracing::info!(stages = %names.join(","), http = %addr, "whale running");
     let mut failed = None;

@@ -8,6 +8,12 @@
 //! spent every further charge fails, so even a `try` that catches the error only gets to the next
 //! charge, and the run is reported as over budget whatever it caught.
 //!
+//! The budget is also one of time: [`reset`] takes a deadline, and every 256th charge (and every
+//! 4096th node of a deep walk) compares the clock with it. Past the deadline the fuel is set to
+//! spent, so the run stops at its next charge exactly as if the steps had run out, and
+//! [`timed_out`] tells the caller which of the two limits it hit. Work between two charges is
+//! bounded by the fuel, so a run overshoots its deadline by at most that much.
+//!
 //! It also holds the replacements for builtins whose jaq version is unsafe: `fromjson` (jaq's
 //! parser recurses without a depth limit) and `getpath` (an unbounded path builds an unbounded
 //! deep value), and the checked arithmetic (`"x" * 1e10` allocates 10 GB in one step).
@@ -17,19 +23,56 @@ use jaq_core::native::{v, Fun};
 use jaq_core::{Error, Exn, Native, ValX, ValXs};
 use jaq_json::{Num, Val};
 use std::cell::Cell;
+use std::time::Instant;
 
 /// The data type our filters run on.
 pub(crate) type D = jaq_core::data::JustLut<Val>;
 
 thread_local! {
     static FUEL: Cell<i64> = const { Cell::new(i64::MAX) };
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    static TIMED_OUT: Cell<bool> = const { Cell::new(false) };
+    static CHARGES: Cell<u32> = const { Cell::new(0) };
 }
 
 pub(crate) const EXHAUSTED: &str = "evaluation budget exhausted";
 
-/// Give the current thread `fuel` units for the next run.
-pub(crate) fn reset(fuel: u64) {
+/// Charges between two looks at the clock (a look costs about 25 ns; a charge a few).
+const CLOCK_EVERY: u32 = 256;
+/// Nodes of a deep walk between two looks at the clock.
+const CLOCK_EVERY_NODES: u32 = 4096;
+
+/// Give the current thread `fuel` units and until `deadline` (none: no time limit) for the
+/// next run.
+pub(crate) fn reset(fuel: u64, deadline: Option<Instant>) {
     FUEL.set(i64::try_from(fuel).unwrap_or(i64::MAX));
+    DEADLINE.set(deadline);
+    TIMED_OUT.set(false);
+    CHARGES.set(0);
+}
+
+/// True if the last run was stopped by its deadline (rather than by its fuel).
+pub(crate) fn timed_out() -> bool {
+    TIMED_OUT.get()
+}
+
+/// Past the deadline: spend the fuel so that this and every further charge fails.
+fn past_deadline() -> bool {
+    match DEADLINE.get() {
+        Some(d) if Instant::now() >= d => {
+            TIMED_OUT.set(true);
+            FUEL.set(-1);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Counts one charge; every [`CLOCK_EVERY`]th looks at the clock.
+fn clock_due() -> bool {
+    let n = CHARGES.get().wrapping_add(1);
+    CHARGES.set(n);
+    n.is_multiple_of(CLOCK_EVERY)
 }
 
 /// True if a charge failed since the last [`reset`].
@@ -47,7 +90,7 @@ pub(crate) fn charge<'a>(units: u64) -> Result<(), Exn<'a, Val>> {
         .get()
         .saturating_sub(i64::try_from(units).unwrap_or(i64::MAX));
     FUEL.set(left);
-    if left < 0 {
+    if left < 0 || (clock_due() && past_deadline()) {
         Err(err(EXHAUSTED))
     } else {
         Ok(())
@@ -78,10 +121,12 @@ fn num_bits(n: &Num) -> u64 {
 pub(crate) fn charge_deep<'a>(v: &Val) -> Result<(), Exn<'a, Val>> {
     let mut left = FUEL.get();
     let mut stack = vec![v];
+    let mut nodes = 0u32;
     while let Some(v) = stack.pop() {
         left = left.saturating_sub(1 + i64::try_from(shallow(v)).unwrap_or(i64::MAX));
-        if left < 0 {
-            FUEL.set(left);
+        nodes = nodes.wrapping_add(1);
+        if left < 0 || (nodes.is_multiple_of(CLOCK_EVERY_NODES) && past_deadline()) {
+            FUEL.set(left.min(-1));
             return Err(err(EXHAUSTED));
         }
         match v {
@@ -91,6 +136,9 @@ pub(crate) fn charge_deep<'a>(v: &Val) -> Result<(), Exn<'a, Val>> {
         }
     }
     FUEL.set(left);
+    if clock_due() && past_deadline() {
+        return Err(err(EXHAUSTED));
+    }
     Ok(())
 }
 

@@ -72,6 +72,9 @@ pub enum EvalError {
     /// The run used up its evaluation budget (see [`crate::Limits::fuel`]).
     #[error("expression exceeded its evaluation budget of {0} steps")]
     Budget(u64),
+    /// The run took longer than its time limit (see [`crate::Limits::max_eval_time`]).
+    #[error("expression exceeded its time limit of {} ms per evaluation (rules.eval_time_limit): make it cheaper, e.g. test a narrower path first", .0.as_millis())]
+    Time(std::time::Duration),
     /// The run yielded more outputs than allowed.
     #[error("expression yields more than {0} values")]
     TooManyOutputs(usize),

@@ -13,6 +13,7 @@ use serde_json::Value;
 use std::fmt::{self, Write as _};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 /// A compiled jq program. Cheap to share (`Arc<Filter>`); `run` may be called from many threads.
 pub struct Filter {
@@ -175,14 +176,19 @@ impl Filter {
         f: impl FnOnce(&mut dyn Iterator<Item = Result<Val, Exn<'_, Val>>>) -> Result<R, EvalError>,
     ) -> Result<R, EvalError> {
         let val = input.val()?.clone();
-        budget::reset(self.limits.fuel);
+        let deadline = self
+            .limits
+            .max_eval_time
+            .and_then(|t| Instant::now().checked_add(t));
+        budget::reset(self.limits.fuel, deadline);
         let result = catch_unwind(AssertUnwindSafe(|| {
             let ctx = Ctx::<D>::new(&self.filter.lut, Vars::new([]));
             let mut outputs = self.filter.id.run((ctx, val));
             f(&mut outputs)
         }));
         let exhausted = budget::exhausted();
-        budget::reset(u64::MAX);
+        let timed_out = budget::timed_out();
+        budget::reset(u64::MAX, None);
         match result {
             Err(panic) => {
                 let msg = panic
@@ -192,6 +198,9 @@ impl Filter {
                     .unwrap_or_default();
                 Err(EvalError::Internal(msg))
             }
+            Ok(_) if timed_out => Err(EvalError::Time(
+                self.limits.max_eval_time.unwrap_or_default(),
+            )),
             Ok(_) if exhausted => Err(EvalError::Budget(self.limits.fuel)),
             Ok(r) => r,
         }

@@ -31,7 +31,8 @@
 //!    100,000 values or a zero step.
 //! 2. **Metered at run time**: the accepted program is rewritten so that every output of
 //!    `.[]`, `..`, `,` and generator builtins, every closure call, and every byte or element a
-//!    builtin walks, copies or builds is charged to a per-run budget (default 1,000,000 units);
+//!    builtin walks, copies or builds is charged to a per-run budget (default 1,000,000 units) and
+//!    the clock is checked against a per-run deadline (default 100 ms, [`set_default_eval_time`]);
 //!    string repetition and big-number products are charged *before* they allocate, updates
 //!    charge the value they may copy. A spent budget fails the run, even inside `try`.
 //! 3. **Bounded outputs**: at most 1,000 outputs and 1 MiB of JSON per run, values nested at
@@ -58,7 +59,7 @@ mod value;
 pub use compiler::{Compiler, Expr};
 pub use error::{EvalError, ExprError};
 pub use filter::Filter;
-pub use limits::Limits;
+pub use limits::{default_eval_time, set_default_eval_time, Limits};
 pub use template::{RenderError, Template};
 pub use template_value::{TemplateError, TemplateValue};
 pub use value::Input;

@@ -2,6 +2,28 @@
 //! ("fuel") and the size of what a filter may return. One struct so that callers and tests can
 //! see and change every limit in one place.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The process-wide default of [`Limits::max_eval_time`], in microseconds (0: none).
+static DEFAULT_EVAL_TIME_MICROS: AtomicU64 = AtomicU64::new(100_000);
+
+/// The time limit per evaluation that [`Limits::default`] uses (100 ms unless changed).
+pub fn default_eval_time() -> Option<Duration> {
+    match DEFAULT_EVAL_TIME_MICROS.load(Ordering::Relaxed) {
+        0 => None,
+        us => Some(Duration::from_micros(us)),
+    }
+}
+
+/// Set the time limit per evaluation for every [`Limits::default`] made afterwards in this
+/// process (`whale run` sets it from `rules.eval_time_limit` before any rule set is compiled).
+/// `None` or zero removes the time limit; the step budget still applies.
+pub fn set_default_eval_time(limit: Option<Duration>) {
+    let us = limit.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    DEFAULT_EVAL_TIME_MICROS.store(us, Ordering::Relaxed);
+}
+
 /// Limits applied when an expression is compiled and every time it runs.
 ///
 /// The defaults suit rule predicates and templates: small programs over events of up to about
@@ -21,6 +43,10 @@ pub struct Limits {
     /// Evaluation budget per run: each produced value, each closure call and each byte or
     /// element that a builtin walks, copies or builds costs one unit.
     pub fuel: u64,
+    /// Longest time one run may take (`None`: no time limit). Checked between steps, so a run
+    /// stops soon after it; it fails with [`crate::EvalError::Time`]. The step budget alone
+    /// does not bound time: one step over a large event can cost microseconds.
+    pub max_eval_time: Option<Duration>,
     /// Most outputs one run may yield.
     pub max_outputs: usize,
     /// Largest total size of the outputs of one run, in bytes of compact JSON (approximately).
@@ -43,6 +69,7 @@ impl Default for Limits {
             max_nesting_tokens: 128,
             max_ast_depth: 96,
             fuel: 1_000_000,
+            max_eval_time: default_eval_time(),
             max_outputs: 1000,
             max_output_bytes: 1 << 20,
             max_value_depth: 128,

@@ -74,6 +74,8 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     /// The dispatch stage: routing of unknown clusters, retries, circuit breakers.
     pub dispatch: DispatchConfig,
+    /// Rule evaluation (`[rules]`): limits on jq predicates and templates.
+    pub rules: RulesConfig,
 }
 
 /// How to reach NATS. Several URLs for a cluster; one of the auth methods.
@@ -101,6 +103,12 @@ pub struct NatsConfig {
     /// How long JetStream remembers message ids for deduplication.
     #[serde(deserialize_with = "de_duration")]
     pub duplicate_window: Duration,
+    /// Ack wait of every stage consumer: a message not acked (nor kept alive) this long after
+    /// delivery goes to another worker. Workers send in-progress acks every third of it while
+    /// they handle a batch, so it bounds how long a crashed worker's messages wait, not how
+    /// long a batch may take. `whale setup` updates existing consumers. At least 1s.
+    #[serde(deserialize_with = "de_duration")]
+    pub ack_wait: Duration,
 }
 
 impl Default for NatsConfig {
@@ -118,6 +126,7 @@ impl Default for NatsConfig {
             replicas: 1,
             pipe_retention: Duration::from_secs(24 * 3600),
             duplicate_window: Duration::from_secs(10 * 60),
+            ack_wait: Duration::from_secs(5),
         }
     }
 }
@@ -164,6 +173,10 @@ pub struct HttpConfig {
     pub token: Option<Secret>,
     /// Largest request body (a batch of events).
     pub max_body_bytes: usize,
+    /// Longest time one request may take; a slower one gets a JSON 503 and its work is
+    /// dropped (at least 1s).
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -172,6 +185,27 @@ impl Default for HttpConfig {
             addr: "127.0.0.1:8080".into(),
             token: None,
             max_body_bytes: 64 * 1024 * 1024,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Rule evaluation (`[rules]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Longest time one jq predicate or template may run on one event; past it the step counts
+    /// as not matching (match) or the task fails to render (render), naming the limit. Keeps a
+    /// slow rule from stalling a whole batch. `0s` turns the time limit off (the step budget
+    /// still applies).
+    #[serde(deserialize_with = "de_duration")]
+    pub eval_time_limit: Duration,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            eval_time_limit: Duration::from_millis(100),
         }
     }
 }
@@ -598,6 +632,14 @@ impl Config {
         }
         if self.nats.replicas == 0 {
             bail!("nats.replicas must be at least 1");
+        }
+        if self.nats.ack_wait < Duration::from_secs(1) {
+            bail!(
+                "nats.ack_wait must be at least 1s (workers keep batches alive every third of it)"
+            );
+        }
+        if self.http.request_timeout < Duration::from_secs(1) {
+            bail!("http.request_timeout must be at least 1s");
         }
         self.dispatch.check()?;
         self.feedback.check()?;

@@ -1,12 +1,17 @@
 //! The HTTP server every `whale run` process serves: `/metrics`, `/healthz`, `/readyz`, plus the
 //! routes of the stages it runs (ingest, approvals, ...). Errors become JSON responses here, at
-//! the boundary; internals are logged, not leaked.
+//! the boundary; internals are logged, not leaked. [`harden`] wraps every route: a panicking
+//! handler answers a JSON 500 (and is counted) instead of dropping the connection, and a request
+//! slower than `http.request_timeout` answers a JSON 503.
 
+use std::any::Any;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -57,6 +62,55 @@ async fn readyz(State(b): State<Base>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+/// Wraps every route of `router` (call it last, after every merge): panics in a handler become a
+/// JSON 500 counted in `whale_panics_total{where="http"}`, and a request that takes longer than
+/// `timeout` is stopped and answered with a JSON 503.
+pub fn harden(router: Router, timeout: Duration) -> Router {
+    router
+        .layer(axum::middleware::from_fn_with_state(timeout, time_limit))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+}
+
+async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(
+                path,
+                "request stopped after {limit:?} (http.request_timeout)"
+            );
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the request took longer than {}s (http.request_timeout) and was stopped: \
+                     try again later or ask for less",
+                    limit.as_secs_f64()
+                ),
+                json!({ "limit": "http.request_timeout", "limit_seconds": limit.as_secs_f64() }),
+            )
+        }
+    }
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    crate::metrics::PANICS
+        .with_label_values(&["http", ""])
+        .inc();
+    tracing::error!(
+        "panic while handling a request: {}",
+        crate::worker::panic_message(&*panic)
+    );
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error while handling the request (a bug in whale; it is logged and counted in \
+         whale_panics_total): try again, and report it if it persists",
+        json!({}),
+    )
 }
 
 /// A JSON error response `{"error": msg, ...extra}`.

@@ -69,6 +69,16 @@ pub static STAGE_BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+/// `whale_panics_total{where}`: panics caught and contained, by where they happened: `stage`
+/// (a stage's message handling; the label `stage` names it) or `http` (one request).
+pub static PANICS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "whale_panics_total",
+        "Panics caught and contained (the process kept running), by where (stage, http) and stage",
+        &["where", "stage"],
+    )
+});
+
 /// The text exposition of every metric.
 pub fn render() -> String {
     let mut buf = Vec::new();

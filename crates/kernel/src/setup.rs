@@ -79,7 +79,7 @@ pub fn consumer_config(input: &subjects::Input, cfg: &Config) -> consumer::pull:
         durable_name: Some(input.consumer.to_owned()),
         description: Some(format!("whale stage {}", input.consumer)),
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
+        ack_wait: cfg.nats.ack_wait,
         max_deliver: -1,
         max_ack_pending: 20_000,
         filter_subjects: input.filters.clone(),

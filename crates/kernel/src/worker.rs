@@ -4,12 +4,24 @@
 //! end each input as exactly one of ack, nak-with-delay or term.
 //! A crash anywhere means redelivery; dedup by msg id means no double records. Stages never see
 //! NATS: they get [`Delivery`] values and return [`Outcome`]s.
+//!
+//! Every message the worker holds (received, being handled, awaiting its outputs' publish acks)
+//! gets an in-progress ack every third of the consumer's ack wait, so a slow batch is never
+//! redelivered while it is worked on, and the ack wait can be short: a crashed worker's
+//! messages go to another one after it (5s by default). A panic while a stage handles a batch
+//! is caught: the batch is handled again one message at a time, and each message that panics
+//! again is counted (`whale_panics_total`) and nak'ed with a growing delay (never terminated: a
+//! panic is a bug in whale, not in the message, and the message waits for the fixed version).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind};
+use async_nats::Subject;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -171,71 +183,68 @@ pub async fn run(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(opts.overlap.max(1)));
     let mut finishing = tokio::task::JoinSet::new();
     let outage = Arc::new(std::sync::Mutex::new(PublishOutage::default()));
-    'connect: loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        let messages = match consumer
-            .stream()
-            .max_messages_per_batch(opts.batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                health.set_error(
-                    input.consumer,
-                    format!("cannot pull from {}: {e}", input.consumer),
-                );
-                tracing::warn!(stage = name, "cannot pull: {e}; retrying in 1s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+    // Every message from delivery to its final ack is kept alive by one ticker per loop. The
+    // loop holds at most `batch * (overlap + 1)` messages: the batches awaiting their acks and
+    // the next one.
+    let batch = opts.batch.max(1);
+    let held = Arc::new(Held::new(batch * (opts.overlap.max(1) + 1)));
+    let ack_wait = consumer.cached_info().config.ack_wait;
+    let _ticker = AbortOnDrop(tokio::spawn(keep_alive(
+        nats.client.clone(),
+        held.clone(),
+        progress_interval(ack_wait),
+    )));
+    // The reader pulls only as many messages as the loop has room for and puts each under the
+    // ticker as it arrives, so no delivered message waits unprotected in a buffer.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = AbortOnDrop(tokio::spawn(read(
+        consumer,
+        tx,
+        held.clone(),
+        batch,
+        health.clone(),
+        input.consumer,
+        name,
+    )));
+    loop {
+        let first = if *shutdown.borrow() {
+            None
+        } else {
+            tokio::select! {
+                _ = shutdown.changed() => None,
+                m = rx.recv() => m,
             }
         };
-        health.set_running(input.consumer);
-        let mut chunks = messages.ready_chunks(opts.batch);
-        loop {
-            let chunk = tokio::select! {
-                _ = shutdown.changed() => {
-                    // Give back what was prefetched so another worker takes it now.
-                    while let Some(Some(rest)) = chunks.next().now_or_never() {
-                        for m in rest.into_iter().flatten() {
-                            let _ = m.ack_with(AckKind::Nak(None)).await;
-                        }
-                    }
-                    break 'connect;
-                }
-                c = chunks.next() => c,
-            };
-            let Some(chunk) = chunk else {
-                continue 'connect;
-            };
-            let mut msgs = Vec::with_capacity(chunk.len());
-            for m in chunk {
-                match m {
-                    Ok(m) => msgs.push(m),
-                    Err(e) => tracing::debug!(stage = name, "pull stream: {e}"),
-                }
+        let Some(first) = first else {
+            // Stopping: give back what was pulled but not handled, so another worker takes it
+            // at once.
+            drop(reader);
+            while let Ok((key, m)) = rx.try_recv() {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+                held.release(&[key]);
             }
-            if msgs.is_empty() {
-                continue;
+            break;
+        };
+        let mut msgs = vec![first];
+        while msgs.len() < batch {
+            match rx.try_recv() {
+                Ok(m) => msgs.push(m),
+                Err(_) => break,
             }
-            // At most `opts.overlap` batches between "handled" and "acked": the next batch is
-            // handled while earlier ones wait for their publish acks.
-            let permit = in_flight
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore never closed");
-            let batch = handle(&*stage, msgs, &nats, &opts, outage.clone()).await;
-            finishing.spawn(async move {
-                finish(batch).await;
-                drop(permit);
-            });
-            while finishing.try_join_next().is_some() {}
         }
+        // At most `opts.overlap` batches between "handled" and "acked": the next batch is
+        // handled while earlier ones wait for their publish acks.
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        let handled = handle(&*stage, msgs, &nats, &opts, outage.clone(), held.clone()).await;
+        finishing.spawn(async move {
+            finish(handled).await;
+            drop(permit);
+        });
+        while finishing.try_join_next().is_some() {}
     }
     // Every handled batch is acked (or nak'ed) before the worker reports stopped.
     while finishing.join_next().await.is_some() {}
@@ -248,16 +257,18 @@ pub async fn run(
 /// batch is handled while this one's publish acks come back.
 async fn handle(
     stage: &dyn Stage,
-    msgs: Vec<jetstream::Message>,
+    msgs: Vec<(u64, jetstream::Message)>,
     nats: &Nats,
     opts: &Options,
     outage: Arc<std::sync::Mutex<PublishOutage>>,
+    held: Arc<Held>,
 ) -> Batch {
     let name = stage.name();
     let started = Instant::now();
+    let (keys, msgs): (Vec<u64>, Vec<jetstream::Message>) = msgs.into_iter().unzip();
+    let release = Release { held, keys };
     let deliveries: Vec<Delivery> = msgs.iter().map(Delivery::from_message).collect();
-    let mut outcomes = stage.handle_batch(&deliveries).await;
-    debug_assert_eq!(outcomes.len(), msgs.len());
+    let mut outcomes = handle_contained(stage, &deliveries).await;
     let mut window: Window<usize> =
         Window::new(nats.js.clone(), opts.window).fail_fast_on_disconnect(nats);
     let mut failed = vec![false; msgs.len()];
@@ -279,6 +290,7 @@ async fn handle(
     Batch {
         name,
         started,
+        _release: release,
         msgs,
         deliveries,
         outcomes,
@@ -291,10 +303,255 @@ async fn handle(
     }
 }
 
+/// Runs `stage.handle_batch`, containing panics: after a panic the batch is handled again one
+/// message at a time, so only the messages that panic themselves are held back. Always returns
+/// one outcome per delivery.
+async fn handle_contained(stage: &dyn Stage, deliveries: &[Delivery]) -> Vec<Outcome> {
+    let name = stage.name();
+    // A stage may compute for a long time without yielding (rules run jq inline). Yield once
+    // first, so that a task this one woke (the NATS connection, with the previous batch's
+    // publishes) runs now instead of waiting, unstealable, in this thread's next-task slot.
+    tokio::task::yield_now().await;
+    match AssertUnwindSafe(stage.handle_batch(deliveries))
+        .catch_unwind()
+        .await
+    {
+        Ok(outcomes) if outcomes.len() == deliveries.len() => return outcomes,
+        Ok(outcomes) => {
+            // A stage bug; handle one by one rather than leaving messages unanswered.
+            tracing::error!(
+                stage = name,
+                "handle_batch returned {} outcomes for {} messages; handling them one by one",
+                outcomes.len(),
+                deliveries.len()
+            );
+        }
+        Err(panic) => {
+            metrics::PANICS.with_label_values(&["stage", name]).inc();
+            tracing::error!(
+                stage = name,
+                "panic while handling a batch of {}: {}; handling its messages one by one",
+                deliveries.len(),
+                panic_message(&*panic)
+            );
+            if deliveries.len() == 1 {
+                return vec![after_panic(&deliveries[0], name, &*panic)];
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        let one = AssertUnwindSafe(stage.handle_batch(std::slice::from_ref(d)))
+            .catch_unwind()
+            .await;
+        out.push(match one {
+            Ok(mut v) if v.len() == 1 => v.remove(0),
+            Ok(v) => Outcome::Retry {
+                delay: panic_delay(d.attempt),
+                reason: format!("stage returned {} outcomes for one message", v.len()),
+            },
+            Err(panic) => {
+                metrics::PANICS.with_label_values(&["stage", name]).inc();
+                after_panic(d, name, &*panic)
+            }
+        });
+    }
+    out
+}
+
+/// What a message whose handling panicked gets: a nak with a delay that grows with its
+/// delivery count (1s, 2s, 4s, ... at most 5 min). Never a term: the message is kept until a
+/// fixed whale handles it.
+fn after_panic(d: &Delivery, stage: &'static str, panic: &(dyn std::any::Any + Send)) -> Outcome {
+    let delay = panic_delay(d.attempt);
+    let reason = format!(
+        "stage {stage} panicked on this message: {}; redelivered in {delay:?} \
+         (see whale_panics_total; report it as a bug)",
+        panic_message(panic)
+    );
+    tracing::error!(parent: &d.span(stage), subject = %d.subject, stream_seq = d.stream_seq, "{reason}");
+    Outcome::Retry { delay, reason }
+}
+
+/// Delay before a message that panicked is delivered again.
+pub(crate) fn panic_delay(attempt: i64) -> Duration {
+    let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    Duration::from_secs(1u64 << exp).min(Duration::from_secs(300))
+}
+
+/// The text of a panic payload (`panic!("...")` gives a `&str` or a `String`).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+/// How often held messages get an in-progress ack: a third of the ack wait (at least 100 ms).
+pub(crate) fn progress_interval(ack_wait: Duration) -> Duration {
+    (ack_wait / 3).max(Duration::from_millis(100))
+}
+
+/// The messages a worker loop holds (delivered, not yet finally acked), by a key of the loop's
+/// own; the value is the reply subject an ack goes to.
+struct Held {
+    next: AtomicU64,
+    map: Mutex<HashMap<u64, Subject>>,
+    /// One permit per message the loop may still take (released with the message).
+    room: tokio::sync::Semaphore,
+}
+
+impl Held {
+    fn new(capacity: usize) -> Held {
+        Held {
+            next: AtomicU64::new(0),
+            map: Mutex::new(HashMap::new()),
+            room: tokio::sync::Semaphore::new(capacity),
+        }
+    }
+
+    /// Puts a message under the keep-alive ticker; returns its key.
+    fn add(&self, m: &jetstream::Message) -> u64 {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Some(reply) = &m.reply {
+            self.lock().insert(key, reply.clone());
+        }
+        key
+    }
+
+    /// Takes messages off the ticker and gives their room back.
+    fn release(&self, keys: &[u64]) {
+        let mut map = self.lock();
+        for k in keys {
+            map.remove(k);
+        }
+        self.room.add_permits(keys.len());
+    }
+
+    fn replies(&self) -> Vec<Subject> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Subject>> {
+        // The map stays consistent whatever panicked while it was locked.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Removes a batch's messages from [`Held`] when dropped: after the final acks, or when the
+/// batch is dropped in any other way (a panic), so the ticker never keeps a message alive that
+/// nobody works on.
+struct Release {
+    held: Arc<Held>,
+    keys: Vec<u64>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.held.release(&self.keys);
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends an in-progress ack (`+WPI`) for every held message every `every`.
+async fn keep_alive(client: async_nats::Client, held: Arc<Held>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for reply in held.replies() {
+            if let Err(e) = client.publish(reply, Bytes::from(AckKind::Progress)).await {
+                tracing::debug!("in-progress ack not sent: {e}");
+            }
+        }
+    }
+}
+
+/// Pulls batches of at most `batch` messages, never more than the loop has room for, and hands
+/// each message on with its key as soon as it arrives. Ends when the loop stops listening.
+async fn read(
+    consumer: jetstream::consumer::PullConsumer,
+    tx: tokio::sync::mpsc::UnboundedSender<(u64, jetstream::Message)>,
+    held: Arc<Held>,
+    batch: usize,
+    health: Health,
+    consumer_name: &'static str,
+    stage: &'static str,
+) {
+    loop {
+        // Wait for room for a useful pull (a quarter batch), then take what else is free.
+        let Ok(first) = held.room.acquire_many((batch / 4).max(1) as u32).await else {
+            return;
+        };
+        first.forget();
+        let mut want = (batch / 4).max(1);
+        while want < batch {
+            match held.room.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    want += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let pulled = consumer
+            .batch()
+            .max_messages(want)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await;
+        let mut messages = match pulled {
+            Ok(m) => m,
+            Err(e) => {
+                held.room.add_permits(want);
+                health.set_error(
+                    consumer_name,
+                    format!("cannot pull from {consumer_name}: {e}"),
+                );
+                tracing::warn!(stage, "cannot pull: {e}; retrying in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        health.set_running(consumer_name);
+        let mut got = 0;
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(m) => {
+                    got += 1;
+                    let key = held.add(&m);
+                    if let Err(back) = tx.send((key, m)) {
+                        // The loop stopped: give the message back at once.
+                        let (key, m) = back.0;
+                        let _ = m.ack_with(AckKind::Nak(None)).await;
+                        held.release(&[key]);
+                        return;
+                    }
+                }
+                Err(e) => tracing::debug!(stage, "pull: {e}"),
+            }
+        }
+        // Room asked for but not filled.
+        held.room.add_permits(want.saturating_sub(got));
+    }
+}
+
 /// A handled batch whose publishes may still be awaiting their acks.
 struct Batch {
     name: &'static str,
     started: Instant,
+    /// Takes the batch's messages off the keep-alive ticker when the batch is done (or dropped).
+    _release: Release,
     msgs: Vec<jetstream::Message>,
     deliveries: Vec<Delivery>,
     outcomes: Vec<Outcome>,

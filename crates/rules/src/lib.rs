@@ -109,9 +109,13 @@ mod step;
 
 pub use error::{RuleError, RuleErrors};
 pub use ops::OPERATORS;
+pub use parse::FileLimits;
 pub use render::{Approval, RenderError, RenderedTask, RenderedThrottle, ThrottleMode};
 pub use report::{format_human, test_events, EventReport, RuleReport};
 pub use rule::{CompiledRule, Evaluation};
 pub use ruleset::{Matches, RuleSet, RuleSource};
 pub use step::{Counts, StepFailure};
 pub use whale_expr::Input;
+/// The time limit of one jq predicate or template run, for every rule set compiled afterwards
+/// in this process (`whale run` sets it from `rules.eval_time_limit`).
+pub use whale_expr::{default_eval_time, set_default_eval_time};

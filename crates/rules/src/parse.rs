@@ -2,12 +2,47 @@
 //! rules, or several `---` documents. Unknown fields are refused here (serde's
 //! `deny_unknown_fields`), with the line serde_yaml reports; everything that needs more than
 //! the shape of the data is checked later, in `compile.rs`.
+//!
+//! Size is checked here too, before anything is compiled ([`FileLimits`]): bytes per file,
+//! rules per file, steps per rule, nesting of `when` and `params`, length of every string (each
+//! may be a template). serde_yaml_ng itself refuses YAML nested deeper than 128 levels and
+//! alias expansion bombs ("billion laughs"); the tests in `tests/it/limits.rs` hold both.
 
 use crate::error::RuleError;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
 use std::time::Duration;
+
+/// The size limits of one rule file. Rule files are written by operators, so these guard
+/// against mistakes and generated files gone wrong rather than attackers; they keep compiling
+/// and matching a rule set cheap and bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLimits {
+    /// Largest rule file, in bytes.
+    pub max_file_bytes: usize,
+    /// Most rules in one file (over all its `---` documents).
+    pub max_rules_per_file: usize,
+    /// Most steps in one rule's `when`, counting the steps inside `any`/`all`/`not`.
+    pub max_steps_per_rule: usize,
+    /// Deepest nesting of a value inside `when` or `params` (a list or mapping is one level).
+    pub max_depth: usize,
+    /// Longest string anywhere in a rule (templates, jq text, operands), in bytes. jq programs
+    /// have their own, lower limit (4 KiB) when they are compiled.
+    pub max_string_bytes: usize,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits {
+            max_file_bytes: 1 << 20,
+            max_rules_per_file: 1000,
+            max_steps_per_rule: 256,
+            max_depth: 32,
+            max_string_bytes: 16 << 10,
+        }
+    }
+}
 
 /// A rule as written in the file.
 #[derive(Debug, Deserialize)]
@@ -142,6 +177,32 @@ pub(crate) struct Located {
 /// Parse every document of a file. Stops at the first YAML or shape error (serde cannot
 /// resynchronise inside a document).
 pub(crate) fn parse_file(path: &str, text: &str) -> Result<Vec<Located>, RuleError> {
+    parse_file_with(path, text, &FileLimits::default())
+}
+
+/// [`parse_file`] with explicit limits.
+pub(crate) fn parse_file_with(
+    path: &str,
+    text: &str,
+    limits: &FileLimits,
+) -> Result<Vec<Located>, RuleError> {
+    let refuse = |line: Option<usize>, rule: Option<&str>, message: String| RuleError {
+        file: path.to_owned(),
+        line,
+        rule: rule.map(str::to_owned),
+        message,
+    };
+    if text.len() > limits.max_file_bytes {
+        return Err(refuse(
+            None,
+            None,
+            format!(
+                "the file is {} bytes, over the limit of {} bytes per rule file: split it into several files",
+                text.len(),
+                limits.max_file_bytes
+            ),
+        ));
+    }
     let mut out = Vec::new();
     let mut used_lines = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
@@ -149,10 +210,130 @@ pub(crate) fn parse_file(path: &str, text: &str) -> Result<Vec<Located>, RuleErr
         for rule in rules {
             let line = find_name_line(text, &rule.name, &used_lines);
             used_lines.extend(line);
+            if out.len() == limits.max_rules_per_file {
+                return Err(refuse(
+                    line,
+                    Some(&rule.name),
+                    format!(
+                        "more than {} rules in one file (the limit of rules per file): split it into several files",
+                        limits.max_rules_per_file
+                    ),
+                ));
+            }
+            check_size(&rule, limits).map_err(|m| refuse(line, Some(&rule.name), m))?;
             out.push(Located { rule, line });
         }
     }
     Ok(out)
+}
+
+/// Steps, nesting and string lengths of one rule against `limits`.
+fn check_size(rule: &RawRule, limits: &FileLimits) -> Result<(), String> {
+    let mut steps = 0usize;
+    for step in &rule.when {
+        count_steps(step, &mut steps);
+    }
+    if steps > limits.max_steps_per_rule {
+        return Err(format!(
+            "`when` has {steps} steps, over the limit of {} steps per rule: split the rule or simplify it",
+            limits.max_steps_per_rule
+        ));
+    }
+    let params = rule.params.iter();
+    for (field, v) in rule
+        .when
+        .iter()
+        .map(|v| ("when", v))
+        .chain(params.map(|v| ("params", v)))
+    {
+        if let Some(depth) = too_deep(v, limits.max_depth) {
+            return Err(format!(
+                "`{field}` is nested {depth} levels deep, over the limit of {}: flatten it",
+                limits.max_depth
+            ));
+        }
+    }
+    let mut strings: Vec<(&str, &str)> = vec![("name", &rule.name), ("action", &rule.action)];
+    strings.extend(rule.description.as_deref().map(|s| ("description", s)));
+    strings.extend(rule.route.as_deref().map(|s| ("route", s)));
+    strings.extend(
+        rule.throttle
+            .as_ref()
+            .and_then(|t| t.key.as_deref())
+            .map(|s| ("throttle.key", s)),
+    );
+    let mut nested = Vec::new();
+    for (field, v) in rule
+        .when
+        .iter()
+        .map(|v| ("when", v))
+        .chain(rule.params.iter().map(|v| ("params", v)))
+    {
+        collect_strings(v, field, &mut nested);
+    }
+    for (field, s) in strings.into_iter().chain(nested) {
+        if s.len() > limits.max_string_bytes {
+            return Err(format!(
+                "a string in `{field}` is {} bytes, over the limit of {} bytes per string (templates and jq included): shorten it",
+                s.len(),
+                limits.max_string_bytes
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Counts a step and the steps inside its `any`, `all` and `not`.
+fn count_steps(step: &serde_json::Value, n: &mut usize) {
+    *n += 1;
+    if let serde_json::Value::Object(o) = step {
+        for key in ["any", "all", "not"] {
+            match o.get(key) {
+                Some(serde_json::Value::Array(inner)) => {
+                    inner.iter().for_each(|s| count_steps(s, n));
+                }
+                Some(inner @ serde_json::Value::Object(_)) => count_steps(inner, n),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The depth of `v` if it is over `max` (iterative: the value may be deep).
+fn too_deep(v: &serde_json::Value, max: usize) -> Option<usize> {
+    let mut stack = vec![(v, 1usize)];
+    let mut deepest = 0;
+    while let Some((v, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match v {
+            serde_json::Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            serde_json::Value::Object(o) => stack.extend(o.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    (deepest > max).then_some(deepest)
+}
+
+/// Every string (keys included) inside `v`.
+fn collect_strings<'a>(
+    v: &'a serde_json::Value,
+    field: &'static str,
+    out: &mut Vec<(&'static str, &'a str)>,
+) {
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::String(s) => out.push((field, s)),
+            serde_json::Value::Array(a) => stack.extend(a.iter()),
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    out.push((field, k));
+                    stack.push(x);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn yaml_error(path: &str, text: &str, e: &serde_yaml_ng::Error) -> RuleError {

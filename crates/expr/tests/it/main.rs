@@ -1,9 +1,11 @@
 //! Integration tests of whale-expr: filters, hostile programs, templates.
 
 mod filter;
+mod fuzz;
 mod hostile;
 mod quick;
 mod template;
+mod time;
 
 use serde_json::{json, Value};
 use whale_expr::{Filter, Input};

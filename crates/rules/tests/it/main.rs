@@ -2,6 +2,8 @@
 
 mod example;
 mod files;
+mod fuzz;
+mod limits;
 mod ops;
 mod report;
 
