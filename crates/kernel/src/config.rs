@@ -196,6 +196,15 @@ pub struct IndexConfig {
     /// OpenSearch URL; unset → the embedded index in `dir`.
     pub opensearch_url: Option<String>,
     pub dir: PathBuf,
+    /// Longest search query (`GET /v1/events?q=`, `whale events search`), in bytes.
+    pub query_max_bytes: usize,
+    /// Deepest query nesting: every `(` and every `NOT`/`!`/`-`/`+` adds a level (at most 128).
+    pub query_max_depth: usize,
+    /// Most clauses in one search, kind filter included (at most 1024, OpenSearch's default
+    /// `indices.query.bool.max_clause_count`).
+    pub query_max_clauses: usize,
+    /// Most hits one search returns (`limit`).
+    pub search_max_limit: usize,
 }
 
 impl Default for IndexConfig {
@@ -203,7 +212,29 @@ impl Default for IndexConfig {
         IndexConfig {
             opensearch_url: None,
             dir: PathBuf::from(".whale/index"),
+            query_max_bytes: 4096,
+            query_max_depth: 32,
+            query_max_clauses: 256,
+            search_max_limit: 10_000,
         }
+    }
+}
+
+impl IndexConfig {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.query_max_bytes == 0 || self.search_max_limit == 0 {
+            bail!("index.query_max_bytes and index.search_max_limit must be at least 1");
+        }
+        if !(1..=128).contains(&self.query_max_depth) {
+            bail!("index.query_max_depth must be between 1 and 128 (deeper queries could overflow the stack)");
+        }
+        if !(1..=1024).contains(&self.query_max_clauses) {
+            bail!("index.query_max_clauses must be between 1 and 1024 (OpenSearch refuses more by default)");
+        }
+        if self.search_max_limit > 10_000 {
+            bail!("index.search_max_limit must be at most 10000 (OpenSearch's index.max_result_window)");
+        }
+        Ok(())
     }
 }
 
@@ -601,6 +632,7 @@ impl Config {
         }
         self.dispatch.check()?;
         self.feedback.check()?;
+        self.index.check()?;
         for (name, c) in &self.clusters {
             if c.url.is_empty() {
                 bail!("cluster {name:?} has no url");
