@@ -203,6 +203,11 @@ pub struct IndexConfig {
     /// Most clauses in one search, kind filter included (at most 1024, OpenSearch's default
     /// `indices.query.bool.max_clause_count`).
     pub query_max_clauses: usize,
+    /// Most clauses in one search that walk a whole term dictionary with a pattern (wildcards,
+    /// `field:*`, `_exists_:`) (at most 64).
+    pub query_max_wildcards: usize,
+    /// Most `*` and `?` in one query value (at most 8: each can double the pattern's automaton).
+    pub query_max_wildcard_chars: usize,
     /// Most hits one search returns (`limit`).
     pub search_max_limit: usize,
 }
@@ -215,6 +220,8 @@ impl Default for IndexConfig {
             query_max_bytes: 4096,
             query_max_depth: 32,
             query_max_clauses: 256,
+            query_max_wildcards: 8,
+            query_max_wildcard_chars: 6,
             search_max_limit: 10_000,
         }
     }
@@ -230,6 +237,12 @@ impl IndexConfig {
         }
         if !(1..=1024).contains(&self.query_max_clauses) {
             bail!("index.query_max_clauses must be between 1 and 1024 (OpenSearch refuses more by default)");
+        }
+        if self.query_max_wildcards > 64 {
+            bail!("index.query_max_wildcards must be at most 64 (each walks a whole term dictionary)");
+        }
+        if !(1..=8).contains(&self.query_max_wildcard_chars) {
+            bail!("index.query_max_wildcard_chars must be between 1 and 8 (each can double a pattern's automaton)");
         }
         if self.search_max_limit > 10_000 {
             bail!("index.search_max_limit must be at most 10000 (OpenSearch's index.max_result_window)");

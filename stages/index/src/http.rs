@@ -140,3 +140,30 @@ async fn search(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn searches_are_bounded_by_the_index_config() {
+        let cfg = IndexConfig::default();
+        let ok = make_search("kind:event", None, None, Some(10_000), None, &cfg).unwrap();
+        assert_eq!(ok.limit, 10_000);
+        let e = make_search("*", None, None, Some(10_001), None, &cfg).unwrap_err();
+        assert!(e.contains("index.search_max_limit"), "{e}");
+        let kinds = vec!["event"; 300].join(",");
+        let e = make_search("*", None, None, None, Some(&kinds), &cfg).unwrap_err();
+        assert!(e.contains("index.query_max_clauses"), "{e}");
+        let e = make_search(&"(".repeat(400), None, None, None, None, &cfg).unwrap_err();
+        assert!(e.contains("index.query_max_depth"), "{e}");
+        // The error shows only a window of a long query.
+        assert!(e.len() < 600, "{e}");
+        let small = IndexConfig {
+            query_max_bytes: 10,
+            ..IndexConfig::default()
+        };
+        let e = make_search("kind:event OR x", None, None, None, None, &small).unwrap_err();
+        assert!(e.contains("index.query_max_bytes"), "{e}");
+    }
+}

@@ -141,6 +141,12 @@ pub struct Limits {
     /// Most clauses: every field:value, range, wildcard and word of free text counts one (a
     /// number on a `detail.*` key and `detail.<key>:*` count two), as OpenSearch counts them.
     pub max_clauses: usize,
+    /// Most clauses that walk a field's whole term dictionary with a pattern: wildcard values,
+    /// `field:*` / `_exists_:` on keyword, `detail.*` and `labels.*` fields, and `detail:value`.
+    pub max_wildcards: usize,
+    /// Most `*` and `?` in one value: each `?` after a `*` can double the automaton a pattern
+    /// compiles to (measured: 6 take up to ~40 ms to compile, 8 up to ~0.4 s).
+    pub max_wildcard_chars: usize,
 }
 
 impl Default for Limits {
@@ -149,6 +155,8 @@ impl Default for Limits {
             max_bytes: 4096,
             max_depth: 32,
             max_clauses: 256,
+            max_wildcards: 8,
+            max_wildcard_chars: 6,
         }
     }
 }
@@ -162,6 +170,10 @@ pub const HARD_MAX_CLAUSES: usize = 1024;
 /// Deepest query tree a translation accepts: a query parsed within [`HARD_MAX_DEPTH`] is at
 /// most about twice as deep (a group is an OR holding an AND), plus the time and kind filters.
 pub const MAX_TREE_DEPTH: usize = 2 * HARD_MAX_DEPTH + 8;
+/// Most dictionary-walking clauses any configuration may allow.
+pub const HARD_MAX_WILDCARDS: usize = 64;
+/// Most `*` / `?` in one value any configuration may allow.
+pub const HARD_MAX_WILDCARD_CHARS: usize = 8;
 
 impl Limits {
     /// The limits with every value within [`HARD_MAX_DEPTH`] and [`HARD_MAX_CLAUSES`] and at
@@ -171,6 +183,8 @@ impl Limits {
             max_bytes: self.max_bytes.max(1),
             max_depth: self.max_depth.clamp(1, HARD_MAX_DEPTH),
             max_clauses: self.max_clauses.clamp(1, HARD_MAX_CLAUSES),
+            max_wildcards: self.max_wildcards.min(HARD_MAX_WILDCARDS),
+            max_wildcard_chars: self.max_wildcard_chars.clamp(1, HARD_MAX_WILDCARD_CHARS),
         }
     }
 
@@ -180,6 +194,8 @@ impl Limits {
             max_bytes: c.query_max_bytes,
             max_depth: c.query_max_depth,
             max_clauses: c.query_max_clauses,
+            max_wildcards: c.query_max_wildcards,
+            max_wildcard_chars: c.query_max_wildcard_chars,
         }
         .capped()
     }
@@ -197,8 +213,47 @@ impl Limits {
                 ),
             });
         }
+        let n = scans(q);
+        if n > self.max_wildcards {
+            return Err(QueryError {
+                pos: 0,
+                msg: format!(
+                    "the query has {n} wildcard or exists clauses, more than the limit of {} \
+                     (index.query_max_wildcards; each walks a field's whole dictionary): use exact \
+                     values or fewer patterns",
+                    self.max_wildcards
+                ),
+            });
+        }
         Ok(())
     }
+}
+
+/// How many clauses of `q` walk a field's whole term dictionary with a pattern (the costly ones:
+/// see [`Limits::max_wildcards`]). Iterative.
+pub fn scans(q: &Query) -> usize {
+    let mut n = 0usize;
+    let mut stack = vec![q];
+    while let Some(q) = stack.pop() {
+        match q {
+            Query::And(v) | Query::Or(v) => stack.extend(v),
+            Query::Not(x) => stack.push(x),
+            Query::All => {}
+            Query::Clause(f, p) => {
+                let scan = match (f, p) {
+                    (_, Pred::Wildcard(_)) => true,
+                    (Field::Keyword(_) | Field::Flat { .. }, Pred::Exists) => true,
+                    (Field::Flat { path, .. }, Pred::Term(_) | Pred::Phrase(_)) => path.is_empty(),
+                    (Field::Keyword(_), Pred::StrRange(lo, hi)) => {
+                        *lo == Bound::Unbounded && *hi == Bound::Unbounded
+                    }
+                    _ => false,
+                };
+                n += usize::from(scan);
+            }
+        }
+    }
+    n
 }
 
 /// How many clauses a backend sees for `q` (OpenSearch counts every leaf query and every word of
@@ -296,6 +351,7 @@ pub fn parse_with(s: &str, now: OffsetDateTime, limits: &Limits) -> Result<Query
         now,
         depth: 0,
         max_depth: limits.max_depth,
+        max_wildcard_chars: limits.max_wildcard_chars,
     };
     p.ws();
     if p.eof() {
@@ -375,6 +431,7 @@ struct Parser<'a> {
     /// Groups and NOTs open at `pos`.
     depth: usize,
     max_depth: usize,
+    max_wildcard_chars: usize,
 }
 
 /// A value as read: its text and whether it had an unescaped wildcard or was quoted.
@@ -684,6 +741,17 @@ impl Parser<'_> {
                     });
                 }
                 let pred = if w.wildcard {
+                    let n = w.text.chars().filter(|c| matches!(c, '*' | '?')).count();
+                    if n > self.max_wildcard_chars {
+                        return Err(self.err_at(
+                            w.start,
+                            format!(
+                                "the value has {n} wildcards (* and ?), more than the limit of {} \
+                                 (index.query_max_wildcard_chars): use fewer",
+                                self.max_wildcard_chars
+                            ),
+                        ));
+                    }
                     Pred::Wildcard(w.text)
                 } else {
                     Pred::Term(w.text)
@@ -802,7 +870,9 @@ impl Parser<'_> {
             // A bare date means that whole day.
             let is_date = text.len() == 10 && text.as_bytes()[4] == b'-';
             let hi = if is_date {
-                Bound::Excluded(t + time::Duration::days(1))
+                // Checked: the last day of the calendar has no next day.
+                t.checked_add(time::Duration::days(1))
+                    .map_or(Bound::Unbounded, Bound::Excluded)
             } else {
                 Bound::Included(t)
             };

@@ -49,6 +49,14 @@ const REGRESSIONS: &[&str] = &[
     "text:[a TO b]",
     "detail:[a TO b]",
     "time:?",
+    // Times at the ends of the calendar (once panics on overflow).
+    "time:9999-12-31",
+    "time:[now-100000000y TO now]",
+    "seen:>9999-12-31T23:59:59-23:59",
+    "time:<0000-01-01T00:00:00+23:59",
+    // Found by fuzz_grammar: a time past 2262 overflowed tantivy's nanosecond date.
+    "time:[2300-01-01 TO *]",
+    "seen:9999-12-31",
 ];
 
 /// A small index with a few documents, so that translated queries also run.
@@ -176,11 +184,15 @@ where
 fn limits() -> impl Strategy<Value = Limits> {
     prop_oneof![
         3 => Just(Limits::default()),
-        1 => (1usize..20_000, 1usize..=HARD_MAX_DEPTH, 1usize..=1024).prop_map(|(b, d, c)| Limits {
-            max_bytes: b,
-            max_depth: d,
-            max_clauses: c,
-        }),
+        1 => (1usize..20_000, 1usize..=HARD_MAX_DEPTH, 1usize..=1024, 0usize..=64, 1usize..=8).prop_map(
+            |(b, d, c, w, wc)| Limits {
+                max_bytes: b,
+                max_depth: d,
+                max_clauses: c,
+                max_wildcards: w,
+                max_wildcard_chars: wc,
+            }
+        ),
     ]
 }
 
@@ -212,6 +224,8 @@ fn leaf() -> impl Strategy<Value = String> {
         Just("*".to_string()),
         Just("2026-11-28".to_string()),
         Just("now-1h".to_string()),
+        "(now-)?[0-9]{1,16}[smhdwy]",
+        "[0-9]{4}-[01][0-9]-[0-3][0-9](T[0-2][0-9]:[0-5][0-9]:[0-5][0-9](Z|[+-][0-2][0-9]:[0-5][0-9]))?",
         "[<>]=?-?[0-9]{1,3}",
         ("[\\[{]", "(\\*|-?[0-9]{1,3}|[a-z]{1,3}|now-[0-9]h)", "(\\*|[0-9]{1,3}|[a-z]{1,3}|now)", "[\\]}]")
             .prop_map(|(o, a, b, c)| format!("{o}{a} TO {b}{c}")),
@@ -312,6 +326,8 @@ fn issue_inputs_are_refused_with_the_limit_named() {
             max_bytes: usize::MAX,
             max_depth: usize::MAX,
             max_clauses: usize::MAX,
+            max_wildcards: usize::MAX,
+            max_wildcard_chars: usize::MAX,
         };
         assert!(matches!(check(s, &wild), Seen::Refused(_)));
     }
@@ -353,6 +369,7 @@ fn hard_maximum_depth_fits_a_small_stack() {
         max_bytes: 1 << 20,
         max_depth: d,
         max_clauses: 1024,
+        ..Limits::default()
     };
     let shapes = [
         format!("{}a{}", "(".repeat(d), ")".repeat(d)),
