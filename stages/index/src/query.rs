@@ -481,8 +481,8 @@ impl Parser<'_> {
         self.depth += 1;
         if self.depth > self.max_depth {
             return Err(self.err(format!(
-                "the query nests more than {} levels deep (index.query_max_depth; every ( and \
-                 every NOT, !, - or + adds one): flatten it",
+                "the query nests deeper than the limit of {} levels (index.query_max_depth; \
+                 every ( and every NOT, !, - or + adds one): flatten it",
                 self.max_depth
             )));
         }

@@ -588,8 +588,9 @@ async fn query_limits(b: &dyn Backend) {
     let biggest = [
         (or("source:s", 254), 20),
         (or("detail.n:3", 127), 1),
-        (or("detail.n:*", 127), 20),
-        (or("detail:*eb*", 254), 20),
+        (or("detail.n:*", 8), 20),
+        (format!("{} OR {}", or("detail:*eb*", 4), or("detail.host:w?b-1*", 4)), 20),
+        (format!("{} OR {}", or("detail.host:a*a?a?a??*", 8), or("source:s", 200)), 20),
         (format!("\"{}\"", vec!["web"; 3].join(" ")), 20),
         (format!("\"{}\"", vec!["web"; 254].join(" ")), 0),
         (format!("{}detail.n:3{}", "(NOT x OR ".repeat(31), ")".repeat(31)), 20),

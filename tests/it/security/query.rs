@@ -87,6 +87,9 @@ async fn finding1_deep_query_is_a_400_and_the_process_keeps_serving() {
             "&kind=",
             "index.query_max_clauses",
         ),
+        // Too many dictionary walks, too complex a pattern.
+        (vec!["*a*"; 9].join(" OR "), "", "index.query_max_wildcards"),
+        ("detail.host:a*?*?*?*?".into(), "", "index.query_max_wildcard_chars"),
         // Too many hits.
         ("*".into(), "&limit=20000", "index.search_max_limit"),
     ];
@@ -218,12 +221,22 @@ async fn worst_case_query_cost_is_measured() {
     let and_not_deep = format!("{}web{}", "(NOT x OR ".repeat(31), ")".repeat(31));
     let candidates: Vec<(&str, String, &str)> = vec![
         ("match all, 10000 hits", "*".into(), "&limit=10000&kind=all"),
-        // The default kinds (event, rejected) take 2 of the 256 clauses.
-        ("254 leading wildcards on detail", or("detail:*e*", 254), "&limit=10000"),
-        ("254 leading wildcards on text", or("*e*", 254), "&limit=10000"),
-        ("127 exists on a detail key", or("detail.nested.a.b:*", 127), "&limit=10000"),
+        // 8 dictionary walks (index.query_max_wildcards) and the default kinds' 2 clauses.
+        (
+            "8 leading wildcards on any detail key + 246 terms",
+            format!("{} OR {}", or("detail:*e*", 8), or("source:x", 246)),
+            "&limit=10000",
+        ),
+        (
+            "8 costliest 6-wildcard patterns + 246 terms",
+            format!("{} OR {}", or("detail.host:a*a?a?a??*", 8), or("source:x", 246)),
+            "&limit=10000",
+        ),
+        ("8 leading wildcards on text", or("*e*", 8), "&limit=10000"),
+        ("8 exists on detail keys", or("detail.nested.a.b:*", 8), "&limit=10000"),
         ("150 ranges on a detail number", or("detail.code:[1 TO 3000]", 150), "&limit=10000"),
-        ("one 4 KiB wildcard", format!("detail.host:{}", "*?".repeat(2040)), "&limit=10000"),
+        ("254 numbers on a detail key", or("detail.code:7", 127), "&limit=10000"),
+        ("254 free-text words", or("web", 254), "&limit=10000"),
         ("phrase of 254 words", format!("\"{}\"", vec!["web"; 254].join(" ")), "&limit=10000"),
         ("depth 32 with NOTs", and_not_deep, "&limit=10000"),
     ];
