@@ -9,6 +9,8 @@ use clap::Subcommand;
 use whale_approve::store::{self, Approval, Verdict};
 use whale_kernel::Config;
 
+use super::term::line;
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Approvals, pending first (with --all also decided and expired ones).
@@ -60,12 +62,12 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 for a in &list {
                     println!(
                         "{:<36} {:<9} {:<24} {:<20} {:<21} {}",
-                        a.task.task_id,
-                        a.state,
-                        a.task.rule,
-                        a.task.action,
-                        a.expires,
-                        a.decided_by.as_deref().unwrap_or("")
+                        line(&a.task.task_id),
+                        line(&a.state),
+                        line(&a.task.rule),
+                        line(&a.task.action),
+                        line(&a.expires),
+                        line(a.decided_by.as_deref().unwrap_or(""))
                     );
                 }
             }
@@ -84,8 +86,13 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         super::print_json(&a)?;
     } else {
         println!(
-            "{} {} (rule {}, action {} on cluster {}) by {by}",
-            a.state, a.task.task_id, a.task.rule, a.task.action, a.task.cluster
+            "{} {} (rule {}, action {} on cluster {}) by {}",
+            line(&a.state),
+            line(&a.task.task_id),
+            line(&a.task.rule),
+            line(&a.task.action),
+            line(&a.task.cluster),
+            line(&by)
         );
     }
     Ok(ExitCode::SUCCESS)

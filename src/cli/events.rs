@@ -11,6 +11,8 @@ use whale_index::trace::compact;
 use whale_index::{Doc, Error};
 use whale_kernel::Config;
 
+use super::term::line;
+
 #[derive(clap::Subcommand)]
 pub enum Cmd {
     /// Search stored events (newest first). Query syntax: `event_type:vm.disk_usage AND
@@ -30,7 +32,7 @@ pub struct SearchArgs {
     /// Latest event time (same forms as --from).
     #[arg(long)]
     to: Option<String>,
-    /// Most hits to print (at most 10000).
+    /// Most hits to print (at most index.search_max_limit, 10000 by default).
     #[arg(long, default_value_t = whale_index::http::DEFAULT_LIMIT)]
     limit: usize,
     /// Document kinds: a comma list (event, rejected, matched, task, render_failed, admitted,
@@ -50,6 +52,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         a.to.as_deref(),
         Some(a.limit),
         Some(&a.kind),
+        &cfg.index,
     ) {
         Ok(s) => s,
         Err(msg) => {
@@ -84,13 +87,14 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         "TIME", "KIND", "TYPE", "EVENT ID"
     );
     for d in &hits.hits {
+        // Every column comes from a stored record: escaped for the terminal.
         println!(
             "{:<24}  {:<10}  {:<20}  {:<28}  {}",
-            d.time_str(),
-            d.kind,
-            d.event_type.as_deref().unwrap_or("-"),
-            d.event_id.as_deref().unwrap_or("-"),
-            what(d)
+            line(&d.time_str()),
+            line(&d.kind),
+            line(d.event_type.as_deref().unwrap_or("-")),
+            line(d.event_id.as_deref().unwrap_or("-")),
+            line(&what(d))
         );
     }
     println!(

@@ -11,6 +11,8 @@ use serde_json::Value;
 use whale_feedback::manage::{Action, Found, Manager};
 use whale_kernel::Config;
 
+use super::term::line;
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// whale's executions, newest first (status as whale last saw it).
@@ -80,7 +82,12 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
             for r in &list {
                 println!(
                     "{:<36} {:<26} {:<10} {:<10} {:<24} {}",
-                    r.task_id, r.execution_id, r.cluster, r.status, r.rule, r.created
+                    line(&r.task_id),
+                    line(&r.execution_id),
+                    line(&r.cluster),
+                    line(&r.status),
+                    line(&r.rule),
+                    line(&r.created)
                 );
             }
         }
@@ -94,6 +101,8 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Logs { id } => {
             let (_, text) = m.logs(&id).await?;
+            // The output of a command whose parameters came from events: no raw escapes.
+            let text = super::term::block(&text);
             print!("{text}");
             if !text.is_empty() && !text.ends_with('\n') {
                 println!();
@@ -133,18 +142,20 @@ async fn act(
         .unwrap_or("?");
     match action {
         Action::Retry => println!(
-            "re-ran execution {} (task {}) on cluster {} as execution {} ({status})",
-            f.record.execution_id,
-            f.record.task_id,
-            f.record.cluster,
-            e.map(|e| e.id.as_str()).unwrap_or("?")
+            "re-ran execution {} (task {}) on cluster {} as execution {} ({})",
+            line(&f.record.execution_id),
+            line(&f.record.task_id),
+            line(&f.record.cluster),
+            line(e.map(|e| e.id.as_str()).unwrap_or("?")),
+            line(status)
         ),
         _ => println!(
-            "{} execution {} (task {}) on cluster {}: {status}",
+            "{} execution {} (task {}) on cluster {}: {}",
             action.as_str(),
-            f.record.execution_id,
-            f.record.task_id,
-            f.record.cluster
+            line(&f.record.execution_id),
+            line(&f.record.task_id),
+            line(&f.record.cluster),
+            line(status)
         ),
     }
     Ok(())
@@ -153,35 +164,35 @@ async fn act(
 fn show(f: &Found, indent: &str) {
     let r = &f.record;
     let e = f.execution.as_ref();
-    let line = |k: &str, v: &str| println!("{indent}{k:<12} {v}");
-    line("task", &r.task_id);
-    line("execution", &r.execution_id);
-    line("cluster", &r.cluster);
-    line("rule", &r.rule);
-    line("event", &r.event_id);
-    line("action", &r.action);
-    line(
+    let row = |k: &str, v: &str| println!("{indent}{k:<12} {}", line(v));
+    row("task", &r.task_id);
+    row("execution", &r.execution_id);
+    row("cluster", &r.cluster);
+    row("rule", &r.rule);
+    row("event", &r.event_id);
+    row("action", &r.action);
+    row(
         "status",
         e.and_then(|e| e.status())
             .map(|s| s.as_str())
             .unwrap_or(&r.status),
     );
     if let Some(s) = e.and_then(|e| e.start_timestamp.as_deref()) {
-        line("started", s);
+        row("started", s);
     }
     if let Some(s) = e.and_then(|e| e.end_timestamp.as_deref()) {
-        line("finished", s);
+        row("finished", s);
     }
     if let Some(s) = e.and_then(|e| e.elapsed_seconds) {
-        line("elapsed", &format!("{s:.1}s"));
+        row("elapsed", &format!("{s:.1}s"));
     }
     if let Some(u) = e
         .and_then(|e| e.web_url.as_deref())
         .or(r.web_url.as_deref())
     {
-        line("web", u);
+        row("web", u);
     }
     if let Some(res) = e.and_then(|e| e.result.as_ref()) {
-        line("result", &res.to_string());
+        row("result", &res.to_string());
     }
 }

@@ -14,6 +14,7 @@ mod run;
 mod schemas;
 mod setup;
 mod status;
+mod term;
 mod trace;
 
 use std::path::PathBuf;

@@ -122,7 +122,10 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
                     .collect::<Vec<_>>()
                     .join("; ");
                 if !a.json {
-                    eprintln!("whale: line {line_no}: refused: {msg}");
+                    eprintln!(
+                        "whale: line {line_no}: refused: {}",
+                        super::term::line(&msg)
+                    );
                 }
                 refused.push(json!({ "line": line_no, "reasons": reasons }));
             }

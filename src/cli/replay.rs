@@ -224,7 +224,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
                     l.actually_matched,
                     l.added,
                     l.removed,
-                    l.examples.join(", ")
+                    super::term::line(&l.examples.join(", "))
                 );
             }
         }

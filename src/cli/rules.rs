@@ -156,7 +156,11 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
             if json {
                 super::print_json(&reports)?;
             } else {
-                print!("{}", whale_rules::format_human(&reports));
+                // Values of the events tested are quoted in the report: no raw escapes.
+                print!(
+                    "{}",
+                    super::term::block(&whale_rules::format_human(&reports))
+                );
             }
         }
         Cmd::Show { json } => {

@@ -89,18 +89,22 @@ async fn not_matched(cfg: &Config, t: &Trace) -> Vec<NotMatched> {
         .collect()
 }
 
-/// The human view: a header, then one block per step, top to bottom.
+/// The human view: a header, then one block per step, top to bottom. Every text that came from
+/// the event or a record is escaped for the terminal ([`super::term::line`]).
 pub fn render(t: &Trace) -> String {
+    use super::term::line;
     use std::fmt::Write as _;
     let mut out = String::new();
     let ev = t.event.as_ref();
     let field = |k: &str| {
-        ev.and_then(|e| e.get(k))
-            .and_then(|v| v.as_str())
-            .unwrap_or("?")
-            .to_owned()
+        line(
+            ev.and_then(|e| e.get(k))
+                .and_then(|v| v.as_str())
+                .unwrap_or("?"),
+        )
+        .into_owned()
     };
-    let _ = writeln!(out, "event {} — {}", t.event_id, t.outcome);
+    let _ = writeln!(out, "event {} — {}", line(&t.event_id), line(&t.outcome));
     if ev.is_some() {
         let _ = writeln!(
             out,
@@ -116,15 +120,21 @@ pub fn render(t: &Trace) -> String {
     }
     let _ = writeln!(out);
     for s in &t.steps {
-        let _ = writeln!(out, "{}  {:<13} {}", s.seen, s.kind, s.summary);
+        let _ = writeln!(
+            out,
+            "{}  {:<13} {}",
+            line(&s.seen),
+            line(&s.kind),
+            line(&s.summary)
+        );
         for d in &s.details {
-            let _ = writeln!(out, "{:<26} {:<13} {}", "", "", d);
+            let _ = writeln!(out, "{:<26} {:<13} {}", "", "", line(d));
         }
     }
     if !t.not_matched.is_empty() {
         let _ = writeln!(out, "\nrules that listened but did not match:");
         for m in &t.not_matched {
-            let _ = writeln!(out, "  {}: {}", m.rule, m.reason);
+            let _ = writeln!(out, "  {}: {}", line(&m.rule), line(&m.reason));
         }
     }
     let last = t.steps.last().map(|s| s.kind.as_str()).unwrap_or("");

@@ -230,6 +230,20 @@ pub struct IndexConfig {
     /// OpenSearch URL; unset → the embedded index in `dir`.
     pub opensearch_url: Option<String>,
     pub dir: PathBuf,
+    /// Longest search query (`GET /v1/events?q=`, `whale events search`), in bytes.
+    pub query_max_bytes: usize,
+    /// Deepest query nesting: every `(` and every `NOT`/`!`/`-`/`+` adds a level (at most 128).
+    pub query_max_depth: usize,
+    /// Most clauses in one search, kind filter included (at most 1024, OpenSearch's default
+    /// `indices.query.bool.max_clause_count`).
+    pub query_max_clauses: usize,
+    /// Most clauses in one search that walk a whole term dictionary with a pattern (wildcards,
+    /// `field:*`, `_exists_:`) (at most 64).
+    pub query_max_wildcards: usize,
+    /// Most `*` and `?` in one query value (at most 8: each can double the pattern's automaton).
+    pub query_max_wildcard_chars: usize,
+    /// Most hits one search returns (`limit`).
+    pub search_max_limit: usize,
 }
 
 impl Default for IndexConfig {
@@ -237,7 +251,37 @@ impl Default for IndexConfig {
         IndexConfig {
             opensearch_url: None,
             dir: PathBuf::from(".whale/index"),
+            query_max_bytes: 4096,
+            query_max_depth: 32,
+            query_max_clauses: 256,
+            query_max_wildcards: 8,
+            query_max_wildcard_chars: 6,
+            search_max_limit: 10_000,
         }
+    }
+}
+
+impl IndexConfig {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.query_max_bytes == 0 || self.search_max_limit == 0 {
+            bail!("index.query_max_bytes and index.search_max_limit must be at least 1");
+        }
+        if !(1..=128).contains(&self.query_max_depth) {
+            bail!("index.query_max_depth must be between 1 and 128 (deeper queries could overflow the stack)");
+        }
+        if !(1..=1024).contains(&self.query_max_clauses) {
+            bail!("index.query_max_clauses must be between 1 and 1024 (OpenSearch refuses more by default)");
+        }
+        if self.query_max_wildcards > 64 {
+            bail!("index.query_max_wildcards must be at most 64 (each walks a whole term dictionary)");
+        }
+        if !(1..=8).contains(&self.query_max_wildcard_chars) {
+            bail!("index.query_max_wildcard_chars must be between 1 and 8 (each can double a pattern's automaton)");
+        }
+        if self.search_max_limit > 10_000 {
+            bail!("index.search_max_limit must be at most 10000 (OpenSearch's index.max_result_window)");
+        }
+        Ok(())
     }
 }
 
@@ -643,6 +687,7 @@ impl Config {
         }
         self.dispatch.check()?;
         self.feedback.check()?;
+        self.index.check()?;
         for (name, c) in &self.clusters {
             if c.url.is_empty() {
                 bail!("cluster {name:?} has no url");

@@ -12,9 +12,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use whale_kernel::http::{check_bearer, error};
+use whale_kernel::config::IndexConfig;
 use whale_kernel::Config;
 
 use crate::backend::{Backend, Error, Search};
+use crate::query::Limits;
 
 /// Default number of hits.
 pub const DEFAULT_LIMIT: usize = 20;
@@ -59,15 +61,19 @@ pub fn parse_kinds(s: Option<&str>) -> Vec<String> {
     }
 }
 
-/// Builds a [`Search`] from the user's strings; the error says what to fix.
+/// Builds a [`Search`] from the user's strings within the `[index]` limits (query length, depth,
+/// clauses, `limit`); the error says what to fix and names the limit.
 pub fn make_search(
     q: &str,
     from: Option<&str>,
     to: Option<&str>,
     limit: Option<usize>,
     kinds: Option<&str>,
+    cfg: &IndexConfig,
 ) -> Result<Search, String> {
-    let query = crate::query::parse(q).map_err(|e| e.explain(q))?;
+    let limits = Limits::from_config(cfg);
+    let query = crate::query::parse_with(q, time::OffsetDateTime::now_utc(), &limits)
+        .map_err(|e| e.explain(q))?;
     let mut s = Search::new(query);
     s.from = from
         .map(crate::time::parse_time)
@@ -77,8 +83,20 @@ pub fn make_search(
         .map(crate::time::parse_time)
         .transpose()
         .map_err(|e| format!("--to: {e}"))?;
-    s.limit = limit.unwrap_or(DEFAULT_LIMIT);
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if limit > cfg.search_max_limit {
+        return Err(format!(
+            "limit {limit} is more than one search returns, {} (index.search_max_limit): \
+             ask for fewer hits, or narrow the search with from/to",
+            cfg.search_max_limit
+        ));
+    }
+    s.limit = limit;
     s.kinds = parse_kinds(kinds);
+    // The kinds become clauses too: check the query as the backend will get it.
+    limits
+        .check_clauses(&s.effective_query())
+        .map_err(|e| format!("query error: {}", e.msg))?;
     Ok(s)
 }
 
@@ -96,6 +114,7 @@ async fn search(
         p.to.as_deref(),
         p.limit,
         p.kind.as_deref(),
+        &app.cfg.index,
     ) {
         Ok(s) => s,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg, json!({})),
@@ -119,5 +138,32 @@ async fn search(
                 json!({}),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn searches_are_bounded_by_the_index_config() {
+        let cfg = IndexConfig::default();
+        let ok = make_search("kind:event", None, None, Some(10_000), None, &cfg).unwrap();
+        assert_eq!(ok.limit, 10_000);
+        let e = make_search("*", None, None, Some(10_001), None, &cfg).unwrap_err();
+        assert!(e.contains("index.search_max_limit"), "{e}");
+        let kinds = vec!["event"; 300].join(",");
+        let e = make_search("*", None, None, None, Some(&kinds), &cfg).unwrap_err();
+        assert!(e.contains("index.query_max_clauses"), "{e}");
+        let e = make_search(&"(".repeat(400), None, None, None, None, &cfg).unwrap_err();
+        assert!(e.contains("index.query_max_depth"), "{e}");
+        // The error shows only a window of a long query.
+        assert!(e.len() < 600, "{e}");
+        let small = IndexConfig {
+            query_max_bytes: 10,
+            ..IndexConfig::default()
+        };
+        let e = make_search("kind:event OR x", None, None, None, None, &small).unwrap_err();
+        assert!(e.contains("index.query_max_bytes"), "{e}");
     }
 }

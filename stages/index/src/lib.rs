@@ -20,6 +20,9 @@ pub mod trace;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+#[cfg(test)]
+mod query_fuzz;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

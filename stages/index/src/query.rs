@@ -108,22 +108,251 @@ impl fmt::Display for QueryError {
     }
 }
 
+/// Most characters of the query an error shows.
+pub const EXPLAIN_CHARS: usize = 120;
+
 impl QueryError {
     /// The error with the query and a caret under the offending character.
+    /// A long query is shown as the part around the error (at most [`EXPLAIN_CHARS`] characters),
+    /// so that an error never echoes a whole oversized query back.
     pub fn explain(&self, query: &str) -> String {
-        let col: usize = query.chars().take(self.pos).count();
-        format!("{self}\n  {query}\n  {}^", " ".repeat(col))
+        let col: usize = query.get(..self.pos).unwrap_or(query).chars().count();
+        let total = query.chars().count();
+        let first = col.saturating_sub(EXPLAIN_CHARS / 2).min(total.saturating_sub(EXPLAIN_CHARS));
+        let shown: String = query.chars().skip(first).take(EXPLAIN_CHARS).collect();
+        let (pre, post) = (
+            if first > 0 { "…" } else { "" },
+            if first + EXPLAIN_CHARS < total { "…" } else { "" },
+        );
+        let caret = col - first + pre.chars().count();
+        format!("{self}\n  {pre}{shown}{post}\n  {}^", " ".repeat(caret))
     }
 }
 
-/// Parses a query string (empty or `*` = everything); relative times resolve against now.
-pub fn parse(s: &str) -> Result<Query, QueryError> {
-    parse_at(s, OffsetDateTime::now_utc())
+/// Bounds on one query, checked while parsing, so that no query can overflow the stack of a
+/// recursive pass (parsing, [`simplify`], both translations, tantivy's scorers) or make one
+/// search do unbounded work. Set in `[index]` of whale.toml (docs/limits.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest query, in bytes.
+    pub max_bytes: usize,
+    /// Deepest nesting: every `(` group and every `NOT` / `!` / `-` / `+` adds one level.
+    pub max_depth: usize,
+    /// Most clauses: every field:value, range, wildcard and word of free text counts one (a
+    /// number on a `detail.*` key and `detail.<key>:*` count two), as OpenSearch counts them.
+    pub max_clauses: usize,
+    /// Most clauses that walk a field's whole term dictionary with a pattern: wildcard values,
+    /// `field:*` / `_exists_:` on keyword, `detail.*` and `labels.*` fields, and `detail:value`.
+    pub max_wildcards: usize,
+    /// Most `*` and `?` in one value: each `?` after a `*` can double the automaton a pattern
+    /// compiles to (measured: 6 take up to ~40 ms to compile, 8 up to ~0.4 s).
+    pub max_wildcard_chars: usize,
 }
 
-/// Parses with relative times (`1h`, `now`) resolved against `now`.
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 4096,
+            max_depth: 32,
+            max_clauses: 256,
+            max_wildcards: 8,
+            max_wildcard_chars: 6,
+        }
+    }
+}
+
+/// Deepest nesting any configuration may allow: what every recursive pass over a query is
+/// proven to handle on a 2 MiB thread stack (see the tests).
+pub const HARD_MAX_DEPTH: usize = 128;
+/// Most clauses any configuration may allow: OpenSearch's default
+/// `indices.query.bool.max_clause_count`, which counts every clause of the whole query.
+pub const HARD_MAX_CLAUSES: usize = 1024;
+/// Deepest query tree a translation accepts: a query parsed within [`HARD_MAX_DEPTH`] is at
+/// most about twice as deep (a group is an OR holding an AND), plus the time and kind filters.
+pub const MAX_TREE_DEPTH: usize = 2 * HARD_MAX_DEPTH + 8;
+/// Most dictionary-walking clauses any configuration may allow.
+pub const HARD_MAX_WILDCARDS: usize = 64;
+/// Most `*` / `?` in one value any configuration may allow.
+pub const HARD_MAX_WILDCARD_CHARS: usize = 8;
+
+impl Limits {
+    /// The limits with every value within [`HARD_MAX_DEPTH`] and [`HARD_MAX_CLAUSES`] and at
+    /// least 1.
+    pub fn capped(self) -> Limits {
+        Limits {
+            max_bytes: self.max_bytes.max(1),
+            max_depth: self.max_depth.clamp(1, HARD_MAX_DEPTH),
+            max_clauses: self.max_clauses.clamp(1, HARD_MAX_CLAUSES),
+            max_wildcards: self.max_wildcards.min(HARD_MAX_WILDCARDS),
+            max_wildcard_chars: self.max_wildcard_chars.clamp(1, HARD_MAX_WILDCARD_CHARS),
+        }
+    }
+
+    /// The `[index]` limits of the configuration.
+    pub fn from_config(c: &whale_kernel::config::IndexConfig) -> Limits {
+        Limits {
+            max_bytes: c.query_max_bytes,
+            max_depth: c.query_max_depth,
+            max_clauses: c.query_max_clauses,
+            max_wildcards: c.query_max_wildcards,
+            max_wildcard_chars: c.query_max_wildcard_chars,
+        }
+        .capped()
+    }
+
+    /// Checks the clause count of a whole query (as a backend will receive it).
+    pub fn check_clauses(&self, q: &Query) -> Result<(), QueryError> {
+        let n = clauses(q);
+        if n > self.max_clauses {
+            return Err(QueryError {
+                pos: 0,
+                msg: format!(
+                    "the query has {n} clauses, more than the limit of {} (index.query_max_clauses): \
+                     use fewer terms, e.g. a wildcard or a range instead of many ORs",
+                    self.max_clauses
+                ),
+            });
+        }
+        let n = scans(q);
+        if n > self.max_wildcards {
+            return Err(QueryError {
+                pos: 0,
+                msg: format!(
+                    "the query has {n} wildcard or exists clauses, more than the limit of {} \
+                     (index.query_max_wildcards; each walks a field's whole dictionary): use exact \
+                     values or fewer patterns",
+                    self.max_wildcards
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How many clauses of `q` walk a field's whole term dictionary with a pattern (the costly ones:
+/// see [`Limits::max_wildcards`]). Iterative.
+pub fn scans(q: &Query) -> usize {
+    let mut n = 0usize;
+    let mut stack = vec![q];
+    while let Some(q) = stack.pop() {
+        match q {
+            Query::And(v) | Query::Or(v) => stack.extend(v),
+            Query::Not(x) => stack.push(x),
+            Query::All => {}
+            Query::Clause(f, p) => {
+                let scan = match (f, p) {
+                    (_, Pred::Wildcard(_)) => true,
+                    (Field::Keyword(_) | Field::Flat { .. }, Pred::Exists) => true,
+                    (Field::Flat { path, .. }, Pred::Term(_) | Pred::Phrase(_)) => path.is_empty(),
+                    (Field::Keyword(_), Pred::StrRange(lo, hi)) => {
+                        *lo == Bound::Unbounded && *hi == Bound::Unbounded
+                    }
+                    _ => false,
+                };
+                n += usize::from(scan);
+            }
+        }
+    }
+    n
+}
+
+/// How many clauses a backend sees for `q` (OpenSearch counts every leaf query and every word of
+/// a phrase). Iterative, so it is safe on any tree.
+pub fn clauses(q: &Query) -> usize {
+    let mut n = 0usize;
+    let mut stack = vec![q];
+    while let Some(q) = stack.pop() {
+        match q {
+            Query::All => n += 1,
+            Query::And(v) => {
+                if v.iter().all(|x| matches!(x, Query::Not(_))) {
+                    n += 1; // the match_all a purely negative AND gets
+                }
+                // A NOT in an AND becomes a must_not clause of it: no match_all of its own.
+                stack.extend(v.iter().map(|x| match x {
+                    Query::Not(inner) => &**inner,
+                    x => x,
+                }));
+            }
+            Query::Or(v) => stack.extend(v),
+            Query::Not(x) => {
+                n += 1; // the match_all a NOT is subtracted from
+                stack.push(x);
+            }
+            Query::Clause(f, p) => n += clause_weight(f, p),
+        }
+    }
+    n
+}
+
+fn clause_weight(f: &Field, p: &Pred) -> usize {
+    match (f, p) {
+        (Field::Text, Pred::Term(v) | Pred::Phrase(v)) => words(v).max(1),
+        (Field::Flat { path, .. }, Pred::Term(v) | Pred::Phrase(v))
+            if !path.is_empty() && parse_number(v).is_some() =>
+        {
+            2
+        }
+        (Field::Flat { path, .. }, Pred::Exists) if !path.is_empty() => 2,
+        _ => 1,
+    }
+}
+
+/// Words of free text, as the tokenizers split them (runs of letters and digits).
+pub fn words(s: &str) -> usize {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .count()
+}
+
+/// Depth of a query tree, without recursion.
+pub fn depth(q: &Query) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(q, 1usize)];
+    while let Some((q, d)) = stack.pop() {
+        max = max.max(d);
+        match q {
+            Query::And(v) | Query::Or(v) => stack.extend(v.iter().map(|x| (x, d + 1))),
+            Query::Not(x) => stack.push((x, d + 1)),
+            Query::All | Query::Clause(..) => {}
+        }
+    }
+    max
+}
+
+/// Parses a query string (empty or `*` = everything) within the default [`Limits`]; relative
+/// times resolve against now.
+pub fn parse(s: &str) -> Result<Query, QueryError> {
+    parse_with(s, OffsetDateTime::now_utc(), &Limits::default())
+}
+
+/// Parses with relative times (`1h`, `now`) resolved against `now`, within the default limits.
 pub fn parse_at(s: &str, now: OffsetDateTime) -> Result<Query, QueryError> {
-    let mut p = Parser { s, pos: 0, now };
+    parse_with(s, now, &Limits::default())
+}
+
+/// Parses within `limits` (capped to the hard maxima); relative times resolve against `now`.
+pub fn parse_with(s: &str, now: OffsetDateTime, limits: &Limits) -> Result<Query, QueryError> {
+    let limits = limits.capped();
+    if s.len() > limits.max_bytes {
+        return Err(QueryError {
+            pos: 0,
+            msg: format!(
+                "the query is {} bytes long, more than the limit of {} (index.query_max_bytes): \
+                 shorten it, e.g. narrow it with --from/--to or kind instead of long lists",
+                s.len(),
+                limits.max_bytes
+            ),
+        });
+    }
+    let mut p = Parser {
+        s,
+        pos: 0,
+        now,
+        depth: 0,
+        max_depth: limits.max_depth,
+        max_wildcard_chars: limits.max_wildcard_chars,
+    };
     p.ws();
     if p.eof() {
         return Ok(Query::All);
@@ -137,7 +366,10 @@ pub fn parse_at(s: &str, now: OffsetDateTime) -> Result<Query, QueryError> {
             "unexpected text".to_string()
         }));
     }
-    Ok(simplify(q))
+    // The tree is at most 2 * max_depth + 3 deep here, so simplify's recursion is bounded.
+    let q = simplify(q);
+    limits.check_clauses(&q)?;
+    Ok(q)
 }
 
 /// Resolves a field name as written in a query.
@@ -178,6 +410,8 @@ pub fn field(name: &str) -> Result<Field, String> {
     ))
 }
 
+/// Drops one-item ANDs and ORs. Recursive: only called on what the parser built within
+/// [`Limits::max_depth`].
 fn simplify(q: Query) -> Query {
     match q {
         Query::And(v) | Query::Or(v) if v.len() == 1 => {
@@ -194,6 +428,10 @@ struct Parser<'a> {
     s: &'a str,
     pos: usize,
     now: OffsetDateTime,
+    /// Groups and NOTs open at `pos`.
+    depth: usize,
+    max_depth: usize,
+    max_wildcard_chars: usize,
 }
 
 /// A value as read: its text and whether it had an unescaped wildcard or was quoted.
@@ -236,6 +474,19 @@ impl Parser<'_> {
             pos,
             msg: msg.into(),
         }
+    }
+
+    /// Enters one more level of nesting (a group or a NOT), refusing past the limit.
+    fn deeper(&mut self) -> Result<(), QueryError> {
+        self.depth += 1;
+        if self.depth > self.max_depth {
+            return Err(self.err(format!(
+                "the query nests deeper than the limit of {} levels (index.query_max_depth; \
+                 every ( and every NOT, !, - or + adds one): flatten it",
+                self.max_depth
+            )));
+        }
+        Ok(())
     }
 
     /// An operator word (`AND`, `OR`, `NOT`, `TO`) followed by a separator.
@@ -292,27 +543,43 @@ impl Parser<'_> {
     }
 
     fn unary(&mut self, default: Option<&Field>) -> Result<Query, QueryError> {
-        self.ws();
-        if self.at_op("NOT") {
-            self.pos += 3;
+        // Prefix operators are read in a loop (a long run of them costs no stack here) and each
+        // counts as one level of nesting; `+` (required) changes nothing but nests all the same.
+        let entered = self.depth;
+        let mut negations = 0usize;
+        loop {
             self.ws();
-            return Ok(Query::Not(Box::new(self.unary(default)?)));
-        }
-        match self.peek() {
-            Some('!') | Some('-') => {
-                let next = self.rest()[1..].chars().next();
-                if next.is_some_and(|c| !c.is_whitespace()) {
-                    self.bump();
-                    return Ok(Query::Not(Box::new(self.unary(default)?)));
+            if self.at_op("NOT") {
+                self.deeper()?;
+                self.pos += 3;
+                negations += 1;
+                continue;
+            }
+            match self.peek() {
+                Some('!') | Some('-') => {
+                    let next = self.rest()[1..].chars().next();
+                    if next.is_some_and(|c| !c.is_whitespace()) {
+                        self.deeper()?;
+                        self.bump();
+                        negations += 1;
+                        continue;
+                    }
                 }
+                Some('+') => {
+                    self.deeper()?;
+                    self.bump();
+                    continue;
+                }
+                _ => {}
             }
-            Some('+') => {
-                self.bump();
-                return self.unary(default);
-            }
-            _ => {}
+            break;
         }
-        self.primary(default)
+        let mut q = self.primary(default)?;
+        self.depth = entered;
+        for _ in 0..negations {
+            q = Query::Not(Box::new(q));
+        }
+        Ok(q)
     }
 
     fn primary(&mut self, default: Option<&Field>) -> Result<Query, QueryError> {
@@ -321,12 +588,14 @@ impl Parser<'_> {
             return Err(self.err("the query ends where a value was expected"));
         };
         if c == '(' {
+            self.deeper()?;
             self.bump();
             let q = self.or(default)?;
             self.ws();
             if self.bump() != Some(')') {
                 return Err(self.err("missing ')'"));
             }
+            self.depth -= 1;
             return Ok(q);
         }
         if c == ')' {
@@ -424,12 +693,14 @@ impl Parser<'_> {
         let start = self.pos;
         match self.peek() {
             Some('(') => {
+                self.deeper()?;
                 self.bump();
                 let q = self.or(Some(f))?;
                 self.ws();
                 if self.bump() != Some(')') {
                     return Err(self.err("missing ')'"));
                 }
+                self.depth -= 1;
                 Ok(q)
             }
             Some('"') => {
@@ -470,6 +741,17 @@ impl Parser<'_> {
                     });
                 }
                 let pred = if w.wildcard {
+                    let n = w.text.chars().filter(|c| matches!(c, '*' | '?')).count();
+                    if n > self.max_wildcard_chars {
+                        return Err(self.err_at(
+                            w.start,
+                            format!(
+                                "the value has {n} wildcards (* and ?), more than the limit of {} \
+                                 (index.query_max_wildcard_chars): use fewer",
+                                self.max_wildcard_chars
+                            ),
+                        ));
+                    }
                     Pred::Wildcard(w.text)
                 } else {
                     Pred::Term(w.text)
@@ -588,7 +870,9 @@ impl Parser<'_> {
             // A bare date means that whole day.
             let is_date = text.len() == 10 && text.as_bytes()[4] == b'-';
             let hi = if is_date {
-                Bound::Excluded(t + time::Duration::days(1))
+                // Checked: the last day of the calendar has no next day.
+                t.checked_add(time::Duration::days(1))
+                    .map_or(Bound::Unbounded, Bound::Excluded)
             } else {
                 Bound::Included(t)
             };

@@ -15,19 +15,30 @@ pub fn parse_time_at(s: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Str
         return Ok(now);
     }
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
-        return Ok(t.to_offset(UtcOffset::UTC));
+        // Checked: the far ends of the calendar with an offset fall outside it in UTC.
+        return t
+            .checked_to_offset(UtcOffset::UTC)
+            .ok_or_else(|| out_of_range(s));
     }
     if let Ok(d) = Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")) {
         return Ok(d.midnight().assume_utc());
     }
     let rel = s.strip_prefix("now-").unwrap_or(s);
     match humantime::parse_duration(rel) {
-        Ok(d) => Ok(now - d),
+        // Checked: `100000000y` ago is before the calendar starts.
+        Ok(d) => time::Duration::try_from(d)
+            .ok()
+            .and_then(|d| now.checked_sub(d))
+            .ok_or_else(|| out_of_range(s)),
         Err(_) => Err(format!(
             "{s:?} is not a time: use RFC 3339 (2026-11-28T01:00:00Z), a date (2026-11-28), now, \
              or how long ago (15m, 1h, 7d, now-1h)"
         )),
     }
+}
+
+fn out_of_range(s: &str) -> String {
+    format!("{s:?} is out of range: use a time between the years 1 and 9999")
 }
 
 /// Parses a time bound relative to the current time.
@@ -80,6 +91,10 @@ mod tests {
         );
         let err = parse_time_at("yesterday-ish", now).unwrap_err();
         assert!(err.contains("RFC 3339"), "{err}");
+        // The ends of the calendar are errors, not panics (issue 12).
+        for s in ["100000000y", "now-9999999999999d", "9999-12-31T23:59:59-23:59"] {
+            assert!(parse_time_at(s, now).is_err(), "{s}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@ use crate::query::{Field, Pred, Query};
 
 /// Most documents a trace reads.
 const TRACE_LIMIT: usize = 10_000;
+/// Most task ids looked up in one search (well under OpenSearch's 1024 clauses).
+const TASKS_PER_SEARCH: usize = 200;
 
 /// One event's story.
 #[derive(Debug, Clone, Serialize)]
@@ -84,8 +86,9 @@ pub async fn trace(backend: &dyn Backend, event_id: &str) -> Result<Trace, Error
     let mut tasks: Vec<String> = docs.iter().filter_map(|d| d.task_id.clone()).collect();
     tasks.sort();
     tasks.dedup();
-    if !tasks.is_empty() {
-        for d in backend.search(&by("task_id", tasks)).await?.hits {
+    // In groups, so that no search goes over a backend's clause limit however many tasks.
+    for group in tasks.chunks(TASKS_PER_SEARCH) {
+        for d in backend.search(&by("task_id", group.to_vec())).await?.hits {
             if !docs.iter().any(|x| x.id == d.id) {
                 docs.push(d);
             }

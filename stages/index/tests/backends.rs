@@ -567,6 +567,78 @@ async fn trace_story(b: &dyn Backend) {
     assert_eq!(b.search(&s).await.unwrap().hits[0].kind, "event");
 }
 
+/// Issue 12, finding 1: the largest queries the default limits allow run on both backends (so the
+/// limits sit under OpenSearch's own, `indices.query.bool.max_clause_count` = 1024), and a query
+/// built past them in code is refused as `Invalid` (a 400), never sent to fail as a 500.
+async fn query_limits(b: &dyn Backend) {
+    use whale_index::query::{parse_with, Field, Limits, Pred, Query, MAX_TREE_DEPTH};
+    let docs: Vec<Doc> = (0..20)
+        .map(|i| {
+            event_doc(
+                &json!({"id": format!("ql-{i}"), "event_type": "generic", "source": "s", "time": "2026-11-20T01:00:00Z",
+                        "detail": {"host": format!("web-{i}"), "n": i, "message": "web web web"}}),
+                i + 1,
+                BASE,
+            )
+        })
+        .collect();
+    b.write(docs).await.unwrap();
+    b.refresh().await.unwrap();
+    let or = |c: &str, k: usize| vec![c; k].join(" OR ");
+    let biggest = [
+        (or("source:s", 254), 20),
+        (or("detail.n:3", 127), 1),
+        (or("detail.n:*", 8), 20),
+        (format!("{} OR {}", or("detail:*eb*", 4), or("detail.host:w?b-1*", 4)), 20),
+        (format!("{} OR {}", or("detail.host:a*a?a?a??*", 8), or("source:s", 200)), 20),
+        (format!("\"{}\"", vec!["web"; 3].join(" ")), 20),
+        (format!("\"{}\"", vec!["web"; 254].join(" ")), 0),
+        (format!("{}detail.n:3{}", "(NOT x OR ".repeat(31), ")".repeat(31)), 20),
+        (format!("{}detail.n:3{}", "(x OR ".repeat(32), ")".repeat(32)), 1),
+    ];
+    for (q, want) in &biggest {
+        let parsed = parse_with(q, OffsetDateTime::now_utc(), &Limits::default())
+            .unwrap_or_else(|e| panic!("{}", e.explain(q)));
+        let mut s = Search::new(parsed);
+        s.kinds = vec!["event".into(), "rejected".into()];
+        let hits = b
+            .search(&s)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {q}: {e}", b.name()));
+        assert_eq!(hits.total, *want, "{}: {q}", b.name());
+    }
+    // Counted as OpenSearch counts: 1000 clauses (500 numbers on a detail key, two each) pass.
+    let terms = |k: usize, v: &str| {
+        Query::Or(
+            (0..k)
+                .map(|_| Query::Clause(Field::Flat { root: "detail", path: "n".into() }, Pred::Term(v.into())))
+                .collect(),
+        )
+    };
+    let mut s = Search::new(terms(500, "3"));
+    s.kinds = vec![];
+    assert_eq!(b.search(&s).await.unwrap().total, 1, "{}", b.name());
+    // Past 1024: refused by whale on OpenSearch (tantivy has no such limit).
+    let mut s = Search::new(terms(520, "3"));
+    s.kinds = vec![];
+    match (b.name(), b.search(&s).await) {
+        ("opensearch", Err(whale_index::Error::Invalid(m))) => {
+            assert!(m.contains("max_clause_count"), "{m}")
+        }
+        ("embedded", Ok(h)) => assert_eq!(h.total, 1),
+        (name, other) => panic!("{name}: {other:?}"),
+    }
+    // A tree deeper than any parsed query: refused by both before any recursion.
+    let mut deep = Query::Clause(Field::Keyword("kind"), Pred::Term("event".into()));
+    for _ in 0..=MAX_TREE_DEPTH {
+        deep = Query::Not(Box::new(deep));
+    }
+    match b.search(&Search::new(deep)).await {
+        Err(whale_index::Error::Invalid(m)) => assert!(m.contains("levels deep"), "{m}"),
+        other => panic!("{}: {other:?}", b.name()),
+    }
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod embedded_backend {
@@ -598,6 +670,7 @@ both!(
     oversized_value,
     retention,
     trace_story,
+    query_limits,
 );
 
 /// flat_object keeps the mapping small however many keys events carry.

@@ -6,8 +6,8 @@
 //! (group commit): a batch is acknowledged only after the commit that holds it, and a redelivered
 //! document replaces its earlier copy (delete by id, then add, in the same commit).
 
-mod schema;
-mod translate;
+pub(crate) mod schema;
+pub(crate) mod translate;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;

@@ -97,7 +97,9 @@ impl Fields {
     }
 }
 
-/// A tantivy date at millisecond precision.
+/// A tantivy date at millisecond precision. Tantivy keeps nanoseconds in an i64 (years 1677 to
+/// 2262): times outside are clamped to its ends rather than overflowing (found by fuzzing).
 pub fn date(t: time::OffsetDateTime) -> DateTime {
-    DateTime::from_timestamp_millis(crate::time::epoch_ms(t))
+    const MAX_MS: i64 = i64::MAX / 1_000_000;
+    DateTime::from_timestamp_millis(crate::time::epoch_ms(t).clamp(-MAX_MS, MAX_MS))
 }

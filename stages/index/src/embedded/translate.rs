@@ -12,7 +12,9 @@ use tantivy::{Index, Term};
 
 use super::schema::{date, Fields};
 use crate::backend::Error;
-use crate::query::{num_key, num_key_bounds, parse_number, Field, Pred, Query};
+use crate::query::{
+    depth, num_key, num_key_bounds, parse_number, Field, Pred, Query, MAX_TREE_DEPTH,
+};
 
 type Q = Box<dyn TQuery>;
 
@@ -22,7 +24,19 @@ pub struct Translator<'a> {
 }
 
 impl Translator<'_> {
+    /// The tantivy query of `q`; a tree deeper than [`MAX_TREE_DEPTH`] is refused before any
+    /// recursion (the parser never builds one; this guards queries built in code).
     pub fn query(&self, q: &Query) -> Result<Q, Error> {
+        let d = depth(q);
+        if d > MAX_TREE_DEPTH {
+            return Err(Error::Invalid(format!(
+                "the query tree is {d} levels deep, more than the {MAX_TREE_DEPTH} a search takes: flatten it"
+            )));
+        }
+        self.node(q)
+    }
+
+    fn node(&self, q: &Query) -> Result<Q, Error> {
         Ok(match q {
             Query::All => Box::new(AllQuery),
             Query::And(items) => {
@@ -30,10 +44,10 @@ impl Translator<'_> {
                 let mut positive = false;
                 for item in items {
                     match item {
-                        Query::Not(x) => clauses.push((Occur::MustNot, self.query(x)?)),
+                        Query::Not(x) => clauses.push((Occur::MustNot, self.node(x)?)),
                         x => {
                             positive = true;
-                            clauses.push((Occur::Must, self.query(x)?));
+                            clauses.push((Occur::Must, self.node(x)?));
                         }
                     }
                 }
@@ -45,12 +59,12 @@ impl Translator<'_> {
             Query::Or(items) => Box::new(BooleanQuery::new(
                 items
                     .iter()
-                    .map(|x| Ok((Occur::Should, self.query(x)?)))
+                    .map(|x| Ok((Occur::Should, self.node(x)?)))
                     .collect::<Result<_, Error>>()?,
             )),
             Query::Not(x) => Box::new(BooleanQuery::new(vec![
                 (Occur::Must, Box::new(AllQuery) as Q),
-                (Occur::MustNot, self.query(x)?),
+                (Occur::MustNot, self.node(x)?),
             ])),
             Query::Clause(field, pred) => self.clause(field, pred)?,
         })

@@ -11,7 +11,7 @@
 //! so a batch sent twice overwrites itself.
 
 mod template;
-mod translate;
+pub(crate) mod translate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -100,6 +100,20 @@ impl OpenSearch {
 
     /// Sends a request; `Unavailable` when the cluster cannot take it now.
     async fn send(&self, r: RequestBuilder) -> Result<(StatusCode, Value), Error> {
+        let (status, v) = self.send_raw(r).await?;
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Err(Error::Unavailable(format!(
+                "OpenSearch at {} answered {status}: {}",
+                self.base,
+                reason(&v)
+            )));
+        }
+        Ok((status, v))
+    }
+
+    /// Sends a request and returns whatever status came back; `Unavailable` only when no answer
+    /// came.
+    async fn send_raw(&self, r: RequestBuilder) -> Result<(StatusCode, Value), Error> {
         let resp = r.send().await.map_err(|e| {
             Error::Unavailable(format!(
                 "OpenSearch at {} did not answer: {}",
@@ -117,13 +131,6 @@ impl OpenSearch {
         })?;
         let v: Value = serde_json::from_slice(&body)
             .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&body)}));
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            return Err(Error::Unavailable(format!(
-                "OpenSearch at {} answered {status}: {}",
-                self.base,
-                reason(&v)
-            )));
-        }
         Ok((status, v))
     }
 
@@ -244,6 +251,20 @@ fn reason(v: &Value) -> String {
     }
 }
 
+/// Whether an error answer to a search is about the query itself (its root causes name a clause
+/// limit, a too complex pattern or a query parse failure).
+fn query_refused(v: &Value) -> bool {
+    const QUERY_ERRORS: [&str; 5] = [
+        "too_many_clauses",
+        "too_many_nested_clauses",
+        "too_complex_to_determinize",
+        "query_shard_exception",
+        "parsing_exception",
+    ];
+    let text = v["error"].to_string();
+    QUERY_ERRORS.iter().any(|e| text.contains(e))
+}
+
 /// Groups item indices into requests of at most [`BULK_BYTES`] (estimated).
 fn chunks(docs: &[Doc], items: &[usize]) -> Vec<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = Vec::new();
@@ -357,7 +378,24 @@ impl Backend for OpenSearch {
             "/{}-*/_search?ignore_unavailable=true&allow_no_indices=true",
             self.prefix
         );
-        let (status, v) = self.send(self.req(Method::POST, &path).json(&body)).await?;
+        let (status, v) = self
+            .send_raw(self.req(Method::POST, &path).json(&body))
+            .await?;
+        if status.is_server_error() && query_refused(&v) {
+            // OpenSearch reports some refusals of the query itself (too many clauses, a pattern
+            // too complex) as a 500: they are the caller's to fix, not a reason to retry.
+            return Err(Error::Invalid(format!(
+                "OpenSearch refused the query: {}",
+                reason(&v)
+            )));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Err(Error::Unavailable(format!(
+                "OpenSearch at {} answered {status}: {}",
+                self.base,
+                reason(&v)
+            )));
+        }
         if status == StatusCode::BAD_REQUEST {
             return Err(Error::Invalid(format!(
                 "OpenSearch refused the query: {}",

@@ -7,17 +7,43 @@ use std::ops::Bound;
 use serde_json::{json, Map, Value};
 
 use crate::backend::Error;
-use crate::query::{num_key, num_key_bounds, parse_number, Field, Pred, Query};
+use crate::query::{
+    clauses, depth, num_key, num_key_bounds, parse_number, Field, Pred, Query, MAX_TREE_DEPTH,
+};
 
+/// OpenSearch's default `indices.query.bool.max_clause_count`: the most leaf queries (and words
+/// of phrases) it takes in one search; beyond it, it fails the search.
+pub const OPENSEARCH_MAX_CLAUSES: usize = 1024;
+
+/// The query DSL of `q`. Refuses (before any recursion) a tree deeper than [`MAX_TREE_DEPTH`]
+/// and a query with more clauses than OpenSearch accepts, so that such a query is a clear 400
+/// here rather than a failed search there.
 pub fn query(q: &Query) -> Result<Value, Error> {
+    let d = depth(q);
+    if d > MAX_TREE_DEPTH {
+        return Err(Error::Invalid(format!(
+            "the query tree is {d} levels deep, more than the {MAX_TREE_DEPTH} a search takes: flatten it"
+        )));
+    }
+    let n = clauses(q);
+    if n > OPENSEARCH_MAX_CLAUSES {
+        return Err(Error::Invalid(format!(
+            "the query has {n} clauses, more than OpenSearch takes ({OPENSEARCH_MAX_CLAUSES}, \
+             indices.query.bool.max_clause_count): use fewer terms"
+        )));
+    }
+    node(q)
+}
+
+fn node(q: &Query) -> Result<Value, Error> {
     Ok(match q {
         Query::All => json!({"match_all": {}}),
         Query::And(items) => {
             let (mut filter, mut must_not) = (Vec::new(), Vec::new());
             for item in items {
                 match item {
-                    Query::Not(x) => must_not.push(query(x)?),
-                    x => filter.push(query(x)?),
+                    Query::Not(x) => must_not.push(node(x)?),
+                    x => filter.push(node(x)?),
                 }
             }
             if filter.is_empty() {
@@ -26,10 +52,10 @@ pub fn query(q: &Query) -> Result<Value, Error> {
             json!({"bool": {"filter": filter, "must_not": must_not}})
         }
         Query::Or(items) => json!({"bool": {
-            "should": items.iter().map(query).collect::<Result<Vec<_>, _>>()?,
+            "should": items.iter().map(node).collect::<Result<Vec<_>, _>>()?,
             "minimum_should_match": 1
         }}),
-        Query::Not(x) => json!({"bool": {"filter": [{"match_all": {}}], "must_not": [query(x)?]}}),
+        Query::Not(x) => json!({"bool": {"filter": [{"match_all": {}}], "must_not": [node(x)?]}}),
         Query::Clause(field, pred) => clause(field, pred)?,
     })
 }
