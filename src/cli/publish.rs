@@ -325,7 +325,7 @@ impl<'a> Publisher<'a> {
 /// of the input, `Some(true)` when the line was longer (the rest of it is skipped).
 fn read_line(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Option<bool>> {
     buf.clear();
-    let n = r.by_ref().take(max as u64 + 1).read_until(b'\n', buf)?;
+    let n = Read::take(&mut *r, max as u64 + 1).read_until(b'\n', buf)?;
     if n == 0 {
         return Ok(None);
     }

@@ -68,6 +68,44 @@ async fn post(env: &Env, body: impl Into<reqwest::Body>, ct: &str) -> (u16, Valu
     (code, v, retry)
 }
 
+/// POSTs a body of `len` spaces over a plain socket, reading the answer while still writing: the
+/// server answers a body over its limit at once and closes without reading it (an HTTP client
+/// library would fail on the broken pipe before reading the answer).
+fn raw_post(port: u16, len: usize) -> (u16, Value) {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b' '; 1 << 20];
+        for _ in 0..len / chunk.len() {
+            if w.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    writer.join().unwrap();
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON ({code}): {text:.300}"));
+    (code, v)
+}
+
 fn signal(pid: u32, sig: &str) {
     assert!(Command::new("kill")
         .arg(format!("-{sig}"))
@@ -103,12 +141,18 @@ async fn finding_2_and_12_bounded_cost_per_request() {
     assert!(v.to_string().len() < 2048);
     let after_4mib = p.vm_hwm_kib();
 
-    let big = vec![b' '; 64 * 1024 * 1024];
-    let (code, v, _) = post(&env, big, "application/json").await;
+    let (code, v) = raw_post(env.http_port, 64 * 1024 * 1024);
     assert_eq!(code, 413, "{v}");
     assert!(v["error"].as_str().unwrap().contains("http.max_body_bytes"), "{v}");
     assert_eq!(v["refused"][0]["reasons"][0]["pointer"], "");
     let after_64mib = p.vm_hwm_kib();
+
+    // The largest body allowed, all `{}`: refused by count as well.
+    let n = 16 * 1024 * 1024 / 3 - 1;
+    let body = "[".to_owned() + &"{},".repeat(n) + "{}]";
+    let (code, v, _) = post(&env, body, "application/json").await;
+    assert_eq!(code, 413, "{v}");
+    let after_16mib_empty = p.vm_hwm_kib();
 
     let body = "[".to_owned() + &"{},".repeat(9_999) + "{}]";
     let (code, v, _) = post(&env, body, "application/json").await;
@@ -127,10 +171,11 @@ async fn finding_2_and_12_bounded_cost_per_request() {
     assert_eq!(v["accepted"], 10_000);
     let after_max = p.vm_hwm_kib();
     eprintln!(
-        "finding 2 peak RSS (VmHWM) of whale run --stages ingest,validate: start {} MiB; after 4 MiB [{{}},…] body {} MiB; after 64 MiB body {} MiB; after 16 MiB body of 10,000 accepted events {} MiB",
+        "finding 2 peak RSS (VmHWM) of whale run --stages ingest,validate: start {} MiB; after 4 MiB [{{}},…] body {} MiB; after 64 MiB body {} MiB; after 16 MiB [{{}},…] body {} MiB; after 16 MiB body of 10,000 accepted events {} MiB",
         base / 1024,
         after_4mib / 1024,
         after_64mib / 1024,
+        after_16mib_empty / 1024,
         after_max / 1024
     );
     assert!(after_4mib < base + 64 * 1024, "4 MiB body grew the process to {after_4mib} KiB");
@@ -446,7 +491,7 @@ async fn finding_11_full_stream_and_per_source_rate() {
     }
     // Only ingest runs: nothing drains the work queue, so it fills.
     let _p = start(&env, "ingest").await;
-    let msg = "y".repeat(300);
+    let msg = "y".repeat(600);
     let mut full = None;
     for i in 0..40 {
         let ev = json!({"event_type": "generic", "source": format!("s{i}"), "detail": {"message": msg}});
@@ -462,7 +507,7 @@ async fn finding_11_full_stream_and_per_source_rate() {
     assert!(v["error"].as_str().unwrap().contains("is full"), "{v}");
     assert_eq!(v["not_stored_ids"].as_array().unwrap().len(), 1, "{v}");
     let out = env
-        .whale(&["publish", "--retries", "0", "--type", "generic", "--data", "{\"message\":\"m\"}"])
+        .whale(&["publish", "--retries", "0", "--type", "generic", "--data", &json!({"message": msg}).to_string()])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
