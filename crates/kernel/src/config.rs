@@ -109,6 +109,14 @@ pub struct NatsConfig {
     /// long a batch may take. `whale setup` updates existing consumers. At least 1s.
     #[serde(deserialize_with = "de_duration")]
     pub ack_wait: Duration,
+    /// Size cap of `WHALE_INGEST` in bytes (0 = none). Discard new: when full, ingest answers 429
+    /// and `whale publish` retries, nothing already queued is lost.
+    pub ingest_max_bytes: u64,
+    /// Size cap of `WHALE_EVENTS` in bytes (0 = none). Discard old: the oldest history goes first.
+    pub events_max_bytes: u64,
+    /// Size cap of `WHALE_PIPE` in bytes (0 = none). Discard new: a record not yet handled by
+    /// the next stage is never dropped; a full stream makes stages retry (back pressure to ingest).
+    pub pipe_max_bytes: u64,
 }
 
 impl Default for NatsConfig {
@@ -127,6 +135,9 @@ impl Default for NatsConfig {
             pipe_retention: Duration::from_secs(24 * 3600),
             duplicate_window: Duration::from_secs(10 * 60),
             ack_wait: Duration::from_secs(5),
+            ingest_max_bytes: 1 << 30,
+            events_max_bytes: 8 << 30,
+            pipe_max_bytes: 4 << 30,
         }
     }
 }
@@ -171,12 +182,21 @@ pub struct HttpConfig {
     pub addr: String,
     /// Bearer token required on `/v1/*` when set.
     pub token: Option<Secret>,
-    /// Largest request body (a batch of events).
+    /// Largest request body (a batch of events); over it: 413 with the JSON error shape.
     pub max_body_bytes: usize,
     /// Longest time one request may take; a slower one gets a JSON 503 and its work is
     /// dropped (at least 1s).
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
+    /// Most events in one request body; over it: 413 before any event is parsed.
+    pub max_items: usize,
+    /// How many refusals an error answer lists (plus the total count).
+    pub max_refusals: usize,
+    /// Events per second accepted from one `source` (token bucket in each process; 0 = no
+    /// limit). Over it: 429 with `Retry-After` for that source only.
+    pub rate_per_source: f64,
+    /// Burst size of the per-source bucket (events); 0 = one second's worth, at least 1.
+    pub burst_per_source: u32,
 }
 
 impl Default for HttpConfig {
@@ -184,7 +204,11 @@ impl Default for HttpConfig {
         HttpConfig {
             addr: "127.0.0.1:8080".into(),
             token: None,
-            max_body_bytes: 64 * 1024 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_items: 10_000,
+            max_refusals: 20,
+            rate_per_source: 0.0,
+            burst_per_source: 0,
             request_timeout: Duration::from_secs(60),
         }
     }

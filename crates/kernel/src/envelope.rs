@@ -117,7 +117,8 @@ pub fn is_valid_event_type(t: &str) -> bool {
         })
 }
 
-/// Size, UTF-8, JSON syntax and depth checks on raw bytes. Never panics, whatever the input.
+/// Size, UTF-8, JSON syntax, depth and duplicate-key checks on raw bytes (the pointer names the
+/// offending place). Never panics, whatever the input.
 pub fn parse_bytes(raw: &[u8], limits: &Limits) -> Result<Value, Reason> {
     if raw.len() > limits.max_bytes {
         return Err(Reason::new(
@@ -138,30 +139,7 @@ pub fn parse_bytes(raw: &[u8], limits: &Limits) -> Result<Value, Reason> {
             ),
         ));
     }
-    let value: Value = serde_json::from_slice(raw).map_err(|e| {
-        let msg = if e.to_string().contains("recursion limit") {
-            format!(
-                "event nests deeper than {} levels (line {}, column {})",
-                limits.max_depth,
-                e.line(),
-                e.column()
-            )
-        } else {
-            format!("malformed JSON: {e}")
-        };
-        Reason::new("", msg)
-    })?;
-    let depth = depth(&value);
-    if depth > limits.max_depth {
-        return Err(Reason::new(
-            "",
-            format!(
-                "event nests {depth} levels deep; the limit is {} (events.max_depth)",
-                limits.max_depth
-            ),
-        ));
-    }
-    Ok(value)
+    strict::parse(raw, limits.max_depth, "")
 }
 
 /// Nesting depth of a JSON value (a scalar is 0). Iterative, so it cannot overflow the stack.
@@ -184,9 +162,34 @@ pub fn depth(v: &Value) -> usize {
     max
 }
 
+/// How [`normalize_with`] treats a `detail` that is a JSON string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StringDetail {
+    /// A producer's event: a string detail is JSON text to decode (with the same size, depth and
+    /// duplicate-key limits as the event itself).
+    Decode,
+    /// An envelope whale already normalized (its ingest publishes carry [`HDR_NORMALIZED`]): a
+    /// string detail is the value itself (CloudEvents text data) and is never decoded again.
+    Keep,
+}
+
+/// Header on the ingest publishes of HTTP and `whale publish`: the payload is an envelope whale
+/// already normalized, so validate must not decode a string `detail` a second time.
+pub const HDR_NORMALIZED: &str = "Whale-Normalized";
+
+/// [`normalize_with`] with the default limits, decoding a string detail.
+pub fn normalize(value: Value, defaults: &Defaults<'_>) -> Result<Envelope, Vec<Reason>> {
+    normalize_with(value, defaults, &Limits::default(), StringDetail::Decode)
+}
+
 /// Turns a parsed JSON value (whale envelope or structured CloudEvent) into an [`Envelope`],
 /// filling in what is missing from `defaults`. Returns every problem found, not just the first.
-pub fn normalize(value: Value, defaults: &Defaults<'_>) -> Result<Envelope, Vec<Reason>> {
+pub fn normalize_with(
+    value: Value,
+    defaults: &Defaults<'_>,
+    limits: &Limits,
+    string_detail: StringDetail,
+) -> Result<Envelope, Vec<Reason>> {
     let Value::Object(mut obj) = value else {
         return Err(vec![Reason::new(
             "",
@@ -309,13 +312,11 @@ pub fn normalize(value: Value, defaults: &Defaults<'_>) -> Result<Envelope, Vec<
     };
     let detail = match obj.remove("detail") {
         None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
+        Some(Value::String(s)) if string_detail == StringDetail::Keep => Value::String(s),
+        Some(Value::String(s)) => match decode_detail(&s, limits) {
             Ok(v) => v,
-            Err(e) => {
-                reasons.push(Reason::new(
-                    "/detail",
-                    format!("is a string but not JSON ({e}); send detail as a JSON object or a JSON-encoded string"),
-                ));
+            Err(r) => {
+                reasons.push(r);
                 Value::Null
             }
         },
@@ -362,6 +363,32 @@ pub fn normalize(value: Value, defaults: &Defaults<'_>) -> Result<Envelope, Vec<
         time,
         detail,
         labels,
+    })
+}
+
+/// Decodes a `detail` sent as a JSON string with the limits of the event it sits in: at most
+/// `max_bytes`, nested at most `max_depth - 1` levels (the detail is one level inside the event),
+/// no duplicate keys. Pointers start with `/detail`.
+fn decode_detail(s: &str, limits: &Limits) -> Result<Value, Reason> {
+    if s.len() > limits.max_bytes {
+        return Err(Reason::new(
+            "/detail",
+            format!(
+                "the string detail is {} bytes; the limit is {} bytes (events.max_bytes)",
+                s.len(),
+                limits.max_bytes
+            ),
+        ));
+    }
+    strict::parse(s.as_bytes(), limits.max_depth.saturating_sub(1), "/detail").map_err(|r| {
+        if r.message.starts_with("malformed JSON") {
+            Reason::new(
+                r.pointer,
+                format!("is a string but not JSON ({}); send detail as a JSON object or a JSON-encoded string", r.message),
+            )
+        } else {
+            Reason::new(r.pointer, format!("(decoded from the string detail) {}", r.message))
+        }
     })
 }
 
@@ -457,7 +484,8 @@ pub fn cloudevent_from_binary<'h>(
     Ok(Value::Object(ce))
 }
 
-fn valid_id(s: &str) -> bool {
+/// Whether `s` is an acceptable event id (1 to 256 characters, no whitespace or control).
+pub fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
         && !s.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -470,9 +498,11 @@ pub fn format_time(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
-fn escape_pointer(s: &str) -> String {
+pub(crate) fn escape_pointer(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
 }
+
+mod strict;
 
 #[cfg(test)]
 mod tests;

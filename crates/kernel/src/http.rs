@@ -122,6 +122,43 @@ pub fn error(code: StatusCode, msg: impl Into<String>, extra: serde_json::Value)
     (code, Json(body)).into_response()
 }
 
+/// The answer for a request body refused as a whole (too large, too many events, not JSON): the
+/// same shape as per-event refusals, one refusal without an index whose pointer is the whole
+/// body: `{"error", "refused": [{"reasons": [{"pointer": "", "message"}]}], "refused_total": 1}`.
+pub fn body_refused(code: StatusCode, msg: impl Into<String>) -> Response {
+    let msg = msg.into();
+    error(
+        code,
+        msg.clone(),
+        json!({
+            "refused": [{ "reasons": [{ "pointer": "", "message": msg }] }],
+            "refused_total": 1,
+        }),
+    )
+}
+
+/// The JSON answer for a body the server would not read (over `http.max_body_bytes`: 413;
+/// broken transfer: 400), instead of axum's plain-text one.
+pub fn body_rejection(rej: axum::extract::rejection::BytesRejection, limit: usize) -> Response {
+    let code = rej.status();
+    if code == StatusCode::PAYLOAD_TOO_LARGE {
+        body_refused(
+            code,
+            format!("the request body is larger than {limit} bytes (http.max_body_bytes): send fewer events per request"),
+        )
+    } else {
+        body_refused(code, format!("cannot read the request body: {}", rej.body_text()))
+    }
+}
+
+/// Adds `Retry-After: <secs>` (429 and 503 answers).
+pub fn with_retry_after(mut resp: Response, secs: u64) -> Response {
+    if let Ok(v) = header::HeaderValue::from_str(&secs.max(1).to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
 /// Checks `Authorization: Bearer <token>` when a token is configured. The error is the response
 /// to send, as axum handlers return them.
 #[allow(clippy::result_large_err)]

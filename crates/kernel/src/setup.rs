@@ -29,7 +29,21 @@ pub struct Item {
     pub change: Change,
 }
 
-/// The streams whale wants, from the configuration.
+/// A size cap in bytes as JetStream spells it (-1 = none).
+fn cap(bytes: u64) -> i64 {
+    if bytes == 0 {
+        -1
+    } else {
+        i64::try_from(bytes).unwrap_or(i64::MAX)
+    }
+}
+
+/// The streams whale wants, from the configuration. Each has an age limit and a size cap
+/// (`nats.*_max_bytes`) so a flood cannot fill the disk: the ingest work queue refuses new
+/// messages when full (ingest answers 429, nothing queued is lost); the event history drops its
+/// oldest events; the pipe refuses new records, because its head holds records the next stage has
+/// not handled yet and dropping them would lose work — a full pipe makes stages retry, which
+/// backs up into the ingest queue and so into 429s at the door.
 pub fn streams(cfg: &Config) -> Vec<stream::Config> {
     let base = |name: &str, subjects: Vec<String>, max_age: Duration| stream::Config {
         name: name.to_owned(),
@@ -44,6 +58,8 @@ pub fn streams(cfg: &Config) -> Vec<stream::Config> {
     vec![
         stream::Config {
             retention: stream::RetentionPolicy::WorkQueue,
+            max_bytes: cap(cfg.nats.ingest_max_bytes),
+            discard: stream::DiscardPolicy::New,
             description: Some("whale: ingested events waiting for validation".into()),
             ..base(
                 subjects::STREAM_INGEST,
@@ -52,6 +68,8 @@ pub fn streams(cfg: &Config) -> Vec<stream::Config> {
             )
         },
         stream::Config {
+            max_bytes: cap(cfg.nats.events_max_bytes),
+            discard: stream::DiscardPolicy::Old,
             description: Some("whale: accepted events (replay history) and rejections".into()),
             ..base(
                 subjects::STREAM_EVENTS,
@@ -63,6 +81,8 @@ pub fn streams(cfg: &Config) -> Vec<stream::Config> {
             )
         },
         stream::Config {
+            max_bytes: cap(cfg.nats.pipe_max_bytes),
+            discard: stream::DiscardPolicy::New,
             description: Some("whale: records between stages".into()),
             ..base(
                 subjects::STREAM_PIPE,
@@ -187,6 +207,8 @@ pub async fn setup(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<Item>> {
 fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {
     have.subjects == want.subjects
         && have.max_age == want.max_age
+        && have.max_bytes == want.max_bytes
+        && have.discard == want.discard
         && have.num_replicas == want.num_replicas
         && have.duplicate_window == want.duplicate_window
         && have.storage == want.storage

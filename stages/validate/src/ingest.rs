@@ -2,26 +2,37 @@
 //! a JSON array, NDJSON, CloudEvents structured and binary mode) and from `whale publish`. Both
 //! normalize through the kernel's envelope first, so a bad event is refused to its sender with
 //! reasons instead of travelling; ids are assigned here so the ingest publish is deduplicated.
+//! Every request has a bounded cost (body size, events per body, size of the error answer, a
+//! per-source rate) and every answer says what whale knows: stored, refused, or unknown.
 
+mod rate;
+pub mod split;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Serialize;
-use serde_json::{json, Value};
-use whale_kernel::envelope::{self, Defaults, Limits, Reason};
-use whale_kernel::http::{check_bearer, error};
-use whale_kernel::{subjects, Config, Envelope, Nats, Output, PublishStats, Window};
+use serde_json::json;
+use whale_kernel::envelope::{self, Defaults, Limits, Reason, StringDetail, HDR_NORMALIZED};
+use whale_kernel::http::{body_refused, body_rejection, check_bearer, error, with_retry_after};
+use whale_kernel::{subjects, Config, Envelope, Nats, Output, Window};
 
-/// One event of a request body, with its raw size.
-struct Raw {
-    value: Result<Value, Reason>,
-    bytes: usize,
-}
+pub use rate::{Limiter, Over};
+pub use split::{split, Form, SplitError};
+
+/// Seconds a producer is asked to wait when the ingest stream is full.
+pub const FULL_RETRY_AFTER_SECS: u64 = 30;
+/// Seconds a producer is asked to wait when NATS is unreachable or did not confirm.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
 
 /// Per-event refusal in a 400/413 answer.
 #[derive(Debug, Serialize)]
@@ -30,204 +41,384 @@ pub struct Refused {
     pub reasons: Vec<Reason>,
 }
 
-/// Normalizes a list of parsed events; all or nothing.
-pub fn normalize_all(
-    values: Vec<(Result<Value, Reason>, usize)>,
+/// The refusals of one request: the first `keep` in full, and how many there were.
+#[derive(Debug)]
+pub struct Refusals {
+    pub first: Vec<Refused>,
+    pub total: usize,
+    pub too_large: bool,
+    keep: usize,
+}
+
+impl Refusals {
+    pub fn new(keep: usize) -> Self {
+        Refusals {
+            first: Vec::new(),
+            total: 0,
+            too_large: false,
+            keep,
+        }
+    }
+
+    fn add(&mut self, index: usize, reasons: Vec<Reason>) {
+        self.total += 1;
+        if self.first.len() < self.keep {
+            self.first.push(Refused { index, reasons });
+        }
+    }
+
+    /// The 400 (or 413 when an event is over the size limit) answer.
+    pub fn answer(self) -> Response {
+        let code = if self.too_large {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let listed = if self.total > self.first.len() {
+            format!(" (the first {} are listed)", self.first.len())
+        } else {
+            String::new()
+        };
+        error(
+            code,
+            format!(
+                "{} event(s) refused{listed}; nothing was accepted",
+                self.total
+            ),
+            json!({ "refused": self.first, "refused_total": self.total }),
+        )
+    }
+}
+
+/// Events ready to publish, in body order: normalized and serialized (the parsed values are
+/// dropped as soon as each event is serialized, so memory stays near the size of the body).
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub ids: Vec<String>,
+    pub sources: Vec<String>,
+    pub outputs: Vec<Output>,
+}
+
+impl Ready {
+    fn push(&mut self, ev: &Envelope) {
+        self.ids.push(ev.id.clone());
+        self.sources.push(ev.source.clone());
+        self.outputs.push(ingest_output(ev));
+    }
+}
+
+/// Parses and normalizes one raw event as a producer sent it (size, UTF-8, depth, duplicate
+/// keys, envelope, string detail decoded with the same limits).
+pub fn prepare_one(
+    raw: &[u8],
     limits: &Limits,
     event_type: Option<&str>,
     source: &str,
-) -> Result<Vec<Envelope>, (StatusCode, Vec<Refused>)> {
-    let mut ok = Vec::with_capacity(values.len());
-    let mut refused = Vec::new();
-    let mut too_large = false;
-    for (index, (v, bytes)) in values.into_iter().enumerate() {
-        if bytes > limits.max_bytes {
-            too_large = true;
-            refused.push(Refused {
-                index,
-                reasons: vec![Reason::new(
-                    "",
-                    format!(
-                        "event is {bytes} bytes; the limit is {} bytes",
-                        limits.max_bytes
-                    ),
-                )],
-            });
-            continue;
-        }
-        let r = v.map_err(|r| vec![r]).and_then(|v| {
-            if envelope::depth(&v) > limits.max_depth {
-                return Err(vec![Reason::new(
-                    "",
-                    format!("event nests deeper than {} levels", limits.max_depth),
-                )]);
-            }
-            envelope::normalize(v, &Defaults::fresh(event_type, source))
-        });
+) -> Result<Envelope, Vec<Reason>> {
+    let v = envelope::parse_bytes(raw, limits).map_err(|r| vec![r])?;
+    envelope::normalize_with(
+        v,
+        &Defaults::fresh(event_type, source),
+        limits,
+        StringDetail::Decode,
+    )
+}
+
+fn too_large(bytes: usize, limits: &Limits) -> Vec<Reason> {
+    vec![Reason::new(
+        "",
+        format!(
+            "event is {bytes} bytes; the limit is {} bytes (events.max_bytes / WHALE_MAX_EVENT_BYTES)",
+            limits.max_bytes
+        ),
+    )]
+}
+
+/// Prepares the events at `spans` of `body`; all or nothing. Over-size events are refused on
+/// their raw length, before parsing.
+pub fn prepare(
+    body: &[u8],
+    spans: &[Range<usize>],
+    limits: &Limits,
+    keep: usize,
+) -> Result<Ready, Refusals> {
+    let mut ready = Ready::default();
+    let mut refused = Refusals::new(keep);
+    for (index, span) in spans.iter().enumerate() {
+        let raw = &body[span.clone()];
+        let r = if raw.len() > limits.max_bytes {
+            refused.too_large = true;
+            Err(too_large(raw.len(), limits))
+        } else {
+            prepare_one(raw, limits, None, "http")
+        };
         match r {
-            Ok(e) => ok.push(e),
-            Err(reasons) => refused.push(Refused { index, reasons }),
+            Ok(ev) if refused.total == 0 => ready.push(&ev),
+            Ok(_) => {}
+            Err(reasons) => {
+                if refused.total == 0 {
+                    ready = Ready::default();
+                }
+                refused.add(index, reasons);
+            }
         }
     }
-    if refused.is_empty() {
-        Ok(ok)
-    } else if too_large {
-        Err((StatusCode::PAYLOAD_TOO_LARGE, refused))
+    if refused.total == 0 {
+        Ok(ready)
     } else {
-        Err((StatusCode::BAD_REQUEST, refused))
+        Err(refused)
     }
 }
 
-/// The ingest message for an event: `whale.in.<type>`, msg id = event id.
+/// The ingest message for an event: `whale.in.<type>`, msg id = event id; marked normalized so
+/// validate does not decode a string detail (CloudEvents text data) a second time.
 pub fn ingest_output(ev: &Envelope) -> Output {
     Output::json(subjects::ingest(&ev.event_type), ev.id.clone(), ev)
         .header(subjects::HDR_EVENT_ID, ev.id.clone())
+        .header(HDR_NORMALIZED, "1")
 }
 
-/// Publishes events through a window; returns counts (duplicates = ids already ingested).
-pub async fn publish_all(nats: &Nats, events: &[Envelope]) -> PublishStats {
-    let mut w: Window<()> = Window::new(nats.js.clone(), 1024);
-    for ev in events {
-        w.send((), ingest_output(ev)).await;
+/// True when a publish error is JetStream refusing a message because the stream is at its size
+/// or count cap (discard new): known not stored, try again later.
+pub fn is_stream_full(err: &str) -> bool {
+    err.contains("maximum bytes exceeded") || err.contains("maximum messages exceeded")
+}
+
+/// What happened to each publish of a batch.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    pub stored: usize,
+    pub duplicates: usize,
+    /// Refused by a full stream: known not stored.
+    pub full: Vec<usize>,
+    /// No confirmation (timeout, connection lost): maybe stored, maybe not.
+    pub unknown: Vec<usize>,
+}
+
+fn note(o: &mut Outcomes, (i, r): (usize, Result<bool, String>)) {
+    match r {
+        Ok(true) => o.stored += 1,
+        Ok(false) => o.duplicates += 1,
+        Err(e) if is_stream_full(&e) => o.full.push(i),
+        Err(e) => {
+            tracing::warn!("ingest publish not confirmed: {e}");
+            o.unknown.push(i);
+        }
     }
-    w.drain().await;
-    w.stats
+}
+
+/// Publishes every output and sorts the answers.
+pub async fn publish_all(nats: &Nats, outputs: Vec<Output>) -> Outcomes {
+    let mut w: Window<usize> = Window::new(nats.js.clone(), 1024).fail_fast_on_disconnect(nats);
+    let mut o = Outcomes::default();
+    for (i, out) in outputs.into_iter().enumerate() {
+        for r in w.send(i, out).await {
+            note(&mut o, r);
+        }
+    }
+    for r in w.drain().await {
+        note(&mut o, r);
+    }
+    o.full.sort_unstable();
+    o.unknown.sort_unstable();
+    o
 }
 
 #[derive(Clone)]
 struct Ingest {
     nats: Nats,
     cfg: Arc<Config>,
+    limiter: Option<Arc<Limiter>>,
 }
 
 /// `POST /v1/events`.
 pub fn router(nats: Nats, cfg: Arc<Config>) -> Router {
     let limit = cfg.http.max_body_bytes;
+    let limiter = Limiter::new(cfg.http.rate_per_source, cfg.http.burst_per_source).map(Arc::new);
     Router::new()
         .route("/v1/events", post(post_events))
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(Ingest { nats, cfg })
+        .with_state(Ingest { nats, cfg, limiter })
 }
 
-async fn post_events(State(st): State<Ingest>, headers: HeaderMap, body: Bytes) -> Response {
+async fn post_events(
+    State(st): State<Ingest>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
         return r;
     }
-    let limits = st.cfg.events.limits();
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_ascii_lowercase();
-    let raws = match split_body(&headers, &content_type, &body, &limits) {
-        Ok(r) => r,
-        Err(resp) => return resp,
+    let body = match body {
+        Ok(b) => b,
+        Err(rej) => return body_rejection(rej, st.cfg.http.max_body_bytes),
     };
-    if raws.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the body holds no events",
-            json!({}),
-        );
-    }
-    let values = raws.into_iter().map(|r| (r.value, r.bytes)).collect();
-    let events = match normalize_all(values, &limits, None, "http") {
-        Ok(e) => e,
-        Err((code, refused)) => {
-            return error(
-                code,
-                format!("{} event(s) refused; nothing was accepted", refused.len()),
-                json!({ "refused": refused }),
+    let limits = st.cfg.events.limits();
+    let keep = st.cfg.http.max_refusals;
+    let ready = if headers.contains_key("ce-specversion") {
+        binary_mode(&headers, &body, &limits, keep)
+    } else {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_ascii_lowercase();
+        let form = if content_type.starts_with("application/x-ndjson")
+            || content_type.starts_with("application/jsonl")
+        {
+            Form::Lines
+        } else {
+            Form::Auto
+        };
+        let max_items = st.cfg.http.max_items;
+        let spans = match split(&body, form, max_items) {
+            Ok(s) => s,
+            Err(SplitError::TooMany { limit }) => {
+                return body_refused(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body holds more than {limit} events (http.max_items): send at most {limit} per request"),
+                )
+            }
+            Err(SplitError::Malformed { offset, message }) => {
+                return body_refused(
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed JSON at byte {offset} of the body: {message}"),
+                )
+            }
+        };
+        if spans.is_empty() {
+            return body_refused(StatusCode::BAD_REQUEST, "the body holds no events");
+        }
+        prepare(&body, &spans, &limits, keep)
+    };
+    drop(body);
+    let ready = match ready {
+        Ok(r) => r,
+        Err(refused) => return refused.answer(),
+    };
+    if let Some(limiter) = &st.limiter {
+        let mut wanted: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in &ready.sources {
+            *wanted.entry(s.as_str()).or_default() += 1;
+        }
+        if let Err(over) = limiter.take(&wanted, Instant::now()) {
+            let secs = over.retry_after.as_secs().max(1);
+            return with_retry_after(
+                error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "source {:?} is over its rate of {} events/s (bursts of {}; http.rate_per_source): nothing was accepted, send again after {secs} s",
+                        over.source, st.cfg.http.rate_per_source, limiter.burst()
+                    ),
+                    json!({ "source": over.source }),
+                ),
+                secs,
             );
         }
-    };
-    let stats = publish_all(&st.nats, &events).await;
-    if stats.failed > 0 {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{} of {} events could not be stored (NATS unavailable); send them again — ids make it safe", stats.failed, events.len()),
-            json!({ "ids": events.iter().map(|e| &e.id).collect::<Vec<_>>() }),
+    }
+    if st.nats.client.connection_state() != async_nats::connection::State::Connected {
+        return with_retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NATS is unreachable: nothing was sent and nothing stored; send the events again later",
+                json!({ "status": "not stored" }),
+            ),
+            UNAVAILABLE_RETRY_AFTER_SECS,
         );
     }
-    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let Ready { ids, outputs, .. } = ready;
+    let n = ids.len();
+    let o = publish_all(&st.nats, outputs).await;
+    let pick = |idx: &[usize]| idx.iter().map(|i| ids[*i].as_str()).collect::<Vec<_>>();
+    let window = st.cfg.nats.duplicate_window.as_secs();
+    if !o.unknown.is_empty() {
+        return with_retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "storage unknown for {} of {n} events: NATS did not confirm them, they may be stored later or never. Send them again with these ids (set \"id\" on each event) within {window} s (nats.duplicate_window): an id is stored once, so resending cannot create a second event",
+                    o.unknown.len()
+                ),
+                json!({
+                    "status": "storage unknown",
+                    "stored": o.stored,
+                    "duplicates": o.duplicates,
+                    "ids": ids,
+                    "unknown_ids": pick(&o.unknown),
+                    "not_stored_ids": pick(&o.full),
+                }),
+            ),
+            UNAVAILABLE_RETRY_AFTER_SECS,
+        );
+    }
+    if !o.full.is_empty() {
+        return with_retry_after(
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} of {n} events were not stored: stream {} is full (nats.ingest_max_bytes); send them again with these ids after {FULL_RETRY_AFTER_SECS} s (the others are stored and a resend of them is deduplicated)",
+                    o.full.len(),
+                    subjects::STREAM_INGEST
+                ),
+                json!({
+                    "status": "not stored",
+                    "stored": o.stored,
+                    "duplicates": o.duplicates,
+                    "ids": ids,
+                    "not_stored_ids": pick(&o.full),
+                }),
+            ),
+            FULL_RETRY_AFTER_SECS,
+        );
+    }
     (
         StatusCode::ACCEPTED,
-        Json(json!({ "accepted": ids.len(), "duplicates": stats.duplicates, "ids": ids })),
+        Json(json!({ "accepted": n, "duplicates": o.duplicates, "ids": ids })),
     )
         .into_response()
 }
 
-/// Splits a request body into events according to its form (the error is the 400 to send).
-#[allow(clippy::result_large_err)]
-fn split_body(
+/// CloudEvents binary mode: attributes in `ce-*` headers, the body is the data.
+fn binary_mode(
     headers: &HeaderMap,
-    content_type: &str,
     body: &[u8],
     limits: &Limits,
-) -> Result<Vec<Raw>, Response> {
-    let whole = |value| {
-        vec![Raw {
-            value,
-            bytes: body.len(),
-        }]
-    };
-    // CloudEvents binary mode: attributes in ce-* headers, the body is the data.
-    if headers.contains_key("ce-specversion") {
-        let hs = headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-        let ct = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        return Ok(whole(envelope::cloudevent_from_binary(
-            hs, ct, body, limits,
-        )));
+    keep: usize,
+) -> Result<Ready, Refusals> {
+    let mut refused = Refusals::new(keep);
+    if body.len() > limits.max_bytes {
+        refused.too_large = true;
+        refused.add(0, too_large(body.len(), limits));
+        return Err(refused);
     }
-    if content_type.starts_with("application/x-ndjson")
-        || content_type.starts_with("application/jsonl")
-    {
-        return Ok(ndjson(body, limits));
-    }
-    if body.len() > limits.max_bytes && !content_type.contains("batch") {
-        // Could be an array of small events: only refuse outright what is one object.
-        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
-            return Ok(whole(Ok(Value::Null)));
+    let hs = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let r = envelope::cloudevent_from_binary(hs, ct, body, limits)
+        .map_err(|r| vec![r])
+        .and_then(|v| {
+            envelope::normalize_with(
+                v,
+                &Defaults::fresh(None, "http"),
+                limits,
+                StringDetail::Decode,
+            )
+        });
+    match r {
+        Ok(ev) => {
+            let mut ready = Ready::default();
+            ready.push(&ev);
+            Ok(ready)
         }
-    }
-    let parse_limits = Limits {
-        max_bytes: usize::MAX,
-        ..*limits
-    };
-    match envelope::parse_bytes(body, &parse_limits) {
-        Ok(Value::Array(items)) => Ok(items
-            .into_iter()
-            .map(|v| {
-                let bytes = serde_json::to_vec(&v).map(|b| b.len()).unwrap_or(0);
-                Raw {
-                    value: Ok(v),
-                    bytes,
-                }
-            })
-            .collect()),
-        Ok(v) => Ok(whole(Ok(v))),
-        // Several JSON documents, one per line, without the NDJSON content type.
-        Err(_) if body.contains(&b'\n') && ndjson(body, limits).iter().all(|r| r.value.is_ok()) => {
-            Ok(ndjson(body, limits))
+        Err(reasons) => {
+            refused.add(0, reasons);
+            Err(refused)
         }
-        Err(r) => Err(error(StatusCode::BAD_REQUEST, r.message, json!({}))),
     }
 }
 
-fn ndjson(body: &[u8], limits: &Limits) -> Vec<Raw> {
-    let parse_limits = Limits {
-        max_bytes: usize::MAX,
-        ..*limits
-    };
-    body.split(|b| *b == b'\n')
-        .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
-        .map(|l| Raw {
-            value: envelope::parse_bytes(l, &parse_limits),
-            bytes: l.len(),
-        })
-        .collect()
-}
+#[cfg(test)]
+mod tests;

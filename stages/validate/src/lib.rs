@@ -9,7 +9,7 @@ pub mod schemas;
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
-use whale_kernel::envelope::{self, Defaults, Limits, Reason};
+use whale_kernel::envelope::{self, Defaults, Limits, Reason, StringDetail};
 use whale_kernel::metrics::STAGE_EVENTS;
 use whale_kernel::{subjects, Delivery, Envelope, Outcome, Output, Stage};
 
@@ -18,7 +18,8 @@ pub use schemas::Registry;
 /// What `whale.rejected.<type>` carries.
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Rejection {
-    /// The event id, when the event had (or was given) one.
+    /// The event id: the producer's, the one ingest assigned, or the deterministic one validate
+    /// assigns (so every rejection can be traced). `None` only in records written before.
     pub id: Option<String>,
     pub event_type: Option<String>,
     /// When whale received it (RFC 3339).
@@ -70,24 +71,46 @@ impl Validate {
                     raw_truncated,
                 })
             };
-        let value = envelope::parse_bytes(&d.payload, &self.limits)
-            .map_err(|r| reject(vec![r], None, None, None))?;
+        // The id this event was given: by the producer, by whale's ingest (header), or the
+        // deterministic one assigned here. Every rejection carries it, so `whale trace <id>`
+        // finds the event whatever went wrong.
+        let assigned = envelope::deterministic_id(d.published, d.stream_seq);
+        let given_id = |value: Option<&Value>| -> String {
+            value
+                .and_then(|v| v.get("id"))
+                .and_then(Value::as_str)
+                .filter(|s| envelope::valid_id(s))
+                .or_else(|| d.header(subjects::HDR_EVENT_ID).filter(|s| envelope::valid_id(s)))
+                .unwrap_or(assigned.as_str())
+                .to_owned()
+        };
+        let value = envelope::parse_bytes(&d.payload, &self.limits).map_err(|r| {
+            // Lenient look for the producer's id (serde_json keeps the last duplicate key and
+            // stops at 128 levels, so this cannot recurse deeply either).
+            let lenient: Option<Value> = serde_json::from_slice(&d.payload).ok();
+            reject(vec![r], None, Some(given_id(lenient.as_ref())), None)
+        })?;
         let defaults = Defaults {
             event_type: subject_type,
-            id: envelope::deterministic_id(d.published, d.stream_seq),
+            id: assigned.clone(),
             time: d.published,
             source: "nats",
         };
-        let ev = envelope::normalize(value, &defaults).map_err(|reasons| {
-            // Rare path: parse again rather than clone every event up front.
-            let value: Option<Value> = serde_json::from_slice(&d.payload).ok();
-            let id = value
-                .as_ref()
-                .and_then(|v| v.get("id"))
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            reject(reasons, value, id, None)
-        })?;
+        // Envelopes whale's own ingest normalized are not decoded again: a string detail there
+        // is CloudEvents text data, not JSON to decode.
+        let string_detail = if d.header(envelope::HDR_NORMALIZED).is_some() {
+            StringDetail::Keep
+        } else {
+            StringDetail::Decode
+        };
+        let ev = envelope::normalize_with(value, &defaults, &self.limits, string_detail).map_err(
+            |reasons| {
+                // Rare path: parse again rather than clone every event up front.
+                let value: Option<Value> = serde_json::from_slice(&d.payload).ok();
+                let id = given_id(value.as_ref());
+                reject(reasons, value, Some(id), None)
+            },
+        )?;
         match self.registry.get(&ev.event_type) {
             Some(schema) => {
                 let reasons: Vec<Reason> = schema

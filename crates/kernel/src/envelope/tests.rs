@@ -121,10 +121,9 @@ fn limits_size_utf8_syntax_and_depth() {
         .unwrap_err()
         .message
         .contains("malformed JSON"));
-    assert!(parse_bytes(b"[[[[1]]]]", &l)
-        .unwrap_err()
-        .message
-        .contains("4 levels"));
+    let r = parse_bytes(b"[[[[1]]]]", &l).unwrap_err();
+    assert!(r.message.contains("deeper than 3 levels"), "{r:?}");
+    assert_eq!(r.pointer, "/0/0/0");
     let deep = "[".repeat(10_000) + &"]".repeat(10_000);
     let l = Limits {
         max_bytes: 1 << 20,
@@ -153,3 +152,60 @@ fn event_types_are_subject_safe() {
         assert!(!is_valid_event_type(bad), "{bad}");
     }
 }
+
+/// Finding 12: duplicate keys are refused (two parsers could disagree on which one wins), with
+/// the pointer of the duplicate, at any depth.
+#[test]
+fn duplicate_keys_are_refused_with_their_pointer() {
+    let l = Limits::default();
+    let r = parse_bytes(br#"{"id":"a","id":"b"}"#, &l).unwrap_err();
+    assert_eq!(r.pointer, "/id");
+    assert!(r.message.contains("duplicate key"), "{r:?}");
+    let r = parse_bytes(br#"{"detail":{"x":[{"k~/":1,"k~/":2}]}}"#, &l).unwrap_err();
+    assert_eq!(r.pointer, "/detail/x/0/k~0~1");
+    assert!(parse_bytes(br#"{"a":{"k":1},"b":{"k":2}}"#, &l).is_ok());
+}
+
+/// Finding 4: a string detail gets the limits of the event it sits in (depth counted from the
+/// event, duplicate keys, size), refused with a pointer under /detail.
+#[test]
+fn a_string_detail_gets_the_same_limits() {
+    let l = Limits::default();
+    let deep = "[".repeat(120) + &"]".repeat(120);
+    let v = json!({"event_type": "generic", "detail": deep});
+    let r = normalize_with(v, &defaults(), &l, StringDetail::Decode).unwrap_err();
+    assert!(r[0].pointer.starts_with("/detail"), "{r:?}");
+    assert!(r[0].message.contains("deeper than 63"), "{r:?}");
+    // 63 levels inside the detail + the event itself = 64: accepted.
+    let ok = "[".repeat(63) + &"]".repeat(63);
+    let v = json!({"event_type": "generic", "detail": ok});
+    assert!(normalize_with(v, &defaults(), &l, StringDetail::Decode).is_ok());
+    let v = json!({"event_type": "generic", "detail": "{\"a\":{\"b\":1,\"b\":2}}"});
+    let r = normalize_with(v, &defaults(), &l, StringDetail::Decode).unwrap_err();
+    assert_eq!(r[0].pointer, "/detail/a/b");
+    let small = Limits {
+        max_bytes: 10,
+        max_depth: 64,
+    };
+    let v = json!({"event_type": "generic", "detail": "[1,2,3,4,5,6,7]"});
+    let r = normalize_with(v, &defaults(), &small, StringDetail::Decode).unwrap_err();
+    assert!(r[0].message.contains("limit is 10"), "{r:?}");
+}
+
+/// Finding 5: an envelope whale already normalized keeps a string detail as it is (CloudEvents
+/// text data), and a producer's string detail is still decoded.
+#[test]
+fn a_normalized_string_detail_is_not_decoded_again() {
+    let l = Limits::default();
+    let v = json!({"event_type": "generic", "detail": "{\"a\":1}"});
+    let kept = normalize_with(v.clone(), &defaults(), &l, StringDetail::Keep).unwrap();
+    assert_eq!(kept.detail, json!("{\"a\":1}"));
+    let decoded = normalize_with(v, &defaults(), &l, StringDetail::Decode).unwrap();
+    assert_eq!(decoded.detail, json!({"a": 1}));
+    let v = json!({"event_type": "generic", "detail": "plain text, not JSON"});
+    assert!(normalize_with(v.clone(), &defaults(), &l, StringDetail::Keep).is_ok());
+    assert!(normalize_with(v, &defaults(), &l, StringDetail::Decode).is_err());
+}
+
+#[path = "fuzz.rs"]
+mod fuzz;
