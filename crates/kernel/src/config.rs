@@ -71,6 +71,15 @@ pub fn redact_url(text: &str) -> String {
     out
 }
 
+/// The credential in a URL's user part: the password of `user:password@`, or the whole user
+/// part when it has no password (a token).
+fn url_credential(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    Some(userinfo.split_once(':').map_or(userinfo, |(_, p)| p)).filter(|s| !s.is_empty())
+}
+
 /// One URL without its scheme (`user:pass@host/path?query`).
 fn redact_one(url: &str) -> String {
     let auth_end = url.find(['/', '?', '#']).unwrap_or(url.len());
@@ -648,6 +657,7 @@ impl Config {
         };
         cfg.apply_env(env)?;
         cfg.check()?;
+        cfg.hide_secrets();
         Ok(cfg)
     }
 
@@ -728,6 +738,34 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Tells the log writer every secret this configuration holds, so that no library's
+    /// message can print one (see [`crate::telemetry::scrub`]).
+    fn hide_secrets(&self) {
+        use crate::telemetry::hide;
+        let mut urls: Vec<&str> = self.nats.urls.iter().map(String::as_str).collect();
+        urls.push(self.redis.url.expose());
+        urls.extend(self.clusters.values().map(|c| c.url.as_str()));
+        for u in urls {
+            if let Some(s) = url_credential(u) {
+                hide(s);
+            }
+        }
+        let secrets = [&self.nats.password, &self.nats.token, &self.http.token, &self.approvals.secret];
+        for s in secrets.into_iter().flatten() {
+            hide(s.expose());
+        }
+        for c in self.clusters.values() {
+            if let Some(k) = &c.api_key {
+                hide(k.expose());
+            }
+        }
+        for c in self.channels.values() {
+            if let Some(b) = &c.bearer {
+                hide(b.expose());
+            }
+        }
     }
 
     fn check(&self) -> anyhow::Result<()> {

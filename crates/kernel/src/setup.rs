@@ -249,11 +249,18 @@ async fn ensure_bucket(
         && have.max_age == want.max_age
         && have.allow_message_ttl == want.allow_msg_ttl;
     if !same {
+        let now = stream.info().await?.config.clone();
+        // JetStream refuses a duplicate window longer than the max age.
+        let duplicate_window = match want.max_age.is_zero() {
+            true => now.duplicate_window,
+            false => now.duplicate_window.min(want.max_age),
+        };
         let next = stream::Config {
             max_messages_per_subject: want.history,
             max_age: want.max_age,
             allow_message_ttl: want.allow_msg_ttl,
-            ..stream.info().await?.config.clone()
+            duplicate_window,
+            ..now
         };
         js.update_stream(&next)
             .await

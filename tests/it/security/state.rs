@@ -132,11 +132,43 @@ async fn finding10_state_expires_and_exactly_once_still_holds() {
     env.set("WHALE_CONFIG", cfg.to_str().unwrap());
     env.ok(&["setup"]);
     let nats = env.connect().await;
-    let _w = env.run("dispatch,feedback");
+    let _w = env.run("dispatch,feedback,approve");
 
     const N: usize = 20;
+    const A: usize = 5;
     let tasks: Vec<Task> = (0..N).map(|i| task(i, "a")).collect();
     admit(&nats, &tasks).await;
+    // Approvals that time out after 1 s: kept until then plus the pipe's retention.
+    let held: Vec<Task> = (0..A)
+        .map(|i| {
+            let mut t = task(i, "held");
+            t.approval = Some(records::Approval {
+                timeout_ms: 1000,
+                channel: None,
+            });
+            t
+        })
+        .collect();
+    for t in &held {
+        let out = Output::json(Pipe::Approval.subject(), format!("apr:{}", t.task_id), t);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", out.msg_id.as_str());
+        nats.js
+            .publish_with_headers(out.subject, headers, out.payload)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let approvals = |env: &Env| {
+        let out = env.ok(&["approvals", "list", "--all", "--json"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(r#""state":"expired""#))
+            .count()
+    };
+    let timed_out = eventually(Duration::from_secs(20), || async { approvals(&env) == A }).await;
+    assert!(timed_out, "the approvals did not time out: {}", approvals(&env));
     let done = eventually(Duration::from_secs(60), || async {
         count(&nats, STREAM_PIPE, &Pipe::Notified.subject()).await >= N as u64
     })
@@ -148,11 +180,15 @@ async fn finding10_state_expires_and_exactly_once_still_holds() {
     let claims_before = bucket_messages(&nats, KV_CLAIMS).await;
     let state_before = bucket_messages(&nats, KV_STATE).await;
     eprintln!(
-        "finding 10: {N} tasks → whale_claims {claims_before} messages, whale_state {state_before} messages (exec, exec-id, notified, 1 drain)"
+        "finding 10: {N} tasks + {A} approvals → whale_claims {claims_before} messages, whale_state {state_before} messages (exec, exec-id, notified per task, approvals, 1 drain)"
     );
-    // History 1: one message per key — a claim; exec + exec-id + notified; plus the drain.
+    // History 1: one message per key — a claim; exec + exec-id + notified; the approvals (if
+    // not yet expired, which takes 1 s + 6 s); plus the drain.
     assert_eq!(claims_before, N as u64, "one claim per task");
-    assert_eq!(state_before, 3 * N as u64 + 1, "three keys per task and the drain");
+    assert!(
+        state_before >= 3 * N as u64 + 1 && state_before <= 3 * N as u64 + 1 + A as u64,
+        "three keys per task, the approvals and the drain: {state_before}"
+    );
 
     // Past every lifetime: only the drain remains, and the pipe no longer holds the tasks.
     let expired = eventually(Duration::from_secs(30), || async {
@@ -180,6 +216,7 @@ async fn finding10_state_expires_and_exactly_once_still_holds() {
         .find(|c| c["name"] == "spare")
         .unwrap();
     assert_eq!(spare["drained"], true, "a drain never expires: {spare}");
+    assert_eq!(approvals(&env), 0, "timed-out approvals are gone");
 
     // The same task again (by hand, or re-rendered after an outage): its claim is gone, but it
     // is older than a claim lives, so dispatch finds the execution by trace tag.
