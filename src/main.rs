@@ -27,7 +27,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // Errors may quote a configured URL: never with its credentials.
-            eprintln!("whale: {}", whale_kernel::telemetry::scrub(&format!("{e:#}")));
+            eprintln!(
+                "whale: {}",
+                whale_kernel::telemetry::scrub(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

@@ -29,7 +29,8 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Apply { dir, json } => {
             let nats = super::connect(&cfg, "schemas").await?;
-            let applied = whale_validate::schemas::apply_dir(&nats, &dir, &cfg.api.schema_limits()).await?;
+            let applied =
+                whale_validate::schemas::apply_dir(&nats, &dir, &cfg.api.schema_limits()).await?;
             if json {
                 super::print_json(&applied)?;
             } else {

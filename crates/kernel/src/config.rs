@@ -46,7 +46,14 @@ impl<'de> Deserialize<'de> for Secret {
 
 /// Query parameters whose values are credentials (WeCom robot `key`, tokens, signatures).
 const SECRET_PARAMS: [&str; 8] = [
-    "key", "token", "access_token", "api_key", "apikey", "password", "secret", "sig",
+    "key",
+    "token",
+    "access_token",
+    "api_key",
+    "apikey",
+    "password",
+    "secret",
+    "sig",
 ];
 
 /// `text` (a URL, or a message that embeds URLs, like a connection or reqwest error) with every
@@ -61,7 +68,9 @@ pub fn redact_url(text: &str) -> String {
         let (head, tail) = rest.split_at(at + 3);
         out.push_str(head);
         let end = tail
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`' | ')' | ','))
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`' | ')' | ',')
+            })
             .unwrap_or(tail.len());
         let (url, after) = tail.split_at(end);
         out.push_str(&redact_one(url));
@@ -752,7 +761,12 @@ impl Config {
                 hide(s);
             }
         }
-        let secrets = [&self.nats.password, &self.nats.token, &self.http.token, &self.approvals.secret];
+        let secrets = [
+            &self.nats.password,
+            &self.nats.token,
+            &self.http.token,
+            &self.approvals.secret,
+        ];
         for s in secrets.into_iter().flatten() {
             hide(s.expose());
         }
@@ -868,12 +882,27 @@ mod tests {
     #[test]
     fn urls_print_without_credentials() {
         let cases = [
-            ("nats://user:hunter2@10.0.0.1:4222", "nats://user:***@10.0.0.1:4222"),
+            (
+                "nats://user:hunter2@10.0.0.1:4222",
+                "nats://user:***@10.0.0.1:4222",
+            ),
             ("nats://s3cret-token@host:4222", "nats://***@host:4222"),
-            ("http://st2:pa:ss@st2.example.com/api/v1/?x=1", "http://st2:***@st2.example.com/api/v1/?x=1"),
-            ("https://qyapi.weixin.qq.com/send?key=abc&debug=1", "https://qyapi.weixin.qq.com/send?key=***&debug=1"),
-            ("error sending request for url (http://a:b@h:9/api/v1/): refused", "error sending request for url (http://a:***@h:9/api/v1/): refused"),
-            ("cannot connect to NATS at nats://u:p@x:1,nats://u:p@y:2: down", "cannot connect to NATS at nats://u:***@x:1,nats://u:***@y:2: down"),
+            (
+                "http://st2:pa:ss@st2.example.com/api/v1/?x=1",
+                "http://st2:***@st2.example.com/api/v1/?x=1",
+            ),
+            (
+                "https://qyapi.weixin.qq.com/send?key=abc&debug=1",
+                "https://qyapi.weixin.qq.com/send?key=***&debug=1",
+            ),
+            (
+                "error sending request for url (http://a:b@h:9/api/v1/): refused",
+                "error sending request for url (http://a:***@h:9/api/v1/): refused",
+            ),
+            (
+                "cannot connect to NATS at nats://u:p@x:1,nats://u:p@y:2: down",
+                "cannot connect to NATS at nats://u:***@x:1,nats://u:***@y:2: down",
+            ),
             ("no url here", "no url here"),
             ("http://plain.example/a?b=c", "http://plain.example/a?b=c"),
         ];

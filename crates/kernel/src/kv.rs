@@ -174,10 +174,9 @@ impl std::ops::Deref for Bucket {
 impl Bucket {
     /// Opens `bucket` (created by `whale setup`).
     pub async fn open(nats: &Nats, bucket: &str) -> anyhow::Result<Bucket> {
-        let store =
-            nats.js.get_key_value(bucket).await.with_context(|| {
-                format!("KV bucket {bucket} does not exist: run `whale setup` first")
-            })?;
+        let store = nats.js.get_key_value(bucket).await.with_context(|| {
+            format!("KV bucket {bucket} does not exist: run `whale setup` first")
+        })?;
         let cfg = &store.stream.cached_info().config;
         let (ttl_allowed, max_age) = (cfg.allow_message_ttl, cfg.max_age);
         if !ttl_allowed {
@@ -204,7 +203,10 @@ impl Bucket {
             Ttl::Never => Some("never".into()),
             Ttl::For(d) if !self.max_age.is_zero() && d >= self.max_age => None,
             // The server's minimum is one second; round up so a value never lives shorter.
-            Ttl::For(d) => Some(format!("{}s", d.as_secs().max(1) + u64::from(d.subsec_nanos() > 0))),
+            Ttl::For(d) => Some(format!(
+                "{}s",
+                d.as_secs().max(1) + u64::from(d.subsec_nanos() > 0)
+            )),
         }
     }
 
@@ -224,7 +226,10 @@ impl Bucket {
     ) -> Result<u64, async_nats::jetstream::context::PublishError> {
         let mut headers = async_nats::HeaderMap::new();
         if let Some(rev) = revision {
-            headers.insert("Nats-Expected-Last-Subject-Sequence", rev.to_string().as_str());
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                rev.to_string().as_str(),
+            );
         }
         if let Some(t) = self.ttl_header(ttl) {
             headers.insert("Nats-TTL", t.as_str());

@@ -73,7 +73,10 @@ impl Nats {
             .iter()
             .map(|u| {
                 u.parse().with_context(|| {
-                    format!("{:?} is not a NATS server URL", crate::config::redact_url(u))
+                    format!(
+                        "{:?} is not a NATS server URL",
+                        crate::config::redact_url(u)
+                    )
                 })
             })
             .collect::<anyhow::Result<_>>()?;

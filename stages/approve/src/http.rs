@@ -154,11 +154,7 @@ async fn by_post(
     api_decision(&st, &headers, &id, &action, &body).await
 }
 
-async fn post_decision(
-    State(st): State<St>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn post_decision(State(st): State<St>, headers: HeaderMap, body: Body) -> Response {
     if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
         return r;
     }

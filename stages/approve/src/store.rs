@@ -16,9 +16,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use whale_kernel::envelope::format_time;
+use whale_kernel::kv::{Bucket, Ttl};
 use whale_kernel::records::{Decision, Task};
 use whale_kernel::subjects::{self, Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
-use whale_kernel::kv::{Bucket, Ttl};
 use whale_kernel::{Config, Nats, Output};
 
 /// One held task and what became of it.
@@ -165,7 +165,11 @@ pub async fn read(kv: &Approvals, task_id: &str) -> anyhow::Result<Option<(Appro
 }
 
 /// The approval of `task`, created pending if there is none yet.
-pub async fn open(kv: &Approvals, task: &Task, link_ttl: Option<Duration>) -> anyhow::Result<Approval> {
+pub async fn open(
+    kv: &Approvals,
+    task: &Task,
+    link_ttl: Option<Duration>,
+) -> anyhow::Result<Approval> {
     loop {
         if let Some((a, _)) = read(kv, &task.task_id).await? {
             return Ok(a);
@@ -173,7 +177,11 @@ pub async fn open(kv: &Approvals, task: &Task, link_ttl: Option<Duration>) -> an
         let a = Approval::new(task.clone(), link_ttl);
         match kv
             .kv
-            .create(&key(&task.task_id), serde_json::to_vec(&a)?.into(), kv.ttl(&a))
+            .create(
+                &key(&task.task_id),
+                serde_json::to_vec(&a)?.into(),
+                kv.ttl(&a),
+            )
             .await
         {
             Ok(_) => return Ok(a),
@@ -305,7 +313,11 @@ pub async fn decide(
         next.reason = reason.clone().filter(|r| !r.is_empty());
         next.decided = Some(format_time(now));
         let body = serde_json::to_vec(&next).map_err(|e| internal(e.into()))?;
-        match kv.kv.update(&key(task_id), body.into(), rev, kv.ttl(&next)).await {
+        match kv
+            .kv
+            .update(&key(task_id), body.into(), rev, kv.ttl(&next))
+            .await
+        {
             Ok(_) => break next,
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
             Err(e) => return Err(internal(e.into())),
@@ -338,7 +350,12 @@ pub async fn expire(kv: &Approvals, task_id: &str) -> anyhow::Result<Option<Appr
         next.decided = Some(format_time(OffsetDateTime::now_utc()));
         match kv
             .kv
-            .update(&key(task_id), serde_json::to_vec(&next)?.into(), rev, kv.ttl(&next))
+            .update(
+                &key(task_id),
+                serde_json::to_vec(&next)?.into(),
+                rev,
+                kv.ttl(&next),
+            )
             .await
         {
             Ok(_) => return Ok(Some(next)),

@@ -107,7 +107,8 @@ pub fn key(task_id: &str) -> Option<String> {
 /// the lifetime, at most a minute). An unreadable time counts as old.
 pub fn may_have_expired(created: &str, lifetime: Duration) -> bool {
     let margin = (lifetime / 10).min(Duration::from_secs(60));
-    let Ok(at) = time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
+    let Ok(at) =
+        time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
     else {
         return true;
     };
@@ -247,11 +248,20 @@ mod tests {
         let now = time::OffsetDateTime::now_utc();
         let fmt = |t: time::OffsetDateTime| whale_kernel::envelope::format_time(t);
         assert!(!may_have_expired(&fmt(now), day));
-        assert!(!may_have_expired(&fmt(now - Duration::from_secs(3_600)), day));
+        assert!(!may_have_expired(
+            &fmt(now - Duration::from_secs(3_600)),
+            day
+        ));
         assert!(may_have_expired(&fmt(now - day), day));
-        assert!(may_have_expired(&fmt(now - Duration::from_secs(86_400 - 30)), day), "within the clock margin");
+        assert!(
+            may_have_expired(&fmt(now - Duration::from_secs(86_400 - 30)), day),
+            "within the clock margin"
+        );
         assert!(may_have_expired("not a time", day));
-        assert!(!may_have_expired(&fmt(now + Duration::from_secs(60)), day), "a clock ahead");
+        assert!(
+            !may_have_expired(&fmt(now + Duration::from_secs(60)), day),
+            "a clock ahead"
+        );
     }
 
     #[test]

@@ -162,7 +162,10 @@ impl Dispatch {
                     owner: String::new(),
                     lease_until_ms: 0,
                     errors: 0,
-                    last_error: Some("older than a claim lives (state.claims): reconciled by trace tag first".into()),
+                    last_error: Some(
+                        "older than a claim lives (state.claims): reconciled by trace tag first"
+                            .into(),
+                    ),
                 };
                 match self.claims.create(&job.key, &unknown).await {
                     Ok(_) | Err(ClaimError::Conflict) => {}

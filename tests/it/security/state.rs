@@ -74,7 +74,10 @@ async fn admit(nats: &Nats, tasks: &[Task]) {
         results.extend(w.send(i, out).await);
     }
     results.extend(w.drain().await);
-    assert!(results.iter().all(|(_, r)| r.is_ok()), "publishing tasks failed");
+    assert!(
+        results.iter().all(|(_, r)| r.is_ok()),
+        "publishing tasks failed"
+    );
 }
 
 /// A whale.toml with short lifetimes: the pipe keeps records `lifetime`, claims and the state
@@ -168,7 +171,11 @@ async fn finding10_state_expires_and_exactly_once_still_holds() {
             .count()
     };
     let timed_out = eventually(Duration::from_secs(20), || async { approvals(&env) == A }).await;
-    assert!(timed_out, "the approvals did not time out: {}", approvals(&env));
+    assert!(
+        timed_out,
+        "the approvals did not time out: {}",
+        approvals(&env)
+    );
     let done = eventually(Duration::from_secs(60), || async {
         count(&nats, STREAM_PIPE, &Pipe::Notified.subject()).await >= N as u64
     })
@@ -197,7 +204,9 @@ async fn finding10_state_expires_and_exactly_once_still_holds() {
     .await;
     let claims_after = bucket_messages(&nats, KV_CLAIMS).await;
     let state_after = bucket_messages(&nats, KV_STATE).await;
-    eprintln!("finding 10: after the lifetimes → whale_claims {claims_after}, whale_state {state_after}");
+    eprintln!(
+        "finding 10: after the lifetimes → whale_claims {claims_after}, whale_state {state_after}"
+    );
     assert!(
         expired,
         "state did not expire: whale_claims {claims_after}, whale_state {state_after}"
@@ -275,7 +284,11 @@ async fn finding10_setup_applies_lifetimes_to_existing_buckets() {
 
     let mut claims = nats.js.get_stream(format!("KV_{KV_CLAIMS}")).await.unwrap();
     let c = claims.info().await.unwrap().config.clone();
-    assert_eq!(c.max_age, Duration::from_secs(24 * 3600), "claims live as long as the pipe");
+    assert_eq!(
+        c.max_age,
+        Duration::from_secs(24 * 3600),
+        "claims live as long as the pipe"
+    );
     assert_eq!(c.max_messages_per_subject, 1);
     let mut st = nats.js.get_stream(format!("KV_{KV_STATE}")).await.unwrap();
     let c = st.info().await.unwrap().config.clone();
@@ -295,7 +308,11 @@ async fn finding10_setup_applies_lifetimes_to_existing_buckets() {
     let out = env.ok(&["setup", "--json"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
-        report.as_array().unwrap().iter().all(|i| i["change"] == "unchanged"),
+        report
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["change"] == "unchanged"),
         "a second setup changes nothing: {report}"
     );
 }
@@ -311,7 +328,10 @@ async fn finding8_urls_are_printed_without_passwords() {
     for args in [vec!["status"], vec!["status", "--json"]] {
         let out = env
             .whale(&args)
-            .env("WHALE_NATS_URL", format!("nats://whale:{PW}@127.0.0.1:{dead}"))
+            .env(
+                "WHALE_NATS_URL",
+                format!("nats://whale:{PW}@127.0.0.1:{dead}"),
+            )
             .env("WHALE_LOG", "debug")
             .output()
             .unwrap();
@@ -320,8 +340,14 @@ async fn finding8_urls_are_printed_without_passwords() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(!out.status.success(), "status against a dead server must fail");
-        assert!(!all.contains(PW), "password printed by whale {args:?}:\n{all}");
+        assert!(
+            !out.status.success(),
+            "status against a dead server must fail"
+        );
+        assert!(
+            !all.contains(PW),
+            "password printed by whale {args:?}:\n{all}"
+        );
         assert!(
             all.contains("whale:***@127.0.0.1"),
             "the URL is still named, redacted: {all}"
@@ -345,7 +371,10 @@ async fn finding8_urls_are_printed_without_passwords() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(out.status.success(), "clusters list: {all}");
-        assert!(!all.contains(PW), "password printed by whale {args:?}:\n{all}");
+        assert!(
+            !all.contains(PW),
+            "password printed by whale {args:?}:\n{all}"
+        );
         assert!(all.contains("admin:***@127.0.0.1"), "{all}");
         assert!(
             all.contains("down: ") || all.contains(r#""ok": false"#),
@@ -376,7 +405,10 @@ async fn finding12_readyz_follows_redis() {
     assert_eq!(code, 503, "ready while Redis is down: {body}");
     assert_eq!(body["ready"], false);
     assert!(
-        body["dependencies"]["redis"].as_str().unwrap_or("").starts_with("down"),
+        body["dependencies"]["redis"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("down"),
         "{body}"
     );
     redis.start_again();
@@ -401,7 +433,11 @@ async fn finding12_operator_apis_answer_503_while_nats_is_down() {
     for (method, path, body) in [
         ("GET", "/v1/approvals", None),
         ("GET", "/v1/approvals/t-x", None),
-        ("POST", "/v1/approvals/t-x/approve", Some(json!({"reason": "ok"}))),
+        (
+            "POST",
+            "/v1/approvals/t-x/approve",
+            Some(json!({"reason": "ok"})),
+        ),
         ("GET", "/v1/executions", None),
         ("GET", "/v1/executions/t-x", None),
     ] {
@@ -445,11 +481,18 @@ fn finding12_rules_apply_refuses_an_empty_directory() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
-        err.contains(&format!("remove all {rules} active rule(s)")) && err.contains("--allow-empty"),
+        err.contains(&format!("remove all {rules} active rule(s)"))
+            && err.contains("--allow-empty"),
         "{err}"
     );
     assert_eq!(version(&env), before, "nothing was applied");
-    let out = env.ok(&["rules", "apply", empty.path().to_str().unwrap(), "--allow-empty", "--json"]);
+    let out = env.ok(&[
+        "rules",
+        "apply",
+        empty.path().to_str().unwrap(),
+        "--allow-empty",
+        "--json",
+    ]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rules"], 0, "applied on purpose: {v}");
     assert_ne!(version(&env), before);
@@ -470,10 +513,30 @@ async fn operator_bodies_and_schema_files_are_bounded() {
     let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
     for (path, body, code, limit) in [
         ("/v1/approvals", big.to_string(), 413, "api.max_body_bytes"),
-        ("/v1/approvals/t-x/approve", big.to_string(), 413, "api.max_body_bytes"),
-        ("/v1/approvals", format!(r#"{{"id":"t-x","x":{deep}}}"#), 400, "api.max_depth"),
-        ("/v1/executions/t-x/retry", format!(r#"{{"parameters":{deep}}}"#), 400, "api.max_depth"),
-        ("/v1/executions/t-x/retry", format!(r#"{{"parameters":{}}}"#, "[".repeat(500)), 400, "api.max_depth"),
+        (
+            "/v1/approvals/t-x/approve",
+            big.to_string(),
+            413,
+            "api.max_body_bytes",
+        ),
+        (
+            "/v1/approvals",
+            format!(r#"{{"id":"t-x","x":{deep}}}"#),
+            400,
+            "api.max_depth",
+        ),
+        (
+            "/v1/executions/t-x/retry",
+            format!(r#"{{"parameters":{deep}}}"#),
+            400,
+            "api.max_depth",
+        ),
+        (
+            "/v1/executions/t-x/retry",
+            format!(r#"{{"parameters":{}}}"#, "[".repeat(500)),
+            400,
+            "api.max_depth",
+        ),
     ] {
         let r = c
             .post(env.http(path))
@@ -486,22 +549,37 @@ async fn operator_bodies_and_schema_files_are_bounded() {
         let text = r.text().await.unwrap();
         assert_eq!(status, code, "{path}: {text}");
         let v: Value = serde_json::from_str(&text).expect("a JSON body");
-        assert!(v["error"].as_str().unwrap().contains(limit), "{path}: {text}");
+        assert!(
+            v["error"].as_str().unwrap().contains(limit),
+            "{path}: {text}"
+        );
     }
 
     let dir = tempfile::tempdir().unwrap();
     let huge = json!({"type": "object", "description": "x".repeat(600 * 1024)});
     std::fs::write(dir.path().join("vm.big.json"), huge.to_string()).unwrap();
-    let out = env.whale(&["schemas", "apply", dir.path().to_str().unwrap()]).output().unwrap();
+    let out = env
+        .whale(&["schemas", "apply", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("api.max_schema_bytes"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("api.max_schema_bytes"),
+        "{err}"
+    );
     std::fs::remove_file(dir.path().join("vm.big.json")).unwrap();
     let mut schema = json!({"type": "object"});
     for _ in 0..40 {
         schema = json!({"type": "object", "properties": {"a": schema}});
     }
     std::fs::write(dir.path().join("vm.deep.json"), schema.to_string()).unwrap();
-    let out = env.whale(&["schemas", "apply", dir.path().to_str().unwrap()]).output().unwrap();
+    let out = env
+        .whale(&["schemas", "apply", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("api.max_schema_depth"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("api.max_schema_depth"),
+        "{err}"
+    );
 }
