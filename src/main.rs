@@ -26,7 +26,11 @@ fn main() -> ExitCode {
     match rt.block_on(cli::dispatch(args)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("whale: {e:#}");
+            // Errors may quote a configured URL: never with its credentials.
+            eprintln!(
+                "whale: {}",
+                whale_kernel::telemetry::scrub(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

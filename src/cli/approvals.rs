@@ -42,7 +42,7 @@ pub struct Decide {
 
 pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
     let nats = super::connect(&cfg, "approvals").await?;
-    let kv = store::bucket(&nats).await?;
+    let kv = store::bucket(&nats, &cfg).await?;
     let (verdict, d) = match cmd {
         Cmd::List { all, json } => {
             let list: Vec<Approval> = store::list(&kv)

@@ -27,6 +27,9 @@ pub enum Cmd {
         dir: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Apply a directory with no rules, removing every active rule (refused otherwise).
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Run the rules in DIR on sample events, offline: what matched, what not and why.
     Test {
@@ -92,13 +95,40 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Cmd::Apply { dir, json } => {
+        Cmd::Apply {
+            dir,
+            json,
+            allow_empty,
+        } => {
             let (set, _) = match load(&dir, json)? {
                 Ok(x) => x,
                 Err(code) => return Ok(code),
             };
             let nats = super::connect(&cfg, "rules").await?;
-            let before = rules_store::active(&nats).await?.map(|s| s.version);
+            let active = rules_store::active(&nats).await?;
+            if set.is_empty() && !allow_empty {
+                // An empty directory (a wrong path, a failed checkout) would silently stop
+                // every automation: only on purpose.
+                let active_rules = match &active {
+                    Some(a) => whale_rules::RuleSet::compile(&a.sources)
+                        .map(|s| s.len())
+                        .unwrap_or(a.sources.len()),
+                    None => 0,
+                };
+                let msg = format!(
+                    "{} holds no rules: applying it would remove all {active_rules} active rule(s); nothing was applied (pass --allow-empty to do that on purpose)",
+                    dir.display()
+                );
+                if json {
+                    super::print_json(
+                        &json!({"ok": false, "error": msg, "rules": 0, "would_remove": active_rules}),
+                    )?;
+                } else {
+                    eprintln!("whale: {msg}");
+                }
+                return Ok(ExitCode::from(3));
+            }
+            let before = active.map(|s| s.version);
             let unchanged = before.as_deref() == Some(set.version());
             if !unchanged {
                 rules_store::apply(&nats, &set).await?;

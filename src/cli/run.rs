@@ -50,6 +50,17 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         if *name == "approve" {
             router = router.merge(whale_approve::http::router(&nats, cfg.clone()).await?);
         }
+        if *name == "throttle" {
+            // Every task waits while Redis is down: the process is not ready then.
+            let limiter = whale_throttle::Limiter::new(&cfg.redis.url)?;
+            health.add_probe(
+                "redis",
+                Arc::new(move || {
+                    let l = limiter.clone();
+                    Box::pin(async move { l.ping().await })
+                }),
+            );
+        }
         let stage = registry::build(name, &nats, &cfg)
             .await
             .with_context(|| format!("cannot start stage {name}"))?

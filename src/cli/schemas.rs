@@ -21,7 +21,7 @@ pub enum Cmd {
 pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Check { dir } => {
-            let files = whale_validate::schemas::read_dir(&dir)?;
+            let files = whale_validate::schemas::read_dir(&dir, &cfg.api.schema_limits())?;
             for f in &files {
                 println!("ok  {:<24} {}", f.event_type, f.path.display());
             }
@@ -29,7 +29,8 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Apply { dir, json } => {
             let nats = super::connect(&cfg, "schemas").await?;
-            let applied = whale_validate::schemas::apply_dir(&nats, &dir).await?;
+            let applied =
+                whale_validate::schemas::apply_dir(&nats, &dir, &cfg.api.schema_limits()).await?;
             if json {
                 super::print_json(&applied)?;
             } else {

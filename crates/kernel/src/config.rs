@@ -44,6 +44,85 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// Query parameters whose values are credentials (WeCom robot `key`, tokens, signatures).
+const SECRET_PARAMS: [&str; 8] = [
+    "key",
+    "token",
+    "access_token",
+    "api_key",
+    "apikey",
+    "password",
+    "secret",
+    "sig",
+];
+
+/// `text` (a URL, or a message that embeds URLs, like a connection or reqwest error) with every
+/// credential in a URL replaced by `***`: the password of `scheme://user:password@host` (the whole
+/// user part when there is no password: `nats://TOKEN@host` carries a token), and the values of
+/// query parameters such as `key=` or `token=`. Use it wherever a configured URL is printed or
+/// logged.
+pub fn redact_url(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`' | ')' | ',')
+            })
+            .unwrap_or(tail.len());
+        let (url, after) = tail.split_at(end);
+        out.push_str(&redact_one(url));
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The credential in a URL's user part: the password of `user:password@`, or the whole user
+/// part when it has no password (a token).
+fn url_credential(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    Some(userinfo.split_once(':').map_or(userinfo, |(_, p)| p)).filter(|s| !s.is_empty())
+}
+
+/// One URL without its scheme (`user:pass@host/path?query`).
+fn redact_one(url: &str) -> String {
+    let auth_end = url.find(['/', '?', '#']).unwrap_or(url.len());
+    let (authority, path) = url.split_at(auth_end);
+    let mut out = match authority.rfind('@') {
+        Some(at) => match authority[..at].split_once(':') {
+            Some((user, _)) => format!("{user}:***@{}", &authority[at + 1..]),
+            None => format!("***@{}", &authority[at + 1..]),
+        },
+        None => authority.to_owned(),
+    };
+    let Some(q) = path.find('?') else {
+        out.push_str(path);
+        return out;
+    };
+    out.push_str(&path[..=q]);
+    let (query, fragment) = match path[q + 1..].find('#') {
+        Some(h) => path[q + 1..].split_at(h),
+        None => (&path[q + 1..], ""),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str()) => {
+                format!("{k}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    out.push_str(&pairs.join("&"));
+    out.push_str(fragment);
+    out
+}
+
 /// Durations in config files are human strings: "30s", "10m", "7d".
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     humantime::parse_duration(s.trim())
@@ -76,6 +155,10 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     /// Rule evaluation (`[rules]`): limits on jq predicates and templates.
     pub rules: RulesConfig,
+    /// Lifetimes of the state kept in KV (claims, execution index, markers, approvals).
+    pub state: StateConfig,
+    /// Bounds on the operator APIs' bodies (approvals, executions) and schema files.
+    pub api: ApiConfig,
 }
 
 /// How to reach NATS. Several URLs for a cluster; one of the auth methods.
@@ -407,6 +490,79 @@ impl DispatchConfig {
     }
 }
 
+/// How long the state whale keeps in KV lives (`[state]`), enforced by nats-server (bucket
+/// `max_age`, per-message `Nats-TTL`); docs/limits.md "Lifetimes of state" says why each is safe.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Dispatch claims (`whale_claims`), counted from their last write. Unset: the longest a task
+    /// can still be redelivered, `nats.pipe_retention`. Never below it.
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub claims: Option<Duration>,
+    /// Execution index (`exec.*`, `exec-id.*`) and notification markers (`notified.*`) in
+    /// `whale_state`: the bucket's max age (drains excepted). Never below `nats.pipe_retention`.
+    #[serde(deserialize_with = "de_duration")]
+    pub executions: Duration,
+}
+
+/// Bounds on what operators send (`[api]`): bodies of `/v1/approvals` and `/v1/executions`, and
+/// the files of `whale schemas apply`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Largest body of an approvals or executions API call (413 above it).
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting in such a body (400 above it).
+    pub max_depth: usize,
+    /// Largest schema file `whale schemas apply` takes (a schema is one KV value).
+    pub max_schema_bytes: usize,
+    /// Deepest JSON nesting in a schema file.
+    pub max_schema_depth: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_body_bytes: 64 * 1024,
+            max_depth: 32,
+            max_schema_bytes: 512 * 1024,
+            max_schema_depth: 64,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The bounds of a schema file.
+    pub fn schema_limits(&self) -> crate::envelope::Limits {
+        crate::envelope::Limits {
+            max_bytes: self.max_schema_bytes,
+            max_depth: self.max_schema_depth,
+        }
+    }
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            claims: None,
+            executions: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl Config {
+    /// How long a dispatch claim lives (`state.claims`, default `nats.pipe_retention`).
+    pub fn claims_lifetime(&self) -> Duration {
+        self.state.claims.unwrap_or(self.nats.pipe_retention)
+    }
+
+    /// How long a decided or timed-out approval is kept after its timeout: as long as the
+    /// messages that could re-open it (`nats.pipe_retention`).
+    pub fn approval_margin(&self) -> Duration {
+        self.nats.pipe_retention
+    }
+}
+
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     de_duration(d).map(Some)
 }
@@ -612,6 +768,7 @@ impl Config {
         };
         cfg.apply_env(env)?;
         cfg.check()?;
+        cfg.hide_secrets();
         Ok(cfg)
     }
 
@@ -694,6 +851,39 @@ impl Config {
         Ok(())
     }
 
+    /// Tells the log writer every secret this configuration holds, so that no library's
+    /// message can print one (see [`crate::telemetry::scrub`]).
+    fn hide_secrets(&self) {
+        use crate::telemetry::hide;
+        let mut urls: Vec<&str> = self.nats.urls.iter().map(String::as_str).collect();
+        urls.push(self.redis.url.expose());
+        urls.extend(self.clusters.values().map(|c| c.url.as_str()));
+        for u in urls {
+            if let Some(s) = url_credential(u) {
+                hide(s);
+            }
+        }
+        let secrets = [
+            &self.nats.password,
+            &self.nats.token,
+            &self.http.token,
+            &self.approvals.secret,
+        ];
+        for s in secrets.into_iter().flatten() {
+            hide(s.expose());
+        }
+        for c in self.clusters.values() {
+            if let Some(k) = &c.api_key {
+                hide(k.expose());
+            }
+        }
+        for c in self.channels.values() {
+            if let Some(b) = &c.bearer {
+                hide(b.expose());
+            }
+        }
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         if self.nats.urls.is_empty() {
             bail!("nats.urls is empty: set WHALE_NATS_URL or nats.urls in whale.toml");
@@ -712,6 +902,13 @@ impl Config {
         self.dispatch.check()?;
         self.feedback.check()?;
         self.index.check()?;
+        let pipe = self.nats.pipe_retention;
+        if self.claims_lifetime() < pipe {
+            bail!("state.claims ({}) is shorter than nats.pipe_retention ({}): a task still in the stream could lose its claim and run twice; raise state.claims or leave it unset", humantime::format_duration(self.claims_lifetime()), humantime::format_duration(pipe));
+        }
+        if self.state.executions < pipe {
+            bail!("state.executions ({}) is shorter than nats.pipe_retention ({}): a redelivered result could notify twice; raise state.executions", humantime::format_duration(self.state.executions), humantime::format_duration(pipe));
+        }
         for (name, c) in &self.clusters {
             if c.url.is_empty() {
                 bail!("cluster {name:?} has no url");
@@ -790,6 +987,38 @@ mod tests {
                 ENV_VARS.contains(&name),
                 "{name} is read but not in ENV_VARS"
             );
+        }
+    }
+
+    #[test]
+    fn urls_print_without_credentials() {
+        let cases = [
+            (
+                "nats://user:hunter2@10.0.0.1:4222",
+                "nats://user:***@10.0.0.1:4222",
+            ),
+            ("nats://s3cret-token@host:4222", "nats://***@host:4222"),
+            (
+                "http://st2:pa:ss@st2.example.com/api/v1/?x=1",
+                "http://st2:***@st2.example.com/api/v1/?x=1",
+            ),
+            (
+                "https://qyapi.weixin.qq.com/send?key=abc&debug=1",
+                "https://qyapi.weixin.qq.com/send?key=***&debug=1",
+            ),
+            (
+                "error sending request for url (http://a:b@h:9/api/v1/): refused",
+                "error sending request for url (http://a:***@h:9/api/v1/): refused",
+            ),
+            (
+                "cannot connect to NATS at nats://u:p@x:1,nats://u:p@y:2: down",
+                "cannot connect to NATS at nats://u:***@x:1,nats://u:***@y:2: down",
+            ),
+            ("no url here", "no url here"),
+            ("http://plain.example/a?b=c", "http://plain.example/a?b=c"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_url(input), want, "{input}");
         }
     }
 

@@ -50,10 +50,12 @@ async fn readyz(State(b): State<Base>) -> Response {
         .nats
         .as_ref()
         .is_none_or(|n| n.client.connection_state() == async_nats::connection::State::Connected);
-    let ready = nats_ok && b.health.ready();
+    let (dependencies, deps_ok) = b.health.check_dependencies().await;
+    let ready = nats_ok && deps_ok && b.health.ready();
     let body = json!({
         "ready": ready,
         "nats": if nats_ok { "connected" } else { "disconnected" },
+        "dependencies": dependencies,
         "stages": b.health.snapshot(),
     });
     let code = if ready {
@@ -157,6 +159,52 @@ pub fn with_retry_after(mut resp: Response, secs: u64) -> Response {
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
     resp
+}
+
+/// Reads the JSON body of an operator API call (approvals, executions) within `[api]`
+/// `max_body_bytes` and `max_depth`: never more than the limit is read, and the answer names
+/// the limit (413 too large, 400 not JSON or too deep). An empty body is `None`.
+#[allow(clippy::result_large_err)]
+pub async fn json_body(
+    body: axum::body::Body,
+    limits: &crate::config::ApiConfig,
+) -> Result<Option<serde_json::Value>, Response> {
+    let max = limits.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {max} bytes, the limit of this API (api.max_body_bytes)"),
+            json!({"limit": "api.max_body_bytes", "max": max}),
+        )
+    })?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let too_deep = || {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body nests deeper than {} levels, the limit of this API (api.max_depth)",
+                limits.max_depth
+            ),
+            json!({"limit": "api.max_depth", "max": limits.max_depth}),
+        )
+    };
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        if e.to_string().contains("recursion limit") {
+            too_deep()
+        } else {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+                json!({}),
+            )
+        }
+    })?;
+    if crate::envelope::depth(&value) > limits.max_depth {
+        return Err(too_deep());
+    }
+    Ok(Some(value))
 }
 
 /// Checks `Authorization: Bearer <token>` when a token is configured. The error is the response

@@ -1,9 +1,15 @@
 //! Live views of KV buckets (schemas, the rule set, operator state): load everything, then apply
 //! each change as it happens, so running workers pick up `whale schemas apply` / `whale rules
-//! apply` without a restart. Stages get callbacks, never a NATS handle.
+//! apply` without a restart. Stages get callbacks, never a NATS handle. [`Bucket`] writes values
+//! with a lifetime of their own (per-message TTL).
+
+use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::kv::{Entry, Operation};
+use async_nats::jetstream::kv::{
+    CreateError, CreateErrorKind, Entry, Operation, Store, UpdateError,
+};
+use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::nats::Nats;
@@ -131,4 +137,162 @@ impl<T: Send + Sync + 'static> Live<T> {
             current: std::sync::Arc::new(std::sync::RwLock::new(Some(std::sync::Arc::new(t)))),
         }
     }
+}
+
+/// How long one value written through a [`Bucket`] lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// The bucket's own `max_age` (forever when it has none).
+    Bucket,
+    /// This long after the write (per-message TTL; never longer than the bucket's `max_age`).
+    For(Duration),
+    /// Until it is deleted on purpose, whatever the bucket's `max_age` (`Nats-TTL: never`).
+    Never,
+}
+
+/// A KV bucket whose writes may carry their own lifetime (per-message TTL, the `Nats-TTL`
+/// header, nats-server ≥ 2.11), for buckets whose keys live for different times: `whale_state`
+/// keeps drains forever, approvals until their timeout and everything else for its `max_age`.
+/// Reads go through the [`Store`] (`Deref`). On a bucket set up by an older `whale setup`
+/// (no per-message TTL allowed) writes carry no TTL, so they are accepted and live as long as
+/// that bucket keeps everything; `whale setup` turns lifetimes on.
+#[derive(Clone)]
+pub struct Bucket {
+    store: Store,
+    js: async_nats::jetstream::Context,
+    ttl_allowed: bool,
+    max_age: Duration,
+}
+
+impl std::ops::Deref for Bucket {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl Bucket {
+    /// Opens `bucket` (created by `whale setup`).
+    pub async fn open(nats: &Nats, bucket: &str) -> anyhow::Result<Bucket> {
+        let store = nats.js.get_key_value(bucket).await.with_context(|| {
+            format!("KV bucket {bucket} does not exist: run `whale setup` first")
+        })?;
+        let cfg = &store.stream.cached_info().config;
+        let (ttl_allowed, max_age) = (cfg.allow_message_ttl, cfg.max_age);
+        if !ttl_allowed {
+            tracing::warn!(
+                bucket,
+                "KV bucket has no lifetimes yet: run `whale setup` to apply them"
+            );
+        }
+        Ok(Bucket {
+            store,
+            js: nats.js.clone(),
+            ttl_allowed,
+            max_age,
+        })
+    }
+
+    /// The `Nats-TTL` header value for `ttl` in this bucket, if one is to be sent.
+    pub fn ttl_header(&self, ttl: Ttl) -> Option<String> {
+        if !self.ttl_allowed {
+            return None;
+        }
+        match ttl {
+            Ttl::Bucket => None,
+            Ttl::Never => Some("never".into()),
+            Ttl::For(d) if !self.max_age.is_zero() && d >= self.max_age => None,
+            // The server's minimum is one second; round up so a value never lives shorter.
+            Ttl::For(d) => Some(format!(
+                "{}s",
+                d.as_secs().max(1) + u64::from(d.subsec_nanos() > 0)
+            )),
+        }
+    }
+
+    fn subject(&self, key: &str) -> String {
+        format!(
+            "{}{key}",
+            self.store.put_prefix.as_ref().unwrap_or(&self.store.prefix)
+        )
+    }
+
+    async fn write(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: Option<u64>,
+        ttl: Ttl,
+    ) -> Result<u64, async_nats::jetstream::context::PublishError> {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(rev) = revision {
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                rev.to_string().as_str(),
+            );
+        }
+        if let Some(t) = self.ttl_header(ttl) {
+            headers.insert("Nats-TTL", t.as_str());
+        }
+        let ack = self
+            .js
+            .publish_with_headers(self.subject(key), headers, value)
+            .await?
+            .await?;
+        Ok(ack.sequence)
+    }
+
+    /// Writes `key` whatever it holds; returns the new revision.
+    pub async fn put(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<u64, UpdateError> {
+        self.write(key, value, None, ttl).await.map_err(Into::into)
+    }
+
+    /// Replaces `key` only if it is still at `revision` (`WrongLastRevision` otherwise).
+    pub async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+        ttl: Ttl,
+    ) -> Result<u64, UpdateError> {
+        self.write(key, value, Some(revision), ttl)
+            .await
+            .map_err(Into::into)
+    }
+
+    /// Writes `key` only if it holds nothing (`AlreadyExists` otherwise); a deleted key counts
+    /// as nothing.
+    pub async fn create(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<u64, CreateError> {
+        let first = match self.update(key, value.clone(), 0, ttl).await {
+            Ok(rev) => return Ok(rev),
+            Err(e) => e,
+        };
+        match self.store.entry(key).await? {
+            Some(e) if e.operation != Operation::Put => {
+                Ok(self.update(key, value, e.revision, ttl).await?)
+            }
+            Some(_) => Err(CreateError::new(CreateErrorKind::AlreadyExists)),
+            None => Err(first.into()),
+        }
+    }
+}
+
+/// Whether `e` comes from NATS not answering or refusing a KV or JetStream call (the server is
+/// down, unreachable or timing out) rather than from what a value holds: HTTP APIs answer 503
+/// ("try again") for these and 500 for the rest.
+pub fn is_unavailable(e: &anyhow::Error) -> bool {
+    use async_nats::jetstream::{context, kv};
+    e.chain().any(|c| {
+        c.is::<kv::EntryError>()
+            || c.is::<kv::UpdateError>()
+            || c.is::<kv::CreateError>()
+            || c.is::<kv::PutError>()
+            || c.is::<kv::WatchError>()
+            || c.is::<kv::WatcherError>()
+            || c.is::<kv::StatusError>()
+            || c.is::<context::PublishError>()
+            || c.is::<context::KeyValueError>()
+            || c.is::<context::RequestError>()
+            || c.is::<async_nats::RequestError>()
+    })
 }

@@ -72,11 +72,15 @@ impl Nats {
             .urls
             .iter()
             .map(|u| {
-                u.parse()
-                    .with_context(|| format!("{u:?} is not a NATS server URL"))
+                u.parse().with_context(|| {
+                    format!(
+                        "{:?} is not a NATS server URL",
+                        crate::config::redact_url(u)
+                    )
+                })
             })
             .collect::<anyhow::Result<_>>()?;
-        let urls = cfg.urls.join(",");
+        let urls = crate::config::redact_url(&cfg.urls.join(","));
         let client = connect_with_retry(opts, addrs).await.with_context(|| {
             format!("cannot connect to NATS at {urls}: is nats-server running? (`deploy/local.sh up` starts one; set WHALE_NATS_URL otherwise)")
         })?;

@@ -181,20 +181,7 @@ pub async fn setup(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<Item>> {
         }
     }
     for bucket in subjects::KV_BUCKETS {
-        let change = match js.get_key_value(bucket).await {
-            Ok(_) => Change::Unchanged,
-            Err(_) => {
-                js.create_key_value(kv::Config {
-                    bucket: bucket.to_owned(),
-                    history: if bucket == subjects::KV_RULES { 16 } else { 5 },
-                    num_replicas: cfg.nats.replicas,
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("cannot create KV bucket {bucket}"))?;
-                Change::Created
-            }
-        };
+        let change = ensure_bucket(js, cfg, bucket).await?;
         report.push(Item {
             kind: "kv",
             name: bucket.to_owned(),
@@ -202,6 +189,155 @@ pub async fn setup(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<Item>> {
         });
     }
     Ok(report)
+}
+
+/// The lifetime settings of one KV bucket (docs/limits.md "Lifetimes of state").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketLimits {
+    /// Revisions kept per key (1: only the current value).
+    pub history: i64,
+    /// Age at which the server removes a value (zero: never).
+    pub max_age: Duration,
+    /// Values may carry their own lifetime (`Nats-TTL`).
+    pub allow_msg_ttl: bool,
+}
+
+/// What whale wants of each bucket.
+pub fn bucket_limits(cfg: &Config, bucket: &str) -> BucketLimits {
+    let keep = |history| BucketLimits {
+        history,
+        max_age: Duration::ZERO,
+        allow_msg_ttl: false,
+    };
+    match bucket {
+        subjects::KV_RULES => keep(16),
+        subjects::KV_CLAIMS => BucketLimits {
+            history: 1,
+            max_age: cfg.claims_lifetime(),
+            allow_msg_ttl: false,
+        },
+        subjects::KV_STATE => BucketLimits {
+            history: 1,
+            max_age: cfg.state.executions,
+            allow_msg_ttl: true,
+        },
+        _ => keep(5),
+    }
+}
+
+/// Creates `bucket` with its lifetimes, or gives an existing one the lifetimes it lacks.
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    cfg: &Config,
+    bucket: &str,
+) -> anyhow::Result<Change> {
+    let want = bucket_limits(cfg, bucket);
+    let stream_name = format!("KV_{bucket}");
+    let mut change = Change::Unchanged;
+    if js.get_key_value(bucket).await.is_err() {
+        js.create_key_value(kv::Config {
+            bucket: bucket.to_owned(),
+            history: want.history,
+            num_replicas: cfg.nats.replicas,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("cannot create KV bucket {bucket}"))?;
+        change = Change::Created;
+    }
+    let mut stream = js
+        .get_stream(&stream_name)
+        .await
+        .with_context(|| format!("cannot look up KV bucket {bucket}"))?;
+    let have = stream.info().await?.config.clone();
+    if !have.allow_message_ttl && want.allow_msg_ttl {
+        // First allow per-message TTLs (keeping the old max age), so that the keys that must
+        // outlive the new max age can be pinned before it applies.
+        let step = stream::Config {
+            allow_message_ttl: true,
+            ..have.clone()
+        };
+        js.update_stream(&step)
+            .await
+            .with_context(|| format!("cannot allow per-message TTLs on KV bucket {bucket} (nats-server 2.11 or newer is needed)"))?;
+    }
+    let mut pinned = 0;
+    if want.allow_msg_ttl && bucket == subjects::KV_STATE {
+        pinned = pin_permanent(js, &stream_name, bucket).await?;
+    }
+    let same = have.max_messages_per_subject == want.history
+        && have.max_age == want.max_age
+        && have.allow_message_ttl == want.allow_msg_ttl;
+    if !same {
+        let now = stream.info().await?.config.clone();
+        // JetStream refuses a duplicate window longer than the max age.
+        let duplicate_window = match want.max_age.is_zero() {
+            true => now.duplicate_window,
+            false => now.duplicate_window.min(want.max_age),
+        };
+        let next = stream::Config {
+            max_messages_per_subject: want.history,
+            max_age: want.max_age,
+            allow_message_ttl: want.allow_msg_ttl,
+            duplicate_window,
+            ..now
+        };
+        js.update_stream(&next)
+            .await
+            .with_context(|| format!("cannot set the lifetimes of KV bucket {bucket}"))?;
+    }
+    if change == Change::Unchanged && (!same || pinned > 0) {
+        change = Change::Updated;
+    }
+    Ok(change)
+}
+
+/// Rewrites the keys of [`subjects::STATE_PERMANENT`] that carry no `Nats-TTL: never` (written
+/// before lifetimes existed) with it, so the bucket's max age never removes a drain. Returns
+/// how many it rewrote.
+async fn pin_permanent(
+    js: &jetstream::Context,
+    stream_name: &str,
+    bucket: &str,
+) -> anyhow::Result<usize> {
+    use futures::TryStreamExt as _;
+    let stream = js.get_stream(stream_name).await?;
+    let mut pinned = 0;
+    for prefix in subjects::STATE_PERMANENT {
+        let filter = format!("$KV.{bucket}.{prefix}>");
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(&filter)
+            .await?
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot list {filter}"))?;
+        for (subject, _) in subjects {
+            let msg = stream
+                .direct_get_last_for_subject(&subject)
+                .await
+                .with_context(|| format!("cannot read {subject}"))?;
+            let never = msg
+                .headers
+                .get("Nats-TTL")
+                .is_some_and(|v| v.as_str() == "never");
+            let deleted = msg.headers.get("KV-Operation").is_some();
+            if never || deleted {
+                continue;
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-TTL", "never");
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                msg.sequence.to_string().as_str(),
+            );
+            js.publish_with_headers(subject.clone(), headers, msg.payload.clone())
+                .await?
+                .await
+                .with_context(|| format!("cannot pin {subject}"))?;
+            pinned += 1;
+        }
+    }
+    Ok(pinned)
 }
 
 fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {

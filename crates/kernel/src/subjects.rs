@@ -24,10 +24,16 @@ pub const STREAM_PIPE: &str = "WHALE_PIPE";
 pub const KV_SCHEMAS: &str = "whale_schemas";
 /// KV bucket of the active rule set.
 pub const KV_RULES: &str = "whale_rules";
-/// KV bucket of dispatch claims (task id → claim / execution id).
+/// KV bucket of dispatch claims (task id → claim / execution id). Max age: `state.claims`.
 pub const KV_CLAIMS: &str = "whale_claims";
-/// KV bucket of operator state: drained clusters, pending approvals.
+/// KV bucket of operator state: drained clusters (kept forever), approvals (until their timeout
+/// plus `nats.pipe_retention`), execution index and notification markers (max age:
+/// `state.executions`).
 pub const KV_STATE: &str = "whale_state";
+
+/// Key prefixes in [`KV_STATE`] that never expire (written with `Nats-TTL: never`); `whale
+/// setup` pins the ones an older version wrote before it gives the bucket a max age.
+pub const STATE_PERMANENT: [&str; 1] = ["drain."];
 
 /// Every KV bucket `whale setup` creates.
 pub const KV_BUCKETS: [&str; 4] = [KV_SCHEMAS, KV_RULES, KV_CLAIMS, KV_STATE];

@@ -22,6 +22,8 @@ pub struct St2Client {
 pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     pub(crate) base: String,
+    /// `base` with any password in it replaced by `***`: what errors and logs show.
+    pub(crate) shown_base: String,
     pub(crate) auth: Auth,
     pub(crate) timeout: Duration,
     pub(crate) tokens: TokenCache,
@@ -30,7 +32,7 @@ pub(crate) struct Inner {
 impl fmt::Debug for St2Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("St2Client")
-            .field("base_url", &self.inner.base)
+            .field("base_url", &self.inner.shown_base)
             .finish_non_exhaustive()
     }
 }
@@ -40,15 +42,20 @@ impl St2Client {
     pub fn new(conn: ClusterConn) -> Result<Self> {
         let base = conn.base_url.trim_end_matches('/');
         let base = base.strip_suffix("/api/v1").unwrap_or(base).to_owned();
-        if reqwest::Url::parse(&base).is_err() || !base.starts_with("http") {
+        let parsed = reqwest::Url::parse(&base);
+        let Some(mut shown) = parsed.ok().filter(|_| base.starts_with("http")) else {
             return Err(St2Error::new(
                 ErrorKind::Config,
                 String::new(),
-                format!(
-                    "base url {base:?} is not an http(s) url (expected e.g. http://127.0.0.1:9101)"
-                ),
+                "the base url is not an http(s) url (expected e.g. http://127.0.0.1:9101)".into(),
             ));
+        };
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        } else if !shown.username().is_empty() {
+            let _ = shown.set_username("***");
         }
+        let shown_base = shown.as_str().trim_end_matches('/').to_owned();
         let http = reqwest::Client::builder()
             .connect_timeout(conn.timeout.min(Duration::from_secs(10)))
             .build()
@@ -57,6 +64,7 @@ impl St2Client {
             inner: Arc::new(Inner {
                 http,
                 base,
+                shown_base,
                 auth: conn.auth,
                 timeout: conn.timeout,
                 tokens: TokenCache::default(),

@@ -78,7 +78,8 @@ impl St2Client {
 
     pub(crate) fn call_label(&self, method: &Method, path: &str) -> (String, String) {
         let url = format!("{}{}", self.inner.base, path);
-        (format!("{} {}", method.as_str().to_lowercase(), url), url)
+        let shown = format!("{}{}", self.inner.shown_base, path);
+        (format!("{} {}", method.as_str().to_lowercase(), shown), url)
     }
 
     pub(crate) fn decode<T: DeserializeOwned>(&self, r: &Reply) -> Result<T> {

@@ -12,16 +12,16 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
-use whale_kernel::http::{check_bearer, error};
+use whale_kernel::http::{check_bearer, error, json_body};
 use whale_kernel::{Config, Nats};
 
 use crate::link::{self, LinkError};
@@ -31,14 +31,14 @@ use crate::Links;
 #[derive(Clone)]
 struct St {
     nats: Nats,
-    kv: async_nats::jetstream::kv::Store,
+    kv: store::Approvals,
     cfg: Arc<Config>,
     links: Links,
 }
 
 /// The router, merged into whale's HTTP server by `whale run`.
 pub async fn router(nats: &Nats, cfg: Arc<Config>) -> anyhow::Result<axum::Router> {
-    let kv = store::bucket(nats).await?;
+    let kv = store::bucket(nats, &cfg).await?;
     let links = Links::from_config(&cfg);
     Ok(Router::new()
         .route("/v1/approvals", get(list).post(post_decision))
@@ -131,7 +131,7 @@ async fn by_post(
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
     Query(q): Query<LinkQuery>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if q.sig.is_some() {
         let (code, msg) = link_decision(&st, &headers, &id, &action, &q).await;
@@ -147,31 +147,21 @@ async fn by_post(
     if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
         return r;
     }
-    let body: Value = if body.is_empty() {
-        json!({})
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("body is not JSON: {e}"),
-                    json!({}),
-                )
-            }
-        }
+    let body = match json_body(body, &st.cfg.api).await {
+        Ok(v) => v.unwrap_or_else(|| json!({})),
+        Err(r) => return r,
     };
     api_decision(&st, &headers, &id, &action, &body).await
 }
 
-async fn post_decision(
-    State(st): State<St>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
+async fn post_decision(State(st): State<St>, headers: HeaderMap, body: Body) -> Response {
     if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
         return r;
     }
+    let body = match json_body(body, &st.cfg.api).await {
+        Ok(v) => v.unwrap_or(Value::Null),
+        Err(r) => return r,
+    };
     let (Some(id), Some(decision)) = (body["id"].as_str(), body["decision"].as_str()) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -208,8 +198,8 @@ async fn api_decision(
     match store::decide(&st.nats, &st.kv, id, verdict, &by, "http", reason).await {
         Ok(a) => Json(a).into_response(),
         Err(e) => {
-            if let DecideError::Internal(err) = &e {
-                return internal(anyhow::anyhow!("{err:#}"));
+            if let DecideError::Internal(err) = e {
+                return internal(err);
             }
             error(decide_status(&e), e.to_string(), json!({}))
         }
@@ -249,11 +239,8 @@ async fn link_decision(
         Ok(Some((a, _))) => a,
         Ok(None) => return (StatusCode::NOT_FOUND, format!("no approval {id}")),
         Err(e) => {
-            tracing::error!("approval link: {e:#}");
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error (see whale's log)".into(),
-            );
+            let (code, msg) = failure(&e);
+            return (code, msg.into());
         }
     };
     let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -296,23 +283,39 @@ async fn link_decision(
             (StatusCode::OK, what)
         }
         Err(DecideError::Internal(e)) => {
-            tracing::error!("approval link: {e:#}");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error (see whale's log)".into(),
-            )
+            let (code, msg) = failure(&e);
+            (code, msg.into())
         }
         Err(e) => (decide_status(&e), e.to_string()),
     }
 }
 
+/// NATS trouble is 503 (try again: nothing was decided), anything else 500.
 fn internal(e: anyhow::Error) -> Response {
-    tracing::error!("approvals API: {e:#}");
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal error (see whale's log)",
-        json!({}),
-    )
+    let (code, msg) = failure(&e);
+    let mut r = error(code, msg, json!({}));
+    if code == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    }
+    r
+}
+
+/// The status and message for an error of the store; logs it.
+fn failure(e: &anyhow::Error) -> (StatusCode, &'static str) {
+    if whale_kernel::kv::is_unavailable(e) {
+        tracing::warn!("approvals API: NATS unavailable: {e:#}");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "approvals are unavailable: whale cannot reach NATS; nothing was decided, try again shortly",
+        )
+    } else {
+        tracing::error!("approvals API: {e:#}");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error (see whale's log)",
+        )
+    }
 }
 
 fn escape(s: &str) -> String {

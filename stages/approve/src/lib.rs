@@ -22,7 +22,6 @@ pub mod store;
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::Store;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -66,7 +65,7 @@ impl Links {
 
 /// The stage.
 pub struct Approve {
-    kv: Store,
+    kv: store::Approvals,
     links: Links,
 }
 
@@ -77,7 +76,7 @@ impl Approve {
             tracing::warn!("WHALE_APPROVAL_SECRET is not set: approval messages carry no links (decide with `whale approvals` or /v1/approvals)");
         }
         Ok(Approve {
-            kv: store::bucket(nats).await?,
+            kv: store::bucket(nats, cfg).await?,
             links,
         })
     }

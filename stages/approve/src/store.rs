@@ -3,18 +3,23 @@
 //! and the timeout can never both win. The winner publishes the decision record
 //! (`whale.pipe.decision`, msg id `dec:<task_id>`); the gate's timer republishes it from KV if
 //! that publish was lost, and only a decision record admits a task.
+//!
+//! Every write carries a lifetime (per-message TTL): the time left until the approval times out
+//! plus `nats.pipe_retention`, so the key outlives every message that could look for it (the
+//! request, the timer, the decision) and then goes by itself.
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
+use async_nats::jetstream::kv::{CreateErrorKind, Operation, UpdateErrorKind};
 use async_nats::HeaderMap;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use whale_kernel::envelope::format_time;
+use whale_kernel::kv::{Bucket, Ttl};
 use whale_kernel::records::{Decision, Task};
 use whale_kernel::subjects::{self, Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
-use whale_kernel::{Nats, Output};
+use whale_kernel::{Config, Nats, Output};
 
 /// One held task and what became of it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -117,21 +122,38 @@ pub fn key(task_id: &str) -> String {
     }
 }
 
+/// The approvals in `whale_state`, with how long each is kept past its timeout.
+#[derive(Clone)]
+pub struct Approvals {
+    kv: Bucket,
+    margin: Duration,
+}
+
+impl std::ops::Deref for Approvals {
+    type Target = async_nats::jetstream::kv::Store;
+    fn deref(&self) -> &Self::Target {
+        &self.kv
+    }
+}
+
+impl Approvals {
+    /// The lifetime of a write of `a`: until its timeout, plus the margin.
+    fn ttl(&self, a: &Approval) -> Ttl {
+        let left = (a.expires_unix - OffsetDateTime::now_utc().unix_timestamp()).max(0);
+        Ttl::For(Duration::from_secs(left as u64) + self.margin)
+    }
+}
+
 /// The bucket.
-pub async fn bucket(nats: &Nats) -> anyhow::Result<Store> {
-    nats.js
-        .get_key_value(subjects::KV_STATE)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "KV bucket {} is not there ({e}): run `whale setup` first",
-                subjects::KV_STATE
-            )
-        })
+pub async fn bucket(nats: &Nats, cfg: &Config) -> anyhow::Result<Approvals> {
+    Ok(Approvals {
+        kv: Bucket::open(nats, subjects::KV_STATE).await?,
+        margin: cfg.approval_margin(),
+    })
 }
 
 /// The approval and its revision.
-pub async fn read(kv: &Store, task_id: &str) -> anyhow::Result<Option<(Approval, u64)>> {
+pub async fn read(kv: &Approvals, task_id: &str) -> anyhow::Result<Option<(Approval, u64)>> {
     match kv.entry(key(task_id)).await? {
         Some(e) if e.operation == Operation::Put => {
             let a = serde_json::from_slice(&e.value)
@@ -143,14 +165,23 @@ pub async fn read(kv: &Store, task_id: &str) -> anyhow::Result<Option<(Approval,
 }
 
 /// The approval of `task`, created pending if there is none yet.
-pub async fn open(kv: &Store, task: &Task, link_ttl: Option<Duration>) -> anyhow::Result<Approval> {
+pub async fn open(
+    kv: &Approvals,
+    task: &Task,
+    link_ttl: Option<Duration>,
+) -> anyhow::Result<Approval> {
     loop {
         if let Some((a, _)) = read(kv, &task.task_id).await? {
             return Ok(a);
         }
         let a = Approval::new(task.clone(), link_ttl);
         match kv
-            .create(key(&task.task_id), serde_json::to_vec(&a)?.into())
+            .kv
+            .create(
+                &key(&task.task_id),
+                serde_json::to_vec(&a)?.into(),
+                kv.ttl(&a),
+            )
             .await
         {
             Ok(_) => return Ok(a),
@@ -161,7 +192,7 @@ pub async fn open(kv: &Store, task: &Task, link_ttl: Option<Duration>) -> anyhow
 }
 
 /// Every approval, pending first, then newest first.
-pub async fn list(kv: &Store) -> anyhow::Result<Vec<Approval>> {
+pub async fn list(kv: &Approvals) -> anyhow::Result<Vec<Approval>> {
     let keys: Vec<String> = kv
         .keys()
         .await?
@@ -256,7 +287,7 @@ impl std::error::Error for DecideError {}
 /// Makes a decision, once: compare-and-set from pending, then publishes the decision record.
 pub async fn decide(
     nats: &Nats,
-    kv: &Store,
+    kv: &Approvals,
     task_id: &str,
     verdict: Verdict,
     by: &str,
@@ -282,7 +313,11 @@ pub async fn decide(
         next.reason = reason.clone().filter(|r| !r.is_empty());
         next.decided = Some(format_time(now));
         let body = serde_json::to_vec(&next).map_err(|e| internal(e.into()))?;
-        match kv.update(key(task_id), body.into(), rev).await {
+        match kv
+            .kv
+            .update(&key(task_id), body.into(), rev, kv.ttl(&next))
+            .await
+        {
             Ok(_) => break next,
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
             Err(e) => return Err(internal(e.into())),
@@ -300,7 +335,7 @@ pub async fn decide(
 }
 
 /// Marks a pending approval expired (the timeout); returns the approval as it now stands.
-pub async fn expire(kv: &Store, task_id: &str) -> anyhow::Result<Option<Approval>> {
+pub async fn expire(kv: &Approvals, task_id: &str) -> anyhow::Result<Option<Approval>> {
     loop {
         let Some((a, rev)) = read(kv, task_id).await? else {
             return Ok(None);
@@ -314,7 +349,13 @@ pub async fn expire(kv: &Store, task_id: &str) -> anyhow::Result<Option<Approval
         next.decided_via = Some("timeout".into());
         next.decided = Some(format_time(OffsetDateTime::now_utc()));
         match kv
-            .update(key(task_id), serde_json::to_vec(&next)?.into(), rev)
+            .kv
+            .update(
+                &key(task_id),
+                serde_json::to_vec(&next)?.into(),
+                rev,
+                kv.ttl(&next),
+            )
             .await
         {
             Ok(_) => return Ok(Some(next)),

@@ -136,7 +136,15 @@ pub async fn drain(nats: &Nats, cfg: &Config, name: &str) -> anyhow::Result<bool
         drained: true,
         since: Some(now_rfc3339()),
     };
-    kv.put(&key, serde_json::to_vec(&rec)?.into()).await?;
+    // A drain holds until an operator lifts it: it never expires (`whale_state` has a max age).
+    let bucket = whale_kernel::kv::Bucket::open(nats, subjects::KV_STATE).await?;
+    bucket
+        .put(
+            &key,
+            serde_json::to_vec(&rec)?.into(),
+            whale_kernel::kv::Ttl::Never,
+        )
+        .await?;
     Ok(true)
 }
 
@@ -178,7 +186,7 @@ pub async fn list(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<ClusterStatus
                     ok: false,
                     version: None,
                     latency_ms,
-                    error: Some(e.to_string()),
+                    error: Some(whale_kernel::config::redact_url(&e.to_string())),
                 },
             }
         }
@@ -196,7 +204,8 @@ pub async fn list(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<ClusterStatus
             .and_then(|v| serde_json::from_slice(&v).ok());
         out.push(ClusterStatus {
             name: name.clone(),
-            url: c.url.clone(),
+            // The URL may carry a password (`http://user:password@host`): never shown.
+            url: whale_kernel::config::redact_url(&c.url),
             failover: c.failover.clone(),
             max_concurrent: c.max_concurrent,
             drained: drain.as_ref().is_some_and(|d| d.drained),

@@ -18,6 +18,16 @@
 //! is the task id, records it if there is one, and only otherwise creates it — on the claimed
 //! cluster, or on another one only after the claimed cluster said it has none. A claimed
 //! cluster that cannot be asked is waited for: failing over then could double the execution.
+//!
+//! # Lifetime
+//!
+//! Claims expire: the bucket's max age is `state.claims` (default and minimum
+//! `nats.pipe_retention`), counted from a claim's last write. A claim is written after its task
+//! message was stored, so it outlives every copy of that message in `WHALE_PIPE`: a redelivery
+//! always finds it. A task that arrives older than a claim lives (re-published by hand, or
+//! re-rendered from an event redelivered after a long outage) may have lost its claim, so it is
+//! treated as an interrupted attempt ([`may_have_expired`]): the cluster is asked by trace tag
+//! before anything is created.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,6 +100,20 @@ pub fn key(task_id: &str) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b));
     ok.then(|| format!("claim.{task_id}"))
+}
+
+/// Whether a task rendered at `created` (RFC 3339) may have had a claim that expired by now:
+/// it is older than `lifetime` less a margin for clock differences between workers (a tenth of
+/// the lifetime, at most a minute). An unreadable time counts as old.
+pub fn may_have_expired(created: &str, lifetime: Duration) -> bool {
+    let margin = (lifetime / 10).min(Duration::from_secs(60));
+    let Ok(at) =
+        time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
+    else {
+        return true;
+    };
+    let age_ms = (time::OffsetDateTime::now_utc() - at).whole_milliseconds();
+    age_ms >= (lifetime.saturating_sub(margin)).as_millis() as i128
 }
 
 /// Unix time in milliseconds.
@@ -216,6 +240,28 @@ mod tests {
             created: "2026-01-01T00:00:00Z".into(),
         };
         assert_eq!(done.leased_by_other("w2", 0), None);
+    }
+
+    #[test]
+    fn old_tasks_may_have_lost_their_claim() {
+        let day = Duration::from_secs(86_400);
+        let now = time::OffsetDateTime::now_utc();
+        let fmt = |t: time::OffsetDateTime| whale_kernel::envelope::format_time(t);
+        assert!(!may_have_expired(&fmt(now), day));
+        assert!(!may_have_expired(
+            &fmt(now - Duration::from_secs(3_600)),
+            day
+        ));
+        assert!(may_have_expired(&fmt(now - day), day));
+        assert!(
+            may_have_expired(&fmt(now - Duration::from_secs(86_400 - 30)), day),
+            "within the clock margin"
+        );
+        assert!(may_have_expired("not a time", day));
+        assert!(
+            !may_have_expired(&fmt(now + Duration::from_secs(60)), day),
+            "a clock ahead"
+        );
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Dispatch {
     backoff: Backoff,
     /// How long a pending claim protects its POST: twice the request timeout.
     lease: Duration,
+    /// How long a claim lives (`state.claims`): an older task may have lost its claim.
+    claims_lifetime: Duration,
     /// This worker's id, the prefix of every claim owner token it writes.
     worker: String,
     attempts: AtomicU64,
@@ -76,6 +78,7 @@ impl Dispatch {
                 max: d.backoff_max,
             },
             lease: d.request_timeout * 2,
+            claims_lifetime: cfg.claims_lifetime(),
             cfg: d,
             worker,
             attempts: AtomicU64::new(0),
@@ -150,6 +153,26 @@ impl Dispatch {
         let job = Job { d, task, key };
         let route = self.clusters.route(&job.task.cluster).await;
         let mut mine = None;
+        if let Route::To { cluster, .. } = &route {
+            if claim::may_have_expired(&job.task.created, self.claims_lifetime) {
+                // Older than a claim lives: "no claim" no longer proves it never ran. Claim it
+                // as interrupted, so that the cluster is asked by trace tag before any POST.
+                let unknown = Claim::Pending {
+                    cluster: cluster.clone(),
+                    owner: String::new(),
+                    lease_until_ms: 0,
+                    errors: 0,
+                    last_error: Some(
+                        "older than a claim lives (state.claims): reconciled by trace tag first"
+                            .into(),
+                    ),
+                };
+                match self.claims.create(&job.key, &unknown).await {
+                    Ok(_) | Err(ClaimError::Conflict) => {}
+                    Err(e) => return store_retry(e),
+                }
+            }
+        }
         if let Route::To { cluster, rerouted } = &route {
             let c = self.cluster(cluster);
             let slot = c.permit().await;

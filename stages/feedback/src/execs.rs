@@ -1,7 +1,10 @@
 //! whale's own record of every execution it followed, kept in KV `whale_state` so that task
 //! management finds an execution's cluster without asking every StackStorm: `exec.<task_id>` →
 //! [`ExecRecord`], and `exec-id.<execution_id>` → task id. Written by the feedback stage when it
-//! first sees an execution and again when the execution ends.
+//! first sees an execution and again when the execution ends. Both keys live for
+//! `state.executions` after their last write (the bucket's max age, default 7 days, never below
+//! `nats.pipe_retention`, so a redelivered `Dispatched` record still finds its record); then
+//! `whale exec` knows the execution only by its StackStorm id on the cluster.
 
 use async_nats::jetstream::kv::{Operation, Store};
 use futures::{StreamExt, TryStreamExt};

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use whale_kernel::http::{check_bearer, error};
+use whale_kernel::http::{check_bearer, error, json_body};
 use whale_kernel::{Config, Nats};
 
 use crate::manage::{Action, Error, Manager};
@@ -50,6 +50,17 @@ struct ListQuery {
 fn fail(e: Error) -> Response {
     let code = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
     if let Error::Internal(err) = &e {
+        if whale_kernel::kv::is_unavailable(err) {
+            tracing::warn!("executions API: NATS unavailable: {err:#}");
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "executions are unavailable: whale cannot reach NATS; nothing was changed, try again shortly",
+                json!({}),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            return r;
+        }
         tracing::error!("executions API: {err:#}");
         return error(code, "internal error (see whale's log)", json!({}));
     }
@@ -100,7 +111,7 @@ async fn act(
     State(st): State<St>,
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
         return r;
@@ -112,19 +123,11 @@ async fn act(
             json!({}),
         );
     };
-    let params = if body.is_empty() {
-        Value::Null
-    } else {
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(v) => v.get("parameters").cloned().unwrap_or(Value::Null),
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("body is not JSON: {e}"),
-                    json!({}),
-                )
-            }
-        }
+    let params = match json_body(body, &st.cfg.api).await {
+        Ok(v) => v
+            .and_then(|v| v.get("parameters").cloned())
+            .unwrap_or(Value::Null),
+        Err(r) => return r,
     };
     match st.manager.act(&id, action, params).await {
         Ok(f) => Json(f).into_response(),

@@ -19,6 +19,10 @@
 //! or a second pair of approval links as a second event, while the one window where a message
 //! can be lost is one HTTP round trip of a worker killed during it — and it is recorded, not
 //! silent. A post that timed out is treated the same way (it may have landed).
+//!
+//! Markers live for `state.executions` after their last write (the max age of `whale_state`),
+//! which is never below `nats.pipe_retention`: every copy of a request is gone from the stream
+//! before its marker is.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

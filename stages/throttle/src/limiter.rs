@@ -81,6 +81,21 @@ impl Limiter {
         })
     }
 
+    /// `PING`: whether Redis answers now (for `/readyz`). The error never holds the URL.
+    pub async fn ping(&self) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e).to_string()),
+            Err(_) => Err("Redis unreachable: no answer within 2s".into()),
+        }
+    }
+
     /// Decides every request, in order, in one pipelined round trip (two when the script has to
     /// be loaded first). Requests for the same task in one call get the same answer.
     pub async fn decide(&self, reqs: &[Request]) -> Vec<Result<Decision, Error>> {

@@ -44,7 +44,9 @@ pub struct SchemaFile {
 
 /// Reads `DIR/*.json` (the file stem is the event type, e.g. `vm.disk_usage.json`), checking
 /// each is a valid schema. Every problem is reported, with the file.
-pub fn read_dir(dir: &Path) -> anyhow::Result<Vec<SchemaFile>> {
+/// Files over `limits.max_bytes` or nested deeper than `limits.max_depth` are refused (`[api]`
+/// `max_schema_bytes`, `max_schema_depth`).
+pub fn read_dir(dir: &Path, limits: &envelope::Limits) -> anyhow::Result<Vec<SchemaFile>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read schema directory {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -63,8 +65,7 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<Vec<SchemaFile>> {
             if !envelope::is_valid_event_type(&stem) {
                 bail!("{stem:?} is not a valid event type; name the file <event_type>.json, e.g. vm.disk_usage.json");
             }
-            let text = std::fs::read_to_string(&path)?;
-            let schema: Value = serde_json::from_str(&text).context("not JSON")?;
+            let schema = read_bounded(&path, limits)?;
             compile(&schema)?;
             Ok(SchemaFile {
                 path: path.clone(),
@@ -90,6 +91,40 @@ pub fn read_dir(dir: &Path) -> anyhow::Result<Vec<SchemaFile>> {
     Ok(files)
 }
 
+/// Reads one schema file within `limits`: never more than the size limit is read (a FIFO or
+/// a huge file cannot exhaust memory), and the depth is checked before anything walks it.
+fn read_bounded(path: &Path, limits: &envelope::Limits) -> anyhow::Result<Value> {
+    use std::io::Read as _;
+    let mut raw = Vec::new();
+    std::fs::File::open(path)?
+        .take(limits.max_bytes as u64 + 1)
+        .read_to_end(&mut raw)?;
+    if raw.len() > limits.max_bytes {
+        bail!(
+            "the file is over {} bytes, the limit for a schema (api.max_schema_bytes)",
+            limits.max_bytes
+        );
+    }
+    let schema: Value = serde_json::from_slice(&raw).map_err(|e| {
+        if e.to_string().contains("recursion limit") {
+            anyhow::anyhow!(
+                "the schema nests deeper than {} levels (api.max_schema_depth)",
+                limits.max_depth
+            )
+        } else {
+            anyhow::Error::new(e).context("not JSON")
+        }
+    })?;
+    let depth = envelope::depth(&schema);
+    if depth > limits.max_depth {
+        bail!(
+            "the schema nests {depth} levels deep; the limit is {} (api.max_schema_depth)",
+            limits.max_depth
+        );
+    }
+    Ok(schema)
+}
+
 /// One line of `whale schemas apply`.
 #[derive(Debug, Serialize)]
 pub struct Applied {
@@ -99,8 +134,12 @@ pub struct Applied {
 }
 
 /// Stores every schema of `dir` in the bucket; only changed ones get a new version.
-pub async fn apply_dir(nats: &Nats, dir: &Path) -> anyhow::Result<Vec<Applied>> {
-    let files = read_dir(dir)?;
+pub async fn apply_dir(
+    nats: &Nats,
+    dir: &Path,
+    limits: &envelope::Limits,
+) -> anyhow::Result<Vec<Applied>> {
+    let files = read_dir(dir, limits)?;
     let mut out = Vec::new();
     for f in files {
         let digest = digest(&f.schema);
