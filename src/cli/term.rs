@@ -60,8 +60,14 @@ mod tests {
         assert_eq!(line("a\nb\tc\rd"), "a\\nb\\tc\\rd");
         assert_eq!(line("\u{9b}2J\u{7f}"), "\\u{9b}2J\\u{7f}");
         assert_eq!(line("x\u{202e}y\u{2028}"), "x\\u{202e}y\\u{2028}");
-        assert_eq!(block("a\n\u{1b}]0;title\u{7}\tb"), "a\n\\u{1b}]0;title\\u{7}\tb");
-        for s in [line("\u{1b}\u{7}\u{0}\u{9b}"), block("\u{1b}\u{7}\u{0}\u{9b}")] {
+        assert_eq!(
+            block("a\n\u{1b}]0;title\u{7}\tb"),
+            "a\n\\u{1b}]0;title\\u{7}\tb"
+        );
+        for s in [
+            line("\u{1b}\u{7}\u{0}\u{9b}"),
+            block("\u{1b}\u{7}\u{0}\u{9b}"),
+        ] {
             assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
         }
     }

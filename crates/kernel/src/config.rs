@@ -380,7 +380,9 @@ impl IndexConfig {
             bail!("index.query_max_clauses must be between 1 and 1024 (OpenSearch refuses more by default)");
         }
         if self.query_max_wildcards > 64 {
-            bail!("index.query_max_wildcards must be at most 64 (each walks a whole term dictionary)");
+            bail!(
+                "index.query_max_wildcards must be at most 64 (each walks a whole term dictionary)"
+            );
         }
         if !(1..=8).contains(&self.query_max_wildcard_chars) {
             bail!("index.query_max_wildcard_chars must be between 1 and 8 (each can double a pattern's automaton)");

@@ -11,8 +11,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use whale_kernel::http::{check_bearer, error};
 use whale_kernel::config::IndexConfig;
+use whale_kernel::http::{check_bearer, error};
 use whale_kernel::Config;
 
 use crate::backend::{Backend, Error, Search};

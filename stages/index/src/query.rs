@@ -118,11 +118,17 @@ impl QueryError {
     pub fn explain(&self, query: &str) -> String {
         let col: usize = query.get(..self.pos).unwrap_or(query).chars().count();
         let total = query.chars().count();
-        let first = col.saturating_sub(EXPLAIN_CHARS / 2).min(total.saturating_sub(EXPLAIN_CHARS));
+        let first = col
+            .saturating_sub(EXPLAIN_CHARS / 2)
+            .min(total.saturating_sub(EXPLAIN_CHARS));
         let shown: String = query.chars().skip(first).take(EXPLAIN_CHARS).collect();
         let (pre, post) = (
             if first > 0 { "…" } else { "" },
-            if first + EXPLAIN_CHARS < total { "…" } else { "" },
+            if first + EXPLAIN_CHARS < total {
+                "…"
+            } else {
+                ""
+            },
         );
         let caret = col - first + pre.chars().count();
         format!("{self}\n  {pre}{shown}{post}\n  {}^", " ".repeat(caret))

@@ -255,7 +255,10 @@ fn expr() -> impl Strategy<Value = String> {
                 prop_oneof![Just("NOT "), Just("!"), Just("-"), Just("+")]
             )
                 .prop_map(|(s, p)| format!("{p}{s}")),
-            (inner, prop_oneof![Just("kind"), Just("detail.x"), Just("text")])
+            (
+                inner,
+                prop_oneof![Just("kind"), Just("detail.x"), Just("text")]
+            )
                 .prop_map(|(s, f)| format!("{f}:({s})")),
         ]
     })
@@ -285,7 +288,10 @@ fn deep() -> impl Strategy<Value = String> {
 /// Many terms: at and past the clause limit.
 fn wide() -> impl Strategy<Value = String> {
     (
-        prop::collection::vec("[a-z]{1,3}|detail\\.n:[0-9]{1,2}|\"[a-z]{1,3} [a-z]{1,3}\"", 150..600),
+        prop::collection::vec(
+            "[a-z]{1,3}|detail\\.n:[0-9]{1,2}|\"[a-z]{1,3} [a-z]{1,3}\"",
+            150..600,
+        ),
         prop_oneof![Just(" "), Just(" OR "), Just(" AND ")],
     )
         .prop_map(|(v, op)| v.join(op))
@@ -338,22 +344,33 @@ fn issue_inputs_are_refused_with_the_limit_named() {
     }
     let wide = vec!["x"; 300].join(" OR ");
     match check(&wide, &Limits::default()) {
-        Seen::Refused(m) => assert!(m.contains("300 clauses") && m.contains("index.query_max_clauses"), "{m}"),
+        Seen::Refused(m) => assert!(
+            m.contains("300 clauses") && m.contains("index.query_max_clauses"),
+            "{m}"
+        ),
         other => panic!("{other:?}"),
     }
     // Just within the limits is fine.
     let ok = format!("{}a{}", "(".repeat(32), ")".repeat(32));
     assert_eq!(check(&ok, &Limits::default()), Seen::Searched);
-    assert_eq!(check(&format!("{}a", "!".repeat(32)), &Limits::default()), Seen::Searched);
+    assert_eq!(
+        check(&format!("{}a", "!".repeat(32)), &Limits::default()),
+        Seen::Searched
+    );
     assert!(matches!(
         check(&format!("{}a", "!".repeat(33)), &Limits::default()),
         Seen::Refused(_)
     ));
-    assert_eq!(check(&vec!["x"; 256].join(" OR "), &Limits::default()), Seen::Searched);
+    assert_eq!(
+        check(&vec!["x"; 256].join(" OR "), &Limits::default()),
+        Seen::Searched
+    );
     // Double negation keeps its meaning.
     assert_eq!(
         parse_with("NOT NOT a", NOW, &Limits::default()).unwrap(),
-        Query::Not(Box::new(Query::Not(Box::new(parse_with("a", NOW, &Limits::default()).unwrap()))))
+        Query::Not(Box::new(Query::Not(Box::new(
+            parse_with("a", NOW, &Limits::default()).unwrap()
+        ))))
     );
     for s in REGRESSIONS {
         check(s, &Limits::default());

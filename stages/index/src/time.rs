@@ -92,7 +92,11 @@ mod tests {
         let err = parse_time_at("yesterday-ish", now).unwrap_err();
         assert!(err.contains("RFC 3339"), "{err}");
         // The ends of the calendar are errors, not panics (issue 12).
-        for s in ["100000000y", "now-9999999999999d", "9999-12-31T23:59:59-23:59"] {
+        for s in [
+            "100000000y",
+            "now-9999999999999d",
+            "9999-12-31T23:59:59-23:59",
+        ] {
             assert!(parse_time_at(s, now).is_err(), "{s}");
         }
     }

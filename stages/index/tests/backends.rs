@@ -589,12 +589,32 @@ async fn query_limits(b: &dyn Backend) {
         (or("source:s", 254), 20),
         (or("detail.n:3", 127), 1),
         (or("detail.n:*", 8), 20),
-        (format!("{} OR {}", or("detail:*eb*", 4), or("detail.host:w?b-1*", 4)), 20),
-        (format!("{} OR {}", or("detail.host:a*a?a?a??*", 8), or("source:s", 200)), 20),
-        (format!("\"{}\"", vec!["web"; 3].join(" ")), 20),
+        (
+            format!(
+                "{} OR {}",
+                or("detail:*eb*", 4),
+                or("detail.host:w?b-1*", 4)
+            ),
+            20,
+        ),
+        (
+            format!(
+                "{} OR {}",
+                or("detail.host:a*a?a?a??*", 8),
+                or("source:s", 200)
+            ),
+            20,
+        ),
+        (format!("\"{}\"", ["web"; 3].join(" ")), 20),
         (format!("\"{}\"", vec!["web"; 254].join(" ")), 0),
-        (format!("{}detail.n:3{}", "(NOT x OR ".repeat(31), ")".repeat(31)), 20),
-        (format!("{}detail.n:3{}", "(x OR ".repeat(32), ")".repeat(32)), 1),
+        (
+            format!("{}detail.n:3{}", "(NOT x OR ".repeat(31), ")".repeat(31)),
+            20,
+        ),
+        (
+            format!("{}detail.n:3{}", "(x OR ".repeat(32), ")".repeat(32)),
+            1,
+        ),
     ];
     for (q, want) in &biggest {
         let parsed = parse_with(q, OffsetDateTime::now_utc(), &Limits::default())
@@ -611,7 +631,15 @@ async fn query_limits(b: &dyn Backend) {
     let terms = |k: usize, v: &str| {
         Query::Or(
             (0..k)
-                .map(|_| Query::Clause(Field::Flat { root: "detail", path: "n".into() }, Pred::Term(v.into())))
+                .map(|_| {
+                    Query::Clause(
+                        Field::Flat {
+                            root: "detail",
+                            path: "n".into(),
+                        },
+                        Pred::Term(v.into()),
+                    )
+                })
                 .collect(),
         )
     };

@@ -73,23 +73,43 @@ async fn finding1_deep_query_is_a_400_and_the_process_keeps_serving() {
 
     let cases: Vec<(String, &str, &str)> = vec![
         // The inputs.
-        ("(".repeat(400), "", "index.query_max_bytes or index.query_max_depth"),
-        (format!("{}a", "!".repeat(5000)), "", "index.query_max_bytes"),
-        (format!("{}a", "NOT ".repeat(5000)), "", "index.query_max_bytes"),
+        (
+            "(".repeat(400),
+            "",
+            "index.query_max_bytes or index.query_max_depth",
+        ),
+        (
+            format!("{}a", "!".repeat(5000)),
+            "",
+            "index.query_max_bytes",
+        ),
+        (
+            format!("{}a", "NOT ".repeat(5000)),
+            "",
+            "index.query_max_bytes",
+        ),
         // Within the length limit, the depth limit.
-        (format!("{}a{}", "(".repeat(100), ")".repeat(100)), "", "index.query_max_depth"),
-        (format!("{}a", "NOT ".repeat(100)), "", "index.query_max_depth"),
+        (
+            format!("{}a{}", "(".repeat(100), ")".repeat(100)),
+            "",
+            "index.query_max_depth",
+        ),
+        (
+            format!("{}a", "NOT ".repeat(100)),
+            "",
+            "index.query_max_depth",
+        ),
         (format!("{}a", "-".repeat(100)), "", "index.query_max_depth"),
         // Too many clauses (OpenSearch would refuse over 1024).
         (vec!["x"; 600].join(" OR "), "", "index.query_max_clauses"),
-        (
-            "*".into(),
-            "&kind=",
-            "index.query_max_clauses",
-        ),
+        ("*".into(), "&kind=", "index.query_max_clauses"),
         // Too many dictionary walks, too complex a pattern.
-        (vec!["*a*"; 9].join(" OR "), "", "index.query_max_wildcards"),
-        ("detail.host:a*?*?*?*?".into(), "", "index.query_max_wildcard_chars"),
+        (["*a*"; 9].join(" OR "), "", "index.query_max_wildcards"),
+        (
+            "detail.host:a*?*?*?*?".into(),
+            "",
+            "index.query_max_wildcard_chars",
+        ),
         // Too many hits.
         ("*".into(), "&limit=20000", "index.search_max_limit"),
     ];
@@ -107,7 +127,10 @@ async fn finding1_deep_query_is_a_400_and_the_process_keeps_serving() {
             limit.split(" or ").any(|l| msg.contains(l)),
             "{shown}…: the error names {limit}: {msg}"
         );
-        assert!(msg.len() < 1000, "the error does not echo the whole query: {msg}");
+        assert!(
+            msg.len() < 1000,
+            "the error does not echo the whole query: {msg}"
+        );
         // The process is alive and a normal search works.
         assert!(worker.exited().is_none(), "whale run died on {shown}…");
         let (code, v) = search(&env, "event_id:q-ok", "").await;
@@ -117,7 +140,10 @@ async fn finding1_deep_query_is_a_400_and_the_process_keeps_serving() {
     // The issue's `(` x400 on its own is refused by depth when the length allows it.
     let (code, v) = search(&env, &format!("{}a", "(".repeat(400)), "").await;
     assert_eq!(code, 400);
-    assert!(v["error"].as_str().unwrap_or_default().contains("limit"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or_default().contains("limit"),
+        "{v}"
+    );
 
     // Same through `whale events search`: a clear error, exit 2, no abort.
     for q in [
@@ -175,7 +201,10 @@ async fn finding7_trace_and_search_print_no_raw_escapes() {
     ] {
         let out = env.ok(&args);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(!raw(&out.stdout), "{args:?} printed a raw control byte: {text:?}");
+        assert!(
+            !raw(&out.stdout),
+            "{args:?} printed a raw control byte: {text:?}"
+        );
         assert!(
             text.contains("\\u{1b}") || text.contains("\\u001b"),
             "{args:?} shows the escape visibly: {text}"
@@ -229,15 +258,35 @@ async fn worst_case_query_cost_is_measured() {
         ),
         (
             "8 costliest 6-wildcard patterns + 246 terms",
-            format!("{} OR {}", or("detail.host:a*a?a?a??*", 8), or("source:x", 246)),
+            format!(
+                "{} OR {}",
+                or("detail.host:a*a?a?a??*", 8),
+                or("source:x", 246)
+            ),
             "&limit=10000",
         ),
         ("8 leading wildcards on text", or("*e*", 8), "&limit=10000"),
-        ("8 exists on detail keys", or("detail.nested.a.b:*", 8), "&limit=10000"),
-        ("150 ranges on a detail number", or("detail.code:[1 TO 3000]", 150), "&limit=10000"),
-        ("254 numbers on a detail key", or("detail.code:7", 127), "&limit=10000"),
+        (
+            "8 exists on detail keys",
+            or("detail.nested.a.b:*", 8),
+            "&limit=10000",
+        ),
+        (
+            "150 ranges on a detail number",
+            or("detail.code:[1 TO 3000]", 150),
+            "&limit=10000",
+        ),
+        (
+            "254 numbers on a detail key",
+            or("detail.code:7", 127),
+            "&limit=10000",
+        ),
         ("254 free-text words", or("web", 254), "&limit=10000"),
-        ("phrase of 254 words", format!("\"{}\"", vec!["web"; 254].join(" ")), "&limit=10000"),
+        (
+            "phrase of 254 words",
+            format!("\"{}\"", vec!["web"; 254].join(" ")),
+            "&limit=10000",
+        ),
         ("depth 32 with NOTs", and_not_deep, "&limit=10000"),
     ];
     let mut worst = (String::new(), Duration::ZERO);
