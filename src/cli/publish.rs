@@ -313,7 +313,8 @@ impl<'a> Publisher<'a> {
             }
             tokio::time::sleep(backoff).await;
             backoff *= 2;
-            self.window = Window::new(self.nats.js.clone(), 1024).fail_fast_on_disconnect(self.nats);
+            self.window =
+                Window::new(self.nats.js.clone(), 1024).fail_fast_on_disconnect(self.nats);
             let mut failed = std::mem::take(&mut self.failed);
             failed.sort_by_key(|f| f.line);
             for f in failed {

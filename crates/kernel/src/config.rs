@@ -280,6 +280,9 @@ pub struct HttpConfig {
     pub rate_per_source: f64,
     /// Burst size of the per-source bucket (events); 0 = one second's worth, at least 1.
     pub burst_per_source: u32,
+    /// `POST /v1/events` requests handled at once per process; more wait, before their body is
+    /// read, so memory stays near this × `max_body_bytes` × a small factor.
+    pub max_concurrent_ingest: usize,
 }
 
 impl Default for HttpConfig {
@@ -292,6 +295,7 @@ impl Default for HttpConfig {
             max_refusals: 20,
             rate_per_source: 0.0,
             burst_per_source: 0,
+            max_concurrent_ingest: 8,
             request_timeout: Duration::from_secs(60),
         }
     }

@@ -149,7 +149,10 @@ pub fn body_rejection(rej: axum::extract::rejection::BytesRejection, limit: usiz
             format!("the request body is larger than {limit} bytes (http.max_body_bytes): send fewer events per request"),
         )
     } else {
-        body_refused(code, format!("cannot read the request body: {}", rej.body_text()))
+        body_refused(
+            code,
+            format!("cannot read the request body: {}", rej.body_text()),
+        )
     }
 }
 

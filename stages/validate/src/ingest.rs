@@ -13,10 +13,14 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::Semaphore;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -235,9 +239,19 @@ struct Ingest {
 pub fn router(nats: Nats, cfg: Arc<Config>) -> Router {
     let limit = cfg.http.max_body_bytes;
     let limiter = Limiter::new(cfg.http.rate_per_source, cfg.http.burst_per_source).map(Arc::new);
+    // Requests beyond the permits wait here, before their body is read: memory is bounded by the
+    // permits, not by how many clients send at once.
+    let permits = Arc::new(Semaphore::new(cfg.http.max_concurrent_ingest.max(1)));
     Router::new()
         .route("/v1/events", post(post_events))
         .layer(DefaultBodyLimit::max(limit))
+        .route_layer(middleware::from_fn(move |req: Request, next: Next| {
+            let permits = permits.clone();
+            async move {
+                let _permit = permits.acquire_owned().await;
+                next.run(req).await
+            }
+        }))
         .with_state(Ingest { nats, cfg, limiter })
 }
 

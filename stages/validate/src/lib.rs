@@ -80,7 +80,10 @@ impl Validate {
                 .and_then(|v| v.get("id"))
                 .and_then(Value::as_str)
                 .filter(|s| envelope::valid_id(s))
-                .or_else(|| d.header(subjects::HDR_EVENT_ID).filter(|s| envelope::valid_id(s)))
+                .or_else(|| {
+                    d.header(subjects::HDR_EVENT_ID)
+                        .filter(|s| envelope::valid_id(s))
+                })
                 .unwrap_or(assigned.as_str())
                 .to_owned()
         };

@@ -9,11 +9,38 @@ use proptest::test_runner::{Config as PtConfig, TestRunner};
 use super::*;
 
 const TOKENS: &[&str] = &[
-    "{", "}", "[", "]", ":", ",", " ", "\n", "1", "-0.5e3", "null", "true", "\"a\"", "\"id\"",
-    "\"x\"", "\"\\\\\"", "\"\\u00e9\"", "\"detail\"", "\"event_type\"", "\"generic\"",
-    "\"specversion\"", "\"1.0\"", "\"type\"", "\"data\"", "\"labels\"", "\"time\"",
-    "\"2026-11-28T01:00:00Z\"", "\"{\\\"a\\\":1,\\\"a\\\":2}\"", "\"[[[[[[]]]]]]\"", "\u{feff}",
-    "\"datacontenttype\"", "\"text/plain\"",
+    "{",
+    "}",
+    "[",
+    "]",
+    ":",
+    ",",
+    " ",
+    "\n",
+    "1",
+    "-0.5e3",
+    "null",
+    "true",
+    "\"a\"",
+    "\"id\"",
+    "\"x\"",
+    "\"\\\\\"",
+    "\"\\u00e9\"",
+    "\"detail\"",
+    "\"event_type\"",
+    "\"generic\"",
+    "\"specversion\"",
+    "\"1.0\"",
+    "\"type\"",
+    "\"data\"",
+    "\"labels\"",
+    "\"time\"",
+    "\"2026-11-28T01:00:00Z\"",
+    "\"{\\\"a\\\":1,\\\"a\\\":2}\"",
+    "\"[[[[[[]]]]]]\"",
+    "\u{feff}",
+    "\"datacontenttype\"",
+    "\"text/plain\"",
 ];
 
 fn soup() -> impl Strategy<Value = Vec<u8>> {
@@ -22,7 +49,10 @@ fn soup() -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(proptest::sample::select(TOKENS), 0..120)
             .prop_map(|t| t.concat().into_bytes()),
         (0usize..3000, 0u8..4).prop_map(|(d, k)| deep(d, k).into_bytes()),
-        (proptest::collection::vec(proptest::sample::select(TOKENS), 0..60), any::<u8>())
+        (
+            proptest::collection::vec(proptest::sample::select(TOKENS), 0..60),
+            any::<u8>()
+        )
             .prop_map(|(t, b)| {
                 let mut v = t.concat().into_bytes();
                 let at = v.len() / 2;
@@ -117,7 +147,14 @@ fn fuzz_cloudevent_binary_never_panics() {
                 "content-type",
                 "x-other",
             ]),
-            proptest::sample::select(vec!["1.0", "0.3", "generic", "", "a b", "2026-11-28T01:00:00Z"]),
+            proptest::sample::select(vec![
+                "1.0",
+                "0.3",
+                "generic",
+                "",
+                "a b",
+                "2026-11-28T01:00:00Z",
+            ]),
         ),
         0..8,
     );
@@ -142,14 +179,20 @@ fn fuzz_cloudevent_binary_never_panics() {
                 if let Ok(e) = normalize_with(v, &d, &limits, StringDetail::Decode) {
                     // Text data stays the text; validate keeps it (no second decode).
                     if ct == Some("text/plain") {
-                        assert_eq!(e.detail, serde_json::Value::String(String::from_utf8(body).unwrap()));
+                        assert_eq!(
+                            e.detail,
+                            serde_json::Value::String(String::from_utf8(body).unwrap())
+                        );
                     }
                 }
             }
             Ok(())
         })
         .expect("cloudevent fuzz");
-    eprintln!("fuzz envelope cloudevent_from_binary: {} cases", tried.get());
+    eprintln!(
+        "fuzz envelope cloudevent_from_binary: {} cases",
+        tried.get()
+    );
 }
 
 /// The issue's inputs, kept as regression cases.
@@ -159,7 +202,14 @@ fn corpus_of_the_issue() {
     let detail_120 = deep(120, 2);
     let r = parse_bytes(detail_120.as_bytes(), &limits)
         .map_err(|r| vec![r])
-        .and_then(|v| normalize_with(v, &Defaults::fresh(None, "t"), &limits, StringDetail::Decode))
+        .and_then(|v| {
+            normalize_with(
+                v,
+                &Defaults::fresh(None, "t"),
+                &limits,
+                StringDetail::Decode,
+            )
+        })
         .unwrap_err();
     assert_eq!(r[0].pointer, format!("/detail{}", "/0".repeat(63)));
     for raw in [

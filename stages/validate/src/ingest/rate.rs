@@ -76,12 +76,10 @@ impl Limiter {
             }
         }
         for (source, n) in wanted {
-            let b = buckets
-                .entry((*source).to_owned())
-                .or_insert(Bucket {
-                    tokens: self.burst,
-                    at: now,
-                });
+            let b = buckets.entry((*source).to_owned()).or_insert(Bucket {
+                tokens: self.burst,
+                at: now,
+            });
             let have = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * self.rate)
                 .min(self.burst);
             b.tokens = have - *n as f64;

@@ -87,7 +87,10 @@ fn array(
         }
         let end = scan_value(body, pos)?;
         if end > close {
-            return Err(malformed(pos, "an array element runs past the end of the array"));
+            return Err(malformed(
+                pos,
+                "an array element runs past the end of the array",
+            ));
         }
         out.push(pos..end);
         pos = skip_ws(body, end);
@@ -136,7 +139,10 @@ fn scan_value(body: &[u8], pos: usize) -> Result<usize, SplitError> {
                 Ok(end)
             }
         }
-        None => Err(malformed(pos, "expected a JSON value, found the end of the body")),
+        None => Err(malformed(
+            pos,
+            "expected a JSON value, found the end of the body",
+        )),
     }
 }
 

@@ -16,14 +16,23 @@ fn spans_of(body: &str) -> Vec<&str> {
 
 #[test]
 fn splits_arrays_documents_and_lines() {
-    assert_eq!(spans_of(r#" [ {"a":"],}"} , 1 ,[2] ] "#), [r#"{"a":"],}"}"#, "1", "[2]"]);
-    assert_eq!(spans_of("{\"a\":1}\n{\"b\":\"\\\"{\"}\n"), ["{\"a\":1}", "{\"b\":\"\\\"{\"}"]);
+    assert_eq!(
+        spans_of(r#" [ {"a":"],}"} , 1 ,[2] ] "#),
+        [r#"{"a":"],}"}"#, "1", "[2]"]
+    );
+    assert_eq!(
+        spans_of("{\"a\":1}\n{\"b\":\"\\\"{\"}\n"),
+        ["{\"a\":1}", "{\"b\":\"\\\"{\"}"]
+    );
     assert_eq!(spans_of(r#"{"a":1}"#), [r#"{"a":1}"#]);
     assert_eq!(spans_of("[]"), Vec::<&str>::new());
     assert_eq!(spans_of("  "), Vec::<&str>::new());
     for bad in ["[1,]", "[,1]", "[1 2]", "[{\"a\":1}", "\"abc", "]"] {
         assert!(
-            matches!(split(bad.as_bytes(), Form::Auto, 100), Err(SplitError::Malformed { .. })),
+            matches!(
+                split(bad.as_bytes(), Form::Auto, 100),
+                Err(SplitError::Malformed { .. })
+            ),
             "{bad}"
         );
     }
@@ -32,7 +41,12 @@ fn splits_arrays_documents_and_lines() {
     let r = split(body.as_bytes(), Form::Auto, 100).expect("lines");
     assert_eq!(r.len(), 2);
     let body = "{\"a\":1}\r\n\n  \n{\"b\":2}";
-    assert_eq!(split(body.as_bytes(), Form::Lines, 100).expect("lines").len(), 2);
+    assert_eq!(
+        split(body.as_bytes(), Form::Lines, 100)
+            .expect("lines")
+            .len(),
+        2
+    );
 }
 
 /// Finding 2: a 4 MiB `[{},{},…]` body is refused by count before any per-item structure.
@@ -50,7 +64,10 @@ fn item_count_is_bounded_before_parsing() {
         Err(SplitError::TooMany { limit: 10_000 })
     );
     let ok = "[".to_owned() + &"{},".repeat(9_999) + "{}]";
-    assert_eq!(split(ok.as_bytes(), Form::Auto, 10_000).expect("ok").len(), 10_000);
+    assert_eq!(
+        split(ok.as_bytes(), Form::Auto, 10_000).expect("ok").len(),
+        10_000
+    );
 }
 
 /// Finding 2: the error answer lists the first N refusals and the total; sizes are the raw
@@ -71,7 +88,10 @@ fn refusals_are_capped_and_sizes_are_raw() {
     let spans = split(padded.as_bytes(), Form::Auto, 10).expect("split");
     let r = prepare(padded.as_bytes(), &spans, &limits, 20).unwrap_err();
     assert!(r.too_large);
-    assert!(r.first[0].reasons[0].message.contains("limit is 40"), "{r:?}");
+    assert!(
+        r.first[0].reasons[0].message.contains("limit is 40"),
+        "{r:?}"
+    );
     let good = r#"[{"event_type":"generic","detail":{}},{"event_type":"generic","source":"s"}]"#;
     let spans = split(good.as_bytes(), Form::Auto, 10).expect("split");
     let ready = prepare(good.as_bytes(), &spans, &Limits::default(), 20).expect("ready");
@@ -91,12 +111,33 @@ fn duplicate_keys_and_depth_have_pointers() {
     let r = prepare(body.as_bytes(), &spans, &Limits::default(), 20).unwrap_err();
     assert_eq!(r.total, 2);
     assert_eq!(r.first[0].reasons[0].pointer, "/detail/a");
-    assert!(r.first[1].reasons[0].pointer.starts_with("/detail/0/0"), "{r:?}");
+    assert!(
+        r.first[1].reasons[0].pointer.starts_with("/detail/0/0"),
+        "{r:?}"
+    );
 }
 
 const TOKENS: &[&str] = &[
-    "{", "}", "[", "]", ":", ",", " ", "\n", "\r\n", "1", "null", "\"a\"", "\"\\\"\"",
-    "\"event_type\"", "\"generic\"", "\"detail\"", "{}", "[]", "\"\\\\\"", "\u{ff}",
+    "{",
+    "}",
+    "[",
+    "]",
+    ":",
+    ",",
+    " ",
+    "\n",
+    "\r\n",
+    "1",
+    "null",
+    "\"a\"",
+    "\"\\\"\"",
+    "\"event_type\"",
+    "\"generic\"",
+    "\"detail\"",
+    "{}",
+    "[]",
+    "\"\\\\\"",
+    "\u{ff}",
 ];
 
 fn body() -> impl Strategy<Value = Vec<u8>> {
