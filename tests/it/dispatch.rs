@@ -34,7 +34,8 @@ fn task(i: usize, cluster: &str, action: &str, params: Value) -> Task {
         notify: Vec::new(),
         result_event: false,
         replay: None,
-        created: "2026-01-01T00:00:00Z".into(),
+        // Fresh: a task older than a claim lives is reconciled by trace tag first (claim.rs).
+        created: whale_kernel::envelope::format_time(time::OffsetDateTime::now_utc()),
     }
 }
 

@@ -193,7 +193,7 @@ async fn finding10_state_expires_and_exactly_once_still_holds() {
     // not yet expired, which takes 1 s + 6 s); plus the drain.
     assert_eq!(claims_before, N as u64, "one claim per task");
     assert!(
-        state_before >= 3 * N as u64 + 1 && state_before <= 3 * N as u64 + 1 + A as u64,
+        (3 * N as u64 + 1..=3 * N as u64 + 1 + A as u64).contains(&state_before),
         "three keys per task, the approvals and the drain: {state_before}"
     );
 
