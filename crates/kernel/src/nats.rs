@@ -10,8 +10,9 @@ use tokio::sync::watch;
 
 use crate::config::NatsConfig;
 
-/// Oldest NATS server whale works with (KV and consumer `filter_subjects` need 2.10).
-pub const MIN_SERVER: (u64, u64) = (2, 10);
+/// Oldest NATS server whale works with (KV and consumer `filter_subjects` need 2.10; the
+/// per-message TTLs that give `whale_state` keys their lifetimes need 2.11).
+pub const MIN_SERVER: (u64, u64) = (2, 11);
 
 /// A connected client plus its JetStream context.
 #[derive(Clone)]
