@@ -397,7 +397,8 @@ pub(crate) fn progress_interval(ack_wait: Duration) -> Duration {
 /// own; the value is the reply subject an ack goes to.
 struct Held {
     next: AtomicU64,
-    map: Mutex<HashMap<u64, Subject>>,
+    /// Reply subject and when the message arrived.
+    map: Mutex<HashMap<u64, (Subject, Instant)>>,
     /// One permit per message the loop may still take (released with the message).
     room: tokio::sync::Semaphore,
 }
@@ -415,7 +416,7 @@ impl Held {
     fn add(&self, m: &jetstream::Message) -> u64 {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         if let Some(reply) = &m.reply {
-            self.lock().insert(key, reply.clone());
+            self.lock().insert(key, (reply.clone(), Instant::now()));
         }
         key
     }
@@ -429,11 +430,17 @@ impl Held {
         self.room.add_permits(keys.len());
     }
 
-    fn replies(&self) -> Vec<Subject> {
-        self.lock().values().cloned().collect()
+    /// The reply subjects of the messages held at least `age`: a message acked sooner never
+    /// needs an in-progress ack, so a fast pipeline sends none.
+    fn replies_older_than(&self, age: Duration) -> Vec<Subject> {
+        self.lock()
+            .values()
+            .filter(|(_, since)| since.elapsed() >= age)
+            .map(|(reply, _)| reply.clone())
+            .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Subject>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Subject, Instant)>> {
         // The map stays consistent whatever panicked while it was locked.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -462,14 +469,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Sends an in-progress ack (`+WPI`) for every held message every `every`.
+/// Every `every`, sends an in-progress ack (`+WPI`) for each message held at least that long.
 async fn keep_alive(client: async_nats::Client, held: Arc<Held>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        for reply in held.replies() {
+        // A message arrived just after a tick is first kept alive at most two ticks (two thirds
+        // of the ack wait) after its delivery; then every tick.
+        for reply in held.replies_older_than(every) {
             if let Err(e) = client.publish(reply, Bytes::from(AckKind::Progress)).await {
                 tracing::debug!("in-progress ack not sent: {e}");
             }
