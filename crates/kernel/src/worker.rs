@@ -669,3 +669,48 @@ impl PublishOutage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_message_waits_longer_each_time_up_to_five_minutes() {
+        let delays: Vec<u64> = (1..=12).map(|a| panic_delay(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(panic_delay(0), Duration::from_secs(1));
+        assert_eq!(panic_delay(i64::MAX), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn progress_acks_come_every_third_of_the_ack_wait() {
+        assert_eq!(
+            progress_interval(Duration::from_secs(5)),
+            Duration::from_secs(5) / 3
+        );
+        assert_eq!(
+            progress_interval(Duration::from_millis(30)),
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn held_messages_give_their_room_back() {
+        let held = Held::new(4);
+        assert_eq!(held.room.available_permits(), 4);
+        held.room.try_acquire_many(3).unwrap().forget();
+        held.release(&[1, 2]);
+        assert_eq!(held.room.available_permits(), 3);
+        assert!(held.replies_older_than(Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_str_and_string_payloads() {
+        let p: Box<dyn std::any::Any + Send> = Box::new("static");
+        assert_eq!(panic_message(&*p), "static");
+        let p: Box<dyn std::any::Any + Send> = Box::new(String::from("owned"));
+        assert_eq!(panic_message(&*p), "owned");
+        let p: Box<dyn std::any::Any + Send> = Box::new(42);
+        assert_eq!(panic_message(&*p), "(no message)");
+    }
+}
