@@ -6,9 +6,10 @@
 //! NATS: they get [`Delivery`] values and return [`Outcome`]s.
 //!
 //! Every message the worker holds (received, being handled, awaiting its outputs' publish acks)
-//! gets an in-progress ack every third of the consumer's ack wait, so a slow batch is never
-//! redelivered while it is worked on, and the ack wait can be short: a crashed worker's
-//! messages go to another one after it (5s by default). A panic while a stage handles a batch
+//! longer than a third of the consumer's ack wait gets an in-progress ack every third of it
+//! (a message acked sooner gets none), so a slow batch is never redelivered while it is worked
+//! on, and the ack wait can be short: a crashed worker's messages go to another one after it
+//! (5s by default). A panic while a stage handles a batch
 //! is caught: the batch is handled again one message at a time, and each message that panics
 //! again is counted (`whale_panics_total`) and nak'ed with a growing delay (never terminated: a
 //! panic is a bug in whale, not in the message, and the message waits for the fixed version).
