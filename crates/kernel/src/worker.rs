@@ -6,9 +6,10 @@
 //! NATS: they get [`Delivery`] values and return [`Outcome`]s.
 //!
 //! Every message the worker holds (received, being handled, awaiting its outputs' publish acks)
-//! gets an in-progress ack every third of the consumer's ack wait, so a slow batch is never
-//! redelivered while it is worked on, and the ack wait can be short: a crashed worker's
-//! messages go to another one after it (5s by default). A panic while a stage handles a batch
+//! longer than a third of the consumer's ack wait gets an in-progress ack every third of it
+//! (a message acked sooner gets none), so a slow batch is never redelivered while it is worked
+//! on, and the ack wait can be short: a crashed worker's messages go to another one after it
+//! (5s by default). A panic while a stage handles a batch
 //! is caught: the batch is handled again one message at a time, and each message that panics
 //! again is counted (`whale_panics_total`) and nak'ed with a growing delay (never terminated: a
 //! panic is a bug in whale, not in the message, and the message waits for the fixed version).
@@ -397,7 +398,8 @@ pub(crate) fn progress_interval(ack_wait: Duration) -> Duration {
 /// own; the value is the reply subject an ack goes to.
 struct Held {
     next: AtomicU64,
-    map: Mutex<HashMap<u64, Subject>>,
+    /// Reply subject and when the message arrived.
+    map: Mutex<HashMap<u64, (Subject, Instant)>>,
     /// One permit per message the loop may still take (released with the message).
     room: tokio::sync::Semaphore,
 }
@@ -415,7 +417,7 @@ impl Held {
     fn add(&self, m: &jetstream::Message) -> u64 {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         if let Some(reply) = &m.reply {
-            self.lock().insert(key, reply.clone());
+            self.lock().insert(key, (reply.clone(), Instant::now()));
         }
         key
     }
@@ -429,11 +431,17 @@ impl Held {
         self.room.add_permits(keys.len());
     }
 
-    fn replies(&self) -> Vec<Subject> {
-        self.lock().values().cloned().collect()
+    /// The reply subjects of the messages held at least `age`: a message acked sooner never
+    /// needs an in-progress ack, so a fast pipeline sends none.
+    fn replies_older_than(&self, age: Duration) -> Vec<Subject> {
+        self.lock()
+            .values()
+            .filter(|(_, since)| since.elapsed() >= age)
+            .map(|(reply, _)| reply.clone())
+            .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Subject>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Subject, Instant)>> {
         // The map stays consistent whatever panicked while it was locked.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -462,14 +470,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Sends an in-progress ack (`+WPI`) for every held message every `every`.
+/// Every `every`, sends an in-progress ack (`+WPI`) for each message held at least that long.
 async fn keep_alive(client: async_nats::Client, held: Arc<Held>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        for reply in held.replies() {
+        // A message arrived just after a tick is first kept alive at most two ticks (two thirds
+        // of the ack wait) after its delivery; then every tick.
+        for reply in held.replies_older_than(every) {
             if let Err(e) = client.publish(reply, Bytes::from(AckKind::Progress)).await {
                 tracing::debug!("in-progress ack not sent: {e}");
             }
@@ -658,5 +668,50 @@ impl PublishOutage {
                 since.elapsed()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_message_waits_longer_each_time_up_to_five_minutes() {
+        let delays: Vec<u64> = (1..=12).map(|a| panic_delay(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(panic_delay(0), Duration::from_secs(1));
+        assert_eq!(panic_delay(i64::MAX), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn progress_acks_come_every_third_of_the_ack_wait() {
+        assert_eq!(
+            progress_interval(Duration::from_secs(5)),
+            Duration::from_secs(5) / 3
+        );
+        assert_eq!(
+            progress_interval(Duration::from_millis(30)),
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn held_messages_give_their_room_back() {
+        let held = Held::new(4);
+        assert_eq!(held.room.available_permits(), 4);
+        held.room.try_acquire_many(3).unwrap().forget();
+        held.release(&[1, 2]);
+        assert_eq!(held.room.available_permits(), 3);
+        assert!(held.replies_older_than(Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_str_and_string_payloads() {
+        let p: Box<dyn std::any::Any + Send> = Box::new("static");
+        assert_eq!(panic_message(&*p), "static");
+        let p: Box<dyn std::any::Any + Send> = Box::new(String::from("owned"));
+        assert_eq!(panic_message(&*p), "owned");
+        let p: Box<dyn std::any::Any + Send> = Box::new(42);
+        assert_eq!(panic_message(&*p), "(no message)");
     }
 }

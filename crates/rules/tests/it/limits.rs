@@ -133,3 +133,24 @@ fn within_the_limits_still_compiles() {
     let text = format!("name: ok\non: e\naction: a.b\nwhen:\n{steps}");
     compile(&[("ok.yaml", &text)]).unwrap();
 }
+
+/// Finding 6: a slow `jq:` step stops at the time limit; the rule does not match, the error is
+/// counted, and the explanation (`whale rules test`, `whale trace`) names the rule's step and
+/// the limit.
+#[test]
+fn a_slow_jq_step_fails_at_the_time_limit_naming_it() {
+    let text = "name: slow\non: e\naction: a.b\nwhen:\n  - jq: '[range(100000) | tostring] | [., ., ., .] | flatten | length > 0'\n";
+    let set = compile(&[("slow.yaml", text)]).unwrap();
+    let input = whale_rules::Input::new(super::envelope("e", serde_json::json!({})));
+    let ev = set.rules()[0].evaluate(&input);
+    assert!(!ev.matched);
+    assert_eq!(ev.jq_errors, 1);
+    let failed = ev.failed.expect("the failing step is explained");
+    assert!(failed.step.contains("flatten"), "{failed:?}");
+    assert!(
+        failed.reason.contains("time limit of 100 ms")
+            || failed.reason.contains("evaluation budget"),
+        "{failed:?}"
+    );
+    assert_eq!(set.match_event(&input).counts.jq_errors, 1);
+}
