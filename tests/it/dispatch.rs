@@ -49,7 +49,7 @@ fn simple(i: usize, cluster: &str) -> Task {
 }
 
 /// Publishes tasks as throttle admits them: `whale.pipe.admitted.<cluster>`, msg id `adm:<id>`.
-async fn admit(nats: &Nats, tasks: &[Task]) {
+pub(crate) async fn admit(nats: &Nats, tasks: &[Task]) {
     let mut w: Window<usize> = Window::new(nats.js.clone(), 512);
     let mut results = Vec::new();
     for (i, t) in tasks.iter().enumerate() {

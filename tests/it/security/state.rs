@@ -15,12 +15,11 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use serde_json::{json, Value};
 use whale_kernel::records::{self, Task};
-use whale_kernel::subjects::{
-    Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID, KV_CLAIMS, KV_STATE, STREAM_PIPE,
-};
+use whale_kernel::subjects::{Pipe, KV_CLAIMS, KV_STATE, STREAM_PIPE};
 use whale_kernel::testkit::RedisServer;
-use whale_kernel::{Nats, Output, Window};
+use whale_kernel::{Nats, Output};
 
+use crate::dispatch::admit;
 use crate::harness::*;
 
 /// Messages stored in a KV bucket's stream (every revision and delete marker counts).
@@ -56,28 +55,6 @@ fn task(i: usize, run: &str) -> Task {
         replay: None,
         created: now_rfc3339(),
     }
-}
-
-/// Publishes tasks as throttle admits them (msg id `adm:<task id>`).
-async fn admit(nats: &Nats, tasks: &[Task]) {
-    let mut w: Window<usize> = Window::new(nats.js.clone(), 512);
-    let mut results = Vec::new();
-    for (i, t) in tasks.iter().enumerate() {
-        let out = Output::json(
-            Pipe::Admitted.subject_with(&t.cluster),
-            format!("adm:{}", t.task_id),
-            t,
-        )
-        .header(HDR_EVENT_ID, t.event_id.clone())
-        .header(HDR_RULE, t.rule.clone())
-        .header(HDR_TASK_ID, t.task_id.clone());
-        results.extend(w.send(i, out).await);
-    }
-    results.extend(w.drain().await);
-    assert!(
-        results.iter().all(|(_, r)| r.is_ok()),
-        "publishing tasks failed"
-    );
 }
 
 /// A whale.toml with short lifetimes: the pipe keeps records `lifetime`, claims and the state
