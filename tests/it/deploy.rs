@@ -95,6 +95,8 @@ fn nats_config_is_accepted_by_nats_server() {
             .args(["-c", conf.to_str().unwrap(), "-t"])
             .env("SERVER_NAME", "nats-0")
             .env("NATS_WHALE_PASSWORD", "dummy")
+            .env("NATS_PRODUCER_PASSWORD", "dummy")
+            .env("NATS_TAP_PASSWORD", "dummy")
             .output()
     };
     let out = match check(&conf) {

@@ -56,34 +56,57 @@ pub struct NatsServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra configuration appended to the generated file, and the server's environment
+    /// (values for `$VAR` references in it); empty for [`NatsServer::start`].
+    extra_conf: String,
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        Self::start_with_config("", &[])
+    }
+
+    /// Like [`NatsServer::start`], with `extra_conf` (e.g. an `authorization { ... }` block)
+    /// appended to the generated configuration and `env` set for the server (for `$VAR`
+    /// references). The server logs to [`NatsServer::log_path`], so tests can read its
+    /// `Permissions Violation` lines.
+    pub fn start_with_config(extra_conf: &str, env: &[(&str, &str)]) -> NatsServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = NatsServer {
             port: free_port(),
             dir,
             child: None,
+            extra_conf: extra_conf.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.spawn();
         s
     }
 
+    /// The server's log file (written only for [`NatsServer::start_with_config`] servers).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats.log")
+    }
+
     fn spawn(&mut self) {
         let conf = self.dir.path().join("nats.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listen: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n}}\n",
-                self.port,
-                self.dir.path().join("js")
-            ),
-        )
-        .expect("write nats.conf");
+        let mut text = format!(
+            "listen: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n}}\n",
+            self.port,
+            self.dir.path().join("js")
+        );
+        if !self.extra_conf.is_empty() {
+            text += &format!("log_file: {:?}\n{}\n", self.log_path(), self.extra_conf);
+        }
+        std::fs::write(&conf, text).expect("write nats.conf");
         let child = Command::new(find_binary("nats-server", "WHALE_NATS_SERVER"))
             .arg("-c")
             .arg(&conf)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
