@@ -172,6 +172,13 @@ pub struct NatsConfig {
     pub token: Option<Secret>,
     /// A `.creds` file (JWT + NKey).
     pub creds_file: Option<PathBuf>,
+    /// A file holding an NKey user seed (`SU...`, as `nk -gen user` writes it), for servers
+    /// whose users are NKeys (`authorization { users: [{ nkey: U... }] }`).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// Prefix of the client's reply subjects (default `_INBOX`). A user allowed to subscribe
+    /// only to its own prefix (the `producer` of deploy/nats/nats.conf: `_INBOX_producer`)
+    /// sets it so that `whale publish` receives its JetStream acks.
+    pub inbox_prefix: Option<String>,
     /// CA bundle for TLS; setting it (or `tls_required`) turns TLS on.
     pub tls_ca: Option<PathBuf>,
     /// Client certificate and key for mutual TLS.
@@ -210,6 +217,8 @@ impl Default for NatsConfig {
             password: None,
             token: None,
             creds_file: None,
+            nkey_seed_file: None,
+            inbox_prefix: None,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -734,6 +743,8 @@ pub const ENV_VARS: &[&str] = &[
     "WHALE_NATS_PASSWORD",
     "WHALE_NATS_TOKEN",
     "WHALE_NATS_CREDS",
+    "WHALE_NATS_NKEY_SEED_FILE",
+    "WHALE_NATS_INBOX_PREFIX",
     "WHALE_REDIS_URL",
     "WHALE_OPENSEARCH_URL",
     "WHALE_INDEX_DIR",
@@ -799,6 +810,12 @@ impl Config {
         }
         if let Some(v) = var("WHALE_NATS_CREDS") {
             self.nats.creds_file = Some(v.into());
+        }
+        if let Some(v) = var("WHALE_NATS_NKEY_SEED_FILE") {
+            self.nats.nkey_seed_file = Some(v.into());
+        }
+        if let Some(v) = var("WHALE_NATS_INBOX_PREFIX") {
+            self.nats.inbox_prefix = Some(v);
         }
         if let Some(v) = var("WHALE_REDIS_URL") {
             self.redis.url = Secret::new(v);

@@ -1,5 +1,5 @@
 //! The NATS connection: the options a production cluster needs (several URLs, user/password,
-//! token, credentials file, TLS), reconnection, and the JetStream context every stage shares.
+//! token, credentials file, NKey seed, TLS), reconnection, and the JetStream context every stage shares.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +59,22 @@ impl Nats {
             opts = opts.credentials_file(creds).await.with_context(|| {
                 format!("cannot read NATS credentials file {}", creds.display())
             })?;
+        }
+        if let Some(file) = &cfg.nkey_seed_file {
+            let seed = std::fs::read_to_string(file).with_context(|| {
+                format!("cannot read the NATS NKey seed file {}", file.display())
+            })?;
+            let seed = seed.trim();
+            if !seed.starts_with("SU") {
+                anyhow::bail!(
+                    "{} is not an NKey user seed (it must start with SU, as `nk -gen user` writes it)",
+                    file.display()
+                );
+            }
+            opts = opts.nkey(seed.to_owned());
+        }
+        if let Some(prefix) = &cfg.inbox_prefix {
+            opts = opts.custom_inbox_prefix(prefix);
         }
         if let Some(ca) = &cfg.tls_ca {
             opts = opts.add_root_certificates(ca.clone()).require_tls(true);

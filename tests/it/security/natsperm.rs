@@ -386,6 +386,53 @@ async fn shipped_nats_users_have_only_their_permissions() {
     );
     assert!(ok && ok2, "a tap read the pipe or published");
 
+    // A producer on the default inbox prefix may not listen to whale's replies (every pull
+    // consumer's deliveries arrive on `_INBOX.>`).
+    let (snoop, snoop_errors) = client(&url, "producer", PASSWORDS[1].1, None).await;
+    let _inbox = snoop.subscribe("_INBOX.>").await.unwrap();
+    snoop.flush().await.unwrap();
+    let refused = violation(&snoop_errors, "_INBOX.>").await;
+    t.row(
+        "producer",
+        "subscribe _INBOX.> (whale's replies)",
+        "refused",
+        refused,
+        format!("violation={refused}"),
+    );
+    assert!(refused, "a producer could listen to whale's inbox");
+
+    // `whale publish` as the producer, with its inbox prefix: acked and accepted.
+    let out = env
+        .whale(&[
+            "publish",
+            "--type",
+            "generic",
+            "--data",
+            r#"{"message":"from whale publish","severity":"info"}"#,
+        ])
+        .env("WHALE_NATS_USER", "producer")
+        .env("WHALE_NATS_PASSWORD", PASSWORDS[1].1)
+        .env("WHALE_NATS_INBOX_PREFIX", "_INBOX_producer")
+        .output()
+        .expect("run whale publish");
+    let accepted = out.status.success()
+        && eventually(Duration::from_secs(20), || async {
+            count(&whale, STREAM_EVENTS, "whale.events.generic").await >= 2
+        })
+        .await;
+    t.row(
+        "producer",
+        "whale publish (WHALE_NATS_INBOX_PREFIX=_INBOX_producer)",
+        "ok",
+        accepted,
+        format!("{}, accepted={accepted}", out.status),
+    );
+    assert!(
+        accepted,
+        "whale publish as producer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // whale itself admits a task (as throttle does): dispatched on the emulator.
     admit(&whale, &[task("natsperm-whale")]).await;
     let done = eventually(Duration::from_secs(30), || async {
@@ -429,4 +476,53 @@ async fn shipped_nats_users_have_only_their_permissions() {
         "whale's own user needs more permissions: {whale_violations:#?}"
     );
     assert!(logged_all, "server log:\n{log}");
+}
+
+/// Issue 13, NATS permissions: whale connects with an NKey (`WHALE_NATS_NKEY_SEED_FILE`) to a
+/// server whose `whale` user is that NKey; a seed of another key is refused, and a file that
+/// is no user seed is named in the error without its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whale_connects_with_an_nkey_seed() {
+    let key = nkeys::KeyPair::new_user();
+    let block = shipped_authorization().replace(
+        "{ user: whale, password: $NATS_WHALE_PASSWORD,",
+        &format!("{{ nkey: {},", key.public_key()),
+    );
+    assert!(block.contains(&key.public_key()), "{block}");
+    let mut env = Env {
+        nats: NatsServer::start_with_config(&block, &PASSWORDS),
+        http_port: free_port(),
+        extra: Vec::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("whale.nk");
+    std::fs::write(&seed, key.seed().unwrap()).unwrap();
+    env.set("WHALE_NATS_NKEY_SEED_FILE", seed.to_str().unwrap());
+    env.ok(&["setup"]);
+
+    let other = dir.path().join("other.nk");
+    std::fs::write(&other, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+    let out = env
+        .whale(&["setup"])
+        .env("WHALE_NATS_NKEY_SEED_FILE", &other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "another NKey was accepted");
+
+    let bad = dir.path().join("bad.nk");
+    std::fs::write(&bad, "not-a-seed-secret").unwrap();
+    let out = env
+        .whale(&["setup"])
+        .env("WHALE_NATS_NKEY_SEED_FILE", &bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.nk")
+            && err.contains("NKey user seed")
+            && !err.contains("not-a-seed-secret"),
+        "{err}"
+    );
+    eprintln!("nkey: setup with the seed ok; another key refused; a non-seed file named: ok");
 }
