@@ -526,3 +526,96 @@ async fn whale_connects_with_an_nkey_seed() {
     );
     eprintln!("nkey: setup with the seed ok; another key refused; a non-seed file named: ok");
 }
+
+/// `(user, "publish" | "subscribe", ["deny:" +] subjects)` of nats.conf's permission blocks.
+fn conf_permissions() -> Vec<(String, String, Vec<String>)> {
+    let block = shipped_authorization();
+    let quoted = |line: &str| -> Vec<String> {
+        let deny = line.contains("deny");
+        line.split('"')
+            .skip(1)
+            .step_by(2)
+            .map(|s| {
+                if deny {
+                    format!("deny:{s}")
+                } else {
+                    s.to_owned()
+                }
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (user, var) in [
+        ("whale", "WHALE_PERMISSIONS = {"),
+        ("producer", "PRODUCER_PERMISSIONS = {"),
+        ("tap", "TAP_PERMISSIONS = {"),
+    ] {
+        let at = block
+            .find(var)
+            .unwrap_or_else(|| panic!("nats.conf: no {var}"));
+        let body = &block[at..at + block[at..].find("\n  }").expect("block end")];
+        for dir in ["publish", "subscribe"] {
+            let line = body
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{dir}:")))
+                .unwrap_or_else(|| panic!("nats.conf: {var} has no {dir}"));
+            out.push((user.to_owned(), dir.to_owned(), quoted(line)));
+        }
+    }
+    out
+}
+
+/// The same from the Helm values.
+fn helm_permissions() -> Vec<(String, String, Vec<String>)> {
+    let text = std::fs::read_to_string(repo().join("deploy/nats/helm-values.yaml")).unwrap();
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("helm-values.yaml");
+    let users = v["config"]["merge"]["authorization"]["users"]
+        .as_sequence()
+        .expect("config.merge.authorization.users");
+    let strings = |v: &serde_yaml_ng::Value, prefix: &str| -> Vec<String> {
+        v.as_sequence()
+            .map(|s| {
+                s.iter()
+                    .map(|x| format!("{prefix}{}", x.as_str().unwrap_or("?")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for u in users {
+        let name = u["user"].as_str().expect("user").to_owned();
+        for dir in ["publish", "subscribe"] {
+            let p = &u["permissions"][dir];
+            let subjects = if p.is_sequence() {
+                strings(p, "")
+            } else {
+                strings(&p["deny"], "deny:")
+            };
+            out.push((name.clone(), dir.to_owned(), subjects));
+        }
+    }
+    out
+}
+
+/// Issue 13, NATS permissions: the Helm values ship the users and permissions nats.conf ships
+/// (the file the test above runs), and no literal password.
+#[test]
+fn helm_values_grant_what_nats_conf_grants() {
+    let conf = conf_permissions();
+    assert_eq!(conf.len(), 6);
+    let has = |user: &str, dir: &str, subjects: &[&str]| {
+        conf.iter().any(|(u, d, s)| {
+            u == user && d == dir && s.iter().map(String::as_str).eq(subjects.iter().copied())
+        })
+    };
+    assert!(has("producer", "publish", &["whale.in.>"]), "{conf:?}");
+    assert!(has("tap", "publish", &["deny:>"]), "{conf:?}");
+    assert_eq!(helm_permissions(), conf);
+    let text = std::fs::read_to_string(repo().join("deploy/nats/helm-values.yaml")).unwrap();
+    for user in ["WHALE", "PRODUCER", "TAP"] {
+        assert!(
+            text.contains(&format!("password: << $NATS_{user}_PASSWORD >>")),
+            "{user}'s password must come from the environment (a Secret)"
+        );
+    }
+}
