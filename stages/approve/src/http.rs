@@ -153,13 +153,15 @@ async fn by_post(
     if form {
         let token = match axum::body::to_bytes(body, st.cfg.api.max_body_bytes).await {
             Ok(b) => serde_urlencoded::from_bytes::<LinkToken>(&b).unwrap_or_default(),
-            Err(_) => return page::refused(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!(
+            Err(_) => {
+                return page::refused(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!(
                     "the form is larger than api.max_body_bytes ({} bytes); open the link again",
                     st.cfg.api.max_body_bytes
                 ),
-            ),
+                )
+            }
         };
         let (code, msg) = link_decision(&st, &headers, &id, &action, &token).await;
         return if code.is_success() {
