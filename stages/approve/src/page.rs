@@ -153,4 +153,33 @@ mod tests {
             "&lt;a href=&#39;x&#39;&gt;&amp;&quot;"
         );
     }
+
+    /// Whatever a task's parameters hold, the confirmation page carries no markup of them: every
+    /// `<`, `>`, `"`, `'` and `&` of the parameters is escaped.
+    #[test]
+    fn parameters_never_reach_the_page_as_markup() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let cases = 512;
+        let mut runner = TestRunner::new(Config {
+            cases,
+            ..Config::default()
+        });
+        let chars = proptest::string::string_regex("[<>\"'&a-z /=\\\n]{0,64}").unwrap();
+        runner
+            .run(&chars, |s| {
+                let e = escape(&s);
+                prop_assert!(!e.contains(['<', '>', '"', '\'']));
+                let back = e
+                    .replace("&lt;", "<")
+                    .replace("&gt;", ">")
+                    .replace("&quot;", "\"")
+                    .replace("&#39;", "'")
+                    .replace("&amp;", "&");
+                prop_assert_eq!(back, s);
+                Ok(())
+            })
+            .unwrap();
+        eprintln!("page::escape: {cases} proptest cases");
+    }
 }
