@@ -11,7 +11,24 @@ use whale_kernel::subjects::STREAM_PIPE;
 use crate::feedback::{write_config, Receiver};
 use crate::harness::*;
 
-async fn gate_env(extra: &str) -> (Env, Receiver, tempfile::TempDir) {
+/// A link-signing secret strong enough for `whale run` (as `openssl rand -hex 32` makes).
+pub(crate) const SECRET: &str = "3f8a1c9e5b7d2f4a6c8e0b1d3f5a7c9e2b4d6f8a0c1e3b5d7f9a2c4e6b8d0f1a";
+
+/// A link's confirmation form as a browser sends it: its `exp` and `sig` POSTed form-encoded to
+/// the link's path.
+pub(crate) async fn post_link(url: &str, origin: Option<&str>) -> reqwest::Response {
+    let (path, token) = url.split_once('?').unwrap_or((url, ""));
+    let mut r = reqwest::Client::new()
+        .post(path)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(token.to_owned());
+    if let Some(o) = origin {
+        r = r.header("origin", o);
+    }
+    r.send().await.unwrap()
+}
+
+pub(crate) async fn gate_env(extra: &str) -> (Env, Receiver, tempfile::TempDir) {
     let mut env = Env::new();
     let recv = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -27,13 +44,13 @@ async fn gate_env(extra: &str) -> (Env, Receiver, tempfile::TempDir) {
     env.set("TEST_WECOM_KEY", "k");
     env.set("TEST_SLACK_URL", &recv.url("/slack"));
     env.set("TEST_HOOK_TOKEN", "h");
-    env.set("WHALE_APPROVAL_SECRET", "approval-test-secret");
+    env.set("WHALE_APPROVAL_SECRET", SECRET);
     env.prepare();
     (env, recv, dir)
 }
 
 /// Publishes a held task as throttle does.
-async fn hold(nats: &whale_kernel::Nats, id: &str, timeout_ms: u64) {
+pub(crate) async fn hold(nats: &whale_kernel::Nats, id: &str, timeout_ms: u64) {
     let mut t = crate::feedback::task(id, "disk-full-cleanup", "ops.clean_disk", &[], false);
     t["approval"] = json!({"timeout_ms": timeout_ms, "channel": "oncall"});
     let mut h = async_nats::HeaderMap::new();
@@ -47,7 +64,7 @@ async fn hold(nats: &whale_kernel::Nats, id: &str, timeout_ms: u64) {
 }
 
 /// The approval message the channel got for `id`.
-async fn message(recv: &Receiver, id: &str) -> Value {
+pub(crate) async fn message(recv: &Receiver, id: &str) -> Value {
     let found = eventually(Duration::from_secs(30), || async {
         recv.requests("/oncall")
             .iter()
@@ -62,7 +79,7 @@ async fn message(recv: &Receiver, id: &str) -> Value {
         .body
 }
 
-async fn admitted(nats: &whale_kernel::Nats) -> Vec<String> {
+pub(crate) async fn admitted(nats: &whale_kernel::Nats) -> Vec<String> {
     read_all(nats, STREAM_PIPE, "whale.pipe.admitted.>")
         .await
         .iter()
@@ -70,7 +87,7 @@ async fn admitted(nats: &whale_kernel::Nats) -> Vec<String> {
         .collect()
 }
 
-async fn decision(nats: &whale_kernel::Nats, id: &str) -> Option<Value> {
+pub(crate) async fn decision(nats: &whale_kernel::Nats, id: &str) -> Option<Value> {
     read_all(nats, STREAM_PIPE, "whale.pipe.decision")
         .await
         .into_iter()
@@ -114,18 +131,23 @@ async fn approve_deny_timeout_and_bad_links() {
     let unsigned = approve.split('?').next().unwrap().to_owned();
     assert_eq!(http.get(&unsigned).send().await.unwrap().status(), 403);
 
-    // Approve via the link; the link then is spent, and so is its deny twin.
+    // Opening the link only shows the confirmation form; its POST approves. The link then is
+    // spent, and so is its deny twin.
     let r = http.get(&approve).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("<form method=post"));
+    let r = post_link(&approve, None).await;
+    assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("Approved"));
-    let again = http.get(&approve).send().await.unwrap();
-    assert_eq!(again.status(), 409);
+    let again = post_link(&approve, None).await;
+    assert_eq!(again.status(), 410);
     assert!(again.text().await.unwrap().contains("already approved"));
-    assert_eq!(http.get(&deny).send().await.unwrap().status(), 409);
+    assert_eq!(http.get(&approve).send().await.unwrap().status(), 410);
+    assert_eq!(post_link(&deny, None).await.status(), 410);
     let d = decision(&nats, "t-link").await.unwrap();
     assert_eq!(
         (d["decision"].as_str(), d["by"].as_str(), d["via"].as_str()),
-        (Some("approved"), Some("link via oncall"), Some("link"))
+        (Some("approved"), Some("link:oncall"), Some("link"))
     );
 
     // Approve via the CLI, with who and why.
@@ -160,10 +182,8 @@ async fn approve_deny_timeout_and_bad_links() {
     // Deny via the link, and via the HTTP API.
     let dm = message(&recv, "t-deny").await;
     assert_eq!(
-        http.get(dm["deny_url"].as_str().unwrap())
-            .send()
+        post_link(dm["deny_url"].as_str().unwrap(), None)
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -212,7 +232,7 @@ async fn approve_deny_timeout_and_bad_links() {
     // Every decision is recorded with who made it; only the approved tasks were admitted, once.
     for (id, dec, by) in [
         ("t-cli", "approved", "alice"),
-        ("t-deny", "denied", "link via oncall"),
+        ("t-deny", "denied", "link:oncall"),
         ("t-api", "denied", "bob"),
     ] {
         let d = decision(&nats, id)

@@ -719,9 +719,12 @@ impl FeedbackConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ApprovalsConfig {
     /// Base URL people reach whale's HTTP server at, for the links (default `http://<http.addr>`).
+    /// A link's confirmation POST with an `Origin` header of another origin is refused.
     pub public_url: Option<String>,
     /// Environment variable holding the link-signing secret (default `WHALE_APPROVAL_SECRET`).
-    /// Without a secret, messages carry no links (CLI and HTTP API still decide).
+    /// Without a secret, messages carry no links (CLI and HTTP API still decide). It needs at
+    /// least 32 random bytes (`openssl rand -hex 32`): `whale run` refuses a weaker or
+    /// placeholder one (see docs/security.md).
     pub secret_env: Option<String>,
     #[serde(skip)]
     pub secret: Option<Secret>,

@@ -2,10 +2,13 @@
 //!
 //! - `GET /v1/approvals[?state=pending|approved|denied|expired]` → approvals, pending first
 //! - `GET /v1/approvals/{id}` → one approval
-//! - `GET|POST /v1/approvals/{id}/{approve|deny}?exp=..&sig=..` → a signed link: decides and
-//!   answers a small HTML page (no bearer token: the signature is the credential). Refusals:
-//!   403 bad signature (tampered), 410 link expired or approval timed out, 409 already decided
-//!   (a reused link), 404 unknown, 503 links disabled (no `WHALE_APPROVAL_SECRET`)
+//! - `GET|HEAD /v1/approvals/{id}/{approve|deny}?exp=..&sig=..` → a signed link: checks it and
+//!   answers a confirmation page ([`crate::page`]) whose form POSTs the token (`exp`, `sig`,
+//!   form-encoded) back; it decides nothing, so link previews and mail scanners are harmless.
+//! - `POST /v1/approvals/{id}/{approve|deny}` form-encoded (or `?exp=..&sig=..`) → decides once
+//!   (no bearer token: the signature is the credential; a foreign `Origin` is refused). Refusals,
+//!   as HTML pages: 403 bad signature or foreign origin, 410 link expired, approval timed out or
+//!   already decided (a used link), 404 unknown, 503 links disabled (no `WHALE_APPROVAL_SECRET`)
 //! - `POST /v1/approvals/{id}/{approve|deny}` with JSON `{"reason": .., "by": ..}` (optional) →
 //!   decides as an API client; `POST /v1/approvals` with `{"id", "decision": "approve"|"deny",
 //!   "reason", "by"}` does the same. These need the bearer token when one is set.
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -25,6 +28,7 @@ use whale_kernel::http::{check_bearer, error, json_body};
 use whale_kernel::{Config, Nats};
 
 use crate::link::{self, LinkError};
+use crate::page;
 use crate::store::{self, DecideError, Verdict};
 use crate::Links;
 
@@ -38,8 +42,8 @@ struct St {
 
 /// The router, merged into whale's HTTP server by `whale run`.
 pub async fn router(nats: &Nats, cfg: Arc<Config>) -> anyhow::Result<axum::Router> {
+    let links = Links::from_config(&cfg)?;
     let kv = store::bucket(nats, &cfg).await?;
-    let links = Links::from_config(&cfg);
     Ok(Router::new()
         .route("/v1/approvals", get(list).post(post_decision))
         .route("/v1/approvals/{id}", get(one))
@@ -87,10 +91,19 @@ async fn one(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -
     }
 }
 
-#[derive(Deserialize)]
-struct LinkQuery {
-    exp: Option<i64>,
+/// A link's signed token: in the link's query (GET, HEAD) or the confirmation form (POST).
+/// Kept as text so a mangled value is a refusal page, not a bare 400.
+#[derive(Deserialize, Default)]
+struct LinkToken {
+    exp: Option<String>,
     sig: Option<String>,
+}
+
+/// Who decided through a link: the link's holder, named by the channel it was sent to. A name
+/// the client sends (form field, `X-Forwarded-User`) is not trusted here: an authenticated
+/// principal, when the router's auth layer provides one, is the only better answer.
+fn link_decider(channel: Option<&str>) -> String {
+    format!("link:{}", channel.unwrap_or("chat"))
 }
 
 /// Who clicked: an identity set by an authenticating proxy, else the channel's link.
@@ -107,32 +120,56 @@ fn clicker(headers: &HeaderMap, channel: Option<&str>) -> String {
     format!("link via {}", channel.unwrap_or("chat"))
 }
 
+/// `GET|HEAD` of a link: checks it and shows what it would decide, with a button that POSTs the
+/// token back. Decides nothing, so a chat unfurler or a mail scanner previewing it is harmless.
 async fn by_link(
     State(st): State<St>,
-    headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
-    Query(q): Query<LinkQuery>,
+    Query(q): Query<LinkToken>,
 ) -> Response {
-    let (code, msg) = link_decision(&st, &headers, &id, &action, &q).await;
-    let title = if code.is_success() {
-        "Done"
-    } else {
-        "Not done"
-    };
-    let page = format!(
-        "<!doctype html><meta charset=utf-8><title>whale: {title}</title><body style=\"font-family:sans-serif;max-width:40em;margin:3em auto\"><h2>{title}</h2><p>{}</p></body>",
-        escape(&msg)
-    );
-    (code, Html(page)).into_response()
+    match check_link(&st, &id, &action, &q).await {
+        Ok(checked) => page::confirm(&checked.approval, &action, checked.exp, &checked.sig),
+        Err((code, msg)) => page::refused(code, &msg),
+    }
 }
 
+/// `POST /v1/approvals/{id}/{action}`: a link's confirmation form (form-encoded, or the token in
+/// the query), else the API call (JSON, bearer token).
 async fn by_post(
     State(st): State<St>,
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
-    Query(q): Query<LinkQuery>,
+    Query(q): Query<LinkToken>,
     body: Body,
 ) -> Response {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if form {
+        let token = match axum::body::to_bytes(body, st.cfg.api.max_body_bytes).await {
+            Ok(b) => serde_urlencoded::from_bytes::<LinkToken>(&b).unwrap_or_default(),
+            Err(_) => {
+                return page::refused(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!(
+                    "the form is larger than api.max_body_bytes ({} bytes); open the link again",
+                    st.cfg.api.max_body_bytes
+                ),
+                )
+            }
+        };
+        let (code, msg) = link_decision(&st, &headers, &id, &action, &token).await;
+        return if code.is_success() {
+            page::done(&msg)
+        } else {
+            page::refused(code, &msg)
+        };
+    }
     if q.sig.is_some() {
         let (code, msg) = link_decision(&st, &headers, &id, &action, &q).await;
         let key = if code.is_success() {
@@ -215,32 +252,41 @@ fn decide_status(e: &DecideError) -> StatusCode {
     }
 }
 
-/// Checks a link (signature, then expiry, then state) and decides.
-async fn link_decision(
+/// A link that verified and whose approval is still pending.
+struct Checked {
+    approval: store::Approval,
+    verdict: Verdict,
+    exp: i64,
+    sig: String,
+}
+
+/// Checks a link: signature, then expiry, then that its approval still waits. Refusals: 503
+/// links disabled, 404 unknown, 403 unsigned or bad signature, 410 expired or already decided.
+async fn check_link(
     st: &St,
-    headers: &HeaderMap,
     id: &str,
     action: &str,
-    q: &LinkQuery,
-) -> (StatusCode, String) {
+    t: &LinkToken,
+) -> Result<Checked, (StatusCode, String)> {
     let Some(secret) = &st.links.secret else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "approval links are disabled on this server (no WHALE_APPROVAL_SECRET); use `whale approvals`".into());
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "approval links are disabled on this server (no WHALE_APPROVAL_SECRET); use `whale approvals`".into()));
     };
     let Some(verdict) = Verdict::parse(action).filter(|v| v.action() == action) else {
-        return (
+        return Err((
             StatusCode::NOT_FOUND,
             format!("unknown decision {action:?}"),
-        );
+        ));
     };
-    let (Some(exp), Some(sig)) = (q.exp, q.sig.as_deref()) else {
-        return (StatusCode::FORBIDDEN, "this link is not signed".into());
+    let exp = t.exp.as_deref().and_then(|e| e.parse::<i64>().ok());
+    let (Some(exp), Some(sig)) = (exp, t.sig.as_deref()) else {
+        return Err((StatusCode::FORBIDDEN, "this link is not signed".into()));
     };
     let a = match store::read(&st.kv, id).await {
         Ok(Some((a, _))) => a,
-        Ok(None) => return (StatusCode::NOT_FOUND, format!("no approval {id}")),
+        Ok(None) => return Err((StatusCode::NOT_FOUND, format!("no approval {id}"))),
         Err(e) => {
             let (code, msg) = failure(&e);
-            return (code, msg.into());
+            return Err((code, msg.into()));
         }
     };
     let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -252,21 +298,102 @@ async fn link_decision(
                 action,
                 "approval link with a bad signature refused"
             );
-            return (
+            return Err((
                 StatusCode::FORBIDDEN,
                 "this link is not valid (bad signature)".into(),
-            );
+            ));
         }
         Err(LinkError::Expired) => {
-            return (
+            return Err((
                 StatusCode::GONE,
                 "this link has expired; use `whale approvals` if the approval is still pending"
                     .into(),
-            )
+            ))
         }
     }
-    let by = clicker(headers, a.channel.as_deref());
-    match store::decide(&st.nats, &st.kv, id, verdict, &by, "link", None).await {
+    if a.state != store::PENDING {
+        return Err((StatusCode::GONE, used(&a)));
+    }
+    Ok(Checked {
+        approval: a,
+        verdict,
+        exp,
+        sig: sig.to_owned(),
+    })
+}
+
+/// Why a link of a decided approval does nothing.
+fn used(a: &store::Approval) -> String {
+    let by = a
+        .decided_by
+        .as_deref()
+        .map(|b| format!(" by {b}"))
+        .unwrap_or_default();
+    let when = a
+        .decided
+        .as_deref()
+        .map(|d| format!(" at {d}"))
+        .unwrap_or_default();
+    format!(
+        "this link is used: task {} was already {}{by}{when}; nothing was changed",
+        a.task.task_id, a.state
+    )
+}
+
+/// The origin (`scheme://host[:port]`, default port dropped, lower case) of a URL.
+fn origin_of(url: &str) -> String {
+    let url = url.trim().to_ascii_lowercase();
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url.as_str()));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match scheme {
+        "http" => host.strip_suffix(":80").unwrap_or(host),
+        "https" => host.strip_suffix(":443").unwrap_or(host),
+        _ => host,
+    };
+    format!("{scheme}://{host}")
+}
+
+/// A link POST sent from another site's page is refused. `Origin: null` is what a browser sends
+/// for the confirmation form itself (its page has `Referrer-Policy: no-referrer`), so it passes;
+/// the signed token, which only the link's holder has, is what makes the POST safe.
+fn foreign_origin(st: &St, headers: &HeaderMap) -> Option<String> {
+    let origin = headers.get(header::ORIGIN)?;
+    let origin = origin.to_str().unwrap_or("(not text)").trim();
+    if origin == "null" || origin_of(origin) == origin_of(&st.links.base) {
+        return None;
+    }
+    Some(origin.chars().take(200).collect())
+}
+
+/// Checks a link's token (from the form or the query) and decides.
+async fn link_decision(
+    st: &St,
+    headers: &HeaderMap,
+    id: &str,
+    action: &str,
+    t: &LinkToken,
+) -> (StatusCode, String) {
+    if let Some(origin) = foreign_origin(st, headers) {
+        tracing::warn!(
+            task_id = id,
+            action,
+            origin,
+            "approval link POST from another site refused"
+        );
+        return (
+            StatusCode::FORBIDDEN,
+            format!(
+                "this form was sent from another site ({origin}), not from {}; open the link from the chat message again",
+                origin_of(&st.links.base)
+            ),
+        );
+    }
+    let c = match check_link(st, id, action, t).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let by = link_decider(c.approval.channel.as_deref());
+    match store::decide(&st.nats, &st.kv, id, c.verdict, &by, "link", None).await {
         Ok(a) => {
             let t = &a.task;
             let what = if a.state == "approved" {
@@ -286,6 +413,7 @@ async fn link_decision(
             let (code, msg) = failure(&e);
             (code, msg.into())
         }
+        Err(DecideError::AlreadyDecided(a)) => (StatusCode::GONE, used(&a)),
         Err(e) => (decide_status(&e), e.to_string()),
     }
 }
@@ -316,11 +444,4 @@ fn failure(e: &anyhow::Error) -> (StatusCode, &'static str) {
             "internal error (see whale's log)",
         )
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

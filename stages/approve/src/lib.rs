@@ -18,6 +18,7 @@
 pub mod http;
 pub mod link;
 mod message;
+mod page;
 pub mod store;
 
 use std::time::Duration;
@@ -49,17 +50,27 @@ pub struct Links {
 }
 
 impl Links {
-    pub fn from_config(cfg: &Config) -> Links {
+    /// The link settings; refuses a weak or placeholder secret (see [`link::check_secret`]), so
+    /// `whale run` with the approve stage does not start with links anyone could forge.
+    pub fn from_config(cfg: &Config) -> anyhow::Result<Links> {
+        if let Some(secret) = &cfg.approvals.secret {
+            let var = cfg
+                .approvals
+                .secret_env
+                .as_deref()
+                .unwrap_or("WHALE_APPROVAL_SECRET");
+            link::check_secret(var, secret)?;
+        }
         let base = cfg
             .approvals
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", cfg.http.addr));
-        Links {
+        Ok(Links {
             secret: cfg.approvals.secret.clone(),
             base,
             ttl: cfg.approvals.link_ttl,
-        }
+        })
     }
 }
 
@@ -71,7 +82,7 @@ pub struct Approve {
 
 impl Approve {
     pub async fn build(nats: &Nats, cfg: &Config) -> anyhow::Result<Approve> {
-        let links = Links::from_config(cfg);
+        let links = Links::from_config(cfg)?;
         if links.secret.is_none() {
             tracing::warn!("WHALE_APPROVAL_SECRET is not set: approval messages carry no links (decide with `whale approvals` or /v1/approvals)");
         }

@@ -55,6 +55,53 @@ pub fn url(
     )
 }
 
+/// The fewest bytes a link-signing secret may have (`openssl rand -hex 32` gives 64).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Words that mark a secret copied from an example or a template, not generated.
+const PLACEHOLDERS: &[&str] = &[
+    "changeme",
+    "replaceme",
+    "placeholder",
+    "example",
+    "secret",
+    "password",
+    "xxxxxxxx",
+];
+
+/// Refuses a secret anyone could guess: shorter than [`MIN_SECRET_BYTES`], made of a handful of
+/// distinct characters, or a placeholder (`changeme`, `secret`, `password`, `example`, the value
+/// shipped in deploy/k8s, ...). `var` names the variable in the message; the value never appears.
+pub fn check_secret(var: &str, secret: &Secret) -> anyhow::Result<()> {
+    let s = secret.expose();
+    let how = format!(
+        "make one with `openssl rand -hex 32` and set ${var} to it (or unset ${var} to send approval messages without links)"
+    );
+    if s.len() < MIN_SECRET_BYTES {
+        anyhow::bail!(
+            "${var} is too weak to sign approval links: {} bytes, at least {MIN_SECRET_BYTES} are needed; {how}",
+            s.len()
+        );
+    }
+    let plain: String = s
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if let Some(word) = PLACEHOLDERS.iter().find(|w| plain.contains(*w)) {
+        anyhow::bail!(
+            "${var} looks like a placeholder (it contains {word:?}), not a generated secret; {how}"
+        );
+    }
+    let distinct = s.bytes().collect::<std::collections::BTreeSet<_>>().len();
+    if distinct < 8 {
+        anyhow::bail!(
+            "${var} is too weak to sign approval links: only {distinct} distinct characters; {how}"
+        );
+    }
+    Ok(())
+}
+
 /// Checks a link's signature, then its expiry (`now` in unix seconds).
 pub fn verify(
     secret: &Secret,
@@ -78,6 +125,47 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weak_and_placeholder_secrets_are_refused() {
+        let refused = |s: &str| {
+            check_secret("WHALE_APPROVAL_SECRET", &Secret::new(s))
+                .expect_err(s)
+                .to_string()
+        };
+        for s in [
+            "",
+            "k",
+            "approval-test-secret",
+            "CHANGE-ME-approval-link-signing-secret",
+            "changeme-changeme-changeme-changeme",
+            "my-approval-link-SECRET-for-production",
+            "password1234567890password1234567890",
+            "https://example.com/approval/signing/key/1",
+            "00000000000000000000000000000000000000000000",
+            "abababababababababababababababababababababab",
+        ] {
+            let e = refused(s);
+            assert!(
+                e.contains("openssl rand -hex 32") && e.contains("$WHALE_APPROVAL_SECRET"),
+                "{e}"
+            );
+            assert!(
+                s.len() < 4 || !e.contains(s),
+                "the message shows the secret: {e}"
+            );
+        }
+        assert!(refused("short").contains("5 bytes, at least 32"));
+        for s in [
+            "9f2c4e7a1b3d5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8",
+            "Zq3v9XkL2pR8sT4wY6uB1nM5cD7fG0hJ",
+        ] {
+            assert!(
+                check_secret("WHALE_APPROVAL_SECRET", &Secret::new(s)).is_ok(),
+                "{s}"
+            );
+        }
+    }
 
     #[test]
     fn links_verify_only_as_signed() {

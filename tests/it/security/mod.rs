@@ -2,6 +2,7 @@
 //! hostile or careless input once hurt whale, one module per area, each test naming the finding.
 
 mod ingest;
+mod links;
 mod natsperm;
 mod query;
 mod state;
