@@ -8,7 +8,8 @@
 //!   (a reused link), 404 unknown, 503 links disabled (no `WHALE_APPROVAL_SECRET`)
 //! - `POST /v1/approvals/{id}/{approve|deny}` with JSON `{"reason": .., "by": ..}` (optional) →
 //!   decides as an API client; `POST /v1/approvals` with `{"id", "decision": "approve"|"deny",
-//!   "reason", "by"}` does the same. These need the bearer token when one is set.
+//!   "reason"}` does the same. These need the `operator` role (auth layer, `whale_kernel::auth`);
+//!   the decision records the caller's principal as `by` (a `by` in the body is ignored).
 
 use std::sync::Arc;
 
@@ -17,11 +18,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
-use whale_kernel::http::{check_bearer, error, json_body};
+use whale_kernel::auth::{principal, Principal};
+use whale_kernel::http::{error, json_body};
 use whale_kernel::{Config, Nats};
 
 use crate::link::{self, LinkError};
@@ -57,10 +59,7 @@ struct ListQuery {
     state: Option<String>,
 }
 
-async fn list(State(st): State<St>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
-    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
-        return r;
-    }
+async fn list(State(st): State<St>, Query(q): Query<ListQuery>) -> Response {
     match store::list(&st.kv).await {
         Ok(all) => Json(
             all.into_iter()
@@ -72,10 +71,7 @@ async fn list(State(st): State<St>, headers: HeaderMap, Query(q): Query<ListQuer
     }
 }
 
-async fn one(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
-        return r;
-    }
+async fn one(State(st): State<St>, Path(id): Path<String>) -> Response {
     match store::read(&st.kv, &id).await {
         Ok(Some((a, _))) => Json(a).into_response(),
         Ok(None) => error(
@@ -93,17 +89,9 @@ struct LinkQuery {
     sig: Option<String>,
 }
 
-/// Who clicked: an identity set by an authenticating proxy, else the channel's link.
-fn clicker(headers: &HeaderMap, channel: Option<&str>) -> String {
-    for h in ["x-forwarded-user", "x-auth-request-user", "remote-user"] {
-        if let Some(u) = headers
-            .get(h)
-            .and_then(|v| v.to_str().ok())
-            .filter(|u| !u.is_empty())
-        {
-            return u.chars().take(100).collect();
-        }
-    }
+/// Who clicked: the channel's link. Identity headers (`X-Forwarded-User`, `Remote-User`) are
+/// not trusted: any client can send them.
+fn clicker(_headers: &HeaderMap, channel: Option<&str>) -> String {
     format!("link via {}", channel.unwrap_or("chat"))
 }
 
@@ -131,6 +119,7 @@ async fn by_post(
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
     Query(q): Query<LinkQuery>,
+    who: Option<Extension<Principal>>,
     body: Body,
 ) -> Response {
     if q.sig.is_some() {
@@ -144,20 +133,18 @@ async fn by_post(
         body.insert(key.into(), Value::String(msg));
         return (code, Json(Value::Object(body))).into_response();
     }
-    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
-        return r;
-    }
     let body = match json_body(body, &st.cfg.api).await {
         Ok(v) => v.unwrap_or_else(|| json!({})),
         Err(r) => return r,
     };
-    api_decision(&st, &headers, &id, &action, &body).await
+    api_decision(&st, &principal(who), &id, &action, &body).await
 }
 
-async fn post_decision(State(st): State<St>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
-        return r;
-    }
+async fn post_decision(
+    State(st): State<St>,
+    who: Option<Extension<Principal>>,
+    body: Body,
+) -> Response {
     let body = match json_body(body, &st.cfg.api).await {
         Ok(v) => v.unwrap_or(Value::Null),
         Err(r) => return r,
@@ -169,12 +156,12 @@ async fn post_decision(State(st): State<St>, headers: HeaderMap, body: Body) -> 
             json!({}),
         );
     };
-    api_decision(&st, &headers, id, decision, &body).await
+    api_decision(&st, &principal(who), id, decision, &body).await
 }
 
 async fn api_decision(
     st: &St,
-    headers: &HeaderMap,
+    who: &Principal,
     id: &str,
     action: &str,
     body: &Value,
@@ -186,14 +173,8 @@ async fn api_decision(
             json!({}),
         );
     };
-    let by = body["by"].as_str().map(str::to_owned).unwrap_or_else(|| {
-        let c = clicker(headers, None);
-        if c.starts_with("link via") {
-            "http".into()
-        } else {
-            c
-        }
-    });
+    // The authenticated principal decides; a `by` in the body is ignored.
+    let by = who.name.clone();
     let reason = body["reason"].as_str().map(str::to_owned);
     match store::decide(&st.nats, &st.kv, id, verdict, &by, "http", reason).await {
         Ok(a) => Json(a).into_response(),

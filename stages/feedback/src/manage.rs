@@ -217,18 +217,25 @@ impl Manager {
 
     /// Retry (re_run), pause, resume or cancel; StackStorm's refusal comes back as an error
     /// with its message.
-    pub async fn act(&self, id: &str, action: Action, parameters: Value) -> Result<Found, Error> {
+    pub async fn act(
+        &self,
+        id: &str,
+        action: Action,
+        parameters: Value,
+        by: &str,
+    ) -> Result<Found, Error> {
         let record = self.resolve(id).await?;
         let c = self.client(&record)?;
         let eid = &record.execution_id;
+        let changed = action == Action::Retry && !parameters.is_null();
         let r = match action {
-            Action::Retry => c.re_run(eid, parameters).await,
+            Action::Retry => c.re_run(eid, parameters.clone()).await,
             Action::Pause => c.pause(eid).await,
             Action::Resume => c.resume(eid).await,
             Action::Cancel => c.cancel(eid).await,
         };
         let execution = r.map_err(Self::st2(&record, action.as_str()))?;
-        tracing::info!(task_id = %record.task_id, execution_id = %eid, cluster = %record.cluster, "{} → {}", action.as_str(), execution.id);
+        tracing::info!(task_id = %record.task_id, execution_id = %eid, cluster = %record.cluster, by, changed_parameters = %if changed { parameters.to_string() } else { String::new() }, "{} → {}", action.as_str(), execution.id);
         Ok(Found {
             record,
             execution: Some(execution),
