@@ -130,8 +130,18 @@ pub const POLICIES: &[Policy] = &[
     p("GET", "/v1/approvals", VIEWER, Body::Any),
     p("POST", "/v1/approvals", OPERATOR, Body::Json),
     p("GET", "/v1/approvals/{id}", VIEWER, Body::Any),
-    p("GET", "/v1/approvals/{id}/{action}", Access::SignedLink, Body::Any),
-    p("POST", "/v1/approvals/{id}/{action}", Access::SignedLink, Body::Json),
+    p(
+        "GET",
+        "/v1/approvals/{id}/{action}",
+        Access::SignedLink,
+        Body::Any,
+    ),
+    p(
+        "POST",
+        "/v1/approvals/{id}/{action}",
+        Access::SignedLink,
+        Body::Json,
+    ),
 ];
 
 /// The policy of `method` on the route pattern `route` (HEAD follows GET).
@@ -301,8 +311,7 @@ fn read_tokens_file(path: &Path) -> anyhow::Result<Vec<TokenEntry>> {
 
 fn decode_hash(s: &str) -> anyhow::Result<[u8; 32]> {
     let v = hex::decode(s.trim())?;
-    v.try_into()
-        .map_err(|_| anyhow::anyhow!("not 32 bytes"))
+    v.try_into().map_err(|_| anyhow::anyhow!("not 32 bytes"))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -327,7 +336,11 @@ pub fn layer(router: Router, auth: Arc<Auth>) -> Router {
 }
 
 async fn enforce(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
-    let Some(route) = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()) else {
+    let Some(route) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+    else {
         // No route matched: the router answers 404 itself.
         return next.run(req).await;
     };
@@ -345,7 +358,11 @@ async fn enforce(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) ->
     let signed = pol.access == Access::SignedLink && is_link_request(&req);
     let principal = if pol.access == Access::Public || signed {
         Principal {
-            name: if signed { "link".into() } else { "anonymous".into() },
+            name: if signed {
+                "link".into()
+            } else {
+                "anonymous".into()
+            },
             role: None,
         }
     } else if !auth.enabled() {
@@ -483,10 +500,20 @@ mod tests {
 
     #[test]
     fn loopback_addresses() {
-        for a in ["127.0.0.1:8080", "[::1]:80", "localhost:8080", "127.0.0.2:1"] {
+        for a in [
+            "127.0.0.1:8080",
+            "[::1]:80",
+            "localhost:8080",
+            "127.0.0.2:1",
+        ] {
             assert!(is_loopback(a), "{a}");
         }
-        for a in ["0.0.0.0:8080", "[::]:8080", "10.0.0.1:80", "whale.example:80"] {
+        for a in [
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "10.0.0.1:80",
+            "whale.example:80",
+        ] {
             assert!(!is_loopback(a), "{a}");
         }
     }

@@ -159,13 +159,7 @@ async fn post_decision(
     api_decision(&st, &principal(who), id, decision, &body).await
 }
 
-async fn api_decision(
-    st: &St,
-    who: &Principal,
-    id: &str,
-    action: &str,
-    body: &Value,
-) -> Response {
+async fn api_decision(st: &St, who: &Principal, id: &str, action: &str, body: &Value) -> Response {
     let Some(verdict) = Verdict::parse(action) else {
         return error(
             StatusCode::NOT_FOUND,

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use whale_kernel::config::IndexConfig;
-use whale_kernel::http::{error};
+use whale_kernel::http::error;
 use whale_kernel::Config;
 
 use crate::backend::{Backend, Error, Search};
@@ -100,10 +100,7 @@ pub fn make_search(
     Ok(s)
 }
 
-async fn search(
-    State(app): State<App>,
-    Params(p): Params<SearchParams>,
-) -> Response {
+async fn search(State(app): State<App>, Params(p): Params<SearchParams>) -> Response {
     let s = match make_search(
         &p.q,
         p.from.as_deref(),

@@ -112,9 +112,7 @@ fn concrete(route: &str) -> String {
     } else {
         "approve"
     };
-    route
-        .replace("{id}", "t-none")
-        .replace("{action}", action)
+    route.replace("{id}", "t-none").replace("{action}", action)
 }
 
 async fn call(
@@ -182,7 +180,10 @@ async fn stack(http_token: bool) -> Stack {
     env.set("WHALE_REDIS_URL", &redis.url());
     env.set("WHALE_ST2_URL", &st2.url);
     env.set("WHALE_ST2_API_KEY", "k");
-    env.set("WHALE_INDEX_DIR", dir.path().join("index").to_str().unwrap());
+    env.set(
+        "WHALE_INDEX_DIR",
+        dir.path().join("index").to_str().unwrap(),
+    );
     if http_token {
         env.set("WHALE_HTTP_TOKEN", "legacy-admin-token-0123");
     }
@@ -226,10 +227,16 @@ async fn every_route_has_a_policy_and_answers_by_role() {
         "routes without an access policy (add them to whale_kernel::auth::POLICIES): {missing:?}"
     );
     let stale: Vec<_> = policy.difference(&declared).collect();
-    assert!(stale.is_empty(), "policies for routes that do not exist: {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "policies for routes that do not exist: {stale:?}"
+    );
 
     let http = reqwest::Client::new();
-    eprintln!("{:<6} {:<36} {:<12} no-creds wrong-role right-role", "method", "route", "needs");
+    eprintln!(
+        "{:<6} {:<36} {:<12} no-creds wrong-role right-role",
+        "method", "route", "needs"
+    );
     for row in &table {
         let (method, route, access) = (
             row["method"].as_str().unwrap(),
@@ -240,25 +247,52 @@ async fn every_route_has_a_policy_and_answers_by_role() {
         let link_get = access == "signed-link" && method == "GET";
         if access == "public" || link_get {
             let (code, body) = call(&http, env, method, route, None).await;
-            assert!(!layer_refused(code, &body), "{method} {route} is {access}: {code} {body}");
+            assert!(
+                !layer_refused(code, &body),
+                "{method} {route} is {access}: {code} {body}"
+            );
             eprintln!("{method:<6} {route:<36} {access:<12} {none_code:<8} -          -");
             continue;
         }
-        let need = if access == "signed-link" { "operator" } else { access };
+        let need = if access == "signed-link" {
+            "operator"
+        } else {
+            access
+        };
         assert_eq!(none_code, 401, "{method} {route} without credentials");
         let (bad, _) = call(&http, env, method, route, Some("not-a-known-token-123")).await;
         assert_eq!(bad, 401, "{method} {route} with an unknown token");
         let (wrong, body) = call(&http, env, method, route, Some(token(wrong_role(need)))).await;
-        assert_eq!(wrong, 403, "{method} {route} as {:?}: {body}", wrong_role(need));
+        assert_eq!(
+            wrong,
+            403,
+            "{method} {route} as {:?}: {body}",
+            wrong_role(need)
+        );
         assert_eq!(body["needs_role"], need, "{body}");
         let (right, body) = call(&http, env, method, route, Some(token(role_of(need)))).await;
-        assert!(!layer_refused(right, &body), "{method} {route} as {need}: {right} {body}");
+        assert!(
+            !layer_refused(right, &body),
+            "{method} {route} as {need}: {right} {body}"
+        );
         let (adm, body) = call(&http, env, method, route, Some(token(Role::Admin))).await;
-        assert!(!layer_refused(adm, &body), "{method} {route} as admin: {adm} {body}");
-        let (legacy, body) =
-            call(&http, env, method, route, Some("legacy-admin-token-0123")).await;
-        assert!(!layer_refused(legacy, &body), "{method} {route} with WHALE_HTTP_TOKEN: {legacy} {body}");
-        eprintln!("{method:<6} {route:<36} {need:<12} {none_code:<8} {wrong:<10} {right}");
+        assert!(
+            !layer_refused(adm, &body),
+            "{method} {route} as admin: {adm} {body}"
+        );
+        let (legacy, body) = call(&http, env, method, route, Some("legacy-admin-token-0123")).await;
+        assert!(
+            !layer_refused(legacy, &body),
+            "{method} {route} with WHALE_HTTP_TOKEN: {legacy} {body}"
+        );
+        eprintln!(
+            "{method:<6} {route:<36} {:<12} {none_code:<8} {wrong:<10} {right}",
+            if access == "signed-link" {
+                "signed-link (operator without a signature)".to_owned()
+            } else {
+                need.to_owned()
+            }
+        );
     }
 }
 
@@ -324,7 +358,11 @@ async fn content_type_is_checked_and_the_approver_is_the_principal() {
         .send()
         .await
         .unwrap();
-    assert_ne!(r.status(), 415, "CloudEvents binary mode takes any content type");
+    assert_ne!(
+        r.status(),
+        415,
+        "CloudEvents binary mode takes any content type"
+    );
 
     // A held task, decided through the API with a forged name in the body and the header.
     let nats = env.connect().await;
@@ -396,7 +434,10 @@ async fn non_loopback_listen_without_auth_is_refused() {
         .spawn()
         .unwrap();
     let _w = Killed(child);
-    assert!(ready(port, Duration::from_secs(30)).await, "--insecure-no-auth starts");
+    assert!(
+        ready(port, Duration::from_secs(30)).await,
+        "--insecure-no-auth starts"
+    );
     let text = std::fs::read_to_string(log.path()).unwrap();
     assert!(text.contains("NO authentication"), "{text}");
 
@@ -410,7 +451,10 @@ async fn non_loopback_listen_without_auth_is_refused() {
         .spawn()
         .unwrap();
     let _w2 = Killed(child);
-    assert!(ready(port2, Duration::from_secs(30)).await, "with a token it starts");
+    assert!(
+        ready(port2, Duration::from_secs(30)).await,
+        "with a token it starts"
+    );
 }
 
 /// A process killed when the test ends.
