@@ -135,7 +135,7 @@ async fn act(
         "cli:{}",
         std::env::var("USER").unwrap_or_else(|_| "unknown".into())
     );
-    let f = m.act(id, action, params, &by).await?;
+    let f = m.act(id, action, params, &by, true).await?;
     if json {
         return super::print_json(&f);
     }

