@@ -513,3 +513,34 @@ async fn operators_act_only_on_executions_whale_created() {
         "the admin's re-run reached StackStorm"
     );
 }
+
+/// Issue 13 "tokens stored hashed": `whale auth hash-token` prints an entry that, pasted into
+/// whale.toml, makes the token that principal; the token itself is not in the output.
+#[test]
+fn hash_token_prints_an_entry_that_authenticates() {
+    use std::io::Write as _;
+    let run = |token: &str| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_whale"))
+            .args(["auth", "hash-token", "--name", "grafana", "--role", "viewer"])
+            .env_remove("WHALE_CONFIG")
+            .current_dir(repo())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let out = run("a-long-random-token-0123456789\n");
+    assert!(out.status.success());
+    let entry = String::from_utf8(out.stdout).unwrap();
+    assert!(!entry.contains("a-long-random-token"), "{entry}");
+    let cfg: whale_kernel::Config = toml::from_str(&entry).unwrap();
+    let auth = whale_kernel::auth::Auth::from_config(&cfg).unwrap();
+    let p = auth.principal("a-long-random-token-0123456789").unwrap();
+    assert_eq!((p.name.as_str(), p.role), ("grafana", Some(Role::Viewer)));
+    assert!(auth.principal("a-long-random-token-012345678").is_none());
+    let short = run("short\n");
+    assert!(!short.status.success(), "a short token is refused");
+}
