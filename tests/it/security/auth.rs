@@ -521,7 +521,14 @@ fn hash_token_prints_an_entry_that_authenticates() {
     use std::io::Write as _;
     let run = |token: &str| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_whale"))
-            .args(["auth", "hash-token", "--name", "grafana", "--role", "viewer"])
+            .args([
+                "auth",
+                "hash-token",
+                "--name",
+                "grafana",
+                "--role",
+                "viewer",
+            ])
             .env_remove("WHALE_CONFIG")
             .current_dir(repo())
             .stdin(std::process::Stdio::piped())
