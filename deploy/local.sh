@@ -106,7 +106,7 @@ CONF
 whale is running. Try:
   source .whale/local/env
   target/debug/whale publish --type vm.disk_usage --data '{"host":"web-12","usage_pct":97,"env":"prod","mounts":[{"path":"/data"}]}'
-  curl -XPOST localhost:$HTTP_PORT/v1/events -d '{"event_type":"generic","detail":{"message":"hi"}}'
+  curl -XPOST localhost:$HTTP_PORT/v1/events -H 'content-type: application/json' -d '{"event_type":"generic","detail":{"message":"hi"}}'
   target/debug/whale status
   target/debug/whale events search 'event_type:vm.disk_usage AND detail.env:prod'
   target/debug/whale trace <event id from the search>

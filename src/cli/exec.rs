@@ -131,7 +131,11 @@ async fn act(
     params: Value,
     json: bool,
 ) -> anyhow::Result<()> {
-    let f = m.act(id, action, params).await?;
+    let by = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let f = m.act(id, action, params, &by, true).await?;
     if json {
         return super::print_json(&f);
     }

@@ -2,6 +2,7 @@
 //! commands take `--json`.
 
 mod approvals;
+mod auth;
 mod bench;
 mod bench_pipeline;
 mod clusters;
@@ -81,6 +82,11 @@ enum Cmd {
     Trace(trace::Args),
     /// Stage health: server, streams, consumer backlog.
     Status(status::Args),
+    /// API tokens and the HTTP route policy: hash-token, routes.
+    Auth {
+        #[command(subcommand)]
+        cmd: auth::Cmd,
+    },
     /// Benchmarks that print figures beside a raw JetStream reference.
     Bench {
         #[command(subcommand)]
@@ -104,6 +110,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Trace(a) => trace::run(cfg, a).await,
         Cmd::Status(a) => status::run(cfg, a).await,
         Cmd::Bench { cmd } => bench::run(cfg, cmd).await,
+        Cmd::Auth { cmd } => auth::run(cmd),
     }
 }
 

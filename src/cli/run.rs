@@ -21,10 +21,34 @@ pub struct Args {
     /// Worker loops per stage input in this process (more copies of the same consumer).
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
+    /// Listen on a non-loopback address with no auth configured (every route open to anyone
+    /// who reaches the port). Logged as a warning on start.
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let names = registry::parse(&a.stages)?;
+    let auth = Arc::new(whale_kernel::auth::Auth::from_config(&cfg)?);
+    if !auth.enabled() {
+        if whale_kernel::auth::is_loopback(&cfg.http.addr) {
+            tracing::info!("no auth configured: every HTTP route is open, on loopback only");
+        } else if a.insecure_no_auth {
+            tracing::warn!(
+                http = %cfg.http.addr,
+                "--insecure-no-auth: listening on a non-loopback address with NO authentication; \
+                 anyone who reaches this port can post events, approve tasks and act on executions"
+            );
+        } else {
+            anyhow::bail!(
+                "refusing to listen on {} (http.addr / WHALE_HTTP_ADDR) with no auth configured: \
+                 anyone reaching it could approve tasks and re-run executions. Configure tokens \
+                 ([[auth.tokens]], auth.tokens_file or WHALE_HTTP_TOKEN; see docs/security.md), \
+                 listen on 127.0.0.1, or pass --insecure-no-auth",
+                cfg.http.addr
+            );
+        }
+    }
     // Before any rule set is compiled: every jq predicate and template gets this time limit.
     whale_rules::set_default_eval_time(Some(cfg.rules.eval_time_limit).filter(|d| !d.is_zero()));
     let nats = super::connect(&cfg, &format!("run {}", names.join(","))).await?;
@@ -79,6 +103,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let router = whale_kernel::auth::layer(router, auth);
     let router = http::harden(router, cfg.http.request_timeout);
     let (addr, http_task) = http::serve(&cfg.http.addr, router, stop_rx.clone()).await?;
     tracing::info!(stages = %names.join(","), http = %addr, "whale running");

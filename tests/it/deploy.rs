@@ -77,8 +77,13 @@ fn every_whale_variable_is_known_and_the_shipped_config_loads() {
     // The compose stack configures whale by environment only: that must load too.
     for inv in compose_invocations(&compose) {
         let env = inv.env.clone();
-        if let Err(e) = whale_kernel::Config::load_with_env(None, &move |k| env.get(k).cloned()) {
-            problems.push(format!("{}: {e:#}", inv.at));
+        match whale_kernel::Config::load_with_env(None, &move |k| env.get(k).cloned()) {
+            Err(e) => problems.push(format!("{}: {e:#}", inv.at)),
+            Ok(cfg) if !auth_configured(&cfg) => problems.push(format!(
+                "{}: no auth configured on {}: `whale run` refuses to listen there",
+                inv.at, cfg.http.addr
+            )),
+            Ok(_) => {}
         }
     }
     let mut holders = k8s_invs;
@@ -212,6 +217,13 @@ spec:
     );
     let one = config_problems(&invs, "[http]\naddr = \"0.0.0.0:8080\"\n").join("\n");
     assert!(one.contains("nats.replicas is 1"), "{one}");
+    // Issue 13: a pod listening on 0.0.0.0 without any token would not start.
+    let open = config_problems(
+        &invs,
+        "[nats]\nreplicas = 3\n[http]\naddr = \"0.0.0.0:8080\"\n",
+    )
+    .join("\n");
+    assert!(open.contains("no auth configured"), "{open}");
     // A parse error names the file and the document.
     let err = parse_docs("broken.yaml", "a: 1\n---\nb: [1, 2\n").unwrap_err();
     assert!(err.contains("broken.yaml (document 1)"), "{err}");

@@ -843,6 +843,7 @@ async fn every_exec_action_and_stackstorms_refusals() {
     assert_eq!(list.len(), 1);
     let r = http
         .post(env.http("/v1/executions/t-quick/pause"))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -866,6 +867,7 @@ async fn every_exec_action_and_stackstorms_refusals() {
     assert_eq!(logs, "cleaned\n");
     let r = http
         .post(env.http("/v1/executions/t-flow/cancel"))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();

@@ -402,6 +402,7 @@ async fn hostile_input_gets_clear_reasons_and_the_worker_goes_on() {
     let http = reqwest::Client::new();
     let r = http
         .post(env.http("/v1/events"))
+        .header("content-type", "application/json")
         .body(big)
         .send()
         .await
@@ -409,6 +410,7 @@ async fn hostile_input_gets_clear_reasons_and_the_worker_goes_on() {
     assert_eq!(r.status(), 413);
     let r = http
         .post(env.http("/v1/events"))
+        .header("content-type", "application/json")
         .body(cases[0].1.clone())
         .send()
         .await
@@ -417,6 +419,7 @@ async fn hostile_input_gets_clear_reasons_and_the_worker_goes_on() {
     assert!(r.text().await.unwrap().contains("malformed JSON"));
     let r = http
         .post(env.http("/v1/events"))
+        .header("content-type", "application/json")
         .body(cases[1].1.clone())
         .send()
         .await

@@ -159,6 +159,21 @@ pub struct Config {
     pub state: StateConfig,
     /// Bounds on the operator APIs' bodies (approvals, executions) and schema files.
     pub api: ApiConfig,
+    /// Who may call the HTTP API (`[auth]`): named, hashed API tokens and their roles.
+    pub auth: AuthConfig,
+}
+
+/// HTTP access control (`[auth]`, see docs/security.md). With no token here, no `tokens_file`
+/// and no `WHALE_HTTP_TOKEN`, every route is open and `whale run` listens on loopback only.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `[[auth.tokens]]`: `name`, `role` (producer, viewer, operator, admin), `sha256` (hex of
+    /// the token; `whale auth hash-token` prints the entry). Remove an entry to revoke it.
+    pub tokens: Vec<crate::auth::TokenEntry>,
+    /// A TOML file of `[[tokens]]` entries in the same format (e.g. a mounted Secret), read
+    /// at start in addition to `tokens`.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// How to reach NATS. Several URLs for a cluster; one of the auth methods.

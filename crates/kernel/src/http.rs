@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,7 +18,6 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::config::Secret;
 use crate::health::Health;
 use crate::nats::Nats;
 
@@ -208,29 +207,6 @@ pub async fn json_body(
         return Err(too_deep());
     }
     Ok(Some(value))
-}
-
-/// Checks `Authorization: Bearer <token>` when a token is configured. The error is the response
-/// to send, as axum handlers return them.
-#[allow(clippy::result_large_err)]
-pub fn check_bearer(headers: &HeaderMap, token: Option<&Secret>) -> Result<(), Response> {
-    let Some(token) = token else { return Ok(()) };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => Ok(()),
-        _ => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token: send `Authorization: Bearer <WHALE_HTTP_TOKEN>`",
-            json!({}),
-        )),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Serves `router` on `addr` until `shutdown` turns true. Returns the bound address at once

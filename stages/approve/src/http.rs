@@ -11,7 +11,8 @@
 //!   already decided (a used link), 404 unknown, 503 links disabled (no `WHALE_APPROVAL_SECRET`)
 //! - `POST /v1/approvals/{id}/{approve|deny}` with JSON `{"reason": .., "by": ..}` (optional) →
 //!   decides as an API client; `POST /v1/approvals` with `{"id", "decision": "approve"|"deny",
-//!   "reason", "by"}` does the same. These need the bearer token when one is set.
+//!   "reason"}` does the same. These need the `operator` role (auth layer, `whale_kernel::auth`);
+//!   the decision records the caller's principal as `by` (a `by` in the body is ignored).
 
 use std::sync::Arc;
 
@@ -20,11 +21,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
-use whale_kernel::http::{check_bearer, error, json_body};
+use whale_kernel::auth::{principal, Principal};
+use whale_kernel::http::{error, json_body};
 use whale_kernel::{Config, Nats};
 
 use crate::link::{self, LinkError};
@@ -61,10 +63,7 @@ struct ListQuery {
     state: Option<String>,
 }
 
-async fn list(State(st): State<St>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
-    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
-        return r;
-    }
+async fn list(State(st): State<St>, Query(q): Query<ListQuery>) -> Response {
     match store::list(&st.kv).await {
         Ok(all) => Json(
             all.into_iter()
@@ -76,10 +75,7 @@ async fn list(State(st): State<St>, headers: HeaderMap, Query(q): Query<ListQuer
     }
 }
 
-async fn one(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
-        return r;
-    }
+async fn one(State(st): State<St>, Path(id): Path<String>) -> Response {
     match store::read(&st.kv, &id).await {
         Ok(Some((a, _))) => Json(a).into_response(),
         Ok(None) => error(
@@ -106,20 +102,6 @@ fn link_decider(channel: Option<&str>) -> String {
     format!("link:{}", channel.unwrap_or("chat"))
 }
 
-/// Who clicked: an identity set by an authenticating proxy, else the channel's link.
-fn clicker(headers: &HeaderMap, channel: Option<&str>) -> String {
-    for h in ["x-forwarded-user", "x-auth-request-user", "remote-user"] {
-        if let Some(u) = headers
-            .get(h)
-            .and_then(|v| v.to_str().ok())
-            .filter(|u| !u.is_empty())
-        {
-            return u.chars().take(100).collect();
-        }
-    }
-    format!("link via {}", channel.unwrap_or("chat"))
-}
-
 /// `GET|HEAD` of a link: checks it and shows what it would decide, with a button that POSTs the
 /// token back. Decides nothing, so a chat unfurler or a mail scanner previewing it is harmless.
 async fn by_link(
@@ -140,6 +122,7 @@ async fn by_post(
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
     Query(q): Query<LinkToken>,
+    who: Option<Extension<Principal>>,
     body: Body,
 ) -> Response {
     let form = headers
@@ -181,20 +164,18 @@ async fn by_post(
         body.insert(key.into(), Value::String(msg));
         return (code, Json(Value::Object(body))).into_response();
     }
-    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
-        return r;
-    }
     let body = match json_body(body, &st.cfg.api).await {
         Ok(v) => v.unwrap_or_else(|| json!({})),
         Err(r) => return r,
     };
-    api_decision(&st, &headers, &id, &action, &body).await
+    api_decision(&st, &principal(who), &id, &action, &body).await
 }
 
-async fn post_decision(State(st): State<St>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
-        return r;
-    }
+async fn post_decision(
+    State(st): State<St>,
+    who: Option<Extension<Principal>>,
+    body: Body,
+) -> Response {
     let body = match json_body(body, &st.cfg.api).await {
         Ok(v) => v.unwrap_or(Value::Null),
         Err(r) => return r,
@@ -206,16 +187,10 @@ async fn post_decision(State(st): State<St>, headers: HeaderMap, body: Body) -> 
             json!({}),
         );
     };
-    api_decision(&st, &headers, id, decision, &body).await
+    api_decision(&st, &principal(who), id, decision, &body).await
 }
 
-async fn api_decision(
-    st: &St,
-    headers: &HeaderMap,
-    id: &str,
-    action: &str,
-    body: &Value,
-) -> Response {
+async fn api_decision(st: &St, who: &Principal, id: &str, action: &str, body: &Value) -> Response {
     let Some(verdict) = Verdict::parse(action) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -223,14 +198,8 @@ async fn api_decision(
             json!({}),
         );
     };
-    let by = body["by"].as_str().map(str::to_owned).unwrap_or_else(|| {
-        let c = clicker(headers, None);
-        if c.starts_with("link via") {
-            "http".into()
-        } else {
-            c
-        }
-    });
+    // The authenticated principal decides; a `by` in the body is ignored.
+    let by = who.name.clone();
     let reason = body["reason"].as_str().map(str::to_owned);
     match store::decide(&st.nats, &st.kv, id, verdict, &by, "http", reason).await {
         Ok(a) => Json(a).into_response(),

@@ -7,19 +7,21 @@
 //!   takes an optional JSON body `{"parameters": {...}}` merged over the original ones
 //!
 //! `id` is a whale task id or a StackStorm execution id. StackStorm's refusals answer with its
-//! status (4xx) and `faultstring`; the bearer token (`WHALE_HTTP_TOKEN`) is required when set.
+//! status (4xx) and `faultstring`. Access is checked by the auth layer (`whale_kernel::auth`):
+//! reads need `viewer`, actions `operator`; the caller's principal is logged as who acted.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use whale_kernel::http::{check_bearer, error, json_body};
+use whale_kernel::auth::{principal, Principal, Role};
+use whale_kernel::http::{error, json_body};
 use whale_kernel::{Config, Nats};
 
 use crate::manage::{Action, Error, Manager};
@@ -71,10 +73,7 @@ fn fail(e: Error) -> Response {
     error(code, e.to_string(), extra)
 }
 
-async fn list(State(st): State<St>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
-    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
-        return r;
-    }
+async fn list(State(st): State<St>, Query(q): Query<ListQuery>) -> Response {
     match st
         .manager
         .list(q.rule.as_deref(), q.status.as_deref())
@@ -85,20 +84,14 @@ async fn list(State(st): State<St>, headers: HeaderMap, Query(q): Query<ListQuer
     }
 }
 
-async fn one(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
-        return r;
-    }
+async fn one(State(st): State<St>, Path(id): Path<String>) -> Response {
     match st.manager.get(&id).await {
         Ok(f) => Json(f).into_response(),
         Err(e) => fail(e),
     }
 }
 
-async fn logs(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
-        return r;
-    }
+async fn logs(State(st): State<St>, Path(id): Path<String>) -> Response {
     match st.manager.logs(&id).await {
         Ok((_, text)) => {
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
@@ -109,13 +102,10 @@ async fn logs(State(st): State<St>, headers: HeaderMap, Path(id): Path<String>) 
 
 async fn act(
     State(st): State<St>,
-    headers: HeaderMap,
+    who: Option<Extension<Principal>>,
     Path((id, action)): Path<(String, String)>,
     body: Body,
 ) -> Response {
-    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
-        return r;
-    }
     let Some(action) = Action::parse(&action) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -129,7 +119,11 @@ async fn act(
             .unwrap_or(Value::Null),
         Err(r) => return r,
     };
-    match st.manager.act(&id, action, params).await {
+    let who = principal(who);
+    // Admin (and a server with no auth configured) may act on any execution; others only on
+    // executions whale created.
+    let any = who.role.is_none_or(|r| r == Role::Admin);
+    match st.manager.act(&id, action, params, &who.name, any).await {
         Ok(f) => Json(f).into_response(),
         Err(e) => fail(e),
     }

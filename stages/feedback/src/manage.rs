@@ -61,6 +61,9 @@ pub enum Error {
         what: String,
         err: Box<St2Error>,
     },
+    /// The id is not in whale's execution index (whale did not create it) and the caller may
+    /// only act on executions whale created.
+    NotOwned(String),
     /// NATS / KV trouble.
     Internal(anyhow::Error),
 }
@@ -71,6 +74,7 @@ impl Error {
         match self {
             Error::NotFound(_) => 404,
             Error::UnknownCluster { .. } => 409,
+            Error::NotOwned(_) => 403,
             Error::StackStorm { err, .. } => match err.status() {
                 Some(s) if (400..500).contains(&s) => s,
                 Some(_) => 502,
@@ -99,6 +103,7 @@ impl fmt::Display for Error {
                 Some(fault) => write!(f, "StackStorm (cluster {cluster}) refused to {what}: {fault}"),
                 None => write!(f, "cannot {what} on cluster {cluster}: {err}"),
             },
+            Error::NotOwned(id) => write!(f, "{id:?} is not an execution whale created (not in whale's execution index): only an admin may act on it"),
             Error::Internal(e) => write!(f, "{e:#}"),
         }
     }
@@ -215,20 +220,45 @@ impl Manager {
         Ok((record, text))
     }
 
+    /// whale's own record of `id` (task or execution id), from its execution index only.
+    async fn owned(&self, id: &str) -> Result<ExecRecord, Error> {
+        if let Some(r) = execs::by_task(&self.kv, id).await? {
+            return Ok(r);
+        }
+        if let Some(r) = execs::by_execution(&self.kv, id).await? {
+            return Ok(r);
+        }
+        Err(Error::NotOwned(id.to_owned()))
+    }
+
     /// Retry (re_run), pause, resume or cancel; StackStorm's refusal comes back as an error
-    /// with its message.
-    pub async fn act(&self, id: &str, action: Action, parameters: Value) -> Result<Found, Error> {
-        let record = self.resolve(id).await?;
+    /// with its message. Unless `any` (admin, or the CLI, which holds whale's own NATS
+    /// credentials), only executions in whale's execution index are acted on: StackStorm is not
+    /// called for an execution whale did not create. `by` is logged as who acted.
+    pub async fn act(
+        &self,
+        id: &str,
+        action: Action,
+        parameters: Value,
+        by: &str,
+        any: bool,
+    ) -> Result<Found, Error> {
+        let record = if any {
+            self.resolve(id).await?
+        } else {
+            self.owned(id).await?
+        };
         let c = self.client(&record)?;
         let eid = &record.execution_id;
+        let changed = action == Action::Retry && !parameters.is_null();
         let r = match action {
-            Action::Retry => c.re_run(eid, parameters).await,
+            Action::Retry => c.re_run(eid, parameters.clone()).await,
             Action::Pause => c.pause(eid).await,
             Action::Resume => c.resume(eid).await,
             Action::Cancel => c.cancel(eid).await,
         };
         let execution = r.map_err(Self::st2(&record, action.as_str()))?;
-        tracing::info!(task_id = %record.task_id, execution_id = %eid, cluster = %record.cluster, "{} → {}", action.as_str(), execution.id);
+        tracing::info!(task_id = %record.task_id, execution_id = %eid, cluster = %record.cluster, by, changed_parameters = %if changed { parameters.to_string() } else { String::new() }, "{} → {}", action.as_str(), execution.id);
         Ok(Found {
             record,
             execution: Some(execution),

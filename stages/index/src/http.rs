@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use axum::extract::{Query as Params, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use whale_kernel::config::IndexConfig;
-use whale_kernel::http::{check_bearer, error};
+use whale_kernel::http::error;
 use whale_kernel::Config;
 
 use crate::backend::{Backend, Error, Search};
@@ -100,14 +100,7 @@ pub fn make_search(
     Ok(s)
 }
 
-async fn search(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Params(p): Params<SearchParams>,
-) -> Response {
-    if let Err(r) = check_bearer(&headers, app.cfg.http.token.as_ref()) {
-        return r;
-    }
+async fn search(State(app): State<App>, Params(p): Params<SearchParams>) -> Response {
     let s = match make_search(
         &p.q,
         p.from.as_deref(),

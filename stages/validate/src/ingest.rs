@@ -27,7 +27,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 use whale_kernel::envelope::{self, Defaults, Limits, Reason, StringDetail, HDR_NORMALIZED};
-use whale_kernel::http::{body_refused, body_rejection, check_bearer, error, with_retry_after};
+use whale_kernel::http::{body_refused, body_rejection, error, with_retry_after};
 use whale_kernel::{subjects, Config, Envelope, Nats, Output, Window};
 
 pub use rate::{Limiter, Over};
@@ -260,9 +260,6 @@ async fn post_events(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = check_bearer(&headers, st.cfg.http.token.as_ref()) {
-        return r;
-    }
     let body = match body {
         Ok(b) => b,
         Err(rej) => return body_rejection(rej, st.cfg.http.max_body_bytes),

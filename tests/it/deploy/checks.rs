@@ -726,10 +726,20 @@ pub fn config_problems(invs: &[Invocation], toml_text: &str) -> Vec<String> {
                 "{}: http.addr {} is not reachable from other pods (probes, Services)",
                 inv.at, cfg.http.addr
             )),
+            Ok(cfg) if !auth_configured(&cfg) => problems.push(format!(
+                "{}: no auth configured (WHALE_HTTP_TOKEN, [[auth.tokens]] or auth.tokens_file) on {}: \
+                 `whale run` refuses to listen there",
+                inv.at, cfg.http.addr
+            )),
             Ok(_) => {}
         }
     }
     problems
+}
+
+/// Whether `whale run` with this config has principals (else it refuses non-loopback).
+pub fn auth_configured(cfg: &Config) -> bool {
+    whale_kernel::auth::Auth::from_config(cfg).is_ok_and(|a| a.enabled())
 }
 
 /// Every service of the compose file as an environment holder (for the WHALE_* check).

@@ -1,0 +1,520 @@
+//! Who may call which HTTP route: named API tokens (stored as SHA-256 hashes), their roles, the
+//! route-by-route policy table, and the one middleware that enforces it in front of every
+//! handler. A route without a policy is refused, so a route added later cannot be open by
+//! accident; handlers read the caller's [`Principal`] from the request instead of checking
+//! tokens themselves.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::http::error;
+
+/// What a principal may do. `viewer` ⊂ `operator` ⊂ `admin`; `producer` only posts events
+/// (and `admin`, which may do everything, may post events too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Producer,
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Producer => "producer",
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Whether a principal with this role may call a route that needs `need`.
+    pub fn allows(self, need: Role) -> bool {
+        match (self, need) {
+            (Role::Admin, _) => true,
+            (Role::Producer, n) => n == Role::Producer,
+            (Role::Operator, n) => matches!(n, Role::Operator | Role::Viewer),
+            (Role::Viewer, n) => n == Role::Viewer,
+        }
+    }
+}
+
+/// The access a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone who can reach the port (health probes).
+    Public,
+    /// A principal whose role allows this one.
+    Role(Role),
+    /// An approval link: public when the request carries a signature (`sig=` in the query; the
+    /// handler checks it), otherwise an API call that needs `operator`.
+    SignedLink,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Public => "public",
+            Access::Role(r) => r.as_str(),
+            Access::SignedLink => "signed-link",
+        }
+    }
+}
+
+/// What a route's body must be, checked before the handler reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// No body expected (GET) or not checked.
+    Any,
+    /// `Content-Type: application/json` (415 otherwise).
+    Json,
+    /// Events: JSON, `application/*+json`, NDJSON, or CloudEvents binary mode (`ce-specversion`
+    /// set) with any type.
+    Events,
+}
+
+/// One row of the policy table.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub method: &'static str,
+    /// The route pattern exactly as the router declares it (axum's `MatchedPath`).
+    pub route: &'static str,
+    pub access: Access,
+    pub body: Body,
+}
+
+const fn p(method: &'static str, route: &'static str, access: Access, body: Body) -> Policy {
+    Policy {
+        method,
+        route,
+        access,
+        body,
+    }
+}
+
+const VIEWER: Access = Access::Role(Role::Viewer);
+const OPERATOR: Access = Access::Role(Role::Operator);
+
+/// Every route `whale run` serves and what it needs. A route missing here is refused (403) and
+/// logged; `tests/it/security/auth.rs` checks that this table covers every route declared in
+/// the source and walks each one.
+pub const POLICIES: &[Policy] = &[
+    p("GET", "/healthz", Access::Public, Body::Any),
+    p("GET", "/readyz", Access::Public, Body::Any),
+    p("GET", "/metrics", VIEWER, Body::Any),
+    p(
+        "POST",
+        "/v1/events",
+        Access::Role(Role::Producer),
+        Body::Events,
+    ),
+    p("GET", "/v1/events", VIEWER, Body::Any),
+    p("GET", "/v1/executions", VIEWER, Body::Any),
+    p("GET", "/v1/executions/{id}", VIEWER, Body::Any),
+    p("GET", "/v1/executions/{id}/logs", VIEWER, Body::Any),
+    p("POST", "/v1/executions/{id}/{action}", OPERATOR, Body::Json),
+    p("GET", "/v1/approvals", VIEWER, Body::Any),
+    p("POST", "/v1/approvals", OPERATOR, Body::Json),
+    p("GET", "/v1/approvals/{id}", VIEWER, Body::Any),
+    p(
+        "GET",
+        "/v1/approvals/{id}/{action}",
+        Access::SignedLink,
+        Body::Any,
+    ),
+    p(
+        "POST",
+        "/v1/approvals/{id}/{action}",
+        Access::SignedLink,
+        Body::Json,
+    ),
+];
+
+/// The policy of `method` on the route pattern `route` (HEAD follows GET).
+pub fn policy(method: &Method, route: &str) -> Option<&'static Policy> {
+    let m = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    POLICIES.iter().find(|p| p.method == m && p.route == route)
+}
+
+/// The authenticated caller, put in the request's extensions for handlers: its name is what
+/// approvals and execution actions record as "who".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    /// None: no auth is configured (`anonymous`) or an approval link (the signature decides).
+    pub role: Option<Role>,
+}
+
+impl Principal {
+    /// The caller when no auth is configured.
+    pub fn anonymous() -> Self {
+        Principal {
+            name: "anonymous".into(),
+            role: None,
+        }
+    }
+}
+
+/// The caller of a handler: the principal the auth layer put in the request, else anonymous
+/// (a router served without the layer, as in some tests).
+pub fn principal(p: Option<axum::Extension<Principal>>) -> Principal {
+    p.map_or_else(Principal::anonymous, |axum::Extension(p)| p)
+}
+
+/// One API token in `[[auth.tokens]]` or `auth.tokens_file`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// The principal's name, recorded as "who".
+    pub name: String,
+    pub role: Role,
+    /// Hex SHA-256 of the token (`whale auth hash-token` prints it).
+    pub sha256: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    tokens: Vec<TokenEntry>,
+}
+
+/// The SHA-256 of a token, as stored in config.
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The line to paste into `whale.toml` for a token.
+pub fn token_line(name: &str, role: Role, token: &str) -> String {
+    format!(
+        "[[auth.tokens]]\nname = {}\nrole = \"{}\"\nsha256 = \"{}\"",
+        toml_str(name),
+        role.as_str(),
+        hex::encode(hash_token(token))
+    )
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// Name of the admin principal `WHALE_HTTP_TOKEN` (`http.token`) stands for.
+pub const HTTP_TOKEN_PRINCIPAL: &str = "http-token";
+
+struct Known {
+    name: String,
+    role: Role,
+    hash: [u8; 32],
+}
+
+/// The principals whale knows, built once at start from `[auth]` and `http.token`.
+pub struct Auth {
+    known: Vec<Known>,
+}
+
+impl Auth {
+    /// Reads `[[auth.tokens]]`, `auth.tokens_file` and `http.token`. Errors name the entry
+    /// and what to fix.
+    pub fn from_config(cfg: &Config) -> anyhow::Result<Auth> {
+        let mut entries = cfg.auth.tokens.clone();
+        if let Some(path) = &cfg.auth.tokens_file {
+            entries.extend(read_tokens_file(path)?);
+        }
+        let mut known = Vec::new();
+        for e in entries {
+            let hash = decode_hash(&e.sha256).with_context(|| {
+                format!(
+                    "auth token {:?}: sha256 must be 64 hex digits (make it with `whale auth hash-token`)",
+                    e.name
+                )
+            })?;
+            if e.name.trim().is_empty() {
+                bail!("an auth token has an empty name: give every token a name (it is recorded as who acted)");
+            }
+            if known.iter().any(|k: &Known| k.name == e.name) {
+                bail!(
+                    "auth token name {:?} appears twice: names identify principals, make them unique",
+                    e.name
+                );
+            }
+            known.push(Known {
+                name: e.name,
+                role: e.role,
+                hash,
+            });
+        }
+        if let Some(t) = cfg.http.token.as_ref().filter(|t| !t.is_empty()) {
+            known.push(Known {
+                name: HTTP_TOKEN_PRINCIPAL.into(),
+                role: Role::Admin,
+                hash: hash_token(t.expose()),
+            });
+        }
+        Ok(Auth { known })
+    }
+
+    /// Whether any principal is configured; without one every route is open (loopback only).
+    pub fn enabled(&self) -> bool {
+        !self.known.is_empty()
+    }
+
+    /// The principal a bearer token stands for. Every known hash is compared, in constant time,
+    /// whatever matches.
+    pub fn principal(&self, token: &str) -> Option<Principal> {
+        let given = hash_token(token);
+        let mut found = None;
+        for k in &self.known {
+            if constant_time_eq(&given, &k.hash) && found.is_none() {
+                found = Some(Principal {
+                    name: k.name.clone(),
+                    role: Some(k.role),
+                });
+            }
+        }
+        found
+    }
+}
+
+fn read_tokens_file(path: &Path) -> anyhow::Result<Vec<TokenEntry>> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read auth.tokens_file {}: mount the tokens Secret there or remove the key",
+            path.display()
+        )
+    })?;
+    let f: TokensFile = toml::from_str(&text).with_context(|| {
+        format!(
+            "auth.tokens_file {} is invalid: it holds `[[tokens]]` entries with name, role and sha256",
+            path.display()
+        )
+    })?;
+    Ok(f.tokens)
+}
+
+fn decode_hash(s: &str) -> anyhow::Result<[u8; 32]> {
+    let v = hex::decode(s.trim())?;
+    v.try_into().map_err(|_| anyhow::anyhow!("not 32 bytes"))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether `addr` (`host:port`) listens only on a loopback address.
+pub fn is_loopback(addr: &str) -> bool {
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return sa.ip().is_loopback();
+    }
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Applies the policy table to every route of `router` (call it after every merge, before
+/// [`crate::http::harden`]).
+pub fn layer(router: Router, auth: Arc<Auth>) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(auth, enforce))
+}
+
+async fn enforce(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+    let Some(route) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+    else {
+        // No route matched: the router answers 404 itself.
+        return next.run(req).await;
+    };
+    let Some(pol) = policy(req.method(), &route) else {
+        tracing::warn!(method = %req.method(), route, "refused: this route has no access policy (auth::POLICIES)");
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} {route} has no access policy, so it is refused: add it to whale's policy table",
+                req.method()
+            ),
+            json!({"route": route}),
+        );
+    };
+    let signed = pol.access == Access::SignedLink && is_link_request(&req);
+    let principal = if pol.access == Access::Public || signed {
+        Principal {
+            name: if signed {
+                "link".into()
+            } else {
+                "anonymous".into()
+            },
+            role: None,
+        }
+    } else if !auth.enabled() {
+        Principal::anonymous()
+    } else {
+        let need = match pol.access {
+            Access::Role(r) => r,
+            _ => Role::Operator,
+        };
+        let Some(p) = bearer(req.headers()).and_then(|t| auth.principal(t)) else {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing or unknown bearer token: send `Authorization: Bearer <token>` with a token whale knows",
+                json!({"needs_role": need.as_str()}),
+            );
+        };
+        if !p.role.is_some_and(|r| r.allows(need)) {
+            tracing::info!(principal = %p.name, route, "refused: role {} needed", need.as_str());
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "principal {:?} has role {}, this route needs {}",
+                    p.name,
+                    p.role.map_or("none", Role::as_str),
+                    need.as_str()
+                ),
+                json!({"needs_role": need.as_str()}),
+            );
+        }
+        p
+    };
+    if !signed {
+        if let Err(r) = check_type(pol.body, req.headers()) {
+            return r;
+        }
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// An approval link (GET opens it; POST with `sig=` in the query or a form body confirms it):
+/// the handler checks the signature. Any other request on a link route is an API call.
+fn is_link_request(req: &Request) -> bool {
+    let form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    req.method() == Method::GET
+        || req.method() == Method::HEAD
+        || form
+        || req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("sig=")))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+#[allow(clippy::result_large_err)]
+fn check_type(body: Body, headers: &HeaderMap) -> Result<(), Response> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let ok = match body {
+        Body::Any => true,
+        Body::Json => ct == "application/json",
+        Body::Events => {
+            headers.contains_key("ce-specversion")
+                || ct == "application/json"
+                || (ct.starts_with("application/") && ct.ends_with("+json"))
+                || ct == "application/x-ndjson"
+                || ct == "application/jsonl"
+        }
+    };
+    if ok {
+        return Ok(());
+    }
+    let accepted = match body {
+        Body::Events => "application/json, application/x-ndjson, application/cloudevents+json, or CloudEvents binary mode (ce-specversion)",
+        _ => "application/json",
+    };
+    Err(error(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!(
+            "Content-Type {:?} is not accepted here: send {accepted}",
+            if ct.is_empty() { "(none)" } else { ct.as_str() }
+        ),
+        json!({"accepted": accepted}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered_and_producer_is_separate() {
+        assert!(Role::Admin.allows(Role::Producer));
+        assert!(Role::Operator.allows(Role::Viewer));
+        assert!(!Role::Viewer.allows(Role::Operator));
+        assert!(!Role::Producer.allows(Role::Viewer));
+        assert!(!Role::Operator.allows(Role::Producer));
+        assert!(!Role::Operator.allows(Role::Admin));
+    }
+
+    #[test]
+    fn tokens_resolve_to_their_principal() {
+        let mut cfg = Config::default();
+        cfg.auth.tokens.push(TokenEntry {
+            name: "am".into(),
+            role: Role::Producer,
+            sha256: hex::encode(hash_token("tok-a")),
+        });
+        cfg.http.token = Some(crate::Secret::new("legacy"));
+        let a = Auth::from_config(&cfg).unwrap();
+        assert_eq!(a.principal("tok-a").unwrap().name, "am");
+        assert_eq!(a.principal("legacy").unwrap().role, Some(Role::Admin));
+        assert!(a.principal("tok-b").is_none());
+        cfg.auth.tokens[0].sha256 = "abc".into();
+        assert!(Auth::from_config(&cfg).is_err());
+    }
+
+    #[test]
+    fn loopback_addresses() {
+        for a in [
+            "127.0.0.1:8080",
+            "[::1]:80",
+            "localhost:8080",
+            "127.0.0.2:1",
+        ] {
+            assert!(is_loopback(a), "{a}");
+        }
+        for a in [
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "10.0.0.1:80",
+            "whale.example:80",
+        ] {
+            assert!(!is_loopback(a), "{a}");
+        }
+    }
+}
