@@ -1,5 +1,6 @@
-//! Issue 12's findings as regression tests against the real HTTP server and NATS: every way a
-//! hostile or careless input once hurt whale, one module per area, each test naming the finding.
+//! Issues 12 and 13 as regression tests against the real HTTP server and NATS: every way a
+//! hostile input or an unauthorised caller once reached whale, one module per area, each test
+//! naming the finding.
 
 mod auth;
 mod ingest;
