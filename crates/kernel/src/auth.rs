@@ -19,7 +19,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::http::error;
+use crate::http::{error, media_type};
 
 /// What a principal may do. `viewer` ⊂ `operator` ⊂ `admin`; `producer` only posts events
 /// (and `admin`, which may do everything, may post events too).
@@ -406,11 +406,7 @@ async fn enforce(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) ->
 /// An approval link (GET opens it; POST with `sig=` in the query or a form body confirms it):
 /// the handler checks the signature. Any other request on a link route is an API call.
 fn is_link_request(req: &Request) -> bool {
-    let form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let form = media_type(req.headers()) == "application/x-www-form-urlencoded";
     req.method() == Method::GET
         || req.method() == Method::HEAD
         || form
@@ -430,15 +426,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 #[allow(clippy::result_large_err)]
 fn check_type(body: Body, headers: &HeaderMap) -> Result<(), Response> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = media_type(headers);
     let ok = match body {
         Body::Any => true,
         Body::Json => ct == "application/json",

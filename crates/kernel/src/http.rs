@@ -114,6 +114,18 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     )
 }
 
+/// The media type of a request (`Content-Type` without parameters, lower case; empty when
+/// absent): what the auth layer and the handlers compare, so they never disagree on a body's type.
+pub fn media_type(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// A JSON error response `{"error": msg, ...extra}`.
 pub fn error(code: StatusCode, msg: impl Into<String>, extra: serde_json::Value) -> Response {
     let mut body = json!({ "error": msg.into() });

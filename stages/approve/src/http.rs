@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use whale_kernel::auth::{principal, Principal};
-use whale_kernel::http::{error, json_body};
+use whale_kernel::http::{error, json_body, media_type};
 use whale_kernel::{Config, Nats};
 
 use crate::link::{self, LinkError};
@@ -125,14 +125,7 @@ async fn by_post(
     who: Option<Extension<Principal>>,
     body: Body,
 ) -> Response {
-    let form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| {
-            v.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
+    let form = media_type(&headers) == "application/x-www-form-urlencoded";
     if form {
         let token = match axum::body::to_bytes(body, st.cfg.api.max_body_bytes).await {
             Ok(b) => serde_urlencoded::from_bytes::<LinkToken>(&b).unwrap_or_default(),
