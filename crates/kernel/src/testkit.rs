@@ -278,7 +278,10 @@ impl NatsCluster {
             for i in 0..c.nodes.len() {
                 c.spawn(i);
             }
-            match (0..c.nodes.len()).try_for_each(|i| c.wait_joined(i)) {
+            match (0..c.nodes.len())
+                .try_for_each(|i| c.wait_joined(i))
+                .and_then(|()| c.wait_all_peers_current())
+            {
                 Ok(()) => return c,
                 Err(e) => last = e,
             }
@@ -349,6 +352,45 @@ impl NatsCluster {
             self.nodes[i].name,
             self.log(i)
         ))
+    }
+
+    /// Waits until the meta leader sees every other node as a current, online peer: a meta
+    /// leader alone is not enough to place a replicated stream ("no suitable peers for
+    /// placement, peer offline" when `whale setup` came too early on a busy machine).
+    fn wait_all_peers_current(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if (0..self.nodes.len()).any(|i| self.peers_current_seen_by(i)) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!(
+            "the nats cluster's meta peers did not all become current within 60 s; log of n1:\n{}",
+            self.log(0)
+        ))
+    }
+
+    /// Whether node `i` knows a meta leader and sees the other nodes as current, online peers
+    /// (the leader reports its peers' state; a follower may list none).
+    fn peers_current_seen_by(&self, i: usize) -> bool {
+        let Some((200, body)) = http_get(self.nodes[i].http_port, "/jsz") else {
+            return false;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+            return false;
+        };
+        let meta = &v["meta_cluster"];
+        let leader = meta["leader"].as_str().unwrap_or("");
+        let replicas = meta["replicas"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        !leader.is_empty()
+            && replicas.len() == self.nodes.len() - 1
+            && replicas
+                .iter()
+                .all(|r| r["current"] == true && r["offline"] != true)
     }
 
     /// The meta leader's server name as node `i` sees it (`/jsz`).
