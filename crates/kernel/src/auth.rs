@@ -123,6 +123,12 @@ pub const POLICIES: &[Policy] = &[
         Body::Events,
     ),
     p("GET", "/v1/events", VIEWER, Body::Any),
+    p(
+        "POST",
+        "/v1/hooks/{name}",
+        Access::Role(Role::Producer),
+        Body::Events,
+    ),
     p("GET", "/v1/executions", VIEWER, Body::Any),
     p("GET", "/v1/executions/{id}", VIEWER, Body::Any),
     p("GET", "/v1/executions/{id}/logs", VIEWER, Body::Any),

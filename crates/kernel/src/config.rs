@@ -161,6 +161,59 @@ pub struct Config {
     pub api: ApiConfig,
     /// Who may call the HTTP API (`[auth]`): named, hashed API tokens and their roles.
     pub auth: AuthConfig,
+    /// `[[hooks]]`: webhook adapters at `POST /v1/hooks/<name>` (docs/sources.md). The
+    /// built-in `alertmanager`, `grafana` and `cloudevents` exist without an entry; an entry
+    /// with their name changes their limits or tokens.
+    pub hooks: Vec<HookConfig>,
+}
+
+/// One webhook adapter (`[[hooks]]`, docs/sources.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// The URL segment: `POST /v1/hooks/<name>` (letters, digits, `_`, `-`).
+    pub name: String,
+    /// `alertmanager`, `grafana`, `cloudevents` or `generic`; default: the name when it is a
+    /// built-in adapter's, else `generic`.
+    #[serde(default)]
+    pub adapter: Option<String>,
+    /// `generic` only: a jq program from the request body to one envelope or an array of
+    /// envelopes (`event_type`, `detail`, optional `id`, `source`, `time`, `labels`). Runs under
+    /// the rule engine's limits (time `rules.eval_time_limit`, work budget, 1,000 outputs).
+    #[serde(default)]
+    pub jq: Option<String>,
+    /// Token names (`[[auth.tokens]]` `name`) allowed to post here; empty = any producer.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Largest request body for this hook, in bytes (default 4 MiB; also bounded by
+    /// `http.max_body_bytes`). Over it: 413.
+    #[serde(default = "default_hook_body")]
+    pub max_body_bytes: usize,
+    /// Most events one request may become (default 1,000). Over it: 413, nothing accepted.
+    #[serde(default = "default_hook_items")]
+    pub max_items: usize,
+}
+
+fn default_hook_body() -> usize {
+    4 * 1024 * 1024
+}
+
+fn default_hook_items() -> usize {
+    1000
+}
+
+impl HookConfig {
+    /// The entry a built-in adapter has when `whale.toml` names none.
+    pub fn builtin(name: &str) -> Self {
+        HookConfig {
+            name: name.to_owned(),
+            adapter: None,
+            jq: None,
+            tokens: Vec::new(),
+            max_body_bytes: default_hook_body(),
+            max_items: default_hook_items(),
+        }
+    }
 }
 
 /// HTTP access control (`[auth]`, see docs/security.md). With no token here, no `tokens_file`

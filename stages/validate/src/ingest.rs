@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::Request;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +28,10 @@ use serde::Serialize;
 use serde_json::json;
 use whale_kernel::envelope::{self, Defaults, Limits, Reason, StringDetail, HDR_NORMALIZED};
 use whale_kernel::http::{body_refused, body_rejection, error, with_retry_after};
+use whale_kernel::auth::{self, Principal};
 use whale_kernel::{subjects, Config, Envelope, Nats, Output, Window};
+
+use crate::hooks::Hooks;
 
 pub use rate::{Limiter, Over};
 pub use split::{split, Form, SplitError};
@@ -233,17 +236,20 @@ struct Ingest {
     nats: Nats,
     cfg: Arc<Config>,
     limiter: Option<Arc<Limiter>>,
+    hooks: Arc<Hooks>,
 }
 
-/// `POST /v1/events`.
-pub fn router(nats: Nats, cfg: Arc<Config>) -> Router {
+/// `POST /v1/events` and `POST /v1/hooks/{name}`; fails when a `[[hooks]]` entry is invalid.
+pub fn router(nats: Nats, cfg: Arc<Config>) -> anyhow::Result<Router> {
+    let hooks = Arc::new(Hooks::from_config(&cfg)?);
     let limit = cfg.http.max_body_bytes;
     let limiter = Limiter::new(cfg.http.rate_per_source, cfg.http.burst_per_source).map(Arc::new);
     // Requests beyond the permits wait here, before their body is read: memory is bounded by the
     // permits, not by how many clients send at once.
     let permits = Arc::new(Semaphore::new(cfg.http.max_concurrent_ingest.max(1)));
-    Router::new()
+    Ok(Router::new()
         .route("/v1/events", post(post_events))
+        .route("/v1/hooks/{name}", post(post_hook))
         .layer(DefaultBodyLimit::max(limit))
         .route_layer(middleware::from_fn(move |req: Request, next: Next| {
             let permits = permits.clone();
@@ -252,7 +258,12 @@ pub fn router(nats: Nats, cfg: Arc<Config>) -> Router {
                 next.run(req).await
             }
         }))
-        .with_state(Ingest { nats, cfg, limiter })
+        .with_state(Ingest {
+            nats,
+            cfg,
+            limiter,
+            hooks,
+        }))
 }
 
 async fn post_events(
@@ -307,6 +318,12 @@ async fn post_events(
         Ok(r) => r,
         Err(refused) => return refused.answer(),
     };
+    publish_ready(&st, ready, json!({})).await
+}
+
+/// Rate limit, publish and answer for events ready to go (`extra` is merged into the 202
+/// answer).
+async fn publish_ready(st: &Ingest, ready: Ready, extra: serde_json::Value) -> Response {
     if let Some(limiter) = &st.limiter {
         let mut wanted: BTreeMap<&str, usize> = BTreeMap::new();
         for s in &ready.sources {
@@ -382,11 +399,91 @@ async fn post_events(
             FULL_RETRY_AFTER_SECS,
         );
     }
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "accepted": n, "duplicates": o.duplicates, "ids": ids })),
-    )
-        .into_response()
+    let mut answer = json!({ "accepted": n, "duplicates": o.duplicates, "ids": ids });
+    if let (Some(a), serde_json::Value::Object(x)) = (answer.as_object_mut(), extra) {
+        a.extend(x);
+    }
+    (StatusCode::ACCEPTED, Json(answer)).into_response()
+}
+
+/// `POST /v1/hooks/{name}`: the hook's adapter turns the body into envelopes (all or nothing),
+/// which then go the way of `POST /v1/events`.
+async fn post_hook(
+    State(st): State<Ingest>,
+    Path(name): Path<String>,
+    who: Option<axum::Extension<Principal>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(hook) = st.hooks.get(&name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no hook named {name:?}: whale has {} (add others as [[hooks]] in whale.toml, see docs/sources.md)",
+                st.hooks.names().join(", ")
+            ),
+            json!({ "hooks": st.hooks.names() }),
+        );
+    };
+    let principal = auth::principal(who);
+    let who = principal.role.map(|_| principal.name.as_str());
+    if !hook.allows(who) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token {:?} may not post to hook {name:?}: it takes tokens {:?} (tokens in its [[hooks]] entry)",
+                principal.name, hook.tokens
+            ),
+            json!({ "hook": name }),
+        );
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(rej) => return body_rejection(rej, st.cfg.http.max_body_bytes),
+    };
+    let limits = st.cfg.events.limits();
+    let hooks = st.hooks.clone();
+    let converted = tokio::task::spawn_blocking(move || {
+        hooks
+            .get(&name)
+            .map(|h| h.convert(&body, &limits, time::OffsetDateTime::now_utc()))
+    })
+    .await;
+    let events = match converted {
+        Ok(Some(Ok(evs))) => evs,
+        Ok(Some(Err(e))) => {
+            whale_kernel::metrics::STAGE_EVENTS
+                .with_label_values(&["ingest", "hook_refused"])
+                .inc();
+            return error(
+                e.status,
+                e.message.clone(),
+                json!({ "hook": hook.name, "reasons": e.reasons }),
+            );
+        }
+        Ok(None) | Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("hook {:?} failed on this body; nothing was accepted", hook.name),
+                json!({ "hook": hook.name }),
+            )
+        }
+    };
+    whale_kernel::metrics::STAGE_EVENTS
+        .with_label_values(&["ingest", "hook_events"])
+        .inc_by(events.len() as u64);
+    if events.is_empty() {
+        return (
+            StatusCode::OK,
+            Json(json!({ "accepted": 0, "duplicates": 0, "ids": [], "hook": hook.name })),
+        )
+            .into_response();
+    }
+    let mut ready = Ready::default();
+    for ev in &events {
+        ready.push(ev);
+    }
+    drop(events);
+    publish_ready(&st, ready, json!({ "hook": hook.name })).await
 }
 
 /// CloudEvents binary mode: attributes in `ce-*` headers, the body is the data.

@@ -3,6 +3,7 @@
 //! with every reason as a JSON pointer and a message). Also home of ingest (HTTP and CLI
 //! publishing) and the schema registry, since both speak the envelope.
 
+pub mod hooks;
 pub mod ingest;
 pub mod schemas;
 
