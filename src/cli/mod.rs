@@ -8,6 +8,7 @@ mod bench_pipeline;
 mod clusters;
 mod events;
 mod exec;
+mod hooks;
 mod publish;
 mod replay;
 mod rules;
@@ -87,6 +88,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: auth::Cmd,
     },
+    /// Webhook adapters (`POST /v1/hooks/<name>`): list them, test a body offline.
+    Hooks {
+        #[command(subcommand)]
+        cmd: hooks::Cmd,
+    },
     /// Benchmarks that print figures beside a raw JetStream reference.
     Bench {
         #[command(subcommand)]
@@ -111,6 +117,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Status(a) => status::run(cfg, a).await,
         Cmd::Bench { cmd } => bench::run(cfg, cmd).await,
         Cmd::Auth { cmd } => auth::run(cmd),
+        Cmd::Hooks { cmd } => hooks::run(cfg, cmd),
     }
 }
 

@@ -2,6 +2,7 @@
 //! talks to real servers started by `harness` on free ports (nats-server, redis-server, the
 //! StackStorm emulator) and runs the real `whale` binary as child processes.
 
+mod alertmanager;
 mod approvals;
 mod bench;
 mod chaos;

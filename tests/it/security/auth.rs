@@ -112,7 +112,10 @@ fn concrete(route: &str) -> String {
     } else {
         "approve"
     };
-    route.replace("{id}", "t-none").replace("{action}", action)
+    route
+        .replace("{id}", "t-none")
+        .replace("{action}", action)
+        .replace("{name}", "alertmanager")
 }
 
 async fn call(

@@ -1,0 +1,402 @@
+//! A real Prometheus Alertmanager (v0.35.0, built by deploy/install.sh; `WHALE_ALERTMANAGER`
+//! names another binary) as the client of `POST /v1/hooks/alertmanager`, through the whole
+//! pipeline (`whale run`: all stages, Redis, the StackStorm emulator). Alerts are pushed through
+//! Alertmanager's API v2; Alertmanager groups them and posts its webhook (bearer token via
+//! `http_config.authorization`) through a recording proxy to whale. Asserted on the StackStorm
+//! side: one task per firing alert, none for resolved ones, throttled per alert key (instance),
+//! and group re-notifications deduplicated instead of creating tasks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::{json, Value};
+use whale_kernel::auth::{token_line, Role};
+use whale_kernel::subjects::STREAM_PIPE;
+use whale_kernel::testkit::RedisServer;
+
+use crate::harness::*;
+
+const AM_TOKEN: &str = "alertmanager-token-0123456789";
+const OTHER_TOKEN: &str = "other-producer-token-0123456789";
+
+fn alertmanager_bin() -> PathBuf {
+    let bin = std::env::var_os("WHALE_ALERTMANAGER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".whale/tools/bin/alertmanager"));
+    assert!(
+        bin.is_file(),
+        "{} is missing: run deploy/install.sh (it builds Alertmanager v0.35.0 into .whale/tools/bin) or set WHALE_ALERTMANAGER to an alertmanager binary",
+        bin.display()
+    );
+    bin
+}
+
+/// A running Alertmanager; killed on drop.
+struct Alertmanager {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Alertmanager {
+    async fn start(dir: &std::path::Path, webhook: &str) -> Alertmanager {
+        let cfg = dir.join("alertmanager.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"route:
+  receiver: whale
+  group_by: [alertname]
+  group_wait: 1s
+  group_interval: 2s
+  repeat_interval: 3s
+receivers:
+  - name: whale
+    webhook_configs:
+      - url: {webhook}
+        send_resolved: true
+        http_config:
+          authorization:
+            type: Bearer
+            credentials: {AM_TOKEN}
+"#
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("alertmanager.log")).unwrap();
+        let child = Command::new(alertmanager_bin())
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.path={}", dir.join("am-data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .arg("--log.level=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn alertmanager");
+        let am = Alertmanager {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let ready = format!("{}/-/ready", am.url);
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200)
+            })
+            .await,
+            "alertmanager not ready; log:\n{}",
+            std::fs::read_to_string(dir.join("alertmanager.log")).unwrap_or_default()
+        );
+        am
+    }
+
+    async fn push(&self, alerts: Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v2/alerts", self.url))
+            .json(&alerts)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    }
+}
+
+/// One webhook as whale received it: the body Alertmanager sent and whale's answer.
+#[derive(Debug, Clone)]
+struct Delivery {
+    body: Value,
+    status: u16,
+    answer: Value,
+}
+
+#[derive(Clone)]
+struct Proxy {
+    target: String,
+    seen: Arc<Mutex<Vec<Delivery>>>,
+}
+
+/// Forwards each POST to whale unchanged (body, content type, authorization) and records both
+/// sides.
+async fn forward(State(p): State<Proxy>, headers: HeaderMap, body: String) -> (StatusCode, String) {
+    let mut req = reqwest::Client::new().post(&p.target).body(body.clone());
+    for h in ["content-type", "authorization"] {
+        if let Some(v) = headers.get(h) {
+            req = req.header(h, v.to_str().unwrap_or_default());
+        }
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    p.seen.lock().unwrap().push(Delivery {
+        body: serde_json::from_str(&body).unwrap_or(Value::Null),
+        status,
+        answer: serde_json::from_str(&text).unwrap_or(Value::Null),
+    });
+    (StatusCode::from_u16(status).unwrap(), text)
+}
+
+async fn start_proxy(target: String) -> (String, Arc<Mutex<Vec<Delivery>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let app = axum::Router::new()
+        .route("/hook", post(forward))
+        .with_state(Proxy {
+            target,
+            seen: seen.clone(),
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), seen)
+}
+
+fn alert(instance: &str, mount: &str, starts: &str, ends: Option<&str>) -> Value {
+    let mut a = json!({
+        "labels": {"alertname": "HostDiskFull", "severity": "critical",
+                   "instance": format!("{instance}:9100"), "mountpoint": mount},
+        "annotations": {"summary": format!("{mount} almost full on {instance}")},
+        "startsAt": starts,
+        "generatorURL": "http://prometheus:9090/graph",
+    });
+    if let Some(e) = ends {
+        a["endsAt"] = json!(e);
+    }
+    a
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+const RULE: &str = r#"name: am-disk-full
+on: [prometheus.alert]
+when:
+  - { path: .detail.status, eq: firing }
+  - { path: .detail.labels.alertname, eq: HostDiskFull }
+action: ops.clean_disk
+params:
+  host: '{{ .detail.labels.instance | split(":") | .[0] }}'
+  note: 'alert {{ .detail.labels.instance }} {{ .detail.labels.mountpoint }}'
+throttle:
+  key: '{{ .detail.labels.instance }}'
+  mode: once_within
+  per: 1h
+"#;
+
+async fn executions(emu: &Emulator) -> Vec<Value> {
+    reqwest::Client::new()
+        .get(format!("{}/api/v1/executions?limit=-1", emu.url))
+        .header("St2-Api-Key", "k")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Alert key (instance + mountpoint) → status → webhooks that carried it so.
+fn carried(seen: &[Delivery]) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut m: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for d in seen {
+        for a in d.body["alerts"].as_array().into_iter().flatten() {
+            let key = format!(
+                "{} {}",
+                a["labels"]["instance"].as_str().unwrap_or("?"),
+                a["labels"]["mountpoint"].as_str().unwrap_or("?")
+            );
+            *m.entry(key)
+                .or_default()
+                .entry(a["status"].as_str().unwrap_or("?").to_owned())
+                .or_default() += 1;
+        }
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_alertmanager_gives_one_task_per_firing_alert() {
+    let dir = tempfile::Builder::new().prefix("whale-am").tempdir().unwrap();
+    let emu = Emulator::start(&["--any-action"]);
+    let redis = RedisServer::start();
+    let mut env = Env::new();
+    let cfg = dir.path().join("whale.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}\n{}\n\n[[hooks]]\nname = \"alertmanager\"\ntokens = [\"alertmanager\"]\n",
+            token_line("alertmanager", Role::Producer, AM_TOKEN),
+            token_line("other", Role::Producer, OTHER_TOKEN)
+        ),
+    )
+    .unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(rules.join("am.yaml"), RULE).unwrap();
+    env.set("WHALE_CONFIG", cfg.to_str().unwrap());
+    env.set("WHALE_REDIS_URL", &redis.url());
+    env.set("WHALE_ST2_URL", &emu.url);
+    env.set("WHALE_ST2_API_KEY", "k");
+    env.set("WHALE_INDEX_DIR", dir.path().join("index").to_str().unwrap());
+    env.prepare();
+    env.ok(&["rules", "apply", rules.to_str().unwrap()]);
+    let _whale = env.run("all");
+    let nats = env.connect().await;
+
+    // The hook's own token list: another producer is refused, naming the hook.
+    let r = reqwest::Client::new()
+        .post(env.http("/v1/hooks/alertmanager"))
+        .bearer_auth(OTHER_TOKEN)
+        .header("content-type", "application/json")
+        .body(r#"{"version":"4","alerts":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("hook \"alertmanager\""),
+        "{body}"
+    );
+
+    let (proxy, seen) = start_proxy(env.http("/v1/hooks/alertmanager")).await;
+    let am = Alertmanager::start(dir.path(), &proxy).await;
+
+    let now = time::OffsetDateTime::now_utc();
+    let t0 = rfc3339(now - time::Duration::minutes(10));
+    let past_start = rfc3339(now - time::Duration::hours(2));
+    let past_end = rfc3339(now - time::Duration::minutes(30));
+    // One group (alertname=HostDiskFull): web-1, web-2 and web-3 (two mounts: same throttle
+    // key) firing, web-4 already resolved.
+    let group = json!([
+        alert("web-1", "/", &t0, None),
+        alert("web-2", "/", &t0, None),
+        alert("web-3", "/", &t0, None),
+        alert("web-3", "/var", &t0, None),
+        alert("web-4", "/", &past_start, Some(&past_end)),
+    ]);
+    am.push(group).await;
+    let got_tasks = eventually(Duration::from_secs(60), || async {
+        executions(&emu).await.len() >= 3
+    })
+    .await;
+    assert!(got_tasks, "no 3 tasks; webhooks: {:?}", seen.lock().unwrap());
+
+    // Re-notifications (repeat_interval 3s) of the unchanged group: wait for two more.
+    let first = seen.lock().unwrap().len();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            seen.lock().unwrap().len() >= first + 2
+        })
+        .await,
+        "Alertmanager did not re-notify"
+    );
+
+    // Resolve web-1, then fire it again (a new occurrence: new startsAt): the resolution is not
+    // a task, the new occurrence is throttled (once per instance per hour).
+    let resolved_at = rfc3339(time::OffsetDateTime::now_utc());
+    am.push(json!([alert("web-1", "/", &t0, Some(&resolved_at))])).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            carried(&seen.lock().unwrap())
+                .get("web-1:9100 /")
+                .is_some_and(|s| s.contains_key("resolved"))
+        })
+        .await,
+        "the resolution of web-1 was not sent"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t1 = rfc3339(time::OffsetDateTime::now_utc());
+    am.push(json!([alert("web-1", "/", &t1, None)])).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            count(&nats, STREAM_PIPE, "whale.pipe.throttled").await >= 2
+        })
+        .await,
+        "the second web-3 alert and web-1's new occurrence were not throttled"
+    );
+    // Let a few more re-notifications pass through the whole pipeline.
+    let n = seen.lock().unwrap().len();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            seen.lock().unwrap().len() >= n + 2
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let seen = seen.lock().unwrap().clone();
+    let execs = executions(&emu).await;
+    let mut tasks: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &execs {
+        assert_eq!(e["action"]["ref"], "ops.clean_disk", "{e}");
+        let note = e["parameters"]["note"].as_str().unwrap_or_default();
+        let key = note.strip_prefix("alert ").unwrap_or(note).to_owned();
+        *tasks.entry(key).or_default() += 1;
+    }
+    let webhooks = carried(&seen);
+    eprintln!("alerts pushed: 5 in one group (+ web-1 resolved, then fired again)");
+    eprintln!("webhooks received by whale: {}", seen.len());
+    eprintln!(
+        "{:<18} {:<28} {:>5}",
+        "alert", "webhooks (by alert status)", "tasks"
+    );
+    for (k, by) in &webhooks {
+        let w: Vec<String> = by.iter().map(|(s, n)| format!("{s} x{n}")).collect();
+        eprintln!(
+            "{k:<18} {:<28} {:>5}",
+            w.join(", "),
+            tasks.get(k).copied().unwrap_or(0)
+        );
+    }
+    let throttled = count(&nats, STREAM_PIPE, "whale.pipe.throttled").await;
+    let events = count(&nats, "WHALE_EVENTS", "whale.events.prometheus.alert").await;
+    let rejected = count(&nats, "WHALE_EVENTS", "whale.rejected.>").await;
+    let duplicates: u64 = seen
+        .iter()
+        .map(|d| d.answer["duplicates"].as_u64().unwrap_or(0))
+        .sum();
+    eprintln!(
+        "events accepted: {events}; duplicates dropped at ingest: {duplicates}; throttled: {throttled}; rejected: {rejected}; tasks: {}",
+        execs.len()
+    );
+
+    // Every webhook was accepted (202) by whale.
+    for d in &seen {
+        assert_eq!(d.status, 202, "{:?}", d);
+    }
+    // Exactly one task per firing alert key (instance): web-1, web-2, web-3 once each; none for
+    // web-4 (resolved), none for the second web-3 alert or web-1's second occurrence (throttled),
+    // none for re-notifications (deduplicated).
+    let hosts: BTreeSet<&str> = execs
+        .iter()
+        .map(|e| e["parameters"]["host"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(execs.len(), 3, "tasks: {tasks:?}");
+    assert_eq!(hosts, BTreeSet::from(["web-1", "web-2", "web-3"]));
+    assert_eq!(tasks.get("web-4:9100 /"), None);
+    assert_eq!(throttled, 2, "second web-3 alert + web-1 fired again");
+    assert_eq!(rejected, 0);
+    // Re-notifications re-sent alerts; whale stored each (alert, status, start) once.
+    assert!(seen.len() >= 5, "webhooks: {}", seen.len());
+    assert!(duplicates > 0, "re-notifications were not deduplicated");
+    // Distinct (alert, status, startsAt) occurrences: web-1 firing, resolved, firing again;
+    // web-2, web-3 /, web-3 /var firing; web-4 resolved (if Alertmanager sent it).
+    let web4 = webhooks.contains_key("web-4:9100 /") as u64;
+    assert_eq!(events, 6 + web4, "accepted prometheus.alert events");
+    assert!(webhooks["web-1:9100 /"]["firing"] >= 2);
+    assert!(webhooks["web-2:9100 /"]["firing"] >= 2);
+}
