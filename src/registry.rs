@@ -58,6 +58,7 @@ pub async fn build(
             registry: whale_validate::Registry::load_and_watch(nats).await?,
             limits: cfg.events.limits(),
             allow_unknown_types: cfg.events.allow_unknown_types,
+            hooks: Arc::new(whale_validate::hooks::Hooks::from_config(cfg)?),
         })),
         "match" => Some(Arc::new(whale_match::Match {
             rules: crate::rules_store::live(nats).await?,

@@ -95,6 +95,7 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         registry: whale_validate::Registry::load_and_watch(&nats).await?,
         limits: cfg.events.limits(),
         allow_unknown_types: false,
+        hooks: Default::default(),
     });
     let (tx, rx) = watch::channel(false);
     let started = Instant::now();

@@ -192,8 +192,9 @@ params:
   note: 'alert {{ .detail.labels.instance }} {{ .detail.labels.mountpoint }}'
 throttle:
   key: '{{ .detail.labels.instance }}'
-  mode: once_within
+  limit: 1
   per: 1h
+  mode: once_within
 "#;
 
 async fn executions(emu: &Emulator) -> Vec<Value> {

@@ -43,7 +43,13 @@ pub struct Validate {
     pub registry: Registry,
     pub limits: Limits,
     pub allow_unknown_types: bool,
+    /// Webhook adapters for raw payloads published to `whale.in.hook.<name>`.
+    pub hooks: std::sync::Arc<hooks::Hooks>,
 }
+
+/// Raw webhook payloads published to `whale.in.hook.<name>` go through hook `<name>`'s adapter
+/// here (the NATS form of `POST /v1/hooks/<name>`); `hook.*` is therefore not an event type.
+pub const HOOK_TYPE_PREFIX: &str = "hook.";
 
 impl Validate {
     /// Judges one raw message: `Ok(accepted)` or `Err(rejection)`. Pure apart from the registry.
@@ -115,6 +121,22 @@ impl Validate {
                 reject(reasons, value, Some(id), None)
             },
         )?;
+        self.check_schema(ev, &received)
+    }
+
+    /// The schema check of a normalized event: the event, or its rejection.
+    pub fn check_schema(&self, ev: Envelope, received: &str) -> Result<Envelope, Box<Rejection>> {
+        let reject = |reasons: Vec<Reason>, ev: &Envelope| {
+            Box::new(Rejection {
+                id: Some(ev.id.clone()),
+                event_type: Some(ev.event_type.clone()),
+                received: received.to_owned(),
+                reasons,
+                event: serde_json::to_value(ev).ok(),
+                raw: None,
+                raw_truncated: false,
+            })
+        };
         match self.registry.get(&ev.event_type) {
             Some(schema) => {
                 let reasons: Vec<Reason> = schema
@@ -123,13 +145,7 @@ impl Validate {
                     .map(|e| Reason::new(format!("/detail{}", e.instance_path()), e.to_string()))
                     .collect();
                 if !reasons.is_empty() {
-                    let (id, t) = (ev.id.clone(), ev.event_type.clone());
-                    return Err(reject(
-                        reasons,
-                        serde_json::to_value(&ev).ok(),
-                        Some(id),
-                        Some(t),
-                    ));
+                    return Err(reject(reasons, &ev));
                 }
             }
             None if self.allow_unknown_types => {}
@@ -141,13 +157,7 @@ impl Validate {
                         ev.event_type, ev.event_type
                     ),
                 );
-                let (id, t) = (ev.id.clone(), ev.event_type.clone());
-                return Err(reject(
-                    vec![reason],
-                    serde_json::to_value(&ev).ok(),
-                    Some(id),
-                    Some(t),
-                ));
+                return Err(reject(vec![reason], &ev));
             }
         }
         Ok(ev)
@@ -161,31 +171,86 @@ impl Stage for Validate {
     }
 
     async fn handle(&self, d: &Delivery) -> Outcome {
-        let out = match self.judge(d) {
-            Ok(ev) => {
-                STAGE_EVENTS
-                    .with_label_values(&["validate", "accepted"])
-                    .inc();
-                Output::json(subjects::events(&ev.event_type), ev.id.clone(), &ev)
-                    .header(subjects::HDR_EVENT_ID, ev.id.clone())
-            }
-            Err(rej) => {
-                STAGE_EVENTS
-                    .with_label_values(&["validate", "rejected"])
-                    .inc();
-                let msg_id = match &rej.id {
-                    Some(id) => format!("rej:{id}"),
-                    None => format!("rej:seq:{}", d.stream_seq),
-                };
-                let subject = subjects::rejected(rej.event_type.as_deref());
-                let mut out = Output::json(subject, msg_id, &rej);
-                if let Some(id) = &rej.id {
-                    out = out.header(subjects::HDR_EVENT_ID, id.clone());
-                }
-                tracing::debug!(parent: &d.span("validate"), reasons = ?rej.reasons, "rejected");
-                out
-            }
+        if let Some(name) =
+            subjects::ingest_type(&d.subject).and_then(|t| t.strip_prefix(HOOK_TYPE_PREFIX))
+        {
+            let outs = self
+                .from_hook(name, d)
+                .into_iter()
+                .map(|r| output(r, d))
+                .collect();
+            return Outcome::Ack(outs);
+        }
+        Outcome::Ack(vec![output(self.judge(d), d)])
+    }
+}
+
+impl Validate {
+    /// A raw payload on `whale.in.hook.<name>`: the hook's events, each judged by its schema,
+    /// or one rejection (type `hook.<name>`) saying why the payload became nothing.
+    pub fn from_hook(&self, name: &str, d: &Delivery) -> Vec<Result<Envelope, Box<Rejection>>> {
+        let received = envelope::format_time(d.published);
+        let whole = |reasons: Vec<Reason>| {
+            let keep = &d.payload[..d.payload.len().min(RAW_KEEP)];
+            vec![Err(Box::new(Rejection {
+                id: Some(envelope::deterministic_id(d.published, d.stream_seq)),
+                event_type: Some(format!("{HOOK_TYPE_PREFIX}{name}")),
+                received: received.clone(),
+                reasons,
+                event: None,
+                raw: Some(String::from_utf8_lossy(keep).into_owned()),
+                raw_truncated: d.payload.len() > RAW_KEEP,
+            }))]
         };
-        Outcome::Ack(vec![out])
+        let Some(hook) = self.hooks.get(name) else {
+            return whole(vec![Reason::new(
+                "",
+                format!(
+                    "no hook named {name:?} (subject {}): whale has {}; add it as [[hooks]] in whale.toml",
+                    d.subject,
+                    self.hooks.names().join(", ")
+                ),
+            )]);
+        };
+        match hook.convert(&d.payload, &self.limits, d.published) {
+            Ok(evs) => evs
+                .into_iter()
+                .map(|ev| self.check_schema(ev, &received))
+                .collect(),
+            Err(e) => {
+                let mut reasons = vec![Reason::new("", e.message)];
+                reasons.extend(e.reasons);
+                whole(reasons)
+            }
+        }
+    }
+}
+
+/// The message for a judged event: accepted on `whale.events.<type>`, or its rejection.
+fn output(judged: Result<Envelope, Box<Rejection>>, d: &Delivery) -> Output {
+    match judged {
+        Ok(ev) => {
+            STAGE_EVENTS
+                .with_label_values(&["validate", "accepted"])
+                .inc();
+            Output::json(subjects::events(&ev.event_type), ev.id.clone(), &ev)
+                .header(subjects::HDR_EVENT_ID, ev.id.clone())
+        }
+        Err(rej) => {
+            STAGE_EVENTS
+                .with_label_values(&["validate", "rejected"])
+                .inc();
+            let msg_id = match &rej.id {
+                Some(id) => format!("rej:{id}"),
+                None => format!("rej:seq:{}", d.stream_seq),
+            };
+            let subject = subjects::rejected(rej.event_type.as_deref());
+            let mut out = Output::json(subject, msg_id, &rej);
+            if let Some(id) = &rej.id {
+                out = out.header(subjects::HDR_EVENT_ID, id.clone());
+            }
+            tracing::debug!(parent: &d.span("validate"), reasons = ?rej.reasons, "rejected");
+            out
+        }
     }
 }

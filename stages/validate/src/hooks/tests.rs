@@ -278,3 +278,50 @@ fn config_errors_name_the_hook() {
     let g = hooks.get("grafana").unwrap();
     assert!(g.allows(Some("grafana-prod")) && !g.allows(Some("alertmanager")) && g.allows(None));
 }
+
+fn delivery(subject: &str, payload: Vec<u8>) -> whale_kernel::Delivery {
+    whale_kernel::Delivery {
+        subject: subject.into(),
+        payload: payload.into(),
+        headers: vec![],
+        attempt: 1,
+        stream_seq: 7,
+        published: now(),
+    }
+}
+
+fn validate(allow_unknown_types: bool) -> crate::Validate {
+    crate::Validate {
+        registry: crate::Registry::default(),
+        limits: Limits::default(),
+        allow_unknown_types,
+        hooks: std::sync::Arc::new(Hooks::from_config(&Config::default()).unwrap()),
+    }
+}
+
+#[test]
+fn raw_payloads_on_nats_go_through_the_named_hook() {
+    let v = validate(true);
+    let d = delivery("whale.in.hook.alertmanager", fixture("alertmanager-v4.json"));
+    let out = v.from_hook("alertmanager", &d);
+    assert_eq!(out.len(), 3);
+    let http = convert(&hook("alertmanager"), &fixture("alertmanager-v4.json")).unwrap();
+    for (a, b) in out.iter().zip(&http) {
+        assert_eq!(a.as_ref().unwrap().id, b.id, "same ids as over HTTP");
+    }
+    // A bad payload is one rejection of type hook.<name> with the adapter's reasons.
+    let d = delivery("whale.in.hook.alertmanager", br#"{"version":"4"}"#.to_vec());
+    let out = v.from_hook("alertmanager", &d);
+    let rej = out[0].as_ref().unwrap_err();
+    assert_eq!(rej.event_type.as_deref(), Some("hook.alertmanager"));
+    assert_eq!(rej.reasons[1].pointer, "/alerts");
+    assert_eq!(rej.raw.as_deref(), Some(r#"{"version":"4"}"#));
+    let out = v.from_hook("nagios", &delivery("whale.in.hook.nagios", b"{}".to_vec()));
+    assert!(out[0].as_ref().unwrap_err().reasons[0].message.contains("no hook named \"nagios\""));
+    // Without a schema (and unknown types refused) each event is rejected on its own.
+    let v = validate(false);
+    let d = delivery("whale.in.hook.grafana", fixture("grafana.json"));
+    let rej = v.from_hook("grafana", &d).remove(0).unwrap_err();
+    assert_eq!(rej.event_type.as_deref(), Some("grafana.alert"));
+    assert!(rej.id.unwrap().starts_with("gf-"));
+}
