@@ -401,3 +401,128 @@ async fn a_real_alertmanager_gives_one_task_per_firing_alert() {
     assert!(webhooks["web-1:9100 /"]["firing"] >= 2);
     assert!(webhooks["web-2:9100 /"]["firing"] >= 2);
 }
+
+/// The hook route and its NATS form on a real `whale run`: hostile bodies get a clear 4xx
+/// naming the problem and store nothing, good ones are stored exactly once, a generic jq hook
+/// from whale.toml works, and a raw payload on `whale.in.hook.<name>` becomes the same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_refusals_are_clear_and_lose_nothing_else() {
+    let dir = tempfile::Builder::new().prefix("whale-hooks").tempdir().unwrap();
+    let mut env = Env::new();
+    let cfg = dir.path().join("whale.toml");
+    std::fs::write(
+        &cfg,
+        r#"[events]
+allow_unknown_types = true
+
+[[hooks]]
+name = "alertmanager"
+max_body_bytes = 20000
+max_items = 5
+
+[[hooks]]
+name = "zabbix"
+jq = '{event_type: "zabbix.problem", id: ("zbx-" + .event_id), detail: {host, trigger}}'
+"#,
+    )
+    .unwrap();
+    env.set("WHALE_CONFIG", cfg.to_str().unwrap());
+    env.prepare();
+    let _w = env.run("ingest,validate");
+    let nats = env.connect().await;
+    let http = reqwest::Client::new();
+    let post = |path: &str, ct: &str, body: Vec<u8>| {
+        http.post(env.http(path))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let am = std::fs::read(repo().join("tests/fixtures/hooks/alertmanager-v4.json")).unwrap();
+    let mut cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("too large", vec![b' '; 20_001], 413, "takes at most 20000"),
+        (
+            "too deep",
+            format!("{}{}", "[".repeat(100), "]".repeat(100)).into_bytes(),
+            400,
+            "deep",
+        ),
+        ("not JSON", b"{\"alerts\": [".to_vec(), 400, "not acceptable JSON"),
+        ("wrong type", br#"{"version":"4","alerts":{"a":1}}"#.to_vec(), 400, "/alerts"),
+        (
+            "bad alert",
+            br#"{"version":"4","alerts":[{"status":"firing","labels":{"i":1},"startsAt":"2026-12-02T04:00:00Z"}]}"#.to_vec(),
+            400,
+            "/alerts/0/labels/i",
+        ),
+    ];
+    let six: Vec<Value> = (0..6)
+        .map(|i| json!({"status":"firing","labels":{"i":format!("{i}")},"startsAt":"2026-12-02T04:00:00Z"}))
+        .collect();
+    cases.push((
+        "too many alerts",
+        json!({"version":"4","alerts":six}).to_string().into_bytes(),
+        413,
+        "at most 5",
+    ));
+    for (what, body, code, needle) in cases {
+        let r = post("/v1/hooks/alertmanager", "application/json", body).await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        eprintln!("{what:<16} {status} {text}");
+        assert_eq!(status, code, "{what}: {text}");
+        assert!(text.contains(needle), "{what}: {text}");
+    }
+    let r = post("/v1/hooks/nagios", "application/json", b"{}".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("alertmanager, cloudevents, grafana, zabbix"));
+    let r = post("/v1/hooks/alertmanager", "text/plain", am.clone()).await.unwrap();
+    assert_eq!(r.status(), 415);
+
+    // Good bodies: stored once each, whatever was refused before them.
+    let r = post("/v1/hooks/alertmanager", "application/json", am.clone()).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let a: Value = r.json().await.unwrap();
+    assert_eq!((a["accepted"].as_u64(), a["duplicates"].as_u64()), (Some(3), Some(0)));
+    let r = post("/v1/hooks/alertmanager", "application/json", am.clone()).await.unwrap();
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["duplicates"], 3, "a re-sent notification is deduplicated: {b}");
+    assert_eq!(a["ids"], b["ids"]);
+    let zbx = std::fs::read(repo().join("tests/fixtures/hooks/zabbix.json")).unwrap();
+    let r = post("/v1/hooks/zabbix", "application/json", zbx).await.unwrap();
+    let z: Value = r.json().await.unwrap();
+    assert_eq!(z["ids"], json!(["zbx-48211"]), "{z}");
+
+    // The NATS form: the same payload on whale.in.hook.alertmanager is the same three events;
+    // a bad one is one rejection of type hook.alertmanager.
+    nats.js
+        .publish("whale.in.hook.alertmanager", am.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    nats.js
+        .publish("whale.in.hook.alertmanager", br#"{"version":"4"}"#.to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            count(&nats, "WHALE_EVENTS", "whale.rejected.hook.alertmanager").await == 1
+        })
+        .await
+    );
+    let rej = read_all(&nats, "WHALE_EVENTS", "whale.rejected.hook.alertmanager").await;
+    assert!(
+        rej[0]["reasons"].to_string().contains("/alerts"),
+        "{}",
+        rej[0]
+    );
+    let events = read_all(&nats, "WHALE_EVENTS", "whale.events.>").await;
+    let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 4, "3 alerts once (HTTP twice + NATS once) and 1 zabbix: {ids:?}");
+    for id in a["ids"].as_array().unwrap() {
+        assert!(ids.contains(&id.as_str().unwrap()));
+    }
+    assert_eq!(count(&nats, "WHALE_EVENTS", "whale.rejected.>").await, 1);
+}
