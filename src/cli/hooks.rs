@@ -95,7 +95,11 @@ pub fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                     if json {
                         super::print_json(&json!({"hook": name, "events": evs}))?;
                     } else {
-                        println!("hook {name} ({}): {} event(s)", hook.adapter.name(), evs.len());
+                        println!(
+                            "hook {name} ({}): {} event(s)",
+                            hook.adapter.name(),
+                            evs.len()
+                        );
                         for ev in &evs {
                             println!("{}", serde_json::to_string(ev)?);
                         }

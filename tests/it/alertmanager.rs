@@ -230,7 +230,10 @@ fn carried(seen: &[Delivery]) -> BTreeMap<String, BTreeMap<String, usize>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_alertmanager_gives_one_task_per_firing_alert() {
-    let dir = tempfile::Builder::new().prefix("whale-am").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("whale-am")
+        .tempdir()
+        .unwrap();
     let emu = Emulator::start(&["--any-action"]);
     let redis = RedisServer::start();
     let mut env = Env::new();
@@ -251,7 +254,10 @@ async fn a_real_alertmanager_gives_one_task_per_firing_alert() {
     env.set("WHALE_REDIS_URL", &redis.url());
     env.set("WHALE_ST2_URL", &emu.url);
     env.set("WHALE_ST2_API_KEY", "k");
-    env.set("WHALE_INDEX_DIR", dir.path().join("index").to_str().unwrap());
+    env.set(
+        "WHALE_INDEX_DIR",
+        dir.path().join("index").to_str().unwrap(),
+    );
     env.prepare();
     env.ok(&["rules", "apply", rules.to_str().unwrap()]);
     let _whale = env.run("all");
@@ -269,7 +275,10 @@ async fn a_real_alertmanager_gives_one_task_per_firing_alert() {
     assert_eq!(r.status(), 403);
     let body: Value = r.json().await.unwrap();
     assert!(
-        body["error"].as_str().unwrap_or_default().contains("hook \"alertmanager\""),
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hook \"alertmanager\""),
         "{body}"
     );
 
@@ -294,7 +303,11 @@ async fn a_real_alertmanager_gives_one_task_per_firing_alert() {
         executions(&emu).await.len() >= 3
     })
     .await;
-    assert!(got_tasks, "no 3 tasks; webhooks: {:?}", seen.lock().unwrap());
+    assert!(
+        got_tasks,
+        "no 3 tasks; webhooks: {:?}",
+        seen.lock().unwrap()
+    );
 
     // Re-notifications (repeat_interval 3s) of the unchanged group: wait for two more.
     let first = seen.lock().unwrap().len();
@@ -309,7 +322,8 @@ async fn a_real_alertmanager_gives_one_task_per_firing_alert() {
     // Resolve web-1, then fire it again (a new occurrence: new startsAt): the resolution is not
     // a task, the new occurrence is throttled (once per instance per hour).
     let resolved_at = rfc3339(time::OffsetDateTime::now_utc());
-    am.push(json!([alert("web-1", "/", &t0, Some(&resolved_at))])).await;
+    am.push(json!([alert("web-1", "/", &t0, Some(&resolved_at))]))
+        .await;
     assert!(
         eventually(Duration::from_secs(30), || async {
             carried(&seen.lock().unwrap())
@@ -407,7 +421,10 @@ async fn a_real_alertmanager_gives_one_task_per_firing_alert() {
 /// from whale.toml works, and a raw payload on `whale.in.hook.<name>` becomes the same events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hook_refusals_are_clear_and_lose_nothing_else() {
-    let dir = tempfile::Builder::new().prefix("whale-hooks").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("whale-hooks")
+        .tempdir()
+        .unwrap();
     let mut env = Env::new();
     let cfg = dir.path().join("whale.toml");
     std::fs::write(
@@ -465,30 +482,52 @@ jq = '{event_type: "zabbix.problem", id: ("zbx-" + .event_id), detail: {host, tr
         "at most 5",
     ));
     for (what, body, code, needle) in cases {
-        let r = post("/v1/hooks/alertmanager", "application/json", body).await.unwrap();
+        let r = post("/v1/hooks/alertmanager", "application/json", body)
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
         eprintln!("{what:<16} {status} {text}");
         assert_eq!(status, code, "{what}: {text}");
         assert!(text.contains(needle), "{what}: {text}");
     }
-    let r = post("/v1/hooks/nagios", "application/json", b"{}".to_vec()).await.unwrap();
+    let r = post("/v1/hooks/nagios", "application/json", b"{}".to_vec())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    assert!(r.text().await.unwrap().contains("alertmanager, cloudevents, grafana, zabbix"));
-    let r = post("/v1/hooks/alertmanager", "text/plain", am.clone()).await.unwrap();
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("alertmanager, cloudevents, grafana, zabbix"));
+    let r = post("/v1/hooks/alertmanager", "text/plain", am.clone())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
 
     // Good bodies: stored once each, whatever was refused before them.
-    let r = post("/v1/hooks/alertmanager", "application/json", am.clone()).await.unwrap();
+    let r = post("/v1/hooks/alertmanager", "application/json", am.clone())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let a: Value = r.json().await.unwrap();
-    assert_eq!((a["accepted"].as_u64(), a["duplicates"].as_u64()), (Some(3), Some(0)));
-    let r = post("/v1/hooks/alertmanager", "application/json", am.clone()).await.unwrap();
+    assert_eq!(
+        (a["accepted"].as_u64(), a["duplicates"].as_u64()),
+        (Some(3), Some(0))
+    );
+    let r = post("/v1/hooks/alertmanager", "application/json", am.clone())
+        .await
+        .unwrap();
     let b: Value = r.json().await.unwrap();
-    assert_eq!(b["duplicates"], 3, "a re-sent notification is deduplicated: {b}");
+    assert_eq!(
+        b["duplicates"], 3,
+        "a re-sent notification is deduplicated: {b}"
+    );
     assert_eq!(a["ids"], b["ids"]);
     let zbx = std::fs::read(repo().join("tests/fixtures/hooks/zabbix.json")).unwrap();
-    let r = post("/v1/hooks/zabbix", "application/json", zbx).await.unwrap();
+    let r = post("/v1/hooks/zabbix", "application/json", zbx)
+        .await
+        .unwrap();
     let z: Value = r.json().await.unwrap();
     assert_eq!(z["ids"], json!(["zbx-48211"]), "{z}");
 
@@ -501,7 +540,10 @@ jq = '{event_type: "zabbix.problem", id: ("zbx-" + .event_id), detail: {host, tr
         .await
         .unwrap();
     nats.js
-        .publish("whale.in.hook.alertmanager", br#"{"version":"4"}"#.to_vec().into())
+        .publish(
+            "whale.in.hook.alertmanager",
+            br#"{"version":"4"}"#.to_vec().into(),
+        )
         .await
         .unwrap()
         .await
@@ -520,7 +562,11 @@ jq = '{event_type: "zabbix.problem", id: ("zbx-" + .event_id), detail: {host, tr
     );
     let events = read_all(&nats, "WHALE_EVENTS", "whale.events.>").await;
     let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), 4, "3 alerts once (HTTP twice + NATS once) and 1 zabbix: {ids:?}");
+    assert_eq!(
+        ids.len(),
+        4,
+        "3 alerts once (HTTP twice + NATS once) and 1 zabbix: {ids:?}"
+    );
     for id in a["ids"].as_array().unwrap() {
         assert!(ids.contains(&id.as_str().unwrap()));
     }

@@ -26,9 +26,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
+use whale_kernel::auth::{self, Principal};
 use whale_kernel::envelope::{self, Defaults, Limits, Reason, StringDetail, HDR_NORMALIZED};
 use whale_kernel::http::{body_refused, body_rejection, error, with_retry_after};
-use whale_kernel::auth::{self, Principal};
 use whale_kernel::{subjects, Config, Envelope, Nats, Output, Window};
 
 use crate::hooks::Hooks;
@@ -463,7 +463,10 @@ async fn post_hook(
         Ok(None) | Err(_) => {
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("hook {:?} failed on this body; nothing was accepted", hook.name),
+                format!(
+                    "hook {:?} failed on this body; nothing was accepted",
+                    hook.name
+                ),
                 json!({ "hook": hook.name }),
             )
         }

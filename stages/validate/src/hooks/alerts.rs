@@ -61,10 +61,7 @@ fn string_map(v: &Value, at: &str, reasons: &mut Vec<Reason>) -> bool {
                     ok = false;
                     reasons.push(Reason::new(
                         format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
-                        format!(
-                            "must be a string, got {}",
-                            whale_kernel::json_type(x)
-                        ),
+                        format!("must be a string, got {}", whale_kernel::json_type(x)),
                     ));
                 }
             }
@@ -263,7 +260,10 @@ pub(crate) fn split(kind: Kind, hook: &Hook, body: Value) -> Result<Vec<Raw>, Ho
             Some(v) => {
                 reasons.push(Reason::new(
                     format!("{at}/startsAt"),
-                    format!("must be an RFC 3339 string, got {}", whale_kernel::json_type(v)),
+                    format!(
+                        "must be an RFC 3339 string, got {}",
+                        whale_kernel::json_type(v)
+                    ),
                 ));
                 String::new()
             }

@@ -39,10 +39,12 @@ pub(crate) fn run(filter: &Filter, hook: &Hook, body: Value) -> Result<Vec<Raw>,
     let mut out = Vec::new();
     for (i, v) in outputs.into_iter().enumerate() {
         match v {
-            Value::Array(items) => out.extend(items.into_iter().enumerate().map(|(j, value)| Raw {
-                at: format!("output {i}[{j}]"),
-                value,
-            })),
+            Value::Array(items) => {
+                out.extend(items.into_iter().enumerate().map(|(j, value)| Raw {
+                    at: format!("output {i}[{j}]"),
+                    value,
+                }))
+            }
             value => out.push(Raw {
                 at: format!("output {i}"),
                 value,

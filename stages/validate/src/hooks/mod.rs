@@ -116,11 +116,14 @@ impl Hook {
         if !is_valid_name(name) {
             bail!("[[hooks]] name {name:?}: use 1 to 64 letters, digits, '_' or '-'");
         }
-        let kind = c.adapter.as_deref().unwrap_or(if BUILTIN.contains(&name.as_str()) {
-            name.as_str()
-        } else {
-            "generic"
-        });
+        let kind = c
+            .adapter
+            .as_deref()
+            .unwrap_or(if BUILTIN.contains(&name.as_str()) {
+                name.as_str()
+            } else {
+                "generic"
+            });
         let adapter = match kind {
             "alertmanager" => Adapter::Alertmanager,
             "grafana" => Adapter::Grafana,

@@ -10,8 +10,11 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn now() -> OffsetDateTime {
-    OffsetDateTime::parse("2026-12-02T05:00:00Z", &time::format_description::well_known::Rfc3339)
-        .unwrap()
+    OffsetDateTime::parse(
+        "2026-12-02T05:00:00Z",
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
 }
 
 fn hook(name: &str) -> Hook {
@@ -37,20 +40,29 @@ fn alertmanager_v4_is_one_event_per_alert_with_the_group_context() {
         .map(|e| e.detail["labels"]["instance"].as_str().unwrap())
         .collect();
     assert_eq!(instances, ["web-12:9100", "web-13:9100", "web-14:9100"]);
-    let statuses: Vec<_> = evs.iter().map(|e| e.detail["status"].as_str().unwrap()).collect();
+    let statuses: Vec<_> = evs
+        .iter()
+        .map(|e| e.detail["status"].as_str().unwrap())
+        .collect();
     assert_eq!(statuses, ["firing", "firing", "resolved"]);
     for e in &evs {
         assert_eq!(e.event_type, "prometheus.alert");
         assert_eq!(e.source, "http://alertmanager:9093");
         assert_eq!(e.detail["receiver"], "whale");
         assert_eq!(e.detail["groupKey"], "{}:{alertname=\"HostDiskFull\"}");
-        assert_eq!(e.detail["groupLabels"], json!({"alertname": "HostDiskFull"}));
+        assert_eq!(
+            e.detail["groupLabels"],
+            json!({"alertname": "HostDiskFull"})
+        );
         assert_eq!(e.detail["commonLabels"]["severity"], "critical");
         assert_eq!(e.detail["groupStatus"], "firing");
         assert_eq!(e.labels["hook"], "alertmanager");
         assert!(e.id.starts_with("am-") && e.id.len() == 35, "{}", e.id);
     }
-    assert_eq!(evs[0].detail["annotations"]["summary"], "Disk almost full on web-12");
+    assert_eq!(
+        evs[0].detail["annotations"]["summary"],
+        "Disk almost full on web-12"
+    );
     assert_eq!(evs[0].detail["fingerprint"], "a1b2c3d4e5f60718");
     // Firing: the alert's start; resolved: its end.
     assert_eq!(evs[0].time, "2026-12-02T04:00:00.123456789Z");
@@ -91,7 +103,11 @@ fn alertmanager_errors_name_the_alert_and_the_field() {
     let got: Vec<_> = e.reasons.iter().map(|r| r.pointer.as_str()).collect();
     assert_eq!(
         got,
-        ["/alerts/0/startsAt", "/alerts/1/labels/instance", "/alerts/2/status"]
+        [
+            "/alerts/0/startsAt",
+            "/alerts/1/labels/instance",
+            "/alerts/2/status"
+        ]
     );
     assert!(e.reasons[2].message.contains("\"pending\""), "{e}");
 
@@ -101,7 +117,10 @@ fn alertmanager_errors_name_the_alert_and_the_field() {
     let e = convert(&h, br#"{"version":"3","alerts":[]}"#).unwrap_err();
     assert_eq!(e.reasons[0].pointer, "/version");
     let e = convert(&h, br#"[1,2]"#).unwrap_err();
-    assert!(e.reasons[0].message.contains("JSON object, got an array"), "{e}");
+    assert!(
+        e.reasons[0].message.contains("JSON object, got an array"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -127,7 +146,10 @@ fn hostile_bodies_get_a_clear_4xx() {
     let body = json!({"version":"4","alerts":[alert, alert, alert]}).to_string();
     let e = convert(&h, body.as_bytes()).unwrap_err();
     assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(e.message.contains("3 events") && e.message.contains("at most 2"), "{e}");
+    assert!(
+        e.message.contains("3 events") && e.message.contains("at most 2"),
+        "{e}"
+    );
     // An emitted event over events.max_bytes.
     let big = "x".repeat(600);
     let body = json!({"version":"4","alerts":[{"status":"firing","labels":{"a":big},"startsAt":"2026-12-02T04:00:00Z"}]});
@@ -193,8 +215,11 @@ fn cloudevents_structured_and_batch() {
         ["ce-batch-1", "ce-batch-2"]
     );
     assert_eq!(batch[1].detail["usage_pct"], 91);
-    let e = convert(&h, br#"[{"specversion":"1.0","type":"a","source":"s","id":"1"}, {"type":"b"}, 3]"#)
-        .unwrap_err();
+    let e = convert(
+        &h,
+        br#"[{"specversion":"1.0","type":"a","source":"s","id":"1"}, {"type":"b"}, 3]"#,
+    )
+    .unwrap_err();
     let got: Vec<_> = e.reasons.iter().map(|r| r.pointer.as_str()).collect();
     assert_eq!(got, ["/1", "/2"]);
     let e = convert(&h, br#"{"specversion":"0.3","type":"a"}"#).unwrap_err();
@@ -234,8 +259,11 @@ fn generic_arrays_fan_out_and_ids_default_to_a_digest() {
     let b = convert(&h, body).unwrap();
     assert_eq!(a[0].id, b[0].id, "a retried body is the same event");
     // Nothing: a filter that selects nothing is not an error.
-    let none = generic(r#"select(.object_kind == "push") | {event_type: "gitlab.push", detail: .}"#);
-    assert!(convert(&none, br#"{"object_kind":"note"}"#).unwrap().is_empty());
+    let none =
+        generic(r#"select(.object_kind == "push") | {event_type: "gitlab.push", detail: .}"#);
+    assert!(convert(&none, br#"{"object_kind":"note"}"#)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -268,9 +296,17 @@ fn config_errors_name_the_hook() {
     assert!(e.contains("unknown adapter"), "{e}");
     let c = HookConfig::builtin("a/b");
     assert!(Hook::from_config(&c).is_err());
-    let mut cfg = Config::default();
-    cfg.hooks = vec![HookConfig::builtin("grafana"), HookConfig::builtin("grafana")];
-    assert!(Hooks::from_config(&cfg).unwrap_err().to_string().contains("twice"));
+    let mut cfg = Config {
+        hooks: vec![
+            HookConfig::builtin("grafana"),
+            HookConfig::builtin("grafana"),
+        ],
+        ..Config::default()
+    };
+    assert!(Hooks::from_config(&cfg)
+        .unwrap_err()
+        .to_string()
+        .contains("twice"));
     cfg.hooks.pop();
     cfg.hooks[0].tokens = vec!["grafana-prod".into()];
     let hooks = Hooks::from_config(&cfg).unwrap();
@@ -302,7 +338,10 @@ fn validate(allow_unknown_types: bool) -> crate::Validate {
 #[test]
 fn raw_payloads_on_nats_go_through_the_named_hook() {
     let v = validate(true);
-    let d = delivery("whale.in.hook.alertmanager", fixture("alertmanager-v4.json"));
+    let d = delivery(
+        "whale.in.hook.alertmanager",
+        fixture("alertmanager-v4.json"),
+    );
     let out = v.from_hook("alertmanager", &d);
     assert_eq!(out.len(), 3);
     let http = convert(&hook("alertmanager"), &fixture("alertmanager-v4.json")).unwrap();
@@ -317,7 +356,9 @@ fn raw_payloads_on_nats_go_through_the_named_hook() {
     assert_eq!(rej.reasons[1].pointer, "/alerts");
     assert_eq!(rej.raw.as_deref(), Some(r#"{"version":"4"}"#));
     let out = v.from_hook("nagios", &delivery("whale.in.hook.nagios", b"{}".to_vec()));
-    assert!(out[0].as_ref().unwrap_err().reasons[0].message.contains("no hook named \"nagios\""));
+    assert!(out[0].as_ref().unwrap_err().reasons[0]
+        .message
+        .contains("no hook named \"nagios\""));
     // Without a schema (and unknown types refused) each event is rejected on its own.
     let v = validate(false);
     let d = delivery("whale.in.hook.grafana", fixture("grafana.json"));
