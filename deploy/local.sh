@@ -77,6 +77,15 @@ CONF
     (cd "$ROOT" && "$WHALE" rules apply pipelines)
   fi
   start whale "$HTTP_PORT" "$WHALE" run --stages all
+  # An Alertmanager-shaped webhook through its adapter: one prometheus.alert event per alert,
+  # the firing HostDiskFull ones become ops.clean_disk executions (pipelines/alertmanager.yaml).
+  log "posting an Alertmanager webhook (tests/fixtures/hooks/alertmanager-v4.json) to /v1/hooks/alertmanager"
+  if ! curl -sS -f -XPOST "http://127.0.0.1:$HTTP_PORT/v1/hooks/alertmanager" -H 'content-type: application/json' \
+    --data-binary @"$ROOT/tests/fixtures/hooks/alertmanager-v4.json" >&2; then
+    log "the Alertmanager webhook was refused: see $STATE/whale.log"
+    exit 1
+  fi
+  echo >&2
   log "sending the example events (schemas/examples/*.ndjson)"
   for f in "$ROOT"/schemas/examples/*.ndjson; do
     "$WHALE" publish --file "$f" >/dev/null 2>"$STATE/publish.log" || true
@@ -107,6 +116,8 @@ whale is running. Try:
   source .whale/local/env
   target/debug/whale publish --type vm.disk_usage --data '{"host":"web-12","usage_pct":97,"env":"prod","mounts":[{"path":"/data"}]}'
   curl -XPOST localhost:$HTTP_PORT/v1/events -H 'content-type: application/json' -d '{"event_type":"generic","detail":{"message":"hi"}}'
+  curl -XPOST localhost:$HTTP_PORT/v1/hooks/alertmanager -H 'content-type: application/json' --data-binary @tests/fixtures/hooks/alertmanager-v4.json
+  target/debug/whale hooks test alertmanager --body tests/fixtures/hooks/alertmanager-v4.json
   target/debug/whale status
   target/debug/whale events search 'event_type:vm.disk_usage AND detail.env:prod'
   target/debug/whale trace <event id from the search>
