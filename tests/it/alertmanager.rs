@@ -572,3 +572,82 @@ jq = '{event_type: "zabbix.problem", id: ("zbx-" + .event_id), detail: {host, tr
     }
     assert_eq!(count(&nats, "WHALE_EVENTS", "whale.rejected.>").await, 1);
 }
+
+/// `whale hooks test` offline: the envelopes a body becomes (exit 0), or the refusal with its
+/// pointers (exit 1); `whale hooks list` shows configured generic hooks beside the built-in ones.
+#[test]
+fn hooks_test_prints_the_events_or_the_error() {
+    let mut env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("whale.toml");
+    std::fs::write(
+        &cfg,
+        "[[hooks]]\nname = \"k8s\"\njq = '[.items[] | {event_type: \"k8s.event\", detail: {reason}}]'\n",
+    )
+    .unwrap();
+    env.set("WHALE_CONFIG", cfg.to_str().unwrap());
+    let out = env.ok(&[
+        "hooks",
+        "test",
+        "alertmanager",
+        "--body",
+        "tests/fixtures/hooks/alertmanager-v4.json",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let evs = v["events"].as_array().unwrap();
+    assert_eq!(evs.len(), 3);
+    assert_eq!(evs[1]["detail"]["labels"]["instance"], "web-13:9100");
+    assert_eq!(evs[2]["detail"]["status"], "resolved");
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"version":"4","alerts":[{"status":"pending"}]}"#).unwrap();
+    let out = env
+        .whale(&[
+            "hooks",
+            "test",
+            "alertmanager",
+            "--body",
+            bad.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/alerts/0/status: must be \"firing\" or \"resolved\", got \"pending\"")
+            && err.contains("/alerts/0/labels: missing")
+            && err.contains("(400 Bad Request)"),
+        "{err}"
+    );
+
+    let body = dir.path().join("k8s.json");
+    std::fs::write(
+        &body,
+        r#"{"items":[{"reason":"BackOff"},{"reason":"OOMKilled"}]}"#,
+    )
+    .unwrap();
+    let out = env.ok(&["hooks", "test", "k8s", "--body", body.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("hook k8s (generic): 2 event(s)"), "{text}");
+    assert!(
+        text.contains(r#""detail":{"reason":"OOMKilled"}"#),
+        "{text}"
+    );
+
+    let out = env.ok(&["hooks", "list", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alertmanager", "cloudevents", "grafana", "k8s"]);
+    let out = env
+        .whale(&["hooks", "test", "nope", "--body", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no hook named \"nope\""));
+}
