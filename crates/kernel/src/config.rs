@@ -357,8 +357,8 @@ pub struct HttpConfig {
     pub rate_per_source: f64,
     /// Burst size of the per-source bucket (events); 0 = one second's worth, at least 1.
     pub burst_per_source: u32,
-    /// `POST /v1/events` and `/v1/hooks/*` requests handled at once per process; more wait, before their body is
-    /// read, so memory stays near this × `max_body_bytes` × a small factor.
+    /// `POST /v1/events` and `/v1/hooks/*` requests handled at once per process; more wait,
+    /// before their body is read, so memory stays near this × `max_body_bytes` × a small factor.
     pub max_concurrent_ingest: usize,
 }
 
