@@ -665,6 +665,38 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_for_is_read_only_through_trusted_proxies() {
+        let mut cfg = Config::default();
+        cfg.auth.trusted_proxies = vec!["10.0.0.0/8".into(), "127.0.0.1".into()];
+        let a = Auth::from_config(&cfg).unwrap();
+        assert!(a.enabled());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "198.51.100.1, 203.0.113.5, 10.1.2.3".parse().unwrap(),
+        );
+        assert_eq!(a.client_addr(ip("127.0.0.1"), &h), ip("203.0.113.5"));
+        assert_eq!(a.client_addr(ip("::ffff:127.0.0.1"), &h), ip("203.0.113.5"));
+        assert_eq!(a.client_addr(ip("192.0.2.9"), &h), ip("192.0.2.9"));
+        h.insert("x-forwarded-for", "not-an-ip".parse().unwrap());
+        assert_eq!(a.client_addr(ip("127.0.0.1"), &h), ip("127.0.0.1"));
+        h.insert("x-forwarded-user", "eve".parse().unwrap());
+        assert!(a.authenticate(&h, Some(ip("192.0.2.9"))).is_err());
+        let p = a.authenticate(&h, Some(ip("10.9.9.9"))).unwrap();
+        assert_eq!((p.name.as_str(), p.role), ("proxy:eve", None));
+
+        cfg.auth.trusted_proxies = vec!["10.0.0.0/33".into()];
+        assert!(Auth::from_config(&cfg).is_err());
+        cfg.auth.trusted_proxies.clear();
+        cfg.auth.proxy_role = Some(Role::Viewer);
+        assert!(
+            Auth::from_config(&cfg).is_err(),
+            "a proxy role with no proxy"
+        );
+    }
+
+    #[test]
     fn loopback_addresses() {
         for a in [
             "127.0.0.1:8080",

@@ -75,8 +75,53 @@ fn claims(user: &str, groups: &[&str]) -> Value {
     })
 }
 
-fn write_jwks(path: &std::path::Path, keys: &[&IdpKey]) {
-    let doc = json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
+/// An RSA signing key made with `openssl genpkey` (rcgen makes no RSA keys): its PEM and JWK.
+fn rsa_key(dir: &std::path::Path, kid: &str) -> (String, Value) {
+    let pem = dir.join(format!("{kid}.pem"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&pem)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl on PATH (apt-get install openssl) makes the test's RSA key");
+    assert!(st.success(), "openssl genpkey");
+    let out = std::process::Command::new("openssl")
+        .args(["rsa", "-modulus", "-noout", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let hex = text
+        .trim()
+        .strip_prefix("Modulus=")
+        .expect("openssl rsa -modulus");
+    let n: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    // openssl's default public exponent is 65537.
+    let jwk = json!({"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": b64url(&n), "e": "AQAB"});
+    (std::fs::read_to_string(&pem).unwrap(), jwk)
+}
+
+fn sign_rsa(pem: &str, alg: Algorithm, kid: &str, claims: &Value) -> String {
+    let mut h = Header::new(alg);
+    h.kid = Some(kid.into());
+    let key = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+    jsonwebtoken::encode(&h, claims, &key).unwrap()
+}
+
+fn write_jwks(path: &std::path::Path, keys: &[&IdpKey], extra: &[&Value]) {
+    let mut all: Vec<Value> = keys.iter().map(|k| k.jwk()).collect();
+    all.extend(extra.iter().map(|v| (*v).clone()));
+    let doc = json!({ "keys": all });
     // Write then rename, as a Secret mount or a sidecar replaces the file.
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, doc.to_string()).unwrap();
@@ -94,7 +139,8 @@ async fn oidc_tokens_are_verified_against_the_jwks_and_mapped_to_roles() {
     let forger = IdpKey::new("k1");
     let dir = tempfile::tempdir().unwrap();
     let jwks = dir.path().join("jwks.json");
-    write_jwks(&jwks, &[&k1]);
+    let (rsa_pem, rsa_jwk) = rsa_key(dir.path(), "r1");
+    write_jwks(&jwks, &[&k1], &[&rsa_jwk]);
     let cfg = dir.path().join("whale.toml");
     std::fs::write(
         &cfg,
@@ -140,6 +186,12 @@ async fn oidc_tokens_are_verified_against_the_jwks_and_mapped_to_roles() {
     let nobody = k1.sign("k1", &claims("carol", &["staff"]));
     assert_eq!(get(operator.clone()).await.0, 200, "operator token reads");
     assert_eq!(get(viewer.clone()).await.0, 200, "viewer token reads");
+    let rs256 = sign_rsa(&rsa_pem, Algorithm::RS256, "r1", &claims("dave", &["sre"]));
+    assert_eq!(
+        get(rs256).await.0,
+        200,
+        "an RS256 token of the RSA key reads"
+    );
     let (code, body) = get(nobody.clone()).await;
     assert_eq!(code, 403, "a valid token with no mapped group: {body}");
     let msg = body["error"].as_str().unwrap();
@@ -168,16 +220,21 @@ async fn oidc_tokens_are_verified_against_the_jwks_and_mapped_to_roles() {
             "signature does not verify",
         ),
         (
+            "PS256 not allowed",
+            sign_rsa(&rsa_pem, Algorithm::PS256, "r1", &claims("alice", &["sre"])),
+            "which auth.oidc.algorithms does not allow",
+        ),
+        (
             "unknown kid",
             k2.sign("k2", &claims("alice", &["sre"])),
             "key id \"k2\" is not in the JWKS",
         ),
     ];
-    eprintln!("{:<16} {:<5} reason", "token", "code");
+    eprintln!("{:<18} {:<5} reason", "token", "code");
     for (what, token, reason) in &cases {
         let (code, body) = get(token.clone()).await;
         let msg = body["error"].as_str().unwrap_or_default();
-        eprintln!("{what:<16} {code:<5} {msg}");
+        eprintln!("{what:<18} {code:<5} {msg}");
         assert_eq!(code, 401, "{what}: {body}");
         assert!(msg.contains(reason), "{what}: {msg}");
         let sig = token.rsplit('.').next().unwrap();
@@ -236,7 +293,7 @@ async fn oidc_tokens_are_verified_against_the_jwks_and_mapped_to_roles() {
     assert_eq!(a["decided_by"], "oidc:alice", "{a}");
 
     // Rotation: the provider now signs with k2 only; whale keeps running.
-    write_jwks(&jwks, &[&k2]);
+    write_jwks(&jwks, &[&k2], &[]);
     let rotated = k2.sign("k2", &claims("alice", &["sre"]));
     assert_eq!(get(rotated).await.0, 200, "a token of the new key");
     let (code, body) = get(operator.clone()).await;
