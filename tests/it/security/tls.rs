@@ -418,3 +418,131 @@ async fn throttle_reaches_redis_over_tls_with_a_private_ca() {
         + &std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.contains("PRIVATE KEY"), "key material in the log");
 }
+
+/// A TLS terminator in front of `upstream` (`host:port`), with the certificate files `cert` and
+/// `key`, served by whale's own HTTPS listener code. Returns its port.
+async fn tls_front(cert: &Path, key: &Path, upstream: String) -> u16 {
+    use axum::serve::Listener as _;
+    let config = whale_kernel::tls::server_config(std::sync::Arc::new(
+        whale_kernel::tls::ReloadingCert::new(cert, key).unwrap(),
+    ))
+    .unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let mut listener = whale_kernel::tls::TlsListener::new(tcp, config).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tls, _) = listener.accept().await;
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+fn admitted_task(i: usize) -> whale_kernel::records::Task {
+    let event_id = format!("ev-tls-{i}");
+    whale_kernel::records::Task {
+        task_id: whale_kernel::records::task_id(&event_id, "tls-test"),
+        event_id,
+        event_type: "vm.disk_usage".into(),
+        rule: "tls-test".into(),
+        rule_version: "v1".into(),
+        action: "ops.clean_disk".into(),
+        parameters: serde_json::json!({"host": format!("web-{i}")}),
+        throttle: None,
+        cluster: "default".into(),
+        approval: None,
+        notify: Vec::new(),
+        result_event: false,
+        replay: None,
+        created: whale_kernel::envelope::format_time(time::OffsetDateTime::now_utc()),
+    }
+}
+
+/// Issue 13 "client TLS with a custom CA" for StackStorm: a cluster behind HTTPS with a
+/// certificate from a private CA (the emulator behind a TLS terminator). Without
+/// `[clusters.default] ca_file` dispatch refuses the certificate (dead letter naming it);
+/// with it the execution is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_reaches_stackstorm_over_https_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = TestCa::new("whale test StackStorm CA");
+    ca.write_server(d, "st2", &["localhost", "127.0.0.1"]);
+    let st2 = Emulator::start(&["--any-action"]);
+    let upstream = st2
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let port = tls_front(&d.join("st2.crt"), &d.join("st2.key"), upstream).await;
+    let write_cfg = |ca_line: &str| {
+        let p = d.join("whale.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[dispatch]\nmax_attempts = 1\n\n[clusters.default]\nurl = \"https://localhost:{port}\"\napi_key_env = \"TEST_ST2_KEY\"\n{ca_line}"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let mut env = Env::new();
+    env.set("TEST_ST2_KEY", "k");
+    let cfg = write_cfg("");
+    env.set("WHALE_CONFIG", cfg.to_str().unwrap());
+    env.prepare();
+    let nats = env.connect().await;
+
+    let log = d.join("no-ca.log");
+    let mut w = env.spawn_on("dispatch", env.http_port, &log, &[]);
+    assert!(
+        ready(env.http_port, Duration::from_secs(30)).await,
+        "dispatch started"
+    );
+    crate::dispatch::admit(&nats, &[admitted_task(1)]).await;
+    let dead = eventually(Duration::from_secs(30), || async {
+        count(
+            &nats,
+            whale_kernel::subjects::STREAM_PIPE,
+            &whale_kernel::subjects::Pipe::DeadLetter.subject(),
+        )
+        .await
+            == 1
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(dead, "without ca_file the task is dead-lettered: {text}");
+    let reason = text
+        .lines()
+        .find(|l| l.contains("dead letter"))
+        .unwrap_or_default()
+        .to_owned();
+    eprintln!("without ca_file: {reason}");
+    assert!(reason.contains("certificate"), "{reason}");
+    assert_eq!(st2.created().await, 0, "nothing reached StackStorm");
+    w.terminate();
+
+    write_cfg(&format!("ca_file = {:?}\n", d.join("ca.pem")));
+    let log = d.join("ca.log");
+    let _w = env.spawn_on("dispatch", env.http_port, &log, &[]);
+    assert!(
+        ready(env.http_port, Duration::from_secs(30)).await,
+        "dispatch started again"
+    );
+    crate::dispatch::admit(&nats, &[admitted_task(2)]).await;
+    let created = eventually(Duration::from_secs(30), || async {
+        st2.created().await == 1
+    })
+    .await;
+    assert!(
+        created,
+        "with ca_file the execution is created: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
