@@ -546,3 +546,49 @@ async fn dispatch_reaches_stackstorm_over_https_with_a_private_ca() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// Issue 13 "client TLS with a custom CA" for OpenSearch: the real test node behind a TLS
+/// terminator with a private-CA certificate. `whale events search` reaches it with
+/// `WHALE_OPENSEARCH_CA_FILE` and is refused the certificate without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_reaches_opensearch_over_https_with_a_private_ca() {
+    let node = tokio::task::spawn_blocking(whale_index::testkit::OpenSearchNode::start)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = TestCa::new("whale test OpenSearch CA");
+    ca.write_server(d, "os", &["localhost", "127.0.0.1"]);
+    let upstream = node
+        .url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let port = tls_front(&d.join("os.crt"), &d.join("os.key"), upstream).await;
+    let mut env = Env::new();
+    env.set("WHALE_OPENSEARCH_URL", &format!("https://localhost:{port}"));
+    let search = |ca: Option<&Path>| {
+        let mut c = env.whale(&["events", "search", "--json", "event_type:generic"]);
+        if let Some(ca) = ca {
+            c.env("WHALE_OPENSEARCH_CA_FILE", ca);
+        }
+        c.output().unwrap()
+    };
+    let out = search(None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("without the CA: {}", err.trim());
+    assert!(
+        !out.status.success(),
+        "a private-CA certificate without the CA"
+    );
+    assert!(err.contains("certificate"), "{err}");
+    let out = search(Some(&d.join("ca.pem")));
+    assert!(
+        out.status.success(),
+        "with WHALE_OPENSEARCH_CA_FILE: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("with the CA: total {}", v["total"]);
+    assert!(v["total"].is_u64(), "{v}");
+}

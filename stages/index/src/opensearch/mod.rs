@@ -257,7 +257,18 @@ impl OpenSearch {
 
 /// Error text without any URL credentials.
 fn redact(e: &reqwest::Error) -> String {
-    let mut e = e.to_string();
+    // With the causes (e.g. `invalid peer certificate: UnknownIssuer`): reqwest's own message
+    // does not say why a request failed.
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    let mut e = text;
     if let Some(at) = e.find('@') {
         if let Some(scheme) = e[..at].rfind("://") {
             e.replace_range(scheme + 3..at, "***");
