@@ -319,3 +319,58 @@ async fn oidc_tokens_are_verified_against_the_jwks_and_mapped_to_roles() {
         "a token in the log"
     );
 }
+
+/// A broken `[auth.oidc]` stops `whale run` at start with the key to fix (a missing JWKS file,
+/// a shared-secret algorithm), instead of serving with auth that cannot work.
+#[test]
+fn a_broken_oidc_configuration_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new();
+    let cases = [
+        (
+            format!(
+                "jwks_file = {:?}\nroles = {{ \"sre\" = \"operator\" }}\n",
+                dir.path().join("missing.json")
+            ),
+            "cannot read auth.oidc.jwks_file",
+        ),
+        (
+            format!(
+                "jwks_file = {:?}\nalgorithms = [\"HS256\"]\nroles = {{ \"sre\" = \"operator\" }}\n",
+                dir.path().join("missing.json")
+            ),
+            "shared-secret HS* algorithms are refused",
+        ),
+        (
+            format!("jwks_file = {:?}\n", dir.path().join("missing.json")),
+            "auth.oidc.roles is empty",
+        ),
+    ];
+    for (i, (extra, expected)) in cases.iter().enumerate() {
+        let cfg = dir.path().join(format!("whale-{i}.toml"));
+        std::fs::write(
+            &cfg,
+            format!("[auth.oidc]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n{extra}"),
+        )
+        .unwrap();
+        let out = env
+            .whale(&["run", "--stages", "ingest"])
+            .env("WHALE_CONFIG", &cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i} started");
+        assert!(err.contains(expected), "case {i}: {err}");
+    }
+    let out = env
+        .whale(&["run", "--stages", "ingest"])
+        .env("WHALE_HTTP_TLS_CERT_FILE", dir.path().join("c.pem"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("set both http.tls_cert_file and http.tls_key_file"),
+        "{err}"
+    );
+}
