@@ -76,7 +76,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         }
         if *name == "throttle" {
             // Every task waits while Redis is down: the process is not ready then.
-            let limiter = whale_throttle::Limiter::new(&cfg.redis.url)?;
+            let limiter = whale_throttle::Limiter::from_config(&cfg.redis)?;
             health.add_probe(
                 "redis",
                 Arc::new(move || {
@@ -105,8 +105,22 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     }
     let router = whale_kernel::auth::layer(router, auth);
     let router = http::harden(router, cfg.http.request_timeout);
-    let (addr, http_task) = http::serve(&cfg.http.addr, router, stop_rx.clone()).await?;
-    tracing::info!(stages = %names.join(","), http = %addr, "whale running");
+    let (addr, http_task) = match (&cfg.http.tls_cert_file, &cfg.http.tls_key_file) {
+        (None, None) => http::serve(&cfg.http.addr, router, stop_rx.clone()).await?,
+        (Some(cert), Some(key)) => {
+            whale_kernel::tls::serve(&cfg.http.addr, cert, key, router, stop_rx.clone()).await?
+        }
+        _ => anyhow::bail!(
+            "set both http.tls_cert_file and http.tls_key_file (WHALE_HTTP_TLS_CERT_FILE, \
+             WHALE_HTTP_TLS_KEY_FILE) to serve HTTPS, or neither"
+        ),
+    };
+    let scheme = if cfg.http.tls_cert_file.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(stages = %names.join(","), http = %addr, scheme, "whale running");
     let mut failed = None;
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("stopping: finishing in-flight messages"),

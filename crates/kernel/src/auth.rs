@@ -234,7 +234,74 @@ struct Known {
 /// The principals whale knows, built once at start from `[auth]` and `http.token`.
 pub struct Auth {
     known: Vec<Known>,
+    oidc: Option<crate::oidc::Oidc>,
+    proxies: Proxies,
 }
+
+/// `auth.trusted_proxies` and what their identity header grants.
+struct Proxies {
+    nets: Vec<ipnet::IpNet>,
+    header: header::HeaderName,
+    role: Option<Role>,
+    roles: std::collections::BTreeMap<String, Role>,
+}
+
+impl Proxies {
+    fn from_config(a: &crate::config::AuthConfig) -> anyhow::Result<Proxies> {
+        let mut nets = Vec::new();
+        for s in &a.trusted_proxies {
+            let net = s
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .with_context(|| {
+                    format!("auth.trusted_proxies: {s:?} is not an IP address or CIDR (e.g. 10.0.0.5 or 10.1.0.0/16)")
+                })?;
+            nets.push(net);
+        }
+        let name = a.proxy_user_header.as_deref().unwrap_or("X-Forwarded-User");
+        let header = header::HeaderName::from_bytes(name.as_bytes()).with_context(|| {
+            format!("auth.proxy_user_header {name:?} is not a valid header name")
+        })?;
+        if nets.is_empty() && (a.proxy_role.is_some() || !a.proxy_roles.is_empty()) {
+            bail!("auth.proxy_role / auth.proxy_roles are set but auth.trusted_proxies is empty: list the proxies' addresses");
+        }
+        Ok(Proxies {
+            nets,
+            header,
+            role: a.proxy_role,
+            roles: a.proxy_roles.clone(),
+        })
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.nets.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// An IPv4 address seen through an IPv6 socket (`::ffff:a.b.c.d`) as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client a request comes from ("from where"), put in the request's extensions by the
+/// auth layer: the TCP peer, or, when the peer is a trusted proxy, the nearest address in
+/// `X-Forwarded-For` that is not one. None when the server did not record peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+/// The TCP peer of a connection, recorded by [`crate::http::serve`] (`ConnectInfo<Peer>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
+
+/// Most `X-Forwarded-For` entries looked at (from the right).
+const MAX_FORWARDED_HOPS: usize = 32;
+
+/// Longest proxy user name accepted from the identity header.
+const MAX_PROXY_USER_BYTES: usize = 256;
 
 impl Auth {
     /// Reads `[[auth.tokens]]`, `auth.tokens_file` and `http.token`. Errors name the entry
@@ -274,12 +341,102 @@ impl Auth {
                 hash: hash_token(t.expose()),
             });
         }
-        Ok(Auth { known })
+        let oidc = match &cfg.auth.oidc {
+            Some(o) => Some(crate::oidc::Oidc::new(o)?),
+            None => None,
+        };
+        let proxies = Proxies::from_config(&cfg.auth)?;
+        Ok(Auth {
+            known,
+            oidc,
+            proxies,
+        })
     }
 
-    /// Whether any principal is configured; without one every route is open (loopback only).
+    /// Whether any principal is configured (tokens, OIDC or trusted proxies); without one every
+    /// route is open (loopback only).
     pub fn enabled(&self) -> bool {
-        !self.known.is_empty()
+        !self.known.is_empty() || self.oidc.is_some() || !self.proxies.nets.is_empty()
+    }
+
+    /// Where a request comes from: the peer, or what a trusted proxy says in
+    /// `X-Forwarded-For` (the nearest address that is not itself a trusted proxy).
+    pub fn client_addr(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.proxies.trusted(peer) {
+            return peer;
+        }
+        let hops: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        let mut client = peer;
+        for hop in hops.iter().rev().take(MAX_FORWARDED_HOPS) {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                break;
+            };
+            client = canonical(ip);
+            if !self.proxies.trusted(client) {
+                break;
+            }
+        }
+        client
+    }
+
+    /// The caller of a request: a bearer token (named token or OIDC JWT), else the identity
+    /// header of a trusted proxy. `Ok` with `role: None` is a known caller without a role
+    /// (403); `Err` says why the request is not authenticated (401), never echoing a token.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Principal, String> {
+        if let Some(t) = bearer(headers) {
+            if let Some(p) = self.principal(t) {
+                return Ok(p);
+            }
+            if let Some(o) = self
+                .oidc
+                .as_ref()
+                .filter(|_| crate::oidc::Oidc::looks_like_jwt(t))
+            {
+                return o.principal(t).map_err(|r| r.0);
+            }
+            return Err("unknown bearer token: send `Authorization: Bearer <token>` with a token whale knows".into());
+        }
+        if let Some(user) = headers.get(&self.proxies.header) {
+            if !peer.is_some_and(|ip| self.proxies.trusted(ip)) {
+                tracing::info!(
+                    peer = ?peer,
+                    header = %self.proxies.header,
+                    "ignored an identity header from a peer that is not in auth.trusted_proxies"
+                );
+                return Err(format!(
+                    "no credentials: the {} header is believed only from auth.trusted_proxies; send `Authorization: Bearer <token>`",
+                    self.proxies.header
+                ));
+            }
+            let user = user.to_str().unwrap_or("").trim();
+            if user.is_empty()
+                || user.len() > MAX_PROXY_USER_BYTES
+                || user.chars().any(char::is_control)
+            {
+                return Err(format!(
+                    "the trusted proxy's {} header is empty, over {MAX_PROXY_USER_BYTES} bytes or not plain text",
+                    self.proxies.header
+                ));
+            }
+            return Ok(Principal {
+                name: format!("proxy:{user}"),
+                role: self.proxies.roles.get(user).copied().or(self.proxies.role),
+            });
+        }
+        Err(
+            "missing bearer token: send `Authorization: Bearer <token>` with a token whale knows"
+                .into(),
+        )
     }
 
     /// The principal a bearer token stands for. Every known hash is compared, in constant time,
@@ -342,6 +499,14 @@ pub fn layer(router: Router, auth: Arc<Auth>) -> Router {
 }
 
 async fn enforce(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<Peer>>()
+        .map(|c| c.0 .0.ip());
+    if let Some(ip) = peer {
+        let client = auth.client_addr(ip, req.headers());
+        req.extensions_mut().insert(ClientAddr(client));
+    }
     let Some(route) = req
         .extensions()
         .get::<MatchedPath>()
@@ -378,21 +543,34 @@ async fn enforce(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) ->
             Access::Role(r) => r,
             _ => Role::Operator,
         };
-        let Some(p) = bearer(req.headers()).and_then(|t| auth.principal(t)) else {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "missing or unknown bearer token: send `Authorization: Bearer <token>` with a token whale knows",
-                json!({"needs_role": need.as_str()}),
-            );
+        let from = req
+            .extensions()
+            .get::<ClientAddr>()
+            .map_or_else(String::new, |c| c.0.to_string());
+        let p = match auth.authenticate(req.headers(), peer) {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::info!(%from, route, "refused (401): {why}");
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    why,
+                    json!({"needs_role": need.as_str()}),
+                );
+            }
         };
         if !p.role.is_some_and(|r| r.allows(need)) {
-            tracing::info!(principal = %p.name, route, "refused: role {} needed", need.as_str());
+            tracing::info!(principal = %p.name, %from, route, "refused: role {} needed", need.as_str());
+            let has = match p.role {
+                Some(r) => format!("has role {}", r.as_str()),
+                None => {
+                    "has no whale role (none of its groups or claim values is mapped to one)".into()
+                }
+            };
             return error(
                 StatusCode::FORBIDDEN,
                 format!(
-                    "principal {:?} has role {}, this route needs {}",
+                    "principal {:?} {has}, this route needs {}",
                     p.name,
-                    p.role.map_or("none", Role::as_str),
                     need.as_str()
                 ),
                 json!({"needs_role": need.as_str()}),
@@ -490,6 +668,38 @@ mod tests {
         assert!(a.principal("tok-b").is_none());
         cfg.auth.tokens[0].sha256 = "abc".into();
         assert!(Auth::from_config(&cfg).is_err());
+    }
+
+    #[test]
+    fn forwarded_for_is_read_only_through_trusted_proxies() {
+        let mut cfg = Config::default();
+        cfg.auth.trusted_proxies = vec!["10.0.0.0/8".into(), "127.0.0.1".into()];
+        let a = Auth::from_config(&cfg).unwrap();
+        assert!(a.enabled());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "198.51.100.1, 203.0.113.5, 10.1.2.3".parse().unwrap(),
+        );
+        assert_eq!(a.client_addr(ip("127.0.0.1"), &h), ip("203.0.113.5"));
+        assert_eq!(a.client_addr(ip("::ffff:127.0.0.1"), &h), ip("203.0.113.5"));
+        assert_eq!(a.client_addr(ip("192.0.2.9"), &h), ip("192.0.2.9"));
+        h.insert("x-forwarded-for", "not-an-ip".parse().unwrap());
+        assert_eq!(a.client_addr(ip("127.0.0.1"), &h), ip("127.0.0.1"));
+        h.insert("x-forwarded-user", "eve".parse().unwrap());
+        assert!(a.authenticate(&h, Some(ip("192.0.2.9"))).is_err());
+        let p = a.authenticate(&h, Some(ip("10.9.9.9"))).unwrap();
+        assert_eq!((p.name.as_str(), p.role), ("proxy:eve", None));
+
+        cfg.auth.trusted_proxies = vec!["10.0.0.0/33".into()];
+        assert!(Auth::from_config(&cfg).is_err());
+        cfg.auth.trusted_proxies.clear();
+        cfg.auth.proxy_role = Some(Role::Viewer);
+        assert!(
+            Auth::from_config(&cfg).is_err(),
+            "a proxy role with no proxy"
+        );
     }
 
     #[test]

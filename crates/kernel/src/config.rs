@@ -129,7 +129,7 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
         .with_context(|| format!("{s:?} is not a duration (use e.g. 30s, 10m, 2h, 7d)"))
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
 }
@@ -227,6 +227,22 @@ pub struct AuthConfig {
     /// A TOML file of `[[tokens]]` entries in the same format (e.g. a mounted Secret), read
     /// at start in addition to `tokens`.
     pub tokens_file: Option<PathBuf>,
+    /// OIDC/JWT bearer tokens from an identity provider (`[auth.oidc]`: issuer, audience,
+    /// jwks_file, algorithms, role_claim, roles, name_claim, leeway, max_token_bytes,
+    /// max_jwks_bytes; see docs/security.md "OIDC").
+    pub oidc: Option<crate::oidc::OidcConfig>,
+    /// Reverse proxies (IPs or CIDRs, e.g. `["10.0.0.5", "10.1.0.0/16"]`) whose identity
+    /// header (`proxy_user_header`) and `X-Forwarded-For` are believed. From any other peer
+    /// both headers are ignored. Empty (default): never believed.
+    pub trusted_proxies: Vec<String>,
+    /// The header a trusted proxy names its authenticated user in (default `X-Forwarded-User`);
+    /// the principal is `proxy:<user>`.
+    pub proxy_user_header: Option<String>,
+    /// Role of every proxy-authenticated user not listed in `proxy_roles` (none: only listed
+    /// users get a role, the others are refused with 403).
+    pub proxy_role: Option<crate::auth::Role>,
+    /// Per-user roles for proxy-authenticated users (`proxy_roles = { "alice" = "admin" }`).
+    pub proxy_roles: BTreeMap<String, crate::auth::Role>,
 }
 
 /// How to reach NATS. Several URLs for a cluster; one of the auth methods.
@@ -247,9 +263,11 @@ pub struct NatsConfig {
     /// only to its own prefix (the `producer` of deploy/nats/nats.conf: `_INBOX_producer`)
     /// sets it so that `whale publish` receives its JetStream acks.
     pub inbox_prefix: Option<String>,
-    /// CA bundle for TLS; setting it (or `tls_required`) turns TLS on.
+    /// CA bundle (PEM) for TLS, e.g. a private CA (`WHALE_NATS_TLS_CA`); setting it (or
+    /// `tls_required`) turns TLS on.
     pub tls_ca: Option<PathBuf>,
-    /// Client certificate and key for mutual TLS.
+    /// Client certificate and key (PEM) for mutual TLS (`WHALE_NATS_TLS_CERT`,
+    /// `WHALE_NATS_TLS_KEY`); set both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_required: bool,
@@ -360,6 +378,13 @@ pub struct HttpConfig {
     /// `POST /v1/events` and `/v1/hooks/*` requests handled at once per process; more wait,
     /// before their body is read, so memory stays near this × `max_body_bytes` × a small factor.
     pub max_concurrent_ingest: usize,
+    /// Serve HTTPS with this certificate chain (PEM, server certificate first) and
+    /// `tls_key_file` (`WHALE_HTTP_TLS_CERT_FILE`). Both files are re-read when they change:
+    /// a renewed certificate needs no restart.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `tls_cert_file` (PEM: PKCS#8, PKCS#1 or SEC1;
+    /// `WHALE_HTTP_TLS_KEY_FILE`).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -374,6 +399,8 @@ impl Default for HttpConfig {
             burst_per_source: 0,
             max_concurrent_ingest: 8,
             request_timeout: Duration::from_secs(60),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -402,12 +429,22 @@ impl Default for RulesConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     pub url: Secret,
+    /// CA bundle (PEM) trusted for a `rediss://` URL instead of the system's roots, e.g. a
+    /// private CA (`WHALE_REDIS_TLS_CA`).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for a Redis that requires one (`tls-auth-clients yes`;
+    /// `WHALE_REDIS_TLS_CERT`, `WHALE_REDIS_TLS_KEY`); set both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: Secret::new("redis://127.0.0.1:6379"),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -417,6 +454,9 @@ impl Default for RedisConfig {
 pub struct IndexConfig {
     /// OpenSearch URL; unset → the embedded index in `dir`.
     pub opensearch_url: Option<String>,
+    /// CA certificates (PEM) trusted for an `https://` OpenSearch URL in addition to the
+    /// public roots (OpenSearch's security plugin with its own CA; `WHALE_OPENSEARCH_CA_FILE`).
+    pub opensearch_ca_file: Option<PathBuf>,
     pub dir: PathBuf,
     /// Longest search query (`GET /v1/events?q=`, `whale events search`), in bytes.
     pub query_max_bytes: usize,
@@ -438,6 +478,7 @@ impl Default for IndexConfig {
     fn default() -> Self {
         IndexConfig {
             opensearch_url: None,
+            opensearch_ca_file: None,
             dir: PathBuf::from(".whale/index"),
             query_max_bytes: 4096,
             query_max_depth: 32,
@@ -489,6 +530,9 @@ pub struct ClusterConfig {
     pub max_concurrent: Option<usize>,
     /// Cluster that takes this one's tasks while it is drained or failing.
     pub failover: Option<String>,
+    /// CA certificates (PEM) trusted for an `https://` url in addition to the public roots,
+    /// for a StackStorm behind a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What dispatch does with a task whose `cluster` is not configured.
@@ -816,11 +860,20 @@ pub const ENV_VARS: &[&str] = &[
     "WHALE_NATS_CREDS",
     "WHALE_NATS_NKEY_SEED_FILE",
     "WHALE_NATS_INBOX_PREFIX",
+    "WHALE_NATS_TLS_CA",
+    "WHALE_NATS_TLS_CERT",
+    "WHALE_NATS_TLS_KEY",
     "WHALE_REDIS_URL",
+    "WHALE_REDIS_TLS_CA",
+    "WHALE_REDIS_TLS_CERT",
+    "WHALE_REDIS_TLS_KEY",
     "WHALE_OPENSEARCH_URL",
+    "WHALE_OPENSEARCH_CA_FILE",
     "WHALE_INDEX_DIR",
     "WHALE_HTTP_ADDR",
     "WHALE_HTTP_TOKEN",
+    "WHALE_HTTP_TLS_CERT_FILE",
+    "WHALE_HTTP_TLS_KEY_FILE",
     "WHALE_RETENTION",
     "WHALE_MAX_EVENT_BYTES",
     "WHALE_ALLOW_UNKNOWN_TYPES",
@@ -888,11 +941,32 @@ impl Config {
         if let Some(v) = var("WHALE_NATS_INBOX_PREFIX") {
             self.nats.inbox_prefix = Some(v);
         }
+        if let Some(v) = var("WHALE_NATS_TLS_CA") {
+            self.nats.tls_ca = Some(v.into());
+        }
+        if let Some(v) = var("WHALE_NATS_TLS_CERT") {
+            self.nats.tls_cert = Some(v.into());
+        }
+        if let Some(v) = var("WHALE_NATS_TLS_KEY") {
+            self.nats.tls_key = Some(v.into());
+        }
         if let Some(v) = var("WHALE_REDIS_URL") {
             self.redis.url = Secret::new(v);
         }
+        if let Some(v) = var("WHALE_REDIS_TLS_CA") {
+            self.redis.tls_ca = Some(v.into());
+        }
+        if let Some(v) = var("WHALE_REDIS_TLS_CERT") {
+            self.redis.tls_cert = Some(v.into());
+        }
+        if let Some(v) = var("WHALE_REDIS_TLS_KEY") {
+            self.redis.tls_key = Some(v.into());
+        }
         if let Some(v) = var("WHALE_OPENSEARCH_URL") {
             self.index.opensearch_url = Some(v);
+        }
+        if let Some(v) = var("WHALE_OPENSEARCH_CA_FILE") {
+            self.index.opensearch_ca_file = Some(v.into());
         }
         if let Some(v) = var("WHALE_INDEX_DIR") {
             self.index.dir = v.into();
@@ -902,6 +976,12 @@ impl Config {
         }
         if let Some(v) = var("WHALE_HTTP_TOKEN") {
             self.http.token = Some(Secret::new(v));
+        }
+        if let Some(v) = var("WHALE_HTTP_TLS_CERT_FILE") {
+            self.http.tls_cert_file = Some(v.into());
+        }
+        if let Some(v) = var("WHALE_HTTP_TLS_KEY_FILE") {
+            self.http.tls_key_file = Some(v.into());
         }
         if let Some(v) = var("WHALE_RETENTION") {
             self.events.retention = parse_duration(&v).context("WHALE_RETENTION")?;

@@ -236,7 +236,8 @@ pub async fn serve(
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, router)
+        let app = router.into_make_service_with_connect_info::<crate::auth::Peer>();
+        if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await
         {
@@ -244,4 +245,13 @@ pub async fn serve(
         }
     });
     Ok((local, task))
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for crate::auth::Peer
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        crate::auth::Peer(*s.remote_addr())
+    }
 }

@@ -12,12 +12,14 @@ pub mod http;
 pub mod kv;
 pub mod metrics;
 pub mod nats;
+pub mod oidc;
 pub mod publish;
 pub mod records;
 pub mod setup;
 pub mod status;
 pub mod subjects;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;
 
 #[cfg(feature = "testkit")]

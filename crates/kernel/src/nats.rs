@@ -79,8 +79,14 @@ impl Nats {
         if let Some(ca) = &cfg.tls_ca {
             opts = opts.add_root_certificates(ca.clone()).require_tls(true);
         }
-        if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
-            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => {
+                opts = opts.add_client_certificate(cert.clone(), key.clone());
+            }
+            (None, None) => {}
+            _ => bail!(
+                "set both nats.tls_cert and nats.tls_key (WHALE_NATS_TLS_CERT, WHALE_NATS_TLS_KEY) for a client certificate, or neither"
+            ),
         }
         if cfg.tls_required {
             opts = opts.require_tls(true);

@@ -56,8 +56,26 @@ impl St2Client {
             let _ = shown.set_username("***");
         }
         let shown_base = shown.as_str().trim_end_matches('/').to_owned();
-        let http = reqwest::Client::builder()
-            .connect_timeout(conn.timeout.min(Duration::from_secs(10)))
+        let mut builder =
+            reqwest::Client::builder().connect_timeout(conn.timeout.min(Duration::from_secs(10)));
+        if let Some(path) = &conn.ca_file {
+            let config_err = |m: String| St2Error::new(ErrorKind::Config, String::new(), m);
+            let pem = std::fs::read(path)
+                .map_err(|e| config_err(format!("cannot read ca_file {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    config_err(format!(
+                        "ca_file {} holds no PEM certificate",
+                        path.display()
+                    ))
+                })?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| St2Error::new(ErrorKind::Config, String::new(), e.to_string()))?;
         Ok(Self {

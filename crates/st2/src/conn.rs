@@ -25,6 +25,9 @@ pub struct ClusterConn {
     /// Limit for each request (connect, send, read the whole answer). Streams use it for the
     /// connect and the response headers only.
     pub timeout: Duration,
+    /// A PEM file of CA certificates trusted for an `https://` base URL, in addition to the
+    /// public roots (a StackStorm behind a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl ClusterConn {
@@ -34,7 +37,14 @@ impl ClusterConn {
             base_url: base_url.into(),
             auth,
             timeout: Duration::from_secs(30),
+            ca_file: None,
         }
+    }
+
+    /// Trusts the CA certificates in `path` (PEM) too.
+    pub fn with_ca_file(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.ca_file = path;
+        self
     }
 
     /// Sets the per-request timeout.

@@ -61,11 +61,14 @@ impl Links {
                 .unwrap_or("WHALE_APPROVAL_SECRET");
             link::check_secret(var, secret)?;
         }
-        let base = cfg
-            .approvals
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", cfg.http.addr));
+        let base = cfg.approvals.public_url.clone().unwrap_or_else(|| {
+            let scheme = if cfg.http.tls_cert_file.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", cfg.http.addr)
+        });
         Ok(Links {
             secret: cfg.approvals.secret.clone(),
             base,

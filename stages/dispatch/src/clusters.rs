@@ -115,7 +115,9 @@ impl Clusters {
                     Auth::None
                 }
             };
-            let conn = ClusterConn::new(c.url.clone(), auth).with_timeout(d.request_timeout);
+            let conn = ClusterConn::new(c.url.clone(), auth)
+                .with_timeout(d.request_timeout)
+                .with_ca_file(c.ca_file.clone());
             let st2 = St2Client::new(conn).with_context(|| format!("cluster {name:?}"))?;
             let permits = c.max_concurrent.unwrap_or(Semaphore::MAX_PERMITS).max(1);
             by_name.insert(

@@ -45,6 +45,8 @@ fn client(c: &ClusterConfig) -> anyhow::Result<St2Client> {
         Some(k) => Auth::ApiKey(whale_st2::Secret::new(k.expose())),
         None => Auth::None,
     };
-    let conn = ClusterConn::new(c.url.clone(), auth).with_timeout(Duration::from_secs(10));
+    let conn = ClusterConn::new(c.url.clone(), auth)
+        .with_timeout(Duration::from_secs(10))
+        .with_ca_file(c.ca_file.clone());
     Ok(St2Client::new(conn)?)
 }

@@ -43,6 +43,15 @@ pub enum Error {
 #[error("redis.url (WHALE_REDIS_URL) is not a valid Redis URL ({0}); expected redis://[user:password@]host:port[/db]")]
 pub struct BadUrl(String);
 
+/// `[redis]` that cannot be used: a bad URL, or TLS files that cannot be read or do not fit.
+#[derive(Debug, thiserror::Error)]
+pub enum Setup {
+    #[error(transparent)]
+    Url(#[from] BadUrl),
+    #[error("{0}")]
+    Tls(String),
+}
+
 /// Asks Redis for decisions. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Limiter {
@@ -65,6 +74,59 @@ impl Limiter {
     pub fn new(url: &Secret) -> Result<Limiter, BadUrl> {
         let client =
             redis::Client::open(url.expose()).map_err(|e| BadUrl(format!("{:?}", e.kind())))?;
+        Self::with_client(client)
+    }
+
+    /// A limiter for `[redis]`: its URL and, for `rediss://`, its own CA and client
+    /// certificate. Errors name the file, never the URL.
+    pub fn from_config(cfg: &whale_kernel::config::RedisConfig) -> Result<Limiter, Setup> {
+        if cfg.tls_ca.is_none() && cfg.tls_cert.is_none() && cfg.tls_key.is_none() {
+            return Ok(Self::new(&cfg.url)?);
+        }
+        if !cfg.url.expose().starts_with("rediss://") {
+            return Err(Setup::Tls(
+                "redis.tls_ca / tls_cert / tls_key are set but the Redis URL is not rediss://: use rediss:// for TLS".into(),
+            ));
+        }
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p)
+                .map_err(|e| Setup::Tls(format!("cannot read {what} {}: {e}", p.display())))
+        };
+        let client_tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+                client_cert: read(c, "redis.tls_cert")?,
+                client_key: read(k, "redis.tls_key")?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(Setup::Tls(
+                    "set both redis.tls_cert and redis.tls_key (WHALE_REDIS_TLS_CERT, WHALE_REDIS_TLS_KEY), or neither".into(),
+                ))
+            }
+        };
+        let root_cert = cfg
+            .tls_ca
+            .as_deref()
+            .map(|p| read(p, "redis.tls_ca"))
+            .transpose()?;
+        let client = redis::Client::build_with_tls(
+            cfg.url.expose(),
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .map_err(|e| {
+            Setup::Tls(format!(
+                "redis TLS setup (redis.tls_ca, redis.tls_cert, redis.tls_key): {:?} {}",
+                e.kind(),
+                e.detail().unwrap_or("")
+            ))
+        })?;
+        Ok(Self::with_client(client)?)
+    }
+
+    fn with_client(client: redis::Client) -> Result<Limiter, BadUrl> {
         // Short connection attempts and few retries: while Redis is down a batch should come
         // back quickly as "wait", not hang; the worker's next batch tries again.
         let config = ConnectionManagerConfig::new()

@@ -45,8 +45,13 @@ impl ThrottleStage {
     }
 
     /// The stage `whale run --stages throttle` runs: `redis.url` from the configuration.
-    pub fn from_config(cfg: &Config) -> Result<ThrottleStage, limiter::BadUrl> {
-        let mut s = Self::new(&cfg.redis.url)?;
+    pub fn from_config(cfg: &Config) -> Result<ThrottleStage, limiter::Setup> {
+        let mut s = ThrottleStage {
+            limiter: Limiter::from_config(&cfg.redis)?,
+            outage: Outage::default(),
+            kill_after: None,
+            decided: AtomicU64::new(0),
+        };
         s.kill_after = std::env::var(KILL_AFTER_ENV)
             .ok()
             .and_then(|v| v.parse().ok());

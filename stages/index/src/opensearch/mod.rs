@@ -50,6 +50,16 @@ impl OpenSearch {
 
     /// As [`OpenSearch::new`] with another index name prefix (tests share a cluster this way).
     pub fn with_prefix(url: &str, prefix: &str) -> Result<OpenSearch, Error> {
+        Self::with_ca(url, prefix, None)
+    }
+
+    /// As [`OpenSearch::with_prefix`], also trusting the CA certificates in `ca_file` (PEM;
+    /// `index.opensearch_ca_file`).
+    pub fn with_ca(
+        url: &str,
+        prefix: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<OpenSearch, Error> {
         let mut u = reqwest::Url::parse(url).map_err(|e| {
             Error::Invalid(format!(
                 "WHALE_OPENSEARCH_URL is not a URL ({e}): use http://host:9200"
@@ -59,11 +69,30 @@ impl OpenSearch {
             .then(|| (u.username().to_owned(), u.password().map(str::to_owned)));
         let _ = u.set_username("");
         let _ = u.set_password(None);
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(20))
-            .build()
-            .map_err(|e| Error::Other(e.to_string()))?;
+            .timeout(Duration::from_secs(20));
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                Error::Invalid(format!(
+                    "cannot read index.opensearch_ca_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "index.opensearch_ca_file {} holds no PEM certificate",
+                        path.display()
+                    ))
+                })?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder.build().map_err(|e| Error::Other(e.to_string()))?;
         Ok(OpenSearch {
             http,
             base: u.as_str().trim_end_matches('/').to_owned(),
@@ -228,7 +257,18 @@ impl OpenSearch {
 
 /// Error text without any URL credentials.
 fn redact(e: &reqwest::Error) -> String {
-    let mut e = e.to_string();
+    // With the causes (e.g. `invalid peer certificate: UnknownIssuer`): reqwest's own message
+    // does not say why a request failed.
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    let mut e = text;
     if let Some(at) = e.find('@') {
         if let Some(scheme) = e[..at].rfind("://") {
             e.replace_range(scheme + 3..at, "***");
