@@ -2,6 +2,7 @@
 //! commands take `--json`.
 
 mod approvals;
+mod audit;
 mod auth;
 mod bench;
 mod bench_pipeline;
@@ -87,6 +88,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: auth::Cmd,
     },
+    /// The audit trail: who approved, retried, applied, drained, replayed — newest first.
+    Audit(audit::Args),
     /// Benchmarks that print figures beside a raw JetStream reference.
     Bench {
         #[command(subcommand)]
@@ -110,6 +113,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Trace(a) => trace::run(cfg, a).await,
         Cmd::Status(a) => status::run(cfg, a).await,
         Cmd::Bench { cmd } => bench::run(cfg, cmd).await,
+        Cmd::Audit(a) => audit::run(cfg, a).await,
         Cmd::Auth { cmd } => auth::run(cmd),
     }
 }

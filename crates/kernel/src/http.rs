@@ -236,7 +236,9 @@ pub async fn serve(
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, router)
+        // With the peer address, which audit records keep as "from" (`crate::audit::Caller`).
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await
         {
