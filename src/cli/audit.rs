@@ -56,13 +56,17 @@ pub fn render(records: &[Record]) -> String {
         "AT", "WHO", "ACTION", "TARGET", "OUTCOME"
     );
     for r in records {
+        // Milliseconds are enough to read; the record keeps the full time.
+        let at = whale_index::time::parse_time(&r.at)
+            .map(whale_index::time::format_ms)
+            .unwrap_or_else(|_| r.at.clone());
         let _ = writeln!(
             out,
             "{:<24} {:<16} {:<16} {:<44} {:<8} {} {}",
-            line(&r.at),
+            line(&at),
             line(&r.who),
             line(&r.action),
-            line(&format!("{} {}", r.target.kind, r.target.id)),
+            line(&cut(&format!("{} {}", r.target.kind, r.target.id), 44)),
             r.outcome.as_str(),
             line(&r.via),
             line(&r.from)
@@ -93,6 +97,16 @@ pub fn render(records: &[Record]) -> String {
     if records.is_empty() {
         let _ = writeln!(out, "(no audit records match)");
     }
+    out
+}
+
+/// `s` cut to `max` characters (marked `…`).
+fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
     out
 }
 

@@ -185,7 +185,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             retention: Duration::from_secs(400 * 24 * 3600),
-            max_bytes: 2 << 30,
+            max_bytes: 1 << 30,
             max_list: 10_000,
         }
     }
