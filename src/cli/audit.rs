@@ -84,11 +84,7 @@ pub fn render(records: &[Record]) -> String {
             );
         }
         if let Some(d) = &r.details {
-            let _ = writeln!(
-                out,
-                "{pad}{}",
-                line(&whale_index::trace::compact(d, 300))
-            );
+            let _ = writeln!(out, "{pad}{}", line(&whale_index::trace::compact(d, 300)));
         }
         if let Some(e) = &r.error {
             let _ = writeln!(out, "{pad}error: {}", line(e));

@@ -286,13 +286,22 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The audit record of a replay over `from..to` (its target: the range of events).
-fn record(a: &Args, action: Action, from: time::OffsetDateTime, to: time::OffsetDateTime) -> Record {
+fn record(
+    a: &Args,
+    action: Action,
+    from: time::OffsetDateTime,
+    to: time::OffsetDateTime,
+) -> Record {
     let mut rec = Record::new(
         &Actor::cli(None),
         action,
         Target::new(
             "events",
-            format!("{}..{}", envelope::format_time(from), envelope::format_time(to)),
+            format!(
+                "{}..{}",
+                envelope::format_time(from),
+                envelope::format_time(to)
+            ),
         ),
     );
     rec.rule = a.rule.clone();

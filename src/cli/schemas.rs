@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use serde_json::{json, Value};
 use whale_kernel::audit::{Action, Actor, Record, Target};
-use whale_kernel::{Config, Nats};
 use whale_kernel::setup::Change;
+use whale_kernel::{Config, Nats};
 use whale_validate::schemas::Applied;
 
 #[derive(clap::Subcommand)]
@@ -81,7 +81,8 @@ async fn audit_apply(nats: &Nats, dir: &Path, applied: &[Applied]) -> anyhow::Re
         .map(|a| format!("{}@{}", a.event_type, a.version))
         .collect();
     // Types and new versions identify the change: a repeated write is stored once.
-    let natural = &whale_kernel::digest(&versions.iter().map(String::as_str).collect::<Vec<_>>())[..24];
+    let natural =
+        &whale_kernel::digest(&versions.iter().map(String::as_str).collect::<Vec<_>>())[..24];
     let rec = Record::new(
         &Actor::cli(None),
         Action::SchemasApply,

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, message::PublishMessage};
 use serde_json::{json, Value};
 use whale_kernel::config::NatsConfig;
-use whale_kernel::subjects::{
-    self, Pipe, STREAM_AUDIT, STREAM_EVENTS, STREAM_INGEST, STREAM_PIPE,
-};
+use whale_kernel::subjects::{self, Pipe, STREAM_AUDIT, STREAM_EVENTS, STREAM_INGEST, STREAM_PIPE};
 use whale_kernel::testkit::{NatsCluster, NatsServer, RedisServer};
 use whale_kernel::Nats;
 

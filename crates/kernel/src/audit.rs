@@ -374,7 +374,9 @@ pub async fn record(nats: &Nats, rec: &Record) -> anyhow::Result<()> {
         record = %String::from_utf8_lossy(&payload),
         "AUDIT RECORD NOT WRITTEN to {STREAM_AUDIT}: {last}"
     );
-    anyhow::bail!("the audit record could not be written to {STREAM_AUDIT} ({last}); it is in whale's log")
+    anyhow::bail!(
+        "the audit record could not be written to {STREAM_AUDIT} ({last}); it is in whale's log"
+    )
 }
 
 /// Which records [`list`] returns.
@@ -509,7 +511,11 @@ async fn http_list(
 pub fn unavailable_response(e: &Unavailable) -> Response {
     tracing::warn!("action refused: {e}");
     with_retry_after(
-        error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), json!({"audit": "unavailable"})),
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+            json!({"audit": "unavailable"}),
+        ),
         5,
     )
 }
@@ -561,7 +567,10 @@ mod tests {
     #[test]
     fn actions_are_subject_tokens() {
         for a in Action::ALL {
-            assert!(a.as_str().split('.').all(crate::subjects::is_token), "{a:?}");
+            assert!(
+                a.as_str().split('.').all(crate::subjects::is_token),
+                "{a:?}"
+            );
             assert_eq!(a.as_str().split('.').count(), 2);
         }
     }

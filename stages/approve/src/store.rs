@@ -310,7 +310,16 @@ pub async fn decide(
     audit::check(nats)
         .await
         .map_err(DecideError::AuditUnavailable)?;
-    let r = decide_once(nats, kv, task_id, verdict, &actor.who, &actor.via, reason.clone()).await;
+    let r = decide_once(
+        nats,
+        kv,
+        task_id,
+        verdict,
+        &actor.who,
+        &actor.via,
+        reason.clone(),
+    )
+    .await;
     let action = match verdict {
         Verdict::Approve => audit::Action::ApprovalApprove,
         Verdict::Deny => audit::Action::ApprovalDeny,

@@ -309,7 +309,8 @@ impl Manager {
         rec.execution_id = Some(record.execution_id.clone());
         let c = self.client(&record)?;
         let eid = &record.execution_id;
-        let changed = action == Action::Retry && parameters.as_object().is_some_and(|m| !m.is_empty());
+        let changed =
+            action == Action::Retry && parameters.as_object().is_some_and(|m| !m.is_empty());
         if changed {
             // The diff: each parameter given, as it was (StackStorm's record of the original
             // execution; null when it had none) and as it is now.
@@ -317,7 +318,11 @@ impl Manager {
             let mut before = serde_json::Map::new();
             let mut after = serde_json::Map::new();
             for (k, v) in parameters.as_object().into_iter().flatten() {
-                let old = original.as_ref().and_then(|o| o.get(k)).cloned().unwrap_or(Value::Null);
+                let old = original
+                    .as_ref()
+                    .and_then(|o| o.get(k))
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 if &old != v {
                     before.insert(k.clone(), old);
                     after.insert(k.clone(), v.clone());

@@ -271,7 +271,11 @@ pub fn step(d: &Doc) -> Step {
                 details.push(format!("reason: {reason}"));
             }
             if let (Some(b), Some(a)) = (r.get("before"), r.get("after")) {
-                details.push(format!("before {} → after {}", compact(b, 300), compact(a, 300)));
+                details.push(format!(
+                    "before {} → after {}",
+                    compact(b, 300),
+                    compact(a, 300)
+                ));
             }
             if let Some(x) = r.get("details") {
                 details.push(compact(x, 300));

@@ -67,7 +67,10 @@ async fn every_decision_and_change_is_one_audit_record() {
         toml.push_str(&format!(
             "[[auth.tokens]]\nname = \"{name}\"\nrole = \"{}\"\nsha256 = \"{}\"\n",
             role.as_str(),
-            hash_token(t).iter().map(|b| format!("{b:02x}")).collect::<String>()
+            hash_token(t)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         ));
     }
     let cfg = dir.path().join("whale.toml");
@@ -134,10 +137,10 @@ async fn every_decision_and_change_is_one_audit_record() {
             .json()
             .await
             .unwrap_or(Value::Null);
-        match list
-            .as_array()
-            .and_then(|l| l.iter().find(|a| a["task"]["event_id"] == event_id.as_str()))
-        {
+        match list.as_array().and_then(|l| {
+            l.iter()
+                .find(|a| a["task"]["event_id"] == event_id.as_str())
+        }) {
             Some(a) => {
                 *found.lock().unwrap() = a["task"]["task_id"].as_str().unwrap().to_owned();
                 true
@@ -171,7 +174,10 @@ async fn every_decision_and_change_is_one_audit_record() {
             return false;
         }
         let f: Value = r.json().await.unwrap();
-        let id = f["record"]["execution_id"].as_str().unwrap_or("").to_owned();
+        let id = f["record"]["execution_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
         *found.lock().unwrap() = id.clone();
         !id.is_empty()
     })
@@ -302,7 +308,14 @@ async fn every_decision_and_change_is_one_audit_record() {
     let out = env.ok(&["events", "search", "oncall-op", "--kind", "audit", "--json"]);
     let hits: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(hits["total"], 2, "{hits}");
-    assert!(hits["hits"].as_array().unwrap().iter().all(|d| d["kind"] == "audit" && d["status"] == "ok"), "{hits}");
+    assert!(
+        hits["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["kind"] == "audit" && d["status"] == "ok"),
+        "{hits}"
+    );
     eprintln!("whale trace:\n{text}");
     assert!(traced, "the trace shows the audit records: {text}");
     assert!(text.contains("reason: disk is full"), "{text}");
@@ -340,7 +353,12 @@ async fn without_the_audit_stream_nothing_is_done() {
         let a: Value = r.json().await.unwrap();
         a["state"].as_str().unwrap_or("").to_owned()
     };
-    assert!(eventually(Duration::from_secs(30), || async { state().await == "pending" }).await);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            state().await == "pending"
+        })
+        .await
+    );
 
     nats.js.delete_stream(STREAM_AUDIT).await.unwrap();
     let r = http
