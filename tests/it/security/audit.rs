@@ -326,7 +326,8 @@ async fn every_decision_and_change_is_one_audit_record() {
 /// and after `whale setup` the same approval goes through with its record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_audit_stream_nothing_is_done() {
-    let env = Env::new();
+    let mut env = Env::new();
+    env.set("WHALE_APPROVAL_SECRET", crate::approvals::SECRET);
     env.prepare();
     let nats = env.connect().await;
     let _w = env.run("approve");
@@ -399,4 +400,52 @@ async fn without_the_audit_stream_nothing_is_done() {
     let all = audit_lines(&env, &[]);
     assert_eq!(actions(&all), ["approval.approve"], "{all:#?}");
     assert_eq!(all[0]["who"], "anonymous");
+
+    // A signed link's form POST is audited too: the link's holder, via link, from its address.
+    let mut t = crate::feedback::task("t-link", "disk-full-cleanup", "ops.clean_disk", &[], false);
+    t["approval"] = json!({"timeout_ms": 600_000});
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", "apv:t-link");
+    nats.js
+        .publish_with_headers("whale.pipe.approval", h, t.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let pending = eventually(Duration::from_secs(30), || async {
+        http.get(env.http("/v1/approvals/t-link"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(pending);
+    let a: Value = http
+        .get(env.http("/v1/approvals/t-link"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = whale_approve::link::url(
+        &env.http(""),
+        &whale_kernel::Secret::new(crate::approvals::SECRET),
+        "t-link",
+        "deny",
+        a["link_expires_unix"].as_i64().unwrap(),
+        a["nonce"].as_str().unwrap(),
+    );
+    let r = crate::approvals::post_link(&url, None).await;
+    assert_eq!(r.status(), 200);
+    let all = audit_lines(&env, &[]);
+    assert_eq!(
+        actions(&all),
+        ["approval.deny", "approval.approve"],
+        "{all:#?}"
+    );
+    assert_eq!(all[0]["who"], "link:chat");
+    assert_eq!(all[0]["via"], "link");
+    assert!(all[0]["from"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(all[0]["target"], json!({"kind": "task", "id": "t-link"}));
 }
