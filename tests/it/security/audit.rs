@@ -449,3 +449,33 @@ async fn without_the_audit_stream_nothing_is_done() {
     assert!(all[0]["from"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert_eq!(all[0]["target"], json!({"kind": "task", "id": "t-link"}));
 }
+
+/// `[audit] retention` and `max_bytes` are what `whale setup` gives the stream, on creation and
+/// on a later change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_retention_is_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("whale.toml");
+    std::fs::write(
+        &cfg,
+        "[audit]\nretention = \"30d\"\nmax_bytes = 1048576000\n",
+    )
+    .unwrap();
+    let mut env = Env::new();
+    env.ok(&["setup"]);
+    env.set("WHALE_CONFIG", cfg.to_str().unwrap());
+    let out: Value = serde_json::from_slice(&env.ok(&["setup", "--json"]).stdout).unwrap();
+    let item = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == STREAM_AUDIT)
+        .unwrap()
+        .clone();
+    assert_eq!(item["change"], "updated");
+    let nats = env.connect().await;
+    let mut st = nats.js.get_stream(STREAM_AUDIT).await.unwrap();
+    let info = st.info().await.unwrap();
+    assert_eq!(info.config.max_age, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(info.config.max_bytes, 1_048_576_000);
+}
