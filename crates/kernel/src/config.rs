@@ -174,8 +174,10 @@ pub struct AuditConfig {
     /// `nats.duplicate_window`.
     #[serde(deserialize_with = "de_duration")]
     pub retention: Duration,
-    /// Size cap of `WHALE_AUDIT` in bytes (0 = none). Discard new: when full, actions are refused
-    /// (503) before they happen, never an old record dropped; raise it or shorten `retention`.
+    /// Size cap of `WHALE_AUDIT` in bytes (0 = none; default 256 MiB, about 200,000 records of
+    /// ~1 KiB). Discard new: when full, actions are refused (503) before they happen, never an
+    /// old record dropped; raise it or shorten `retention`. It counts toward the server's
+    /// `max_file_store` with the other streams' caps.
     pub max_bytes: u64,
     /// Most records one `whale audit` / `GET /v1/audit` returns (`--limit`, `limit=`).
     pub max_list: usize,
@@ -185,7 +187,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             retention: Duration::from_secs(400 * 24 * 3600),
-            max_bytes: 1 << 30,
+            max_bytes: 256 << 20,
             max_list: 10_000,
         }
     }

@@ -458,7 +458,7 @@ async fn audit_retention_is_configurable() {
     let cfg = dir.path().join("whale.toml");
     std::fs::write(
         &cfg,
-        "[audit]\nretention = \"30d\"\nmax_bytes = 1048576000\n",
+        "[audit]\nretention = \"30d\"\nmax_bytes = 104857600\n",
     )
     .unwrap();
     let mut env = Env::new();
@@ -477,5 +477,5 @@ async fn audit_retention_is_configurable() {
     let mut st = nats.js.get_stream(STREAM_AUDIT).await.unwrap();
     let info = st.info().await.unwrap();
     assert_eq!(info.config.max_age, Duration::from_secs(30 * 24 * 3600));
-    assert_eq!(info.config.max_bytes, 1_048_576_000);
+    assert_eq!(info.config.max_bytes, 104_857_600);
 }
