@@ -57,9 +57,13 @@ pub fn render(records: &[Record]) -> String {
     );
     for r in records {
         // Milliseconds are enough to read; the record keeps the full time.
+        let ms = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
         let at = whale_index::time::parse_time(&r.at)
-            .map(whale_index::time::format_ms)
-            .unwrap_or_else(|_| r.at.clone());
+            .ok()
+            .and_then(|t| t.to_offset(time::UtcOffset::UTC).format(&ms).ok())
+            .unwrap_or_else(|| r.at.clone());
         let _ = writeln!(
             out,
             "{:<24} {:<16} {:<16} {:<44} {:<8} {} {}",
