@@ -2,7 +2,8 @@
 //! made: a compare-and-set from `pending`, so two clicks, a click and a CLI call, or a decision
 //! and the timeout can never both win. The winner publishes the decision record
 //! (`whale.pipe.decision`, msg id `dec:<task_id>`); the gate's timer republishes it from KV if
-//! that publish was lost, and only a decision record admits a task.
+//! that publish was lost, and only a decision record admits a task. Every attempt is an audit
+//! record (`whale_kernel::audit`), and none is made while the audit trail cannot take one.
 //!
 //! Every write carries a lifetime (per-message TTL): the time left until the approval times out
 //! plus `nats.pipe_retention`, so the key outlives every message that could look for it (the

@@ -1,6 +1,7 @@
 //! Task management: list, get, logs, retry (re_run), pause, resume and cancel an execution on
 //! the cluster whale's own record names. One implementation behind both `whale exec` and
-//! `/v1/executions`.
+//! `/v1/executions`. Every action is an audit record (`whale_kernel::audit`): who, the
+//! execution, the outcome and, for a retry, the changed parameters.
 //!
 //! An id is a whale task id or a StackStorm execution id. It is looked up in whale's execution
 //! index (written by the feedback stage); a task id whale has no record of is then searched on
