@@ -1,7 +1,7 @@
 //! `whale approvals list|approve|deny`: the approval gate from a shell. A decision is the same
 //! compare-and-set the chat links and `/v1/approvals` make, recorded with who made it (`--by`,
-//! default `$USER`) and published on `whale.pipe.decision`; an approved task then goes on to
-//! dispatch once.
+//! default `$USER`) and published on `whale.pipe.decision`, and an audit record (`whale audit`);
+//! an approved task then goes on to dispatch once.
 
 use std::process::ExitCode;
 
@@ -76,10 +76,11 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Approve(d) => (Verdict::Approve, d),
         Cmd::Deny(d) => (Verdict::Deny, d),
     };
-    let by =
-        d.by.or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "cli".into());
-    let a = store::decide(&nats, &kv, &d.id, verdict, &by, "cli", d.reason)
+    // Recorded as `by` and in the audit trail as who; the audit record's `from` is the OS
+    // user and host whatever `--by` says.
+    let actor = whale_kernel::audit::Actor::cli(d.by.as_deref());
+    let by = actor.who.clone();
+    let a = store::decide(&nats, &kv, &d.id, verdict, &actor, d.reason)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if d.json {

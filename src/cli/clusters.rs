@@ -5,7 +5,8 @@
 use std::process::ExitCode;
 
 use whale_dispatch::admin;
-use whale_kernel::Config;
+use whale_kernel::audit::{Action, Actor, Record, Target};
+use whale_kernel::{Config, Nats};
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {
@@ -20,12 +21,26 @@ pub enum Cmd {
     Undrain { name: String },
 }
 
+/// The audit record of a drain or undrain that changed something.
+async fn audited(nats: &Nats, action: Action, name: &str) -> anyhow::Result<()> {
+    let mut rec = Record::new(&Actor::cli(None), action, Target::new("cluster", name));
+    rec.cluster = Some(name.to_owned());
+    super::audit::write(nats, &rec, &format!("the {}", action.as_str())).await
+}
+
 pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
     let nats = super::connect(&cfg, "clusters").await?;
+    if matches!(cmd, Cmd::Drain { .. } | Cmd::Undrain { .. }) {
+        super::audit::preflight(&nats).await?;
+    }
     match cmd {
         Cmd::Drain { name } => {
             let failover = cfg.clusters.get(&name).and_then(|c| c.failover.clone());
             let changed = admin::drain(&nats, &cfg, &name).await?;
+            let recorded = match changed {
+                true => audited(&nats, Action::ClusterDrain, &name).await,
+                false => Ok(()),
+            };
             let then = match failover {
                 Some(f) => format!("new tasks go to {f}"),
                 None => "new tasks wait (no failover configured)".to_owned(),
@@ -34,9 +49,14 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 true => println!("drained {name}: {then}; in-flight tasks finish"),
                 false => println!("{name} was already drained: {then}"),
             }
+            recorded?;
         }
         Cmd::Undrain { name } => match admin::undrain(&nats, &cfg, &name).await? {
-            true => println!("undrained {name}: it takes new tasks again"),
+            true => {
+                let recorded = audited(&nats, Action::ClusterUndrain, &name).await;
+                println!("undrained {name}: it takes new tasks again");
+                recorded?;
+            }
             false => println!("{name} was not drained"),
         },
         Cmd::List { json } => {

@@ -36,7 +36,7 @@ pub struct SearchArgs {
     #[arg(long, default_value_t = whale_index::http::DEFAULT_LIMIT)]
     limit: usize,
     /// Document kinds: a comma list (event, rejected, matched, task, render_failed, admitted,
-    /// throttled, approval, decision, dispatched, dead_letter, result, unparsed) or `all`.
+    /// throttled, approval, decision, dispatched, dead_letter, result, audit, unparsed) or `all`.
     #[arg(long, default_value = "event,rejected")]
     kind: String,
     /// Print one JSON document `{"total": N, "hits": [...]}`.

@@ -131,11 +131,8 @@ async fn act(
     params: Value,
     json: bool,
 ) -> anyhow::Result<()> {
-    let by = format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    );
-    let f = m.act(id, action, params, &by, true).await?;
+    let actor = whale_kernel::audit::Actor::cli(None);
+    let f = m.act(id, action, params, &actor, true).await?;
     if json {
         return super::print_json(&f);
     }

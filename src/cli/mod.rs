@@ -2,6 +2,7 @@
 //! commands take `--json`.
 
 mod approvals;
+mod audit;
 mod auth;
 mod bench;
 mod bench_pipeline;
@@ -93,6 +94,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: hooks::Cmd,
     },
+    /// The audit trail: who approved, retried, applied, drained, replayed — newest first.
+    Audit(audit::Args),
     /// Benchmarks that print figures beside a raw JetStream reference.
     Bench {
         #[command(subcommand)]
@@ -116,6 +119,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Trace(a) => trace::run(cfg, a).await,
         Cmd::Status(a) => status::run(cfg, a).await,
         Cmd::Bench { cmd } => bench::run(cfg, cmd).await,
+        Cmd::Audit(a) => audit::run(cfg, a).await,
         Cmd::Auth { cmd } => auth::run(cmd),
         Cmd::Hooks { cmd } => hooks::run(cfg, cmd),
     }

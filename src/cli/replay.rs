@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::{json, Value};
+use whale_kernel::audit::{Action, Actor, Record, Target};
 use whale_kernel::history::{self, parse_time_arg};
 use whale_kernel::subjects::{self, Pipe};
 use whale_kernel::{envelope, Config, Envelope, Output, Window};
@@ -70,6 +71,8 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         bail!("--rules evaluates a candidate set and needs --dry-run; apply it with `whale rules apply` to run it live");
     }
     let nats = super::connect(&cfg, "replay").await?;
+    // A replay is audited, dry run or not; while the trail cannot take a record, nothing runs.
+    super::audit::preflight(&nats).await?;
     let set: RuleSet = match &a.rules {
         Some(dir) => RuleSet::load_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => {
@@ -195,6 +198,11 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             "rule_set": set.version(), "candidate": a.rules.is_some(), "events": read, "unreadable": unreadable,
             "rules": lines.values().collect::<Vec<_>>(), "warnings": warnings,
         });
+        let rec = record(&a, Action::ReplayDryRun, from, to).details(json!({
+            "dry_run": true, "rule_set": set.version(), "candidate": a.rules.as_ref().map(|d| d.display().to_string()),
+            "type": a.event_type, "rule": a.rule, "events": read,
+        }));
+        let audited = super::audit::write(&nats, &rec, "the dry run").await;
         if a.json {
             super::print_json(&report)?;
         } else {
@@ -228,6 +236,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        audited?;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -252,6 +261,14 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         "dry_run": false, "replay": run_id, "events": read, "reinjected": s.published, "failed": s.failed,
         "rules": lines.values().collect::<Vec<_>>(), "warnings": warnings,
     });
+    // The run id is the replay's natural id.
+    let rec = record(&a, Action::ReplayRun, from, to)
+        .natural_id(&run_id)
+        .details(json!({
+            "dry_run": false, "replay": run_id, "rule_set": set.version(), "type": a.event_type,
+            "rule": a.rule, "events": read, "reinjected": s.published, "failed": s.failed,
+        }));
+    let audited = super::audit::write(&nats, &rec, "the replay").await;
     if a.json {
         super::print_json(&report)?;
     } else {
@@ -260,9 +277,33 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         }
         println!("replay {run_id}: {} of {read} events re-injected with fresh ids (label whale_replay={run_id}); {} failed", s.published, s.failed);
     }
+    audited?;
     Ok(if s.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
     })
+}
+
+/// The audit record of a replay over `from..to` (its target: the range of events).
+fn record(
+    a: &Args,
+    action: Action,
+    from: time::OffsetDateTime,
+    to: time::OffsetDateTime,
+) -> Record {
+    let mut rec = Record::new(
+        &Actor::cli(None),
+        action,
+        Target::new(
+            "events",
+            format!(
+                "{}..{}",
+                envelope::format_time(from),
+                envelope::format_time(to)
+            ),
+        ),
+    );
+    rec.rule = a.rule.clone();
+    rec
 }

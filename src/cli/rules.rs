@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use serde_json::{json, Value};
+use whale_kernel::audit::{Action, Actor, Record, Target};
 use whale_kernel::envelope::{self, Defaults};
 use whale_kernel::Config;
 use whale_rules::RuleSet;
@@ -130,8 +131,23 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
             let before = active.map(|s| s.version);
             let unchanged = before.as_deref() == Some(set.version());
+            let mut audited = Ok(());
             if !unchanged {
-                rules_store::apply(&nats, &set).await?;
+                super::audit::preflight(&nats).await?;
+                let revision = rules_store::apply(&nats, &set).await?;
+                // The KV revision is the apply's natural id: a repeated write is stored once.
+                let rec = Record::new(
+                    &Actor::cli(None),
+                    Action::RulesApply,
+                    Target::new("rules", set.version()),
+                )
+                .natural_id(&revision.to_string())
+                .before_after(
+                    json!({"version": before}),
+                    json!({"version": set.version(), "rules": set.len()}),
+                )
+                .details(json!({"dir": dir.display().to_string()}));
+                audited = super::audit::write(&nats, &rec, "the rules apply").await;
             }
             if json {
                 super::print_json(
@@ -151,6 +167,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                     before.as_deref().unwrap_or("nothing")
                 );
             }
+            audited?;
         }
         Cmd::Test { dir, events, json } => {
             let (set, _) = match load(&dir, json)? {

@@ -56,6 +56,8 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let health = Health::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut router = http::base_router(health.clone(), Some(nats.clone()));
+    // The audit trail is read from its stream: any `whale run` serves it, whatever its stages.
+    router = router.merge(whale_kernel::audit::router(nats.clone(), cfg.clone()));
     let mut loops = JoinSet::new();
     for name in &names {
         if *name == "ingest" {

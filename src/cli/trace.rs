@@ -1,7 +1,8 @@
 //! `whale trace EVENT_ID [--json]`: one event's whole story from the index — accepted or rejected
 //! (why), matched rules, render failures, the task (parameters, throttle key, cluster), the
-//! throttle decision, approval, dispatch (cluster, execution id), dead letters, the result — in
-//! the order it happened. Read-only, on whichever backend is configured.
+//! throttle decision, approval, dispatch (cluster, execution id), dead letters, the result — and
+//! the audit records of its tasks and executions (who approved, retried, cancelled) — in the
+//! order it happened. Read-only, on whichever backend is configured.
 
 use std::process::ExitCode;
 
@@ -137,7 +138,14 @@ pub fn render(t: &Trace) -> String {
             let _ = writeln!(out, "  {}: {}", line(&m.rule), line(&m.reason));
         }
     }
-    let last = t.steps.last().map(|s| s.kind.as_str()).unwrap_or("");
+    // Audit records (who approved, retried) say nothing about where the event's story ended.
+    let last = t
+        .steps
+        .iter()
+        .rev()
+        .find(|s| s.kind != "audit")
+        .map(|s| s.kind.as_str())
+        .unwrap_or("");
     let end = match (t.outcome.as_str(), last) {
         ("rejected", _) => "rejected at validation: nothing ran",
         (_, "event") => "accepted; no rule matched it (or matching has not happened yet)",

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, message::PublishMessage};
 use serde_json::{json, Value};
 use whale_kernel::config::NatsConfig;
-use whale_kernel::subjects::{self, Pipe, STREAM_EVENTS, STREAM_INGEST, STREAM_PIPE};
+use whale_kernel::subjects::{self, Pipe, STREAM_AUDIT, STREAM_EVENTS, STREAM_INGEST, STREAM_PIPE};
 use whale_kernel::testkit::{NatsCluster, NatsServer, RedisServer};
 use whale_kernel::Nats;
 
 use crate::harness::*;
 
-const STREAMS: [&str; 3] = [STREAM_INGEST, STREAM_EVENTS, STREAM_PIPE];
+const STREAMS: [&str; 4] = [STREAM_INGEST, STREAM_EVENTS, STREAM_PIPE, STREAM_AUDIT];
 
 /// Streams holding the KV buckets (`KV_<bucket>`).
 fn kv_streams() -> Vec<String> {

@@ -148,6 +148,8 @@ pub const POLICIES: &[Policy] = &[
         Access::SignedLink,
         Body::Json,
     ),
+    // Read-only oversight (docs/security.md "Audit trail"): an auditor needs no power to act.
+    p("GET", "/v1/audit", VIEWER, Body::Any),
 ];
 
 /// The policy of `method` on the route pattern `route` (HEAD follows GET).

@@ -165,6 +165,8 @@ pub struct Config {
     /// built-in `alertmanager`, `grafana` and `cloudevents` exist without an entry; an entry
     /// with their name changes their limits or tokens.
     pub hooks: Vec<HookConfig>,
+    /// The audit trail (`[audit]`): how long and how much of it `WHALE_AUDIT` keeps.
+    pub audit: AuditConfig,
 }
 
 /// One webhook adapter (`[[hooks]]`, docs/sources.md).
@@ -212,6 +214,34 @@ impl HookConfig {
             tokens: Vec::new(),
             max_body_bytes: default_hook_body(),
             max_items: default_hook_items(),
+        }
+    }
+}
+
+/// The audit trail (`[audit]`, docs/security.md "Audit trail"): every decision and change is a
+/// record on the `WHALE_AUDIT` stream, which `whale setup` creates with these limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// How long a record is kept (the stream's max age; `"0s"` keeps records forever). At least
+    /// `nats.duplicate_window`.
+    #[serde(deserialize_with = "de_duration")]
+    pub retention: Duration,
+    /// Size cap of `WHALE_AUDIT` in bytes (0 = none; default 256 MiB, about 200,000 records of
+    /// ~1 KiB). Discard new: when full, actions are refused (503) before they happen, never an
+    /// old record dropped; raise it or shorten `retention`. It counts toward the server's
+    /// `max_file_store` with the other streams' caps.
+    pub max_bytes: u64,
+    /// Most records one `whale audit` / `GET /v1/audit` returns (`--limit`, `limit=`).
+    pub max_list: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention: Duration::from_secs(400 * 24 * 3600),
+            max_bytes: 256 << 20,
+            max_list: 10_000,
         }
     }
 }
@@ -1075,6 +1105,12 @@ impl Config {
         }
         self.dispatch.check()?;
         self.feedback.check()?;
+        if !self.audit.retention.is_zero() && self.audit.retention < self.nats.duplicate_window {
+            bail!("audit.retention ({}) is shorter than nats.duplicate_window ({}): JetStream refuses such a stream; keep audit records longer (default 400d)", humantime::format_duration(self.audit.retention), humantime::format_duration(self.nats.duplicate_window));
+        }
+        if self.audit.max_list == 0 {
+            bail!("audit.max_list must be at least 1");
+        }
         self.index.check()?;
         let pipe = self.nats.pipe_retention;
         if self.claims_lifetime() < pipe {

@@ -236,6 +236,8 @@ pub async fn serve(
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };
+        // With the peer address: the auth layer resolves the client (trusted proxies) from it and
+        // audit records keep it as "from" (`crate::audit::Caller`).
         let app = router.into_make_service_with_connect_info::<crate::auth::Peer>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)

@@ -3,6 +3,7 @@
 //! every stage runs ([`worker`]), windowed publishing, configuration, logs, metrics, health and
 //! the HTTP server. Stages depend on this crate and never on each other.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod envelope;

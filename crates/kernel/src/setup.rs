@@ -43,7 +43,8 @@ fn cap(bytes: u64) -> i64 {
 /// messages when full (ingest answers 429, nothing queued is lost); the event history drops its
 /// oldest events; the pipe refuses new records, because its head holds records the next stage has
 /// not handled yet and dropping them would lose work — a full pipe makes stages retry, which
-/// backs up into the ingest queue and so into 429s at the door.
+/// backs up into the ingest queue and so into 429s at the door. The audit trail refuses new
+/// records when full too: an audit record is never dropped.
 pub fn streams(cfg: &Config) -> Vec<stream::Config> {
     let base = |name: &str, subjects: Vec<String>, max_age: Duration| stream::Config {
         name: name.to_owned(),
@@ -88,6 +89,21 @@ pub fn streams(cfg: &Config) -> Vec<stream::Config> {
                 subjects::STREAM_PIPE,
                 vec![subjects::all(subjects::PIPE_PREFIX)],
                 cfg.nats.pipe_retention,
+            )
+        },
+        // The audit trail: discard new, so a full stream refuses new records (and whale then
+        // refuses the actions, see `crate::audit`) instead of dropping old ones; records cannot
+        // be deleted or purged through the JetStream API, only age removes them.
+        stream::Config {
+            max_bytes: cap(cfg.audit.max_bytes),
+            discard: stream::DiscardPolicy::New,
+            deny_delete: true,
+            deny_purge: true,
+            description: Some("whale: audit trail of decisions and changes".into()),
+            ..base(
+                subjects::STREAM_AUDIT,
+                vec![subjects::all(subjects::AUDIT_PREFIX)],
+                cfg.audit.retention,
             )
         },
     ]
@@ -350,6 +366,8 @@ fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {
         && have.storage == want.storage
         && have.description == want.description
         && have.allow_direct == want.allow_direct
+        && have.deny_delete == want.deny_delete
+        && have.deny_purge == want.deny_purge
 }
 
 /// Error for a stage started before `whale setup` ran.

@@ -12,6 +12,8 @@ pub const EVENTS_PREFIX: &str = "whale.events";
 pub const REJECTED_PREFIX: &str = "whale.rejected";
 /// Internal pipeline records between stages: `whale.pipe.<kind>[.<more>]`.
 pub const PIPE_PREFIX: &str = "whale.pipe";
+/// Audit records of decisions and changes: `whale.audit.<area>.<verb>` (`crate::audit`).
+pub const AUDIT_PREFIX: &str = "whale.audit";
 
 /// Stream holding ingested, not yet validated events (work queue).
 pub const STREAM_INGEST: &str = "WHALE_INGEST";
@@ -19,6 +21,8 @@ pub const STREAM_INGEST: &str = "WHALE_INGEST";
 pub const STREAM_EVENTS: &str = "WHALE_EVENTS";
 /// Stream holding every inter-stage record (matches, tasks, decisions, executions, results).
 pub const STREAM_PIPE: &str = "WHALE_PIPE";
+/// Stream holding the audit trail (`audit.retention`, default 400 days; never drops a record).
+pub const STREAM_AUDIT: &str = "WHALE_AUDIT";
 
 /// KV bucket of event-type JSON Schemas, key = event type.
 pub const KV_SCHEMAS: &str = "whale_schemas";
@@ -62,6 +66,11 @@ pub fn ingest_type(subject: &str) -> Option<&str> {
         .strip_prefix(INGEST_PREFIX)
         .and_then(|s| s.strip_prefix('.'))
         .filter(|s| !s.is_empty())
+}
+
+/// `whale.audit.<action>` (`approval.approve`, `exec.retry`, ...).
+pub fn audit(action: &str) -> String {
+    format!("{AUDIT_PREFIX}.{action}")
 }
 
 /// Wildcard over all subjects with `prefix`.
@@ -173,6 +182,11 @@ pub fn stage_inputs(stage: &str) -> Vec<Input> {
                 stream: STREAM_PIPE,
                 consumer: "index-pipe",
                 filters: vec![all(PIPE_PREFIX)],
+            },
+            Input {
+                stream: STREAM_AUDIT,
+                consumer: "index-audit",
+                filters: vec![all(AUDIT_PREFIX)],
             },
         ];
     }

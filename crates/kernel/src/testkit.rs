@@ -51,6 +51,9 @@ fn find_binary(name: &str, env: &str) -> PathBuf {
     panic!("{name} is not installed (not on PATH, ${env} unset): run deploy/install.sh");
 }
 
+/// `max_file_store` of the test servers (see `NatsServer::spawn`).
+const TEST_MAX_FILE_STORE: &str = "1TB";
+
 /// A nats-server with JetStream, on a free port, storing under a temp dir.
 pub struct NatsServer {
     pub port: u16,
@@ -94,8 +97,12 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         let conf = self.dir.path().join("nats.conf");
+        // A fixed JetStream store limit: by default nats-server takes 75% of the free disk, and
+        // `whale setup` reserves the streams' size caps against it (about 13 GiB by default), so
+        // tests would fail with "insufficient storage" whenever this machine's disk is fuller.
+        // The tests write a few MiB; the limit is only a reservation check.
         let mut text = format!(
-            "listen: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n}}\n",
+            "listen: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n  max_file_store: {TEST_MAX_FILE_STORE}\n}}\n",
             self.port,
             self.dir.path().join("js")
         );
@@ -305,7 +312,7 @@ impl NatsCluster {
             &conf,
             format!(
                 "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n\
-                 max_payload: 8MB\njetstream {{\n  store_dir: {store:?}\n}}\n\
+                 max_payload: 8MB\njetstream {{\n  store_dir: {store:?}\n  max_file_store: {TEST_MAX_FILE_STORE}\n}}\n\
                  cluster {{\n  name: whale-test\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n",
                 name = node.name,
                 port = node.port,

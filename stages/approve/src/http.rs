@@ -13,6 +13,10 @@
 //!   decides as an API client; `POST /v1/approvals` with `{"id", "decision": "approve"|"deny",
 //!   "reason"}` does the same. These need the `operator` role (auth layer, `whale_kernel::auth`);
 //!   the decision records the caller's principal as `by` (a `by` in the body is ignored).
+//!
+//! Every decision (and refused attempt) is an audit record (`whale_kernel::audit`): 503 and
+//! nothing decided while the audit trail cannot take one; 500 `"audit": "missing"` when the
+//! decision was made but its record could not be written.
 
 use std::sync::Arc;
 
@@ -21,11 +25,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
-use whale_kernel::auth::{principal, Principal};
+use whale_kernel::audit::{self, Actor, Caller};
 use whale_kernel::http::{error, json_body, media_type};
 use whale_kernel::{Config, Nats};
 
@@ -122,7 +126,7 @@ async fn by_post(
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
     Query(q): Query<LinkToken>,
-    who: Option<Extension<Principal>>,
+    Caller(who): Caller,
     body: Body,
 ) -> Response {
     let form = media_type(&headers) == "application/x-www-form-urlencoded";
@@ -139,7 +143,7 @@ async fn by_post(
                 )
             }
         };
-        let (code, msg) = link_decision(&st, &headers, &id, &action, &token).await;
+        let (code, msg) = link_decision(&st, &headers, &who, &id, &action, &token).await;
         return if code.is_success() {
             page::done(&msg)
         } else {
@@ -147,7 +151,7 @@ async fn by_post(
         };
     }
     if q.sig.is_some() {
-        let (code, msg) = link_decision(&st, &headers, &id, &action, &q).await;
+        let (code, msg) = link_decision(&st, &headers, &who, &id, &action, &q).await;
         let key = if code.is_success() {
             "message"
         } else {
@@ -161,14 +165,10 @@ async fn by_post(
         Ok(v) => v.unwrap_or_else(|| json!({})),
         Err(r) => return r,
     };
-    api_decision(&st, &principal(who), &id, &action, &body).await
+    api_decision(&st, &who, &id, &action, &body).await
 }
 
-async fn post_decision(
-    State(st): State<St>,
-    who: Option<Extension<Principal>>,
-    body: Body,
-) -> Response {
+async fn post_decision(State(st): State<St>, Caller(who): Caller, body: Body) -> Response {
     let body = match json_body(body, &st.cfg.api).await {
         Ok(v) => v.unwrap_or(Value::Null),
         Err(r) => return r,
@@ -180,10 +180,10 @@ async fn post_decision(
             json!({}),
         );
     };
-    api_decision(&st, &principal(who), id, decision, &body).await
+    api_decision(&st, &who, id, decision, &body).await
 }
 
-async fn api_decision(st: &St, who: &Principal, id: &str, action: &str, body: &Value) -> Response {
+async fn api_decision(st: &St, who: &Actor, id: &str, action: &str, body: &Value) -> Response {
     let Some(verdict) = Verdict::parse(action) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -192,16 +192,17 @@ async fn api_decision(st: &St, who: &Principal, id: &str, action: &str, body: &V
         );
     };
     // The authenticated principal decides; a `by` in the body is ignored.
-    let by = who.name.clone();
     let reason = body["reason"].as_str().map(str::to_owned);
-    match store::decide(&st.nats, &st.kv, id, verdict, &by, "http", reason).await {
+    match store::decide(&st.nats, &st.kv, id, verdict, who, reason).await {
         Ok(a) => Json(a).into_response(),
-        Err(e) => {
-            if let DecideError::Internal(err) = e {
-                return internal(err);
-            }
-            error(decide_status(&e), e.to_string(), json!({}))
-        }
+        Err(DecideError::Internal(err)) => internal(err),
+        Err(DecideError::AuditUnavailable(e)) => audit::unavailable_response(&e),
+        Err(DecideError::AuditMissing(a, err)) => audit::missing_response(
+            "the decision",
+            &anyhow::anyhow!(err),
+            serde_json::to_value(&a).unwrap_or_default(),
+        ),
+        Err(e) => error(decide_status(&e), e.to_string(), json!({})),
     }
 }
 
@@ -210,7 +211,10 @@ fn decide_status(e: &DecideError) -> StatusCode {
         DecideError::NotFound(_) => StatusCode::NOT_FOUND,
         DecideError::AlreadyDecided(_) => StatusCode::CONFLICT,
         DecideError::TimedOut(_) => StatusCode::GONE,
-        DecideError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        DecideError::Internal(_) | DecideError::AuditMissing(..) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        DecideError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -331,6 +335,7 @@ fn foreign_origin(st: &St, headers: &HeaderMap) -> Option<String> {
 async fn link_decision(
     st: &St,
     headers: &HeaderMap,
+    caller: &Actor,
     id: &str,
     action: &str,
     t: &LinkToken,
@@ -354,8 +359,14 @@ async fn link_decision(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let by = link_decider(c.approval.channel.as_deref());
-    match store::decide(&st.nats, &st.kv, id, c.verdict, &by, "link", None).await {
+    // The link's holder decides, from the caller's address (the auth layer names it `link`).
+    let actor = Actor {
+        who: link_decider(c.approval.channel.as_deref()),
+        role: None,
+        via: "link".into(),
+        from: caller.from.clone(),
+    };
+    match store::decide(&st.nats, &st.kv, id, c.verdict, &actor, None).await {
         Ok(a) => {
             let t = &a.task;
             let what = if a.state == "approved" {

@@ -2,7 +2,8 @@
 //! made: a compare-and-set from `pending`, so two clicks, a click and a CLI call, or a decision
 //! and the timeout can never both win. The winner publishes the decision record
 //! (`whale.pipe.decision`, msg id `dec:<task_id>`); the gate's timer republishes it from KV if
-//! that publish was lost, and only a decision record admits a task.
+//! that publish was lost, and only a decision record admits a task. Every attempt is an audit
+//! record (`whale_kernel::audit`), and none is made while the audit trail cannot take one.
 //!
 //! Every write carries a lifetime (per-message TTL): the time left until the approval times out
 //! plus `nats.pipe_retention`, so the key outlives every message that could look for it (the
@@ -15,6 +16,7 @@ use async_nats::HeaderMap;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use whale_kernel::audit::{self, Actor, Outcome, Target};
 use whale_kernel::envelope::format_time;
 use whale_kernel::kv::{Bucket, Ttl};
 use whale_kernel::records::{Decision, Task};
@@ -258,6 +260,10 @@ pub enum DecideError {
     /// The approval timed out (the gate records it as expired).
     TimedOut(Box<Approval>),
     Internal(anyhow::Error),
+    /// The audit trail cannot take a record now: nothing was decided.
+    AuditUnavailable(audit::Unavailable),
+    /// Decided, but its audit record could not be written (the decision stands).
+    AuditMissing(Box<Approval>, String),
 }
 
 impl std::fmt::Display for DecideError {
@@ -278,14 +284,65 @@ impl std::fmt::Display for DecideError {
                 write!(f, "approval {} timed out at {}", a.task.task_id, a.expires)
             }
             DecideError::Internal(e) => write!(f, "{e:#}"),
+            DecideError::AuditUnavailable(e) => write!(f, "{e}"),
+            DecideError::AuditMissing(a, e) => write!(
+                f,
+                "approval {} was {}, but its audit record is missing: {e}",
+                a.task.task_id, a.state
+            ),
         }
     }
 }
 
 impl std::error::Error for DecideError {}
 
-/// Makes a decision, once: compare-and-set from pending, then publishes the decision record.
+/// Makes a decision, once, as `actor` (its `who` is recorded as `by`, its `via` as `via`):
+/// checks that the audit trail can take a record (else nothing is decided), compare-and-set
+/// from pending, publishes the decision record, then writes the audit record — also of a
+/// refused attempt (unknown, already decided, timed out).
 pub async fn decide(
+    nats: &Nats,
+    kv: &Approvals,
+    task_id: &str,
+    verdict: Verdict,
+    actor: &Actor,
+    reason: Option<String>,
+) -> Result<Approval, DecideError> {
+    audit::check(nats)
+        .await
+        .map_err(DecideError::AuditUnavailable)?;
+    let r = decide_once(
+        nats,
+        kv,
+        task_id,
+        verdict,
+        &actor.who,
+        &actor.via,
+        reason.clone(),
+    )
+    .await;
+    let action = match verdict {
+        Verdict::Approve => audit::Action::ApprovalApprove,
+        Verdict::Deny => audit::Action::ApprovalDeny,
+    };
+    let mut rec = audit::Record::new(actor, action, Target::new("task", task_id));
+    rec = match &r {
+        Ok(a) => rec.task(&a.task).natural_id(&a.task.task_id),
+        Err(DecideError::Internal(e)) => rec.outcome(Outcome::Failed, Some(format!("{e:#}"))),
+        Err(e @ (DecideError::AlreadyDecided(a) | DecideError::TimedOut(a))) => rec
+            .task(&a.task)
+            .outcome(Outcome::Refused, Some(e.to_string())),
+        Err(e) => rec.outcome(Outcome::Refused, Some(e.to_string())),
+    };
+    rec.reason = reason.filter(|r| !r.is_empty());
+    match (audit::record(nats, &rec).await, r) {
+        (Err(err), Ok(a)) => Err(DecideError::AuditMissing(Box::new(a), format!("{err:#}"))),
+        // A refusal changed nothing: its answer stands (the missing record is logged).
+        (_, r) => r,
+    }
+}
+
+async fn decide_once(
     nats: &Nats,
     kv: &Approvals,
     task_id: &str,

@@ -8,7 +8,8 @@
 //!
 //! `id` is a whale task id or a StackStorm execution id. StackStorm's refusals answer with its
 //! status (4xx) and `faultstring`. Access is checked by the auth layer (`whale_kernel::auth`):
-//! reads need `viewer`, actions `operator`; the caller's principal is logged as who acted.
+//! reads need `viewer`, actions `operator`; every action is an audit record with the caller's
+//! principal as who (`whale_kernel::audit`: 503 and nothing done while the trail cannot take one).
 
 use std::sync::Arc;
 
@@ -17,10 +18,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use whale_kernel::auth::{principal, Principal, Role};
+use whale_kernel::audit::{self, Caller};
 use whale_kernel::http::{error, json_body};
 use whale_kernel::{Config, Nats};
 
@@ -51,6 +52,17 @@ struct ListQuery {
 
 fn fail(e: Error) -> Response {
     let code = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    match &e {
+        Error::AuditUnavailable(u) => return audit::unavailable_response(u),
+        Error::AuditMissing { found, err } => {
+            return audit::missing_response(
+                "the execution action",
+                &anyhow::anyhow!(err.clone()),
+                serde_json::to_value(found).unwrap_or_default(),
+            )
+        }
+        _ => {}
+    }
     if let Error::Internal(err) = &e {
         if whale_kernel::kv::is_unavailable(err) {
             tracing::warn!("executions API: NATS unavailable: {err:#}");
@@ -102,7 +114,7 @@ async fn logs(State(st): State<St>, Path(id): Path<String>) -> Response {
 
 async fn act(
     State(st): State<St>,
-    who: Option<Extension<Principal>>,
+    Caller(who): Caller,
     Path((id, action)): Path<(String, String)>,
     body: Body,
 ) -> Response {
@@ -119,11 +131,10 @@ async fn act(
             .unwrap_or(Value::Null),
         Err(r) => return r,
     };
-    let who = principal(who);
     // Admin (and a server with no auth configured) may act on any execution; others only on
     // executions whale created.
-    let any = who.role.is_none_or(|r| r == Role::Admin);
-    match st.manager.act(&id, action, params, &who.name, any).await {
+    let any = who.role.as_deref().is_none_or(|r| r == "admin");
+    match st.manager.act(&id, action, params, &who, any).await {
         Ok(f) => Json(f).into_response(),
         Err(e) => fail(e),
     }

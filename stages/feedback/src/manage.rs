@@ -1,6 +1,7 @@
 //! Task management: list, get, logs, retry (re_run), pause, resume and cancel an execution on
 //! the cluster whale's own record names. One implementation behind both `whale exec` and
-//! `/v1/executions`.
+//! `/v1/executions`. Every action is an audit record (`whale_kernel::audit`): who, the
+//! execution, the outcome and, for a retry, the changed parameters.
 //!
 //! An id is a whale task id or a StackStorm execution id. It is looked up in whale's execution
 //! index (written by the feedback stage); a task id whale has no record of is then searched on
@@ -12,6 +13,7 @@ use std::fmt;
 use async_nats::jetstream::kv::Store;
 use serde::Serialize;
 use serde_json::Value;
+use whale_kernel::audit::{self, Actor, Outcome, Target};
 use whale_kernel::{Config, Nats};
 use whale_st2::{Execution, St2Error};
 
@@ -66,6 +68,10 @@ pub enum Error {
     NotOwned(String),
     /// NATS / KV trouble.
     Internal(anyhow::Error),
+    /// The audit trail cannot take a record now: nothing was done.
+    AuditUnavailable(audit::Unavailable),
+    /// Done, but its audit record could not be written.
+    AuditMissing { found: Box<Found>, err: String },
 }
 
 impl Error {
@@ -81,7 +87,8 @@ impl Error {
                 None if err.faultstring().is_some() => 409,
                 None => 502,
             },
-            Error::Internal(_) => 500,
+            Error::Internal(_) | Error::AuditMissing { .. } => 500,
+            Error::AuditUnavailable(_) => 503,
         }
     }
 
@@ -105,6 +112,8 @@ impl fmt::Display for Error {
             },
             Error::NotOwned(id) => write!(f, "{id:?} is not an execution whale created (not in whale's execution index): only an admin may act on it"),
             Error::Internal(e) => write!(f, "{e:#}"),
+            Error::AuditUnavailable(e) => write!(f, "{e}"),
+            Error::AuditMissing { found, err } => write!(f, "execution {} was acted on, but its audit record is missing: {err}", found.record.execution_id),
         }
     }
 }
@@ -128,6 +137,7 @@ pub struct Found {
 /// Task management over the configured clusters.
 #[derive(Clone)]
 pub struct Manager {
+    nats: Nats,
     kv: Store,
     clusters: Clusters,
 }
@@ -135,6 +145,7 @@ pub struct Manager {
 impl Manager {
     pub async fn new(nats: &Nats, cfg: &Config) -> anyhow::Result<Manager> {
         Ok(Manager {
+            nats: nats.clone(),
             kv: execs::store(nats).await?,
             clusters: Clusters::from_config(cfg)?,
         })
@@ -234,23 +245,93 @@ impl Manager {
     /// Retry (re_run), pause, resume or cancel; StackStorm's refusal comes back as an error
     /// with its message. Unless `any` (admin, or the CLI, which holds whale's own NATS
     /// credentials), only executions in whale's execution index are acted on: StackStorm is not
-    /// called for an execution whale did not create. `by` is logged as who acted.
+    /// called for an execution whale did not create.
+    ///
+    /// Audited (`whale_kernel::audit`) as `actor`: nothing is done while the audit trail cannot
+    /// take a record; then every attempt is recorded — done (a retry with its parameter diff and
+    /// new execution), refused (unknown, not whale's) or failed (StackStorm's message).
     pub async fn act(
         &self,
         id: &str,
         action: Action,
         parameters: Value,
-        by: &str,
+        actor: &Actor,
         any: bool,
+    ) -> Result<Found, Error> {
+        audit::check(&self.nats)
+            .await
+            .map_err(Error::AuditUnavailable)?;
+        let kind = match action {
+            Action::Retry => audit::Action::ExecRetry,
+            Action::Pause => audit::Action::ExecPause,
+            Action::Resume => audit::Action::ExecResume,
+            Action::Cancel => audit::Action::ExecCancel,
+        };
+        let mut rec = audit::Record::new(actor, kind, Target::new("execution", id));
+        let r = self.act_once(id, action, parameters, any, &mut rec).await;
+        rec = match &r {
+            Ok(_) => rec,
+            Err(e @ (Error::NotFound(_) | Error::NotOwned(_) | Error::UnknownCluster { .. })) => {
+                rec.outcome(Outcome::Refused, Some(e.to_string()))
+            }
+            Err(e) => rec.outcome(Outcome::Failed, Some(e.to_string())),
+        };
+        match (audit::record(&self.nats, &rec).await, r) {
+            (Err(err), Ok(found)) => Err(Error::AuditMissing {
+                found: Box::new(found),
+                err: format!("{err:#}"),
+            }),
+            (_, r) => r,
+        }
+    }
+
+    async fn act_once(
+        &self,
+        id: &str,
+        action: Action,
+        parameters: Value,
+        any: bool,
+        rec: &mut audit::Record,
     ) -> Result<Found, Error> {
         let record = if any {
             self.resolve(id).await?
         } else {
             self.owned(id).await?
         };
+        rec.target = Target::new("execution", record.execution_id.clone());
+        for (field, v) in [
+            (&mut rec.task_id, &record.task_id),
+            (&mut rec.event_id, &record.event_id),
+            (&mut rec.rule, &record.rule),
+            (&mut rec.cluster, &record.cluster),
+        ] {
+            *field = Some(v.clone()).filter(|v| !v.is_empty());
+        }
+        rec.execution_id = Some(record.execution_id.clone());
         let c = self.client(&record)?;
         let eid = &record.execution_id;
-        let changed = action == Action::Retry && !parameters.is_null();
+        let changed =
+            action == Action::Retry && parameters.as_object().is_some_and(|m| !m.is_empty());
+        if changed {
+            // The diff: each parameter given, as it was (StackStorm's record of the original
+            // execution; null when it had none) and as it is now.
+            let original = c.get_execution(eid).await.ok().and_then(|e| e.parameters);
+            let mut before = serde_json::Map::new();
+            let mut after = serde_json::Map::new();
+            for (k, v) in parameters.as_object().into_iter().flatten() {
+                let old = original
+                    .as_ref()
+                    .and_then(|o| o.get(k))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                if &old != v {
+                    before.insert(k.clone(), old);
+                    after.insert(k.clone(), v.clone());
+                }
+            }
+            rec.before = Some(Value::Object(before));
+            rec.after = Some(Value::Object(after));
+        }
         let r = match action {
             Action::Retry => c.re_run(eid, parameters.clone()).await,
             Action::Pause => c.pause(eid).await,
@@ -258,7 +339,12 @@ impl Manager {
             Action::Cancel => c.cancel(eid).await,
         };
         let execution = r.map_err(Self::st2(&record, action.as_str()))?;
-        tracing::info!(task_id = %record.task_id, execution_id = %eid, cluster = %record.cluster, by, changed_parameters = %if changed { parameters.to_string() } else { String::new() }, "{} → {}", action.as_str(), execution.id);
+        if action == Action::Retry {
+            // The new execution is the retry's natural id: a repeated write is stored once.
+            *rec = rec.clone().natural_id(&execution.id);
+            rec.details = Some(serde_json::json!({"new_execution_id": execution.id}));
+        }
+        tracing::info!(task_id = %record.task_id, execution_id = %eid, cluster = %record.cluster, by = %rec.who, changed_parameters = %if changed { parameters.to_string() } else { String::new() }, "{} → {}", action.as_str(), execution.id);
         Ok(Found {
             record,
             execution: Some(execution),

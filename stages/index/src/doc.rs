@@ -25,8 +25,8 @@ pub struct Doc {
     /// Deterministic: `<kind>:<Nats-Msg-Id>` (or `<kind>:seq:<stream sequence>`), so a redelivered
     /// message overwrites its document instead of adding a second one.
     pub id: String,
-    /// `event`, `rejected`, a pipeline record kind (`matched`, `task`, `throttled`, ...), or
-    /// `unparsed`.
+    /// `event`, `rejected`, a pipeline record kind (`matched`, `task`, `throttled`, ...),
+    /// `audit` (a record of the audit trail, `whale_kernel::audit`), or `unparsed`.
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
@@ -152,6 +152,11 @@ impl Doc {
         ] {
             *field = lookup(&doc.record, name, &["task", "execution", "result"]);
         }
+        if kind == "audit" {
+            // An audit record: when it was done, and its outcome as the status.
+            doc.time = time_of(&doc.record, "at").unwrap_or(seen);
+            doc.status = lookup(&doc.record, "outcome", &[]);
+        }
         let header = |h: &str| d.header(h).filter(|s| !s.is_empty()).map(str::to_owned);
         doc.event_id = doc.event_id.or_else(|| header(subjects::HDR_EVENT_ID));
         doc.rule = doc.rule.or_else(|| header(subjects::HDR_RULE));
@@ -275,6 +280,8 @@ pub fn kind_of(subject: &str) -> &str {
         "event"
     } else if after(subjects::REJECTED_PREFIX).is_some() {
         "rejected"
+    } else if after(subjects::AUDIT_PREFIX).is_some() {
+        "audit"
     } else if let Some(rest) = after(subjects::PIPE_PREFIX) {
         let token = rest.split('.').next().unwrap_or("");
         if token.is_empty() {

@@ -266,6 +266,34 @@ pub fn step(d: &Doc) -> Step {
                 s(r, "reason")
             )
         }
+        "audit" => {
+            if let Some(reason) = r.get("reason").and_then(Value::as_str) {
+                details.push(format!("reason: {reason}"));
+            }
+            if let (Some(b), Some(a)) = (r.get("before"), r.get("after")) {
+                details.push(format!(
+                    "before {} → after {}",
+                    compact(b, 300),
+                    compact(a, 300)
+                ));
+            }
+            if let Some(x) = r.get("details") {
+                details.push(compact(x, 300));
+            }
+            if let Some(e) = r.get("error").and_then(Value::as_str) {
+                details.push(format!("error: {e}"));
+            }
+            format!(
+                "audit: {} {} {} {} via {} from {}: {}",
+                s(r, "who"),
+                s(r, "action"),
+                r.get("target").map_or("?".into(), |t| s(t, "kind")),
+                r.get("target").map_or("?".into(), |t| s(t, "id")),
+                s(r, "via"),
+                s(r, "from"),
+                s(r, "outcome")
+            )
+        }
         "unparsed" => {
             details.push(format!("raw: {}", compact(&r["raw"], 200)));
             format!("unreadable record on {}", d.subject)

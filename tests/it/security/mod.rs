@@ -2,6 +2,7 @@
 //! hostile input or an unauthorised caller once reached whale, one module per area, each test
 //! naming the finding.
 
+mod audit;
 mod auth;
 mod ingest;
 mod links;
