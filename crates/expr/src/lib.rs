@@ -58,7 +58,7 @@ mod value;
 
 pub use compiler::{Compiler, Expr};
 pub use error::{EvalError, ExprError};
-pub use filter::Filter;
+pub use filter::{Filter, ITEM_VAR};
 pub use limits::{default_eval_time, set_default_eval_time, Limits};
 pub use template::{RenderError, Template};
 pub use template_value::{TemplateError, TemplateValue};

@@ -99,6 +99,7 @@
 mod compile;
 mod error;
 mod eval;
+mod fanout;
 mod ops;
 mod parse;
 mod render;
@@ -108,10 +109,13 @@ mod ruleset;
 mod step;
 
 pub use error::{RuleError, RuleErrors};
+pub use fanout::{bind, item_key, Element, ForEachError, DEFAULT_MAX_ITEMS};
 pub use ops::OPERATORS;
 pub use parse::FileLimits;
 pub use render::{Approval, RenderError, RenderedTask, RenderedThrottle, ThrottleMode};
-pub use report::{format_human, test_events, EventReport, RuleReport};
+pub use report::{
+    format_human, test_events, test_events_with, ElementReport, EventReport, RuleReport,
+};
 pub use rule::{CompiledRule, Evaluation};
 pub use ruleset::{Matches, RuleSet, RuleSource};
 pub use step::{Counts, StepFailure};
