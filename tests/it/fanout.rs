@@ -65,10 +65,6 @@ impl Pipeline {
         }
     }
 
-    fn apply(&self, rules: &[(&str, &str)]) {
-        apply(&self.env, self.dir.path(), rules)
-    }
-
     /// `whale publish --file` of these events.
     fn publish(&self, events: &[Value]) {
         let f = self.dir.path().join(format!("ev-{}.ndjson", rand_suffix()));
@@ -389,4 +385,88 @@ async fn a_result_event_fires_a_chained_rule_and_a_loop_stops_at_the_depth_limit
     );
     let a = finished.iter().find(|e| e["detail"]["rule"] == "chain-a").unwrap();
     assert_eq!(a["labels"]["biz"], "trade", "the origin's labels are kept");
+}
+
+const TRACE_V1: &str = r#"- name: hit
+  on: [trace.t]
+  action: ops.any
+- name: miss
+  on: [trace.t]
+  when: [{ path: .detail.n, gt: 10 }]
+  action: ops.any
+- name: quiet
+  on: [trace.q]
+  when: [{ path: .detail.n, gt: 10 }]
+  action: ops.any
+"#;
+
+/// `whale trace` explains "why not" with the rule set in force when the event was matched, and
+/// names it: the version recorded on the event's match records, or, for an event that matched
+/// nothing, the version active when it was accepted; a later rule set that would match does not
+/// change the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_explains_why_not_with_the_rule_set_of_the_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = Env::new();
+    let cfg = dir.path().join("whale.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    env.set("WHALE_CONFIG", cfg.to_str().unwrap());
+    env.set("WHALE_INDEX_DIR", dir.path().join("index").to_str().unwrap());
+    env.prepare();
+    apply(&env, dir.path(), &[("v1.yaml", TRACE_V1)]);
+    let v1: Value = serde_json::from_slice(&env.ok(&["rules", "show", "--json"]).stdout).unwrap();
+    let v1 = v1["version"].as_str().unwrap().to_owned();
+    let _w = env.run("ingest,validate,index,match,render");
+    let f = dir.path().join("ev.ndjson");
+    std::fs::write(
+        &f,
+        "{\"id\": \"tv-1\", \"event_type\": \"trace.t\", \"source\": \"t\", \"detail\": {\"n\": 5}}\n\
+         {\"id\": \"tv-2\", \"event_type\": \"trace.q\", \"source\": \"t\", \"detail\": {\"n\": 5}}\n",
+    )
+    .unwrap();
+    env.ok(&["publish", "--file", f.to_str().unwrap()]);
+    let traced = |id: &str| -> Value {
+        let out = env.whale(&["trace", id, "--json"]).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let steps = |t: &Value| t["steps"].as_array().map_or(0, Vec::len);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            steps(&traced("tv-1")) >= 3 && steps(&traced("tv-2")) >= 1
+        })
+        .await,
+        "{}",
+        traced("tv-1")
+    );
+    // v2 would match both events
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    apply(
+        &env,
+        dir.path(),
+        &[("v2.yaml", &TRACE_V1.replace("gt: 10", "gt: 1"))],
+    );
+    let v2: Value = serde_json::from_slice(&env.ok(&["rules", "show", "--json"]).stdout).unwrap();
+    assert_ne!(v2["version"].as_str().unwrap(), v1);
+
+    let t1 = traced("tv-1");
+    assert_eq!(t1["rule_version"], v1.as_str(), "{t1}");
+    assert_eq!(t1["rule_version_from"], "recorded on the match", "{t1}");
+    assert_eq!(t1["not_matched"].as_array().unwrap().len(), 1, "{t1}");
+    assert_eq!(t1["not_matched"][0]["rule"], "miss");
+    let reason = t1["not_matched"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains(".detail.n gt 10 was false: saw 5"), "{reason}");
+
+    let t2 = traced("tv-2");
+    assert_eq!(t2["rule_version"], v1.as_str(), "{t2}");
+    let from = t2["rule_version_from"].as_str().unwrap();
+    assert!(from.starts_with("in force when the event was accepted"), "{from}");
+    assert_eq!(t2["not_matched"][0]["rule"], "quiet", "{t2}");
+
+    let human = stdout(&env.ok(&["trace", "tv-1"]));
+    println!("{human}");
+    assert!(
+        human.contains(&format!("why not, evaluated with rule set {v1} (recorded on the match)")),
+        "{human}"
+    );
+    assert!(human.contains("miss: .detail.n gt 10 was false: saw 5"), "{human}");
 }
