@@ -284,6 +284,22 @@ async fn a_group_event_fans_out_to_one_task_per_alert_exactly_once() {
         idx,
         vec![("g-1".into(), 0), ("g-1".into(), 1), ("g-2".into(), 0)]
     );
+
+    // The backtest counts events, tasks (one per matching element) and refusals.
+    let out = p.env.ok(&["replay", "--from", "1h", "--dry-run", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = &report["rules"][0];
+    assert_eq!(line["rule"], "alert-group-per-instance", "{report}");
+    assert_eq!(line["would_match"], 2, "{report}");
+    assert_eq!(line["tasks"], 3, "{report}");
+    assert_eq!(line["refused"], 1, "{report}");
+    let human = stdout(&p.env.ok(&["replay", "--from", "1h", "--dry-run"]));
+    println!("{human}");
+    assert!(human.contains("g-1[0], g-1[1]"), "{human}");
+    assert!(
+        human.contains("alert-group-per-instance: for_each yielded more than 3 elements on 1 event"),
+        "{human}"
+    );
 }
 
 const CHAIN_A: &str = r#"name: chain-a
