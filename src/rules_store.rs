@@ -95,8 +95,7 @@ pub async fn in_force_at(nats: &Nats, at: &str) -> anyhow::Result<Option<Stored>
     Ok(applied(nats)
         .await?
         .into_iter()
-        .filter(|s| parse(s).is_some_and(|t| t <= at))
-        .next_back())
+        .rfind(|s| parse(s).is_some_and(|t| t <= at)))
 }
 
 /// The revisions of `active`, oldest first.

@@ -145,7 +145,8 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             });
             line.refused += 1;
             if line.examples.len() < a.examples {
-                line.examples.push(format!("{} (for_each over the limit)", f.event_id));
+                line.examples
+                    .push(format!("{} (for_each over the limit)", f.event_id));
             }
         }
         for m in out.matched {

@@ -182,8 +182,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                     })?;
                 evs.push(serde_json::to_value(ev)?);
             }
-            let reports =
-                whale_rules::test_events_with(&set, &evs, cfg.rules.max_for_each_items);
+            let reports = whale_rules::test_events_with(&set, &evs, cfg.rules.max_for_each_items);
             if json {
                 super::print_json(&reports)?;
             } else {

@@ -145,9 +145,8 @@ async fn version_in_force(
             return Some((stored, "recorded on the match".into()));
         }
         return active.map(|a| {
-            let from = format!(
-                "the active set: rule set {v} recorded on the match is no longer stored"
-            );
+            let from =
+                format!("the active set: rule set {v} recorded on the match is no longer stored");
             (a, from)
         });
     }
@@ -158,7 +157,10 @@ async fn version_in_force(
         .map(|s| s.seen.clone());
     if let Some(at) = accepted {
         if let Ok(Some(stored)) = rules_store::in_force_at(nats, &at).await {
-            return Some((stored, format!("in force when the event was accepted ({at})")));
+            return Some((
+                stored,
+                format!("in force when the event was accepted ({at})"),
+            ));
         }
     }
     active.map(|a| {

@@ -174,10 +174,17 @@ fn rules_test_shows_each_element_and_fails_on_render_errors() {
         text.contains("✔ alert-group-per-instance: for_each .detail.alerts[] → 3 elements"),
         "{text}"
     );
-    assert!(text.contains("[0] ✔ ") && text.contains("\"host\":\"web-1\""), "{text}");
-    assert!(text.contains("[1] ✔ ") && text.contains("\"host\":\"web-2\""), "{text}");
     assert!(
-        text.contains("[2] ✘ ") && text.contains("step 1 $item.status eq \"firing\": saw \"resolved\""),
+        text.contains("[0] ✔ ") && text.contains("\"host\":\"web-1\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("[1] ✔ ") && text.contains("\"host\":\"web-2\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("[2] ✘ ")
+            && text.contains("step 1 $item.status eq \"firing\": saw \"resolved\""),
         "{text}"
     );
     assert!(text.contains("throttle key=web-2:9100"), "{text}");
@@ -193,8 +200,14 @@ fn rules_test_shows_each_element_and_fails_on_render_errors() {
     let (text, err) = (stdout(&broken), String::from_utf8_lossy(&broken.stderr));
     println!("{text}{err}");
     assert_eq!(broken.status.code(), Some(1), "{text}{err}");
-    assert!(text.contains("! per-group: matched, but params.host:"), "{text}");
-    assert!(err.contains("1 matching rule could not be rendered"), "{err}");
+    assert!(
+        text.contains("! per-group: matched, but params.host:"),
+        "{text}"
+    );
+    assert!(
+        err.contains("1 matching rule could not be rendered"),
+        "{err}"
+    );
 }
 
 /// A group of two firing alerts (and a resolved one) makes exactly two executions with the
@@ -208,14 +221,25 @@ async fn a_group_event_fans_out_to_one_task_per_alert_exactly_once() {
     let execs = p.wait_executions(2, Duration::from_secs(60)).await;
     let mut got: Vec<(String, Value)> = execs
         .iter()
-        .map(|e| (e["action"]["ref"].as_str().unwrap().to_owned(), e["parameters"].clone()))
+        .map(|e| {
+            (
+                e["action"]["ref"].as_str().unwrap().to_owned(),
+                e["parameters"].clone(),
+            )
+        })
         .collect();
     got.sort_by_key(|(_, p)| p["host"].to_string());
     assert_eq!(
         got,
         vec![
-            ("ops.clean_disk".into(), json!({"host": "web-1", "note": "disk full on web-1 (group {}:{alertname=\"HostDiskFull\"})"})),
-            ("ops.clean_disk".into(), json!({"host": "web-2", "note": "disk full on web-2 (group {}:{alertname=\"HostDiskFull\"})"})),
+            (
+                "ops.clean_disk".into(),
+                json!({"host": "web-1", "note": "disk full on web-1 (group {}:{alertname=\"HostDiskFull\"})"})
+            ),
+            (
+                "ops.clean_disk".into(),
+                json!({"host": "web-2", "note": "disk full on web-2 (group {}:{alertname=\"HostDiskFull\"})"})
+            ),
         ]
     );
     let task_ids: Vec<&str> = execs
@@ -264,7 +288,9 @@ async fn a_group_event_fans_out_to_one_task_per_alert_exactly_once() {
     assert_eq!(f["field"], "for_each");
     let reason = f["reason"].as_str().unwrap();
     assert!(
-        reason.contains("yields 4 elements, over the limit of 3 per event (rules.max_for_each_items)"),
+        reason.contains(
+            "yields 4 elements, over the limit of 3 per event (rules.max_for_each_items)"
+        ),
         "{reason}"
     );
     let tasks = read_all(&nats, STREAM_PIPE, "whale.pipe.task").await;
@@ -297,7 +323,8 @@ async fn a_group_event_fans_out_to_one_task_per_alert_exactly_once() {
     println!("{human}");
     assert!(human.contains("g-1[0], g-1[1]"), "{human}");
     assert!(
-        human.contains("alert-group-per-instance: for_each yielded more than 3 elements on 1 event"),
+        human
+            .contains("alert-group-per-instance: for_each yielded more than 3 elements on 1 event"),
         "{human}"
     );
 }
@@ -336,9 +363,15 @@ result_event: true
 /// the events at depth 0, 1 and 2, then the depth-3 result is a rejection, not an event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_event_fires_a_chained_rule_and_a_loop_stops_at_the_depth_limit() {
-    let p = Pipeline::start(&[("a.yaml", CHAIN_A), ("b.yaml", CHAIN_B), ("loop.yaml", LOOP)]);
-    p.publish(&[json!({"id": "c-1", "event_type": "chain.start", "source": "test",
-                       "labels": {"biz": "trade"}, "detail": {"host": "web-1"}})]);
+    let p = Pipeline::start(&[
+        ("a.yaml", CHAIN_A),
+        ("b.yaml", CHAIN_B),
+        ("loop.yaml", LOOP),
+    ]);
+    p.publish(&[
+        json!({"id": "c-1", "event_type": "chain.start", "source": "test",
+                       "labels": {"biz": "trade"}, "detail": {"host": "web-1"}}),
+    ]);
     let execs = p.wait_executions(2, Duration::from_secs(60)).await;
     let second = execs
         .iter()
@@ -370,7 +403,12 @@ async fn a_result_event_fires_a_chained_rule_and_a_loop_stops_at_the_depth_limit
     assert_eq!(counts.get("ops.second"), Some(&1));
     assert_eq!(execs.len(), 5);
 
-    let rejected = read_all(&nats, STREAM_EVENTS, "whale.rejected.whale.execution_finished").await;
+    let rejected = read_all(
+        &nats,
+        STREAM_EVENTS,
+        "whale.rejected.whale.execution_finished",
+    )
+    .await;
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     let r = &rejected[0];
     assert_eq!(r["event"]["labels"]["whale_chain_depth"], "3");
@@ -380,13 +418,21 @@ async fn a_result_event_fires_a_chained_rule_and_a_loop_stops_at_the_depth_limit
         msg.contains("chain depth 3 is over the limit of 2 (rules.max_chain_depth)"),
         "{msg}"
     );
-    let finished = read_all(&nats, STREAM_EVENTS, "whale.events.whale.execution_finished").await;
+    let finished = read_all(
+        &nats,
+        STREAM_EVENTS,
+        "whale.events.whale.execution_finished",
+    )
+    .await;
     let mut depths: Vec<(String, String)> = finished
         .iter()
         .map(|e| {
             (
                 e["detail"]["rule"].as_str().unwrap().to_owned(),
-                e["labels"]["whale_chain_depth"].as_str().unwrap().to_owned(),
+                e["labels"]["whale_chain_depth"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
             )
         })
         .collect();
@@ -399,7 +445,10 @@ async fn a_result_event_fires_a_chained_rule_and_a_loop_stops_at_the_depth_limit
             ("loop".into(), "2".into())
         ]
     );
-    let a = finished.iter().find(|e| e["detail"]["rule"] == "chain-a").unwrap();
+    let a = finished
+        .iter()
+        .find(|e| e["detail"]["rule"] == "chain-a")
+        .unwrap();
     assert_eq!(a["labels"]["biz"], "trade", "the origin's labels are kept");
 }
 
@@ -427,7 +476,10 @@ async fn trace_explains_why_not_with_the_rule_set_of_the_match() {
     let cfg = dir.path().join("whale.toml");
     std::fs::write(&cfg, CONFIG).unwrap();
     env.set("WHALE_CONFIG", cfg.to_str().unwrap());
-    env.set("WHALE_INDEX_DIR", dir.path().join("index").to_str().unwrap());
+    env.set(
+        "WHALE_INDEX_DIR",
+        dir.path().join("index").to_str().unwrap(),
+    );
     env.prepare();
     apply(&env, dir.path(), &[("v1.yaml", TRACE_V1)]);
     let v1: Value = serde_json::from_slice(&env.ok(&["rules", "show", "--json"]).stdout).unwrap();
@@ -470,19 +522,30 @@ async fn trace_explains_why_not_with_the_rule_set_of_the_match() {
     assert_eq!(t1["not_matched"].as_array().unwrap().len(), 1, "{t1}");
     assert_eq!(t1["not_matched"][0]["rule"], "miss");
     let reason = t1["not_matched"][0]["reason"].as_str().unwrap();
-    assert!(reason.contains(".detail.n gt 10 was false: saw 5"), "{reason}");
+    assert!(
+        reason.contains(".detail.n gt 10 was false: saw 5"),
+        "{reason}"
+    );
 
     let t2 = traced("tv-2");
     assert_eq!(t2["rule_version"], v1.as_str(), "{t2}");
     let from = t2["rule_version_from"].as_str().unwrap();
-    assert!(from.starts_with("in force when the event was accepted"), "{from}");
+    assert!(
+        from.starts_with("in force when the event was accepted"),
+        "{from}"
+    );
     assert_eq!(t2["not_matched"][0]["rule"], "quiet", "{t2}");
 
     let human = stdout(&env.ok(&["trace", "tv-1"]));
     println!("{human}");
     assert!(
-        human.contains(&format!("why not, evaluated with rule set {v1} (recorded on the match)")),
+        human.contains(&format!(
+            "why not, evaluated with rule set {v1} (recorded on the match)"
+        )),
         "{human}"
     );
-    assert!(human.contains("miss: .detail.n gt 10 was false: saw 5"), "{human}");
+    assert!(
+        human.contains("miss: .detail.n gt 10 was false: saw 5"),
+        "{human}"
+    );
 }

@@ -8,6 +8,8 @@
 //! - [`Template`] / [`TemplateValue`]: strings with `{{ jq }}` parts, and JSON structures of
 //!   them. A lone `{{ expr }}` keeps the JSON type of its value; mixed text is a string.
 //! - [`path::SimplePath`]: the native path evaluator, also used by rule steps.
+//! - `$item`: the one global variable of every program ([`ITEM_VAR`]), bound by
+//!   [`Input::with_item`] to a rule's `for_each` element (`null` when none is bound).
 //!
 //! Programs made only of paths, literals, comparisons, `and`/`or`/`not`, `//`, `if`,
 //! `any`/`all`, `length`, `type`, `has`, `startswith`/`endswith` and `ascii_downcase`/

@@ -48,7 +48,10 @@ impl Input {
 
     /// The jaq value of `$item` (`null` when none is bound).
     pub(crate) fn item_val(&self) -> Val {
-        self.item.as_ref().map(|(_, v)| v.clone()).unwrap_or(Val::Null)
+        self.item
+            .as_ref()
+            .map(|(_, v)| v.clone())
+            .unwrap_or(Val::Null)
     }
 
     /// The JSON value.

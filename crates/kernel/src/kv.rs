@@ -71,11 +71,7 @@ pub async fn get(nats: &Nats, bucket: &str, key: &str) -> anyhow::Result<Option<
 }
 
 /// Every revision the bucket still holds of one key, oldest first (deletes left out).
-pub async fn history(
-    nats: &Nats,
-    bucket: &str,
-    key: &str,
-) -> anyhow::Result<Vec<bytes::Bytes>> {
+pub async fn history(nats: &Nats, bucket: &str, key: &str) -> anyhow::Result<Vec<bytes::Bytes>> {
     let kv =
         nats.js.get_key_value(bucket).await.with_context(|| {
             format!("KV bucket {bucket} does not exist: run `whale setup` first")

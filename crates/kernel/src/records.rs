@@ -131,7 +131,7 @@ pub struct RenderFailed {
     pub reason: String,
     /// For a rule with `for_each`: the element whose task failed (its position).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub item_index: Option<usize>,
+    pub item_index: Option<u32>,
 }
 
 /// throttle: a task over its limit (recorded, not lost).

@@ -302,7 +302,9 @@ fn format_fan_out(out: &mut String, rule: &RuleReport, fe: &str) {
     for el in &rule.elements {
         let item = cut(el.item.to_string(), 60);
         let _ = match (&el.task, &el.render_error, &el.failed) {
-            (Some(task), ..) => writeln!(out, "      [{}] ✔ {item} → {}", el.index, task_line(task)),
+            (Some(task), ..) => {
+                writeln!(out, "      [{}] ✔ {item} → {}", el.index, task_line(task))
+            }
             (None, Some(e), _) => writeln!(
                 out,
                 "      [{}] ! {item}: matched, but {}: {}",

@@ -8,8 +8,8 @@ use crate::parse::parse_file;
 use crate::rule::CompiledRule;
 use crate::step::Counts;
 use crate::{ForEachError, RuleError, RuleErrors};
-use serde_json::Value;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,6 +27,9 @@ pub struct RuleSource {
 
 type Rules = Arc<[Arc<CompiledRule>]>;
 
+/// A `for_each` element and its position among the outputs of the expression.
+pub type Indexed = (usize, Value);
+
 /// The result of [`RuleSet::match_event`].
 #[derive(Debug, Clone)]
 pub struct Matches {
@@ -35,7 +38,7 @@ pub struct Matches {
     /// The rules with `for_each` and, for each, the elements whose steps all passed (index
     /// among the outputs of `for_each`, element), in load order; rules with no passing
     /// element are left out.
-    pub fanned: Vec<(Arc<CompiledRule>, Vec<(usize, Value)>)>,
+    pub fanned: Vec<(Arc<CompiledRule>, Vec<Indexed>)>,
     /// Rules whose `for_each` yielded more elements than allowed: they fire for none of them,
     /// and the caller records why ([`ForEachError::is_over_limit`]).
     pub refused: Vec<ForEachError>,

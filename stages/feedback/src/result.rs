@@ -8,9 +8,7 @@ use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use whale_kernel::envelope::{format_time, Envelope};
-use whale_kernel::records::{
-    Dispatched, ExecutionResult, Link, NotifyRequest, CHAIN_DEPTH_LABEL,
-};
+use whale_kernel::records::{Dispatched, ExecutionResult, Link, NotifyRequest, CHAIN_DEPTH_LABEL};
 use whale_kernel::subjects::{self, Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
 use whale_kernel::Output;
 use whale_st2::Execution;

@@ -70,19 +70,15 @@ impl Match {
             .map(|rule| record(rule.name(), None))
             .collect();
         for (rule, items) in m.fanned.iter().filter(|(r, _)| wanted(r.name())) {
-            matched.extend(
-                items
-                    .iter()
-                    .map(|(index, value)| {
-                        record(
-                            rule.name(),
-                            Some(Item {
-                                index: *index,
-                                value: value.clone(),
-                            }),
-                        )
+            matched.extend(items.iter().map(|(index, value)| {
+                record(
+                    rule.name(),
+                    Some(Item {
+                        index: *index,
+                        value: value.clone(),
                     }),
-            );
+                )
+            }));
         }
         let refused = m
             .refused

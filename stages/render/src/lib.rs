@@ -21,14 +21,19 @@ pub struct Render {
 
 impl Render {
     /// Renders one match under `set` (pure; used by the stage and by `whale rules test`).
-    pub fn render(set: &RuleSet, m: &Matched) -> Result<Task, RenderFailed> {
-        let failed = |field: &str, reason: String| RenderFailed {
-            event_id: m.event_id.clone(),
-            rule: m.rule.clone(),
-            rule_version: m.rule_version.clone(),
-            field: field.to_owned(),
-            reason,
-            item_index: m.item.as_ref().map(|i| i.index),
+    pub fn render(set: &RuleSet, m: &Matched) -> Result<Task, Box<RenderFailed>> {
+        let failed = |field: &str, reason: String| {
+            Box::new(RenderFailed {
+                event_id: m.event_id.clone(),
+                rule: m.rule.clone(),
+                rule_version: m.rule_version.clone(),
+                field: field.to_owned(),
+                reason,
+                item_index: m
+                    .item
+                    .as_ref()
+                    .map(|i| u32::try_from(i.index).unwrap_or(u32::MAX)),
+            })
         };
         let Some(rule) = set.get(&m.rule) else {
             return Err(failed(

@@ -44,12 +44,19 @@ fn one_match_per_passing_element_with_item_bound() {
     let set = compile(&[("r.yaml", RULE)]).unwrap();
     let input = Input::new(group());
     let m = set.match_event(&input);
-    assert!(m.matched.is_empty(), "fan-out rules are reported per element");
+    assert!(
+        m.matched.is_empty(),
+        "fan-out rules are reported per element"
+    );
     assert_eq!(m.fanned.len(), 1);
     let (rule, items) = &m.fanned[0];
     assert_eq!(rule.name(), "per-alert");
     let idx: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
-    assert_eq!(idx, vec![0, 1], "the resolved alert (index 2) does not pass");
+    assert_eq!(
+        idx,
+        vec![0, 1],
+        "the resolved alert (index 2) does not pass"
+    );
     let hosts: Vec<Value> = items
         .iter()
         .map(|(_, item)| {
@@ -60,7 +67,9 @@ fn one_match_per_passing_element_with_item_bound() {
         })
         .collect();
     assert_eq!(hosts, vec![json!("web-1"), json!("web-2")]);
-    let t = rule.render(&whale_rules::bind(&input, &items[1].1)).unwrap();
+    let t = rule
+        .render(&whale_rules::bind(&input, &items[1].1))
+        .unwrap();
     assert_eq!(t.parameters["group"], json!("HostDiskFull"));
     assert_eq!(t.throttle.unwrap().key, "web-2:9100");
     assert_eq!(t.route.as_deref(), Some("trade"));
@@ -75,8 +84,16 @@ fn over_the_element_limit_refuses_the_rule_with_the_count() {
     let e = &m.refused[0];
     assert_eq!(e.rule, "per-alert");
     assert_eq!(e.count, Some(3));
-    assert!(e.reason.contains("yields 3 elements, over the limit of 2"), "{}", e.reason);
-    assert!(e.reason.contains("rules.max_for_each_items"), "{}", e.reason);
+    assert!(
+        e.reason.contains("yields 3 elements, over the limit of 2"),
+        "{}",
+        e.reason
+    );
+    assert!(
+        e.reason.contains("rules.max_for_each_items"),
+        "{}",
+        e.reason
+    );
 }
 
 #[test]
@@ -111,7 +128,10 @@ fn item_keys_ignore_key_order_and_position() {
     let b: Value = serde_json::from_str(r#"{"a": [1, {"x": "s", "y": 2}], "b": 1}"#).unwrap();
     assert_eq!(item_key(&a), item_key(&b));
     assert_eq!(item_key(&a).len(), 32);
-    assert_ne!(item_key(&a), item_key(&json!({"b": 2, "a": [1, {"y": 2, "x": "s"}]})));
+    assert_ne!(
+        item_key(&a),
+        item_key(&json!({"b": 2, "a": [1, {"y": 2, "x": "s"}]}))
+    );
     assert_ne!(item_key(&json!(["a", "b"])), item_key(&json!(["ab"])));
     assert_ne!(item_key(&json!("1")), item_key(&json!(1)));
 }
@@ -132,17 +152,35 @@ fn rules_test_reports_each_element_and_counts_render_failures() {
         .iter()
         .map(|e| (e.index, e.matched, e.task.is_some()))
         .collect();
-    assert_eq!(outcome, vec![(0, true, true), (1, true, true), (2, false, false)]);
-    assert_eq!(r.elements[2].failed.as_ref().unwrap().step, "$item.status eq \"firing\"");
-    assert_eq!(reports[0].failures(), 2, "two elements of `broken` fail to render");
+    assert_eq!(
+        outcome,
+        vec![(0, true, true), (1, true, true), (2, false, false)]
+    );
+    assert_eq!(
+        r.elements[2].failed.as_ref().unwrap().step,
+        "$item.status eq \"firing\""
+    );
+    assert_eq!(
+        reports[0].failures(),
+        2,
+        "two elements of `broken` fail to render"
+    );
     let text = format_human(&reports);
-    assert!(text.contains("✔ per-alert: for_each .detail.alerts[] → 3 elements"), "{text}");
+    assert!(
+        text.contains("✔ per-alert: for_each .detail.alerts[] → 3 elements"),
+        "{text}"
+    );
     assert!(text.contains("[1] ✔ {\"labels\""), "{text}");
-    assert!(text.contains("ops.clean_disk {\"group\":\"HostDiskFull\",\"host\":\"web-2\"}"), "{text}");
+    assert!(
+        text.contains("ops.clean_disk {\"group\":\"HostDiskFull\",\"host\":\"web-2\"}"),
+        "{text}"
+    );
     assert!(text.contains("[2] ✘ {\"labels\""), "{text}");
     assert!(text.contains("[0] ! {\"labels\""), "{text}");
     assert!(text.contains("matched, but params.group:"), "{text}");
     let over = test_events_with(&set, &[group()], 2);
     assert_eq!(over[0].failures(), 2, "both rules over the limit");
-    assert!(format_human(&over).contains("! per-alert: for_each `.detail.alerts[]` yields 3 elements"));
+    assert!(
+        format_human(&over).contains("! per-alert: for_each `.detail.alerts[]` yields 3 elements")
+    );
 }
