@@ -311,6 +311,27 @@ async fn a_group_event_fans_out_to_one_task_per_alert_exactly_once() {
         vec![("g-1".into(), 0), ("g-1".into(), 1), ("g-2".into(), 0)]
     );
 
+    // The trace shows each element: the two matches and why the third did not match.
+    let trace = || stdout(&p.env.whale(&["trace", "g-1"]).output().unwrap());
+    eventually(Duration::from_secs(30), || async {
+        trace().contains("for element 1 of its for_each")
+    })
+    .await;
+    let human = trace();
+    println!("{human}");
+    assert!(
+        human.contains("matched rule alert-group-per-instance for element 0 of its for_each"),
+        "{human}"
+    );
+    assert!(
+        human.contains("matched rule alert-group-per-instance for element 1 of its for_each"),
+        "{human}"
+    );
+    assert!(
+        human.contains("alert-group-per-instance [element 2]: $item.status eq \"firing\" was false: saw \"resolved\""),
+        "{human}"
+    );
+
     // The backtest counts events, tasks (one per matching element) and refusals.
     let out = p.env.ok(&["replay", "--from", "1h", "--dry-run", "--json"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -312,4 +312,41 @@ mod tests {
         assert!(s.as_str().unwrap().len() <= WHOLE_MAX + 3);
         assert_eq!(cut("héllo", 4), "h…");
     }
+
+    /// A result record written before tasks carried labels and elements (no `item`, no
+    /// `labels`): it still decodes, and its result event starts a chain at depth 1.
+    fn old_record() -> ExecutionResult {
+        serde_json::from_value(json!({
+            "task": {
+                "task_id": "t-1", "event_id": "e-1", "event_type": "vm.disk_usage",
+                "rule": "r", "rule_version": "v", "action": "ops.x", "parameters": {},
+                "cluster": "default", "result_event": true, "created": "2026-01-01T00:00:00Z"
+            },
+            "cluster": "default", "execution_id": "x-1", "status": "succeeded",
+            "finished": "2026-01-01T00:00:01Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn result_events_keep_the_labels_and_count_the_chain() {
+        let mut rec = old_record();
+        let ev = finished_event(&rec);
+        assert_eq!(ev.labels.len(), 1);
+        assert_eq!(ev.labels[CHAIN_DEPTH_LABEL], "1");
+        assert_eq!(ev.detail["chain_depth"], 1);
+        rec.task.labels = [
+            ("biz", "trade"),
+            (CHAIN_DEPTH_LABEL, "2"),
+            ("whale_replay_rule", "r"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let ev = finished_event(&rec);
+        assert_eq!(ev.labels["biz"], "trade");
+        assert_eq!(ev.labels[CHAIN_DEPTH_LABEL], "3");
+        assert!(!ev.labels.contains_key("whale_replay_rule"));
+        assert_eq!(chain_depth(&ev.labels), 3);
+    }
 }
