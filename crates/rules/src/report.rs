@@ -300,7 +300,7 @@ fn format_fan_out(out: &mut String, rule: &RuleReport, fe: &str) {
         if n == 1 { "" } else { "s" }
     );
     for el in &rule.elements {
-        let item = cut(el.item.to_string(), 60);
+        let item = cut(el.item.to_string(), 100);
         let _ = match (&el.task, &el.render_error, &el.failed) {
             (Some(task), ..) => {
                 writeln!(out, "      [{}] ✔ {item} → {}", el.index, task_line(task))
