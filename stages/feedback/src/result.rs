@@ -349,4 +349,30 @@ mod tests {
         assert!(!ev.labels.contains_key("whale_replay_rule"));
         assert_eq!(chain_depth(&ev.labels), 3);
     }
+
+    #[test]
+    fn message_templates_see_the_element_of_a_fanned_out_task() {
+        use whale_kernel::config::{ChannelConfig, ChannelKind, Config, Secret};
+        let mut cfg = Config::default();
+        cfg.channels.insert(
+            "ops".into(),
+            ChannelConfig {
+                kind: ChannelKind::Webhook,
+                url: None,
+                url_env: None,
+                key_env: None,
+                template: Some("{{ $item.labels.instance }}: {{ .result.status }}".into()),
+                endpoint: Some(Secret::new("http://127.0.0.1:9/hook")),
+                bearer: None,
+            },
+        );
+        let channels = Channels::from_config(&cfg).unwrap();
+        let mut rec = old_record();
+        rec.task.item = Some(whale_kernel::records::Item {
+            index: 1,
+            value: json!({"labels": {"instance": "web-2:9100"}}),
+        });
+        let text = channels.result_text("ops", &template_input(&rec));
+        assert_eq!(text, "web-2:9100: succeeded");
+    }
 }
