@@ -61,6 +61,8 @@ pub struct RuleSet {
     version: String,
     sources: Vec<RuleSource>,
     filters_compiled: usize,
+    /// Some rule has `for_each` (else the match path skips looking for them).
+    fan_out: bool,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -198,6 +200,7 @@ impl RuleSet {
             version: version(&sources),
             sources,
             filters_compiled,
+            fan_out: rules.iter().any(|r| r.for_each.is_some()),
             rules,
         }
     }
@@ -267,7 +270,9 @@ impl RuleSet {
             .collect();
         let mut counts = cx.counts;
         let (mut fanned, mut refused) = (Vec::new(), Vec::new());
-        for rule in rules.iter().filter(|r| r.for_each.is_some()) {
+        // a set without `for_each` rules (the common case) does not walk its rules twice
+        let fanning = if self.fan_out { &rules[..] } else { &[] };
+        for rule in fanning.iter().filter(|r| r.for_each.is_some()) {
             let items = match rule.items(input, max_items) {
                 Ok(items) => items.unwrap_or_default(),
                 Err(e) if e.is_over_limit() => {
