@@ -12,9 +12,15 @@ use whale_kernel::testkit::RedisServer;
 
 use crate::harness::*;
 
-/// A small `whale.toml`: unknown event types allowed (the test types have no schema), a low
-/// fan-out bound and chain depth, quick result polling.
+/// A small `whale.toml`: small streams (JetStream reserves their caps on disk), unknown event
+/// types allowed (the test types have no schema), a low fan-out bound and chain depth, quick
+/// result polling.
 const CONFIG: &str = r#"
+[nats]
+ingest_max_bytes = 268435456
+events_max_bytes = 268435456
+pipe_max_bytes = 268435456
+
 [events]
 allow_unknown_types = true
 
