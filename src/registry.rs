@@ -62,6 +62,7 @@ pub async fn build(
         })),
         "match" => Some(Arc::new(whale_match::Match {
             rules: crate::rules_store::live(nats).await?,
+            max_items: cfg.rules.max_for_each_items,
         })),
         "render" => Some(Arc::new(whale_render::Render {
             rules: crate::rules_store::live(nats).await?,

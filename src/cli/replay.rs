@@ -58,6 +58,12 @@ struct RuleLine {
     added: u64,
     /// Fired then, would not match now.
     removed: u64,
+    /// Tasks the matches would make: one per event, or one per matching element of a rule
+    /// with `for_each`.
+    tasks: u64,
+    /// Events on which the rule's `for_each` yielded more elements than allowed (no task).
+    refused: u64,
+    /// Example event ids (`id[i]` for element i of a `for_each`).
     examples: Vec<String>,
 }
 
@@ -130,9 +136,23 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             unreadable += 1;
             return;
         };
-        let matched = Match::matches(&set, &ev, value);
+        let out = Match::outcomes(&set, &ev, value, cfg.rules.max_for_each_items);
         let mut hit = false;
-        for m in matched {
+        for f in out.refused {
+            if a.rule.as_ref().is_some_and(|r| *r != f.rule) {
+                continue;
+            }
+            let line = lines.entry(f.rule.clone()).or_insert_with(|| RuleLine {
+                rule: f.rule.clone(),
+                ..Default::default()
+            });
+            line.refused += 1;
+            if line.examples.len() < a.examples {
+                line.examples
+                    .push(format!("{} (for_each over the limit)", f.event_id));
+            }
+        }
+        for m in out.matched {
             if a.rule.as_ref().is_some_and(|r| *r != m.rule) {
                 continue;
             }
@@ -141,11 +161,16 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
                 rule: m.rule.clone(),
                 ..Default::default()
             });
-            line.would_match += 1;
+            line.tasks += 1;
             if line.examples.len() < a.examples {
-                line.examples.push(m.event_id.clone());
+                line.examples.push(match &m.item {
+                    Some(item) => format!("{}[{}]", m.event_id, item.index),
+                    None => m.event_id.clone(),
+                });
             }
-            would.insert((m.event_id, m.rule));
+            if would.insert((m.event_id, m.rule)) {
+                line.would_match += 1;
+            }
         }
         if hit && !a.dry_run {
             to_inject.push(ev);
@@ -221,18 +246,28 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
                 envelope::format_time(to)
             );
             println!(
-                "{:<32} {:>10} {:>10} {:>8} {:>8}  examples",
-                "RULE", "WOULD", "FIRED", "+NEW", "-GONE"
+                "{:<32} {:>10} {:>10} {:>8} {:>8} {:>8}  examples",
+                "RULE", "WOULD", "FIRED", "+NEW", "-GONE", "TASKS"
             );
             for l in lines.values() {
                 println!(
-                    "{:<32} {:>10} {:>10} {:>8} {:>8}  {}",
+                    "{:<32} {:>10} {:>10} {:>8} {:>8} {:>8}  {}",
                     l.rule,
                     l.would_match,
                     l.actually_matched,
                     l.added,
                     l.removed,
+                    l.tasks,
                     super::term::line(&l.examples.join(", "))
+                );
+            }
+            for l in lines.values().filter(|l| l.refused > 0) {
+                println!(
+                    "{}: for_each yielded more than {} elements on {} event{}: no task for them (rules.max_for_each_items)",
+                    l.rule,
+                    cfg.rules.max_for_each_items,
+                    l.refused,
+                    if l.refused == 1 { "" } else { "s" }
                 );
             }
         }

@@ -199,7 +199,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                     })?;
                 evs.push(serde_json::to_value(ev)?);
             }
-            let reports = whale_rules::test_events(&set, &evs);
+            let reports = whale_rules::test_events_with(&set, &evs, cfg.rules.max_for_each_items);
             if json {
                 super::print_json(&reports)?;
             } else {
@@ -208,6 +208,17 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                     "{}",
                     super::term::block(&whale_rules::format_human(&reports))
                 );
+            }
+            // A rule that matches but cannot make its task is a broken rule: fail the test
+            // (as the pipeline would record a render failure).
+            let failures: usize = reports.iter().map(|r| r.failures()).sum();
+            if failures > 0 {
+                eprintln!(
+                    "whale: {failures} matching rule{} could not be rendered (marked `!` above): \
+                     fix the templates, or use `for_each` to run a rule once per element",
+                    if failures == 1 { "" } else { "s" }
+                );
+                return Ok(ExitCode::from(1));
             }
         }
         Cmd::Show { json } => {

@@ -23,7 +23,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let mut t = whale_index::trace::trace(&*backend, &a.event_id)
         .await
         .map_err(|e| anyhow::anyhow!("reading the {} index: {e}", backend.name()))?;
-    t.not_matched = not_matched(&cfg, &t).await;
+    not_matched(&cfg, &mut t).await;
     if a.json {
         super::print_json(&t)?;
     } else {
@@ -42,52 +42,135 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Rules that listened to the event's type and did not match, and why. Nothing is recorded for
-/// a non-match (only counted), so the answer comes from evaluating the active rule set on the
-/// stored event now; if NATS is unreachable the section is left out.
-async fn not_matched(cfg: &Config, t: &Trace) -> Vec<NotMatched> {
+/// Rules that listened to the event's type and did not match, and why, with the rule-set
+/// version that was in force: the one recorded on the event's match records, else the one active
+/// when the event was accepted (from the applied history), else the active one, said so. Nothing
+/// is recorded for a non-match (only counted), so the answer comes from evaluating that version
+/// on the stored event now; if NATS is unreachable the section is left out. Rules with
+/// `for_each` are explained per element.
+async fn not_matched(cfg: &Config, t: &mut Trace) {
     let Some(ev) = t.event.clone() else {
-        return Vec::new();
+        return;
     };
     let Some(event_type) = ev
         .get("event_type")
         .and_then(|v| v.as_str())
         .map(str::to_owned)
     else {
-        return Vec::new();
+        return;
     };
     let connect = super::connect(cfg, "trace");
     let Ok(Ok(nats)) = tokio::time::timeout(std::time::Duration::from_secs(3), connect).await
     else {
-        return Vec::new();
+        return;
     };
-    let Ok(Some(stored)) = crate::rules_store::active(&nats).await else {
-        return Vec::new();
+    let Some((stored, from)) = version_in_force(&nats, t).await else {
+        return;
     };
     let Ok(set) = whale_rules::RuleSet::compile(&stored.sources) else {
-        return Vec::new();
+        return;
     };
+    t.rule_version = Some(stored.version.clone());
+    t.rule_version_from = Some(from);
     let input = whale_rules::Input::new(ev);
-    set.rules_for(&event_type)
-        .iter()
-        .filter_map(|rule| {
+    let max = cfg.rules.max_for_each_items;
+    let mut out = Vec::new();
+    for rule in set.rules_for(&event_type).iter() {
+        let name = rule.name().to_owned();
+        if rule.for_each().is_none() {
             let e = rule.evaluate(&input);
-            (!e.matched).then(|| NotMatched {
-                rule: rule.name().to_owned(),
-                reason: match e.failed {
-                    Some(f) => format!(
-                        "{} was false: saw {} ({})",
-                        f.step,
-                        f.saw
-                            .map(|v| v.to_string())
-                            .unwrap_or_else(|| "nothing (missing)".into()),
-                        f.reason
-                    ),
-                    None => "did not match".into(),
-                },
-            })
-        })
-        .collect()
+            if !e.matched {
+                out.push(NotMatched {
+                    rule: name,
+                    reason: why(e.failed),
+                });
+            }
+            continue;
+        }
+        match rule.elements(&input, max) {
+            Err(e) => out.push(NotMatched {
+                rule: name,
+                reason: format!("for_each: {}", e.reason),
+            }),
+            Ok(els) => {
+                let els = els.unwrap_or_default();
+                if els.is_empty() {
+                    out.push(NotMatched {
+                        rule: name.clone(),
+                        reason: format!(
+                            "for_each {} yielded no elements",
+                            rule.for_each().unwrap_or_default()
+                        ),
+                    });
+                }
+                for el in els.into_iter().filter(|e| !e.evaluation.matched) {
+                    out.push(NotMatched {
+                        rule: format!("{name} [element {}]", el.index),
+                        reason: why(el.evaluation.failed),
+                    });
+                }
+            }
+        }
+    }
+    t.not_matched = out;
+}
+
+fn why(failed: Option<whale_rules::StepFailure>) -> String {
+    match failed {
+        Some(f) => format!(
+            "{} was false: saw {} ({})",
+            f.step,
+            f.saw
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "nothing (missing)".into()),
+            f.reason
+        ),
+        None => "did not match".into(),
+    }
+}
+
+/// The rule set to explain `t` with, and where its version comes from.
+async fn version_in_force(
+    nats: &whale_kernel::Nats,
+    t: &Trace,
+) -> Option<(crate::rules_store::Stored, String)> {
+    use crate::rules_store;
+    let recorded = t
+        .steps
+        .iter()
+        .filter(|s| matches!(s.kind.as_str(), "matched" | "render_failed"))
+        .find_map(|s| s.record.get("rule_version")?.as_str().map(str::to_owned));
+    let active = rules_store::active(nats).await.ok().flatten();
+    if let Some(v) = recorded {
+        if let Ok(Some(stored)) = rules_store::version(nats, &v).await {
+            return Some((stored, "recorded on the match".into()));
+        }
+        return active.map(|a| {
+            let from =
+                format!("the active set: rule set {v} recorded on the match is no longer stored");
+            (a, from)
+        });
+    }
+    let accepted = t
+        .steps
+        .iter()
+        .find(|s| s.kind == "event")
+        .map(|s| s.seen.clone());
+    if let Some(at) = accepted {
+        if let Ok(Some(stored)) = rules_store::in_force_at(nats, &at).await {
+            return Some((
+                stored,
+                format!("in force when the event was accepted ({at})"),
+            ));
+        }
+    }
+    active.map(|a| {
+        (
+            a,
+            "the active set (no rule set is known to have been in force when the event was accepted)"
+                .into(),
+        )
+    })
 }
 
 /// The human view: a header, then one block per step, top to bottom. Every text that came from
@@ -131,6 +214,14 @@ pub fn render(t: &Trace) -> String {
         for d in &s.details {
             let _ = writeln!(out, "{:<26} {:<13} {}", "", "", line(d));
         }
+    }
+    if let Some(v) = &t.rule_version {
+        let _ = writeln!(
+            out,
+            "\nwhy not, evaluated with rule set {} ({}):",
+            line(v),
+            line(t.rule_version_from.as_deref().unwrap_or(""))
+        );
     }
     if !t.not_matched.is_empty() {
         let _ = writeln!(out, "\nrules that listened but did not match:");

@@ -36,6 +36,8 @@ fn task(i: usize, cluster: &str, action: &str, params: Value) -> Task {
         replay: None,
         // Fresh: a task older than a claim lives is reconciled by trace tag first (claim.rs).
         created: whale_kernel::envelope::format_time(time::OffsetDateTime::now_utc()),
+        item: None,
+        labels: Default::default(),
     }
 }
 

@@ -9,6 +9,7 @@ mod chaos;
 mod cluster;
 mod deploy;
 mod dispatch;
+mod fanout;
 mod feedback;
 mod harness;
 mod index;

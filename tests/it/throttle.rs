@@ -43,6 +43,8 @@ fn task(run: &str, i: usize, key: &str, limit: u64, per_ms: u64) -> Task {
         result_event: false,
         replay: None,
         created: "2026-01-01T00:00:00Z".into(),
+        item: None,
+        labels: Default::default(),
     }
 }
 

@@ -182,7 +182,7 @@ impl Filter {
             .and_then(|t| Instant::now().checked_add(t));
         budget::reset(self.limits.fuel, deadline);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let ctx = Ctx::<D>::new(&self.filter.lut, Vars::new([]));
+            let ctx = Ctx::<D>::new(&self.filter.lut, Vars::new([input.item_val()]));
             let mut outputs = self.filter.id.run((ctx, val));
             f(&mut outputs)
         }));
@@ -207,6 +207,9 @@ impl Filter {
     }
 }
 
+/// The one global variable of every program: the `for_each` element ([`Input::with_item`]).
+pub const ITEM_VAR: &str = "$item";
+
 fn compile_program(src: &str, program: &str) -> Result<jaq_core::Filter<D>, ExprError> {
     let arena = Arena::default();
     let defs = prelude().iter().cloned();
@@ -226,6 +229,7 @@ fn compile_program(src: &str, program: &str) -> Result<jaq_core::Filter<D>, Expr
         })?;
     Compiler::default()
         .with_funs(funs())
+        .with_global_vars([ITEM_VAR])
         .compile(modules)
         .map_err(|errs| {
             let Some((name, undefined)) = errs.iter().flat_map(|(_, e)| e.iter()).next() else {

@@ -8,6 +8,8 @@
 //! - [`Template`] / [`TemplateValue`]: strings with `{{ jq }}` parts, and JSON structures of
 //!   them. A lone `{{ expr }}` keeps the JSON type of its value; mixed text is a string.
 //! - [`path::SimplePath`]: the native path evaluator, also used by rule steps.
+//! - `$item`: the one global variable of every program ([`ITEM_VAR`]), bound by
+//!   [`Input::with_item`] to a rule's `for_each` element (`null` when none is bound).
 //!
 //! Programs made only of paths, literals, comparisons, `and`/`or`/`not`, `//`, `if`,
 //! `any`/`all`, `length`, `type`, `has`, `startswith`/`endswith` and `ascii_downcase`/
@@ -58,7 +60,7 @@ mod value;
 
 pub use compiler::{Compiler, Expr};
 pub use error::{EvalError, ExprError};
-pub use filter::Filter;
+pub use filter::{Filter, ITEM_VAR};
 pub use limits::{default_eval_time, set_default_eval_time, Limits};
 pub use template::{RenderError, Template};
 pub use template_value::{TemplateError, TemplateValue};

@@ -12,10 +12,14 @@ use std::sync::OnceLock;
 
 /// An event (or any JSON value) ready to be given to filters: the JSON value, and its jaq form,
 /// built on first use and then shared by every filter that runs on it.
+///
+/// An input may carry an item: the element a rule's `for_each` produced, bound as `$item` in
+/// every filter run on it (`null` when there is none).
 pub struct Input {
     value: Value,
     val: OnceLock<Result<Val, EvalError>>,
     depth_ok: OnceLock<bool>,
+    item: Option<(Value, Val)>,
 }
 
 impl Input {
@@ -25,7 +29,29 @@ impl Input {
             value,
             val: OnceLock::new(),
             depth_ok: OnceLock::new(),
+            item: None,
         }
+    }
+
+    /// The same input with `item` bound as `$item` (a `for_each` element). The item comes out
+    /// of a filter run, so it is already within the output depth and size limits.
+    pub fn with_item(mut self, item: Value) -> Self {
+        let val = to_val(&item);
+        self.item = Some((item, val));
+        self
+    }
+
+    /// The bound item, if any.
+    pub fn item(&self) -> Option<&Value> {
+        self.item.as_ref().map(|(v, _)| v)
+    }
+
+    /// The jaq value of `$item` (`null` when none is bound).
+    pub(crate) fn item_val(&self) -> Val {
+        self.item
+            .as_ref()
+            .map(|(_, v)| v.clone())
+            .unwrap_or(Val::Null)
     }
 
     /// The JSON value.
@@ -126,7 +152,10 @@ impl From<Value> for Input {
 
 impl std::fmt::Debug for Input {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Input").field(&self.value).finish()
+        f.debug_tuple("Input")
+            .field(&self.value)
+            .field(&self.item())
+            .finish()
     }
 }
 

@@ -445,12 +445,23 @@ pub struct RulesConfig {
     /// still applies).
     #[serde(deserialize_with = "de_duration")]
     pub eval_time_limit: Duration,
+    /// Most elements a rule's `for_each` may yield for one event. Past it the rule fires for
+    /// none of them and a `render_failed` record (field `for_each`) names the rule and the
+    /// count; never a silent, partial fan-out.
+    pub max_for_each_items: usize,
+    /// How many times an execution result may feed back into the rules: a task fired by an
+    /// event at chain depth `max_chain_depth` still runs, but its `whale.execution_finished`
+    /// event is recorded as a rejection, not matched, so a rule firing on its own results
+    /// stops. Ordinary events have depth 0.
+    pub max_chain_depth: u32,
 }
 
 impl Default for RulesConfig {
     fn default() -> Self {
         RulesConfig {
             eval_time_limit: Duration::from_millis(100),
+            max_for_each_items: 100,
+            max_chain_depth: 3,
         }
     }
 }

@@ -70,6 +70,23 @@ pub async fn get(nats: &Nats, bucket: &str, key: &str) -> anyhow::Result<Option<
     Ok(kv.get(key).await?)
 }
 
+/// Every revision the bucket still holds of one key, oldest first (deletes left out).
+pub async fn history(nats: &Nats, bucket: &str, key: &str) -> anyhow::Result<Vec<bytes::Bytes>> {
+    let kv =
+        nats.js.get_key_value(bucket).await.with_context(|| {
+            format!("KV bucket {bucket} does not exist: run `whale setup` first")
+        })?;
+    let mut out = Vec::new();
+    let mut entries = kv.history(key).await?;
+    while let Some(e) = entries.next().await {
+        let e = e?;
+        if e.operation == async_nats::jetstream::kv::Operation::Put {
+            out.push(e.value);
+        }
+    }
+    Ok(out)
+}
+
 /// Writes one key; returns the new revision.
 pub async fn put(nats: &Nats, bucket: &str, key: &str, value: Vec<u8>) -> anyhow::Result<u64> {
     let kv =

@@ -17,6 +17,17 @@ pub struct Matched {
     /// Set when the event was re-injected by `whale replay` (the replay run id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<String>,
+    /// For a rule with `for_each`: the element this match is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<Item>,
+}
+
+/// One element of a rule's `for_each`: the value bound as `$item`, and its position among the
+/// outputs of the expression.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Item {
+    pub index: usize,
+    pub value: Value,
 }
 
 /// How a task is rate limited (rendered from the rule's `throttle`).
@@ -83,11 +94,30 @@ pub struct Task {
     pub replay: Option<String>,
     /// When the task was rendered (RFC 3339).
     pub created: String,
+    /// For a rule with `for_each`: the element the task is for (`$item`, also bound in
+    /// notification templates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<Item>,
+    /// The labels of the event the task came from; the result event carries them on (with
+    /// the chain depth, `CHAIN_DEPTH_LABEL`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
+
+/// The label of a `whale.execution_finished` event that counts how many executions led to it
+/// (1 for the result of a task fired by an ordinary event); `rules.max_chain_depth` bounds it.
+pub const CHAIN_DEPTH_LABEL: &str = "whale_chain_depth";
 
 /// The deterministic task id of (event, rule).
 pub fn task_id(event_id: &str, rule: &str) -> String {
     format!("t-{}", &crate::digest(&[event_id, rule])[..32])
+}
+
+/// The deterministic task id of one `for_each` element of (event, rule): `item_key` is a
+/// content hash of the element (`whale_rules::item_key`), not its position, so the same
+/// element always gives the same task id, whatever order the elements come in.
+pub fn item_task_id(event_id: &str, rule: &str, item_key: &str) -> String {
+    format!("t-{}", &crate::digest(&[event_id, rule, item_key])[..32])
 }
 
 /// render failure: the rule matched but its templates could not be rendered.
@@ -96,9 +126,12 @@ pub struct RenderFailed {
     pub event_id: String,
     pub rule: String,
     pub rule_version: String,
-    /// Which field failed: `params.host`, `throttle.key`, `route`, ...
+    /// Which field failed: `params.host`, `throttle.key`, `route`, `for_each`, ...
     pub field: String,
     pub reason: String,
+    /// For a rule with `for_each`: the element whose task failed (its position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_index: Option<u32>,
 }
 
 /// throttle: a task over its limit (recorded, not lost).

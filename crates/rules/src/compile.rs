@@ -28,6 +28,47 @@ fn valid_action(s: &str) -> bool {
     })
 }
 
+/// The first field of a rule that mentions `$item` (a rule without `for_each` must not: the
+/// variable would always be null there).
+fn uses_item<'a>(
+    when: &'a [Value],
+    params: Option<&'a Value>,
+    route: &'a Option<String>,
+    throttle: &'a Option<crate::parse::RawThrottle>,
+) -> Option<&'static str> {
+    let mut strings: Vec<(&'static str, &str)> = Vec::new();
+    strings.extend(route.as_deref().map(|s| ("route", s)));
+    strings.extend(
+        throttle
+            .as_ref()
+            .and_then(|t| t.key.as_deref())
+            .map(|s| ("throttle.key", s)),
+    );
+    let mut nested = Vec::new();
+    let mut stack: Vec<(&'static str, &Value)> = when.iter().map(|v| ("when", v)).collect();
+    stack.extend(params.map(|v| ("params", v)));
+    while let Some((field, v)) = stack.pop() {
+        match v {
+            Value::String(s) => nested.push((field, s.as_str())),
+            Value::Array(a) => stack.extend(a.iter().map(|x| (field, x))),
+            Value::Object(o) => stack.extend(o.values().map(|x| (field, x))),
+            _ => {}
+        }
+    }
+    strings
+        .into_iter()
+        .chain(nested)
+        .find(|(_, s)| mentions_item(s))
+        .map(|(f, _)| f)
+}
+
+/// `$item` as a whole variable name (not `$items`).
+fn mentions_item(s: &str) -> bool {
+    s.match_indices(whale_expr::ITEM_VAR).any(|(at, m)| {
+        !s[at + m.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
 /// Compile one parsed rule; every problem found is returned.
 pub(crate) fn compile_rule(
     loc: Located,
@@ -74,6 +115,25 @@ pub(crate) fn compile_rule(
             error(
                 t,
                 format!("event type pattern {t:?} is not a valid glob: {e}"),
+            );
+        }
+    }
+    let for_each = raw.for_each.as_deref().and_then(|src| match c.expr(src) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            error(src.trim(), format!("for_each: {e}"));
+            None
+        }
+    });
+    if raw.for_each.is_none() {
+        if let Some(field) = uses_item(&raw.when, raw.params.as_ref(), &raw.route, &raw.throttle) {
+            error(
+                whale_expr::ITEM_VAR,
+                format!(
+                    "{field}: `{}` is only bound in a rule with `for_each` (add e.g. \
+                     `for_each: .detail.alerts[]`)",
+                    whale_expr::ITEM_VAR
+                ),
             );
         }
     }
@@ -174,6 +234,8 @@ pub(crate) fn compile_rule(
         description: raw.description,
         enabled: raw.enabled,
         on,
+        for_each,
+        for_each_src: raw.for_each.map(|s| s.trim().to_owned()),
         steps,
         action: raw.action,
         params,

@@ -22,6 +22,7 @@
 //! description: Clean temp files when a production VM disk passes 90%
 //! enabled: true                             # default true; disabled rules are checked, never run
 //! on: [vm.disk_usage]                       # event types: exact, or globs (vm.*); one or a list
+//! for_each: .detail.alerts[]                # optional: once per output, bound as $item (below)
 //! when:                                     # every step must pass (an empty list always matches)
 //!   - { path: .detail.env, eq: prod }
 //!   - { path: .detail.usage_pct, gt: 90 }
@@ -89,6 +90,16 @@
 //! loops, `reduce`/`foreach`, `env`/`$ENV`, I/O and side-effect builtins are refused, regexes
 //! must be literals, and every run is metered, so a rule cannot hang or crash a worker.
 //!
+//! # Fan-out
+//!
+//! `for_each: <jq>` runs the rule once per output of the expression (at most a bound per event,
+//! [`DEFAULT_MAX_ITEMS`] unless configured; over it the rule fires for none and
+//! [`Matches::refused`] says why). The output is bound as `$item` in `jq:` steps and
+//! templates, and `{path: $item.a.b, ...}` steps look into it. [`RuleSet::match_event`] reports
+//! such rules per element in [`Matches::fanned`]; [`CompiledRule::elements`] explains each one;
+//! [`item_key`] is the content hash task ids are derived from. `$item` outside a rule with
+//! `for_each` refuses the set. Full semantics: `pipelines/README.md`.
+//!
 //! # Errors
 //!
 //! A set with any error is refused whole. [`RuleErrors`] lists every problem as
@@ -99,6 +110,7 @@
 mod compile;
 mod error;
 mod eval;
+mod fanout;
 mod ops;
 mod parse;
 mod render;
@@ -108,10 +120,13 @@ mod ruleset;
 mod step;
 
 pub use error::{RuleError, RuleErrors};
+pub use fanout::{bind, item_key, Element, ForEachError, DEFAULT_MAX_ITEMS};
 pub use ops::OPERATORS;
 pub use parse::FileLimits;
 pub use render::{Approval, RenderError, RenderedTask, RenderedThrottle, ThrottleMode};
-pub use report::{format_human, test_events, EventReport, RuleReport};
+pub use report::{
+    format_human, test_events, test_events_with, ElementReport, EventReport, RuleReport,
+};
 pub use rule::{CompiledRule, Evaluation};
 pub use ruleset::{Matches, RuleSet, RuleSource};
 pub use step::{Counts, StepFailure};

@@ -54,6 +54,9 @@ pub(crate) struct RawRule {
     #[serde(default = "yes")]
     pub enabled: bool,
     pub on: OneOrMany,
+    /// jq: one run of the rule per output, the output bound as `$item`.
+    #[serde(default)]
+    pub for_each: Option<String>,
     #[serde(default)]
     pub when: Vec<serde_json::Value>,
     pub action: String,
@@ -256,6 +259,7 @@ fn check_size(rule: &RawRule, limits: &FileLimits) -> Result<(), String> {
     let mut strings: Vec<(&str, &str)> = vec![("name", &rule.name), ("action", &rule.action)];
     strings.extend(rule.description.as_deref().map(|s| ("description", s)));
     strings.extend(rule.route.as_deref().map(|s| ("route", s)));
+    strings.extend(rule.for_each.as_deref().map(|s| ("for_each", s)));
     strings.extend(
         rule.throttle
             .as_ref()

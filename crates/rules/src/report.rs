@@ -4,7 +4,7 @@
 
 use crate::render::{RenderError, RenderedTask};
 use crate::step::StepFailure;
-use crate::RuleSet;
+use crate::{CompiledRule, ForEachError, RuleSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -48,18 +48,121 @@ pub struct RuleReport {
     pub type_mismatches: u32,
     /// `jq:` predicates that raised an error.
     pub jq_errors: u32,
+    /// For a rule with `for_each`: the expression as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<String>,
+    /// For a rule with `for_each`: every element and its outcome (`matched` above is true when
+    /// one element matched).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub elements: Vec<ElementReport>,
+    /// For a rule with `for_each`: the expression failed or yielded too many elements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each_error: Option<ForEachError>,
+}
+
+/// What one rule does with one element of its `for_each`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ElementReport {
+    /// 0-based position among the outputs of `for_each`.
+    pub index: usize,
+    /// The element (`$item`).
+    pub item: Value,
+    /// Every step passed with this element.
+    pub matched: bool,
+    /// For a non-match: the step that failed and what it saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<StepFailure>,
+    /// For a match: the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<RenderedTask>,
+    /// For a match whose task could not be rendered: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub render_error: Option<RenderError>,
+}
+
+impl EventReport {
+    /// Rules (or elements) that matched but could not be rendered, and `for_each`
+    /// expressions over the element limit: what the pipeline would record as failures.
+    /// `whale rules test` exits non-zero when any report has one.
+    pub fn failures(&self) -> usize {
+        self.rules
+            .iter()
+            .map(|r| {
+                usize::from(r.render_error.is_some())
+                    + usize::from(r.for_each_error.as_ref().is_some_and(|e| e.is_over_limit()))
+                    + r.elements
+                        .iter()
+                        .filter(|e| e.render_error.is_some())
+                        .count()
+            })
+            .sum()
+    }
 }
 
 /// Evaluate every event against the rules listening to its type.
 pub fn test_events(set: &RuleSet, events: &[Value]) -> Vec<EventReport> {
+    test_events_with(set, events, crate::DEFAULT_MAX_ITEMS)
+}
+
+/// [`test_events`] with a bound on the elements of one `for_each`.
+pub fn test_events_with(set: &RuleSet, events: &[Value], max_items: usize) -> Vec<EventReport> {
     events
         .iter()
         .enumerate()
-        .map(|(index, event)| test_event(set, index, event))
+        .map(|(index, event)| test_event(set, index, event, max_items))
         .collect()
 }
 
-fn test_event(set: &RuleSet, index: usize, event: &Value) -> EventReport {
+fn render(rule: &CompiledRule, input: &Input) -> (Option<RenderedTask>, Option<RenderError>) {
+    match rule.render(input) {
+        Ok(t) => (Some(t), None),
+        Err(e) => (None, Some(e)),
+    }
+}
+
+fn fan_out(rule: &CompiledRule, input: &Input, max_items: usize) -> RuleReport {
+    let mut report = RuleReport {
+        rule: rule.name().to_owned(),
+        matched: false,
+        failed: None,
+        task: None,
+        render_error: None,
+        type_mismatches: 0,
+        jq_errors: 0,
+        for_each: rule.for_each().map(str::to_owned),
+        elements: Vec::new(),
+        for_each_error: None,
+    };
+    let elements = match rule.elements(input, max_items) {
+        Ok(e) => e.unwrap_or_default(),
+        Err(e) => {
+            report.for_each_error = Some(e);
+            return report;
+        }
+    };
+    for el in elements {
+        let eval = el.evaluation;
+        report.type_mismatches += eval.type_mismatches;
+        report.jq_errors += eval.jq_errors;
+        report.matched |= eval.matched;
+        let (task, render_error) = if eval.matched {
+            render(rule, &crate::bind(input, &el.item))
+        } else {
+            (None, None)
+        };
+        report.elements.push(ElementReport {
+            index: el.index,
+            item: el.item,
+            matched: eval.matched,
+            failed: eval.failed,
+            task,
+            render_error,
+        });
+    }
+    report
+}
+
+fn test_event(set: &RuleSet, index: usize, event: &Value, max_items: usize) -> EventReport {
     let id = event.get("id").and_then(Value::as_str).map(str::to_owned);
     let Some(event_type) = event
         .get("event_type")
@@ -79,12 +182,12 @@ fn test_event(set: &RuleSet, index: usize, event: &Value) -> EventReport {
         .rules_for(&event_type)
         .iter()
         .map(|rule| {
+            if rule.for_each().is_some() {
+                return fan_out(rule, &input, max_items);
+            }
             let eval = rule.evaluate(&input);
             let (task, render_error) = if eval.matched {
-                match rule.render(&input) {
-                    Ok(t) => (Some(t), None),
-                    Err(e) => (None, Some(e)),
-                }
+                render(rule, &input)
             } else {
                 (None, None)
             };
@@ -96,6 +199,9 @@ fn test_event(set: &RuleSet, index: usize, event: &Value) -> EventReport {
                 render_error,
                 type_mismatches: eval.type_mismatches,
                 jq_errors: eval.jq_errors,
+                for_each: None,
+                elements: Vec::new(),
+                for_each_error: None,
             }
         })
         .collect();
@@ -142,6 +248,10 @@ pub fn format_human(reports: &[EventReport]) -> String {
         }
         out.push('\n');
         for rule in &r.rules {
+            if let Some(fe) = &rule.for_each {
+                format_fan_out(&mut out, rule, fe);
+                continue;
+            }
             let _ = match (&rule.task, &rule.render_error, &rule.failed) {
                 (Some(task), ..) => writeln!(out, "  ✔ {} → {}", rule.rule, task_line(task)),
                 (None, Some(e), _) => writeln!(
@@ -149,21 +259,7 @@ pub fn format_human(reports: &[EventReport]) -> String {
                     "  ! {}: matched, but {}: {}",
                     rule.rule, e.field, e.reason
                 ),
-                (None, None, Some(f)) => {
-                    let step: Vec<String> = f.index.iter().map(|i| (i + 1).to_string()).collect();
-                    let saw = match &f.saw {
-                        Some(v) => format!("saw {}", cut(v.to_string(), 80)),
-                        None => "saw nothing".into(),
-                    };
-                    writeln!(
-                        out,
-                        "  ✘ {}: step {} {}: {saw} ({})",
-                        rule.rule,
-                        step.join("."),
-                        f.step,
-                        f.reason
-                    )
-                }
+                (None, None, Some(f)) => writeln!(out, "  ✘ {}: {}", rule.rule, why_not(f)),
                 (None, None, None) => writeln!(out, "  ✘ {}", rule.rule),
             };
             if rule.type_mismatches + rule.jq_errors > 0 {
@@ -176,6 +272,50 @@ pub fn format_human(reports: &[EventReport]) -> String {
         }
     }
     out
+}
+
+/// `step 2 .detail.usage_pct gt 95: saw 93 (the comparison is false)`
+fn why_not(f: &StepFailure) -> String {
+    let step: Vec<String> = f.index.iter().map(|i| (i + 1).to_string()).collect();
+    let saw = match &f.saw {
+        Some(v) => format!("saw {}", cut(v.to_string(), 80)),
+        None => "saw nothing".into(),
+    };
+    format!("step {} {}: {saw} ({})", step.join("."), f.step, f.reason)
+}
+
+/// A rule with `for_each`: one line for the rule, one per element.
+fn format_fan_out(out: &mut String, rule: &RuleReport, fe: &str) {
+    if let Some(e) = &rule.for_each_error {
+        let mark = if e.is_over_limit() { "!" } else { "✘" };
+        let _ = writeln!(out, "  {mark} {}: for_each {}", rule.rule, e.reason);
+        return;
+    }
+    let n = rule.elements.len();
+    let mark = if rule.matched { "✔" } else { "✘" };
+    let _ = writeln!(
+        out,
+        "  {mark} {}: for_each {fe} → {n} element{}",
+        rule.rule,
+        if n == 1 { "" } else { "s" }
+    );
+    for el in &rule.elements {
+        let item = cut(el.item.to_string(), 100);
+        let _ = match (&el.task, &el.render_error, &el.failed) {
+            (Some(task), ..) => {
+                writeln!(out, "      [{}] ✔ {item} → {}", el.index, task_line(task))
+            }
+            (None, Some(e), _) => writeln!(
+                out,
+                "      [{}] ! {item}: matched, but {}: {}",
+                el.index, e.field, e.reason
+            ),
+            (None, None, Some(f)) => {
+                writeln!(out, "      [{}] ✘ {item}: {}", el.index, why_not(f))
+            }
+            (None, None, None) => writeln!(out, "      [{}] ✘ {item}", el.index),
+        };
+    }
 }
 
 fn task_line(t: &RenderedTask) -> String {

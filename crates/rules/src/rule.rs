@@ -15,6 +15,8 @@ pub struct CompiledRule {
     pub(crate) description: Option<String>,
     pub(crate) enabled: bool,
     pub(crate) on: Vec<String>,
+    pub(crate) for_each: Option<whale_expr::Expr>,
+    pub(crate) for_each_src: Option<String>,
     pub(crate) steps: Vec<Step>,
     pub(crate) action: String,
     pub(crate) params: TemplateValue,

@@ -7,8 +7,9 @@ use crate::eval::{Cx, Paths};
 use crate::parse::parse_file;
 use crate::rule::CompiledRule;
 use crate::step::Counts;
-use crate::{RuleError, RuleErrors};
+use crate::{ForEachError, RuleError, RuleErrors};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,11 +27,21 @@ pub struct RuleSource {
 
 type Rules = Arc<[Arc<CompiledRule>]>;
 
+/// A `for_each` element and its position among the outputs of the expression.
+pub type Indexed = (usize, Value);
+
 /// The result of [`RuleSet::match_event`].
 #[derive(Debug, Clone)]
 pub struct Matches {
-    /// The rules whose steps all passed, in load order.
+    /// The rules without `for_each` whose steps all passed, in load order.
     pub matched: Vec<Arc<CompiledRule>>,
+    /// The rules with `for_each` and, for each, the elements whose steps all passed (index
+    /// among the outputs of `for_each`, element), in load order; rules with no passing
+    /// element are left out.
+    pub fanned: Vec<(Arc<CompiledRule>, Vec<Indexed>)>,
+    /// Rules whose `for_each` yielded more elements than allowed: they fire for none of them,
+    /// and the caller records why ([`ForEachError::is_over_limit`]).
+    pub refused: Vec<ForEachError>,
     /// How many rules listened to the event type (and were evaluated).
     pub evaluated: usize,
     /// Type mismatches and jq errors over all evaluations.
@@ -50,6 +61,8 @@ pub struct RuleSet {
     version: String,
     sources: Vec<RuleSource>,
     filters_compiled: usize,
+    /// Some rule has `for_each` (else the match path skips looking for them).
+    fan_out: bool,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -187,6 +200,7 @@ impl RuleSet {
             version: version(&sources),
             sources,
             filters_compiled,
+            fan_out: rules.iter().any(|r| r.for_each.is_some()),
             rules,
         }
     }
@@ -234,6 +248,14 @@ impl RuleSet {
     /// `event_type` whose steps all pass, in load order. Path lookups are shared between the
     /// rules, and the counters of all evaluations are summed.
     pub fn match_event(&self, input: &Input) -> Matches {
+        self.match_event_with(input, crate::DEFAULT_MAX_ITEMS)
+    }
+
+    /// [`RuleSet::match_event`] with a bound on the elements of one `for_each`. A rule with
+    /// `for_each` is evaluated once per element with `$item` bound; an error of the
+    /// expression counts as a jq error (the rule does not match), more elements than
+    /// `max_items` refuses the rule for this event ([`Matches::refused`]).
+    pub fn match_event_with(&self, input: &Input, max_items: usize) -> Matches {
         let event_type = input
             .value()
             .get("event_type")
@@ -243,13 +265,44 @@ impl RuleSet {
         let mut cx = Cx::new(input);
         let matched = rules
             .iter()
-            .filter(|r| r.matches_in(&mut cx))
+            .filter(|r| r.for_each.is_none() && r.matches_in(&mut cx))
             .cloned()
             .collect();
+        let mut counts = cx.counts;
+        let (mut fanned, mut refused) = (Vec::new(), Vec::new());
+        // a set without `for_each` rules (the common case) does not walk its rules twice
+        let fanning = if self.fan_out { &rules[..] } else { &[] };
+        for rule in fanning.iter().filter(|r| r.for_each.is_some()) {
+            let items = match rule.items(input, max_items) {
+                Ok(items) => items.unwrap_or_default(),
+                Err(e) if e.is_over_limit() => {
+                    refused.push(e);
+                    continue;
+                }
+                Err(_) => {
+                    counts.jq_errors += 1;
+                    continue;
+                }
+            };
+            let mut hits = Vec::new();
+            for (i, item) in items.into_iter().enumerate() {
+                let (ok, c) = rule.matches(&crate::bind(input, &item));
+                counts.type_mismatches += c.type_mismatches;
+                counts.jq_errors += c.jq_errors;
+                if ok {
+                    hits.push((i, item));
+                }
+            }
+            if !hits.is_empty() {
+                fanned.push((rule.clone(), hits));
+            }
+        }
         Matches {
             matched,
+            fanned,
+            refused,
             evaluated: rules.len(),
-            counts: cx.counts,
+            counts,
         }
     }
 

@@ -11,6 +11,8 @@ use whale_expr::{Compiler, Expr, Input};
 pub(crate) enum Step {
     Cmp {
         path: SimplePath,
+        /// The path is under `$item` (the `for_each` element), not the event.
+        item: bool,
         id: u32,
         op: Op,
         op_name: String,
@@ -167,10 +169,17 @@ impl Step {
             return Err(shape_error(at, v));
         };
         let path_src = path_v.as_str().unwrap_or_default();
-        let path = SimplePath::parse(path_src).ok_or_else(|| StepError {
+        // `$item.labels.instance`: a path into the `for_each` element
+        let (item, rel) = match path_src.trim().strip_prefix(whale_expr::ITEM_VAR) {
+            Some("") => (true, ".".to_owned()),
+            Some(rest) if rest.starts_with('.') => (true, rest.to_owned()),
+            Some(rest) if rest.starts_with('[') => (true, format!(".{rest}")),
+            _ => (false, path_src.to_owned()),
+        };
+        let path = SimplePath::parse(&rel).ok_or_else(|| StepError {
             message: format!(
-                "{at}: `path` must be a simple path such as .detail.host, .labels[\"odd key\"] or \
-                 .items[0].name (got {}); use `jq:` for anything else",
+                "{at}: `path` must be a simple path such as .detail.host, .labels[\"odd key\"], \
+                 .items[0].name or $item.labels.instance (got {}); use `jq:` for anything else",
                 crate::rule::short_json(path_v)
             ),
             needle: path_src.to_owned(),
@@ -192,9 +201,15 @@ impl Step {
             message: format!("{at}: {message}"),
             needle: format!("{op_name}:"),
         })?;
-        let desc = format!("{path} {op_name} {}", show_operand(operand));
+        let shown = if item {
+            path_src.trim().to_owned()
+        } else {
+            path.to_string()
+        };
+        let desc = format!("{shown} {op_name} {}", show_operand(operand));
         Ok(Step::Cmp {
             id: paths.id(&path),
+            item,
             path,
             op,
             op_name: op_name.clone(),
@@ -212,8 +227,15 @@ impl Step {
     /// Evaluate, counting type mismatches and jq errors.
     pub(crate) fn eval(&self, cx: &mut Cx<'_>) -> bool {
         match self {
-            Step::Cmp { path, id, op, .. } => {
-                let v = match cx.lookup(*id, path) {
+            Step::Cmp {
+                path, id, op, item, ..
+            } => {
+                let lookup = if *item {
+                    item_lookup(cx.input, path)
+                } else {
+                    cx.lookup(*id, path)
+                };
+                let v = match lookup {
                     Lookup::Found(v) => Some(v),
                     Lookup::Missing | Lookup::Mismatch => None,
                 };
@@ -252,9 +274,14 @@ impl Step {
                 op,
                 op_name,
                 desc,
+                item,
                 ..
             } => {
-                let lookup = path.lookup(input.value());
+                let lookup = if *item {
+                    item_lookup(input, path)
+                } else {
+                    path.lookup(input.value())
+                };
                 let v = match lookup {
                     Lookup::Found(v) => Some(v),
                     _ => None,
@@ -316,6 +343,14 @@ impl Step {
                 fail(desc, None, "the negated step matched".to_owned(), index)
             }
         }
+    }
+}
+
+/// A path looked up in the input's `$item` (missing when the input has none).
+fn item_lookup<'a>(input: &'a Input, path: &SimplePath) -> Lookup<'a> {
+    match input.item() {
+        Some(v) => path.lookup(v),
+        None => Lookup::Missing,
     }
 }
 

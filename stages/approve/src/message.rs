@@ -26,6 +26,21 @@ pub fn request(a: &Approval, channel: &str, links: &Links) -> Output {
         "🔐 **Approval needed** · rule **{}**\n> action `{}` on cluster `{}`\n> parameters `{params}`\n> event `{}` ({}), task `{}`\n> expires {}\nOr: `whale approvals approve {}` / `whale approvals deny {} --reason ...`",
         t.rule, t.action, t.cluster, t.event_id, t.event_type, t.task_id, a.expires, t.task_id, t.task_id
     );
+    if let Some(item) = &t.item {
+        // a task of a `for_each` rule: say which element it is for
+        let mut v = item.value.to_string();
+        if v.len() > 300 {
+            let mut end = 300;
+            while !v.is_char_boundary(end) {
+                end -= 1;
+            }
+            v = format!("{}…", &v[..end]);
+        }
+        text.push_str(&format!(
+            "\n> for element {} of the event: `{v}`",
+            item.index
+        ));
+    }
     let mut out_links = Vec::new();
     let mut record = json!({
         "kind": "approval",

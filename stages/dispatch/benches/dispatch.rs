@@ -145,6 +145,8 @@ async fn dispatch(nats_url: &str, n: usize, workers: usize, run: usize) -> f64 {
             result_event: false,
             replay: None,
             created: "2026-01-01T00:00:00Z".into(),
+            item: None,
+            labels: Default::default(),
         };
         let out = Output::json(
             Pipe::Admitted.subject_with("default"),

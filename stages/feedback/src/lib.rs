@@ -48,6 +48,8 @@ pub struct Feedback {
     sender: notify::Sender,
     kv: Store,
     cfg: FeedbackConfig,
+    /// `rules.max_chain_depth`: result events deeper than this are recorded, not fed back.
+    max_chain_depth: u32,
 }
 
 impl Feedback {
@@ -72,6 +74,7 @@ impl Feedback {
             sender,
             kv,
             cfg: cfg.feedback.clone(),
+            max_chain_depth: cfg.rules.max_chain_depth,
         })
     }
 
@@ -142,7 +145,12 @@ impl Feedback {
                 reason: format!("KV unavailable: {e}"),
             };
         }
-        Outcome::Ack(result::outputs(&disp, &rec, &self.channels))
+        Outcome::Ack(result::outputs(
+            &disp,
+            &rec,
+            &self.channels,
+            self.max_chain_depth,
+        ))
     }
 
     /// The wait before the next look at a running execution: doubling from `poll_min` to

@@ -89,13 +89,19 @@ impl Channels {
         self.map.contains_key(name)
     }
 
-    /// A result message for `channel`: its template over `input`, or the default message (also
+    /// A result message for `channel`: its template over `input` (`$item` bound to the task's
+    /// `for_each` element, if any), or the default message (also
     /// when the template fails on this input, with the reason appended).
     pub fn result_text(&self, channel: &str, input: &Value) -> String {
         let Some(t) = self.map.get(channel).and_then(|c| c.template.as_ref()) else {
             return default_text(input);
         };
-        match t.render_string(&Input::new(input.clone())) {
+        // a task of a `for_each` rule: its element is `$item` here too
+        let mut bound = Input::new(input.clone());
+        if let Some(item) = input.pointer("/task/item/value") {
+            bound = bound.with_item(item.clone());
+        }
+        match t.render_string(&bound) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(

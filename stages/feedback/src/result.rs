@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use whale_kernel::envelope::{format_time, Envelope};
-use whale_kernel::records::{Dispatched, ExecutionResult, Link, NotifyRequest};
+use whale_kernel::records::{Dispatched, ExecutionResult, Link, NotifyRequest, CHAIN_DEPTH_LABEL};
 use whale_kernel::subjects::{self, Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
 use whale_kernel::Output;
 use whale_st2::Execution;
@@ -102,7 +102,15 @@ pub fn cut(s: &str, max: usize) -> String {
 }
 
 /// Every output of a finished execution.
-pub fn outputs(d: &Dispatched, rec: &ExecutionResult, channels: &Channels) -> Vec<Output> {
+/// A result event whose chain depth is over `max_chain_depth` goes to
+/// `whale.rejected.whale.execution_finished` (indexed, traceable, never matched) instead of
+/// back into the rules.
+pub fn outputs(
+    d: &Dispatched,
+    rec: &ExecutionResult,
+    channels: &Channels,
+    max_chain_depth: u32,
+) -> Vec<Output> {
     let task = &d.task;
     let headers = |o: Output| {
         o.header(HDR_EVENT_ID, task.event_id.clone())
@@ -116,9 +124,36 @@ pub fn outputs(d: &Dispatched, rec: &ExecutionResult, channels: &Channels) -> Ve
     ))];
     if task.result_event {
         let ev = finished_event(rec);
-        out.push(
+        let depth = chain_depth(&ev.labels);
+        let o = if depth > max_chain_depth {
+            whale_kernel::metrics::STAGE_EVENTS
+                .with_label_values(&["feedback", "chain_stopped"])
+                .inc();
+            let rejection = json!({
+                "id": ev.id,
+                "event_type": FINISHED_TYPE,
+                "received": format_time(OffsetDateTime::now_utc()),
+                "reasons": [{
+                    "pointer": format!("/labels/{CHAIN_DEPTH_LABEL}"),
+                    "message": format!(
+                        "chain depth {depth} is over the limit of {max_chain_depth} (rules.max_chain_depth): \
+                         this result of rule {:?} is recorded but not fed back to the rules \
+                         (a rule firing on its own results?)",
+                        task.rule
+                    ),
+                }],
+                "event": ev,
+            });
+            Output::json(
+                subjects::rejected(Some(FINISHED_TYPE)),
+                format!("rej:{}", ev.id),
+                &rejection,
+            )
+        } else {
             Output::json(subjects::ingest(FINISHED_TYPE), ev.id.clone(), &ev)
-                .header(HDR_EVENT_ID, ev.id.clone())
+        };
+        out.push(
+            o.header(HDR_EVENT_ID, ev.id.clone())
                 .header(HDR_RULE, task.rule.clone())
                 .header(HDR_TASK_ID, task.task_id.clone()),
         );
@@ -155,8 +190,17 @@ pub fn outputs(d: &Dispatched, rec: &ExecutionResult, channels: &Channels) -> Ve
 
 /// `whale.execution_finished`: the event rules see when an execution ends. Its id derives from
 /// the task id, so a redelivered result cannot make a second event.
+///
+/// It keeps the labels of the event the task came from (so routing and tenancy labels follow a
+/// chain) and carries the chain depth: the origin's depth plus one, in the label
+/// [`CHAIN_DEPTH_LABEL`] and in `detail.chain_depth`. `whale_replay_rule` is not carried: a
+/// replay of one rule must not keep other rules from acting on its results.
 pub fn finished_event(rec: &ExecutionResult) -> Envelope {
     let t = &rec.task;
+    let depth = chain_depth(&t.labels) + 1;
+    let mut labels = t.labels.clone();
+    labels.remove("whale_replay_rule");
+    labels.insert(CHAIN_DEPTH_LABEL.into(), depth.to_string());
     Envelope {
         id: format!("fin-{}", t.task_id),
         event_type: FINISHED_TYPE.into(),
@@ -178,9 +222,18 @@ pub fn finished_event(rec: &ExecutionResult) -> Envelope {
             "web_url": rec.web_url,
             "summary": rec.summary,
             "finished": rec.finished,
+            "chain_depth": depth,
         }),
-        labels: Default::default(),
+        labels,
     }
+}
+
+/// The chain depth an event's labels carry (0 without the label or when it is not a number).
+pub fn chain_depth(labels: &std::collections::BTreeMap<String, String>) -> u32 {
+    labels
+        .get(CHAIN_DEPTH_LABEL)
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
 }
 
 /// What message templates see: `{event, task, result}`. The event is what whale carries with
@@ -258,5 +311,68 @@ mod tests {
         let s = summary(Some(&json!({"freed": vec![1; 5000]})));
         assert!(s.as_str().unwrap().len() <= WHOLE_MAX + 3);
         assert_eq!(cut("héllo", 4), "h…");
+    }
+
+    /// A result record written before tasks carried labels and elements (no `item`, no
+    /// `labels`): it still decodes, and its result event starts a chain at depth 1.
+    fn old_record() -> ExecutionResult {
+        serde_json::from_value(json!({
+            "task": {
+                "task_id": "t-1", "event_id": "e-1", "event_type": "vm.disk_usage",
+                "rule": "r", "rule_version": "v", "action": "ops.x", "parameters": {},
+                "cluster": "default", "result_event": true, "created": "2026-01-01T00:00:00Z"
+            },
+            "cluster": "default", "execution_id": "x-1", "status": "succeeded",
+            "finished": "2026-01-01T00:00:01Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn result_events_keep_the_labels_and_count_the_chain() {
+        let mut rec = old_record();
+        let ev = finished_event(&rec);
+        assert_eq!(ev.labels.len(), 1);
+        assert_eq!(ev.labels[CHAIN_DEPTH_LABEL], "1");
+        assert_eq!(ev.detail["chain_depth"], 1);
+        rec.task.labels = [
+            ("biz", "trade"),
+            (CHAIN_DEPTH_LABEL, "2"),
+            ("whale_replay_rule", "r"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let ev = finished_event(&rec);
+        assert_eq!(ev.labels["biz"], "trade");
+        assert_eq!(ev.labels[CHAIN_DEPTH_LABEL], "3");
+        assert!(!ev.labels.contains_key("whale_replay_rule"));
+        assert_eq!(chain_depth(&ev.labels), 3);
+    }
+
+    #[test]
+    fn message_templates_see_the_element_of_a_fanned_out_task() {
+        use whale_kernel::config::{ChannelConfig, ChannelKind, Config, Secret};
+        let mut cfg = Config::default();
+        cfg.channels.insert(
+            "ops".into(),
+            ChannelConfig {
+                kind: ChannelKind::Webhook,
+                url: None,
+                url_env: None,
+                key_env: None,
+                template: Some("{{ $item.labels.instance }}: {{ .result.status }}".into()),
+                endpoint: Some(Secret::new("http://127.0.0.1:9/hook")),
+                bearer: None,
+            },
+        );
+        let channels = Channels::from_config(&cfg).unwrap();
+        let mut rec = old_record();
+        rec.task.item = Some(whale_kernel::records::Item {
+            index: 1,
+            value: json!({"labels": {"instance": "web-2:9100"}}),
+        });
+        let text = channels.result_text("ops", &template_input(&rec));
+        assert_eq!(text, "web-2:9100: succeeded");
     }
 }

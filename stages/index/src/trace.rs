@@ -30,6 +30,13 @@ pub struct Trace {
     /// know this (nothing is published for a rule that does not match): it is filled by
     /// evaluating the rule set against `event` with the rules crate — see `src/cli/trace.rs`.
     pub not_matched: Vec<NotMatched>,
+    /// The rule-set version `not_matched` was evaluated with (filled with it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_version: Option<String>,
+    /// Why that version: recorded on the match, in force when the event was accepted, or the
+    /// active one when neither is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_version_from: Option<String>,
 }
 
 /// A rule that listened to the event's type and did not match.
@@ -121,6 +128,8 @@ pub fn assemble(event_id: &str, mut docs: Vec<Doc>) -> Trace {
         event,
         steps: docs.iter().map(step).collect(),
         not_matched: Vec::new(),
+        rule_version: None,
+        rule_version_from: None,
     }
 }
 
@@ -220,18 +229,36 @@ pub fn step(d: &Doc) -> Step {
             if let Some(rp) = get(r, "replay") {
                 details.push(format!("replay run {rp}"));
             }
-            format!(
-                "matched rule {} (rule set {})",
-                s(r, "rule"),
-                s(r, "rule_version")
-            )
+            if let Some(item) = get(r, "item") {
+                details.push(format!("$item: {}", compact(&item["value"], 300)));
+            }
+            match get(r, "item").and_then(|i| i.get("index")) {
+                Some(i) => format!(
+                    "matched rule {} for element {i} of its for_each (rule set {})",
+                    s(r, "rule"),
+                    s(r, "rule_version")
+                ),
+                None => format!(
+                    "matched rule {} (rule set {})",
+                    s(r, "rule"),
+                    s(r, "rule_version")
+                ),
+            }
         }
-        "render_failed" => format!(
-            "rule {}: rendering {} failed: {}",
-            s(r, "rule"),
-            s(r, "field"),
-            s(r, "reason")
-        ),
+        "render_failed" => match get(r, "item_index") {
+            Some(i) => format!(
+                "rule {}: element {i}: rendering {} failed: {}",
+                s(r, "rule"),
+                s(r, "field"),
+                s(r, "reason")
+            ),
+            None => format!(
+                "rule {}: rendering {} failed: {}",
+                s(r, "rule"),
+                s(r, "field"),
+                s(r, "reason")
+            ),
+        },
         "task" => {
             task_details(r, &mut details);
             format!(

@@ -21,13 +21,19 @@ pub struct Render {
 
 impl Render {
     /// Renders one match under `set` (pure; used by the stage and by `whale rules test`).
-    pub fn render(set: &RuleSet, m: &Matched) -> Result<Task, RenderFailed> {
-        let failed = |field: &str, reason: String| RenderFailed {
-            event_id: m.event_id.clone(),
-            rule: m.rule.clone(),
-            rule_version: m.rule_version.clone(),
-            field: field.to_owned(),
-            reason,
+    pub fn render(set: &RuleSet, m: &Matched) -> Result<Task, Box<RenderFailed>> {
+        let failed = |field: &str, reason: String| {
+            Box::new(RenderFailed {
+                event_id: m.event_id.clone(),
+                rule: m.rule.clone(),
+                rule_version: m.rule_version.clone(),
+                field: field.to_owned(),
+                reason,
+                item_index: m
+                    .item
+                    .as_ref()
+                    .map(|i| u32::try_from(i.index).unwrap_or(u32::MAX)),
+            })
         };
         let Some(rule) = set.get(&m.rule) else {
             return Err(failed(
@@ -40,12 +46,15 @@ impl Render {
             ));
         };
         let value = serde_json::to_value(&m.event).map_err(|e| failed("event", e.to_string()))?;
-        let input = whale_expr::Input::new(value);
+        let mut input = whale_expr::Input::new(value);
+        if let Some(item) = &m.item {
+            input = input.with_item(item.value.clone());
+        }
         let t = rule
             .render(&input)
             .map_err(|e| failed(&e.field, e.reason))?;
         Ok(Task {
-            task_id: records::task_id(&m.event_id, &m.rule),
+            task_id: Self::task_id(m),
             event_id: m.event_id.clone(),
             event_type: m.event.event_type.clone(),
             rule: m.rule.clone(),
@@ -78,7 +87,20 @@ impl Render {
             result_event: t.result_event,
             replay: m.replay.clone(),
             created: envelope::format_time(time::OffsetDateTime::now_utc()),
+            item: m.item.clone(),
+            labels: m.event.labels.clone(),
         })
+    }
+
+    /// The task id of a match: from (event, rule), and for a `for_each` element also from a
+    /// content hash of the element, so a redelivered or re-matched event gives the same ids.
+    pub fn task_id(m: &Matched) -> String {
+        match &m.item {
+            None => records::task_id(&m.event_id, &m.rule),
+            Some(item) => {
+                records::item_task_id(&m.event_id, &m.rule, &whale_rules::item_key(&item.value))
+            }
+        }
     }
 }
 
@@ -105,7 +127,7 @@ impl Stage for Render {
                 reason: "no rule set loaded yet".into(),
             };
         };
-        let task_id = records::task_id(&m.event_id, &m.rule);
+        let task_id = Self::task_id(&m);
         let out = match Self::render(&set, &m) {
             Ok(task) => {
                 STAGE_EVENTS

@@ -334,6 +334,8 @@ fn task(id: &str, th: Option<Throttle>) -> Task {
         result_event: false,
         replay: None,
         created: "2026-01-01T00:00:00Z".into(),
+        item: None,
+        labels: Default::default(),
     }
 }
 

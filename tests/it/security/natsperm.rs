@@ -135,6 +135,8 @@ fn task(event_id: &str) -> Task {
         result_event: false,
         replay: None,
         created: whale_kernel::envelope::format_time(time::OffsetDateTime::now_utc()),
+        item: None,
+        labels: Default::default(),
     }
 }
 

@@ -54,6 +54,8 @@ fn task(i: usize, run: &str) -> Task {
         result_event: false,
         replay: None,
         created: now_rfc3339(),
+        item: None,
+        labels: Default::default(),
     }
 }
 

@@ -85,7 +85,7 @@ fn bad_files_are_refused_with_file_line_and_rule() {
     );
     refused(
         "name: disk\non: t\naction: p.a\nthrotle: {limit: 1, per: 1m}\n",
-        "pipelines/bad.yaml:4: rule \"disk\": unknown field `throtle`, expected one of `name`, `description`, `enabled`, `on`, `when`, `action`, `params`, `throttle`, `route`, `approval`, `notify`, `result_event` (check the spelling; see the rule format)",
+        "pipelines/bad.yaml:4: rule \"disk\": unknown field `throtle`, expected one of `name`, `description`, `enabled`, `on`, `for_each`, `when`, `action`, `params`, `throttle`, `route`, `approval`, `notify`, `result_event` (check the spelling; see the rule format)",
     );
     refused(
         "name: disk\non: t\naction: p.a\nthrottle: {limit: 1, per: 1m, brust: 2}\n",

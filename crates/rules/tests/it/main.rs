@@ -1,6 +1,7 @@
 //! Integration tests of whale-rules: operators, rule files, rendering, offline testing.
 
 mod example;
+mod fanout;
 mod files;
 mod fuzz;
 mod limits;
