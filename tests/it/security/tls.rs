@@ -461,6 +461,8 @@ fn admitted_task(i: usize) -> whale_kernel::records::Task {
         result_event: false,
         replay: None,
         created: whale_kernel::envelope::format_time(time::OffsetDateTime::now_utc()),
+        item: None,
+        labels: Default::default(),
     }
 }
 
