@@ -7,6 +7,7 @@ mod auth;
 mod bench;
 mod bench_pipeline;
 mod clusters;
+mod dead_letters;
 mod events;
 mod exec;
 mod hooks;
@@ -68,6 +69,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: exec::Cmd,
     },
+    /// Tasks dispatch gave up on: list, show, retry (same task id, never twice).
+    DeadLetters {
+        #[command(subcommand)]
+        cmd: dead_letters::Cmd,
+    },
     /// The approval gate: list, approve, deny held tasks.
     Approvals {
         #[command(subcommand)]
@@ -114,6 +120,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Clusters { cmd } => clusters::run(cfg, cmd).await,
         Cmd::Exec { cmd } => exec::run(cfg, cmd).await,
         Cmd::Approvals { cmd } => approvals::run(cfg, cmd).await,
+        Cmd::DeadLetters { cmd } => dead_letters::run(cfg, cmd).await,
         Cmd::Replay(a) => replay::run(cfg, a).await,
         Cmd::Events { cmd } => events::run(cfg, cmd).await,
         Cmd::Trace(a) => trace::run(cfg, a).await,

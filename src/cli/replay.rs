@@ -4,10 +4,12 @@
 //! before `whale rules apply`. Without `--dry-run` the events are re-injected with fresh ids and
 //! a replay marker, so the re-run is on purpose and traceable; throttles still apply.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use time::OffsetDateTime;
 
 use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,12 +17,14 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use whale_kernel::audit::{Action, Actor, Record, Target};
 use whale_kernel::history::{self, parse_time_arg};
-use whale_kernel::subjects::{self, Pipe};
+use whale_kernel::subjects;
 use whale_kernel::{envelope, Config, Envelope, Output, Window};
 use whale_match::{Match, REPLAY_LABEL, REPLAY_RULE_LABEL};
 use whale_rules::RuleSet;
 
 use crate::rules_store;
+
+mod fired;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -63,6 +67,8 @@ struct RuleLine {
     tasks: u64,
     /// Events on which the rule's `for_each` yielded more elements than allowed (no task).
     refused: u64,
+    /// Would match now, but no record says whether it fired then (outside every source's range).
+    not_comparable: u64,
     /// Example event ids (`id[i]` for element i of a `for_each`).
     examples: Vec<String>,
 }
@@ -121,13 +127,22 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     } else {
         ProgressBar::hidden()
     };
+    // A backtest compares with what fired; find which part of the range a record of that covers.
+    let cover = if a.dry_run {
+        Some(fired::Coverage::find(&cfg, &nats, from, to).await?)
+    } else {
+        None
+    };
     // Read the range; evaluate as we go.
     let mut lines: BTreeMap<String, RuleLine> = BTreeMap::new();
-    let mut would: BTreeSet<(String, String)> = BTreeSet::new();
+    // Each would-be match: whether a source covers its event's time, and that time.
+    let mut would: BTreeMap<(String, String), (bool, OffsetDateTime)> = BTreeMap::new();
+    let mut read_ids: HashSet<String> = HashSet::new();
     let mut to_inject: Vec<Envelope> = Vec::new();
     let mut unreadable = 0u64;
     let read = history::read(&nats, subjects::STREAM_EVENTS, &filter, from, to, |d| {
         bar.inc(1);
+        let comparable = cover.as_ref().is_none_or(|c| c.covers(d.published));
         let Ok(value) = serde_json::from_slice::<Value>(&d.payload) else {
             unreadable += 1;
             return;
@@ -136,6 +151,9 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             unreadable += 1;
             return;
         };
+        if a.dry_run {
+            read_ids.insert(ev.id.clone());
+        }
         let out = Match::outcomes(&set, &ev, value, cfg.rules.max_for_each_items);
         let mut hit = false;
         for f in out.refused {
@@ -168,7 +186,11 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
                     None => m.event_id.clone(),
                 });
             }
-            if would.insert((m.event_id, m.rule)) {
+            // One would-match per (event, rule), however many elements of a `for_each` matched.
+            if would
+                .insert((m.event_id, m.rule), (comparable, d.published))
+                .is_none()
+            {
                 line.would_match += 1;
             }
         }
@@ -179,49 +201,52 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     .await?;
     bar.finish_and_clear();
 
-    if a.dry_run {
-        // What actually fired: the match records of the same events (pipe history permitting).
-        let mut fired: BTreeSet<(String, String)> = BTreeSet::new();
-        let pipe_from = from;
-        let pipe_to = to + time::Duration::hours(1);
-        let _ = history::read(
-            &nats,
-            subjects::STREAM_PIPE,
-            &Pipe::Matched.subject(),
-            pipe_from,
-            pipe_to,
-            |d| {
-                if let Ok(v) = serde_json::from_slice::<Value>(&d.payload) {
-                    if let (Some(e), Some(r)) = (v["event_id"].as_str(), v["rule"].as_str()) {
-                        if a.rule.as_deref().is_none_or(|x| x == r) {
-                            fired.insert((e.to_owned(), r.to_owned()));
-                        }
-                    }
-                }
-            },
-        )
-        .await;
-        for (e, r) in &fired {
+    if let Some(cover) = cover {
+        // What actually fired: the match records of the compared events, from the pipe stream
+        // where it still holds them and from the index before that. A read error fails the run.
+        let mut cover = cover;
+        let fired = cover.read(&nats, a.rule.as_deref(), &read_ids).await?;
+        if fired.unreadable > 0 {
+            warnings.push(format!(
+                "{} match records could not be read (not JSON or without event_id/rule) and were not compared",
+                fired.unreadable
+            ));
+        }
+        for (e, r) in &fired.fired {
             let line = lines.entry(r.clone()).or_insert_with(|| RuleLine {
                 rule: r.clone(),
                 ..Default::default()
             });
             line.actually_matched += 1;
-            if !would.contains(&(e.clone(), r.clone())) {
+            if !would.contains_key(&(e.clone(), r.clone())) {
                 line.removed += 1;
             }
         }
-        for (e, r) in &would {
-            if !fired.contains(&(e.clone(), r.clone())) {
-                if let Some(line) = lines.get_mut(r) {
-                    line.added += 1;
-                }
+        // A match with no record is "+new" only where a source covers its event's time; before
+        // that, it cannot be told from one whose record is gone: not comparable.
+        let mut not_comparable_events: BTreeSet<&str> = BTreeSet::new();
+        for ((e, r), (covered, at)) in &would {
+            if fired.fired.contains(&(e.clone(), r.clone())) {
+                continue;
+            }
+            let Some(line) = lines.get_mut(r) else {
+                continue;
+            };
+            if *covered {
+                line.added += 1;
+            } else {
+                line.not_comparable += 1;
+                not_comparable_events.insert(e);
+                cover.count_not_comparable(*at);
             }
         }
+        cover.gaps.retain(|g| g.matches > 0);
+        let not_comparable_events = not_comparable_events.len();
         let report = json!({
             "dry_run": true, "from": envelope::format_time(from), "to": envelope::format_time(to),
             "rule_set": set.version(), "candidate": a.rules.is_some(), "events": read, "unreadable": unreadable,
             "rules": lines.values().collect::<Vec<_>>(), "warnings": warnings,
+            "compared_with": cover.sources, "not_comparable": cover.gaps, "not_comparable_events": not_comparable_events,
         });
         let rec = record(&a, Action::ReplayDryRun, from, to).details(json!({
             "dry_run": true, "rule_set": set.version(), "candidate": a.rules.as_ref().map(|d| d.display().to_string()),
@@ -245,18 +270,31 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
                 envelope::format_time(from),
                 envelope::format_time(to)
             );
+            for src in &cover.sources {
+                println!("compared with {}", src.describe());
+            }
+            for g in &cover.gaps {
+                println!(
+                    "not comparable {}..{} ({} matches): {}",
+                    envelope::format_time(g.from),
+                    envelope::format_time(g.to),
+                    g.matches,
+                    g.reason
+                );
+            }
             println!(
-                "{:<32} {:>10} {:>10} {:>8} {:>8} {:>8}  examples",
-                "RULE", "WOULD", "FIRED", "+NEW", "-GONE", "TASKS"
+                "{:<32} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  examples",
+                "RULE", "WOULD", "FIRED", "+NEW", "-GONE", "N/C", "TASKS"
             );
             for l in lines.values() {
                 println!(
-                    "{:<32} {:>10} {:>10} {:>8} {:>8} {:>8}  {}",
+                    "{:<32} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  {}",
                     l.rule,
                     l.would_match,
                     l.actually_matched,
                     l.added,
                     l.removed,
+                    l.not_comparable,
                     l.tasks,
                     super::term::line(&l.examples.join(", "))
                 );

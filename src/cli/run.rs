@@ -73,6 +73,9 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         if *name == "feedback" {
             router = router.merge(whale_feedback::http::router(&nats, cfg.clone()).await?);
         }
+        if *name == "dispatch" {
+            router = router.merge(whale_dispatch::http::router(&nats, cfg.clone()).await?);
+        }
         if *name == "approve" {
             router = router.merge(whale_approve::http::router(&nats, cfg.clone()).await?);
         }

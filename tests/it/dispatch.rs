@@ -740,3 +740,152 @@ async fn api_keys_never_appear_in_logs_errors_or_records() {
         assert!(!everything.contains(k), "API key leaked:\n{everything}");
     }
 }
+
+/// `whale dead-letters` with `--json`: one entry per line.
+fn dl_list(env: &Env, all: bool) -> Vec<Value> {
+    let mut args = vec!["dead-letters", "list", "--json"];
+    if all {
+        args.push("--all");
+    }
+    let out = env.ok(&args);
+    stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Dead letters have a way out: listed, shown, retried with the same task id once the cause is
+/// fixed — exactly one execution however many times it is retried, and none for a task that
+/// already ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_retried_with_their_task_id_and_execute_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let actions = dir.path().join("actions.yaml");
+    std::fs::write(&actions, ACTIONS).unwrap();
+    // The cluster does not know the action yet: both tasks are refused for good.
+    let refusing = Emulator::start(&["--actions", actions.to_str().unwrap()]);
+    let mut env = keyed_env();
+    env.set(
+        "WHALE_CONFIG",
+        config(dir.path(), QUICK, &[]).to_str().unwrap(),
+    );
+    env.set("WHALE_ST2_URL", &refusing.url);
+    env.set("WHALE_ST2_API_KEY", "k");
+    env.ok(&["setup"]);
+    let nats = env.connect().await;
+    let tasks: Vec<Task> = (0..2)
+        .map(|i| task(i, "default", "ops.fix", json!({"host": format!("web-{i}")})))
+        .collect();
+    let (a, b) = (tasks[0].task_id.clone(), tasks[1].task_id.clone());
+    admit(&nats, &tasks).await;
+    let mut w = DispatchWorker::start(&env, dir.path().join("w1.log"), &[]);
+    let ok = eventually(Duration::from_secs(30), || async {
+        dead_letters(&nats).await.len() == 2
+    })
+    .await;
+    assert!(ok, "2 dead letters; log:\n{}", w.stderr());
+    assert_eq!(refusing.created().await, 0);
+
+    let list = dl_list(&env, false);
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert!(list.iter().all(|e| e["state"] == "dead"), "{list:?}");
+    let out = env.ok(&["dead-letters", "show", &a]);
+    let text = stdout(&out);
+    eprintln!("{text}");
+    assert!(text.contains("state:     dead"), "{text}");
+    assert!(
+        text.contains("Action \"ops.fix\" cannot be found"),
+        "{text}"
+    );
+    let out = env
+        .whale(&["dead-letters", "retry", "no-such-task"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+
+    // The cause is fixed (the cluster now has the action). A retried twice, B once, before any
+    // worker runs: three admissions of two task ids.
+    w.kill9();
+    let fixed = Emulator::start(&["--any-action"]);
+    let out = env.ok(&["dead-letters", "retry", &a, "--by", "alice", "--json"]);
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (e["state"].as_str(), e["retry"]["retries"].as_u64()),
+        (Some("retried"), Some(1)),
+        "{e}"
+    );
+    assert_eq!(e["retry"]["by"], "alice");
+    env.ok(&["dead-letters", "retry", &a]);
+    env.ok(&["dead-letters", "retry", &b]);
+    assert!(
+        dl_list(&env, false).is_empty(),
+        "retried letters are not pending"
+    );
+    assert_eq!(
+        count(&nats, STREAM_PIPE, &Pipe::Admitted.filter()).await,
+        5,
+        "2 admissions and 3 retries"
+    );
+    let w2 = DispatchWorker::start(
+        &env,
+        dir.path().join("w2.log"),
+        &[("WHALE_ST2_URL", fixed.url.as_str())],
+    );
+    w2.ready().await;
+    wait_dispatched(&nats, 2, Duration::from_secs(30)).await;
+    // Every admission handled (the duplicate of A included) before counting.
+    let ok = eventually(Duration::from_secs(30), || async {
+        fixed.created().await >= 2
+    })
+    .await;
+    assert!(ok, "{}", fixed.stats().await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fixed.created().await, 2, "one execution per task");
+    let recs = dispatched_records(&nats, 2).await;
+    let ids: BTreeSet<&str> = recs
+        .iter()
+        .map(|r| r["task"]["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, BTreeSet::from([a.as_str(), b.as_str()]));
+
+    // Executed: listed as such, and a further retry is refused (CLI and HTTP).
+    let all = dl_list(&env, true);
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter()
+            .all(|e| e["state"] == "executed" && e["execution_id"].is_string()),
+        "{all:?}"
+    );
+    let out = env.whale(&["dead-letters", "retry", &a]).output().unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already executed"));
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", w2.port);
+    let r = http
+        .post(format!("{base}/v1/dead-letters/{b}/retry"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = http
+        .get(format!("{base}/v1/dead-letters?all=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    let r = http
+        .get(format!("{base}/v1/dead-letters/{a}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["claim"]["state"], "created", "{v}");
+    assert_eq!(v["retry"]["retries"], 2, "{v}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fixed.created().await, 2, "still one execution per task");
+}

@@ -174,3 +174,193 @@ fn replay_refuses_bad_ranges_and_unknown_rules() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("rule \"nope\""));
 }
+
+/// Matches of `rules` over `evs`, offline (`whale rules test`).
+fn offline_matches(env: &Env, rules: &str, file: &std::path::Path) -> u64 {
+    let out = env.ok(&[
+        "rules",
+        "test",
+        rules,
+        "--events",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["rules"].as_array().unwrap().clone())
+        .filter(|r| r["matched"] == true)
+        .count() as u64
+}
+
+fn publish_file(env: &Env, dir: &std::path::Path, name: &str, evs: &[Value]) -> std::path::PathBuf {
+    let file = dir.join(name);
+    std::fs::write(
+        &file,
+        evs.iter().map(|e| e.to_string() + "\n").collect::<String>(),
+    )
+    .unwrap();
+    env.ok(&["publish", "--file", file.to_str().unwrap()]);
+    file
+}
+
+fn rule_line(report: &Value, rule: &str) -> Value {
+    report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["rule"] == rule)
+        .unwrap_or_else(|| panic!("no line for {rule}: {report}"))
+        .clone()
+}
+
+/// Events older than what the pipe stream still holds: compared through the index when it has
+/// their match records, reported as "not comparable" (never "+new") when nothing has them; a
+/// source that cannot be read fails the backtest with a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backtest_compares_old_events_through_the_index_or_says_it_cannot() {
+    let mut env = Env::new();
+    let index = tempfile::tempdir().unwrap();
+    env.set("WHALE_INDEX_DIR", index.path().to_str().unwrap());
+    env.prepare();
+    env.ok(&["rules", "apply", "pipelines"]);
+    let _w = env.run("validate,match,render,index");
+    let nats = env.connect().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Old events: matched, then indexed, then gone from the pipe stream (as after 24 h).
+    let old: Vec<Value> = events(100)
+        .into_iter()
+        .map(|mut e| {
+            e["id"] = json!(format!("old-{}", e["id"].as_str().unwrap()));
+            e
+        })
+        .collect();
+    let old_file = publish_file(&env, dir.path(), "old.ndjson", &old);
+    let old_expected = offline_matches(&env, "pipelines", &old_file);
+    assert!(old_expected > 0);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            count(&nats, STREAM_PIPE, "whale.pipe.matched").await >= old_expected
+        })
+        .await
+    );
+    let indexed = || {
+        let out = env
+            .whale(&[
+                "events", "search", "--kind", "matched", "--limit", "1", "--json",
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["total"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            indexed() >= old_expected
+        })
+        .await,
+        "the index never held the old match records"
+    );
+    nats.js
+        .get_stream(STREAM_PIPE)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    assert_eq!(count(&nats, STREAM_PIPE, "whale.pipe.matched").await, 0);
+
+    // New events: their match records are in the pipe stream.
+    let new_file = publish_file(&env, dir.path(), "new.ndjson", &events(100));
+    let new_expected = offline_matches(&env, "pipelines", &new_file);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            count(&nats, STREAM_PIPE, "whale.pipe.matched").await >= new_expected
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            indexed() >= old_expected + new_expected
+        })
+        .await
+    );
+
+    // With the index: every event compared, nothing new, nothing gone.
+    let out = env.ok(&["replay", "--from", "1d", "--dry-run", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("with the index: {report}");
+    assert_eq!(report["events"], 200);
+    assert_eq!(report["not_comparable"], json!([]), "{report}");
+    assert_eq!(
+        report["compared_with"].as_array().unwrap().len(),
+        2,
+        "{report}"
+    );
+    let line = rule_line(&report, "disk-full-cleanup");
+    assert_eq!(line["would_match"], old_expected + new_expected, "{report}");
+    assert_eq!(
+        line["actually_matched"],
+        old_expected + new_expected,
+        "{report}"
+    );
+    assert_eq!(
+        (&line["added"], &line["removed"], &line["not_comparable"]),
+        (&json!(0), &json!(0), &json!(0)),
+        "{report}"
+    );
+
+    // Without an index: the old events are "not comparable", never "+new".
+    let empty = tempfile::tempdir().unwrap();
+    let out = env
+        .whale(&["replay", "--from", "1d", "--dry-run", "--json"])
+        .env("WHALE_INDEX_DIR", empty.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("without the index: {report}");
+    let gaps = report["not_comparable"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "{report}");
+    let reason = gaps[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("no record of what fired"), "{reason}");
+    assert!(reason.contains("there is no index"), "{reason}");
+    let line = rule_line(&report, "disk-full-cleanup");
+    assert_eq!(line["added"], 0, "{report}");
+    assert_eq!(line["removed"], 0, "{report}");
+    assert_eq!(line["not_comparable"], old_expected, "{report}");
+    assert_eq!(line["actually_matched"], new_expected, "{report}");
+    assert_eq!(gaps[0]["matches"], old_expected, "{report}");
+    assert_eq!(report["not_comparable_events"], old_expected, "{report}");
+    // The table says it too.
+    let out = env
+        .whale(&["replay", "--from", "1d", "--dry-run"])
+        .env("WHALE_INDEX_DIR", empty.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(
+        text.contains("not comparable") && text.contains("N/C"),
+        "{text}"
+    );
+
+    // A source that cannot be read fails the backtest (it used to be ignored).
+    nats.js.delete_stream(STREAM_PIPE).await.unwrap();
+    let out = env
+        .whale(&["replay", "--from", "1d", "--dry-run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("WHALE_PIPE"), "{err}");
+}

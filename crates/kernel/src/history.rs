@@ -23,6 +23,31 @@ pub async fn oldest(nats: &Nats, stream: &str) -> anyhow::Result<Option<OffsetDa
     Ok((info.state.messages > 0).then_some(info.state.first_timestamp))
 }
 
+/// From when the stream still holds everything it stored (retention drops the oldest first):
+/// its creation while it has dropped nothing (its first message is sequence 1, or it never held
+/// one); else its oldest message's time, or just after its last one when everything is gone.
+pub async fn complete_since(nats: &Nats, stream: &str) -> anyhow::Result<OffsetDateTime> {
+    let mut st = nats
+        .js
+        .get_stream(stream)
+        .await
+        .with_context(|| crate::setup::not_set_up(&format!("stream {stream}")))?;
+    let info = st
+        .info()
+        .await
+        .with_context(|| format!("cannot read the state of stream {stream}"))?;
+    let s = &info.state;
+    Ok(
+        if s.last_sequence == 0 || (s.messages > 0 && s.first_sequence == 1) {
+            info.created
+        } else if s.messages > 0 {
+            s.first_timestamp
+        } else {
+            s.last_timestamp + time::Duration::nanoseconds(1)
+        },
+    )
+}
+
 /// Calls `f` for every message on `filter` stored between `from` and `to`, oldest first.
 /// Returns how many were read. Uses an ephemeral consumer that acks nothing.
 pub async fn read<F>(

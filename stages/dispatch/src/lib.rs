@@ -11,12 +11,15 @@
 //! - [`claim`]: the claim records and the KV operations on them.
 //! - [`backoff`]: retry delays with jitter.
 //! - [`admin`]: what `whale clusters list|drain|undrain` does.
+//! - [`dead_letters`]: `whale dead-letters list|show|retry` and [`http`] `/v1/dead-letters`.
 
 pub mod admin;
 pub mod backoff;
 pub mod breaker;
 pub mod claim;
 pub mod clusters;
+pub mod dead_letters;
+pub mod http;
 mod metrics;
 pub mod stage;
 

@@ -3,7 +3,11 @@
 //! ```text
 //! cargo bench -p whale-index --features testkit --bench index
 //! WHALE_BENCH_EMBEDDED=1000000 WHALE_BENCH_OPENSEARCH=200000 WHALE_BENCH_BATCH=512 (defaults)
+//! WHALE_BENCH_CJK=1   each event's message is also a Chinese sentence (~20 CJK characters)
 //! ```
+//!
+//! It first times the embedded free-text tokenizers alone on the same texts: tantivy's `default`
+//! (what the index used before CJK support) and `whale_text` (CJK bigrams).
 //!
 //! Documents are built from deliveries exactly as the stage builds them and written through the
 //! `Backend` trait in batches of 512 (the worker's batch) by 4 concurrent writers (the stage's
@@ -53,8 +57,7 @@ fn delivery(i: usize, base: OffsetDateTime) -> Delivery {
             "host": format!("web-{}", i % 500),
             "usage_pct": i % 101,
             "env": ENVS[i % 3],
-            "msg": format!("disk usage {} percent on web-{} mount /var{}", i % 101, i % 500,
-                           if i.is_multiple_of(997) { " kernel oops" } else { "" }),
+            "msg": message(i),
             "code": if i.is_multiple_of(2) { json!(i % 7) } else { json!({"x": i % 5}) },
         },
         "labels": {"biz": BIZ[i % 2]}
@@ -67,6 +70,68 @@ fn delivery(i: usize, base: OffsetDateTime) -> Delivery {
         attempt: 1,
         stream_seq: i as u64 + 1,
         published: base + Duration::from_millis(i as u64 * 10),
+    }
+}
+
+fn cjk() -> bool {
+    env_n("WHALE_BENCH_CJK", 0) > 0
+}
+
+fn message(i: usize) -> String {
+    let mut m = format!(
+        "disk usage {} percent on web-{} mount /var{}",
+        i % 101,
+        i % 500,
+        if i.is_multiple_of(997) {
+            " kernel oops"
+        } else {
+            ""
+        }
+    );
+    if cjk() {
+        m.push_str(&format!(
+            " 磁盘使用率{}超过阈值，服务器web-{}挂载点空间不足",
+            i % 101,
+            i % 500
+        ));
+    }
+    m
+}
+
+/// Tokens per second of tantivy's `default` and of `whale_text` over the same 100,000 texts.
+fn tokenizers() {
+    use tantivy::tokenizer::{TokenStream as _, TokenizerManager};
+    let texts: Vec<String> = (0..100_000)
+        .map(|i| {
+            let d = delivery(i, OffsetDateTime::now_utc());
+            Doc::from_delivery(&d).text()
+        })
+        .collect();
+    let bytes: usize = texts.iter().map(String::len).sum();
+    let analyzers = [
+        (
+            "default",
+            TokenizerManager::default().get("default").unwrap(),
+        ),
+        ("whale_text", whale_index::embedded::tokenizer::analyzer()),
+    ];
+    for (name, mut a) in analyzers {
+        let t = Instant::now();
+        let mut n = 0u64;
+        for text in &texts {
+            let mut s = a.token_stream(text);
+            while s.advance() {
+                n += 1;
+            }
+        }
+        let e = t.elapsed().as_secs_f64();
+        println!(
+            "tokenizer  {name:<10}: {} texts ({:.1} MB) in {:.2} s = {:.0} texts/s, {n} tokens",
+            texts.len(),
+            bytes as f64 / 1e6,
+            e,
+            texts.len() as f64 / e
+        );
     }
 }
 
@@ -124,6 +189,8 @@ async fn search_latency(backend: &dyn Backend, stored: usize) {
         "oops",
         "\"usage 93 percent\"",
         "detail.host:web-1*",
+        "磁盘",
+        "\"空间不足\"",
     ];
     println!(
         "{:<10} search at {stored} stored events (limit 20, newest first; 30 runs):",
@@ -157,7 +224,11 @@ fn main() {
         .unwrap();
     let n_emb = env_n("WHALE_BENCH_EMBEDDED", 1_000_000);
     let n_os = env_n("WHALE_BENCH_OPENSEARCH", 200_000);
-    println!("whale-index benchmark (2-core machine; client and server share the cores)");
+    println!(
+        "whale-index benchmark (2-core machine; client and server share the cores); CJK text: {}",
+        if cjk() { "yes" } else { "no" }
+    );
+    tokenizers();
     if n_emb > 0 {
         let dir = tempfile::tempdir().unwrap();
         let b: Arc<dyn Backend> = Arc::new(Embedded::open(dir.path()).unwrap());

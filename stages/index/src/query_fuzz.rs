@@ -68,6 +68,10 @@ struct Tiny {
 
 static TINY: LazyLock<Tiny> = LazyLock::new(|| {
     let index = Index::create_in_ram(Fields::schema());
+    index.tokenizers().register(
+        crate::embedded::tokenizer::NAME,
+        crate::embedded::tokenizer::analyzer(),
+    );
     let fields = Fields::new(index.schema()).expect("fields");
     let mut w: tantivy::IndexWriter = index.writer(15_000_000).expect("writer");
     let events = [

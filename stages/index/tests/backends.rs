@@ -667,6 +667,76 @@ async fn query_limits(b: &dyn Backend) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Words inside Chinese, Japanese and Korean sentences (no spaces between words): found by the word,
+// not by a word absent from the sentence; a longer word is a phrase of its bigrams.
+
+async fn cjk_words(b: &dyn Backend) {
+    let now = OffsetDateTime::now_utc();
+    let msgs = [
+        ("zh", "磁盘空间不足，服务器即将停止服务"),
+        ("ja", "ディスク容量が不足しています"),
+        ("ko", "디스크 공간이 부족합니다"),
+        ("mixed", "nginx 服务器 CPU使用率超过95%"),
+        ("en", "Disk almost full on web-12"),
+    ];
+    let docs: Vec<Doc> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, (id, msg))| {
+            event_doc(
+                &json!({"id": id, "event_type": "app.log", "source": "t", "time": "2026-11-28T01:00:00Z",
+                        "detail": {"host": "db-1", "message": msg}}),
+                i as u64,
+                now,
+            )
+        })
+        .collect();
+    b.write(docs).await.unwrap();
+    b.refresh().await.unwrap();
+    let cases: &[(&str, &[&str])] = &[
+        ("磁盘", &["zh"]),
+        ("服务器", &["zh", "mixed"]),
+        ("停止服务", &["zh"]),
+        ("\"空间不足\"", &["zh"]),
+        ("磁盘 服务器", &["zh"]),
+        ("网络", &[]),
+        ("空间磁盘", &[]),
+        ("服务器 AND 网络", &[]),
+        ("磁", &[]),
+        ("容量", &["ja"]),
+        ("ディスク", &["ja"]),
+        ("不足", &["zh", "ja"]),
+        ("ネットワーク", &[]),
+        ("공간", &["ko"]),
+        ("부족", &["ko"]),
+        ("디스크", &["ko"]),
+        ("네트워크", &[]),
+        ("nginx 服务器", &["mixed"]),
+        ("使用率", &["mixed"]),
+        ("cpu", &["mixed"]),
+        ("nginx 磁盘", &[]),
+        ("disk", &["en"]),
+        ("\"almost full\"", &["en"]),
+        ("detail.message:磁盘", &[]),
+        ("detail.message:*磁盘*", &["zh"]),
+    ];
+    let mut failures = Vec::new();
+    for (q, want) in cases {
+        let got = ids(b, q).await;
+        eprintln!("{} backend: {q} -> {got:?}", b.name());
+        if got != set(want) {
+            failures.push(format!("{q:?}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} backend:\n{}",
+        b.name(),
+        failures.join("\n")
+    );
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod embedded_backend {
@@ -699,6 +769,7 @@ both!(
     retention,
     trace_story,
     query_limits,
+    cjk_words,
 );
 
 /// flat_object keeps the mapping small however many keys events carry.

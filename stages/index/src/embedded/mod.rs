@@ -7,6 +7,7 @@
 //! document replaces its earlier copy (delete by id, then add, in the same commit).
 
 pub(crate) mod schema;
+pub mod tokenizer;
 pub(crate) mod translate;
 
 use std::path::{Path, PathBuf};
@@ -86,7 +87,15 @@ impl Embedded {
         })?;
         let mmap = MmapDirectory::open(dir)
             .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
-        let index = Index::open_or_create(mmap, Fields::schema()).map_err(|e| {
+        // An existing index is opened with the schema it was made with: one made before the CJK
+        // tokenizer keeps tantivy's `default` for `text` (documents and queries alike), so it
+        // still answers as before; a new index gets `whale_text` (docs/search.md "Upgrading").
+        let opened = if dir.join("meta.json").exists() {
+            Index::open(mmap)
+        } else {
+            Index::create(mmap, Fields::schema(), tantivy::IndexSettings::default())
+        };
+        let index = opened.map_err(|e| {
             Error::Invalid(format!(
                 "the index in {} cannot be opened ({e}); if it was made by another whale version, move it away",
                 dir.display()
@@ -131,6 +140,9 @@ impl Embedded {
     }
 
     fn with_index(index: Index, dir: &Path) -> Result<Embedded, Error> {
+        index
+            .tokenizers()
+            .register(tokenizer::NAME, tokenizer::analyzer());
         let fields = Fields::new(index.schema()).map_err(|e| {
             Error::Invalid(format!(
                 "the index in {} has another schema ({e}); move it away to start a new one",
@@ -368,6 +380,70 @@ impl Backend for Embedded {
         match rx.await {
             Ok(r) => r.map_err(Error::Other),
             Err(_) => Err(Error::Unavailable("the index writer thread stopped".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::parse;
+    use tantivy::schema::{FieldEntry, FieldType, TEXT};
+
+    /// An index made before the CJK tokenizer (`text` with tantivy's `default`) still opens, is
+    /// written and searched with the tokenizer it was made with; a new one gets `whale_text`.
+    #[tokio::test]
+    async fn an_index_made_before_the_cjk_tokenizer_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = tantivy::schema::Schema::builder();
+        for (_, entry) in Fields::schema().fields() {
+            match entry.field_type() {
+                FieldType::Str(_) if entry.name() == "text" => {
+                    b.add_field(FieldEntry::new_text("text".into(), TEXT))
+                }
+                _ => b.add_field(entry.clone()),
+            };
+        }
+        Index::create_in_dir(dir.path(), b.build()).unwrap();
+
+        let ev = serde_json::json!({"id": "e1", "event_type": "app.log", "source": "t",
+            "time": "2026-11-28T01:00:00Z", "detail": {"message": "磁盘空间不足 disk full"}});
+        let d = Doc::from_delivery(&whale_kernel::Delivery {
+            subject: "whale.events.app.log".into(),
+            payload: serde_json::to_vec(&ev).unwrap().into(),
+            headers: vec![("Nats-Msg-Id".into(), "e1".into())],
+            attempt: 1,
+            stream_seq: 1,
+            published: OffsetDateTime::now_utc(),
+        });
+        let search = |q: &str| Search::new(parse(q).unwrap());
+        let fresh = tempfile::tempdir().unwrap();
+        for (made_before, want_word) in [(true, 0), (false, 1)] {
+            let path = if made_before {
+                dir.path().to_path_buf()
+            } else {
+                fresh.path().to_path_buf()
+            };
+            let e = Embedded::open(&path).unwrap();
+            let tok = e
+                .shared
+                .index
+                .schema()
+                .get_field_entry(e.shared.fields.text)
+                .field_type()
+                .clone();
+            let FieldType::Str(o) = tok else { panic!() };
+            let name = o.get_indexing_options().unwrap().tokenizer().to_owned();
+            assert_eq!(name, if made_before { "default" } else { "whale_text" });
+            e.write(vec![d.clone()]).await.unwrap();
+            e.refresh().await.unwrap();
+            assert_eq!(e.search(&search("disk")).await.unwrap().total, 1);
+            assert_eq!(e.search(&search("磁盘")).await.unwrap().total, want_word);
+            assert_eq!(
+                e.search(&search("磁盘空间不足")).await.unwrap().total,
+                1,
+                "the whole run matches either way"
+            );
         }
     }
 }

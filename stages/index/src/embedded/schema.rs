@@ -5,7 +5,7 @@
 
 use tantivy::schema::{
     DateOptions, DateTimePrecision, Field, IndexRecordOption, JsonObjectOptions, Schema,
-    TextFieldIndexing, TextOptions, INDEXED, STORED, STRING, TEXT,
+    TextFieldIndexing, TextOptions, INDEXED, STORED, STRING,
 };
 use tantivy::{DateTime, TantivyDocument};
 
@@ -47,7 +47,15 @@ impl Fields {
         b.add_json_field("detail", json.clone());
         b.add_json_field("labels", json);
         b.add_text_field("num", STRING);
-        b.add_text_field("text", TEXT);
+        // Free text with the CJK-aware tokenizer (an index made before it keeps `default`).
+        b.add_text_field(
+            "text",
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(super::tokenizer::NAME)
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            ),
+        );
         b.add_text_field("doc", TextOptions::default() | STORED);
         b.build()
     }

@@ -8,9 +8,13 @@ use serde_json::{json, Value};
 
 use crate::query::KEYWORDS;
 
-/// The analyzer of `text`: split on anything that is not a letter or a digit, lowercase, drop
-/// tokens over 40 characters — what tantivy's `default` tokenizer does in the embedded index, so
-/// free text matches the same words on both backends.
+/// The analyzer of `text`: split on anything that is not a letter or a digit (the char filter
+/// turns every other run into a space, so the standard tokenizer only splits between words and
+/// between scripts), overlapping bigrams for Chinese/Japanese/Korean runs (`cjk_bigram`, from the
+/// analysis-common module), lowercase, drop tokens over 40 characters — what the embedded index's
+/// `whale_text` tokenizer does (`embedded/tokenizer.rs`), so free text matches the same words on
+/// both backends. Templates apply when an index is created: a daily index made before this
+/// analyzer keeps the old one until retention deletes it (docs/search.md "Upgrading").
 pub fn component(prefix: &str) -> Value {
     let mut props = serde_json::Map::new();
     for k in KEYWORDS {
@@ -37,9 +41,17 @@ pub fn component(prefix: &str) -> Value {
             "settings": {
                 "index": {"number_of_shards": 1, "refresh_interval": "1s"},
                 "analysis": {
-                    "tokenizer": {"whale_words": {"type": "pattern", "pattern": "[^\\p{L}\\p{N}]+"}},
-                    "filter": {"whale_long": {"type": "length", "max": 40}},
-                    "analyzer": {"whale_text": {"type": "custom", "tokenizer": "whale_words", "filter": ["lowercase", "whale_long"]}}
+                    "char_filter": {"whale_separators": {"type": "pattern_replace", "pattern": "[^\\p{L}\\p{N}]+", "replacement": " "}},
+                    "filter": {
+                        "whale_long": {"type": "length", "max": 40},
+                        "whale_cjk": {"type": "cjk_bigram", "ignored_scripts": [], "output_unigrams": false}
+                    },
+                    "analyzer": {"whale_text": {
+                        "type": "custom",
+                        "char_filter": ["whale_separators"],
+                        "tokenizer": "standard",
+                        "filter": ["whale_cjk", "lowercase", "whale_long"]
+                    }}
                 }
             },
             "mappings": {
