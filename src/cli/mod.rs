@@ -1,4 +1,4 @@
-//! Command-line surface (design.md "Public CLI"): one subcommand per module. Data-printing
+//! Command-line surface (docs/contract.md "CLI"): one subcommand per module. Data-printing
 //! commands take `--json`.
 
 mod approvals;

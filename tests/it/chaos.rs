@@ -1,12 +1,12 @@
-//! The chaos run (design.md, "Reliability"): the whole pipeline as separate `whale run --stages
-//! <stage>` processes (some stages twice) against real nats-server, redis-server and the
-//! StackStorm emulator, fed a steady stream of events with known ids while a driver kills a
-//! random worker with -9 every second or two (every stage at least once, some dispatch workers
-//! also die by the failpoint right after creating an execution), restarts nats-server and
-//! redis-server, and makes StackStorm answer 500s and drop connections for a while. Once the
-//! publisher is done and the pipeline has drained, the counts must be exact: every valid event
-//! accepted and indexed once, every invalid one rejected once, one StackStorm execution per task
-//! (counted and listed on the emulator), and every throttle limit held.
+//! The chaos run (docs/contract.md "Reliability targets"): the whole pipeline as separate
+//! `whale run --stages <stage>` processes (some stages twice) against real nats-server,
+//! redis-server and the StackStorm emulator, fed a steady stream of events with known ids while a
+//! driver kills a random worker with -9 every second or two (every stage at least once, some
+//! dispatch workers also die by the failpoint right after creating an execution), restarts
+//! nats-server and redis-server, and makes StackStorm answer 500s and drop connections for a while.
+//! Once the publisher is done and the pipeline has drained, the counts must be exact: every valid
+//! event accepted and indexed once, every invalid one rejected once, one StackStorm execution per
+//! task (counted and listed on the emulator), and every throttle limit held.
 //!
 //! Short by default (~45 s of events, a few minutes in all). Longer runs:
 //!

@@ -1,8 +1,8 @@
-//! whale on a 3-node NATS cluster (issue 8, design.md "Reliability"): `whale setup` replicates
-//! every stream, consumer and bucket three times, and the whole pipeline (validate → match →
-//! render → throttle → dispatch to the StackStorm emulator) keeps going when the node leading a
-//! stream is killed with SIGKILL mid-run — no accepted event lost, no task executed twice — and
-//! the node catches up when it comes back.
+//! whale on a 3-node NATS cluster (issue 8, docs/contract.md "Reliability targets"): `whale setup`
+//! replicates every stream, consumer and bucket three times, and the whole pipeline (validate →
+//! match → render → throttle → dispatch to the StackStorm emulator) keeps going when the node
+//! leading a stream is killed with SIGKILL mid-run — no accepted event lost, no task executed twice
+//! — and the node catches up when it comes back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! Configuration: `whale.toml` (`--config` or `WHALE_CONFIG`) overridden by the `WHALE_*`
-//! environment variables of design.md. Every field has a default, so whale runs on a laptop with
-//! no file at all. Secrets are held in [`Secret`], which never prints its value.
+//! environment variables of docs/contract.md "Environment". Every field has a default, so whale
+//! runs on a laptop with no file at all. Secrets are held in [`Secret`], which never prints its
+//! value.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
-//! The event envelope (design.md "Event envelope"): parsing raw bytes safely, CloudEvents 1.0
-//! mapping, decoding a `detail` sent as a JSON string, assigning missing ids and times, and the
+//! The event envelope (docs/contract.md "Event envelope"): parsing raw bytes safely, CloudEvents
+//! 1.0 mapping, decoding a `detail` sent as a JSON string, assigning missing ids and times, and the
 //! size/depth limits. HTTP ingest, `whale publish` and the validate stage all normalize through
 //! this one module, so an event means the same thing whichever way it arrived.
 

@@ -1,8 +1,9 @@
 //! Every NATS name whale uses — subjects, streams, consumers, KV buckets — spelled here and only
 //! here, so the topology can be read (and changed) in one place.
 //!
-//! Public (a contract with producers and consumers, see design.md): `whale.in.<event_type>`,
-//! `whale.events.<event_type>`, `whale.rejected.<event_type>`. Everything else is internal.
+//! Public (a contract with producers and consumers, docs/contract.md "Subject map"):
+//! `whale.in.<event_type>`, `whale.events.<event_type>`, `whale.rejected.<event_type>`. Everything
+//! else is internal.
 
 /// Prefix producers publish to: `whale.in.<event_type>`.
 pub const INGEST_PREFIX: &str = "whale.in";

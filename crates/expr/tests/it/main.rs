@@ -10,7 +10,7 @@ mod time;
 use serde_json::{json, Value};
 use whale_expr::{Filter, Input};
 
-/// The design.md example event.
+/// The example event (docs/contract.md "Event envelope"), with the fields the example rule reads.
 pub fn event() -> Value {
     json!({
         "id": "01JDX3Q5M7",

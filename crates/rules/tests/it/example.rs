@@ -1,4 +1,5 @@
-//! The design.md example rule: accepted exactly as written, matched, rendered.
+//! The reference rule of docs/contract.md "Rule files": accepted exactly as written, matched,
+//! rendered.
 
 use super::{compile, envelope, DESIGN_EXAMPLE};
 use serde_json::json;

@@ -11,7 +11,7 @@ mod report;
 use serde_json::{json, Value};
 use whale_rules::{Input, RuleSet, RuleSource};
 
-/// The design.md example rule, exactly as written there.
+/// The reference rule of docs/contract.md "Rule files", exactly as written there.
 pub const DESIGN_EXAMPLE: &str = r#"name: disk-full-cleanup
 description: Clean temp files when a production VM disk passes 90%
 on: [vm.disk_usage]                       # event types (exact or glob)
