@@ -9,7 +9,13 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use whale_rules::{Input, Matches, RuleSet, RuleSource};
 
-const PATHS: &[&str] = &[".detail.a", ".detail.b", ".detail.c", ".labels.x", ".detail.n"];
+const PATHS: &[&str] = &[
+    ".detail.a",
+    ".detail.b",
+    ".detail.c",
+    ".labels.x",
+    ".detail.n",
+];
 
 /// Values of every type, with the traps of equality: `1` and `1.0`, `"1"` and `1`, `null` and
 /// missing, `"X"` and `"x"`.
@@ -103,13 +109,21 @@ fn event() -> impl Strategy<Value = Value> {
                     ev[obj][key] = v;
                 }
             }
-            ev["detail"]["items"] = Value::Array(items.into_iter().map(|v| json!({"k": v})).collect());
+            ev["detail"]["items"] =
+                Value::Array(items.into_iter().map(|v| json!({"k": v})).collect());
             ev
         })
 }
 
-/// What a match returns, comparable: rule names, fanned elements, refusals.
-fn shown(m: &Matches) -> (Vec<String>, Vec<(String, Vec<(usize, Value)>)>, Vec<String>, usize) {
+/// What a match returns, comparable: rule names, fanned elements, refusals, listening rules.
+type Shown = (
+    Vec<String>,
+    Vec<(String, Vec<(usize, Value)>)>,
+    Vec<String>,
+    usize,
+);
+
+fn shown(m: &Matches) -> Shown {
     (
         m.matched.iter().map(|r| r.name().to_owned()).collect(),
         m.fanned
@@ -170,12 +184,17 @@ fn indexed_matching_equals_linear_matching() {
         skipped.into_inner(),
         matches.into_inner(),
     );
-    eprintln!("index vs linear: {events} events, {skipped} rule evaluations skipped, {matches} matches");
+    eprintln!(
+        "index vs linear: {events} events, {skipped} rule evaluations skipped, {matches} matches"
+    );
     if let Err(e) = result {
         panic!("indexed and linear matching differ: {e}");
     }
     // the corpus exercised both sides: the index skipped rules, and rules matched
-    assert!(skipped > 1000, "the index skipped only {skipped} evaluations");
+    assert!(
+        skipped > 1000,
+        "the index skipped only {skipped} evaluations"
+    );
     assert!(matches > 100, "only {matches} matches in the corpus");
 }
 
@@ -190,7 +209,8 @@ fn one_type_many_rules_meets_only_its_candidates() {
              {{path: .detail.usage, gt: 90}}, {{path: .detail.app, eq: app{k}}}]}}\n"
         ));
     }
-    let last = "- {name: any-app, on: vm.disk, action: p.a, when: [{path: .detail.usage, gt: 95}]}\n";
+    let last =
+        "- {name: any-app, on: vm.disk, action: p.a, when: [{path: .detail.usage, gt: 95}]}\n";
     let set = super::compile(&[("gen.yaml", &text), ("last.yaml", last)]).unwrap();
     let ev = |app: &str, usage: u32| {
         Input::new(super::envelope(
@@ -220,6 +240,11 @@ fn one_type_many_rules_meets_only_its_candidates() {
     let failed = why.failed.unwrap();
     assert_eq!(
         (why.matched, failed.step.as_str(), failed.saw, failed.index),
-        (false, ".detail.app eq \"app8\"", Some(json!("app7")), vec![2])
+        (
+            false,
+            ".detail.app eq \"app8\"",
+            Some(json!("app7")),
+            vec![2]
+        )
     );
 }
