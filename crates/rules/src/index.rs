@@ -4,11 +4,14 @@
 //!
 //! Each rule picks at most one *anchor*: a top-level `when` step (one that must pass for the
 //! rule to match) of the form `{path: <event path>, eq: c}` or `{path: <event path>, in: [c,
-//! ...]}` where every constant is a string, a boolean or `null`. For those values the
-//! evaluator's equality is plain equality of the same JSON type (numbers, arrays and objects
-//! are never anchors: `1` equals `1.0` and the index would have to reproduce that), so "the
-//! event's value is one of the anchor's constants" is exactly "the anchor step passes": a rule
-//! missing from the candidates of an event cannot match it. Of its possible anchors a rule
+//! ...]}` where every constant is a string, a boolean or `null`, or `{path: <event path>,
+//! starts_with: p}` with `p` not empty. For those values the evaluator's equality is plain
+//! equality of the same JSON type (numbers, arrays and objects are never anchors: `1` equals
+//! `1.0` and the index would have to reproduce that), and `starts_with` passes exactly for the
+//! strings whose first `p.len()` bytes are `p`, so "the event's value is one of the anchor's
+//! constants (or has its prefix)" is exactly "the anchor step passes": a rule missing from the
+//! candidates of an event cannot match it. Prefixes are looked up once per distinct prefix
+//! length of the path. Of its possible anchors a rule
 //! takes the one shared with the fewest other rules of the type (`app == appK` rather than
 //! `env == prod`). Rules with `for_each` are never indexed (whether their expression yields
 //! too many elements is reported per event), nor are rules without an anchor: they are
@@ -37,6 +40,8 @@ enum Key<'a> {
     Null,
     Bool(bool),
     Str(&'a str),
+    /// `starts_with`: any string with this (non-empty) prefix.
+    Prefix(&'a str),
 }
 
 fn key(v: &Value) -> Option<Key<'_>> {
@@ -56,6 +61,9 @@ struct PathIndex {
     strs: HashMap<Box<str>, Vec<u32>>,
     null: Vec<u32>,
     bools: [Vec<u32>; 2],
+    prefixes: HashMap<Box<str>, Vec<u32>>,
+    /// The distinct lengths (bytes) of `prefixes`, ascending.
+    prefix_lens: Vec<usize>,
 }
 
 impl PathIndex {
@@ -64,16 +72,36 @@ impl PathIndex {
             Key::Null => &mut self.null,
             Key::Bool(b) => &mut self.bools[b as usize],
             Key::Str(s) => self.strs.entry(s.into()).or_default(),
+            Key::Prefix(p) => {
+                if let Err(at) = self.prefix_lens.binary_search(&p.len()) {
+                    self.prefix_lens.insert(at, p.len());
+                }
+                self.prefixes.entry(p.into()).or_default()
+            }
         }
     }
 
-    fn get(&self, v: &Value) -> &[u32] {
-        match v {
+    /// Append the rules whose anchor accepts `v`; how many lists were appended.
+    fn get(&self, v: &Value, out: &mut Vec<u32>) -> usize {
+        let exact: &[u32] = match v {
             Value::Null => &self.null,
             Value::Bool(b) => &self.bools[*b as usize],
             Value::String(s) => self.strs.get(s.as_str()).map_or(&[], Vec::as_slice),
             _ => &[],
+        };
+        out.extend_from_slice(exact);
+        let mut lists = usize::from(!exact.is_empty());
+        if let Value::String(s) = v {
+            for len in self.prefix_lens.iter().take_while(|l| **l <= s.len()) {
+                // a cut inside a character is no prefix of a string
+                let hits = s.get(..*len).and_then(|p| self.prefixes.get(p));
+                if let Some(hits) = hits {
+                    out.extend_from_slice(hits);
+                    lists += 1;
+                }
+            }
         }
+        lists
     }
 }
 
@@ -102,6 +130,7 @@ fn anchors(rule: &CompiledRule) -> Vec<(u32, &SimplePath, Vec<Key<'_>>)> {
                 let keys: Option<Vec<Key<'_>>> = match op {
                     Op::Eq(v) => key(v).map(|k| vec![k]),
                     Op::In(vs) if !vs.is_empty() => vs.iter().map(key).collect(),
+                    Op::StartsWith(p) if !p.is_empty() => Some(vec![Key::Prefix(p)]),
                     _ => None,
                 };
                 keys.map(|keys| {
@@ -155,6 +184,8 @@ impl Index {
                         strs: HashMap::new(),
                         null: Vec::new(),
                         bools: [Vec::new(), Vec::new()],
+                        prefixes: HashMap::new(),
+                        prefix_lens: Vec::new(),
                     });
                     index.paths.len() - 1
                 }
@@ -177,11 +208,7 @@ impl Index {
         let mut sources = usize::from(!self.linear.is_empty());
         for p in &self.paths {
             if let Lookup::Found(v) = cx.lookup(p.id, &p.path) {
-                let hits = p.get(v);
-                if !hits.is_empty() {
-                    out.extend_from_slice(hits);
-                    sources += 1;
-                }
+                sources += p.get(v, out);
             }
         }
         if sources > 1 {

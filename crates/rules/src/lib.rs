@@ -86,9 +86,10 @@
 //! Within an event type with at least 8 listening rules, [`RuleSet::match_event`] skips the
 //! rules whose equality test the event fails. Each rule is indexed on at most one *anchor*: a
 //! top-level `when` step `{path: <event path>, eq: c}` or `{path: <event path>, in: [c, ...]}`
-//! whose constants are strings, booleans or `null` (for these, the evaluator's equality is
-//! plain same-type equality, so "the event's value is a constant of the anchor" is exactly
-//! "the step passes"); of several it takes the one shared with the fewest rules of the type.
+//! whose constants are strings, booleans or `null`, or `{path: <event path>, starts_with: p}`
+//! with `p` not empty (for these, the evaluator's equality is plain same-type equality, so
+//! "the event's value is a constant of the anchor, or has its prefix" is exactly "the step
+//! passes"); of several it takes the one shared with the fewest rules of the type.
 //! Numbers (`1` equals `1.0`), arrays, objects, `equals_ignore_case`, patterns, steps inside
 //! `any`/`not`, `$item` paths and rules with `for_each` are never anchors; rules without one
 //! are evaluated for every event. Per event, each indexed path is looked up once, the rules

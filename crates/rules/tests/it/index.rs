@@ -21,7 +21,7 @@ const PATHS: &[&str] = &[
 /// missing, `"X"` and `"x"`.
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
-        4 => prop::sample::select(vec!["x", "y", "z", "X", "", "1"]).prop_map(|s| json!(s)),
+        4 => prop::sample::select(vec!["x", "y", "z", "X", "", "1", "xy", "xyz", "é", "é1"]).prop_map(|s| json!(s)),
         1 => Just(json!(true)),
         1 => Just(json!(false)),
         1 => Just(Value::Null),
@@ -39,7 +39,8 @@ fn cmp() -> impl Strategy<Value = Value> {
     (path(), value()).prop_map(|(p, v)| json!({"path": p, "eq": v}))
 }
 
-/// One `when` step: indexable shapes (eq/in of strings, booleans, null) and the rest.
+/// One `when` step: indexable shapes (eq/in of strings, booleans, null; starts_with) and the
+/// rest.
 fn step() -> impl Strategy<Value = Value> {
     let in_ = (path(), prop::collection::vec(value(), 0..4))
         .prop_map(|(p, vs)| json!({"path": p, "in": vs}));
@@ -62,10 +63,16 @@ fn step() -> impl Strategy<Value = Value> {
             "not_in" => json!({"path": p, "not_in": [v]}),
             _ => json!({"path": p, op: v}),
         });
+    let prefix = (
+        path(),
+        prop::sample::select(vec!["x", "xy", "X", "é", "", "xyz1"]),
+    )
+        .prop_map(|(p, v)| json!({"path": p, "starts_with": v}));
     let jq = path().prop_map(|p| json!({"jq": format!("{p} == \"x\" or {p} == 1")}));
     prop_oneof![
         4 => cmp(),
         2 => in_,
+        2 => prefix,
         2 => other,
         1 => jq,
         1 => (cmp(), cmp()).prop_map(|(a, b)| json!({"any": [a, b]})),
@@ -199,7 +206,8 @@ fn indexed_matching_equals_linear_matching() {
 }
 
 /// 1,000 rules on one type that differ by `app == appK`: an event meets its app's rule and
-/// the unindexed ones, in load order, and "why not" still explains a skipped rule.
+/// the unindexed ones and the prefix rules its app starts with, in load order, and "why not"
+/// still explains a skipped rule.
 #[test]
 fn one_type_many_rules_meets_only_its_candidates() {
     let mut text = String::new();
@@ -210,7 +218,8 @@ fn one_type_many_rules_meets_only_its_candidates() {
         ));
     }
     let last =
-        "- {name: any-app, on: vm.disk, action: p.a, when: [{path: .detail.usage, gt: 95}]}\n";
+        "- {name: any-app, on: vm.disk, action: p.a, when: [{path: .detail.usage, gt: 95}]}\n\
+         - {name: app7x, on: vm.disk, action: p.a, when: [{path: .detail.app, starts_with: app7}]}\n";
     let set = super::compile(&[("gen.yaml", &text), ("last.yaml", last)]).unwrap();
     let ev = |app: &str, usage: u32| {
         Input::new(super::envelope(
@@ -222,11 +231,18 @@ fn one_type_many_rules_meets_only_its_candidates() {
     let names: Vec<_> = m.matched.iter().map(|r| r.name()).collect();
     assert_eq!(
         (names, m.evaluated, m.candidates),
-        (vec!["r7", "any-app"], 1001, 2)
+        (vec!["r7", "any-app", "app7x"], 1002, 3)
     );
     let m = set.match_event(&ev("app7", 91));
     let names: Vec<_> = m.matched.iter().map(|r| r.name()).collect();
-    assert_eq!((names, m.candidates), (vec!["r7"], 2));
+    assert_eq!((names, m.candidates), (vec!["r7", "app7x"], 3));
+    // prefix: app70 has the prefix app7, app8 not
+    let m = set.match_event(&ev("app70", 91));
+    let names: Vec<_> = m.matched.iter().map(|r| r.name()).collect();
+    assert_eq!((names, m.candidates), (vec!["r70", "app7x"], 3));
+    let m = set.match_event(&ev("app8", 91));
+    let names: Vec<_> = m.matched.iter().map(|r| r.name()).collect();
+    assert_eq!((names, m.candidates), (vec!["r8"], 2));
     // a number where the rules expect a string: no candidate but the unindexed rule
     let m = set.match_event(&Input::new(super::envelope(
         "vm.disk",
@@ -234,7 +250,7 @@ fn one_type_many_rules_meets_only_its_candidates() {
     )));
     assert_eq!((m.matched.len(), m.candidates), (1, 1));
     let linear = set.match_event_linear(&ev("app7", 99));
-    assert_eq!((linear.matched.len(), linear.candidates), (2, 1001));
+    assert_eq!((linear.matched.len(), linear.candidates), (3, 1002));
     // why not, for a rule the index skipped
     let why = set.get("r8").unwrap().evaluate(&ev("app7", 99));
     let failed = why.failed.unwrap();
