@@ -11,9 +11,9 @@
 //! strings whose first `p.len()` bytes are `p`, so "the event's value is one of the anchor's
 //! constants (or has its prefix)" is exactly "the anchor step passes": a rule missing from the
 //! candidates of an event cannot match it. Prefixes are looked up once per distinct prefix
-//! length of the path. Of its possible anchors a rule
-//! takes the one shared with the fewest other rules of the type (`app == appK` rather than
-//! `env == prod`). Rules with `for_each` are never indexed (whether their expression yields
+//! length of the path. Of its possible anchors a rule takes an equality before a prefix (a
+//! prefix such as `web-` may be shared by every value), then the one shared with the fewest
+//! other rules of the type (`app == appK` rather than `env == prod`). Rules with `for_each` are never indexed (whether their expression yields
 //! too many elements is reported per event), nor are rules without an anchor: they are
 //! evaluated for every event, as before.
 //!
@@ -168,9 +168,13 @@ impl Index {
             linear: Vec::new(),
         };
         for (pos, cands) in all.iter().enumerate() {
-            let best = cands
-                .iter()
-                .min_by_key(|(id, _, keys)| keys.iter().map(|k| freq[&(*id, *k)]).sum::<usize>());
+            // an equality before a prefix (`web-` may be the prefix of every host), then the
+            // constants shared with the fewest rules
+            let best = cands.iter().min_by_key(|(id, _, keys)| {
+                let prefix = keys.iter().any(|k| matches!(k, Key::Prefix(_)));
+                let shared: usize = keys.iter().map(|k| freq[&(*id, *k)]).sum();
+                (prefix, shared)
+            });
             let Some((id, path, keys)) = best else {
                 index.linear.push(pos as u32);
                 continue;
