@@ -7,7 +7,8 @@
 //! - [`RuleSet::load_dir`] / [`RuleSet::compile`]: parse and compile every rule, or refuse the
 //!   set with every error ([`RuleErrors`]); [`RuleSet::version`] is a hash of the sources.
 //! - [`RuleSet::match_event`]: the match stage's hot path, the rules an event matches (sharing
-//!   path lookups between rules); [`RuleSet::rules_for`]: the rules listening to a type.
+//!   path lookups between rules, skipping rules by their equality tests: see "Matching
+//!   index"); [`RuleSet::rules_for`]: the rules listening to a type.
 //! - [`CompiledRule::evaluate`] (why not), [`CompiledRule::render`] (the task).
 //! - [`test_events`] and [`format_human`]: `whale rules test`.
 //!
@@ -80,6 +81,25 @@
 //! | `equals_ignore_case` | string | string equal ignoring case (Unicode) |
 //! | `wildcard` | `"web-*.prod"` | string matching the pattern; `*` matches any run of characters, nothing else is special |
 //!
+//! # Matching index
+//!
+//! Within an event type with at least 8 listening rules, [`RuleSet::match_event`] skips the
+//! rules whose equality test the event fails. Each rule is indexed on at most one *anchor*: a
+//! top-level `when` step `{path: <event path>, eq: c}` or `{path: <event path>, in: [c, ...]}`
+//! whose constants are strings, booleans or `null`, or `{path: <event path>, starts_with: p}`
+//! with `p` not empty (for these, the evaluator's equality is plain same-type equality, so
+//! "the event's value is a constant of the anchor, or has its prefix" is exactly "the step
+//! passes"); of several it takes the one shared with the fewest rules of the type.
+//! Numbers (`1` equals `1.0`), arrays, objects, `equals_ignore_case`, patterns, steps inside
+//! `any`/`not`, `$item` paths and rules with `for_each` are never anchors; rules without one
+//! are evaluated for every event. Per event, each indexed path is looked up once, the rules
+//! its value selects are merged with the unindexed ones and evaluated in load order by the
+//! same code as before: the matches, their order, `for_each` elements and refusals are those
+//! of the linear evaluation ([`RuleSet::match_event_linear`], the reference of the tests and
+//! benchmarks). [`Matches::counts`] then covers the rules evaluated
+//! ([`Matches::candidates`]), not the skipped ones. "Why not" ([`CompiledRule::evaluate`])
+//! evaluates one rule linearly, whether the index skipped it or not.
+//!
 //! # Templates and jq
 //!
 //! Templates are `{{ jq }}` inside strings (see `whale_expr`): a string that is one lone
@@ -111,6 +131,7 @@ mod compile;
 mod error;
 mod eval;
 mod fanout;
+mod index;
 mod ops;
 mod parse;
 mod render;

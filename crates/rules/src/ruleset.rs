@@ -1,9 +1,11 @@
 //! [`RuleSet`]: every rule of a directory, compiled together (identical jq sources compiled
 //! once), refused whole if anything is wrong, versioned by a hash of its sources, and indexed by
-//! event type so that an event only meets the rules that listen to it.
+//! event type so that an event only meets the rules that listen to it, and within a type by
+//! the rules' equality tests (see `index.rs`) so that it only meets the rules it may match.
 
 use crate::compile::compile_rule;
 use crate::eval::{Cx, Paths};
+use crate::index::Index;
 use crate::parse::parse_file;
 use crate::rule::CompiledRule;
 use crate::step::Counts;
@@ -27,6 +29,30 @@ pub struct RuleSource {
 
 type Rules = Arc<[Arc<CompiledRule>]>;
 
+/// The rules listening to one event type, in load order, and what the match path needs to
+/// skip the ones an event cannot match.
+struct Listening {
+    rules: Rules,
+    /// Positions of the rules with `for_each`.
+    fanning: Vec<u32>,
+    /// `None`: every rule is evaluated (few rules, or none with an equality test to index).
+    index: Option<Index>,
+}
+
+impl Listening {
+    fn new(rules: Rules) -> Arc<Listening> {
+        let fanning = (0..rules.len() as u32)
+            .filter(|i| rules[*i as usize].for_each.is_some())
+            .collect();
+        let index = Index::build(&rules);
+        Arc::new(Listening {
+            rules,
+            fanning,
+            index,
+        })
+    }
+}
+
 /// A `for_each` element and its position among the outputs of the expression.
 pub type Indexed = (usize, Value);
 
@@ -42,8 +68,11 @@ pub struct Matches {
     /// Rules whose `for_each` yielded more elements than allowed: they fire for none of them,
     /// and the caller records why ([`ForEachError::is_over_limit`]).
     pub refused: Vec<ForEachError>,
-    /// How many rules listened to the event type (and were evaluated).
+    /// How many rules listened to the event type.
     pub evaluated: usize,
+    /// How many of them were evaluated: the index of the type skips the rules whose equality
+    /// test the event fails (equal to `evaluated` when matching linearly).
+    pub candidates: usize,
     /// Type mismatches and jq errors over all evaluations.
     pub counts: Counts,
 }
@@ -54,10 +83,10 @@ const GLOB_CACHE_MAX: usize = 10_000;
 /// A compiled, indexed set of rules.
 pub struct RuleSet {
     rules: Vec<Arc<CompiledRule>>,
-    by_type: HashMap<String, Rules>,
+    by_type: HashMap<String, Arc<Listening>>,
     globs: Vec<(globset::GlobMatcher, usize)>,
-    glob_cache: RwLock<HashMap<String, Rules>>,
-    empty: Rules,
+    glob_cache: RwLock<HashMap<String, Arc<Listening>>>,
+    empty: Arc<Listening>,
     version: String,
     sources: Vec<RuleSource>,
     filters_compiled: usize,
@@ -189,14 +218,14 @@ impl RuleSet {
                 list.sort_unstable();
                 list.dedup();
                 let rules: Vec<_> = list.into_iter().map(|i| rules[i].clone()).collect();
-                (t.to_owned(), Rules::from(rules))
+                (t.to_owned(), Listening::new(Rules::from(rules)))
             })
             .collect();
         RuleSet {
             by_type,
             globs,
             glob_cache: RwLock::new(HashMap::new()),
-            empty: Arc::from(Vec::new()),
+            empty: Listening::new(Arc::from(Vec::new())),
             version: version(&sources),
             sources,
             filters_compiled,
@@ -221,6 +250,10 @@ impl RuleSet {
     /// The enabled rules that listen to `event_type` (exactly or by glob), in load order.
     /// Cheap: a lookup and a reference count.
     pub fn rules_for(&self, event_type: &str) -> Arc<[Arc<CompiledRule>]> {
+        self.listening(event_type).rules.clone()
+    }
+
+    fn listening(&self, event_type: &str) -> Arc<Listening> {
         if let Some(rules) = self.by_type.get(event_type) {
             return rules.clone();
         }
@@ -235,7 +268,7 @@ impl RuleSet {
         {
             return rules;
         }
-        let rules = self.glob_rules(event_type);
+        let rules = Listening::new(self.glob_rules(event_type));
         if let Ok(mut cache) = self.glob_cache.write() {
             if cache.len() < GLOB_CACHE_MAX {
                 cache.insert(event_type.to_owned(), rules.clone());
@@ -256,23 +289,61 @@ impl RuleSet {
     /// expression counts as a jq error (the rule does not match), more elements than
     /// `max_items` refuses the rule for this event ([`Matches::refused`]).
     pub fn match_event_with(&self, input: &Input, max_items: usize) -> Matches {
+        self.match_with(input, max_items, true)
+    }
+
+    /// [`RuleSet::match_event`] evaluating every rule listening to the event's type, without
+    /// the equality index: the reference the index is tested and benchmarked against. Same
+    /// matches in the same order; only [`Matches::counts`] and [`Matches::candidates`] can
+    /// differ (they cover the rules evaluated).
+    pub fn match_event_linear(&self, input: &Input) -> Matches {
+        self.match_with(input, crate::DEFAULT_MAX_ITEMS, false)
+    }
+
+    /// [`RuleSet::match_event_linear`] with a bound on the elements of one `for_each`.
+    pub fn match_event_linear_with(&self, input: &Input, max_items: usize) -> Matches {
+        self.match_with(input, max_items, false)
+    }
+
+    fn match_with(&self, input: &Input, max_items: usize, indexed: bool) -> Matches {
         let event_type = input
             .value()
             .get("event_type")
             .and_then(|t| t.as_str())
             .unwrap_or_default();
-        let rules = self.rules_for(event_type);
+        let listening = self.listening(event_type);
+        let rules = &listening.rules;
         let mut cx = Cx::new(input);
-        let matched = rules
-            .iter()
-            .filter(|r| r.for_each.is_none() && r.matches_in(&mut cx))
-            .cloned()
-            .collect();
+        let (matched, candidates) = match listening.index.as_ref().filter(|_| indexed) {
+            Some(index) => {
+                let mut positions = Vec::new();
+                index.candidates(&mut cx, &mut positions);
+                let matched = positions
+                    .iter()
+                    .map(|i| &rules[*i as usize])
+                    .filter(|r| r.for_each.is_none() && r.matches_in(&mut cx))
+                    .cloned()
+                    .collect();
+                (matched, positions.len())
+            }
+            None => {
+                let matched = rules
+                    .iter()
+                    .filter(|r| r.for_each.is_none() && r.matches_in(&mut cx))
+                    .cloned()
+                    .collect();
+                (matched, rules.len())
+            }
+        };
         let mut counts = cx.counts;
         let (mut fanned, mut refused) = (Vec::new(), Vec::new());
-        // a set without `for_each` rules (the common case) does not walk its rules twice
-        let fanning = if self.fan_out { &rules[..] } else { &[] };
-        for rule in fanning.iter().filter(|r| r.for_each.is_some()) {
+        // a set without `for_each` rules (the common case) does not look for them
+        let fanning = if self.fan_out {
+            &listening.fanning[..]
+        } else {
+            &[]
+        };
+        for rule in fanning.iter().map(|i| &rules[*i as usize]) {
             let items = match rule.items(input, max_items) {
                 Ok(items) => items.unwrap_or_default(),
                 Err(e) if e.is_over_limit() => {
@@ -302,6 +373,7 @@ impl RuleSet {
             fanned,
             refused,
             evaluated: rules.len(),
+            candidates,
             counts,
         }
     }

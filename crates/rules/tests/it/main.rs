@@ -4,6 +4,7 @@ mod example;
 mod fanout;
 mod files;
 mod fuzz;
+mod index;
 mod limits;
 mod ops;
 mod report;
