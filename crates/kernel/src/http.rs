@@ -226,27 +226,42 @@ pub async fn json_body(
 pub async fn serve(
     addr: &str,
     router: Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (WHALE_HTTP_ADDR): is another process using it?")
     })?;
     let local = listener.local_addr()?;
-    let task = tokio::spawn(async move {
+    Ok((local, spawn_server(listener, router, shutdown, "http")))
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true, with the peer address as connect
+/// info: the auth layer resolves the client (trusted proxies) from it and audit records keep it
+/// as "from" (`crate::audit::Caller`). Plain TCP here, TLS in [`crate::tls::serve`].
+pub(crate) fn spawn_server<L>(
+    listener: L,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    for<'a> crate::auth::Peer:
+        axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };
-        // With the peer address: the auth layer resolves the client (trusted proxies) from it and
-        // audit records keep it as "from" (`crate::audit::Caller`).
         let app = router.into_make_service_with_connect_info::<crate::auth::Peer>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await
         {
-            tracing::error!("http server: {e}");
+            tracing::error!("{what} server: {e}");
         }
-    });
-    Ok((local, task))
+    })
 }
 
 impl

@@ -217,7 +217,7 @@ pub async fn serve(
     cert: &Path,
     key: &Path,
     router: Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let config = server_config(Arc::new(ReloadingCert::new(cert, key)?))?;
     let tcp = TcpListener::bind(addr).await.with_context(|| {
@@ -225,17 +225,8 @@ pub async fn serve(
     })?;
     let listener = TlsListener::new(tcp, config)?;
     let local = listener.local;
-    let task = tokio::spawn(async move {
-        let stop = async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        };
-        let app = router.into_make_service_with_connect_info::<crate::auth::Peer>();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!("https server: {e}");
-        }
-    });
-    Ok((local, task))
+    Ok((
+        local,
+        crate::http::spawn_server(listener, router, shutdown, "https"),
+    ))
 }
