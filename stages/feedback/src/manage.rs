@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use async_nats::jetstream::kv::Store;
+use whale_kernel::kv::Bucket;
 use serde::Serialize;
 use serde_json::Value;
 use whale_kernel::audit::{self, Actor, Outcome, Target};
@@ -138,7 +138,7 @@ pub struct Found {
 #[derive(Clone)]
 pub struct Manager {
     nats: Nats,
-    kv: Store,
+    kv: Bucket,
     clusters: Clusters,
 }
 
