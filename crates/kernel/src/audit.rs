@@ -197,7 +197,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .extensions
             .get::<ConnectInfo<crate::auth::Peer>>()
             .map(|c| c.0 .0);
-        let client = parts.extensions.get::<crate::auth::ClientAddr>().map(|c| c.0);
+        let client = parts
+            .extensions
+            .get::<crate::auth::ClientAddr>()
+            .map(|c| c.0);
         let addr = match (client, peer) {
             (Some(ip), Some(peer)) if ip != peer.ip() => Some(SocketAddr::new(ip, 0)),
             (Some(ip), None) => Some(SocketAddr::new(ip, 0)),

@@ -102,7 +102,10 @@ mod tests {
         assert_eq!(claim("t-abc123").as_deref(), Some("claim.t-abc123"));
         assert_eq!(claim("a.b"), None);
         let h = approval("a.b");
-        assert!(h.starts_with("approval.h") && h.len() == "approval.h".len() + 40, "{h}");
+        assert!(
+            h.starts_with("approval.h") && h.len() == "approval.h".len() + 40,
+            "{h}"
+        );
         assert_eq!(
             notified("x"),
             format!("notified.{}", &crate::digest(&["x"])[..40])

@@ -8,8 +8,8 @@
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use whale_kernel::records::Dispatched;
 use whale_kernel::kv::{Bucket, Ttl};
+use whale_kernel::records::Dispatched;
 use whale_kernel::{keys, subjects, Nats};
 
 /// One execution as whale knows it.

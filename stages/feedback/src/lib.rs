@@ -27,10 +27,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use whale_kernel::kv::Bucket;
 use async_trait::async_trait;
 use futures::StreamExt;
 use whale_kernel::config::FeedbackConfig;
+use whale_kernel::kv::Bucket;
 use whale_kernel::records::Dispatched;
 use whale_kernel::subjects::Pipe;
 use whale_kernel::{Config, Delivery, Nats, Outcome, Stage};

@@ -10,10 +10,10 @@
 
 use std::fmt;
 
-use whale_kernel::kv::Bucket;
 use serde::Serialize;
 use serde_json::Value;
 use whale_kernel::audit::{self, Actor, Outcome, Target};
+use whale_kernel::kv::Bucket;
 use whale_kernel::{Config, Nats};
 use whale_st2::{Execution, St2Error};
 
