@@ -10,9 +10,11 @@ use whale_kernel::{subjects, Config, Nats};
 #[tokio::test]
 async fn racing_modifies_lose_no_write_and_conflicts_are_typed() {
     let server = NatsServer::start();
-    let mut cfg = Config::default();
-    cfg.nats = NatsConfig {
-        urls: vec![server.url()],
+    let cfg = Config {
+        nats: NatsConfig {
+            urls: vec![server.url()],
+            ..Default::default()
+        },
         ..Default::default()
     };
     let nats = Nats::connect(&cfg.nats, "kv-test").await.expect("connect");
