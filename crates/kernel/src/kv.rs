@@ -6,13 +6,19 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::kv::{
-    CreateError, CreateErrorKind, Entry, Operation, Store, UpdateError,
-};
+use async_nats::jetstream::kv::{Entry, Operation, Store};
 use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::nats::Nats;
+
+/// Opens a KV bucket that `whale setup` creates: the one place its absence is explained.
+async fn store(nats: &Nats, bucket: &str) -> anyhow::Result<Store> {
+    nats.js
+        .get_key_value(bucket)
+        .await
+        .with_context(|| format!("KV bucket {bucket} does not exist: run `whale setup` first"))
+}
 
 /// Calls `apply(key, Some(value))` for every key in `bucket` (or `None` when a key is deleted),
 /// first for what is there now — returning only once that initial load is complete — then for
@@ -21,10 +27,7 @@ pub async fn watch_bucket<F>(nats: &Nats, bucket: &str, apply: F) -> anyhow::Res
 where
     F: Fn(&str, Option<&[u8]>) + Send + Sync + 'static,
 {
-    let kv =
-        nats.js.get_key_value(bucket).await.with_context(|| {
-            format!("KV bucket {bucket} does not exist: run `whale setup` first")
-        })?;
+    let kv = store(nats, bucket).await?;
     let initial = kv.status().await?.values();
     let mut watch = kv.watch_with_history(">").await?;
     let call = |e: &Entry| match e.operation {
@@ -63,19 +66,13 @@ where
 
 /// Reads one key.
 pub async fn get(nats: &Nats, bucket: &str, key: &str) -> anyhow::Result<Option<bytes::Bytes>> {
-    let kv =
-        nats.js.get_key_value(bucket).await.with_context(|| {
-            format!("KV bucket {bucket} does not exist: run `whale setup` first")
-        })?;
+    let kv = store(nats, bucket).await?;
     Ok(kv.get(key).await?)
 }
 
 /// Every revision the bucket still holds of one key, oldest first (deletes left out).
 pub async fn history(nats: &Nats, bucket: &str, key: &str) -> anyhow::Result<Vec<bytes::Bytes>> {
-    let kv =
-        nats.js.get_key_value(bucket).await.with_context(|| {
-            format!("KV bucket {bucket} does not exist: run `whale setup` first")
-        })?;
+    let kv = store(nats, bucket).await?;
     let mut out = Vec::new();
     let mut entries = kv.history(key).await?;
     while let Some(e) = entries.next().await {
@@ -89,10 +86,7 @@ pub async fn history(nats: &Nats, bucket: &str, key: &str) -> anyhow::Result<Vec
 
 /// Writes one key; returns the new revision.
 pub async fn put(nats: &Nats, bucket: &str, key: &str, value: Vec<u8>) -> anyhow::Result<u64> {
-    let kv =
-        nats.js.get_key_value(bucket).await.with_context(|| {
-            format!("KV bucket {bucket} does not exist: run `whale setup` first")
-        })?;
+    let kv = store(nats, bucket).await?;
     Ok(kv.put(key, value.into()).await?)
 }
 
@@ -167,12 +161,46 @@ pub enum Ttl {
     Never,
 }
 
-/// A KV bucket whose writes may carry their own lifetime (per-message TTL, the `Nats-TTL`
-/// header, nats-server ≥ 2.11), for buckets whose keys live for different times: `whale_state`
-/// keeps drains forever, approvals until their timeout and everything else for its `max_age`.
-/// Reads go through the [`Store`] (`Deref`). On a bucket set up by an older `whale setup`
-/// (no per-message TTL allowed) writes carry no TTL, so they are accepted and live as long as
-/// that bucket keeps everything; `whale setup` turns lifetimes on.
+/// Why a KV call did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// Someone wrote the key first (create) or since it was read (update).
+    #[error("the key changed under us")]
+    Conflict,
+    /// NATS did not answer or refused (see [`is_unavailable`]).
+    #[error(transparent)]
+    Nats(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl KvError {
+    fn nats(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> KvError {
+        KvError::Nats(e.into())
+    }
+}
+
+/// A live value and the revision it was written at (the revision an update compares with).
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub value: Bytes,
+    pub revision: u64,
+}
+
+/// What a [`Bucket::modify`] step decides about the value it was shown.
+pub enum Step<R> {
+    /// Write nothing; `modify` returns this.
+    Keep(R),
+    /// Write `value` (created when there was none, else compare-and-set at the revision that was
+    /// shown) with lifetime `ttl`; `modify` returns `then` once the write wins.
+    Write { value: Bytes, ttl: Ttl, then: R },
+}
+
+/// A KV bucket, the only way stages read and write KV: typed errors ([`KvError::Conflict`] for
+/// a lost compare-and-set), compare-and-set loops as one call ([`Bucket::modify`]), and writes
+/// that may carry their own lifetime (per-message TTL, the `Nats-TTL` header, nats-server ≥
+/// 2.11) for buckets whose keys live for different times: `whale_state` keeps drains forever,
+/// approvals until their timeout and everything else for its `max_age`. On a bucket set up by
+/// an older `whale setup` (no per-message TTL allowed) writes carry no TTL, so they are accepted
+/// and live as long as that bucket keeps everything; `whale setup` turns lifetimes on.
 #[derive(Clone)]
 pub struct Bucket {
     store: Store,
@@ -181,22 +209,14 @@ pub struct Bucket {
     max_age: Duration,
 }
 
-impl std::ops::Deref for Bucket {
-    type Target = Store;
-    fn deref(&self) -> &Store {
-        &self.store
-    }
-}
-
 impl Bucket {
     /// Opens `bucket` (created by `whale setup`).
     pub async fn open(nats: &Nats, bucket: &str) -> anyhow::Result<Bucket> {
-        let store = nats.js.get_key_value(bucket).await.with_context(|| {
-            format!("KV bucket {bucket} does not exist: run `whale setup` first")
-        })?;
+        let store = store(nats, bucket).await?;
         let cfg = &store.stream.cached_info().config;
         let (ttl_allowed, max_age) = (cfg.allow_message_ttl, cfg.max_age);
-        if !ttl_allowed {
+        // Only `whale_state` gets lifetimes from `whale setup` (see `setup::bucket_limits`).
+        if !ttl_allowed && bucket == crate::subjects::KV_STATE {
             tracing::warn!(
                 bucket,
                 "KV bucket has no lifetimes yet: run `whale setup` to apply them"
@@ -240,7 +260,7 @@ impl Bucket {
         value: Bytes,
         revision: Option<u64>,
         ttl: Ttl,
-    ) -> Result<u64, async_nats::jetstream::context::PublishError> {
+    ) -> Result<u64, KvError> {
         let mut headers = async_nats::HeaderMap::new();
         if let Some(rev) = revision {
             headers.insert(
@@ -254,44 +274,113 @@ impl Bucket {
         let ack = self
             .js
             .publish_with_headers(self.subject(key), headers, value)
-            .await?
-            .await?;
-        Ok(ack.sequence)
+            .await
+            .map_err(KvError::nats)?
+            .await;
+        match ack {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if revision.is_some() && is_wrong_revision(&e) => Err(KvError::Conflict),
+            Err(e) => Err(KvError::nats(e)),
+        }
+    }
+
+    /// The live value of `key` and its revision (None when there is none or it was deleted).
+    pub async fn entry(&self, key: &str) -> Result<Option<Versioned>, KvError> {
+        Ok(match self.store.entry(key).await.map_err(KvError::nats)? {
+            Some(e) if e.operation == Operation::Put => Some(Versioned {
+                value: e.value,
+                revision: e.revision,
+            }),
+            _ => None,
+        })
+    }
+
+    /// The live value of `key` (None when there is none or it was deleted).
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, KvError> {
+        Ok(self.entry(key).await?.map(|v| v.value))
+    }
+
+    /// Every key starting with `prefix` (the bucket's key prefixes are named in [`crate::keys`]).
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, KvError> {
+        let mut keys = self.store.keys().await.map_err(KvError::nats)?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(KvError::nats)?;
+            if k.starts_with(prefix) {
+                out.push(k);
+            }
+        }
+        Ok(out)
     }
 
     /// Writes `key` whatever it holds; returns the new revision.
-    pub async fn put(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<u64, UpdateError> {
-        self.write(key, value, None, ttl).await.map_err(Into::into)
+    pub async fn put(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<u64, KvError> {
+        self.write(key, value, None, ttl).await
     }
 
-    /// Replaces `key` only if it is still at `revision` (`WrongLastRevision` otherwise).
+    /// Replaces `key` only if it is still at `revision` ([`KvError::Conflict`] otherwise).
     pub async fn update(
         &self,
         key: &str,
         value: Bytes,
         revision: u64,
         ttl: Ttl,
-    ) -> Result<u64, UpdateError> {
-        self.write(key, value, Some(revision), ttl)
-            .await
-            .map_err(Into::into)
+    ) -> Result<u64, KvError> {
+        self.write(key, value, Some(revision), ttl).await
     }
 
-    /// Writes `key` only if it holds nothing (`AlreadyExists` otherwise); a deleted key counts
-    /// as nothing.
-    pub async fn create(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<u64, CreateError> {
+    /// Writes `key` only if it holds nothing ([`KvError::Conflict`] otherwise); a deleted key
+    /// counts as nothing.
+    pub async fn create(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<u64, KvError> {
         let first = match self.update(key, value.clone(), 0, ttl).await {
             Ok(rev) => return Ok(rev),
             Err(e) => e,
         };
-        match self.store.entry(key).await? {
+        match self.store.entry(key).await.map_err(KvError::nats)? {
             Some(e) if e.operation != Operation::Put => {
-                Ok(self.update(key, value, e.revision, ttl).await?)
+                self.update(key, value, e.revision, ttl).await
             }
-            Some(_) => Err(CreateError::new(CreateErrorKind::AlreadyExists)),
-            None => Err(first.into()),
+            Some(_) => Err(KvError::Conflict),
+            None => Err(first),
         }
     }
+
+    /// Deletes `key` (a later [`Bucket::create`] succeeds).
+    pub async fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.store.delete(key).await.map_err(KvError::nats)
+    }
+
+    /// Read-modify-write as one call: shows `step` the live value of `key` (None when there is
+    /// none) and does what it answers; when another writer got there first, reads again and
+    /// asks again, until a step keeps the value or its write wins. Returns the step's result.
+    pub async fn modify<R>(
+        &self,
+        key: &str,
+        mut step: impl FnMut(Option<&[u8]>) -> Step<R>,
+    ) -> Result<R, KvError> {
+        loop {
+            let current = self.entry(key).await?;
+            let (value, ttl, then) = match step(current.as_ref().map(|v| &v.value[..])) {
+                Step::Keep(r) => return Ok(r),
+                Step::Write { value, ttl, then } => (value, ttl, then),
+            };
+            let written = match &current {
+                None => self.create(key, value, ttl).await,
+                Some(v) => self.update(key, value, v.revision, ttl).await,
+            };
+            match written {
+                Ok(_) => return Ok(then),
+                Err(KvError::Conflict) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Whether a publish ack says the expected revision was not the last one.
+fn is_wrong_revision(e: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::context::PublishErrorKind;
+    e.kind() == PublishErrorKind::WrongLastSequence
 }
 
 /// Whether `e` comes from NATS not answering or refusing a KV or JetStream call (the server is
@@ -300,7 +389,8 @@ impl Bucket {
 pub fn is_unavailable(e: &anyhow::Error) -> bool {
     use async_nats::jetstream::{context, kv};
     e.chain().any(|c| {
-        c.is::<kv::EntryError>()
+        matches!(c.downcast_ref::<KvError>(), Some(KvError::Nats(_)))
+            || c.is::<kv::EntryError>()
             || c.is::<kv::UpdateError>()
             || c.is::<kv::CreateError>()
             || c.is::<kv::PutError>()

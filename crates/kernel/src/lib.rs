@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod health;
 pub mod history;
 pub mod http;
+pub mod keys;
 pub mod kv;
 pub mod metrics;
 pub mod nats;

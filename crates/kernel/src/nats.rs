@@ -119,6 +119,11 @@ impl Nats {
         })
     }
 
+    /// Whether the client is connected now (a publish would be sent rather than buffered).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// The server's version, refusing servers older than [`MIN_SERVER`].
     pub fn check_server_version(&self) -> anyhow::Result<String> {
         let v = self.client.server_info().version;

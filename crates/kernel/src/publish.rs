@@ -59,6 +59,16 @@ impl Output {
     }
 }
 
+impl Nats {
+    /// Publishes one record outside the worker loop (an HTTP handler, a timer) with its own
+    /// `Nats-Msg-Id` and headers, and waits for JetStream's ack.
+    pub async fn publish(&self, out: Output) -> anyhow::Result<()> {
+        let (subject, msg) = out.into_publish();
+        self.js.send_publish(subject, msg).await?.await?;
+        Ok(())
+    }
+}
+
 /// Counts of a publishing run.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct PublishStats {
@@ -88,6 +98,11 @@ impl<T: Send + 'static> Window<T> {
             pending: FuturesUnordered::new(),
             stats: PublishStats::default(),
         }
+    }
+
+    /// A window publishing on `nats` (the kernel's JetStream context).
+    pub fn on(nats: &Nats, limit: usize) -> Self {
+        Self::new(nats.js.clone(), limit)
     }
 
     /// Fails the publishes awaiting their ack as soon as `nats` loses its connection, instead of

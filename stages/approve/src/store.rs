@@ -11,14 +11,13 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{CreateErrorKind, Operation, UpdateErrorKind};
-use async_nats::HeaderMap;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use whale_kernel::audit::{self, Actor, Outcome, Target};
 use whale_kernel::envelope::format_time;
-use whale_kernel::kv::{Bucket, Ttl};
+use whale_kernel::keys;
+use whale_kernel::kv::{Bucket, Step, Ttl};
 use whale_kernel::records::{Decision, Task};
 use whale_kernel::subjects::{self, Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
 use whale_kernel::{Config, Nats, Output};
@@ -112,16 +111,7 @@ impl Approval {
 
 /// The KV key of a task's approval (ids outside KV's alphabet are hashed).
 pub fn key(task_id: &str) -> String {
-    let safe = !task_id.is_empty()
-        && task_id.len() <= 200
-        && task_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if safe {
-        format!("approval.{task_id}")
-    } else {
-        format!("approval.h{}", &whale_kernel::digest(&[task_id])[..40])
-    }
+    keys::approval(task_id)
 }
 
 /// The approvals in `whale_state`, with how long each is kept past its timeout.
@@ -129,13 +119,6 @@ pub fn key(task_id: &str) -> String {
 pub struct Approvals {
     kv: Bucket,
     margin: Duration,
-}
-
-impl std::ops::Deref for Approvals {
-    type Target = async_nats::jetstream::kv::Store;
-    fn deref(&self) -> &Self::Target {
-        &self.kv
-    }
 }
 
 impl Approvals {
@@ -156,14 +139,20 @@ pub async fn bucket(nats: &Nats, cfg: &Config) -> anyhow::Result<Approvals> {
 
 /// The approval and its revision.
 pub async fn read(kv: &Approvals, task_id: &str) -> anyhow::Result<Option<(Approval, u64)>> {
-    match kv.entry(key(task_id)).await? {
-        Some(e) if e.operation == Operation::Put => {
-            let a = serde_json::from_slice(&e.value)
-                .map_err(|err| anyhow::anyhow!("approval {task_id} is unreadable: {err}"))?;
-            Ok(Some((a, e.revision)))
-        }
-        _ => Ok(None),
+    match kv.kv.entry(&key(task_id)).await? {
+        Some(e) => Ok(Some((parse(task_id, &e.value)?, e.revision))),
+        None => Ok(None),
     }
+}
+
+fn parse(task_id: &str, value: &[u8]) -> anyhow::Result<Approval> {
+    serde_json::from_slice(value)
+        .map_err(|err| anyhow::anyhow!("approval {task_id} is unreadable: {err}"))
+}
+
+/// The approval as a KV value.
+fn to_value(a: &Approval) -> bytes::Bytes {
+    serde_json::to_vec(a).expect("approvals serialize").into()
 }
 
 /// The approval of `task`, created pending if there is none yet.
@@ -172,41 +161,28 @@ pub async fn open(
     task: &Task,
     link_ttl: Option<Duration>,
 ) -> anyhow::Result<Approval> {
-    loop {
-        if let Some((a, _)) = read(kv, &task.task_id).await? {
-            return Ok(a);
-        }
-        let a = Approval::new(task.clone(), link_ttl);
-        match kv
-            .kv
-            .create(
-                &key(&task.task_id),
-                serde_json::to_vec(&a)?.into(),
-                kv.ttl(&a),
-            )
-            .await
-        {
-            Ok(_) => return Ok(a),
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    kv.kv
+        .modify(&key(&task.task_id), |current| match current {
+            Some(v) => Step::Keep(parse(&task.task_id, v)),
+            None => {
+                let a = Approval::new(task.clone(), link_ttl);
+                Step::Write {
+                    value: to_value(&a),
+                    ttl: kv.ttl(&a),
+                    then: Ok(a),
+                }
+            }
+        })
+        .await?
 }
 
 /// Every approval, pending first, then newest first.
 pub async fn list(kv: &Approvals) -> anyhow::Result<Vec<Approval>> {
-    let keys: Vec<String> = kv
-        .keys()
-        .await?
-        .try_filter(|k| futures::future::ready(k.starts_with("approval.")))
-        .try_collect()
-        .await?;
+    let keys = kv.kv.keys(keys::APPROVAL).await?;
     let mut out: Vec<Approval> = futures::stream::iter(keys)
         .map(|k| async move {
-            match kv.entry(k).await {
-                Ok(Some(e)) if e.operation == Operation::Put => {
-                    serde_json::from_slice::<Approval>(&e.value).ok()
-                }
+            match kv.kv.get(&k).await {
+                Ok(Some(v)) => serde_json::from_slice::<Approval>(&v).ok(),
                 _ => None,
             }
         })
@@ -352,36 +328,39 @@ async fn decide_once(
     reason: Option<String>,
 ) -> Result<Approval, DecideError> {
     let internal = |e: anyhow::Error| DecideError::Internal(e);
-    let decided = loop {
-        let Some((a, rev)) = read(kv, task_id).await.map_err(internal)? else {
-            return Err(DecideError::NotFound(task_id.to_owned()));
-        };
-        if !a.is_pending() {
-            return Err(DecideError::AlreadyDecided(Box::new(a)));
-        }
-        let now = OffsetDateTime::now_utc();
-        if now.unix_timestamp() >= a.expires_unix {
-            return Err(DecideError::TimedOut(Box::new(a)));
-        }
-        let mut next = a.clone();
-        next.state = verdict.state().into();
-        next.decided_by = Some(by.to_owned());
-        next.decided_via = Some(via.to_owned());
-        next.reason = reason.clone().filter(|r| !r.is_empty());
-        next.decided = Some(format_time(now));
-        let body = serde_json::to_vec(&next).map_err(|e| internal(e.into()))?;
-        match kv
-            .kv
-            .update(&key(task_id), body.into(), rev, kv.ttl(&next))
-            .await
-        {
-            Ok(_) => break next,
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => return Err(internal(e.into())),
-        }
-    };
+    let decided = kv
+        .kv
+        .modify(&key(task_id), |current| {
+            let Some(v) = current else {
+                return Step::Keep(Err(DecideError::NotFound(task_id.to_owned())));
+            };
+            let a = match parse(task_id, v) {
+                Ok(a) => a,
+                Err(e) => return Step::Keep(Err(internal(e))),
+            };
+            if !a.is_pending() {
+                return Step::Keep(Err(DecideError::AlreadyDecided(Box::new(a))));
+            }
+            let now = OffsetDateTime::now_utc();
+            if now.unix_timestamp() >= a.expires_unix {
+                return Step::Keep(Err(DecideError::TimedOut(Box::new(a))));
+            }
+            let mut next = a;
+            next.state = verdict.state().into();
+            next.decided_by = Some(by.to_owned());
+            next.decided_via = Some(via.to_owned());
+            next.reason = reason.clone().filter(|r| !r.is_empty());
+            next.decided = Some(format_time(now));
+            Step::Write {
+                value: to_value(&next),
+                ttl: kv.ttl(&next),
+                then: Ok(next),
+            }
+        })
+        .await
+        .map_err(|e| internal(e.into()))??;
     tracing::info!(task_id, decision = %decided.state, by, via, "approval decided");
-    if let Err(e) = publish(nats, decided.decision_output()).await {
+    if let Err(e) = nats.publish(decided.decision_output()).await {
         // Recorded in KV: the gate's timer republishes the decision within 30 s.
         tracing::warn!(
             task_id,
@@ -393,44 +372,26 @@ async fn decide_once(
 
 /// Marks a pending approval expired (the timeout); returns the approval as it now stands.
 pub async fn expire(kv: &Approvals, task_id: &str) -> anyhow::Result<Option<Approval>> {
-    loop {
-        let Some((a, rev)) = read(kv, task_id).await? else {
-            return Ok(None);
-        };
-        if !a.is_pending() {
-            return Ok(Some(a));
-        }
-        let mut next = a.clone();
-        next.state = "expired".into();
-        next.decided_by = Some("whale".into());
-        next.decided_via = Some("timeout".into());
-        next.decided = Some(format_time(OffsetDateTime::now_utc()));
-        match kv
-            .kv
-            .update(
-                &key(task_id),
-                serde_json::to_vec(&next)?.into(),
-                rev,
-                kv.ttl(&next),
-            )
-            .await
-        {
-            Ok(_) => return Ok(Some(next)),
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-async fn publish(nats: &Nats, out: Output) -> anyhow::Result<()> {
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", out.msg_id.as_str());
-    for (k, v) in &out.headers {
-        headers.insert(*k, v.as_str());
-    }
-    nats.js
-        .publish_with_headers(out.subject, headers, out.payload)
+    kv.kv
+        .modify(&key(task_id), |current| {
+            let a = match current.map(|v| parse(task_id, v)) {
+                None => return Step::Keep(Ok(None)),
+                Some(Err(e)) => return Step::Keep(Err(e)),
+                Some(Ok(a)) => a,
+            };
+            if !a.is_pending() {
+                return Step::Keep(Ok(Some(a)));
+            }
+            let mut next = a;
+            next.state = "expired".into();
+            next.decided_by = Some("whale".into());
+            next.decided_via = Some("timeout".into());
+            next.decided = Some(format_time(OffsetDateTime::now_utc()));
+            Step::Write {
+                value: to_value(&next),
+                ttl: kv.ttl(&next),
+                then: Ok(Some(next)),
+            }
+        })
         .await?
-        .await?;
-    Ok(())
 }

@@ -127,7 +127,7 @@ async fn dispatch(nats_url: &str, n: usize, workers: usize, run: usize) -> f64 {
     );
     cfg.dispatch.concurrency = CONCURRENCY;
     let nats = Nats::connect(&cfg.nats, "bench").await.unwrap();
-    let mut w: Window<()> = Window::new(nats.js.clone(), 1024);
+    let mut w: Window<()> = Window::on(&nats, 1024);
     for i in 0..n {
         let event_id = format!("bench-{run}-{i}");
         let t = Task {

@@ -5,24 +5,24 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
-use async_nats::jetstream::kv;
+use anyhow::bail;
 use serde::{Deserialize, Serialize};
-use whale_kernel::{subjects, Config, Nats};
+use whale_kernel::kv::{Bucket, Ttl};
+use whale_kernel::{keys, subjects, Config, Nats};
 
 use crate::clusters::Clusters;
 
 /// Key prefix of drain flags in `whale_state`.
-pub const DRAIN_PREFIX: &str = "drain.";
+pub const DRAIN_PREFIX: &str = keys::DRAIN;
 /// Key prefix of breaker reports in `whale_state`.
-pub const BREAKER_PREFIX: &str = "breaker.";
+pub const BREAKER_PREFIX: &str = keys::BREAKER;
 
 pub fn drain_key(cluster: &str) -> String {
-    format!("{DRAIN_PREFIX}{cluster}")
+    keys::drain(cluster)
 }
 
 pub fn breaker_key(cluster: &str) -> String {
-    format!("{BREAKER_PREFIX}{cluster}")
+    keys::breaker(cluster)
 }
 
 /// The value of `drain.<cluster>`.
@@ -99,16 +99,8 @@ pub struct Health {
     pub error: Option<String>,
 }
 
-async fn state(nats: &Nats) -> anyhow::Result<kv::Store> {
-    nats.js
-        .get_key_value(subjects::KV_STATE)
-        .await
-        .with_context(|| {
-            format!(
-                "KV bucket {} does not exist: run `whale setup` first",
-                subjects::KV_STATE
-            )
-        })
+async fn state(nats: &Nats) -> anyhow::Result<Bucket> {
+    Bucket::open(nats, subjects::KV_STATE).await
 }
 
 fn known(cfg: &Config, name: &str) -> anyhow::Result<()> {
@@ -137,13 +129,7 @@ pub async fn drain(nats: &Nats, cfg: &Config, name: &str) -> anyhow::Result<bool
         since: Some(now_rfc3339()),
     };
     // A drain holds until an operator lifts it: it never expires (`whale_state` has a max age).
-    let bucket = whale_kernel::kv::Bucket::open(nats, subjects::KV_STATE).await?;
-    bucket
-        .put(
-            &key,
-            serde_json::to_vec(&rec)?.into(),
-            whale_kernel::kv::Ttl::Never,
-        )
+    kv.put(&key, serde_json::to_vec(&rec)?.into(), Ttl::Never)
         .await?;
     Ok(true)
 }
@@ -195,11 +181,11 @@ pub async fn list(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<ClusterStatus
     let mut out = Vec::new();
     for ((name, c), health) in cfg.clusters.iter().zip(health) {
         let drain = kv
-            .get(drain_key(name))
+            .get(&drain_key(name))
             .await?
             .map(|v| DrainRecord::parse(&v));
         let breaker = kv
-            .get(breaker_key(name))
+            .get(&breaker_key(name))
             .await?
             .and_then(|v| serde_json::from_slice(&v).ok());
         out.push(ClusterStatus {

@@ -31,11 +31,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use whale_kernel::{subjects, Nats};
+use whale_kernel::kv::{Bucket, KvError, Ttl};
+use whale_kernel::{keys, subjects, Nats};
 
 /// One task's claim.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,12 +93,7 @@ impl Claim {
 
 /// The key of a task's claim, or None when the task id cannot be a KV key.
 pub fn key(task_id: &str) -> Option<String> {
-    let ok = !task_id.is_empty()
-        && task_id.len() <= 200
-        && task_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b));
-    ok.then(|| format!("claim.{task_id}"))
+    keys::claim(task_id)
 }
 
 /// Whether a task rendered at `created` (RFC 3339) may have had a claim that expired by now:
@@ -142,71 +136,55 @@ impl std::fmt::Display for ClaimError {
     }
 }
 
+impl From<KvError> for ClaimError {
+    fn from(e: KvError) -> ClaimError {
+        match e {
+            KvError::Conflict => ClaimError::Conflict,
+            e => ClaimError::Store(e.to_string()),
+        }
+    }
+}
+
 /// The claims bucket.
 #[derive(Clone)]
 pub struct Claims {
-    kv: kv::Store,
+    kv: Bucket,
 }
 
 impl Claims {
     /// Opens `whale_claims` (created by `whale setup`).
     pub async fn open(nats: &Nats) -> anyhow::Result<Claims> {
-        let kv = nats
-            .js
-            .get_key_value(subjects::KV_CLAIMS)
-            .await
-            .with_context(|| {
-                format!(
-                    "KV bucket {} does not exist: run `whale setup` first",
-                    subjects::KV_CLAIMS
-                )
-            })?;
-        Ok(Claims { kv })
+        Ok(Claims {
+            kv: Bucket::open(nats, subjects::KV_CLAIMS).await?,
+        })
     }
 
     /// Writes `claim` only if the key does not exist; returns the revision.
     pub async fn create(&self, key: &str, claim: &Claim) -> Result<u64, ClaimError> {
-        self.kv
-            .create(key, claim.to_bytes())
-            .await
-            .map_err(|e| match e.kind() {
-                CreateErrorKind::AlreadyExists => ClaimError::Conflict,
-                _ => ClaimError::Store(e.to_string()),
-            })
+        Ok(self.kv.create(key, claim.to_bytes(), Ttl::Bucket).await?)
     }
 
     /// Replaces the claim only if it is still at `revision`; returns the new revision.
     pub async fn update(&self, key: &str, claim: &Claim, revision: u64) -> Result<u64, ClaimError> {
-        self.kv
-            .update(key, claim.to_bytes(), revision)
-            .await
-            .map_err(|e| match e.kind() {
-                UpdateErrorKind::WrongLastRevision => ClaimError::Conflict,
-                _ => ClaimError::Store(e.to_string()),
-            })
+        Ok(self
+            .kv
+            .update(key, claim.to_bytes(), revision, Ttl::Bucket)
+            .await?)
     }
 
     /// Replaces the claim whatever it holds (the final record of an outcome).
     pub async fn put(&self, key: &str, claim: &Claim) -> Result<u64, ClaimError> {
-        self.kv
-            .put(key, claim.to_bytes())
-            .await
-            .map_err(|e| ClaimError::Store(e.to_string()))
+        Ok(self.kv.put(key, claim.to_bytes(), Ttl::Bucket).await?)
     }
 
     /// The claim and its revision, if there is one. A value that does not parse is reported as
     /// a store error (never silently treated as "no claim", which could double an execution).
     pub async fn get(&self, key: &str) -> Result<Option<(Claim, u64)>, ClaimError> {
-        let entry = self
-            .kv
-            .entry(key)
-            .await
-            .map_err(|e| ClaimError::Store(e.to_string()))?;
-        match entry {
-            Some(e) if e.operation == Operation::Put => serde_json::from_slice(&e.value)
+        match self.kv.entry(key).await? {
+            Some(e) => serde_json::from_slice(&e.value)
                 .map(|c| Some((c, e.revision)))
                 .map_err(|err| ClaimError::Store(format!("claim {key} is not readable: {err}"))),
-            _ => Ok(None),
+            None => Ok(None),
         }
     }
 }

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use async_nats::jetstream::kv;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use whale_kernel::config::{Config, DispatchConfig, UnknownRoute};
 use whale_kernel::{subjects, Nats};
@@ -94,7 +93,7 @@ pub struct Clusters {
     by_name: BTreeMap<String, Arc<Cluster>>,
     unknown_route: UnknownRoute,
     /// Where breaker changes are reported for `whale clusters list` (None in unit tests).
-    reports: Option<kv::Store>,
+    reports: Option<whale_kernel::kv::Bucket>,
     worker: String,
 }
 
@@ -169,7 +168,9 @@ impl Clusters {
             c.set_drained(drained);
         })
         .await?;
-        self.reports = nats.js.get_key_value(subjects::KV_STATE).await.ok();
+        self.reports = whale_kernel::kv::Bucket::open(nats, subjects::KV_STATE)
+            .await
+            .ok();
         Ok(())
     }
 
@@ -304,7 +305,10 @@ impl Clusters {
         let key = admin::breaker_key(&c.name);
         tokio::spawn(async move {
             let body = serde_json::to_vec(&report).expect("reports serialize");
-            if let Err(e) = kv.put(&key, body.into()).await {
+            if let Err(e) = kv
+                .put(&key, body.into(), whale_kernel::kv::Ttl::Bucket)
+                .await
+            {
                 tracing::debug!("cannot report breaker state: {e}");
             }
         });

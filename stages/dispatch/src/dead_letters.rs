@@ -21,7 +21,7 @@ use whale_kernel::{envelope, history, Nats, Output, Window};
 use crate::claim::{self, Claim, ClaimError, Claims};
 
 /// Key prefix of retry markers in `whale_state` (lifetime: the bucket's max age).
-pub const RETRY_PREFIX: &str = "dead-letter-retry.";
+pub const RETRY_PREFIX: &str = whale_kernel::keys::DEAD_LETTER_RETRY;
 
 /// Why a dead-letter call failed.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +130,7 @@ impl DeadLetters {
     async fn mark(&self, task_id: &str) -> anyhow::Result<Option<RetryMark>> {
         let v = self
             .state
-            .get(format!("{RETRY_PREFIX}{task_id}"))
+            .get(&whale_kernel::keys::dead_letter_retry(task_id))
             .await
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", subjects::KV_STATE))?;
         Ok(v.and_then(|b| serde_json::from_slice(&b).ok()))
@@ -289,7 +289,7 @@ impl DeadLetters {
         };
         self.state
             .put(
-                &format!("{RETRY_PREFIX}{task_id}"),
+                &whale_kernel::keys::dead_letter_retry(task_id),
                 Bytes::from(serde_json::to_vec(&mark).map_err(anyhow::Error::from)?),
                 Ttl::Bucket,
             )
@@ -301,7 +301,7 @@ impl DeadLetters {
             format!("adm-retry:{task_id}:{}", mark.retries),
             task,
         );
-        let mut w: Window<()> = Window::new(self.nats.js.clone(), 1);
+        let mut w: Window<()> = Window::on(&self.nats, 1);
         let mut results = w.send((), records::tagged(out, task)).await;
         results.extend(w.drain().await);
         if let Some((_, Err(e))) = results.into_iter().find(|(_, r)| r.is_err()) {

@@ -6,11 +6,11 @@
 //! `nats.pipe_retention`, so a redelivered `Dispatched` record still finds its record); then
 //! `whale exec` knows the execution only by its StackStorm id on the cluster.
 
-use async_nats::jetstream::kv::{Operation, Store};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use whale_kernel::kv::{Bucket, Ttl};
 use whale_kernel::records::Dispatched;
-use whale_kernel::{subjects, Nats};
+use whale_kernel::{keys, subjects, Nats};
 
 /// One execution as whale knows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -52,83 +52,46 @@ impl ExecRecord {
     }
 }
 
-const PREFIX: &str = "exec.";
-const ID_PREFIX: &str = "exec-id.";
-
-/// A KV-safe key part: ids made of letters, digits, `-` and `_` as they are, anything else
-/// hashed (KV keys allow few characters).
-fn part(id: &str) -> String {
-    if !id.is_empty()
-        && id.len() <= 200
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        id.to_owned()
-    } else {
-        format!("h{}", &whale_kernel::digest(&[id])[..40])
-    }
-}
-
 /// The bucket.
-pub async fn store(nats: &Nats) -> anyhow::Result<Store> {
-    nats.js
-        .get_key_value(subjects::KV_STATE)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "KV bucket {} is not there ({e}): run `whale setup` first",
-                subjects::KV_STATE
-            )
-        })
+pub async fn store(nats: &Nats) -> anyhow::Result<Bucket> {
+    Bucket::open(nats, subjects::KV_STATE).await
 }
 
 /// Writes the record under both keys.
-pub async fn put(kv: &Store, rec: &ExecRecord) -> anyhow::Result<()> {
+pub async fn put(kv: &Bucket, rec: &ExecRecord) -> anyhow::Result<()> {
     let body = serde_json::to_vec(rec)?;
-    kv.put(format!("{PREFIX}{}", part(&rec.task_id)), body.into())
+    kv.put(&keys::exec(&rec.task_id), body.into(), Ttl::Bucket)
         .await?;
     kv.put(
-        format!("{ID_PREFIX}{}", part(&rec.execution_id)),
+        &keys::exec_id(&rec.execution_id),
         rec.task_id.clone().into_bytes().into(),
+        Ttl::Bucket,
     )
     .await?;
     Ok(())
 }
 
-async fn get_key(kv: &Store, key: &str) -> anyhow::Result<Option<bytes::Bytes>> {
-    Ok(match kv.entry(key).await? {
-        Some(e) if e.operation == Operation::Put => Some(e.value),
-        _ => None,
-    })
-}
-
 /// The record of a task id.
-pub async fn by_task(kv: &Store, task_id: &str) -> anyhow::Result<Option<ExecRecord>> {
-    match get_key(kv, &format!("{PREFIX}{}", part(task_id))).await? {
+pub async fn by_task(kv: &Bucket, task_id: &str) -> anyhow::Result<Option<ExecRecord>> {
+    match kv.get(&keys::exec(task_id)).await? {
         Some(v) => Ok(serde_json::from_slice(&v).ok()),
         None => Ok(None),
     }
 }
 
 /// The record of a StackStorm execution id.
-pub async fn by_execution(kv: &Store, execution_id: &str) -> anyhow::Result<Option<ExecRecord>> {
-    match get_key(kv, &format!("{ID_PREFIX}{}", part(execution_id))).await? {
+pub async fn by_execution(kv: &Bucket, execution_id: &str) -> anyhow::Result<Option<ExecRecord>> {
+    match kv.get(&keys::exec_id(execution_id)).await? {
         Some(task) => by_task(kv, &String::from_utf8_lossy(&task)).await,
         None => Ok(None),
     }
 }
 
 /// Every record (newest first).
-pub async fn list(kv: &Store) -> anyhow::Result<Vec<ExecRecord>> {
-    let keys: Vec<String> = kv
-        .keys()
-        .await?
-        .try_filter(|k| futures::future::ready(k.starts_with(PREFIX)))
-        .try_collect()
-        .await?;
+pub async fn list(kv: &Bucket) -> anyhow::Result<Vec<ExecRecord>> {
+    let keys = kv.keys(keys::EXEC).await?;
     let mut out: Vec<ExecRecord> = futures::stream::iter(keys)
-        .map(|k| async move { get_key(kv, &k).await })
+        .map(|k| async move { kv.get(&k).await })
         .buffer_unordered(32)
         .filter_map(|r| async move {
             r.ok()

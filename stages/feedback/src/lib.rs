@@ -27,10 +27,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::kv::Store;
 use async_trait::async_trait;
 use futures::StreamExt;
 use whale_kernel::config::FeedbackConfig;
+use whale_kernel::kv::Bucket;
 use whale_kernel::records::Dispatched;
 use whale_kernel::subjects::Pipe;
 use whale_kernel::{Config, Delivery, Nats, Outcome, Stage};
@@ -46,7 +46,7 @@ pub struct Feedback {
     followers: BTreeMap<String, Arc<Follower>>,
     channels: Arc<notify::Channels>,
     sender: notify::Sender,
-    kv: Store,
+    kv: Bucket,
     cfg: FeedbackConfig,
     /// `rules.max_chain_depth`: result events deeper than this are recorded, not fed back.
     max_chain_depth: u32,

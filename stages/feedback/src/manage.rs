@@ -10,10 +10,10 @@
 
 use std::fmt;
 
-use async_nats::jetstream::kv::Store;
 use serde::Serialize;
 use serde_json::Value;
 use whale_kernel::audit::{self, Actor, Outcome, Target};
+use whale_kernel::kv::Bucket;
 use whale_kernel::{Config, Nats};
 use whale_st2::{Execution, St2Error};
 
@@ -138,7 +138,7 @@ pub struct Found {
 #[derive(Clone)]
 pub struct Manager {
     nats: Nats,
-    kv: Store,
+    kv: Bucket,
     clusters: Clusters,
 }
 

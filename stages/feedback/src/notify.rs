@@ -27,13 +27,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use whale_expr::{Input, Template};
 use whale_kernel::config::{ChannelKind, FeedbackConfig};
 use whale_kernel::envelope::format_time;
+use whale_kernel::kv::{Bucket, Step, Ttl};
 use whale_kernel::records::{Notified, NotifyRequest};
 use whale_kernel::subjects::{Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
 use whale_kernel::{Config, Delivery, Outcome, Output, Secret};
@@ -152,7 +152,17 @@ impl State {
 }
 
 fn marker_key(id: &str) -> String {
-    format!("notified.{}", &whale_kernel::digest(&[id])[..40])
+    whale_kernel::keys::notified(id)
+}
+
+/// What claiming a post found.
+enum Begin {
+    /// Ours to post: this is attempt n.
+    Post(u32),
+    /// Nothing to post: the answer to the message.
+    Done(Outcome),
+    /// A worker stopped while posting: recorded `unknown` (never posted again).
+    GaveUp(Marker),
 }
 
 fn now() -> i64 {
@@ -172,14 +182,14 @@ struct PostError {
 pub struct Sender {
     pub(crate) channels: std::sync::Arc<Channels>,
     pub(crate) http: reqwest::Client,
-    pub(crate) kv: Store,
+    pub(crate) kv: Bucket,
     pub(crate) cfg: FeedbackConfig,
 }
 
 impl Sender {
     pub fn new(
         channels: std::sync::Arc<Channels>,
-        kv: Store,
+        kv: Bucket,
         cfg: FeedbackConfig,
     ) -> anyhow::Result<Sender> {
         let http = reqwest::Client::builder()
@@ -216,82 +226,85 @@ impl Sender {
         let key = marker_key(&req.id);
         let lease = self.cfg.notify_timeout.as_secs() as i64 + 5;
         // Claim the post: create the marker, or move it from `retry` to `sending`.
-        let attempts = loop {
-            let entry = match self.kv.entry(&key).await {
-                Ok(e) => e.filter(|e| e.operation == Operation::Put),
-                Err(e) => return kv_down(e),
-            };
-            let Some(entry) = entry else {
-                let m = Marker {
-                    state: State::Sending,
-                    attempts: 1,
-                    error: None,
-                    at: now(),
-                };
-                match self.kv.create(&key, to_bytes(&m)).await {
-                    Ok(_) => break 1,
-                    Err(e) if e.kind() == CreateErrorKind::AlreadyExists => continue,
-                    Err(e) => return kv_down(e),
-                }
-            };
-            let Ok(m) = serde_json::from_slice::<Marker>(&entry.value) else {
-                return Outcome::Ack(vec![notified(
-                    &req,
-                    "failed",
-                    0,
-                    Some("unreadable sent-marker".into()),
-                )]);
-            };
-            match m.state {
-                State::Sent | State::Failed | State::Unknown => {
-                    return Outcome::Ack(vec![notified(
-                        &req,
-                        m.state.label(),
-                        m.attempts,
-                        m.error,
-                    )]);
-                }
-                State::Sending if now() - m.at < lease => {
-                    // Another worker is posting it right now.
-                    return Outcome::Retry {
-                        delay: Duration::from_secs(lease as u64),
-                        reason: "being posted by another worker".into(),
-                    };
-                }
-                State::Sending => {
+        let begin = self
+            .kv
+            .modify(&key, |current| {
+                let Some(value) = current else {
                     let m = Marker {
-                        state: State::Unknown,
-                        attempts: m.attempts,
-                        error: Some("a worker stopped while posting; not posted again, to avoid a duplicate".into()),
-                        at: now(),
-                    };
-                    match self.kv.update(&key, to_bytes(&m), entry.revision).await {
-                        Ok(_) => {
-                            NOTIFICATIONS
-                                .with_label_values(&[&req.channel, "unknown"])
-                                .inc();
-                            return Outcome::Ack(vec![notified(
-                                &req, "unknown", m.attempts, m.error,
-                            )]);
-                        }
-                        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
-                        Err(e) => return kv_down(e),
-                    }
-                }
-                State::Retry => {
-                    let next = Marker {
                         state: State::Sending,
-                        attempts: m.attempts + 1,
+                        attempts: 1,
                         error: None,
                         at: now(),
                     };
-                    match self.kv.update(&key, to_bytes(&next), entry.revision).await {
-                        Ok(_) => break next.attempts,
-                        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
-                        Err(e) => return kv_down(e),
+                    return Step::Write {
+                        value: to_bytes(&m),
+                        ttl: Ttl::Bucket,
+                        then: Begin::Post(1),
+                    };
+                };
+                let Ok(m) = serde_json::from_slice::<Marker>(value) else {
+                    return Step::Keep(Begin::Done(Outcome::Ack(vec![notified(
+                        &req,
+                        "failed",
+                        0,
+                        Some("unreadable sent-marker".into()),
+                    )])));
+                };
+                match m.state {
+                    State::Sent | State::Failed | State::Unknown => {
+                        Step::Keep(Begin::Done(Outcome::Ack(vec![notified(
+                            &req,
+                            m.state.label(),
+                            m.attempts,
+                            m.error,
+                        )])))
+                    }
+                    // Another worker is posting it right now.
+                    State::Sending if now() - m.at < lease => {
+                        Step::Keep(Begin::Done(Outcome::Retry {
+                            delay: Duration::from_secs(lease as u64),
+                            reason: "being posted by another worker".into(),
+                        }))
+                    }
+                    State::Sending => {
+                        let m = Marker {
+                            state: State::Unknown,
+                            attempts: m.attempts,
+                            error: Some("a worker stopped while posting; not posted again, to avoid a duplicate".into()),
+                            at: now(),
+                        };
+                        Step::Write {
+                            value: to_bytes(&m),
+                            ttl: Ttl::Bucket,
+                            then: Begin::GaveUp(m),
+                        }
+                    }
+                    State::Retry => {
+                        let next = Marker {
+                            state: State::Sending,
+                            attempts: m.attempts + 1,
+                            error: None,
+                            at: now(),
+                        };
+                        Step::Write {
+                            value: to_bytes(&next),
+                            ttl: Ttl::Bucket,
+                            then: Begin::Post(next.attempts),
+                        }
                     }
                 }
+            })
+            .await;
+        let attempts = match begin {
+            Ok(Begin::Post(n)) => n,
+            Ok(Begin::Done(outcome)) => return outcome,
+            Ok(Begin::GaveUp(m)) => {
+                NOTIFICATIONS
+                    .with_label_values(&[&req.channel, "unknown"])
+                    .inc();
+                return Outcome::Ack(vec![notified(&req, "unknown", m.attempts, m.error)]);
             }
+            Err(e) => return kv_down(e),
         };
         let result = self.post(channel, &req).await;
         let (state, error) = match result {
@@ -311,7 +324,7 @@ impl Sender {
             error: error.clone(),
             at: now(),
         };
-        if let Err(e) = self.kv.put(&key, to_bytes(&m)).await {
+        if let Err(e) = self.kv.put(&key, to_bytes(&m), Ttl::Bucket).await {
             // The marker stays `sending`: a later delivery records `unknown`, never posts twice.
             tracing::warn!(channel = %req.channel, "cannot record the post's outcome: {e}");
         }

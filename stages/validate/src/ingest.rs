@@ -216,7 +216,7 @@ fn note(o: &mut Outcomes, (i, r): (usize, Result<bool, String>)) {
 
 /// Publishes every output and sorts the answers.
 pub async fn publish_all(nats: &Nats, outputs: Vec<Output>) -> Outcomes {
-    let mut w: Window<usize> = Window::new(nats.js.clone(), 1024).fail_fast_on_disconnect(nats);
+    let mut w: Window<usize> = Window::on(nats, 1024).fail_fast_on_disconnect(nats);
     let mut o = Outcomes::default();
     for (i, out) in outputs.into_iter().enumerate() {
         for r in w.send(i, out).await {
@@ -344,7 +344,7 @@ async fn publish_ready(st: &Ingest, ready: Ready, extra: serde_json::Value) -> R
             );
         }
     }
-    if st.nats.client.connection_state() != async_nats::connection::State::Connected {
+    if !st.nats.is_connected() {
         return with_retry_after(
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
