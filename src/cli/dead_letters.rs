@@ -82,10 +82,8 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
         }),
         Cmd::Retry { task_id, by, json } => {
-            let who = by
-                .or_else(|| std::env::var("USER").ok())
-                .unwrap_or_else(|| "cli".into());
-            dl.retry(&task_id, &who).await.map(|e| {
+            let actor = whale_kernel::audit::Actor::cli(by.as_deref());
+            dl.retry(&task_id, &actor).await.map(|e| {
                 if json {
                     let _ = super::print_json(&e);
                 } else {
@@ -105,6 +103,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         Err(e) => {
             eprintln!("whale: {e}");
             Ok(ExitCode::from(match e {
+                Error::AuditUnavailable(_) | Error::AuditMissing { .. } => 1,
                 Error::NotFound(_) => 4,
                 _ => 5,
             }))

@@ -888,4 +888,26 @@ async fn dead_letters_are_retried_with_their_task_id_and_execute_once() {
     assert_eq!(v["retry"]["retries"], 2, "{v}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(fixed.created().await, 2, "still one execution per task");
+
+    // Every retry attempt is an audit record: three done (alice's first), three refused (the
+    // unknown task, and the two after execution).
+    let out = env.ok(&["audit", "--json", "--action", "dead_letter.retry"]);
+    let recs: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
+        .collect();
+    let outcome = |o: &str| recs.iter().filter(|r| r["outcome"] == o).count();
+    assert_eq!(
+        (recs.len(), outcome("ok"), outcome("refused")),
+        (6, 3, 3),
+        "{recs:#?}"
+    );
+    assert!(
+        recs.iter().any(|r| r["who"] == "alice"
+            && r["outcome"] == "ok"
+            && r["target"]["id"] == a.as_str()
+            && r["task_id"] == a.as_str()),
+        "{recs:#?}"
+    );
 }

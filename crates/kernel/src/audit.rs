@@ -55,10 +55,12 @@ pub enum Action {
     ReplayRun,
     /// `whale replay --dry-run` (a backtest: reads history, changes nothing).
     ReplayDryRun,
+    /// `whale dead-letters retry` / `POST /v1/dead-letters/{id}/retry`.
+    DeadLetterRetry,
 }
 
 impl Action {
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 13] = [
         Action::ApprovalApprove,
         Action::ApprovalDeny,
         Action::ExecRetry,
@@ -71,6 +73,7 @@ impl Action {
         Action::ClusterUndrain,
         Action::ReplayRun,
         Action::ReplayDryRun,
+        Action::DeadLetterRetry,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +90,7 @@ impl Action {
             Action::ClusterUndrain => "cluster.undrain",
             Action::ReplayRun => "replay.run",
             Action::ReplayDryRun => "replay.dry_run",
+            Action::DeadLetterRetry => "dead_letter.retry",
         }
     }
 }

@@ -7,12 +7,15 @@
 //! `whale.pipe.admitted.<cluster>`. Dispatch then treats it as any interrupted attempt: it asks
 //! the cluster for an execution tagged with the task id before creating one, and the claim lets
 //! only one worker create it. A task whose claim says it was executed is refused (409); any
-//! number of retries of a task not yet executed still make at most one execution.
+//! number of retries of a task not yet executed still make at most one execution. Every retry
+//! is an audit record (`whale_kernel::audit`); none is done while the trail cannot take one.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::Serialize;
+use serde_json::json;
+use whale_kernel::audit::{self, Actor, Outcome, Record, Target};
 use whale_kernel::kv::{Bucket, Ttl};
 use whale_kernel::records::{self, DeadLetter};
 use whale_kernel::subjects::{self, Pipe};
@@ -32,6 +35,12 @@ pub enum Error {
     Conflict(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+    /// The audit trail cannot take a record now: nothing was done.
+    #[error(transparent)]
+    AuditUnavailable(audit::Unavailable),
+    /// Retried, but its audit record could not be written.
+    #[error("task {} was retried, but its audit record is missing: {err}", entry.task_id)]
+    AuditMissing { entry: Box<Entry>, err: String },
 }
 
 impl Error {
@@ -39,7 +48,8 @@ impl Error {
         match self {
             Error::NotFound(_) => 404,
             Error::Conflict(_) => 409,
-            Error::Internal(_) => 500,
+            Error::Internal(_) | Error::AuditMissing { .. } => 500,
+            Error::AuditUnavailable(_) => 503,
         }
     }
 }
@@ -225,7 +235,44 @@ impl DeadLetters {
     }
 
     /// Re-drives the task (same task id) to its cluster; `who` is recorded.
-    pub async fn retry(&self, task_id: &str, who: &str) -> Result<Entry, Error> {
+    /// Re-drives a dead letter (see [`DeadLetters::retry_once`]) as `actor`, audited: nothing is
+    /// done while the audit trail cannot take a record; every attempt is recorded (done, refused
+    /// or failed), a done one under the natural id `<task>:<retry number>`.
+    pub async fn retry(&self, task_id: &str, actor: &Actor) -> Result<Entry, Error> {
+        audit::check(&self.nats)
+            .await
+            .map_err(Error::AuditUnavailable)?;
+        let r = self.retry_once(task_id, &actor.who).await;
+        let mut rec = Record::new(
+            actor,
+            audit::Action::DeadLetterRetry,
+            Target::new("task", task_id),
+        );
+        rec.task_id = Some(task_id.to_owned());
+        rec = match &r {
+            Ok(e) => {
+                let n = e.retry.as_ref().map_or(1, |m| m.retries);
+                rec.event_id = Some(e.event_id.clone());
+                rec.rule = Some(e.rule.clone());
+                rec.cluster = Some(e.cluster.clone());
+                rec.natural_id(&format!("{task_id}:{n}"))
+                    .details(json!({"retry": n}))
+            }
+            Err(e @ (Error::NotFound(_) | Error::Conflict(_))) => {
+                rec.outcome(Outcome::Refused, Some(e.to_string()))
+            }
+            Err(e) => rec.outcome(Outcome::Failed, Some(e.to_string())),
+        };
+        match (audit::record(&self.nats, &rec).await, r) {
+            (Err(err), Ok(entry)) => Err(Error::AuditMissing {
+                entry: Box::new(entry),
+                err: format!("{err:#}"),
+            }),
+            (_, r) => r,
+        }
+    }
+
+    async fn retry_once(&self, task_id: &str, who: &str) -> Result<Entry, Error> {
         let (rec, at) = self.find(task_id).await?;
         let task = &rec.task;
         if !subjects::is_token(&task.cluster) {

@@ -1,6 +1,7 @@
 //! `/v1/dead-letters`: the same calls as `whale dead-letters`, served by `whale run` with the
 //! dispatch stage, under the same roles as execution actions (reads `viewer`, retry `operator`;
-//! checked by the auth layer, `whale_kernel::auth::POLICIES`).
+//! checked by the auth layer, `whale_kernel::auth::POLICIES`); a retry is an audit record with
+//! the caller's principal as who (503 and nothing done while the trail cannot take one).
 //!
 //! - `GET /v1/dead-letters[?all=true]` → entries waiting for an operator (all: with retried and
 //!   executed ones)
@@ -15,10 +16,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use whale_kernel::auth::{principal, Principal};
+use whale_kernel::audit::{self, Caller};
 use whale_kernel::http::{error, json_body};
 use whale_kernel::{Config, Nats};
 
@@ -48,6 +49,17 @@ struct ListQuery {
 
 fn fail(e: Error) -> Response {
     let code = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    match &e {
+        Error::AuditUnavailable(u) => return audit::unavailable_response(u),
+        Error::AuditMissing { entry, err } => {
+            return audit::missing_response(
+                "the dead-letter retry",
+                &anyhow::anyhow!(err.clone()),
+                serde_json::to_value(entry).unwrap_or_default(),
+            )
+        }
+        _ => {}
+    }
     if let Error::Internal(err) = &e {
         if whale_kernel::kv::is_unavailable(err) {
             return error(
@@ -78,7 +90,7 @@ async fn one(State(st): State<St>, Path(id): Path<String>) -> Response {
 
 async fn retry(
     State(st): State<St>,
-    who: Option<Extension<Principal>>,
+    Caller(actor): Caller,
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
@@ -86,8 +98,7 @@ async fn retry(
     if let Err(r) = json_body(body, &st.cfg.api).await {
         return r;
     }
-    let who = principal(who);
-    match st.dl.retry(&id, &who.name).await {
+    match st.dl.retry(&id, &actor).await {
         Ok(e) => Json(e).into_response(),
         Err(e) => fail(e),
     }
