@@ -123,12 +123,16 @@ pub fn prepare_one(
     source: &str,
 ) -> Result<Envelope, Vec<Reason>> {
     let v = envelope::parse_bytes(raw, limits).map_err(|r| vec![r])?;
-    envelope::normalize_with(
+    let ev = envelope::normalize_with(
         v,
         &Defaults::fresh(event_type, source),
         limits,
         StringDetail::Decode,
-    )
+    )?;
+    match crate::reserved_type(&ev.event_type) {
+        Some(r) => Err(vec![r]),
+        None => Ok(ev),
+    }
 }
 
 fn too_large(bytes: usize, limits: &Limits) -> Vec<Reason> {

@@ -51,6 +51,20 @@ pub struct Validate {
 /// here (the NATS form of `POST /v1/hooks/<name>`); `hook.*` is therefore not an event type.
 pub const HOOK_TYPE_PREFIX: &str = "hook.";
 
+/// Why a producer's envelope may not carry `event_type`: `hook.*` names the raw payloads of
+/// webhook adapters (`whale.in.hook.<name>`), so such an envelope would be read as a payload of
+/// hook `<name>` (and would pass round a hook's `tokens`). Checked at HTTP/CLI ingest and on the
+/// output of every adapter.
+pub fn reserved_type(event_type: &str) -> Option<Reason> {
+    let name = event_type.strip_prefix(HOOK_TYPE_PREFIX)?;
+    Some(Reason::new(
+        "/event_type",
+        format!(
+            "event type {event_type:?} is reserved for webhook payloads: post the payload to POST /v1/hooks/{name} (or publish it raw to whale.in.{event_type})"
+        ),
+    ))
+}
+
 impl Validate {
     /// Judges one raw message: `Ok(accepted)` or `Err(rejection)`. Pure apart from the registry.
     pub fn judge(&self, d: &Delivery) -> Result<Envelope, Box<Rejection>> {

@@ -238,7 +238,14 @@ impl Hook {
                 time: now,
                 source: &source,
             };
-            match envelope::normalize_with(value, &defaults, limits, StringDetail::Decode) {
+            let normalized =
+                envelope::normalize_with(value, &defaults, limits, StringDetail::Decode).and_then(
+                    |ev| match crate::reserved_type(&ev.event_type) {
+                        Some(r) => Err(vec![r]),
+                        None => Ok(ev),
+                    },
+                );
+            match normalized {
                 Ok(mut ev) => {
                     ev.labels
                         .entry("hook".into())

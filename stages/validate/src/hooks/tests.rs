@@ -366,3 +366,37 @@ fn raw_payloads_on_nats_go_through_the_named_hook() {
     assert_eq!(rej.event_type.as_deref(), Some("grafana.alert"));
     assert!(rej.id.unwrap().starts_with("gf-"));
 }
+
+#[test]
+fn no_adapter_or_producer_may_emit_a_hook_type() {
+    // A mapping that yields `hook.<name>` would be read back as that hook's raw payload.
+    let h = generic(r#"{event_type: "hook.alertmanager", detail: {}}"#);
+    let e = convert(&h, b"{}").unwrap_err();
+    assert_eq!(e.reasons.len(), 1, "{e}");
+    assert!(e.reasons[0].pointer.ends_with("/event_type"), "{e}");
+    assert!(
+        e.reasons[0].message.contains("POST /v1/hooks/alertmanager"),
+        "{e}"
+    );
+    // The same at HTTP/CLI ingest: a producer cannot go round a hook's adapter and its tokens.
+    let limits = Limits::default();
+    let r = crate::ingest::prepare_one(
+        br#"{"event_type": "hook.alertmanager", "detail": {"alerts": []}}"#,
+        &limits,
+        None,
+        "http",
+    )
+    .unwrap_err();
+    assert_eq!(r[0].pointer, "/event_type");
+    assert!(
+        r[0].message.contains("reserved for webhook payloads"),
+        "{r:?}"
+    );
+    assert!(crate::ingest::prepare_one(
+        br#"{"event_type": "hooks.ok", "detail": {}}"#,
+        &limits,
+        None,
+        "http"
+    )
+    .is_ok());
+}
