@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -268,7 +268,8 @@ async fn finding_3_storage_unknown_and_resend_with_ids_is_exactly_once() {
         })
         .await
     );
-    let started = Instant::now();
+    // 503 "not stored" comes only from the check before any publish (no wait on an ack that
+    // cannot come), so the status proves the answer did not wait; no clock in this test.
     let one = json!({"event_type": "generic", "detail": {"message": "x"}}).to_string();
     let (code, v, retry) = post(&env, one, "application/json").await;
     assert_eq!(
@@ -277,7 +278,6 @@ async fn finding_3_storage_unknown_and_resend_with_ids_is_exactly_once() {
         "{v}"
     );
     assert_eq!(retry, "5");
-    assert!(started.elapsed() < Duration::from_secs(5));
     env.nats.restart();
     let nats = env.connect().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
