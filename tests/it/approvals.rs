@@ -49,10 +49,9 @@ pub(crate) async fn gate_env(extra: &str) -> (Env, Receiver, tempfile::TempDir) 
     (env, recv, dir)
 }
 
-/// Publishes a held task as throttle does.
-pub(crate) async fn hold(nats: &whale_kernel::Nats, id: &str, timeout_ms: u64) {
-    let mut t = crate::feedback::task(id, "disk-full-cleanup", "ops.clean_disk", &[], false);
-    t["approval"] = json!({"timeout_ms": timeout_ms, "channel": "oncall"});
+/// Publishes a held task as throttle does: `whale.pipe.approval`, msg id `apv:<task id>`.
+pub(crate) async fn hold_task(nats: &whale_kernel::Nats, t: &Value) {
+    let id = t["task_id"].as_str().expect("a task with a task_id");
     let mut h = async_nats::HeaderMap::new();
     h.insert("Nats-Msg-Id", format!("apv:{id}").as_str());
     nats.js
@@ -61,6 +60,13 @@ pub(crate) async fn hold(nats: &whale_kernel::Nats, id: &str, timeout_ms: u64) {
         .unwrap()
         .await
         .unwrap();
+}
+
+/// Publishes a held task (on channel `oncall`) as throttle does.
+pub(crate) async fn hold(nats: &whale_kernel::Nats, id: &str, timeout_ms: u64) {
+    let mut t = crate::feedback::task(id, "disk-full-cleanup", "ops.clean_disk", &[], false);
+    t["approval"] = json!({"timeout_ms": timeout_ms, "channel": "oncall"});
+    hold_task(nats, &t).await;
 }
 
 /// The approval message the channel got for `id`.

@@ -333,14 +333,7 @@ async fn without_the_audit_stream_nothing_is_done() {
     let _w = env.run("approve");
     let mut t = crate::feedback::task("t-audit", "disk-full-cleanup", "ops.clean_disk", &[], false);
     t["approval"] = json!({"timeout_ms": 600_000});
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Nats-Msg-Id", "apv:t-audit");
-    nats.js
-        .publish_with_headers("whale.pipe.approval", h, t.to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    crate::approvals::hold_task(&nats, &t).await;
     let http = reqwest::Client::new();
     let state = || async {
         let r = http
@@ -404,14 +397,7 @@ async fn without_the_audit_stream_nothing_is_done() {
     // A signed link's form POST is audited too: the link's holder, via link, from its address.
     let mut t = crate::feedback::task("t-link", "disk-full-cleanup", "ops.clean_disk", &[], false);
     t["approval"] = json!({"timeout_ms": 600_000});
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Nats-Msg-Id", "apv:t-link");
-    nats.js
-        .publish_with_headers("whale.pipe.approval", h, t.to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    crate::approvals::hold_task(&nats, &t).await;
     let pending = eventually(Duration::from_secs(30), || async {
         http.get(env.http("/v1/approvals/t-link"))
             .send()

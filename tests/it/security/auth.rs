@@ -372,14 +372,7 @@ async fn content_type_is_checked_and_the_approver_is_the_principal() {
     let nats = env.connect().await;
     let mut t = crate::feedback::task("t-who", "disk-full-cleanup", "ops.clean_disk", &[], false);
     t["approval"] = json!({"timeout_ms": 600_000});
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Nats-Msg-Id", "apv:t-who");
-    nats.js
-        .publish_with_headers("whale.pipe.approval", h, t.to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    crate::approvals::hold_task(&nats, &t).await;
     let pending = eventually(Duration::from_secs(30), || async {
         http.get(env.http("/v1/approvals/t-who"))
             .header("authorization", &op)

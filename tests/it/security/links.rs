@@ -22,14 +22,7 @@ async fn hold_markup(nats: &whale_kernel::Nats, id: &str) {
     let mut t = crate::feedback::task(id, "disk-full-cleanup", "ops.clean_disk", &[], false);
     t["parameters"] = json!({"host": "web-1", "cmd": "<script>alert('x')</script> & rm"});
     t["approval"] = json!({"timeout_ms": 600_000, "channel": "oncall"});
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Nats-Msg-Id", format!("apv:{id}").as_str());
-    nats.js
-        .publish_with_headers("whale.pipe.approval", h, t.to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    crate::approvals::hold_task(nats, &t).await;
 }
 
 /// The approval's state as `whale approvals list --all --json` shows it.

@@ -254,14 +254,7 @@ async fn oidc_tokens_are_verified_against_the_jwks_and_mapped_to_roles() {
     let nats = env.connect().await;
     let mut t = crate::feedback::task("t-oidc", "disk-full-cleanup", "ops.clean_disk", &[], false);
     t["approval"] = json!({"timeout_ms": 600_000});
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Nats-Msg-Id", "apv:t-oidc");
-    nats.js
-        .publish_with_headers("whale.pipe.approval", h, t.to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    crate::approvals::hold_task(&nats, &t).await;
     let pending = eventually(Duration::from_secs(30), || async {
         http.get(env.http("/v1/approvals/t-oidc"))
             .bearer_auth(&viewer)

@@ -80,14 +80,7 @@ async fn proxy_identity_is_believed_only_from_trusted_proxies() {
     let nats = env.connect().await;
     let mut t = crate::feedback::task("t-proxy", "disk-full-cleanup", "ops.clean_disk", &[], false);
     t["approval"] = json!({"timeout_ms": 600_000});
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Nats-Msg-Id", "apv:t-proxy");
-    nats.js
-        .publish_with_headers("whale.pipe.approval", h, t.to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    crate::approvals::hold_task(&nats, &t).await;
     let pending = eventually(Duration::from_secs(30), || async {
         trusted
             .get(env.http("/v1/approvals/t-proxy"))
