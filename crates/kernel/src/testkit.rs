@@ -86,8 +86,15 @@ impl NatsServer {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
-        s.spawn();
-        s
+        // Another test may take the port between `free_port` and the server's bind: then this
+        // server exits and the port answers for someone else. Try another port.
+        for _ in 0..5 {
+            if s.try_spawn() {
+                return s;
+            }
+            s.port = free_port();
+        }
+        panic!("nats-server did not start: 5 ports were taken before it could listen");
     }
 
     /// The server's log file (written only for [`NatsServer::start_with_config`] servers).
@@ -96,21 +103,36 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "nats-server did not start on port {} (is another process listening there?)",
+            self.port
+        );
+    }
+
+    /// Starts the server on `self.port`; true once it is listening. It writes a ports file named
+    /// with its pid when it listens (`ports_file_dir`), so a port that answers for another
+    /// process is never taken for this server.
+    fn try_spawn(&mut self) -> bool {
         let conf = self.dir.path().join("nats.conf");
+        let ports_dir = self.dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
         // A fixed JetStream store limit: by default nats-server takes 75% of the free disk, and
         // `whale setup` reserves the streams' size caps against it (about 13 GiB by default), so
         // tests would fail with "insufficient storage" whenever this machine's disk is fuller.
         // The tests write a few MiB; the limit is only a reservation check.
         let mut text = format!(
-            "listen: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n  max_file_store: {TEST_MAX_FILE_STORE}\n}}\n",
+            "listen: 127.0.0.1:{}\nports_file_dir: {:?}\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n  max_file_store: {TEST_MAX_FILE_STORE}\n}}\n",
             self.port,
+            ports_dir,
             self.dir.path().join("js")
         );
         if !self.extra_conf.is_empty() {
             text += &format!("log_file: {:?}\n{}\n", self.log_path(), self.extra_conf);
         }
         std::fs::write(&conf, text).expect("write nats.conf");
-        let child = Command::new(find_binary("nats-server", "WHALE_NATS_SERVER"))
+        let mut child = Command::new(find_binary("nats-server", "WHALE_NATS_SERVER"))
             .arg("-c")
             .arg(&conf)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -118,12 +140,25 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn nats-server");
-        self.child = Some(child);
-        assert!(
-            wait_for_port(self.port, Duration::from_secs(10)),
-            "nats-server did not start on port {}",
-            self.port
-        );
+        let suffix = format!("_{}.ports", child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let listening = std::fs::read_dir(&ports_dir).is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(&suffix))
+            });
+            if listening && wait_for_port(self.port, Duration::from_secs(1)) {
+                self.child = Some(child);
+                return true;
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 
     pub fn url(&self) -> String {

@@ -123,6 +123,30 @@ fn signal(pid: u32, sig: &str) {
         .success());
 }
 
+/// Waits until every thread of `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`): `kill
+/// -STOP` returns before a busy multi-threaded server has stopped, and a request sent in that
+/// window is answered by a server that is still running.
+fn wait_stopped(pid: u32) {
+    let all_stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+            })
+        })
+    };
+    for _ in 0..500 {
+        if all_stopped() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("process {pid} did not stop after SIGSTOP");
+}
+
 fn config(env: &mut Env, dir: &tempfile::TempDir, toml: &str) {
     let p = dir.path().join("whale.toml");
     std::fs::write(&p, toml).expect("write whale.toml");
@@ -216,6 +240,7 @@ async fn finding_3_storage_unknown_and_resend_with_ids_is_exactly_once() {
         .map(|i| json!({"event_type": "generic", "detail": {"message": format!("f3-{i}")}}))
         .collect();
     signal(pid, "STOP");
+    wait_stopped(pid);
     let (code, v, retry) = post(
         &env,
         Value::from(events.clone()).to_string(),
@@ -314,6 +339,7 @@ async fn finding_3_whale_publish_retries_with_the_same_ids() {
         .await
     );
     signal(pid, "STOP");
+    wait_stopped(pid);
     for i in 1..4 {
         stdin.write_all(line(i).as_bytes()).unwrap();
     }
