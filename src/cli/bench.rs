@@ -6,8 +6,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
-use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::watch;
 use whale_kernel::testkit::NatsServer;
@@ -72,15 +70,19 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
     let (raw_pub, raw_consume) = raw_jetstream(&nats, &payloads).await?;
 
     setup::setup(&nats, &cfg).await?;
-    let kv = nats.js.get_key_value(subjects::KV_SCHEMAS).await?;
+    let kv = whale_kernel::kv::Bucket::open(&nats, subjects::KV_SCHEMAS).await?;
     let schema = json!({"event_type": "bench.disk", "version": 1, "digest": "bench", "schema": {
         "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
         "required": ["host", "usage_pct"],
         "properties": {"host": {"type": "string"}, "usage_pct": {"type": "number", "minimum": 0, "maximum": 100},
                        "env": {"enum": ["prod", "staging", "dev"]}}}});
-    kv.put("bench.disk", serde_json::to_vec(&schema)?.into())
-        .await?;
-    let mut w: Window<()> = Window::new(nats.js.clone(), 1024);
+    kv.put(
+        "bench.disk",
+        serde_json::to_vec(&schema)?.into(),
+        whale_kernel::kv::Ttl::Bucket,
+    )
+    .await?;
+    let mut w: Window<()> = Window::on(&nats, 1024);
     for (i, p) in payloads.iter().enumerate() {
         let out = Output::new(
             subjects::ingest("bench.disk"),
@@ -112,9 +114,9 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
             )));
         }
     }
-    let mut events = nats.js.get_stream(subjects::STREAM_EVENTS).await?;
     loop {
-        if events.info().await?.state.messages as usize >= n {
+        let events = nats.stream_info(subjects::STREAM_EVENTS).await?;
+        if events.state.messages as usize >= n {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -132,7 +134,7 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         "raw_publish_per_s": raw_pub.round(), "raw_consume_ack_per_s": raw_consume.round(),
         "jetstream_bound_per_s": bound.round(), "validate_events_per_s": validate.round(),
         "efficiency": (validate / bound * 100.0).round() / 100.0,
-        "nats_server": nats.client.server_info().version,
+        "nats_server": nats.server_version(),
     });
     if a.json {
         super::print_json(&result)?;
@@ -165,47 +167,5 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
 
 /// Raw publish (window 1024, with msg ids like whale) and pull consume+ack rates.
 pub(crate) async fn raw_jetstream(nats: &Nats, payloads: &[Vec<u8>]) -> anyhow::Result<(f64, f64)> {
-    let js = &nats.js;
-    let _ = js.delete_stream("BENCH_RAW").await;
-    let st = js
-        .create_stream(stream::Config {
-            name: "BENCH_RAW".into(),
-            subjects: vec!["bench.raw".into()],
-            ..Default::default()
-        })
-        .await?;
-    let t = Instant::now();
-    let mut w: Window<()> = Window::new(js.clone(), 1024);
-    for (i, p) in payloads.iter().enumerate() {
-        w.send(
-            (),
-            Output::new("bench.raw".into(), format!("raw-{i}"), p.clone()),
-        )
-        .await;
-    }
-    w.drain().await;
-    let publish = payloads.len() as f64 / t.elapsed().as_secs_f64();
-    let c: jetstream::consumer::PullConsumer = st
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("bench".into()),
-            max_ack_pending: 20_000,
-            ..Default::default()
-        })
-        .await?;
-    let t = Instant::now();
-    let mut msgs = c.stream().max_messages_per_batch(512).messages().await?;
-    let mut got = 0;
-    while got < payloads.len() {
-        match msgs.next().await {
-            Some(Ok(m)) => {
-                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                got += 1;
-            }
-            Some(Err(e)) => tracing::debug!("bench consume: {e}"),
-            None => break,
-        }
-    }
-    let consume = got as f64 / t.elapsed().as_secs_f64();
-    let _ = js.delete_stream("BENCH_RAW").await;
-    Ok((publish, consume))
+    whale_kernel::testkit::raw_jetstream_rates(nats, payloads).await
 }

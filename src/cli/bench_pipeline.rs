@@ -321,7 +321,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         "efficiency": round2(events_per_s / bound),
         "processes": usage, "stage_busy_s": busy, "hops_ms": hops,
         "all_through_s": drained_at.map(round2), "backlog_at_end": left,
-        "nats_server": nats.client.server_info().version,
+        "nats_server": nats.server_version(),
     });
     drop(procs);
     drop(emulator_guard(emulator));
@@ -374,7 +374,7 @@ fn event(a: &Args, i: usize, sent_us: u128) -> Value {
 }
 
 async fn publish(nats: Nats, a: Args) -> anyhow::Result<u64> {
-    let mut w: Window<()> = Window::new(nats.js.clone(), 1024);
+    let mut w: Window<()> = Window::on(&nats, 1024);
     let started = Instant::now();
     let mut failed = 0u64;
     for i in 0..a.events {
@@ -527,18 +527,7 @@ struct Sample {
 
 /// Messages per subject under `filter` in `stream`, summed.
 async fn subject_count(nats: &Nats, stream: &str, filter: &str) -> anyhow::Result<u64> {
-    let info: Value = nats
-        .js
-        .request(
-            format!("STREAM.INFO.{stream}"),
-            &json!({ "subjects_filter": filter }),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("stream info {stream}: {e}"))?;
-    Ok(info["state"]["subjects"]
-        .as_object()
-        .map(|m| m.values().filter_map(Value::as_u64).sum())
-        .unwrap_or(0))
+    nats.subject_count(stream, filter).await
 }
 
 async fn sample_counts(nats: &Nats, emulator: &str, started: Instant) -> anyhow::Result<Sample> {
@@ -614,7 +603,6 @@ fn latencies(ends: &[(i128, i128)]) -> Vec<f64> {
 
 /// Total JetStream publishes (stream sequences) and consumer deliveries, over whale's streams.
 async fn jetstream_ops(nats: &Nats) -> anyhow::Result<(u64, u64)> {
-    use futures::TryStreamExt;
     let mut publishes = 0;
     let mut consumes = 0;
     for name in [
@@ -622,9 +610,8 @@ async fn jetstream_ops(nats: &Nats) -> anyhow::Result<(u64, u64)> {
         subjects::STREAM_EVENTS,
         subjects::STREAM_PIPE,
     ] {
-        let mut st = nats.js.get_stream(name).await?;
-        publishes += st.info().await?.state.last_sequence;
-        let consumers: Vec<_> = st.consumers().try_collect().await?;
+        publishes += nats.stream_info(name).await?.state.last_sequence;
+        let consumers = nats.consumers(name).await?;
         consumes += consumers
             .iter()
             .map(|c| c.delivered.consumer_sequence)
@@ -737,50 +724,12 @@ async fn read_times(
     stream: &str,
     filter: &str,
 ) -> anyhow::Result<Vec<(String, i128, bytes::Bytes)>> {
-    use async_nats::jetstream::consumer;
-    use futures::StreamExt;
-    let st = nats.js.get_stream(stream).await?;
-    let c: consumer::PullConsumer = st
-        .create_consumer(consumer::pull::Config {
-            filter_subject: filter.into(),
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await?;
-    let mut pending = c.cached_info().num_pending;
     let mut out = Vec::new();
-    while pending > 0 {
-        let mut batch = c
-            .fetch()
-            .max_messages(2000)
-            .expires(Duration::from_secs(2))
-            .messages()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut got = 0;
-        while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
-            got += 1;
-            let id = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(subjects::HDR_EVENT_ID))
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            if let Ok(info) = m.info() {
-                out.push((
-                    id,
-                    info.published.unix_timestamp_nanos() / 1000,
-                    m.payload.clone(),
-                ));
-            }
-        }
-        if got == 0 {
-            break;
-        }
-        pending -= got.min(pending);
-    }
+    whale_kernel::history::read_all(nats, stream, filter, |d| {
+        let id = d.event_id().to_owned();
+        out.push((id, d.published.unix_timestamp_nanos() / 1000, d.payload));
+    })
+    .await?;
     Ok(out)
 }
 

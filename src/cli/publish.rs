@@ -258,7 +258,7 @@ impl<'a> Publisher<'a> {
     fn new(nats: &'a Nats) -> Self {
         Publisher {
             nats,
-            window: Window::new(nats.js.clone(), 1024).fail_fast_on_disconnect(nats),
+            window: Window::on(nats, 1024).fail_fast_on_disconnect(nats),
             in_flight: HashMap::new(),
             failed: Vec::new(),
             published: 0,
@@ -313,8 +313,7 @@ impl<'a> Publisher<'a> {
             }
             tokio::time::sleep(backoff).await;
             backoff *= 2;
-            self.window =
-                Window::new(self.nats.js.clone(), 1024).fail_fast_on_disconnect(self.nats);
+            self.window = Window::on(self.nats, 1024).fail_fast_on_disconnect(self.nats);
             let mut failed = std::mem::take(&mut self.failed);
             failed.sort_by_key(|f| f.line);
             for f in failed {

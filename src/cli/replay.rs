@@ -315,7 +315,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
 
     // Live: re-inject with fresh ids and the replay marker.
     let run_id = ulid::Ulid::new().to_string();
-    let mut w: Window<()> = Window::new(nats.js.clone(), 1024);
+    let mut w: Window<()> = Window::on(&nats, 1024);
     for mut ev in to_inject.iter().cloned() {
         let original = ev.id.clone();
         ev.id = format!("replay-{run_id}-{original}");

@@ -32,7 +32,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             .count();
         println!(
             "setup done on nats-server {}: {changed} changed, {} unchanged (retention of accepted events: {})",
-            nats.client.server_info().version,
+            nats.server_version(),
             report.len() - changed,
             humantime::format_duration(cfg.events.retention)
         );

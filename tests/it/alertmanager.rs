@@ -533,21 +533,16 @@ jq = '{event_type: "zabbix.problem", id: ("zbx-" + .event_id), detail: {host, tr
 
     // The NATS form: the same payload on whale.in.hook.alertmanager is the same three events;
     // a bad one is one rejection of type hook.alertmanager.
-    nats.js
-        .publish("whale.in.hook.alertmanager", am.into())
-        .await
-        .unwrap()
+    nats.publish_raw("whale.in.hook.alertmanager", &[], am)
         .await
         .unwrap();
-    nats.js
-        .publish(
-            "whale.in.hook.alertmanager",
-            br#"{"version":"4"}"#.to_vec().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    nats.publish_raw(
+        "whale.in.hook.alertmanager",
+        &[],
+        br#"{"version":"4"}"#.to_vec(),
+    )
+    .await
+    .unwrap();
     assert!(
         eventually(Duration::from_secs(20), || async {
             count(&nats, "WHALE_EVENTS", "whale.rejected.hook.alertmanager").await == 1

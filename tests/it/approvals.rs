@@ -52,14 +52,12 @@ pub(crate) async fn gate_env(extra: &str) -> (Env, Receiver, tempfile::TempDir) 
 /// Publishes a held task as throttle does: `whale.pipe.approval`, msg id `apv:<task id>`.
 pub(crate) async fn hold_task(nats: &whale_kernel::Nats, t: &Value) {
     let id = t["task_id"].as_str().expect("a task with a task_id");
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Nats-Msg-Id", format!("apv:{id}").as_str());
-    nats.js
-        .publish_with_headers("whale.pipe.approval", h, t.to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let out = whale_kernel::Output::new(
+        "whale.pipe.approval".into(),
+        format!("apv:{id}"),
+        t.to_string(),
+    );
+    nats.publish(out).await.unwrap();
 }
 
 /// Publishes a held task (on channel `oncall`) as throttle does.

@@ -26,12 +26,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
-use futures::StreamExt;
 use serde_json::{json, Value};
 use whale_kernel::subjects::{Pipe, STREAM_EVENTS, STREAM_PIPE};
 use whale_kernel::testkit::RedisServer;
-use whale_kernel::Nats;
+use whale_kernel::{Nats, Output};
 
 use crate::harness::*;
 
@@ -247,22 +245,16 @@ async fn publish(
     let mut next = Instant::now();
     for start in (0..n).step_by(per_tick) {
         let batch = (start..(start + per_tick).min(n)).map(|i| {
-            let js = nats.js.clone();
+            let nats = nats.clone();
             let retries = retries.clone();
             let retried = retried.clone();
             async move {
                 let ev = event(i);
                 let payload = bytes::Bytes::from(serde_json::to_vec(&ev.body).unwrap());
                 loop {
-                    let mut h = HeaderMap::new();
-                    h.insert("Nats-Msg-Id", ev.id.as_str());
-                    let sent = js
-                        .publish_with_headers(ev.subject.clone(), h, payload.clone())
-                        .await;
-                    if let Ok(ack) = sent {
-                        if ack.await.is_ok() {
-                            return;
-                        }
+                    let out = Output::new(ev.subject.clone(), ev.id.clone(), payload.clone());
+                    if nats.publish(out).await.is_ok() {
+                        return;
                     }
                     retries.fetch_add(1, Ordering::Relaxed);
                     retried.lock().unwrap().insert(i);
@@ -315,16 +307,11 @@ async fn busy_consumers(nats: &Nats) -> BTreeMap<String, (u64, usize)> {
         STREAM_EVENTS,
         STREAM_PIPE,
     ] {
-        let Ok(stream) = nats.js.get_stream(s).await else {
+        let Ok(infos) = nats.consumers(s).await else {
             out.insert(format!("{s}?"), (0, 0));
             continue;
         };
-        let mut infos = stream.consumers();
-        while let Some(info) = infos.next().await {
-            let Ok(info) = info else {
-                out.insert(format!("{s}?"), (0, 0));
-                continue;
-            };
+        for info in infos {
             if info.config.durable_name.is_none() {
                 continue;
             }

@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use serde_json::{json, Value};
 use whale_kernel::config::NatsConfig;
 use whale_kernel::subjects::{self, Pipe, STREAM_AUDIT, STREAM_EVENTS, STREAM_INGEST, STREAM_PIPE};
 use whale_kernel::testkit::{NatsCluster, NatsServer, RedisServer};
-use whale_kernel::Nats;
+use whale_kernel::{Nats, Output};
 
 use crate::harness::*;
 
@@ -85,11 +85,10 @@ impl ClusterEnv {
             urls: self.cluster.url_list(),
             ..Default::default()
         };
-        let mut nats = Nats::connect(&cfg, name).await.expect("connect to cluster");
-        nats.js = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(2))
-            .build(nats.client.clone());
-        nats
+        Nats::connect(&cfg, name)
+            .await
+            .expect("connect to cluster")
+            .with_request_timeout(Duration::from_secs(2))
     }
 }
 
@@ -140,13 +139,10 @@ impl Drop for RunWorker {
 }
 
 /// Stream info, or why not (a request can fail while a leader is being elected).
-async fn stream_info(nats: &Nats, name: &str) -> Result<jetstream::stream::Info, String> {
-    let mut s = nats
-        .js
-        .get_stream(name)
+async fn stream_info(nats: &Nats, name: &str) -> Result<whale_kernel::nats::StreamInfo, String> {
+    nats.stream_info(name)
         .await
-        .map_err(|e| format!("{name}: {e}"))?;
-    s.info().await.cloned().map_err(|e| format!("{name}: {e}"))
+        .map_err(|e| format!("{name}: {e:#}"))
 }
 
 /// The stream's RAFT leader and followers are all there and current: leader elected, two
@@ -191,15 +187,10 @@ async fn all_replicas_current(nats: &Nats) -> Result<(), String> {
     for stage in subjects::STAGES {
         for input in subjects::stage_inputs(stage) {
             let what = format!("{}/{}", input.stream, input.consumer);
-            let s = nats
-                .js
-                .get_stream(input.stream)
+            let info = nats
+                .consumer_info(input.stream, input.consumer)
                 .await
-                .map_err(|e| format!("{what}: {e}"))?;
-            let info = s
-                .consumer_info(input.consumer)
-                .await
-                .map_err(|e| format!("{what}: {e}"))?;
+                .map_err(|e| format!("{what}: {e:#}"))?;
             if info.config.num_replicas != 3 {
                 return Err(format!("{what}: num_replicas {}", info.config.num_replicas));
             }
@@ -335,14 +326,12 @@ fn after_event(i: usize) -> (String, Vec<u8>) {
 
 /// Consumers of the KV streams (the workers' watches) whose leader is `node`.
 async fn kv_consumers_on(nats: &Nats, node: &str) -> usize {
-    use futures::StreamExt;
     let mut n = 0;
     for name in kv_streams() {
-        let Ok(s) = nats.js.get_stream(&name).await else {
+        let Ok(consumers) = nats.consumers(&name).await else {
             continue;
         };
-        let mut consumers = s.consumers();
-        while let Some(Ok(c)) = consumers.next().await {
+        for c in consumers {
             if c.cluster.and_then(|c| c.leader).as_deref() == Some(node) {
                 n += 1;
             }
@@ -356,10 +345,7 @@ async fn stage_consumers_on(nats: &Nats, node: &str) -> Vec<&'static str> {
     let mut out = Vec::new();
     for stage in subjects::STAGES {
         for input in subjects::stage_inputs(stage) {
-            let Ok(s) = nats.js.get_stream(input.stream).await else {
-                continue;
-            };
-            if let Ok(info) = s.consumer_info(input.consumer).await {
+            if let Ok(info) = nats.consumer_info(input.stream, input.consumer).await {
                 if info.cluster.and_then(|c| c.leader).as_deref() == Some(node) {
                     out.push(input.consumer);
                 }
@@ -419,22 +405,16 @@ async fn publish_steadily(
     for (i, (id, payload)) in events.into_iter().enumerate() {
         tokio::time::sleep_until(start + Duration::from_micros(i as u64 * 1_000_000 / rate)).await;
         let permit = permits.clone().acquire_owned().await.unwrap();
-        let (js, progress) = (nats.js.clone(), progress.clone());
+        let (nats, progress) = (nats.clone(), progress.clone());
         tasks.spawn(async move {
             let _permit = permit;
             let subject = subjects::ingest("vm.disk_usage");
             let first = Instant::now();
             loop {
-                let msg = PublishMessage::build()
-                    .payload(payload.clone().into())
-                    .message_id(&id);
-                let r = match js.send_publish(subject.clone(), msg).await {
-                    Ok(ack) => ack.await,
-                    Err(e) => Err(e),
-                };
-                match r {
-                    Ok(ack) => {
-                        if ack.duplicate {
+                let out = Output::new(subject.clone(), id.clone(), payload.clone());
+                match nats.publish_new(out).await {
+                    Ok(stored) => {
+                        if !stored {
                             progress.duplicates.fetch_add(1, Ordering::Relaxed);
                         }
                         progress.acked.fetch_add(1, Ordering::Relaxed);
@@ -442,7 +422,7 @@ async fn publish_steadily(
                     }
                     Err(e) => {
                         progress.retries.fetch_add(1, Ordering::Relaxed);
-                        *progress.last_error.lock().unwrap() = e.to_string();
+                        *progress.last_error.lock().unwrap() = format!("{e:#}");
                         assert!(
                             first.elapsed() < Duration::from_secs(180),
                             "publishing {id} still fails after 3 minutes: {e}"
@@ -489,14 +469,7 @@ async fn executions(emu: &Emulator) -> Vec<(String, String)> {
 
 /// Messages in `stream` on `filter`; None while the stream cannot be asked (an election).
 async fn try_count(nats: &Nats, stream: &str, filter: &str) -> Option<u64> {
-    use futures::StreamExt;
-    let st = nats.js.get_stream(stream).await.ok()?;
-    let mut subjects = st.info_with_subjects(filter).await.ok()?;
-    let mut n = 0;
-    while let Some(r) = subjects.next().await {
-        n += r.ok()?.1 as u64;
-    }
-    Some(n)
+    nats.subject_count(stream, filter).await.ok()
 }
 
 /// (accepted, rejected, dispatched, throttled); None while a stream cannot be asked.
@@ -526,12 +499,9 @@ async fn move_leader(nats: &Nats, stream: &str, node: &str) {
         match leader.as_deref() {
             Some(l) if l == node => return,
             Some(_) => {
-                let r = nats
-                    .client
-                    .request(subject.clone(), body.clone().into())
-                    .await;
-                if let Ok(m) = r {
-                    let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+                let r = nats.request_raw(subject.clone(), body.clone()).await;
+                if let Ok(reply) = r {
+                    let v: Value = serde_json::from_slice(&reply).unwrap_or_default();
                     assert!(v["error"].is_null(), "stepdown of {stream} refused: {v}");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -830,16 +800,15 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_in_flight_when_its_server_dies_fails_at_once() {
     use futures::StreamExt;
-    use whale_kernel::{Output, Window};
+    use whale_kernel::Window;
     let mut server = NatsServer::start();
     let cfg = NatsConfig {
         urls: vec![server.url()],
         ..Default::default()
     };
     let nats = Nats::connect(&cfg, "cluster-test").await.unwrap();
-    let mut silent = nats.client.subscribe("whale.test.silent").await.unwrap();
-    nats.client.flush().await.unwrap();
-    let mut window: Window<u32> = Window::new(nats.js.clone(), 8).fail_fast_on_disconnect(&nats);
+    let mut silent = nats.subscribe_raw("whale.test.silent").await.unwrap();
+    let mut window: Window<u32> = Window::on(&nats, 8).fail_fast_on_disconnect(&nats);
     let out = Output::new("whale.test.silent".into(), "m1".into(), "x");
     assert!(window.send(1, out).await.is_empty());
     assert!(silent.next().await.is_some(), "the publish went out");

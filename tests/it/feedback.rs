@@ -293,18 +293,14 @@ pub async fn publish_dispatched(nats: &whale_kernel::Nats, task: &Value, exec: &
         "task": task, "cluster": "default", "execution_id": exec["id"], "web_url": exec["web_url"],
         "created": exec["start_timestamp"].as_str().unwrap_or("2026-01-01T00:00:00Z"),
     });
-    let mut h = async_nats::HeaderMap::new();
-    h.insert(
-        "Nats-Msg-Id",
-        format!("dsp:{}", task["task_id"].as_str().unwrap()).as_str(),
-    );
-    h.insert("Whale-Task-Id", task["task_id"].as_str().unwrap());
-    nats.js
-        .publish_with_headers("whale.pipe.dispatched", h, rec.to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let id = task["task_id"].as_str().unwrap();
+    let out = whale_kernel::Output::new(
+        "whale.pipe.dispatched".into(),
+        format!("dsp:{id}"),
+        rec.to_string(),
+    )
+    .header("Whale-Task-Id", id);
+    nats.publish(out).await.unwrap();
 }
 
 /// Creates `n` executions cycling over `actions` and publishes their Dispatched records.
@@ -351,11 +347,10 @@ async fn wait_results(nats: &whale_kernel::Nats, n: usize, secs: u64) -> Vec<Val
 
 /// Messages on `subject` in the ingest stream (a work queue: read by sequence, not consumed).
 async fn read_ingest(nats: &whale_kernel::Nats, subject: &str) -> Vec<Value> {
-    let mut st = nats.js.get_stream(STREAM_INGEST).await.unwrap();
-    let info = st.info().await.unwrap().state.clone();
+    let info = nats.stream_info(STREAM_INGEST).await.unwrap().state;
     let mut out = Vec::new();
     for seq in info.first_sequence..=info.last_sequence {
-        if let Ok(m) = st.get_raw_message(seq).await {
+        if let Ok(m) = nats.stored_message(STREAM_INGEST, seq).await {
             if m.subject.as_str() == subject {
                 out.push(serde_json::from_slice(&m.payload).unwrap());
             }

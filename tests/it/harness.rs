@@ -4,8 +4,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
 pub use whale_kernel::testkit::{free_port, NatsServer};
 use whale_kernel::{config::NatsConfig, Nats};
 
@@ -202,37 +200,12 @@ impl Drop for Worker {
 
 /// Every message on `filter` in `stream`, as JSON (reads from the start, acks nothing).
 pub async fn read_all(nats: &Nats, stream: &str, filter: &str) -> Vec<serde_json::Value> {
-    let st = nats.js.get_stream(stream).await.expect("stream");
-    let c: jetstream::consumer::PullConsumer = st
-        .create_consumer(consumer::pull::Config {
-            filter_subject: filter.into(),
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let mut pending = c.cached_info().num_pending;
     let mut out = Vec::new();
-    while pending > 0 {
-        let mut batch = c
-            .fetch()
-            .max_messages(1000)
-            .expires(Duration::from_secs(2))
-            .messages()
-            .await
-            .unwrap();
-        let mut got = 0;
-        while let Some(m) = batch.next().await {
-            let m = m.unwrap();
-            out.push(serde_json::from_slice(&m.payload).expect("JSON record"));
-            got += 1;
-        }
-        if got == 0 {
-            break;
-        }
-        pending -= got.min(pending);
-    }
+    whale_kernel::history::read_all(nats, stream, filter, |d| {
+        out.push(serde_json::from_slice(&d.payload).expect("JSON record"));
+    })
+    .await
+    .expect("read the stream");
     out
 }
 
@@ -252,20 +225,9 @@ where
     false
 }
 
-/// Number of messages in a stream matching `filter`.
+/// Number of messages in a stream matching `filter` (0 while the stream cannot be asked).
 pub async fn count(nats: &Nats, stream: &str, filter: &str) -> u64 {
-    let st = nats.js.get_stream(stream).await.expect("stream");
-    let info = st.info_with_subjects(filter).await;
-    match info {
-        Ok(mut subjects) => {
-            let mut n = 0;
-            while let Some(Ok((_, c))) = subjects.next().await {
-                n += c as u64;
-            }
-            n
-        }
-        Err(_) => 0,
-    }
+    nats.subject_count(stream, filter).await.unwrap_or(0)
 }
 
 /// The StackStorm emulator (`st2-emulator`, a bin of the workspace) on a free port; killed on

@@ -131,10 +131,7 @@ async fn end_to_end(backend: Backend) {
         } else {
             for (e, _) in chunk {
                 let t = e["event_type"].as_str().unwrap();
-                nats.js
-                    .publish(format!("whale.in.{t}"), Bytes::from(e.to_string()))
-                    .await
-                    .unwrap()
+                nats.publish_raw(format!("whale.in.{t}"), &[], Bytes::from(e.to_string()))
                     .await
                     .unwrap();
             }
@@ -276,14 +273,12 @@ async fn opensearch_outage_loses_and_doubles_nothing() {
     let _w = env.run("validate,index");
     let nats = env.connect().await;
     let publish = |from: usize, to: usize| {
-        let js = nats.js.clone();
+        let nats = nats.clone();
         async move {
             for i in from..to {
                 let ev = json!({"id": format!("out-{i:05}"), "event_type": "generic", "source": "t",
                                 "detail": {"message": format!("event {i}"), "seq": i}});
-                js.publish("whale.in.generic", Bytes::from(ev.to_string()))
-                    .await
-                    .unwrap()
+                nats.publish_raw("whale.in.generic", &[], Bytes::from(ev.to_string()))
                     .await
                     .unwrap();
             }

@@ -266,13 +266,7 @@ async fn backtest_compares_old_events_through_the_index_or_says_it_cannot() {
         .await,
         "the index never held the old match records"
     );
-    nats.js
-        .get_stream(STREAM_PIPE)
-        .await
-        .unwrap()
-        .purge()
-        .await
-        .unwrap();
+    nats.purge(STREAM_PIPE, None).await.unwrap();
     assert_eq!(count(&nats, STREAM_PIPE, "whale.pipe.matched").await, 0);
 
     // New events: their match records are in the pipe stream.
@@ -355,7 +349,7 @@ async fn backtest_compares_old_events_through_the_index_or_says_it_cannot() {
     );
 
     // A source that cannot be read fails the backtest (it used to be ignored).
-    nats.js.delete_stream(STREAM_PIPE).await.unwrap();
+    nats.delete_stream(STREAM_PIPE).await.unwrap();
     let out = env
         .whale(&["replay", "--from", "1d", "--dry-run"])
         .output()

@@ -124,7 +124,7 @@ async fn events_become_tasks_and_a_new_rule_set_is_picked_up_while_events_flow()
                           "mounts": [{"path": "/data"}], "msg": ["a", "b"]},
                "labels": {"biz": "trade"}})
     };
-    let mut w = whale_kernel::Window::new(nats.js.clone(), 512);
+    let mut w = whale_kernel::Window::on(&nats, 512);
     for i in 0..n / 2 {
         w.send(
             (),

@@ -88,10 +88,7 @@ async fn ten_thousand_mixed_events_over_nats_and_http() {
         if i % 2 == 0 {
             // Over NATS, as any client would: no whale headers, no msg id.
             let t = ev["event_type"].as_str().unwrap().to_owned();
-            nats.js
-                .publish(format!("whale.in.{t}"), Bytes::from(ev.to_string()))
-                .await
-                .unwrap()
+            nats.publish_raw(format!("whale.in.{t}"), &[], Bytes::from(ev.to_string()))
                 .await
                 .unwrap();
             if !kind.valid() {
@@ -145,10 +142,7 @@ async fn ten_thousand_mixed_events_over_nats_and_http() {
     // The same ids again, over both paths: accepted once.
     for i in (0..200).filter(|i| matches!(Kind::of(*i), Kind::Valid)) {
         let (_, ev) = event(i);
-        nats.js
-            .publish("whale.in.vm.disk_usage", Bytes::from(ev.to_string()))
-            .await
-            .unwrap()
+        nats.publish_raw("whale.in.vm.disk_usage", &[], Bytes::from(ev.to_string()))
             .await
             .unwrap();
         let r = http
@@ -212,7 +206,7 @@ async fn kill_9_mid_run_then_restart_accepts_every_event_exactly_once() {
     env.prepare();
     let nats = env.connect().await;
     let n = 20_000u64;
-    let mut w = whale_kernel::Window::new(nats.js.clone(), 1024);
+    let mut w = whale_kernel::Window::on(&nats, 1024);
     for i in 0..n {
         let ev = json!({"id": format!("k-{i}"), "event_type": "vm.disk_usage", "detail": {"host": "h", "usage_pct": 95}});
         w.send(
@@ -356,24 +350,17 @@ async fn hostile_input_gets_clear_reasons_and_the_worker_goes_on() {
         ),
     ];
     for (_, body, _) in &cases {
-        nats.js
-            .publish("whale.in.generic", Bytes::from(body.clone()))
-            .await
-            .unwrap()
+        nats.publish_raw("whale.in.generic", &[], Bytes::from(body.clone()))
             .await
             .unwrap();
     }
-    nats.js
-        .publish(
-            "whale.in.generic",
-            Bytes::from(
-                json!({"id": "good-after", "detail": {"message": "still here"}}).to_string(),
-            ),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    nats.publish_raw(
+        "whale.in.generic",
+        &[],
+        Bytes::from(json!({"id": "good-after", "detail": {"message": "still here"}}).to_string()),
+    )
+    .await
+    .unwrap();
     assert!(
         eventually(Duration::from_secs(15), || async {
             count(&nats, STREAM_EVENTS, ">").await > cases.len() as u64

@@ -56,6 +56,33 @@ pub async fn read<F>(
     filter: &str,
     from: OffsetDateTime,
     to: OffsetDateTime,
+    f: F,
+) -> anyhow::Result<u64>
+where
+    F: FnMut(Delivery),
+{
+    let start = DeliverPolicy::ByStartTime { start_time: from };
+    walk(nats, stream, filter, start, Some(to), f).await
+}
+
+/// Calls `f` for every message on `filter` that `stream` holds now, oldest first (what a
+/// backtest, a benchmark or a test reads back). Returns how many were read.
+pub async fn read_all<F>(nats: &Nats, stream: &str, filter: &str, f: F) -> anyhow::Result<u64>
+where
+    F: FnMut(Delivery),
+{
+    walk(nats, stream, filter, DeliverPolicy::All, None, f).await
+}
+
+/// The one walk over a stream's history: an ephemeral consumer from `start` that acks nothing,
+/// fetched in batches until what was pending when it was created has been read (or a message
+/// stored after `to` is reached).
+async fn walk<F>(
+    nats: &Nats,
+    stream: &str,
+    filter: &str,
+    start: DeliverPolicy,
+    to: Option<OffsetDateTime>,
     mut f: F,
 ) -> anyhow::Result<u64>
 where
@@ -69,13 +96,13 @@ where
     let c: consumer::PullConsumer = st
         .create_consumer(consumer::pull::Config {
             filter_subject: filter.to_owned(),
-            deliver_policy: DeliverPolicy::ByStartTime { start_time: from },
+            deliver_policy: start,
             ack_policy: consumer::AckPolicy::None,
             inactive_threshold: Duration::from_secs(60),
             ..Default::default()
         })
         .await
-        .map_err(|e| anyhow::anyhow!("cannot read {stream}: {e}"))?;
+        .with_context(|| format!("cannot read {stream}"))?;
     let mut remaining = c.cached_info().num_pending;
     let mut n = 0;
     'outer: while remaining > 0 {
@@ -85,13 +112,15 @@ where
             .expires(Duration::from_secs(2))
             .messages()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot read {stream}: {e}"))?;
+            .with_context(|| format!("cannot read {stream}"))?;
         let mut got = 0;
         while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| anyhow::anyhow!("cannot read {stream}: {e}"))?;
+            let m = m
+                .map_err(anyhow::Error::from_boxed)
+                .with_context(|| format!("cannot read {stream}"))?;
             got += 1;
             let d = Delivery::from_message(&m);
-            if d.published > to {
+            if to.is_some_and(|to| d.published > to) {
                 break 'outer;
             }
             n += 1;

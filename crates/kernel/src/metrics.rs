@@ -27,11 +27,12 @@ pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
 }
 
-/// `whale_stage_messages_total{stage, outcome}`: outcome is ack, retry, term or publish_failed.
+/// `whale_stage_messages_total{stage, outcome}`: outcome is ack, retry, term, malformed or
+/// publish_failed.
 pub static STAGE_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "whale_stage_messages_total",
-        "Messages handled by a stage, by outcome (ack, retry, term, publish_failed)",
+        "Messages handled by a stage, by outcome (ack, retry, term, malformed, publish_failed)",
         &["stage", "outcome"],
     )
 });

@@ -14,11 +14,20 @@ use crate::config::NatsConfig;
 /// per-message TTLs that give `whale_state` keys their lifetimes need 2.11).
 pub const MIN_SERVER: (u64, u64) = (2, 11);
 
-/// A connected client plus its JetStream context.
+/// What JetStream reports about a consumer (configuration, pending counts, RAFT group).
+pub use async_nats::jetstream::consumer::Info as ConsumerInfo;
+/// One message as a stream stores it (subject, sequence, headers, payload, time).
+pub use async_nats::jetstream::message::StreamMessage as StoredMessage;
+/// What JetStream reports about a stream (configuration, state, RAFT group).
+pub use async_nats::jetstream::stream::Info as StreamInfo;
+
+/// A connected client plus its JetStream context. Both are private to the kernel: everything
+/// else reaches NATS through the operations below, [`crate::kv`], [`crate::history`],
+/// [`crate::Window`] and the worker loop (ARCHITECTURE.md, "Stages never talk to NATS").
 #[derive(Clone)]
 pub struct Nats {
-    pub client: async_nats::Client,
-    pub js: jetstream::Context,
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
     /// Bumped on every lost connection: a publish still awaiting its ack when this moves will
     /// never get it (the server that would have answered is gone), see
     /// [`crate::Window::fail_fast_on_disconnect`].
@@ -122,6 +131,138 @@ impl Nats {
     /// Whether the client is connected now (a publish would be sent rather than buffered).
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The version of the server this client is connected to (`2.11.4`).
+    pub fn server_version(&self) -> String {
+        self.client.server_info().version
+    }
+
+    /// The name of the server this client is connected to.
+    pub fn server_name(&self) -> String {
+        self.client.server_info().server_name
+    }
+
+    /// The same connection whose JetStream requests (stream/consumer info, publish acks) give up
+    /// after `timeout` instead of 10 s.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Nats {
+        self.js = jetstream::ContextBuilder::new()
+            .timeout(timeout)
+            .max_ack_inflight(4096)
+            .backpressure_on_inflight(true)
+            .build(self.client.clone());
+        self
+    }
+
+    /// What the server says about `stream` now (the error says to run `whale setup` when it
+    /// does not exist).
+    pub async fn stream_info(&self, stream: &str) -> anyhow::Result<StreamInfo> {
+        let mut st = self
+            .js
+            .get_stream(stream)
+            .await
+            .with_context(|| crate::setup::not_set_up(&format!("stream {stream}")))?;
+        let info = st
+            .info()
+            .await
+            .with_context(|| format!("cannot read the state of stream {stream}"))?;
+        Ok(info.clone())
+    }
+
+    /// What the server says about the durable consumer `consumer` of `stream` now.
+    pub async fn consumer_info(
+        &self,
+        stream: &str,
+        consumer: &str,
+    ) -> anyhow::Result<ConsumerInfo> {
+        let st = self
+            .js
+            .get_stream(stream)
+            .await
+            .with_context(|| crate::setup::not_set_up(&format!("stream {stream}")))?;
+        st.consumer_info(consumer)
+            .await
+            .with_context(|| crate::setup::not_set_up(&format!("consumer {stream}/{consumer}")))
+    }
+
+    /// Every consumer of `stream` (durable and ephemeral), as the server reports them.
+    pub async fn consumers(&self, stream: &str) -> anyhow::Result<Vec<ConsumerInfo>> {
+        use futures::TryStreamExt as _;
+        let st = self
+            .js
+            .get_stream(stream)
+            .await
+            .with_context(|| crate::setup::not_set_up(&format!("stream {stream}")))?;
+        st.consumers()
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot list the consumers of stream {stream}"))
+    }
+
+    /// How many messages `stream` holds on subjects matching `filter` (wildcards allowed).
+    pub async fn subject_count(&self, stream: &str, filter: &str) -> anyhow::Result<u64> {
+        use futures::StreamExt as _;
+        let st = self
+            .js
+            .get_stream(stream)
+            .await
+            .with_context(|| crate::setup::not_set_up(&format!("stream {stream}")))?;
+        let mut subjects = st
+            .info_with_subjects(filter)
+            .await
+            .with_context(|| format!("cannot count {filter} in stream {stream}"))?;
+        let mut n = 0;
+        while let Some(s) = subjects.next().await {
+            let (_, count) =
+                s.with_context(|| format!("cannot count {filter} in stream {stream}"))?;
+            n += count as u64;
+        }
+        Ok(n)
+    }
+
+    /// The message stored at `seq` in `stream` (an error when there is none: deleted, purged or
+    /// not yet written).
+    pub async fn stored_message(&self, stream: &str, seq: u64) -> anyhow::Result<StoredMessage> {
+        let st = self
+            .js
+            .get_stream(stream)
+            .await
+            .with_context(|| crate::setup::not_set_up(&format!("stream {stream}")))?;
+        st.get_raw_message(seq)
+            .await
+            .with_context(|| format!("no message {seq} in stream {stream}"))
+    }
+
+    /// The last message `stream` holds on `subject` (with its headers: a KV value's `Nats-TTL`).
+    pub async fn last_stored_message(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> anyhow::Result<StoredMessage> {
+        let st = self
+            .js
+            .get_stream(stream)
+            .await
+            .with_context(|| crate::setup::not_set_up(&format!("stream {stream}")))?;
+        st.get_last_raw_message_by_subject(subject)
+            .await
+            .with_context(|| format!("no message on {subject} in stream {stream}"))
+    }
+
+    /// Removes every message of `stream`, or only those on subjects matching `filter`; returns
+    /// how many were removed.
+    pub async fn purge(&self, stream: &str, filter: Option<&str>) -> anyhow::Result<u64> {
+        let st = self
+            .js
+            .get_stream(stream)
+            .await
+            .with_context(|| crate::setup::not_set_up(&format!("stream {stream}")))?;
+        let r = match filter {
+            Some(f) => st.purge().filter(f).await,
+            None => st.purge().await,
+        };
+        Ok(r.with_context(|| format!("cannot purge stream {stream}"))?
+            .purged)
     }
 
     /// The server's version, refusing servers older than [`MIN_SERVER`].

@@ -63,9 +63,15 @@ impl Nats {
     /// Publishes one record outside the worker loop (an HTTP handler, a timer) with its own
     /// `Nats-Msg-Id` and headers, and waits for JetStream's ack.
     pub async fn publish(&self, out: Output) -> anyhow::Result<()> {
+        self.publish_new(out).await.map(drop)
+    }
+
+    /// As [`Nats::publish`]; says whether JetStream stored the record (`true`) or dropped it as
+    /// a duplicate of one already stored with the same msg id (`false`).
+    pub async fn publish_new(&self, out: Output) -> anyhow::Result<bool> {
         let (subject, msg) = out.into_publish();
-        self.js.send_publish(subject, msg).await?.await?;
-        Ok(())
+        let ack = self.js.send_publish(subject, msg).await?.await?;
+        Ok(!ack.duplicate)
     }
 }
 
@@ -90,7 +96,7 @@ pub struct Window<T> {
 }
 
 impl<T: Send + 'static> Window<T> {
-    pub fn new(js: jetstream::Context, limit: usize) -> Self {
+    fn new(js: jetstream::Context, limit: usize) -> Self {
         Window {
             js,
             disconnects: None,
@@ -100,7 +106,7 @@ impl<T: Send + 'static> Window<T> {
         }
     }
 
-    /// A window publishing on `nats` (the kernel's JetStream context).
+    /// A window of at most `limit` pending acks publishing on `nats`.
     pub fn on(nats: &Nats, limit: usize) -> Self {
         Self::new(nats.js.clone(), limit)
     }

@@ -162,33 +162,7 @@ pub async fn setup(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<Item>> {
     }
     for stage in subjects::STAGES {
         for input in subjects::stage_inputs(stage) {
-            let want = consumer_config(&input, cfg);
-            let stream = js.get_stream(input.stream).await?;
-            let change = match stream.consumer_info(input.consumer).await {
-                Ok(info) => {
-                    let have = &info.config;
-                    let same = have.filter_subjects == want.filter_subjects
-                        && have.ack_wait == want.ack_wait
-                        && have.max_ack_pending == want.max_ack_pending
-                        && have.max_deliver == want.max_deliver
-                        && have.description == want.description;
-                    if same {
-                        Change::Unchanged
-                    } else {
-                        stream.update_consumer(want).await.with_context(|| {
-                            format!("cannot update consumer {}", input.consumer)
-                        })?;
-                        Change::Updated
-                    }
-                }
-                Err(_) => {
-                    stream
-                        .create_consumer(want)
-                        .await
-                        .with_context(|| format!("cannot create consumer {}", input.consumer))?;
-                    Change::Created
-                }
-            };
+            let change = ensure_consumer(nats, &input, cfg).await?;
             report.push(Item {
                 kind: "consumer",
                 name: format!("{}/{}", input.stream, input.consumer),
@@ -205,6 +179,47 @@ pub async fn setup(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<Item>> {
         });
     }
     Ok(report)
+}
+
+/// Creates the durable consumer of `input` or brings its settings up to date (`whale setup`
+/// does this for every stage input; a test does it for an input of its own).
+pub async fn ensure_consumer(
+    nats: &Nats,
+    input: &subjects::Input,
+    cfg: &Config,
+) -> anyhow::Result<Change> {
+    let want = consumer_config(input, cfg);
+    let stream = nats
+        .js
+        .get_stream(input.stream)
+        .await
+        .with_context(|| format!("cannot look up stream {}", input.stream))?;
+    Ok(match stream.consumer_info(input.consumer).await {
+        Ok(info) => {
+            let have = &info.config;
+            let same = have.filter_subjects == want.filter_subjects
+                && have.ack_wait == want.ack_wait
+                && have.max_ack_pending == want.max_ack_pending
+                && have.max_deliver == want.max_deliver
+                && have.description == want.description;
+            if same {
+                Change::Unchanged
+            } else {
+                stream
+                    .update_consumer(want)
+                    .await
+                    .with_context(|| format!("cannot update consumer {}", input.consumer))?;
+                Change::Updated
+            }
+        }
+        Err(_) => {
+            stream
+                .create_consumer(want)
+                .await
+                .with_context(|| format!("cannot create consumer {}", input.consumer))?;
+            Change::Created
+        }
+    })
 }
 
 /// The lifetime settings of one KV bucket (docs/limits.md "Lifetimes of state").

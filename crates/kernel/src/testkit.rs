@@ -544,3 +544,135 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let status = head.split(' ').nth(1)?.parse().ok()?;
     Some((status, body.to_owned()))
 }
+
+/// What tests (and the benchmarks measuring NATS itself) do to NATS beyond what whale does:
+/// publish as a raw producer would, set up streams and buckets by hand, ask the server
+/// directly. Only with feature `testkit`; product code goes through [`crate::Nats`]'s
+/// own operations, [`crate::kv`], [`crate::history`] and [`crate::Window`].
+impl crate::Nats {
+    /// Publishes `payload` on `subject` with exactly `headers` (no msg id unless one is given as
+    /// `Nats-Msg-Id`), as any NATS client would, and waits for JetStream's ack.
+    pub async fn publish_raw(
+        &self,
+        subject: impl Into<String>,
+        headers: &[(&str, &str)],
+        payload: impl Into<bytes::Bytes>,
+    ) -> anyhow::Result<()> {
+        let mut h = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, *v);
+        }
+        self.js
+            .publish_with_headers(subject.into(), h, payload.into())
+            .await?
+            .await?;
+        Ok(())
+    }
+
+    /// A core NATS request (no JetStream): the reply's payload.
+    pub async fn request_raw(
+        &self,
+        subject: impl Into<String>,
+        payload: impl Into<bytes::Bytes>,
+    ) -> anyhow::Result<bytes::Bytes> {
+        let r = self.client.request(subject.into(), payload.into()).await?;
+        Ok(r.payload)
+    }
+
+    /// The payloads of core NATS messages on `subject` from now on (the subscription is known
+    /// to the server when this returns).
+    pub async fn subscribe_raw(
+        &self,
+        subject: impl Into<String>,
+    ) -> anyhow::Result<futures::stream::BoxStream<'static, bytes::Bytes>> {
+        use futures::StreamExt as _;
+        let sub = self.client.subscribe(subject.into()).await?;
+        self.client.flush().await?;
+        Ok(sub.map(|m| m.payload).boxed())
+    }
+
+    /// Creates a plain stream `name` on `subjects` (JetStream defaults otherwise).
+    pub async fn create_stream_raw(&self, name: &str, subjects: &[&str]) -> anyhow::Result<()> {
+        self.js
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: name.into(),
+                subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Creates KV bucket `bucket` keeping `history` revisions per key and nothing else set (as
+    /// an old `whale setup` made it).
+    pub async fn create_bucket_raw(&self, bucket: &str, history: i64) -> anyhow::Result<()> {
+        self.js
+            .create_key_value(async_nats::jetstream::kv::Config {
+                bucket: bucket.into(),
+                history,
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes stream `name` and everything it holds.
+    pub async fn delete_stream(&self, name: &str) -> anyhow::Result<()> {
+        self.js.delete_stream(name).await?;
+        Ok(())
+    }
+}
+
+/// Raw JetStream rates on this server, the reference printed beside every benchmark figure:
+/// (publish msg/s through a [`crate::Window`] of 1024 with msg ids like whale's, pull
+/// consume+ack msg/s), measured on a scratch stream `BENCH_RAW` that is removed afterwards.
+pub async fn raw_jetstream_rates(
+    nats: &crate::Nats,
+    payloads: &[Vec<u8>],
+) -> anyhow::Result<(f64, f64)> {
+    use async_nats::jetstream::{consumer, stream};
+    use futures::StreamExt as _;
+    let js = &nats.js;
+    let _ = js.delete_stream("BENCH_RAW").await;
+    let st = js
+        .create_stream(stream::Config {
+            name: "BENCH_RAW".into(),
+            subjects: vec!["bench.raw".into()],
+            ..Default::default()
+        })
+        .await?;
+    let t = Instant::now();
+    let mut w: crate::Window<()> = crate::Window::on(nats, 1024);
+    for (i, p) in payloads.iter().enumerate() {
+        w.send(
+            (),
+            crate::Output::new("bench.raw".into(), format!("raw-{i}"), p.clone()),
+        )
+        .await;
+    }
+    w.drain().await;
+    let publish = payloads.len() as f64 / t.elapsed().as_secs_f64();
+    let c: consumer::PullConsumer = st
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("bench".into()),
+            max_ack_pending: 20_000,
+            ..Default::default()
+        })
+        .await?;
+    let t = Instant::now();
+    let mut msgs = c.stream().max_messages_per_batch(512).messages().await?;
+    let mut got = 0;
+    while got < payloads.len() {
+        match msgs.next().await {
+            Some(Ok(m)) => {
+                m.ack().await.map_err(anyhow::Error::from_boxed)?;
+                got += 1;
+            }
+            Some(Err(e)) => tracing::debug!("bench consume: {e}"),
+            None => break,
+        }
+    }
+    let consume = got as f64 / t.elapsed().as_secs_f64();
+    let _ = js.delete_stream("BENCH_RAW").await;
+    Ok((publish, consume))
+}

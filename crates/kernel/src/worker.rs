@@ -60,6 +60,15 @@ impl Delivery {
         self.header(subjects::HDR_EVENT_ID).unwrap_or("")
     }
 
+    /// Reads the payload as a `T` record (`what` names it in the reason: "task", "dispatched
+    /// record"). A payload that is not one is [`Outcome::Malformed`]: the one policy for bad
+    /// records on internal subjects (ARCHITECTURE.md, "Malformed input").
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T, Outcome> {
+        serde_json::from_slice(&self.payload).map_err(|e| Outcome::Malformed {
+            reason: format!("not a {what}: {e}"),
+        })
+    }
+
     /// A span for per-message logs: stage, event id, rule, attempt.
     pub fn span(&self, stage: &'static str) -> tracing::Span {
         tracing::info_span!(
@@ -106,6 +115,11 @@ pub enum Outcome {
     /// Never: terminate the message (it would fail forever). Use rarely; prefer publishing a
     /// record that says why (a rejection, a dead letter) and acking.
     Term { reason: String },
+    /// Not a record this stage reads (bad JSON, missing fields): acked, never retried, logged
+    /// with its subject and stream sequence and counted as outcome `malformed` in
+    /// `whale_stage_messages_total`. The message itself stays in its stream (and in the index):
+    /// nothing is lost, and redelivering it could never help. [`Delivery::decode`] gives it.
+    Malformed { reason: String },
 }
 
 /// A stage: a named, stateless-between-messages handler.
@@ -270,8 +284,7 @@ async fn handle(
     let release = Release { held, keys };
     let deliveries: Vec<Delivery> = msgs.iter().map(Delivery::from_message).collect();
     let mut outcomes = handle_contained(stage, &deliveries).await;
-    let mut window: Window<usize> =
-        Window::new(nats.js.clone(), opts.window).fail_fast_on_disconnect(nats);
+    let mut window: Window<usize> = Window::on(nats, opts.window).fail_fast_on_disconnect(nats);
     let mut failed = vec![false; msgs.len()];
     let mut errors = PublishErrors::default();
     let mut outputs = 0u64;
@@ -604,6 +617,15 @@ async fn finish(mut b: Batch) {
             Outcome::Term { reason } => {
                 tracing::warn!(parent: &d.span(name), "terminated: {reason}");
                 (AckKind::Term, "term")
+            }
+            Outcome::Malformed { reason } => {
+                tracing::warn!(
+                    parent: &d.span(name),
+                    subject = %d.subject,
+                    stream_seq = d.stream_seq,
+                    "malformed record, acked (it stays in its stream): {reason}"
+                );
+                (AckKind::Ack, "malformed")
             }
         };
         if let Err(e) = m.ack_with(kind).await {

@@ -29,6 +29,17 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     out.sort();
 }
 
+/// The test-only raw NATS operations of `whale_kernel::testkit` (`Nats::publish_raw`,
+/// `request_raw`, `subscribe_raw`, `create_stream_raw`, `create_bucket_raw`): feature `testkit`
+/// is on in the root package, so only this test keeps them out of product code.
+const TESTKIT_RAW: [&str; 5] = [
+    ".publish_raw(",
+    ".request_raw(",
+    ".subscribe_raw(",
+    ".create_stream_raw(",
+    ".create_bucket_raw(",
+];
+
 /// The kernel owns NATS (ARCHITECTURE.md, "Stages never talk to NATS"): no stage crate depends
 /// on `async-nats` or names `async_nats` in its sources, tests or benches, nor reaches into the
 /// kernel's connection (`nats.js`, `nats.client`). A stage that needs
@@ -44,22 +55,9 @@ fn stages_never_name_async_nats() {
         "no stage crates found under {}",
         stages.display()
     );
-    let mut found = Vec::new();
-    for path in all {
-        let ext = path.extension().and_then(|e| e.to_str());
-        if !matches!(ext, Some("rs" | "toml")) {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        for (n, line) in text.lines().enumerate() {
-            let names = ["async_nats", "async-nats", "nats.js", "nats.client"];
-            if names.iter().any(|n| line.contains(n)) {
-                let rel = path.strip_prefix(root()).unwrap_or(&path);
-                found.push(format!("{}:{}: {}", rel.display(), n + 1, line.trim()));
-            }
-        }
-    }
+    let mut names = vec!["async_nats", "async-nats", "nats.js", "nats.client"];
+    names.extend(TESTKIT_RAW);
+    let found = lines_naming(&all, &names);
     assert!(
         found.is_empty(),
         "stages must not talk to NATS themselves (ARCHITECTURE.md, \"Stages never talk to NATS\"): \
@@ -67,4 +65,56 @@ fn stages_never_name_async_nats() {
          and add what is missing there. Found:\n{}",
         found.join("\n")
     );
+}
+
+/// The `whale` binary (`src/`) reaches NATS only through the kernel too: `Nats`'s connection is
+/// private to the kernel (the compiler enforces that), and `async-nats` is only a
+/// dev-dependency of the root package (its tests act as other NATS clients). Log filter
+/// directives (`async_nats=warn`) are not uses.
+#[test]
+fn the_binary_never_names_async_nats() {
+    let mut all = Vec::new();
+    files(&root().join("src"), &mut all);
+    assert!(!all.is_empty(), "no sources under src/");
+    let found: Vec<String> = lines_naming(&all, &[&["async_nats"][..], &TESTKIT_RAW[..]].concat())
+        .into_iter()
+        .filter(|l| !l.contains("async_nats=warn"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "the whale binary must reach NATS through whale_kernel (Nats's operations, kv::Bucket, \
+         history, Window); add what is missing to the kernel. Found:\n{}",
+        found.join("\n")
+    );
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("root Cargo.toml");
+    let deps = manifest
+        .split("\n[dependencies]\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .expect("a [dependencies] table in the root Cargo.toml");
+    assert!(
+        !deps.lines().any(|l| l.trim_start().starts_with("async-nats")),
+        "async-nats is back in the root package's [dependencies]: only [dev-dependencies] may name it"
+    );
+}
+
+/// `path:line: text` of every line of the `.rs` and `.toml` files in `paths` containing one of
+/// `names`.
+fn lines_naming(paths: &[PathBuf], names: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for path in paths {
+        let ext = path.extension().and_then(|e| e.to_str());
+        if !matches!(ext, Some("rs" | "toml")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        for (n, line) in text.lines().enumerate() {
+            if names.iter().any(|name| line.contains(name)) {
+                let rel = path.strip_prefix(root()).unwrap_or(path);
+                found.push(format!("{}:{}: {}", rel.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    found
 }

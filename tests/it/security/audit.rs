@@ -92,15 +92,7 @@ async fn every_decision_and_change_is_one_audit_record() {
     let nats = env.connect().await;
 
     // The stream: 400 days, discard new (a full trail refuses, never drops), a size cap.
-    let info = nats
-        .js
-        .get_stream(STREAM_AUDIT)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let info = nats.stream_info(STREAM_AUDIT).await.unwrap();
     assert_eq!(info.config.max_age, Duration::from_secs(400 * 24 * 3600));
     assert_eq!(
         info.config.discard,
@@ -354,7 +346,7 @@ async fn without_the_audit_stream_nothing_is_done() {
         .await
     );
 
-    nats.js.delete_stream(STREAM_AUDIT).await.unwrap();
+    nats.delete_stream(STREAM_AUDIT).await.unwrap();
     let r = http
         .post(env.http("/v1/approvals"))
         .json(&json!({"id": "t-audit", "decision": "approve"}))
@@ -460,8 +452,7 @@ async fn audit_retention_is_configurable() {
         .clone();
     assert_eq!(item["change"], "updated");
     let nats = env.connect().await;
-    let mut st = nats.js.get_stream(STREAM_AUDIT).await.unwrap();
-    let info = st.info().await.unwrap();
+    let info = nats.stream_info(STREAM_AUDIT).await.unwrap();
     assert_eq!(info.config.max_age, Duration::from_secs(30 * 24 * 3600));
     assert_eq!(info.config.max_bytes, 104_857_600);
 }

@@ -412,10 +412,7 @@ async fn finding_4_string_detail_limits_and_rejections_keep_their_id() {
             .to_owned(),
     ];
     for r in raw {
-        nats.js
-            .publish("whale.in.generic", Bytes::from(r))
-            .await
-            .unwrap()
+        nats.publish_raw("whale.in.generic", &[], Bytes::from(r))
             .await
             .unwrap();
     }
@@ -579,16 +576,7 @@ async fn finding_11_full_stream_and_per_source_rate() {
         (STREAM_EVENTS, "old"),
         (STREAM_PIPE, "new"),
     ] {
-        let info = nats
-            .js
-            .get_stream(name)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .config
-            .clone();
+        let info = nats.stream_info(name).await.unwrap().config;
         assert!(info.max_bytes > 0, "{name} has no size cap");
         assert_eq!(
             format!("{:?}", info.discard).to_lowercase(),

@@ -308,7 +308,9 @@ async fn shipped_nats_users_have_only_their_permissions() {
         .unwrap();
     producer.flush().await.unwrap();
     let refused = violation(&producer_errors, &format!("$KV.{KV_STATE}.natsperm")).await;
-    let kv = whale.js.get_key_value(KV_STATE).await.unwrap();
+    let kv = whale_kernel::kv::Bucket::open(&whale, KV_STATE)
+        .await
+        .unwrap();
     let stored = kv.get("natsperm").await.unwrap();
     let ok = refused && stored.is_none();
     t.row(

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
 use serde_json::{json, Value};
+use whale_kernel::kv::{Bucket, Ttl};
 use whale_kernel::records::{self, Task};
 use whale_kernel::subjects::{Pipe, KV_CLAIMS, KV_STATE, STREAM_PIPE};
 use whale_kernel::testkit::RedisServer;
@@ -24,12 +24,11 @@ use crate::harness::*;
 
 /// Messages stored in a KV bucket's stream (every revision and delete marker counts).
 async fn bucket_messages(nats: &Nats, bucket: &str) -> u64 {
-    let mut s = nats
-        .js
-        .get_stream(format!("KV_{bucket}"))
+    nats.stream_info(&format!("KV_{bucket}"))
         .await
-        .expect("bucket stream");
-    s.info().await.expect("stream info").state.messages
+        .expect("bucket stream")
+        .state
+        .messages
 }
 
 fn now_rfc3339() -> String {
@@ -133,14 +132,7 @@ async fn finding10_state_expires_and_exactly_once_still_holds() {
         .collect();
     for t in &held {
         let out = Output::json(Pipe::Approval.subject(), format!("apr:{}", t.task_id), t);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", out.msg_id.as_str());
-        nats.js
-            .publish_with_headers(out.subject, headers, out.payload)
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        nats.publish(out).await.unwrap();
     }
     let approvals = |env: &Env| {
         let out = env.ok(&["approvals", "list", "--all", "--json"]);
@@ -232,21 +224,17 @@ async fn finding10_setup_applies_lifetimes_to_existing_buckets() {
     let env = Env::new();
     let nats = env.connect().await;
     for bucket in [KV_CLAIMS, KV_STATE] {
-        nats.js
-            .create_key_value(kv::Config {
-                bucket: bucket.into(),
-                history: 5,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        nats.create_bucket_raw(bucket, 5).await.unwrap();
     }
-    let state = nats.js.get_key_value(KV_STATE).await.unwrap();
+    let state = Bucket::open(&nats, KV_STATE).await.unwrap();
     state
-        .put("drain.east", r#"{"drained":true}"#.into())
+        .put("drain.east", r#"{"drained":true}"#.into(), Ttl::Bucket)
         .await
         .unwrap();
-    state.put("exec.t-old", "{}".into()).await.unwrap();
+    state
+        .put("exec.t-old", "{}".into(), Ttl::Bucket)
+        .await
+        .unwrap();
 
     let out = env.ok(&["setup", "--json"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -261,21 +249,30 @@ async fn finding10_setup_applies_lifetimes_to_existing_buckets() {
     assert_eq!(change(KV_CLAIMS).as_deref(), Some("updated"), "{report}");
     assert_eq!(change(KV_STATE).as_deref(), Some("updated"), "{report}");
 
-    let mut claims = nats.js.get_stream(format!("KV_{KV_CLAIMS}")).await.unwrap();
-    let c = claims.info().await.unwrap().config.clone();
+    let c = nats
+        .stream_info(&format!("KV_{KV_CLAIMS}"))
+        .await
+        .unwrap()
+        .config;
     assert_eq!(
         c.max_age,
         Duration::from_secs(24 * 3600),
         "claims live as long as the pipe"
     );
     assert_eq!(c.max_messages_per_subject, 1);
-    let mut st = nats.js.get_stream(format!("KV_{KV_STATE}")).await.unwrap();
-    let c = st.info().await.unwrap().config.clone();
+    let c = nats
+        .stream_info(&format!("KV_{KV_STATE}"))
+        .await
+        .unwrap()
+        .config;
     assert_eq!(c.max_age, Duration::from_secs(7 * 24 * 3600));
     assert!(c.allow_message_ttl, "per-message TTL allowed");
     assert_eq!(c.max_messages_per_subject, 1);
-    let drain = st
-        .direct_get_last_for_subject(format!("$KV.{KV_STATE}.drain.east"))
+    let drain = nats
+        .last_stored_message(
+            &format!("KV_{KV_STATE}"),
+            &format!("$KV.{KV_STATE}.drain.east"),
+        )
         .await
         .unwrap();
     assert_eq!(

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -38,28 +37,16 @@ fn rules_dir(text: &str) -> tempfile::TempDir {
 }
 
 async fn publish_generic(nats: &Nats, n: usize) {
-    let mut acks = Vec::with_capacity(n);
-    for i in 0..n {
+    let publishes = (0..n).map(|i| {
         let ev = json!({"event_type": "generic", "source": "test/worker", "detail": {"message": format!("m{i}")}});
-        acks.push(
-            nats.js
-                .publish("whale.in.generic", serde_json::to_vec(&ev).unwrap().into())
-                .await
-                .unwrap(),
-        );
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+        nats.publish_raw("whale.in.generic", &[], serde_json::to_vec(&ev).unwrap())
+    });
+    futures::future::try_join_all(publishes).await.unwrap();
 }
 
-async fn match_consumer(nats: &Nats) -> jetstream::consumer::Info {
+async fn match_consumer(nats: &Nats) -> whale_kernel::nats::ConsumerInfo {
     let input = &subjects::stage_inputs("match")[0];
-    nats.js
-        .get_stream(input.stream)
-        .await
-        .unwrap()
-        .consumer_info(input.consumer)
+    nats.consumer_info(input.stream, input.consumer)
         .await
         .unwrap()
 }
@@ -86,11 +73,7 @@ async fn finding6_setup_sets_a_short_ack_wait_and_updates_old_consumers() {
     for stage in subjects::STAGES {
         for input in subjects::stage_inputs(stage) {
             let info = nats
-                .js
-                .get_stream(input.stream)
-                .await
-                .unwrap()
-                .consumer_info(input.consumer)
+                .consumer_info(input.stream, input.consumer)
                 .await
                 .unwrap();
             assert_eq!(
@@ -257,12 +240,7 @@ async fn a_panicking_stage_does_not_stop_the_worker_and_is_counted() {
     )
     .await
     .unwrap();
-    nats.js
-        .create_stream(stream::Config {
-            name: "PANIC_TEST".into(),
-            subjects: vec!["panic.>".into()],
-            ..Default::default()
-        })
+    nats.create_stream_raw("PANIC_TEST", &["panic.>"])
         .await
         .unwrap();
     let input = subjects::Input {
@@ -271,11 +249,7 @@ async fn a_panicking_stage_does_not_stop_the_worker_and_is_counted() {
         filters: vec!["panic.>".into()],
     };
     let cfg = whale_kernel::Config::default();
-    nats.js
-        .get_stream("PANIC_TEST")
-        .await
-        .unwrap()
-        .create_consumer(whale_kernel::setup::consumer_config(&input, &cfg))
+    whale_kernel::setup::ensure_consumer(&nats, &input, &cfg)
         .await
         .unwrap();
     let stage = Arc::new(Panicky {
@@ -298,10 +272,7 @@ async fn a_panicking_stage_does_not_stop_the_worker_and_is_counted() {
         stop_rx,
     ));
     for body in ["one", "boom", "two"] {
-        nats.js
-            .publish(format!("panic.{body}"), body.into())
-            .await
-            .unwrap()
+        nats.publish_raw(format!("panic.{body}"), &[], body)
             .await
             .unwrap();
     }
@@ -322,12 +293,7 @@ async fn a_panicking_stage_does_not_stop_the_worker_and_is_counted() {
     // One count per contained panic (the batch, then the message on its own, then redeliveries).
     assert!(panics() >= 3, "panics counted: {}", panics());
     // Still handles new messages.
-    nats.js
-        .publish("panic.three", "three".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    nats.publish_raw("panic.three", &[], "three").await.unwrap();
     assert!(
         eventually(Duration::from_secs(20), || async {
             stage
