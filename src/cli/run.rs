@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use whale_kernel::{http, subjects, worker, Config, Health};
+use whale_kernel::{http, worker, Config, Health};
 
 use crate::registry;
 
@@ -59,42 +59,26 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     // The audit trail is read from its stream: any `whale run` serves it, whatever its stages.
     router = router.merge(whale_kernel::audit::router(nats.clone(), cfg.clone()));
     let mut loops = JoinSet::new();
+    let ctx = registry::Ctx {
+        nats: nats.clone(),
+        cfg: cfg.clone(),
+    };
     for name in &names {
-        if *name == "ingest" {
-            router = router.merge(whale_validate::ingest::router(nats.clone(), cfg.clone())?);
-            continue;
-        }
-        if *name == "index" {
-            router = router.merge(whale_index::http::router(
-                cfg.clone(),
-                whale_index::writer(&cfg)?,
-            ));
-        }
-        if *name == "feedback" {
-            router = router.merge(whale_feedback::http::router(&nats, cfg.clone()).await?);
-        }
-        if *name == "dispatch" {
-            router = router.merge(whale_dispatch::http::router(&nats, cfg.clone()).await?);
-        }
-        if *name == "approve" {
-            router = router.merge(whale_approve::http::router(&nats, cfg.clone()).await?);
-        }
-        if *name == "throttle" {
-            // Every task waits while Redis is down: the process is not ready then.
-            let limiter = whale_throttle::Limiter::from_config(&cfg.redis)?;
-            health.add_probe(
-                "redis",
-                Arc::new(move || {
-                    let l = limiter.clone();
-                    Box::pin(async move { l.ping().await })
-                }),
-            );
-        }
-        let stage = registry::build(name, &nats, &cfg)
+        let def = registry::get(name).context("a parsed stage name is in the table")?;
+        tracing::debug!(stage = def.name, "starting: {}", def.about);
+        let parts = (def.build)(ctx.clone())
             .await
-            .with_context(|| format!("cannot start stage {name}"))?
-            .context("stage without worker")?;
-        for input in subjects::stage_inputs(name) {
+            .with_context(|| format!("cannot start stage {name}"))?;
+        if let Some(r) = parts.router {
+            router = router.merge(r);
+        }
+        for (probe, check) in parts.probes {
+            health.add_probe(probe, check);
+        }
+        let Some(stage) = parts.worker else {
+            continue;
+        };
+        for input in def.inputs() {
             for _ in 0..a.concurrency.max(1) {
                 health.register(input.consumer);
                 loops.spawn(worker::run(

@@ -14,7 +14,9 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+/// The router type every stage's HTTP routes come in (merged by `whale run`).
+pub use axum::Router;
 use serde_json::json;
 use tokio::sync::watch;
 

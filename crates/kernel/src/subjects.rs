@@ -170,58 +170,31 @@ pub struct Input {
     pub filters: Vec<String>,
 }
 
-/// The input of each stage, by stage name. The stage registry and `whale setup` both read this.
+/// The inputs of each stage, by stage name (empty for a stage without a JetStream worker):
+/// the one table of who reads what. `whale setup` creates these consumers, `whale status`
+/// reports them, `whale run` starts one worker loop per input; the stage table
+/// (`src/registry.rs`) is checked against [`STAGES`] and this by its tests.
 pub fn stage_inputs(stage: &str) -> Vec<Input> {
-    if stage == "index" {
-        return vec![
-            Input {
-                stream: STREAM_EVENTS,
-                consumer: "index-events",
-                filters: vec![all(EVENTS_PREFIX), all(REJECTED_PREFIX)],
-            },
-            Input {
-                stream: STREAM_PIPE,
-                consumer: "index-pipe",
-                filters: vec![all(PIPE_PREFIX)],
-            },
-            Input {
-                stream: STREAM_AUDIT,
-                consumer: "index-audit",
-                filters: vec![all(AUDIT_PREFIX)],
-            },
-        ];
-    }
-    if stage == "feedback" {
-        return vec![
-            Input {
-                stream: STREAM_PIPE,
-                consumer: "feedback",
-                filters: vec![Pipe::Dispatched.filter()],
-            },
-            Input {
-                stream: STREAM_PIPE,
-                consumer: "feedback-notify",
-                filters: vec![Pipe::Notify.filter()],
-            },
-        ];
-    }
-    stage_input(stage).into_iter().collect()
-}
-
-/// `whale.pipe.approval.wait`: one per pending approval, redelivered until it is decided or
-/// times out (the approval gate's durable timer).
-pub fn approval_wait() -> String {
-    Pipe::Approval.subject_with("wait")
-}
-
-fn stage_input(stage: &str) -> Option<Input> {
-    let (stream, consumer, filters) = match stage {
-        "validate" => (STREAM_INGEST, "validate", vec![all(INGEST_PREFIX)]),
-        "match" => (STREAM_EVENTS, "match", vec![all(EVENTS_PREFIX)]),
-        "render" => (STREAM_PIPE, "render", vec![Pipe::Matched.filter()]),
-        "throttle" => (STREAM_PIPE, "throttle", vec![Pipe::Task.filter()]),
-        "dispatch" => (STREAM_PIPE, "dispatch", vec![Pipe::Admitted.filter()]),
-        "approve" => (
+    let input = |stream, consumer, filters| Input {
+        stream,
+        consumer,
+        filters,
+    };
+    match stage {
+        "validate" => vec![input(STREAM_INGEST, "validate", vec![all(INGEST_PREFIX)])],
+        "index" => vec![
+            input(
+                STREAM_EVENTS,
+                "index-events",
+                vec![all(EVENTS_PREFIX), all(REJECTED_PREFIX)],
+            ),
+            input(STREAM_PIPE, "index-pipe", vec![all(PIPE_PREFIX)]),
+            input(STREAM_AUDIT, "index-audit", vec![all(AUDIT_PREFIX)]),
+        ],
+        "match" => vec![input(STREAM_EVENTS, "match", vec![all(EVENTS_PREFIX)])],
+        "render" => vec![input(STREAM_PIPE, "render", vec![Pipe::Matched.filter()])],
+        "throttle" => vec![input(STREAM_PIPE, "throttle", vec![Pipe::Task.filter()])],
+        "approve" => vec![input(
             STREAM_PIPE,
             "approve",
             vec![
@@ -229,14 +202,24 @@ fn stage_input(stage: &str) -> Option<Input> {
                 approval_wait(),
                 Pipe::Decision.filter(),
             ],
-        ),
-        _ => return None,
-    };
-    Some(Input {
-        stream,
-        consumer,
-        filters,
-    })
+        )],
+        "dispatch" => vec![input(
+            STREAM_PIPE,
+            "dispatch",
+            vec![Pipe::Admitted.filter()],
+        )],
+        "feedback" => vec![
+            input(STREAM_PIPE, "feedback", vec![Pipe::Dispatched.filter()]),
+            input(STREAM_PIPE, "feedback-notify", vec![Pipe::Notify.filter()]),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// `whale.pipe.approval.wait`: one per pending approval, redelivered until it is decided or
+/// times out (the approval gate's durable timer).
+pub fn approval_wait() -> String {
+    Pipe::Approval.subject_with("wait")
 }
 
 /// Header carrying the event id on every message, so one event can be followed through stages.
@@ -246,7 +229,8 @@ pub const HDR_RULE: &str = "Whale-Rule";
 /// Header carrying the task id where one exists.
 pub const HDR_TASK_ID: &str = "Whale-Task-Id";
 
-/// Every stage with a JetStream input, in pipeline order.
+/// Every stage with a JetStream input (those [`stage_inputs`] knows), in the order `whale
+/// setup` and `whale status` list them.
 pub const STAGES: [&str; 8] = [
     "validate", "index", "match", "render", "throttle", "approve", "dispatch", "feedback",
 ];
