@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use whale_kernel::records::{self, Task};
-use whale_kernel::subjects::{Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID, STREAM_PIPE};
-use whale_kernel::{Nats, Output, Window};
+use whale_kernel::subjects::{Pipe, STREAM_PIPE};
+use whale_kernel::{Nats, Window};
 
 use crate::harness::*;
 
@@ -52,18 +52,10 @@ fn simple(i: usize, cluster: &str) -> Task {
 
 /// Publishes tasks as throttle admits them: `whale.pipe.admitted.<cluster>`, msg id `adm:<id>`.
 pub(crate) async fn admit(nats: &Nats, tasks: &[Task]) {
-    let mut w: Window<usize> = Window::new(nats.js.clone(), 512);
+    let mut w: Window<usize> = Window::on(&nats, 512);
     let mut results = Vec::new();
     for (i, t) in tasks.iter().enumerate() {
-        let out = Output::json(
-            Pipe::Admitted.subject_with(&t.cluster),
-            format!("adm:{}", t.task_id),
-            t,
-        )
-        .header(HDR_EVENT_ID, t.event_id.clone())
-        .header(HDR_RULE, t.rule.clone())
-        .header(HDR_TASK_ID, t.task_id.clone());
-        results.extend(w.send(i, out).await);
+        results.extend(w.send(i, t.admitted()).await);
     }
     results.extend(w.drain().await);
     assert!(

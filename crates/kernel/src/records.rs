@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::subjects::Pipe;
+
 /// match → render: an event matched a rule.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Matched {
@@ -257,6 +259,187 @@ pub fn tagged(out: crate::Output, task: &Task) -> crate::Output {
         .header(HDR_TASK_ID, task.task_id.clone())
 }
 
+/// The `Nats-Msg-Id` of each record kind, spelled only here: a prefix per kind and the id of
+/// what it is about, so a redelivered input re-publishes the same id and JetStream drops the
+/// copy (ARCHITECTURE.md, "Every output has a deterministic `Nats-Msg-Id`").
+pub mod msg_id {
+    /// render → throttle: `task:<task id>`.
+    pub fn task(task_id: &str) -> String {
+        format!("task:{task_id}")
+    }
+    /// render: `rf:<task id>`.
+    pub fn render_failed(task_id: &str) -> String {
+        format!("rf:{task_id}")
+    }
+    /// throttle / approval gate → dispatch: `adm:<task id>`.
+    pub fn admitted(task_id: &str) -> String {
+        format!("adm:{task_id}")
+    }
+    /// A dead-letter retry re-admits the task under a new id per retry:
+    /// `adm-retry:<task id>:<retry>`.
+    pub fn admitted_retry(task_id: &str, retry: u64) -> String {
+        format!("adm-retry:{task_id}:{retry}")
+    }
+    /// throttle → approval gate: `apv:<task id>`.
+    pub fn approval(task_id: &str) -> String {
+        format!("apv:{task_id}")
+    }
+    /// The approval gate's timer: `wait:<task id>`.
+    pub fn approval_wait(task_id: &str) -> String {
+        format!("wait:{task_id}")
+    }
+    /// throttle: `thr:<task id>`.
+    pub fn throttled(task_id: &str) -> String {
+        format!("thr:{task_id}")
+    }
+    /// approval gate: `dec:<task id>`.
+    pub fn decision(task_id: &str) -> String {
+        format!("dec:{task_id}")
+    }
+    /// dispatch → feedback: `dsp:<task id>`.
+    pub fn dispatched(task_id: &str) -> String {
+        format!("dsp:{task_id}")
+    }
+    /// dispatch / throttle / approval gate: `dl:<task id>` (one dead letter per task).
+    pub fn dead_letter(task_id: &str) -> String {
+        format!("dl:{task_id}")
+    }
+    /// feedback: `res:<task id>`.
+    pub fn result(task_id: &str) -> String {
+        format!("res:{task_id}")
+    }
+    /// A notification: `<res|apv>:<task id>:<channel>` (also the key of its sent-marker).
+    pub fn notify(kind: &str, task_id: &str, channel: &str) -> String {
+        let prefix = if kind == "approval" { "apv" } else { "res" };
+        format!("{prefix}:{task_id}:{channel}")
+    }
+    /// What became of a notification: `ntd:<request id>`.
+    pub fn notified(request_id: &str) -> String {
+        format!("ntd:{request_id}")
+    }
+}
+
+impl Task {
+    /// render → throttle: this task on `whale.pipe.task`.
+    pub fn output(&self) -> crate::Output {
+        let out = crate::Output::json(Pipe::Task.subject(), msg_id::task(&self.task_id), self);
+        tagged(out, self)
+    }
+
+    /// The task let on to dispatch, on its cluster's `whale.pipe.admitted.<cluster>`.
+    /// (An approved task still carries its `approval`: this is where the gate lets it on.)
+    pub fn admitted(&self) -> crate::Output {
+        let subject = Pipe::Admitted.subject_with(&self.cluster);
+        let out = crate::Output::json(subject, msg_id::admitted(&self.task_id), self);
+        tagged(out, self)
+    }
+
+    /// The task (as `payload`, the bytes it came in) let on: to the approval gate when it
+    /// needs a person, else to dispatch on its cluster's subject.
+    pub fn passed_on(&self, payload: bytes::Bytes) -> crate::Output {
+        let (subject, id) = match self.approval {
+            Some(_) => (Pipe::Approval.subject(), msg_id::approval(&self.task_id)),
+            None => (
+                Pipe::Admitted.subject_with(&self.cluster),
+                msg_id::admitted(&self.task_id),
+            ),
+        };
+        tagged(crate::Output::new(subject, id, payload), self)
+    }
+}
+
+impl RenderFailed {
+    /// render: the failure of the task `task_id` would have had, on `whale.pipe.render_failed`.
+    pub fn output(&self, task_id: &str) -> crate::Output {
+        use crate::subjects::{HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
+        crate::Output::json(
+            Pipe::RenderFailed.subject(),
+            msg_id::render_failed(task_id),
+            self,
+        )
+        .header(HDR_EVENT_ID, self.event_id.clone())
+        .header(HDR_RULE, self.rule.clone())
+        .header(HDR_TASK_ID, task_id.to_owned())
+    }
+}
+
+impl Throttled {
+    /// throttle: on `whale.pipe.throttled`.
+    pub fn output(&self) -> crate::Output {
+        let id = msg_id::throttled(&self.task.task_id);
+        tagged(
+            crate::Output::json(Pipe::Throttled.subject(), id, self),
+            &self.task,
+        )
+    }
+}
+
+impl DeadLetter {
+    /// On `whale.pipe.dead_letter`.
+    pub fn output(&self) -> crate::Output {
+        let id = msg_id::dead_letter(&self.task.task_id);
+        tagged(
+            crate::Output::json(Pipe::DeadLetter.subject(), id, self),
+            &self.task,
+        )
+    }
+}
+
+impl Dispatched {
+    /// dispatch → feedback: on `whale.pipe.dispatched`.
+    pub fn output(&self) -> crate::Output {
+        let id = msg_id::dispatched(&self.task.task_id);
+        tagged(
+            crate::Output::json(Pipe::Dispatched.subject(), id, self),
+            &self.task,
+        )
+    }
+}
+
+impl ExecutionResult {
+    /// feedback: on `whale.pipe.result`.
+    pub fn output(&self) -> crate::Output {
+        let id = msg_id::result(&self.task.task_id);
+        tagged(
+            crate::Output::json(Pipe::Result.subject(), id, self),
+            &self.task,
+        )
+    }
+}
+
+impl Decision {
+    /// approval gate: on `whale.pipe.decision`.
+    pub fn output(&self) -> crate::Output {
+        let id = msg_id::decision(&self.task.task_id);
+        tagged(
+            crate::Output::json(Pipe::Decision.subject(), id, self),
+            &self.task,
+        )
+    }
+}
+
+impl NotifyRequest {
+    /// feedback / approval gate → notify: on `whale.pipe.notify`, msg id = its `id`.
+    pub fn output(&self) -> crate::Output {
+        use crate::subjects::{HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
+        crate::Output::json(Pipe::Notify.subject(), self.id.clone(), self)
+            .header(HDR_EVENT_ID, self.event_id.clone())
+            .header(HDR_RULE, self.rule.clone())
+            .header(HDR_TASK_ID, self.task_id.clone())
+    }
+}
+
+impl Notified {
+    /// notify: on `whale.pipe.notified`.
+    pub fn output(&self) -> crate::Output {
+        use crate::subjects::{HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
+        crate::Output::json(Pipe::Notified.subject(), msg_id::notified(&self.id), self)
+            .header(HDR_EVENT_ID, self.event_id.clone())
+            .header(HDR_RULE, self.rule.clone())
+            .header(HDR_TASK_ID, self.task_id.clone())
+    }
+}
+
 /// The dead letter for a task whose cluster cannot be a subject token (publishing it to
 /// `whale.pipe.admitted.<cluster>` would fail forever), or None when the cluster is fine.
 /// Every stage that admits tasks checks this first.
@@ -274,10 +457,5 @@ pub fn unroutable(task: &Task) -> Option<crate::Output> {
         faultstring: None,
         attempts: 0,
     };
-    let out = crate::Output::json(
-        crate::subjects::Pipe::DeadLetter.subject(),
-        format!("dl:{}", task.task_id),
-        &rec,
-    );
-    Some(tagged(out, task))
+    Some(rec.output())
 }

@@ -96,12 +96,9 @@ impl Approve {
     }
 
     async fn request(&self, d: &Delivery) -> Outcome {
-        let task: Task = match serde_json::from_slice(&d.payload) {
+        let task: Task = match d.decode("task record") {
             Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(parent: &d.span("approve"), "not a task record, dropped: {e}");
-                return Outcome::Ack(vec![]);
-            }
+            Err(malformed) => return malformed,
         };
         let a = match store::open(&self.kv, &task, self.links.ttl).await {
             Ok(a) => a,
@@ -118,7 +115,7 @@ impl Approve {
         out.push(headers(
             Output::json(
                 subjects::approval_wait(),
-                format!("wait:{}", task.task_id),
+                records::msg_id::approval_wait(&task.task_id),
                 &wait,
             ),
             &task,
@@ -127,12 +124,9 @@ impl Approve {
     }
 
     async fn wait(&self, d: &Delivery) -> Outcome {
-        let w: Wait = match serde_json::from_slice(&d.payload) {
+        let w: Wait = match d.decode("approval timer") {
             Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(parent: &d.span("approve"), "not an approval timer, dropped: {e}");
-                return Outcome::Ack(vec![]);
-            }
+            Err(malformed) => return malformed,
         };
         let a = match store::read(&self.kv, &w.task_id).await {
             Ok(Some((a, _))) => a,
@@ -165,12 +159,9 @@ impl Approve {
     }
 
     async fn decision(&self, d: &Delivery) -> Outcome {
-        let dec: Decision = match serde_json::from_slice(&d.payload) {
+        let dec: Decision = match d.decode("decision record") {
             Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(parent: &d.span("approve"), "not a decision record, dropped: {e}");
-                return Outcome::Ack(vec![]);
-            }
+            Err(malformed) => return malformed,
         };
         if dec.decision != "approved" {
             return Outcome::Ack(vec![]);
@@ -191,12 +182,7 @@ impl Approve {
         if let Some(dead) = records::unroutable(&task) {
             return Outcome::Ack(vec![dead]);
         }
-        let out = Output::json(
-            Pipe::Admitted.subject_with(&task.cluster),
-            format!("adm:{}", task.task_id),
-            &task,
-        );
-        Outcome::Ack(vec![headers(out, &task)])
+        Outcome::Ack(vec![task.admitted()])
     }
 }
 

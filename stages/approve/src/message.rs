@@ -4,8 +4,7 @@
 use serde_json::json;
 use time::OffsetDateTime;
 use whale_kernel::envelope::format_time;
-use whale_kernel::records::{Link, NotifyRequest};
-use whale_kernel::subjects::{Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
+use whale_kernel::records::{self, Link, NotifyRequest};
 use whale_kernel::Output;
 
 use crate::store::Approval;
@@ -68,7 +67,7 @@ pub fn request(a: &Approval, channel: &str, links: &Links) -> Output {
         None => text.push_str("\n(no links: WHALE_APPROVAL_SECRET is not set)"),
     }
     let req = NotifyRequest {
-        id: format!("apv:{}:{channel}", t.task_id),
+        id: records::msg_id::notify("approval", &t.task_id, channel),
         channel: channel.to_owned(),
         kind: "approval".into(),
         task_id: t.task_id.clone(),
@@ -79,8 +78,5 @@ pub fn request(a: &Approval, channel: &str, links: &Links) -> Output {
         record,
         created: format_time(OffsetDateTime::now_utc()),
     };
-    Output::json(Pipe::Notify.subject(), req.id.clone(), &req)
-        .header(HDR_EVENT_ID, t.event_id.clone())
-        .header(HDR_RULE, t.rule.clone())
-        .header(HDR_TASK_ID, t.task_id.clone())
+    req.output()
 }

@@ -19,7 +19,7 @@ use whale_kernel::envelope::format_time;
 use whale_kernel::keys;
 use whale_kernel::kv::{Bucket, Step, Ttl};
 use whale_kernel::records::{Decision, Task};
-use whale_kernel::subjects::{self, Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
+use whale_kernel::subjects;
 use whale_kernel::{Config, Nats, Output};
 
 /// One held task and what became of it.
@@ -97,15 +97,7 @@ impl Approval {
 
     /// The decision record as an output (msg id `dec:<task_id>`).
     pub fn decision_output(&self) -> Output {
-        let t = &self.task;
-        Output::json(
-            Pipe::Decision.subject(),
-            format!("dec:{}", t.task_id),
-            &self.decision(),
-        )
-        .header(HDR_EVENT_ID, t.event_id.clone())
-        .header(HDR_RULE, t.rule.clone())
-        .header(HDR_TASK_ID, t.task_id.clone())
+        self.decision().output()
     }
 }
 

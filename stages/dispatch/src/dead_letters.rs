@@ -345,7 +345,7 @@ impl DeadLetters {
         // A fresh msg id per retry (JetStream would drop a copy of the original admission).
         let out = Output::json(
             Pipe::Admitted.subject_with(&task.cluster),
-            format!("adm-retry:{task_id}:{}", mark.retries),
+            records::msg_id::admitted_retry(task_id, mark.retries),
             task,
         );
         let mut w: Window<()> = Window::on(&self.nats, 1);

@@ -16,7 +16,6 @@ use futures::StreamExt;
 use tracing::Instrument;
 use whale_kernel::config::DispatchConfig;
 use whale_kernel::records::{DeadLetter, Dispatched, Task};
-use whale_kernel::subjects::{Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
 use whale_kernel::{Config, Delivery, Nats, Outcome, Output, Stage};
 use whale_st2::{ExecutionRequest, St2Error};
 
@@ -120,13 +119,11 @@ impl Dispatch {
     }
 
     async fn one(&self, d: &Delivery) -> Outcome {
-        let task: Task = match serde_json::from_slice(&d.payload) {
+        let task: Task = match d.decode("task record") {
             Ok(t) => t,
-            Err(e) => {
+            Err(malformed) => {
                 metrics::count(Kind::Malformed);
-                return Outcome::Term {
-                    reason: format!("not a task record: {e}"),
-                };
+                return malformed;
             }
         };
         let Some(key) = claim::key(&task.task_id) else {
@@ -555,12 +552,6 @@ fn ack(out: Output) -> Outcome {
     Outcome::Ack(vec![out])
 }
 
-fn with_headers(out: Output, task: &Task) -> Output {
-    out.header(HDR_EVENT_ID, task.event_id.clone())
-        .header(HDR_RULE, task.rule.clone())
-        .header(HDR_TASK_ID, task.task_id.clone())
-}
-
 /// The record for feedback; msg id `dsp:<task id>`, so a re-publication is dropped.
 fn dispatched(
     task: &Task,
@@ -569,15 +560,14 @@ fn dispatched(
     web_url: Option<String>,
     created: String,
 ) -> Output {
-    let rec = Dispatched {
+    Dispatched {
         task: task.clone(),
         cluster,
         execution_id,
         web_url,
         created,
-    };
-    let id = format!("dsp:{}", task.task_id);
-    with_headers(Output::json(Pipe::Dispatched.subject(), id, &rec), task)
+    }
+    .output()
 }
 
 /// A dead letter; msg id `dl:<task id>` (the same id throttle uses: one dead letter per task).
@@ -588,15 +578,14 @@ fn dead_letter(
     faultstring: Option<String>,
     attempts: u64,
 ) -> Output {
-    let rec = DeadLetter {
+    DeadLetter {
         task: task.clone(),
         cluster,
         reason,
         faultstring,
         attempts,
-    };
-    let id = format!("dl:{}", task.task_id);
-    with_headers(Output::json(Pipe::DeadLetter.subject(), id, &rec), task)
+    }
+    .output()
 }
 
 fn humanize(d: Duration) -> String {

@@ -79,12 +79,9 @@ impl Feedback {
     }
 
     async fn follow(&self, d: &Delivery) -> Outcome {
-        let disp: Dispatched = match serde_json::from_slice(&d.payload) {
+        let disp: Dispatched = match d.decode("dispatched record") {
             Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(parent: &d.span("feedback"), "not a dispatched record, dropped: {e}");
-                return Outcome::Ack(vec![]);
-            }
+            Err(malformed) => return malformed,
         };
         let Some(follower) = self.followers.get(&disp.cluster) else {
             tracing::error!(parent: &d.span("feedback"), cluster = %disp.cluster, "execution on a cluster this worker does not know: add it to whale.toml [clusters]");

@@ -35,7 +35,6 @@ use whale_kernel::config::{ChannelKind, FeedbackConfig};
 use whale_kernel::envelope::format_time;
 use whale_kernel::kv::{Bucket, Step, Ttl};
 use whale_kernel::records::{Notified, NotifyRequest};
-use whale_kernel::subjects::{Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
 use whale_kernel::{Config, Delivery, Outcome, Output, Secret};
 
 use crate::metrics::NOTIFICATIONS;
@@ -206,12 +205,9 @@ impl Sender {
 
     /// Handles one `whale.pipe.notify` message.
     pub async fn handle(&self, d: &Delivery) -> Outcome {
-        let req: NotifyRequest = match serde_json::from_slice(&d.payload) {
+        let req: NotifyRequest = match d.decode("notification request") {
             Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(parent: &d.span("feedback"), "not a notification request, dropped: {e}");
-                return Outcome::Ack(vec![]);
-            }
+            Err(malformed) => return malformed,
         };
         let Some(channel) = self.channels.map.get(&req.channel) else {
             let err = format!(
@@ -466,8 +462,5 @@ fn notified(req: &NotifyRequest, status: &str, attempts: u32, error: Option<Stri
         error,
         at: format_time(OffsetDateTime::now_utc()),
     };
-    Output::json(Pipe::Notified.subject(), format!("ntd:{}", req.id), &rec)
-        .header(HDR_EVENT_ID, req.event_id.clone())
-        .header(HDR_RULE, req.rule.clone())
-        .header(HDR_TASK_ID, req.task_id.clone())
+    rec.output()
 }

@@ -8,8 +8,10 @@ use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use whale_kernel::envelope::{format_time, Envelope};
-use whale_kernel::records::{Dispatched, ExecutionResult, Link, NotifyRequest, CHAIN_DEPTH_LABEL};
-use whale_kernel::subjects::{self, Pipe, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
+use whale_kernel::records::{
+    self, Dispatched, ExecutionResult, Link, NotifyRequest, CHAIN_DEPTH_LABEL,
+};
+use whale_kernel::subjects::{self, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
 use whale_kernel::Output;
 use whale_st2::Execution;
 
@@ -112,16 +114,7 @@ pub fn outputs(
     max_chain_depth: u32,
 ) -> Vec<Output> {
     let task = &d.task;
-    let headers = |o: Output| {
-        o.header(HDR_EVENT_ID, task.event_id.clone())
-            .header(HDR_RULE, task.rule.clone())
-            .header(HDR_TASK_ID, task.task_id.clone())
-    };
-    let mut out = vec![headers(Output::json(
-        Pipe::Result.subject(),
-        format!("res:{}", task.task_id),
-        rec,
-    ))];
+    let mut out = vec![rec.output()];
     if task.result_event {
         let ev = finished_event(rec);
         let depth = chain_depth(&ev.labels);
@@ -161,7 +154,7 @@ pub fn outputs(
     let input = template_input(rec);
     for channel in &task.notify {
         let req = NotifyRequest {
-            id: format!("res:{}:{channel}", task.task_id),
+            id: records::msg_id::notify("result", &task.task_id, channel),
             channel: channel.clone(),
             kind: "result".into(),
             task_id: task.task_id.clone(),
@@ -179,11 +172,7 @@ pub fn outputs(
             record: json!({"kind": "result", "channel": channel, "event": input["event"], "result": input["result"], "task": input["task"]}),
             created: format_time(OffsetDateTime::now_utc()),
         };
-        out.push(headers(Output::json(
-            Pipe::Notify.subject(),
-            req.id.clone(),
-            &req,
-        )));
+        out.push(req.output());
     }
     out
 }

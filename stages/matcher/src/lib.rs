@@ -157,12 +157,11 @@ impl Stage for Match {
     }
 }
 
-/// Someone published something that is not an accepted event on `whale.events.*`: count it,
-/// log it, and move on (it would fail forever).
-fn skip(d: &Delivery, why: String) -> Outcome {
+/// Someone published something that is not an accepted event on `whale.events.*`: count it and
+/// end it as malformed (logged and acked by the worker loop; it would fail forever).
+fn skip(_d: &Delivery, why: String) -> Outcome {
     STAGE_EVENTS
         .with_label_values(&["match", "unreadable"])
         .inc();
-    tracing::warn!(parent: &d.span("match"), subject = %d.subject, "skipped: {why}");
-    Outcome::Ack(vec![])
+    Outcome::Malformed { reason: why }
 }

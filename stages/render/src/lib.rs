@@ -6,8 +6,7 @@ use async_trait::async_trait;
 use whale_kernel::kv::Live;
 use whale_kernel::metrics::STAGE_EVENTS;
 use whale_kernel::records::{self, Matched, RenderFailed, Task};
-use whale_kernel::subjects::{self, Pipe};
-use whale_kernel::{envelope, Delivery, Outcome, Output, Stage};
+use whale_kernel::{envelope, Delivery, Outcome, Stage};
 use whale_rules::RuleSet;
 
 /// Cluster used when a rule has no route.
@@ -111,14 +110,13 @@ impl Stage for Render {
     }
 
     async fn handle(&self, d: &Delivery) -> Outcome {
-        let m: Matched = match serde_json::from_slice(&d.payload) {
+        let m: Matched = match d.decode("match record") {
             Ok(m) => m,
-            Err(e) => {
+            Err(malformed) => {
                 STAGE_EVENTS
                     .with_label_values(&["render", "unreadable"])
                     .inc();
-                tracing::warn!(parent: &d.span("render"), "skipped unreadable match record: {e}");
-                return Outcome::Ack(vec![]);
+                return malformed;
             }
         };
         let Some(set) = self.rules.current() else {
@@ -133,17 +131,14 @@ impl Stage for Render {
                 STAGE_EVENTS
                     .with_label_values(&["render", "rendered"])
                     .inc();
-                Output::json(Pipe::Task.subject(), format!("task:{task_id}"), &task)
+                task.output()
             }
             Err(f) => {
                 STAGE_EVENTS.with_label_values(&["render", "failed"]).inc();
                 tracing::info!(parent: &d.span("render"), field = %f.field, "render failed: {}", f.reason);
-                Output::json(Pipe::RenderFailed.subject(), format!("rf:{task_id}"), &f)
+                f.output(&task_id)
             }
         };
-        Outcome::Ack(vec![out
-            .header(subjects::HDR_EVENT_ID, m.event_id.clone())
-            .header(subjects::HDR_RULE, m.rule.clone())
-            .header(subjects::HDR_TASK_ID, task_id)])
+        Outcome::Ack(vec![out])
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use whale_kernel::records::{self, Task, Throttle, ThrottleMode, Throttled};
-use whale_kernel::subjects::{Pipe, HDR_RULE};
+use whale_kernel::subjects::HDR_RULE;
 use whale_kernel::{Config, Delivery, Outcome, Output, Secret, Stage};
 
 use crate::limiter::{self, Limiter};
@@ -106,7 +106,7 @@ impl Stage for ThrottleStage {
                 Ok(t) => t,
                 Err(reason) => {
                     metrics::count(d.header(HDR_RULE).unwrap_or(""), Kind::Malformed);
-                    outcomes[index] = Some(Outcome::Term { reason });
+                    outcomes[index] = Some(Outcome::Malformed { reason });
                     continue;
                 }
             };
@@ -214,31 +214,16 @@ fn read_task(d: &Delivery) -> Result<(Task, Bytes), String> {
 /// The record that lets a task on: to the approval gate when it needs a person, else to
 /// dispatch on its cluster's subject.
 fn admit(task: &Task, payload: &Bytes) -> Output {
-    let (subject, msg_id) = match task.approval {
-        Some(_) => (Pipe::Approval.subject(), format!("apv:{}", task.task_id)),
-        None => (
-            Pipe::Admitted.subject_with(&task.cluster),
-            format!("adm:{}", task.task_id),
-        ),
-    };
-    with_headers(Output::new(subject, msg_id, payload.clone()), task)
+    task.passed_on(payload.clone())
 }
 
 fn throttled(task: Task, retry_after_ms: u64, reason: String) -> Output {
-    let msg_id = format!("thr:{}", task.task_id);
-    let rec = Throttled {
+    Throttled {
         task,
         retry_after_ms,
         reason,
-    };
-    with_headers(
-        Output::json(Pipe::Throttled.subject(), msg_id, &rec),
-        &rec.task,
-    )
-}
-
-fn with_headers(out: Output, task: &Task) -> Output {
-    records::tagged(out, task)
+    }
+    .output()
 }
 
 /// A task bound for dispatch whose cluster cannot be a subject token is dead-lettered here,

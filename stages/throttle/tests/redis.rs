@@ -442,7 +442,9 @@ async fn stage_routes_admitted_throttled_approval_and_unthrottled_tasks() {
         (o.subject.as_str(), o.msg_id.as_str()),
         ("whale.pipe.dead_letter", "dl:t-5")
     );
-    assert!(matches!(&out[5], Outcome::Term { reason } if reason.contains("not a task record")));
+    assert!(
+        matches!(&out[5], Outcome::Malformed { reason } if reason.contains("not a task record"))
+    );
     let o = &outputs(&out[6])[0];
     assert_eq!(
         o.msg_id, "adm:t-6",
