@@ -52,7 +52,7 @@ fn simple(i: usize, cluster: &str) -> Task {
 
 /// Publishes tasks as throttle admits them: `whale.pipe.admitted.<cluster>`, msg id `adm:<id>`.
 pub(crate) async fn admit(nats: &Nats, tasks: &[Task]) {
-    let mut w: Window<usize> = Window::on(&nats, 512);
+    let mut w: Window<usize> = Window::on(nats, 512);
     let mut results = Vec::new();
     for (i, t) in tasks.iter().enumerate() {
         results.extend(w.send(i, t.admitted()).await);

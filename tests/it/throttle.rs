@@ -50,7 +50,7 @@ fn task(run: &str, i: usize, key: &str, limit: u64, per_ms: u64) -> Task {
 
 /// Publishes tasks to `whale.pipe.task` as render does (msg id `task:<id>`).
 async fn publish(nats: &Nats, tasks: &[Task]) {
-    let mut w: Window<()> = Window::on(&nats, 2048);
+    let mut w: Window<()> = Window::on(nats, 2048);
     for t in tasks {
         let out = Output::json(Pipe::Task.subject(), format!("task:{}", t.task_id), t);
         for (_, r) in w.send((), out).await {
