@@ -80,9 +80,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
     // user and host whatever `--by` says.
     let actor = whale_kernel::audit::Actor::cli(d.by.as_deref());
     let by = actor.who.clone();
-    let a = store::decide(&nats, &kv, &d.id, verdict, &actor, d.reason)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let a = store::decide(&nats, &kv, &d.id, verdict, &actor, d.reason).await?;
     if d.json {
         super::print_json(&a)?;
     } else {

@@ -32,7 +32,7 @@ pub struct Args {
 
 pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let f: Filter = audit::make_filter(a.since.as_deref(), a.who, a.action, a.limit, &cfg)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(anyhow::Error::msg)?;
     let nats = super::connect(&cfg, "audit").await?;
     let records = audit::list(&nats, &f).await?;
     if a.json {

@@ -86,12 +86,12 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     // A replay is audited, dry run or not; while the trail cannot take a record, nothing runs.
     super::audit::preflight(&nats).await?;
     let set: RuleSet = match &a.rules {
-        Some(dir) => RuleSet::load_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?,
+        Some(dir) => RuleSet::load_dir(dir)?,
         None => {
             let stored = rules_store::active(&nats)
                 .await?
                 .context("no rule set is active: apply one, or give --rules DIR")?;
-            RuleSet::compile(&stored.sources).map_err(|e| anyhow::anyhow!("{e}"))?
+            RuleSet::compile(&stored.sources)?
         }
     };
     if let Some(r) = &a.rule {

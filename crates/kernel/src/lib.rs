@@ -5,8 +5,10 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backoff;
 pub mod config;
 pub mod envelope;
+pub mod failpoint;
 pub mod health;
 pub mod history;
 pub mod http;

@@ -118,3 +118,71 @@ fn lines_naming(paths: &[PathBuf], names: &[&str]) -> Vec<String> {
     }
     found
 }
+
+/// Every file under the given workspace directories.
+fn files_under(dirs: &[&str]) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    for d in dirs {
+        files(&root().join(d), &mut all);
+    }
+    assert!(!all.is_empty(), "no sources under {dirs:?}");
+    all
+}
+
+/// Causes are kept (ARCHITECTURE.md, "Errors keep their causes"): no error is flattened into a
+/// new `anyhow!` of its text, which drops its source chain (and with it what
+/// `kv::is_unavailable` looks for). Use `?`, `.context(..)` or a typed error with a source.
+#[test]
+fn no_error_is_flattened_into_its_text() {
+    let all = files_under(&["crates", "stages", "src/cli"]);
+    let found = lines_naming(
+        &all,
+        &[
+            "map_err(|e| anyhow::anyhow!(\"{e}\"))",
+            "map_err(|e| anyhow!(\"{e}\"))",
+            "map_err(|e| anyhow::anyhow!(\"{e:#}\"))",
+        ],
+    );
+    // This test's own patterns are not uses.
+    let found: Vec<String> = found
+        .into_iter()
+        .filter(|l| !l.starts_with("crates/kernel/tests/tidy.rs"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "an error flattened into its text loses its cause chain: use `?` or `.context(..)`. Found:\n{}",
+        found.join("\n")
+    );
+}
+
+/// Records build their own messages (ARCHITECTURE.md, "Every output has a deterministic
+/// `Nats-Msg-Id`"): the msg-id prefixes of task records are spelled only in
+/// `whale_kernel::records::msg_id`, never in a stage's sources.
+#[test]
+fn stages_never_spell_msg_ids() {
+    let all: Vec<PathBuf> = files_under(&["stages"])
+        .into_iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "src"))
+        .collect();
+    let prefixes = [
+        "format!(\"task:",
+        "format!(\"rf:{",
+        "format!(\"adm:",
+        "format!(\"adm-retry:",
+        "format!(\"apv:",
+        "format!(\"wait:",
+        "format!(\"thr:",
+        "format!(\"dec:",
+        "format!(\"dsp:",
+        "format!(\"dl:",
+        "format!(\"res:",
+        "format!(\"ntd:",
+    ];
+    let found = lines_naming(&all, &prefixes);
+    assert!(
+        found.is_empty(),
+        "build pipe records' messages with their `.output()` (whale_kernel::records), whose \
+         msg ids come from records::msg_id. Found:\n{}",
+        found.join("\n")
+    );
+}

@@ -118,30 +118,45 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Why a claim operation did not happen.
-#[derive(Debug)]
+/// Why a claim operation did not happen. The cause is kept as the error's source.
+#[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
     /// Someone else wrote the key first (create) or since we read it (update).
+    #[error("the claim changed under us")]
     Conflict,
     /// NATS did not answer or refused.
-    Store(String),
-}
-
-impl std::fmt::Display for ClaimError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClaimError::Conflict => f.write_str("the claim changed under us"),
-            ClaimError::Store(e) => write!(f, "claims bucket: {e}"),
-        }
-    }
+    #[error("claims bucket unavailable")]
+    Store(#[source] KvError),
+    /// The stored claim does not parse: reported, never treated as "no claim" (which could
+    /// double an execution).
+    #[error("claim {key} is not readable")]
+    Unreadable {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl From<KvError> for ClaimError {
     fn from(e: KvError) -> ClaimError {
         match e {
             KvError::Conflict => ClaimError::Conflict,
-            e => ClaimError::Store(e.to_string()),
+            e => ClaimError::Store(e),
         }
+    }
+}
+
+impl ClaimError {
+    /// The error and its causes on one line (`a: b: c`), for retry reasons and logs.
+    pub fn chain(&self) -> String {
+        let mut s = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cause = c.source();
+        }
+        s
     }
 }
 
@@ -183,7 +198,10 @@ impl Claims {
         match self.kv.entry(key).await? {
             Some(e) => serde_json::from_slice(&e.value)
                 .map(|c| Some((c, e.revision)))
-                .map_err(|err| ClaimError::Store(format!("claim {key} is not readable: {err}"))),
+                .map_err(|source| ClaimError::Unreadable {
+                    key: key.to_owned(),
+                    source,
+                }),
             None => Ok(None),
         }
     }

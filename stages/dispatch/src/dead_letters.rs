@@ -150,10 +150,7 @@ impl DeadLetters {
         let Some(key) = claim::key(task_id) else {
             return Ok(None);
         };
-        self.claims
-            .get(&key)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        Ok(self.claims.get(&key).await?)
     }
 
     async fn entry(&self, rec: &DeadLetter, at: time::OffsetDateTime) -> anyhow::Result<Entry> {
@@ -288,12 +285,7 @@ impl DeadLetters {
         })?;
         let prev = self.mark(task_id).await?;
         let now = envelope::format_time(time::OffsetDateTime::now_utc());
-        let claim_revision = match self
-            .claims
-            .get(&key)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-        {
+        let claim_revision = match self.claims.get(&key).await.map_err(anyhow::Error::from)? {
             Some((Claim::Created { execution_id, .. }, _)) => {
                 return Err(Error::Conflict(format!(
                     "task {task_id} was already executed (execution {execution_id}): not retried"
@@ -320,7 +312,7 @@ impl DeadLetters {
                             "task {task_id}'s claim changed while retrying it (another retry or a worker): look again"
                         )))
                     }
-                    Err(ClaimError::Store(e)) => return Err(anyhow::anyhow!(e).into()),
+                    Err(e) => return Err(anyhow::Error::from(e).into()),
                 }
             }
             // Pending (retried already, or interrupted) or no claim (never reached a cluster):

@@ -14,7 +14,6 @@
 //! - [`dead_letters`]: `whale dead-letters list|show|retry` and [`http`] `/v1/dead-letters`.
 
 pub mod admin;
-pub mod backoff;
 pub mod breaker;
 pub mod claim;
 pub mod clusters;

@@ -14,12 +14,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use tracing::Instrument;
+use whale_kernel::backoff::{jitter, Backoff};
 use whale_kernel::config::DispatchConfig;
+use whale_kernel::failpoint::KillAfter;
 use whale_kernel::records::{DeadLetter, Dispatched, Task};
 use whale_kernel::{Config, Delivery, Nats, Outcome, Output, Stage};
 use whale_st2::{ExecutionRequest, St2Error};
 
-use crate::backoff::{jitter, Backoff};
 use crate::claim::{self, Claim, ClaimError, Claims};
 use crate::clusters::{verdict, Cluster, Clusters, Route, Verdict};
 use crate::metrics::{self, Kind};
@@ -46,8 +47,7 @@ pub struct Dispatch {
     /// This worker's id, the prefix of every claim owner token it writes.
     worker: String,
     attempts: AtomicU64,
-    kill_after: Option<u64>,
-    created: AtomicU64,
+    kill_after: KillAfter,
 }
 
 /// The message being handled.
@@ -81,10 +81,7 @@ impl Dispatch {
             cfg: d,
             worker,
             attempts: AtomicU64::new(0),
-            kill_after: std::env::var(KILL_AFTER_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok()),
-            created: AtomicU64::new(0),
+            kill_after: KillAfter::from_env(KILL_AFTER_ENV),
         })
     }
 
@@ -503,15 +500,8 @@ impl Dispatch {
     }
 
     fn failpoint(&self) {
-        let Some(limit) = self.kill_after else { return };
-        let n = self.created.fetch_add(1, Ordering::SeqCst) + 1;
-        if n >= limit {
-            tracing::error!("{KILL_AFTER_ENV}: killing this process after {n} executions, before recording or acking them");
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &std::process::id().to_string()])
-                .status();
-            std::process::abort();
-        }
+        self.kill_after
+            .count(1, "executions, before recording or acking them");
     }
 }
 
@@ -541,9 +531,9 @@ fn store_retry(e: ClaimError) -> Outcome {
             delay: jitter(Duration::from_millis(500)),
             reason: "another worker changed this task's claim; looking again".into(),
         },
-        ClaimError::Store(e) => Outcome::Retry {
+        e => Outcome::Retry {
             delay: STORE_RETRY,
-            reason: format!("claims bucket unavailable: {e}"),
+            reason: e.chain(),
         },
     }
 }

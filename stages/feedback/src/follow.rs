@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use whale_kernel::backoff::Backoff;
 use whale_st2::{Execution, ListFilter, St2Client, St2Error, StreamFilter};
 
 /// What a look at an execution found.
@@ -138,11 +139,15 @@ impl Follower {
 
     /// The stream loop: connect, re-list, take in terminal events; on any end, reconnect.
     async fn run(self: Arc<Self>) {
-        let mut backoff = Duration::from_millis(200);
+        let backoff = Backoff {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        };
+        let mut failures = 1;
         loop {
             match self.client.stream(&StreamFilter::executions()).await {
                 Ok(mut events) => {
-                    backoff = Duration::from_millis(200);
+                    failures = 1;
                     let epoch = {
                         let mut st = self.state();
                         st.epoch += 1;
@@ -176,8 +181,8 @@ impl Follower {
                 }
             }
             self.state().evict_stale();
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            tokio::time::sleep(backoff.ceiling(failures)).await;
+            failures = failures.saturating_add(1);
         }
     }
 

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use whale_expr::{Input, Template};
+use whale_kernel::backoff::Backoff;
 use whale_kernel::config::{ChannelKind, FeedbackConfig};
 use whale_kernel::envelope::format_time;
 use whale_kernel::kv::{Bucket, Step, Ttl};
@@ -326,8 +327,11 @@ impl Sender {
         }
         match state {
             State::Retry => {
-                let exp = 2u32.saturating_pow(attempts.saturating_sub(1).min(16));
-                let delay = (self.cfg.notify_backoff * exp).min(self.cfg.notify_backoff_max);
+                let delay = Backoff {
+                    base: self.cfg.notify_backoff,
+                    max: self.cfg.notify_backoff_max,
+                }
+                .ceiling(attempts);
                 tracing::info!(channel = %req.channel, attempts, "post failed, retrying in {delay:?}: {}", error.as_deref().unwrap_or(""));
                 Outcome::Retry {
                     delay,

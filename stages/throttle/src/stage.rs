@@ -3,12 +3,12 @@
 //! unreachable, tasks wait (nak with delay, redelivered) unless their rule says `fail_open`; the
 //! outage is logged when it starts and when it ends, not once per task.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use whale_kernel::failpoint::KillAfter;
 use whale_kernel::records::{self, Task, Throttle, ThrottleMode, Throttled};
 use whale_kernel::subjects::HDR_RULE;
 use whale_kernel::{Config, Delivery, Outcome, Output, Secret, Stage};
@@ -29,8 +29,7 @@ pub const KILL_AFTER_ENV: &str = "WHALE_THROTTLE_TEST_KILL_AFTER";
 pub struct ThrottleStage {
     limiter: Limiter,
     outage: Outage,
-    kill_after: Option<u64>,
-    decided: AtomicU64,
+    kill_after: KillAfter,
 }
 
 impl ThrottleStage {
@@ -39,23 +38,17 @@ impl ThrottleStage {
         Ok(ThrottleStage {
             limiter: Limiter::new(redis_url)?,
             outage: Outage::default(),
-            kill_after: None,
-            decided: AtomicU64::new(0),
+            kill_after: KillAfter::never(KILL_AFTER_ENV),
         })
     }
 
     /// The stage `whale run --stages throttle` runs: `redis.url` from the configuration.
     pub fn from_config(cfg: &Config) -> Result<ThrottleStage, limiter::Setup> {
-        let mut s = ThrottleStage {
+        Ok(ThrottleStage {
             limiter: Limiter::from_config(&cfg.redis)?,
             outage: Outage::default(),
-            kill_after: None,
-            decided: AtomicU64::new(0),
-        };
-        s.kill_after = std::env::var(KILL_AFTER_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok());
-        Ok(s)
+            kill_after: KillAfter::from_env(KILL_AFTER_ENV),
+        })
     }
 
     /// The limiter, for tools and benchmarks that ask Redis directly.
@@ -64,15 +57,8 @@ impl ThrottleStage {
     }
 
     fn failpoint(&self, n: usize) {
-        let Some(limit) = self.kill_after else { return };
-        let total = self.decided.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
-        if total >= limit {
-            tracing::error!("{KILL_AFTER_ENV}: killing this process after {total} decisions, before publishing or acking them");
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &std::process::id().to_string()])
-                .status();
-            std::process::abort();
-        }
+        self.kill_after
+            .count(n as u64, "decisions, before publishing or acking them");
     }
 }
 

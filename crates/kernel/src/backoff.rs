@@ -1,6 +1,7 @@
-//! Retry delays: exponential in the number of failed calls, capped, with jitter so that the
-//! tasks that failed together (a StackStorm restart fails hundreds at once) do not all come
-//! back in the same instant.
+//! Retry delays, the one implementation: exponential in the number of failed calls, capped,
+//! with jitter so that the tasks that failed together (a StackStorm restart fails hundreds at
+//! once) do not all come back in the same instant ([`Backoff::delay`]), or without it where
+//! one loop retries alone ([`Backoff::ceiling`]).
 
 use std::time::Duration;
 
