@@ -205,7 +205,7 @@ pub struct NotifyRequest {
     pub id: String,
     pub channel: String,
     /// `result` or `approval`.
-    pub kind: String,
+    pub kind: NotifyKind,
     pub task_id: String,
     pub event_id: String,
     pub rule: String,
@@ -218,12 +218,22 @@ pub struct NotifyRequest {
     pub created: String,
 }
 
+/// What a notification is about (spelled `result` / `approval` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyKind {
+    /// An execution's result (feedback).
+    Result,
+    /// A request for a person's approval (approval gate).
+    Approval,
+}
+
 /// notify: what became of one [`NotifyRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Notified {
     pub id: String,
     pub channel: String,
-    pub kind: String,
+    pub kind: NotifyKind,
     pub task_id: String,
     pub event_id: String,
     pub rule: String,
@@ -309,8 +319,11 @@ pub mod msg_id {
         format!("res:{task_id}")
     }
     /// A notification: `<res|apv>:<task id>:<channel>` (also the key of its sent-marker).
-    pub fn notify(kind: &str, task_id: &str, channel: &str) -> String {
-        let prefix = if kind == "approval" { "apv" } else { "res" };
+    pub fn notify(kind: super::NotifyKind, task_id: &str, channel: &str) -> String {
+        let prefix = match kind {
+            super::NotifyKind::Approval => "apv",
+            super::NotifyKind::Result => "res",
+        };
         format!("{prefix}:{task_id}:{channel}")
     }
     /// What became of a notification: `ntd:<request id>`.
@@ -458,4 +471,29 @@ pub fn unroutable(task: &Task) -> Option<crate::Output> {
         attempts: 0,
     };
     Some(rec.output())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records written before the states were enums still decode, and encode the same again:
+    /// nothing on the wire changed.
+    #[test]
+    fn records_written_with_string_states_still_decode() {
+        let old_request = r#"{"id":"res:t-1:ops","channel":"ops","kind":"result","task_id":"t-1","event_id":"e-1","rule":"r","text":"done","record":{},"created":"2026-01-01T00:00:00Z"}"#;
+        let req: NotifyRequest = serde_json::from_str(old_request).unwrap();
+        assert_eq!(req.kind, NotifyKind::Result);
+        assert_eq!(serde_json::to_string(&req).unwrap(), old_request);
+        let old_notified = r#"{"id":"apv:t-1:ops","channel":"ops","kind":"approval","task_id":"t-1","event_id":"e-1","rule":"r","status":"sent","attempts":1,"at":"2026-01-01T00:00:00Z"}"#;
+        let n: Notified = serde_json::from_str(old_notified).unwrap();
+        assert_eq!(n.kind, NotifyKind::Approval);
+        assert_eq!(serde_json::to_string(&n).unwrap(), old_notified);
+        assert!(serde_json::from_str::<NotifyRequest>(
+            &old_request.replace("\"result\"", "\"other\"")
+        )
+        .is_err());
+        assert_eq!(msg_id::notify(req.kind, "t-1", "ops"), req.id);
+        assert_eq!(msg_id::notify(n.kind, "t-1", "ops"), n.id);
+    }
 }

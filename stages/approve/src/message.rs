@@ -4,7 +4,7 @@
 use serde_json::json;
 use time::OffsetDateTime;
 use whale_kernel::envelope::format_time;
-use whale_kernel::records::{self, Link, NotifyRequest};
+use whale_kernel::records::{self, Link, NotifyKind, NotifyRequest};
 use whale_kernel::Output;
 
 use crate::store::Approval;
@@ -67,9 +67,9 @@ pub fn request(a: &Approval, channel: &str, links: &Links) -> Output {
         None => text.push_str("\n(no links: WHALE_APPROVAL_SECRET is not set)"),
     }
     let req = NotifyRequest {
-        id: records::msg_id::notify("approval", &t.task_id, channel),
+        id: records::msg_id::notify(NotifyKind::Approval, &t.task_id, channel),
         channel: channel.to_owned(),
-        kind: "approval".into(),
+        kind: NotifyKind::Approval,
         task_id: t.task_id.clone(),
         event_id: t.event_id.clone(),
         rule: t.rule.clone(),

@@ -457,7 +457,7 @@ fn notified(req: &NotifyRequest, status: &str, attempts: u32, error: Option<Stri
     let rec = Notified {
         id: req.id.clone(),
         channel: req.channel.clone(),
-        kind: req.kind.clone(),
+        kind: req.kind,
         task_id: req.task_id.clone(),
         event_id: req.event_id.clone(),
         rule: req.rule.clone(),

@@ -9,7 +9,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use whale_kernel::envelope::{format_time, Envelope};
 use whale_kernel::records::{
-    self, Dispatched, ExecutionResult, Link, NotifyRequest, CHAIN_DEPTH_LABEL,
+    self, Dispatched, ExecutionResult, Link, NotifyKind, NotifyRequest, CHAIN_DEPTH_LABEL,
 };
 use whale_kernel::subjects::{self, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
 use whale_kernel::Output;
@@ -154,9 +154,9 @@ pub fn outputs(
     let input = template_input(rec);
     for channel in &task.notify {
         let req = NotifyRequest {
-            id: records::msg_id::notify("result", &task.task_id, channel),
+            id: records::msg_id::notify(NotifyKind::Result, &task.task_id, channel),
             channel: channel.clone(),
-            kind: "result".into(),
+            kind: NotifyKind::Result,
             task_id: task.task_id.clone(),
             event_id: task.event_id.clone(),
             rule: task.rule.clone(),
