@@ -14,12 +14,7 @@ use crate::worker::Delivery;
 
 /// What the stream still holds: its first message's time (older history is gone).
 pub async fn oldest(nats: &Nats, stream: &str) -> anyhow::Result<Option<OffsetDateTime>> {
-    let mut st = nats
-        .js
-        .get_stream(stream)
-        .await
-        .with_context(|| crate::setup::not_set_up(&format!("stream {stream}")))?;
-    let info = st.info().await?;
+    let info = nats.stream_info(stream).await?;
     Ok((info.state.messages > 0).then_some(info.state.first_timestamp))
 }
 
@@ -27,15 +22,7 @@ pub async fn oldest(nats: &Nats, stream: &str) -> anyhow::Result<Option<OffsetDa
 /// its creation while it has dropped nothing (its first message is sequence 1, or it never held
 /// one); else its oldest message's time, or just after its last one when everything is gone.
 pub async fn complete_since(nats: &Nats, stream: &str) -> anyhow::Result<OffsetDateTime> {
-    let mut st = nats
-        .js
-        .get_stream(stream)
-        .await
-        .with_context(|| crate::setup::not_set_up(&format!("stream {stream}")))?;
-    let info = st
-        .info()
-        .await
-        .with_context(|| format!("cannot read the state of stream {stream}"))?;
+    let info = nats.stream_info(stream).await?;
     let s = &info.state;
     Ok(
         if s.last_sequence == 0 || (s.messages > 0 && s.first_sequence == 1) {
