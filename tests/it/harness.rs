@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
+use whale_kernel::auth::{token_line, Role};
 pub use whale_kernel::testkit::{free_port, NatsServer};
-use whale_kernel::{config::NatsConfig, Nats};
+use whale_kernel::{config::NatsConfig, history, Nats};
 
 /// Path of the repository (schemas/, pipelines/ live there).
 pub fn repo() -> PathBuf {
@@ -36,36 +36,54 @@ impl Env {
 
     /// A `whale` command with this environment.
     pub fn whale(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_whale"));
-        c.args(args)
-            .env_remove("WHALE_CONFIG")
-            .env("WHALE_NATS_URL", self.nats.url())
-            .env("WHALE_HTTP_ADDR", format!("127.0.0.1:{}", self.http_port))
-            .env("WHALE_LOG", "info,async_nats=warn")
-            .current_dir(repo());
-        for (k, v) in &self.extra {
-            c.env(k, v);
-        }
+        let mut c = whale_command(&self.nats.url(), args, &self.extra);
+        c.env("WHALE_HTTP_ADDR", format!("127.0.0.1:{}", self.http_port));
         c
     }
 
     /// Runs a whale command to completion; panics with its output if it fails.
     pub fn ok(&self, args: &[&str]) -> Output {
-        let out = self.whale(args).output().expect("run whale");
-        assert!(
-            out.status.success(),
-            "whale {args:?} failed: {}\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        run_ok(self.whale(args), args)
     }
 
     /// `whale setup` + `whale schemas apply schemas`.
     pub fn prepare(&self) {
         self.ok(&["setup"]);
         self.ok(&["schemas", "apply", "schemas"]);
+    }
+
+    /// Points this environment at a whole pipeline: `config` as its `whale.toml` (written in
+    /// `dir`), `redis`, the StackStorm `emulator` (API key `k`) and an embedded index under
+    /// `dir`; then [`Env::prepare`] and, unless `rules` is empty, `whale rules apply` of `rules`
+    /// (file name → text).
+    pub fn prepare_pipeline(
+        &mut self,
+        dir: &Path,
+        config: &str,
+        redis: &str,
+        emulator: &str,
+        rules: &[(&str, &str)],
+    ) {
+        let cfg = dir.join("whale.toml");
+        std::fs::write(&cfg, config).unwrap();
+        self.set("WHALE_CONFIG", cfg.to_str().unwrap());
+        self.set("WHALE_REDIS_URL", redis);
+        self.set("WHALE_ST2_URL", emulator);
+        self.set("WHALE_ST2_API_KEY", "k");
+        self.set("WHALE_INDEX_DIR", dir.join("index").to_str().unwrap());
+        self.prepare();
+        if !rules.is_empty() {
+            self.apply_rules(dir, rules);
+        }
+    }
+
+    /// `whale rules apply` of a fresh directory (under `dir`) holding `rules` (name → text).
+    pub fn apply_rules(&self, dir: &Path, rules: &[(&str, &str)]) {
+        let d = tempfile::tempdir_in(dir).unwrap();
+        for (name, text) in rules {
+            std::fs::write(d.path().join(name), text).unwrap();
+        }
+        self.ok(&["rules", "apply", d.path().to_str().unwrap()]);
     }
 
     /// Starts `whale run --stages ...` in the background; waits for /readyz.
@@ -102,6 +120,18 @@ impl Env {
         }
     }
 
+    /// Starts `whale run --stages ...` on this environment's HTTP port with its stderr in `log`
+    /// and waits for /readyz; panics with the log when it does not become ready.
+    pub async fn run_logged(&self, stages: &str, log: &Path) -> Worker {
+        let w = self.spawn_on(stages, self.http_port, log, &[]);
+        assert!(
+            ready(self.http_port, Duration::from_secs(30)).await,
+            "whale run: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        w
+    }
+
     pub async fn connect(&self) -> Nats {
         let cfg = NatsConfig {
             urls: vec![self.nats.url()],
@@ -115,6 +145,44 @@ impl Env {
     pub fn http(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }
+}
+
+/// The `whale.toml` entries (`[[auth.tokens]]`, as `whale auth hash-token` prints them) of
+/// these (name, role, token) API tokens.
+pub fn tokens_toml(tokens: &[(&str, Role, &str)]) -> String {
+    tokens
+        .iter()
+        .map(|(name, role, token)| token_line(name, *role, token) + "\n")
+        .collect()
+}
+
+/// The `whale` under test with `args`, pointed at `nats_url` (a comma list for a cluster), run
+/// from the repository, with `extra` environment variables and no configuration file of the
+/// caller's environment.
+pub fn whale_command(nats_url: &str, args: &[&str], extra: &[(String, String)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_whale"));
+    c.args(args)
+        .env_remove("WHALE_CONFIG")
+        .env("WHALE_NATS_URL", nats_url)
+        .env("WHALE_LOG", "info,async_nats=warn")
+        .current_dir(repo());
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Runs `cmd` (`whale args`) to completion; panics with its output if it fails.
+pub fn run_ok(mut cmd: Command, args: &[&str]) -> Output {
+    let out = cmd.output().expect("run whale");
+    assert!(
+        out.status.success(),
+        "whale {args:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 fn wait_ready(port: u16) {
@@ -200,39 +268,21 @@ impl Drop for Worker {
     }
 }
 
-/// Every message on `filter` in `stream`, as JSON (reads from the start, acks nothing).
+/// Every message on `filter` in `stream`, as JSON (reads from the start, acks nothing): the
+/// kernel's history walk over all time.
 pub async fn read_all(nats: &Nats, stream: &str, filter: &str) -> Vec<serde_json::Value> {
-    let st = nats.js.get_stream(stream).await.expect("stream");
-    let c: jetstream::consumer::PullConsumer = st
-        .create_consumer(consumer::pull::Config {
-            filter_subject: filter.into(),
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let mut pending = c.cached_info().num_pending;
     let mut out = Vec::new();
-    while pending > 0 {
-        let mut batch = c
-            .fetch()
-            .max_messages(1000)
-            .expires(Duration::from_secs(2))
-            .messages()
-            .await
-            .unwrap();
-        let mut got = 0;
-        while let Some(m) = batch.next().await {
-            let m = m.unwrap();
-            out.push(serde_json::from_slice(&m.payload).expect("JSON record"));
-            got += 1;
-        }
-        if got == 0 {
-            break;
-        }
-        pending -= got.min(pending);
-    }
+    let until = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    history::read(
+        nats,
+        stream,
+        filter,
+        time::OffsetDateTime::UNIX_EPOCH,
+        until,
+        |d| out.push(serde_json::from_slice(&d.payload).expect("JSON record")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot read {stream} {filter}: {e:#}"));
     out
 }
 
@@ -268,10 +318,22 @@ pub async fn count(nats: &Nats, stream: &str, filter: &str) -> u64 {
     }
 }
 
-/// The StackStorm emulator (`st2-emulator`, a bin of the workspace) on a free port; killed on
-/// drop. The root package cannot depend on another package's binary, so it is found next to the
-/// `whale` test binary: `cargo test --workspace` (or `cargo build --workspace --bins` before
-/// `cargo test --test it`) builds it there.
+/// A binary of another workspace package (`st2-emulator`, `whale-bench`): the root package
+/// cannot depend on another package's binary, so it is found next to the `whale` test binary;
+/// `cargo test --workspace` (or `cargo build --workspace --bins` before `cargo test --test it`)
+/// builds it there. Panics with that fix when it is missing.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_whale")).with_file_name(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build --workspace --bins` (or run `cargo test --workspace`) before `cargo test --test it`",
+        bin.display()
+    );
+    bin
+}
+
+/// The StackStorm emulator (`st2-emulator`, a bin of the workspace, see [`sibling_binary`]) on a
+/// free port; killed on drop.
 pub struct Emulator {
     child: Child,
     pub url: String,
@@ -280,13 +342,7 @@ pub struct Emulator {
 impl Emulator {
     /// Path of the emulator binary; panics with the fix when it was not built.
     pub fn binary() -> PathBuf {
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_whale")).with_file_name("st2-emulator");
-        assert!(
-            bin.is_file(),
-            "{} is missing: build it with `cargo build --workspace --bins` (or run `cargo test --workspace`) before `cargo test --test it`",
-            bin.display()
-        );
-        bin
+        sibling_binary("st2-emulator")
     }
 
     /// Starts it with extra flags (`--any-action`, `--api-key K`, `--actions FILE`).
@@ -317,6 +373,20 @@ impl Emulator {
     /// `GET /_emulator/stats`.
     pub async fn stats(&self) -> serde_json::Value {
         reqwest::get(format!("{}/_emulator/stats", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Every execution the emulator holds (`GET /api/v1/executions?limit=-1` with API key `k`,
+    /// the key [`Env::prepare_pipeline`] gives whale).
+    pub async fn executions(&self) -> Vec<serde_json::Value> {
+        reqwest::Client::new()
+            .get(format!("{}/api/v1/executions?limit=-1", self.url))
+            .header("St2-Api-Key", "k")
+            .send()
             .await
             .unwrap()
             .json()
