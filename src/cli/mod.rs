@@ -4,8 +4,6 @@
 mod approvals;
 mod audit;
 mod auth;
-mod bench;
-mod bench_pipeline;
 mod clusters;
 mod dead_letters;
 mod events;
@@ -102,11 +100,6 @@ enum Cmd {
     },
     /// The audit trail: who approved, retried, applied, drained, replayed — newest first.
     Audit(audit::Args),
-    /// Benchmarks that print figures beside a raw JetStream reference.
-    Bench {
-        #[command(subcommand)]
-        cmd: bench::Cmd,
-    },
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -125,7 +118,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Events { cmd } => events::run(cfg, cmd).await,
         Cmd::Trace(a) => trace::run(cfg, a).await,
         Cmd::Status(a) => status::run(cfg, a).await,
-        Cmd::Bench { cmd } => bench::run(cfg, cmd).await,
         Cmd::Audit(a) => audit::run(cfg, a).await,
         Cmd::Auth { cmd } => auth::run(cmd),
         Cmd::Hooks { cmd } => hooks::run(cfg, cmd),

@@ -197,18 +197,6 @@ throttle:
   mode: once_within
 "#;
 
-async fn executions(emu: &Emulator) -> Vec<Value> {
-    reqwest::Client::new()
-        .get(format!("{}/api/v1/executions?limit=-1", emu.url))
-        .header("St2-Api-Key", "k")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Alert key (instance + mountpoint) → status → webhooks that carried it so.
 fn carried(seen: &[Delivery]) -> BTreeMap<String, BTreeMap<String, usize>> {
     let mut m: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
@@ -237,29 +225,18 @@ async fn a_real_alertmanager_gives_one_task_per_firing_alert() {
     let emu = Emulator::start(&["--any-action"]);
     let redis = RedisServer::start();
     let mut env = Env::new();
-    let cfg = dir.path().join("whale.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}\n{}\n\n[[hooks]]\nname = \"alertmanager\"\ntokens = [\"alertmanager\"]\n",
-            token_line("alertmanager", Role::Producer, AM_TOKEN),
-            token_line("other", Role::Producer, OTHER_TOKEN)
-        ),
-    )
-    .unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::write(rules.join("am.yaml"), RULE).unwrap();
-    env.set("WHALE_CONFIG", cfg.to_str().unwrap());
-    env.set("WHALE_REDIS_URL", &redis.url());
-    env.set("WHALE_ST2_URL", &emu.url);
-    env.set("WHALE_ST2_API_KEY", "k");
-    env.set(
-        "WHALE_INDEX_DIR",
-        dir.path().join("index").to_str().unwrap(),
+    let config = format!(
+        "{}\n{}\n\n[[hooks]]\nname = \"alertmanager\"\ntokens = [\"alertmanager\"]\n",
+        token_line("alertmanager", Role::Producer, AM_TOKEN),
+        token_line("other", Role::Producer, OTHER_TOKEN)
     );
-    env.prepare();
-    env.ok(&["rules", "apply", rules.to_str().unwrap()]);
+    env.prepare_pipeline(
+        dir.path(),
+        &config,
+        &redis.url(),
+        &emu.url,
+        &[("am.yaml", RULE)],
+    );
     let _whale = env.run("all");
     let nats = env.connect().await;
 
@@ -300,7 +277,7 @@ async fn a_real_alertmanager_gives_one_task_per_firing_alert() {
     ]);
     am.push(group).await;
     let got_tasks = eventually(Duration::from_secs(60), || async {
-        executions(&emu).await.len() >= 3
+        emu.executions().await.len() >= 3
     })
     .await;
     assert!(
@@ -354,7 +331,7 @@ async fn a_real_alertmanager_gives_one_task_per_firing_alert() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let seen = seen.lock().unwrap().clone();
-    let execs = executions(&emu).await;
+    let execs = emu.executions().await;
     let mut tasks: BTreeMap<String, usize> = BTreeMap::new();
     for e in &execs {
         assert_eq!(e["action"]["ref"], "ops.clean_disk", "{e}");

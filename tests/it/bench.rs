@@ -1,14 +1,30 @@
-//! `whale bench pipeline` runs the real pipeline end to end (its own servers and emulator) and
-//! reports complete, consistent figures in `--json`; the figures themselves are measured, never
-//! asserted (they depend on the machine).
+//! `whale-bench pipeline` (the `whale-bench` package, beside `whale`) runs the real pipeline end
+//! to end (its own servers and emulator) and reports complete, consistent figures in `--json`;
+//! the figures themselves are measured, never asserted (they depend on the machine). The product
+//! binary has no `bench` command.
+
+use std::process::Command;
 
 use crate::harness::*;
 
+/// `whale-bench` with `args`, found beside the `whale` under test (see [`sibling_binary`]).
+fn whale_bench(args: &[&str]) -> Command {
+    let mut c = Command::new(sibling_binary("whale-bench"));
+    c.args(args).env_remove("WHALE_CONFIG").current_dir(repo());
+    c
+}
+
 fn bench(args: &[&str]) -> serde_json::Value {
-    let env = Env::new();
-    let mut all = vec!["bench", "pipeline", "--json"];
+    let mut all = vec!["pipeline", "--json"];
     all.extend_from_slice(args);
-    let out = env.ok(&all);
+    let out = whale_bench(&all).output().expect("run whale-bench");
+    assert!(
+        out.status.success(),
+        "whale-bench {all:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "bench --json printed no JSON ({e}): {}",
@@ -104,17 +120,26 @@ fn pipeline_bench_split_with_two_validate_copies() {
 
 #[test]
 fn pipeline_bench_refuses_bad_options_clearly() {
-    let env = Env::new();
-    let out = env
-        .whale(&["bench", "pipeline", "--copies", "nosuch=2"])
+    let out = whale_bench(&["pipeline", "--copies", "nosuch=2"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
-    let out = env
-        .whale(&["bench", "pipeline", "--rules", "10", "--types", "100"])
+    let out = whale_bench(&["pipeline", "--rules", "10", "--types", "100"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--rules"));
+    let out = whale_bench(&["pipeline", "--stages", "validate,nosuch"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown stage \"nosuch\""));
+}
+
+#[test]
+fn the_product_binary_has_no_bench_command() {
+    let out = Env::new().whale(&["bench", "pipeline"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand 'bench'"));
 }

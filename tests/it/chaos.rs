@@ -353,19 +353,6 @@ async fn indexed_total(port: u16) -> u64 {
     }
 }
 
-/// Every execution the emulator holds.
-async fn executions(emu: &Emulator) -> Vec<Value> {
-    reqwest::Client::new()
-        .get(format!("{}/api/v1/executions?limit=-1", emu.url))
-        .header("St2-Api-Key", "k")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 fn dups<'a>(ids: impl IntoIterator<Item = &'a str>) -> (BTreeSet<String>, usize) {
     let mut set = BTreeSet::new();
     let mut dup = 0;
@@ -390,21 +377,13 @@ async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
     let emu = Emulator::start(&["--any-action"]);
     let mut redis = RedisServer::start_persistent();
     let mut env = Env::new();
-    let cfg = dir.path().join("whale.toml");
-    std::fs::write(&cfg, DISPATCH).unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::write(rules.join("chaos.yaml"), RULES).unwrap();
-    env.set("WHALE_CONFIG", cfg.to_str().unwrap());
-    env.set("WHALE_REDIS_URL", &redis.url());
-    env.set("WHALE_ST2_URL", &emu.url);
-    env.set("WHALE_ST2_API_KEY", "k");
-    env.set(
-        "WHALE_INDEX_DIR",
-        dir.path().join("index").to_str().unwrap(),
+    env.prepare_pipeline(
+        dir.path(),
+        DISPATCH,
+        &redis.url(),
+        &emu.url,
+        &[("chaos.yaml", RULES)],
     );
-    env.prepare();
-    env.ok(&["rules", "apply", rules.to_str().unwrap()]);
 
     let mut procs: Vec<Proc> = Vec::new();
     for (stage, copies) in STAGES {
@@ -651,7 +630,7 @@ async fn chaos_kill9_and_server_restarts_lose_nothing_and_double_nothing() {
     let (ixr_ids, ixr_dups) = dups(ix_rejected.iter().map(String::as_str));
     // StackStorm's side: the count, and every execution by whale task id.
     let created = emu.created().await;
-    let execs = executions(&emu).await;
+    let execs = emu.executions().await;
     let (task_ids, exec_dups) = dups(
         execs
             .iter()

@@ -49,33 +49,15 @@ impl ClusterEnv {
     }
 
     fn whale(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_whale"));
-        c.args(args)
-            .env_remove("WHALE_CONFIG")
-            .env("WHALE_NATS_URL", self.cluster.urls())
-            .env("WHALE_NATS_REPLICAS", "3")
-            .env("WHALE_LOG", "info,async_nats=warn")
-            .current_dir(repo());
-        for (k, v) in &self.extra {
-            c.env(k, v);
-        }
+        let mut c = whale_command(&self.cluster.urls(), args, &self.extra);
+        c.env("WHALE_NATS_REPLICAS", "3");
         c
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self
-            .whale(args)
-            .env("WHALE_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
-            .output()
-            .expect("run whale");
-        assert!(
-            out.status.success(),
-            "whale {args:?} failed: {}\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut cmd = self.whale(args);
+        cmd.env("WHALE_HTTP_ADDR", format!("127.0.0.1:{}", free_port()));
+        String::from_utf8_lossy(&run_ok(cmd, args).stdout).into_owned()
     }
 
     /// A client on every node's URL, with a short JetStream timeout (the test's own requests
@@ -447,16 +429,9 @@ fn write_rules(dir: &Path) -> PathBuf {
 
 /// Every execution on the emulator as (parameters.event, parameters.rule).
 async fn executions(emu: &Emulator) -> Vec<(String, String)> {
-    let list: Vec<Value> = reqwest::Client::new()
-        .get(format!("{}/api/v1/executions?limit=-1", emu.url))
-        .header("St2-Api-Key", "k")
-        .send()
+    emu.executions()
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    list.iter()
+        .iter()
         .map(|e| {
             let p = &e["parameters"];
             (

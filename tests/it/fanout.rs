@@ -49,18 +49,7 @@ impl Pipeline {
         let emu = Emulator::start(&["--any-action"]);
         let redis = RedisServer::start();
         let mut env = Env::new();
-        let cfg = dir.path().join("whale.toml");
-        std::fs::write(&cfg, CONFIG).unwrap();
-        env.set("WHALE_CONFIG", cfg.to_str().unwrap());
-        env.set("WHALE_REDIS_URL", &redis.url());
-        env.set("WHALE_ST2_URL", &emu.url);
-        env.set("WHALE_ST2_API_KEY", "k");
-        env.set(
-            "WHALE_INDEX_DIR",
-            dir.path().join("index").to_str().unwrap(),
-        );
-        env.prepare();
-        apply(&env, dir.path(), rules);
+        env.prepare_pipeline(dir.path(), CONFIG, &redis.url(), &emu.url, rules);
         let worker = env.run("all");
         Pipeline {
             _worker: worker,
@@ -81,15 +70,7 @@ impl Pipeline {
 
     /// Every execution the emulator holds.
     async fn executions(&self) -> Vec<Value> {
-        reqwest::Client::new()
-            .get(format!("{}/api/v1/executions?limit=-1", self.emu.url))
-            .header("St2-Api-Key", "k")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.emu.executions().await
     }
 
     /// Waits until the emulator holds `n` executions (or the time is up) and returns them.
@@ -97,15 +78,6 @@ impl Pipeline {
         eventually(timeout, || async { self.executions().await.len() >= n }).await;
         self.executions().await
     }
-}
-
-/// `whale rules apply` of a fresh directory (under `dir`) holding `rules`.
-fn apply(env: &Env, dir: &Path, rules: &[(&str, &str)]) {
-    let d = tempfile::tempdir_in(dir).unwrap();
-    for (name, text) in rules {
-        std::fs::write(d.path().join(name), text).unwrap();
-    }
-    env.ok(&["rules", "apply", d.path().to_str().unwrap()]);
 }
 
 fn rand_suffix() -> u128 {
@@ -508,7 +480,7 @@ async fn trace_explains_why_not_with_the_rule_set_of_the_match() {
         dir.path().join("index").to_str().unwrap(),
     );
     env.prepare();
-    apply(&env, dir.path(), &[("v1.yaml", TRACE_V1)]);
+    env.apply_rules(dir.path(), &[("v1.yaml", TRACE_V1)]);
     let v1: Value = serde_json::from_slice(&env.ok(&["rules", "show", "--json"]).stdout).unwrap();
     let v1 = v1["version"].as_str().unwrap().to_owned();
     let _w = env.run("ingest,validate,index,match,render");
@@ -535,8 +507,7 @@ async fn trace_explains_why_not_with_the_rule_set_of_the_match() {
     );
     // v2 would match both events
     tokio::time::sleep(Duration::from_millis(50)).await;
-    apply(
-        &env,
+    env.apply_rules(
         dir.path(),
         &[("v2.yaml", &TRACE_V1.replace("gt: 10", "gt: 1"))],
     );

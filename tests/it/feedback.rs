@@ -3,9 +3,6 @@
 //! are published straight onto `whale.pipe.dispatched` (dispatch is another stage's job).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,9 +15,10 @@ use whale_kernel::subjects::{STREAM_INGEST, STREAM_PIPE};
 
 use crate::harness::*;
 
-/// The st2-emulator binary (built by `cargo build --workspace --bins`) on a free port.
+/// The harness's [`Emulator`] with an API key and the actions below (their outcomes and
+/// durations).
 pub struct Emu {
-    child: Child,
+    emu: Emulator,
     pub url: String,
     _dir: tempfile::TempDir,
 }
@@ -49,34 +47,13 @@ actions:
 
 impl Emu {
     pub fn start() -> Emu {
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_whale")).with_file_name("st2-emulator");
-        assert!(
-            bin.exists(),
-            "{} is missing: run `cargo build --workspace --bins` first",
-            bin.display()
-        );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("actions.yaml");
         std::fs::write(&file, ACTIONS).unwrap();
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--api-key", EMU_KEY, "--actions"])
-            .arg(&file)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn st2-emulator");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("emulator address")
-            .to_owned();
+        let emu = Emulator::start(&["--api-key", EMU_KEY, "--actions", file.to_str().unwrap()]);
         Emu {
-            child,
-            url: format!("http://{addr}"),
+            url: emu.url.clone(),
+            emu,
             _dir: dir,
         }
     }
@@ -112,19 +89,7 @@ impl Emu {
     }
 
     pub async fn stats(&self) -> Value {
-        reqwest::get(format!("{}/_emulator/stats", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Emu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.emu.stats().await
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use whale_kernel::auth::{token_line, Role};
 pub use whale_kernel::testkit::{free_port, NatsServer};
 use whale_kernel::{config::NatsConfig, Nats};
 
@@ -34,36 +35,54 @@ impl Env {
 
     /// A `whale` command with this environment.
     pub fn whale(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_whale"));
-        c.args(args)
-            .env_remove("WHALE_CONFIG")
-            .env("WHALE_NATS_URL", self.nats.url())
-            .env("WHALE_HTTP_ADDR", format!("127.0.0.1:{}", self.http_port))
-            .env("WHALE_LOG", "info,async_nats=warn")
-            .current_dir(repo());
-        for (k, v) in &self.extra {
-            c.env(k, v);
-        }
+        let mut c = whale_command(&self.nats.url(), args, &self.extra);
+        c.env("WHALE_HTTP_ADDR", format!("127.0.0.1:{}", self.http_port));
         c
     }
 
     /// Runs a whale command to completion; panics with its output if it fails.
     pub fn ok(&self, args: &[&str]) -> Output {
-        let out = self.whale(args).output().expect("run whale");
-        assert!(
-            out.status.success(),
-            "whale {args:?} failed: {}\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        run_ok(self.whale(args), args)
     }
 
     /// `whale setup` + `whale schemas apply schemas`.
     pub fn prepare(&self) {
         self.ok(&["setup"]);
         self.ok(&["schemas", "apply", "schemas"]);
+    }
+
+    /// Points this environment at a whole pipeline: `config` as its `whale.toml` (written in
+    /// `dir`), `redis`, the StackStorm `emulator` (API key `k`) and an embedded index under
+    /// `dir`; then [`Env::prepare`] and, unless `rules` is empty, `whale rules apply` of `rules`
+    /// (file name → text).
+    pub fn prepare_pipeline(
+        &mut self,
+        dir: &Path,
+        config: &str,
+        redis: &str,
+        emulator: &str,
+        rules: &[(&str, &str)],
+    ) {
+        let cfg = dir.join("whale.toml");
+        std::fs::write(&cfg, config).unwrap();
+        self.set("WHALE_CONFIG", cfg.to_str().unwrap());
+        self.set("WHALE_REDIS_URL", redis);
+        self.set("WHALE_ST2_URL", emulator);
+        self.set("WHALE_ST2_API_KEY", "k");
+        self.set("WHALE_INDEX_DIR", dir.join("index").to_str().unwrap());
+        self.prepare();
+        if !rules.is_empty() {
+            self.apply_rules(dir, rules);
+        }
+    }
+
+    /// `whale rules apply` of a fresh directory (under `dir`) holding `rules` (name → text).
+    pub fn apply_rules(&self, dir: &Path, rules: &[(&str, &str)]) {
+        let d = tempfile::tempdir_in(dir).unwrap();
+        for (name, text) in rules {
+            std::fs::write(d.path().join(name), text).unwrap();
+        }
+        self.ok(&["rules", "apply", d.path().to_str().unwrap()]);
     }
 
     /// Starts `whale run --stages ...` in the background; waits for /readyz.
@@ -100,6 +119,18 @@ impl Env {
         }
     }
 
+    /// Starts `whale run --stages ...` on this environment's HTTP port with its stderr in `log`
+    /// and waits for /readyz; panics with the log when it does not become ready.
+    pub async fn run_logged(&self, stages: &str, log: &Path) -> Worker {
+        let w = self.spawn_on(stages, self.http_port, log, &[]);
+        assert!(
+            ready(self.http_port, Duration::from_secs(30)).await,
+            "whale run: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        w
+    }
+
     pub async fn connect(&self) -> Nats {
         let cfg = NatsConfig {
             urls: vec![self.nats.url()],
@@ -113,6 +144,44 @@ impl Env {
     pub fn http(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }
+}
+
+/// The `whale.toml` entries (`[[auth.tokens]]`, as `whale auth hash-token` prints them) of
+/// these (name, role, token) API tokens.
+pub fn tokens_toml(tokens: &[(&str, Role, &str)]) -> String {
+    tokens
+        .iter()
+        .map(|(name, role, token)| token_line(name, *role, token) + "\n")
+        .collect()
+}
+
+/// The `whale` under test with `args`, pointed at `nats_url` (a comma list for a cluster), run
+/// from the repository, with `extra` environment variables and no configuration file of the
+/// caller's environment.
+pub fn whale_command(nats_url: &str, args: &[&str], extra: &[(String, String)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_whale"));
+    c.args(args)
+        .env_remove("WHALE_CONFIG")
+        .env("WHALE_NATS_URL", nats_url)
+        .env("WHALE_LOG", "info,async_nats=warn")
+        .current_dir(repo());
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Runs `cmd` (`whale args`) to completion; panics with its output if it fails.
+pub fn run_ok(mut cmd: Command, args: &[&str]) -> Output {
+    let out = cmd.output().expect("run whale");
+    assert!(
+        out.status.success(),
+        "whale {args:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 fn wait_ready(port: u16) {
@@ -198,7 +267,8 @@ impl Drop for Worker {
     }
 }
 
-/// Every message on `filter` in `stream`, as JSON (reads from the start, acks nothing).
+/// Every message on `filter` in `stream`, as JSON (reads from the start, acks nothing): the
+/// kernel's history walk over all time.
 pub async fn read_all(nats: &Nats, stream: &str, filter: &str) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     whale_kernel::history::read_all(nats, stream, filter, |d| {
@@ -230,10 +300,22 @@ pub async fn count(nats: &Nats, stream: &str, filter: &str) -> u64 {
     nats.subject_count(stream, filter).await.unwrap_or(0)
 }
 
-/// The StackStorm emulator (`st2-emulator`, a bin of the workspace) on a free port; killed on
-/// drop. The root package cannot depend on another package's binary, so it is found next to the
-/// `whale` test binary: `cargo test --workspace` (or `cargo build --workspace --bins` before
-/// `cargo test --test it`) builds it there.
+/// A binary of another workspace package (`st2-emulator`, `whale-bench`): the root package
+/// cannot depend on another package's binary, so it is found next to the `whale` test binary;
+/// `cargo test --workspace` (or `cargo build --workspace --bins` before `cargo test --test it`)
+/// builds it there. Panics with that fix when it is missing.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_whale")).with_file_name(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build --workspace --bins` (or run `cargo test --workspace`) before `cargo test --test it`",
+        bin.display()
+    );
+    bin
+}
+
+/// The StackStorm emulator (`st2-emulator`, a bin of the workspace, see [`sibling_binary`]) on a
+/// free port; killed on drop.
 pub struct Emulator {
     child: Child,
     pub url: String,
@@ -242,13 +324,7 @@ pub struct Emulator {
 impl Emulator {
     /// Path of the emulator binary; panics with the fix when it was not built.
     pub fn binary() -> PathBuf {
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_whale")).with_file_name("st2-emulator");
-        assert!(
-            bin.is_file(),
-            "{} is missing: build it with `cargo build --workspace --bins` (or run `cargo test --workspace`) before `cargo test --test it`",
-            bin.display()
-        );
-        bin
+        sibling_binary("st2-emulator")
     }
 
     /// Starts it with extra flags (`--any-action`, `--api-key K`, `--actions FILE`).
@@ -279,6 +355,20 @@ impl Emulator {
     /// `GET /_emulator/stats`.
     pub async fn stats(&self) -> serde_json::Value {
         reqwest::get(format!("{}/_emulator/stats", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Every execution the emulator holds (`GET /api/v1/executions?limit=-1` with API key `k`,
+    /// the key [`Env::prepare_pipeline`] gives whale).
+    pub async fn executions(&self) -> Vec<serde_json::Value> {
+        reqwest::Client::new()
+            .get(format!("{}/api/v1/executions?limit=-1", self.url))
+            .header("St2-Api-Key", "k")
+            .send()
             .await
             .unwrap()
             .json()

@@ -186,3 +186,31 @@ fn stages_never_spell_msg_ids() {
         found.join("\n")
     );
 }
+
+/// The product binary ships no test helpers: the root package (`whale`) turns on the kernel's
+/// `testkit` (private servers for tests and benchmarks) only in its dev-dependencies; the
+/// benchmarks are the `whale-bench` package (crates/bench).
+#[test]
+fn the_whale_binary_has_no_testkit_in_its_dependencies() {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("root Cargo.toml");
+    let mut section = String::new();
+    let mut found = Vec::new();
+    for (n, line) in manifest.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            section = t.to_owned();
+        } else if section != "[dev-dependencies]" && t.contains("testkit") && !t.starts_with('#') {
+            found.push(format!("Cargo.toml:{}: {section} {t}", n + 1));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "`testkit` belongs in [dev-dependencies] of the whale package (benchmarks live in \
+         crates/bench): {}",
+        found.join("\n")
+    );
+    assert!(
+        !root().join("src/cli/bench.rs").exists(),
+        "benchmarks live in crates/bench (`whale-bench`), not in the whale binary"
+    );
+}

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use whale_kernel::auth::{hash_token, Role};
+use whale_kernel::auth::Role;
 use whale_kernel::subjects::STREAM_AUDIT;
 use whale_kernel::testkit::RedisServer;
 
@@ -62,33 +62,20 @@ async fn every_decision_and_change_is_one_audit_record() {
     let redis = RedisServer::start();
     let st2 = Emulator::start(&["--any-action"]);
     let dir = tempfile::tempdir().unwrap();
-    let mut toml = String::new();
-    for (name, role, t) in TOKENS {
-        toml.push_str(&format!(
-            "[[auth.tokens]]\nname = \"{name}\"\nrole = \"{}\"\nsha256 = \"{}\"\n",
-            role.as_str(),
-            hash_token(t)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        ));
-    }
-    let cfg = dir.path().join("whale.toml");
-    std::fs::write(&cfg, toml).unwrap();
     let rules = dir.path().join("rules");
     std::fs::create_dir(&rules).unwrap();
     std::fs::write(rules.join("audited.yaml"), RULE).unwrap();
     let mut env = Env::new();
-    env.set("WHALE_CONFIG", cfg.to_str().unwrap());
-    env.set("WHALE_REDIS_URL", &redis.url());
-    env.set("WHALE_ST2_URL", &st2.url);
-    env.set("WHALE_ST2_API_KEY", "k");
-    env.set(
-        "WHALE_INDEX_DIR",
-        dir.path().join("index").to_str().unwrap(),
-    );
     env.set("USER", "alice");
-    env.prepare(); // `whale setup` + `whale schemas apply schemas`: a schemas.apply record
+    // `whale setup` + `whale schemas apply schemas`: a schemas.apply record; the rules are
+    // applied below, where their record is checked.
+    env.prepare_pipeline(
+        dir.path(),
+        &tokens_toml(&TOKENS),
+        &redis.url(),
+        &st2.url,
+        &[],
+    );
     let nats = env.connect().await;
 
     // The stream: 400 days, discard new (a full trail refuses, never drops), a size cap.

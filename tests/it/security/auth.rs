@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use whale_kernel::auth::{hash_token, Role};
+use whale_kernel::auth::Role;
 use whale_kernel::testkit::RedisServer;
 
 use crate::harness::*;
@@ -169,29 +169,17 @@ async fn stack(http_token: bool) -> Stack {
     let redis = RedisServer::start();
     let st2 = Emulator::start(&["--any-action"]);
     let dir = tempfile::tempdir().unwrap();
-    let mut toml = String::new();
-    for (name, role, t) in TOKENS {
-        toml.push_str(&format!(
-            "[[auth.tokens]]\nname = \"{name}\"\nrole = \"{}\"\nsha256 = \"{}\"\n",
-            role.as_str(),
-            hex_of(t)
-        ));
-    }
-    let cfg = dir.path().join("whale.toml");
-    std::fs::write(&cfg, toml).unwrap();
     let mut env = Env::new();
-    env.set("WHALE_CONFIG", cfg.to_str().unwrap());
-    env.set("WHALE_REDIS_URL", &redis.url());
-    env.set("WHALE_ST2_URL", &st2.url);
-    env.set("WHALE_ST2_API_KEY", "k");
-    env.set(
-        "WHALE_INDEX_DIR",
-        dir.path().join("index").to_str().unwrap(),
-    );
     if http_token {
         env.set("WHALE_HTTP_TOKEN", "legacy-admin-token-0123");
     }
-    env.prepare();
+    env.prepare_pipeline(
+        dir.path(),
+        &tokens_toml(&TOKENS),
+        &redis.url(),
+        &st2.url,
+        &[],
+    );
     let w = env.run("all");
     Stack {
         env,
@@ -200,10 +188,6 @@ async fn stack(http_token: bool) -> Stack {
         _dir: dir,
         _w: w,
     }
-}
-
-fn hex_of(t: &str) -> String {
-    hash_token(t).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Issue 13 "one auth layer": the policy table covers every declared route, and each route

@@ -157,13 +157,7 @@ async fn oidc_tokens_are_verified_against_the_jwks_and_mapped_to_roles() {
     env.set("WHALE_CONFIG", cfg.to_str().unwrap());
     env.prepare();
     let log = dir.path().join("whale.log");
-    let port = env.http_port;
-    let _w = env.spawn_on("approve", port, &log, &[]);
-    assert!(
-        ready(port, Duration::from_secs(30)).await,
-        "whale run: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    let _w = env.run_logged("approve", &log).await;
 
     let http = reqwest::Client::new();
     let get = |token: String| {

@@ -27,13 +27,7 @@ async fn proxy_identity_is_believed_only_from_trusted_proxies() {
     env.set("WHALE_CONFIG", cfg.to_str().unwrap());
     env.prepare();
     let log = dir.path().join("whale.log");
-    let port = env.http_port;
-    let _w = env.spawn_on("approve", port, &log, &[]);
-    assert!(
-        ready(port, Duration::from_secs(30)).await,
-        "whale run: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    let _w = env.run_logged("approve", &log).await;
     let trusted = reqwest::Client::builder()
         .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)))
         .build()

@@ -1,4 +1,4 @@
-//! `whale bench pipeline`: the whole pipeline on this machine, measured from outside as an
+//! `whale-bench pipeline`: the whole pipeline on this machine, measured from outside as an
 //! operator would see it. It starts a private nats-server, redis-server and StackStorm emulator,
 //! loads N generated rules over T event types, runs the stages as real `whale run` processes (all
 //! in one, or one process per stage with K copies), publishes events as fast as possible or at a
@@ -13,7 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 use whale_kernel::testkit::{free_port, NatsServer, RedisServer};
-use whale_kernel::{subjects, Config, Nats, Output, Window};
+use whale_kernel::{history, subjects, Config, Nats, Output, Window};
+
+use crate::raw::Raw;
+
+/// What builds every binary a run needs, side by side in one target directory.
+pub const BUILD: &str = "cargo build --release -p whale -p whale-bench -p st2-emulator";
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -82,16 +87,10 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     if !(0.0..=1.0).contains(&a.match_fraction) {
         bail!("--match-fraction must be between 0 and 1");
     }
-    let stage_names = crate::registry::parse(&a.stages)?;
+    let stage_names = parse_stages(&a.stages)?;
     let copies = parse_copies(&a.copies, &stage_names)?;
-    let exe = std::env::current_exe().context("cannot find the whale binary")?;
-    let emulator_bin = exe.with_file_name("st2-emulator");
-    if !emulator_bin.is_file() {
-        bail!(
-            "{} is missing: build it with `cargo build --release --bins`",
-            emulator_bin.display()
-        );
-    }
+    let exe = sibling("whale")?;
+    let emulator_bin = sibling("st2-emulator")?;
     let work = tempfile::tempdir()?;
     progress(
         &a,
@@ -101,7 +100,8 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let redis = RedisServer::start();
     let (emulator, emulator_url) = start_emulator(&emulator_bin)?;
     cfg.nats.urls = vec![nats_server.url()];
-    let nats = super::connect(&cfg, "bench pipeline").await?;
+    let nats = crate::connect(&cfg, "pipeline").await?;
+    let raw = Raw::connect(&nats_server.url()).await?;
 
     // The raw reference first, on the idle server.
     let n = a.events;
@@ -109,7 +109,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         .map(|i| serde_json::to_vec(&event(&a, i, 0)).unwrap())
         .collect();
     progress(&a, "measuring raw JetStream publish and consume+ack");
-    let (raw_pub, raw_consume) = super::bench::raw_jetstream(&nats, &sample).await?;
+    let (raw_pub, raw_consume) = raw.rates(&nats, &sample).await?;
     let avg_bytes = sample.iter().map(Vec::len).sum::<usize>() / sample.len().max(1);
     drop(sample);
 
@@ -223,7 +223,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let mut last_held = 0u64;
     let complete = loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let s = sample_counts(&nats, &emulator_url, started).await?;
+        let s = sample_counts(&raw, &emulator_url, started).await?;
         let held: u64 = left_prev.values().sum();
         if (s.accepted, s.matched, s.dispatched) != (last.accepted, last.matched, last.dispatched)
             || held != last_held
@@ -272,7 +272,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let busy = stage_busy(&procs).await;
 
     // Messaging actually done per event, counted on the server.
-    let (publishes, consumes) = jetstream_ops(&nats).await?;
+    let (publishes, consumes) = raw.ops().await?;
     let p_per = publishes as f64 / n as f64;
     let c_per = consumes as f64 / n as f64;
     let bound = 1.0 / (p_per / raw_pub + c_per / raw_consume);
@@ -321,12 +321,12 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         "efficiency": round2(events_per_s / bound),
         "processes": usage, "stage_busy_s": busy, "hops_ms": hops,
         "all_through_s": drained_at.map(round2), "backlog_at_end": left,
-        "nats_server": nats.server_version(),
+        "nats_server": raw.server_version(),
     });
     drop(procs);
     drop(emulator_guard(emulator));
     if a.json {
-        super::print_json(&result)?;
+        crate::print_json(&result)?;
     } else {
         print_human(&result);
     }
@@ -343,7 +343,20 @@ fn progress(a: &Args, msg: &str) {
     }
 }
 
-fn round2(x: f64) -> f64 {
+/// A binary built beside this one (`whale`, `st2-emulator`); says how to build it when missing.
+pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let here = std::env::current_exe().context("cannot find the whale-bench binary")?;
+    let bin = here.with_file_name(name);
+    if !bin.is_file() {
+        bail!(
+            "{} is missing (the bench runs it from its own directory): build everything with `{BUILD}`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+pub(crate) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
@@ -409,7 +422,7 @@ async fn publish(nats: Nats, a: Args) -> anyhow::Result<u64> {
     Ok(a.events as u64)
 }
 
-fn write_schemas(dir: &Path, types: usize) -> anyhow::Result<()> {
+pub(crate) fn write_schemas(dir: &Path, types: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     for t in 0..types {
         let schema = json!({
@@ -444,13 +457,13 @@ fn write_rules(dir: &Path, rules: usize, types: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct ChildEnv {
-    exe: PathBuf,
-    vars: Vec<(String, String)>,
+pub(crate) struct ChildEnv {
+    pub(crate) exe: PathBuf,
+    pub(crate) vars: Vec<(String, String)>,
 }
 
 impl ChildEnv {
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.exe);
         c.args(args).env_remove("WHALE_CONFIG");
         for (k, v) in &self.vars {
@@ -459,7 +472,7 @@ impl ChildEnv {
         c
     }
 
-    fn ok(&self, args: &[&str]) -> anyhow::Result<()> {
+    pub(crate) fn ok(&self, args: &[&str]) -> anyhow::Result<()> {
         let out = self.cmd(args).output()?;
         if !out.status.success() {
             bail!(
@@ -503,7 +516,7 @@ fn emulator_guard(c: Child) -> EmulatorGuard {
     EmulatorGuard(c)
 }
 
-async fn wait_ready(port: u16) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(port: u16) -> anyhow::Result<()> {
     let url = format!("http://127.0.0.1:{port}/readyz");
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
@@ -525,14 +538,13 @@ struct Sample {
     dispatched: u64,
 }
 
-/// Messages per subject under `filter` in `stream`, summed.
-async fn subject_count(nats: &Nats, stream: &str, filter: &str) -> anyhow::Result<u64> {
-    nats.subject_count(stream, filter).await
-}
-
-async fn sample_counts(nats: &Nats, emulator: &str, started: Instant) -> anyhow::Result<Sample> {
-    let accepted = subject_count(nats, subjects::STREAM_EVENTS, "whale.events.>").await?;
-    let matched = subject_count(nats, subjects::STREAM_PIPE, "whale.pipe.matched").await?;
+async fn sample_counts(raw: &Raw, emulator: &str, started: Instant) -> anyhow::Result<Sample> {
+    let accepted = raw
+        .subject_count(subjects::STREAM_EVENTS, "whale.events.>")
+        .await?;
+    let matched = raw
+        .subject_count(subjects::STREAM_PIPE, "whale.pipe.matched")
+        .await?;
     let stats: Value = reqwest::get(format!("{emulator}/_emulator/stats"))
         .await?
         .json()
@@ -599,25 +611,6 @@ fn latencies(ends: &[(i128, i128)]) -> Vec<f64> {
         .collect();
     out.sort_by(f64::total_cmp);
     out
-}
-
-/// Total JetStream publishes (stream sequences) and consumer deliveries, over whale's streams.
-async fn jetstream_ops(nats: &Nats) -> anyhow::Result<(u64, u64)> {
-    let mut publishes = 0;
-    let mut consumes = 0;
-    for name in [
-        subjects::STREAM_INGEST,
-        subjects::STREAM_EVENTS,
-        subjects::STREAM_PIPE,
-    ] {
-        publishes += nats.stream_info(name).await?.state.last_sequence;
-        let consumers = nats.consumers(name).await?;
-        consumes += consumers
-            .iter()
-            .map(|c| c.delivered.consumer_sequence)
-            .sum::<u64>();
-    }
-    Ok((publishes, consumes))
 }
 
 /// Messages not yet handled (pending + awaiting ack) per consumer of the stages run, read from
@@ -725,16 +718,27 @@ async fn read_times(
     filter: &str,
 ) -> anyhow::Result<Vec<(String, i128, bytes::Bytes)>> {
     let mut out = Vec::new();
-    whale_kernel::history::read_all(nats, stream, filter, |d| {
-        let id = d.event_id().to_owned();
-        out.push((id, d.published.unix_timestamp_nanos() / 1000, d.payload));
-    })
+    let until = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    history::read(
+        nats,
+        stream,
+        filter,
+        time::OffsetDateTime::UNIX_EPOCH,
+        until,
+        |d| {
+            out.push((
+                d.event_id().to_owned(),
+                d.published.unix_timestamp_nanos() / 1000,
+                d.payload,
+            ))
+        },
+    )
     .await?;
     Ok(out)
 }
 
 /// `/proc/<pid>/stat` user+system CPU seconds (clock ticks of 1/100 s on Linux).
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -743,7 +747,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// (RSS, peak RSS) in MB from `/proc/<pid>/status`.
-fn memory_mb(pid: u32) -> (f64, f64) {
+pub(crate) fn memory_mb(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |key: &str| {
         status
@@ -777,6 +781,29 @@ async fn stage_busy(procs: &[Proc]) -> BTreeMap<String, f64> {
         }
     }
     out
+}
+
+/// `--stages`: a comma list of JetStream stages (`all` for every one); unknown names are
+/// refused with the known list, as `whale run` would.
+pub(crate) fn parse_stages(list: &str) -> anyhow::Result<Vec<&'static str>> {
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if name == "all" {
+            return Ok(subjects::STAGES.to_vec());
+        }
+        match subjects::STAGES.iter().find(|n| **n == name) {
+            Some(n) if !out.contains(n) => out.push(*n),
+            Some(_) => {}
+            None => bail!(
+                "unknown stage {name:?}; known stages: {} (or all)",
+                subjects::STAGES.join(", ")
+            ),
+        }
+    }
+    if out.is_empty() {
+        bail!("--stages: no stages given: use all or a comma list");
+    }
+    Ok(out)
 }
 
 fn parse_copies(s: &str, stages: &[&'static str]) -> anyhow::Result<BTreeMap<String, usize>> {

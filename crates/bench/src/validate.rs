@@ -1,6 +1,7 @@
-//! `whale bench ...`: throughput figures printed beside raw JetStream rates measured on the same
-//! server in the same run. By default a private nats-server is started in a temp dir, so a bench
-//! never writes into a real pipeline; `--nats-url` points it at a scratch server instead.
+//! `whale-bench validate`: the validate stage's throughput printed beside raw JetStream rates
+//! measured on the same server in the same run. By default a private nats-server is started in a
+//! temp dir, so a bench never writes into a real pipeline; `--nats-url` points it at a scratch
+//! server instead.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,16 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::watch;
 use whale_kernel::testkit::NatsServer;
-use whale_kernel::{setup, subjects, worker, Config, Health, Nats, Output, Stage as _, Window};
+use whale_kernel::{kv, setup, subjects, worker, Config, Health, Output, Stage as _, Window};
 
-#[derive(clap::Subcommand)]
-pub enum Cmd {
-    /// validate stage: whale.in → whale.events events/s vs raw JetStream publish and consume+ack.
-    Validate(Args),
-    /// The whole pipeline (all stages, NATS, Redis, StackStorm emulator) end to end: events/s,
-    /// ingest→StackStorm latency, CPU/memory per process, beside raw JetStream rates.
-    Pipeline(super::bench_pipeline::Args),
-}
+use crate::raw::Raw;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -47,11 +41,7 @@ fn sample(i: usize) -> serde_json::Value {
     })
 }
 
-pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
-    let a = match cmd {
-        Cmd::Validate(a) => a,
-        Cmd::Pipeline(a) => return super::bench_pipeline::run(cfg, a).await,
-    };
+pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let server = match &a.nats_url {
         Some(_) => None,
         None => Some(NatsServer::start()),
@@ -60,26 +50,27 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         .nats_url
         .clone()
         .unwrap_or_else(|| server.as_ref().unwrap().url())];
-    let nats = super::connect(&cfg, "bench").await?;
+    let nats = crate::connect(&cfg, "validate").await?;
+    let raw = Raw::connect(&cfg.nats.urls[0]).await?;
     let n = a.events;
     let payloads: Vec<Vec<u8>> = (0..n)
         .map(|i| serde_json::to_vec(&sample(i)).unwrap())
         .collect();
     let avg = payloads.iter().map(Vec::len).sum::<usize>() / n.max(1);
 
-    let (raw_pub, raw_consume) = raw_jetstream(&nats, &payloads).await?;
+    let (raw_pub, raw_consume) = raw.rates(&nats, &payloads).await?;
 
     setup::setup(&nats, &cfg).await?;
-    let kv = whale_kernel::kv::Bucket::open(&nats, subjects::KV_SCHEMAS).await?;
     let schema = json!({"event_type": "bench.disk", "version": 1, "digest": "bench", "schema": {
         "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
         "required": ["host", "usage_pct"],
         "properties": {"host": {"type": "string"}, "usage_pct": {"type": "number", "minimum": 0, "maximum": 100},
                        "env": {"enum": ["prod", "staging", "dev"]}}}});
-    kv.put(
+    kv::put(
+        &nats,
+        subjects::KV_SCHEMAS,
         "bench.disk",
-        serde_json::to_vec(&schema)?.into(),
-        whale_kernel::kv::Ttl::Bucket,
+        serde_json::to_vec(&schema)?,
     )
     .await?;
     let mut w: Window<()> = Window::on(&nats, 1024);
@@ -115,8 +106,11 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
     }
     loop {
-        let events = nats.stream_info(subjects::STREAM_EVENTS).await?;
-        if events.state.messages as usize >= n {
+        if raw
+            .subject_count(subjects::STREAM_EVENTS, "whale.events.>")
+            .await? as usize
+            >= n
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -134,10 +128,10 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         "raw_publish_per_s": raw_pub.round(), "raw_consume_ack_per_s": raw_consume.round(),
         "jetstream_bound_per_s": bound.round(), "validate_events_per_s": validate.round(),
         "efficiency": (validate / bound * 100.0).round() / 100.0,
-        "nats_server": nats.server_version(),
+        "nats_server": raw.server_version(),
     });
     if a.json {
-        super::print_json(&result)?;
+        crate::print_json(&result)?;
     } else {
         println!(
             "validate bench: {n} events of ~{avg} B, {} worker loop(s), nats-server {}",
@@ -163,9 +157,4 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
     }
     drop(server);
     Ok(ExitCode::SUCCESS)
-}
-
-/// Raw publish (window 1024, with msg ids like whale) and pull consume+ack rates.
-pub(crate) async fn raw_jetstream(nats: &Nats, payloads: &[Vec<u8>]) -> anyhow::Result<(f64, f64)> {
-    whale_kernel::testkit::raw_jetstream_rates(nats, payloads).await
 }

@@ -1,0 +1,303 @@
+//! `whale-bench scale`: does a CPU-heavy stage scale with copies? On a small machine NATS
+//! saturates first in the whole pipeline, so this measures one stage alone on a backlog it
+//! has to work through: the same accepted events, consumed once by 1 process, then again (the
+//! consumer recreated) by K processes, each figure beside the raw consume+ack rate of the same
+//! server. The default shape is `match` with 10,000 rules that the rule index cannot narrow
+//! (each rule a regex on one field), so every event is checked against every rule of its type.
+
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+use whale_kernel::testkit::{free_port, NatsServer};
+use whale_kernel::{subjects, Config, Output, Window};
+
+use crate::pipeline::{
+    cpu_seconds, memory_mb, round2, sibling, wait_ready, write_schemas, ChildEnv,
+};
+use crate::raw::Raw;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The stage measured (it reads accepted events: match or index).
+    #[arg(long, default_value = "match")]
+    stage: String,
+    /// Accepted events in the backlog.
+    #[arg(long, default_value_t = 40_000)]
+    events: usize,
+    /// Rules to load (regex rules the index cannot narrow, at most 1,000 per type).
+    #[arg(long, default_value_t = 10_000)]
+    rules: usize,
+    /// Event types the rules and events spread over.
+    #[arg(long, default_value_t = 10)]
+    types: usize,
+    /// Processes in the second round (the first has one).
+    #[arg(long, default_value_t = 2)]
+    copies: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
+    if !["match", "index"].contains(&a.stage.as_str()) {
+        bail!(
+            "--stage: {:?} does not read accepted events; use match or index",
+            a.stage
+        );
+    }
+    if a.types == 0 || a.rules < a.types || a.rules / a.types > 1000 {
+        bail!("--rules / --types must be between 1 and 1000 (rules of one type go in one file)");
+    }
+    if a.copies < 2 {
+        bail!("--copies must be at least 2");
+    }
+    let exe = sibling("whale")?;
+    let nats_server = NatsServer::start();
+    cfg.nats.urls = vec![nats_server.url()];
+    let nats = crate::connect(&cfg, "scale").await?;
+    let raw = Raw::connect(&nats_server.url()).await?;
+    let n = a.events;
+    let payloads: Vec<Vec<u8>> = (0..n)
+        .map(|i| serde_json::to_vec(&event(&a, i)))
+        .collect::<Result<_, _>>()?;
+    progress(&a, "measuring raw JetStream publish and consume+ack");
+    let (_, raw_consume) = raw.rates(&nats, &payloads).await?;
+
+    let work = tempfile::tempdir()?;
+    let schemas_dir = work.path().join("schemas");
+    let rules_dir = work.path().join("rules");
+    write_schemas(&schemas_dir, a.types)?;
+    write_regex_rules(&rules_dir, a.rules, a.types)?;
+    let env = ChildEnv {
+        exe,
+        vars: vec![
+            ("WHALE_NATS_URL".into(), nats_server.url()),
+            ("WHALE_LOG".into(), "warn".into()),
+        ],
+    };
+    env.ok(&["setup"])?;
+    env.ok(&["schemas", "apply", &schemas_dir.to_string_lossy()])?;
+    env.ok(&["rules", "apply", &rules_dir.to_string_lossy()])?;
+
+    // The backlog: every event accepted by validate, then validate stopped.
+    progress(&a, &format!("accepting {n} events into the backlog"));
+    let mut w: Window<()> = Window::on(&nats, 1024);
+    for (i, p) in payloads.into_iter().enumerate() {
+        let ty = format!("bench.t{:03}", i % a.types);
+        w.send(
+            (),
+            Output::new(subjects::ingest(&ty), format!("scale-{i:010}"), p),
+        )
+        .await;
+    }
+    w.drain().await;
+    let mut validate = spawn(&env, "validate", work.path()).await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while raw
+        .subject_count(subjects::STREAM_EVENTS, "whale.events.>")
+        .await?
+        < n as u64
+    {
+        if Instant::now() > deadline {
+            bail!("validate did not accept the {n} events within 5 min");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop(&mut validate.0);
+
+    let mut rounds = Vec::new();
+    for k in [1, a.copies] {
+        progress(&a, &format!("{} with {k} process(es)", a.stage));
+        rounds.push(round(&a, &env, &raw, work.path(), k).await?);
+    }
+    let one = rounds[0]["events_per_s"].as_f64().unwrap_or(0.0);
+    let many = rounds[1]["events_per_s"].as_f64().unwrap_or(0.0);
+    let result = json!({
+        "stage": a.stage, "events": n, "rules": a.rules, "types": a.types,
+        "rule_shape": "regex (not narrowed by the rule index)",
+        "raw_consume_ack_per_s": raw_consume.round(),
+        "rounds": rounds,
+        "scale_factor": if one > 0.0 { round2(many / one) } else { 0.0 },
+        "nats_server": raw.server_version(),
+    });
+    if a.json {
+        crate::print_json(&result)?;
+    } else {
+        print_human(&result);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One round: the stage's consumer recreated (so it delivers the whole backlog again), `k`
+/// processes of the stage, timed from the 10% to the 90% mark of the backlog.
+async fn round(
+    a: &Args,
+    env: &ChildEnv,
+    raw: &Raw,
+    dir: &std::path::Path,
+    k: usize,
+) -> anyhow::Result<Value> {
+    let inputs: Vec<_> = subjects::stage_inputs(&a.stage)
+        .into_iter()
+        .filter(|i| i.stream == subjects::STREAM_EVENTS)
+        .collect();
+    for input in &inputs {
+        raw.delete_consumer(input.stream, input.consumer).await?;
+    }
+    env.ok(&["setup"])?;
+    let total = raw.backlog(&inputs).await?;
+    let mut procs = Vec::new();
+    for _ in 0..k {
+        procs.push(spawn(env, &a.stage, dir).await?);
+    }
+    let cpu0: Vec<f64> = procs
+        .iter()
+        .map(|p| cpu_seconds(p.0.id()).unwrap_or(0.0))
+        .collect();
+    let started = Instant::now();
+    let mut timeline: Vec<(f64, u64)> = Vec::new();
+    let mut last_change = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let left = raw.backlog(&inputs).await?;
+        let done = total.saturating_sub(left);
+        if timeline.last().is_none_or(|l| l.1 != done) {
+            last_change = Instant::now();
+        }
+        timeline.push((started.elapsed().as_secs_f64(), done));
+        if left == 0 {
+            break;
+        }
+        if last_change.elapsed() > Duration::from_secs(60) {
+            bail!("{}: no progress for 60 s ({left} of {total} left)", a.stage);
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let at = |q: f64| timeline.iter().find(|s| s.1 as f64 >= total as f64 * q);
+    let rate = match (at(0.1), at(0.9)) {
+        (Some(x), Some(y)) if y.0 > x.0 => (y.1 - x.1) as f64 / (y.0 - x.0),
+        _ => total as f64 / wall,
+    };
+    let mut usage = Vec::new();
+    for (p, c0) in procs.iter().zip(cpu0) {
+        let cpu = cpu_seconds(p.0.id()).unwrap_or(0.0) - c0;
+        let (rss, peak) = memory_mb(p.0.id());
+        usage.push(json!({"cpu_pct": (cpu / wall * 100.0).round(), "rss_mb": round2(rss), "peak_rss_mb": round2(peak)}));
+    }
+    for p in &mut procs {
+        stop(&mut p.0);
+    }
+    Ok(
+        json!({"processes": k, "events": total, "wall_s": round2(wall), "events_per_s": rate.round(), "per_process": usage}),
+    )
+}
+
+/// A `whale run --stages <stage>` child on its own port and index directory, once ready.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn spawn(env: &ChildEnv, stage: &str, dir: &std::path::Path) -> anyhow::Result<Child> {
+    let port = free_port();
+    let child = env
+        .cmd(&["run", "--stages", stage])
+        .env("WHALE_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("WHALE_INDEX_DIR", dir.join(format!("index-{port}")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start whale run")?;
+    let child = Child(child);
+    wait_ready(port).await?;
+    Ok(child)
+}
+
+/// SIGTERM (a clean stop: prefetched messages are given back), then wait.
+fn stop(c: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let _ = c.wait();
+}
+
+/// Event `i`: type `bench.tNNN`, `detail.sig` is what the regex rules look at (none matches).
+fn event(a: &Args, i: usize) -> Value {
+    json!({
+        "id": format!("scale-{i:010}"),
+        "event_type": format!("bench.t{:03}", i % a.types),
+        "source": "whale-bench",
+        "detail": {"host": format!("web-{}", i % 500), "code": -1, "env": "prod",
+                   "usage_pct": 50 + (i % 50), "sig": format!("s{:0>60}", i % 9973),
+                   "msg": ["bench event", "generated"]},
+        "labels": {"team": "bench"}
+    })
+}
+
+/// `rules / types` rules per type, rule j: `detail.sig` (61 characters) matches `^s0*<j>[a-z]$`
+/// (never true: it ends in a digit), a test the rule index cannot narrow and that reads the whole
+/// value, so each event is checked against every rule of its type.
+fn write_regex_rules(dir: &std::path::Path, rules: usize, types: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let per_type = rules / types;
+    for t in 0..types {
+        let mut doc = String::new();
+        for j in 0..per_type {
+            doc.push_str(&format!(
+                "- name: scale-t{t:03}-r{j:04}\n  on: [bench.t{t:03}]\n  when:\n    - {{ path: .detail.sig, regex: \"^s0*{j}[a-z]$\" }}\n  action: core.local\n  params:\n    cmd: \"echo {{{{ .detail.host }}}}\"\n"
+            ));
+        }
+        std::fs::write(dir.join(format!("scale-t{t:03}.yaml")), doc)?;
+    }
+    Ok(())
+}
+
+fn progress(a: &Args, msg: &str) {
+    if !a.json {
+        eprintln!("bench scale: {msg}");
+    }
+}
+
+fn print_human(r: &Value) {
+    println!(
+        "scale bench: stage {}, {} events, {} rules over {} types ({}), nats-server {}",
+        r["stage"].as_str().unwrap_or(""),
+        r["events"],
+        r["rules"],
+        r["types"],
+        r["rule_shape"].as_str().unwrap_or(""),
+        r["nats_server"]
+    );
+    println!(
+        "  raw JetStream consume+ack (same server)  {:>10} msg/s",
+        r["raw_consume_ack_per_s"]
+    );
+    for round in r["rounds"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        println!(
+            "  {} process(es)                           {:>10} events/s  (cpu % / rss MB per process: {})",
+            round["processes"],
+            round["events_per_s"],
+            round["per_process"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| format!("{}% / {}", p["cpu_pct"], p["rss_mb"]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!(
+        "  scale factor                             {:>10} ×",
+        r["scale_factor"]
+    );
+}
