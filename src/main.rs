@@ -4,6 +4,7 @@
 
 mod cli;
 mod registry;
+mod rules_api;
 mod rules_store;
 
 use std::process::ExitCode;

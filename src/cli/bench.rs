@@ -20,6 +20,10 @@ pub enum Cmd {
     /// The whole pipeline (all stages, NATS, Redis, StackStorm emulator) end to end: events/s,
     /// ingest→StackStorm latency, CPU/memory per process, beside raw JetStream rates.
     Pipeline(super::bench_pipeline::Args),
+    /// Rule-set load (check + apply + every worker switched) at 10,000 and 50,000 rules, one
+    /// file and many, on a default-settings nats-server, beside raw KV puts of the same bytes;
+    /// and the RSS of a match worker holding 10,000 rules.
+    RulesLoad(super::bench_rules::Args),
 }
 
 #[derive(clap::Args)]
@@ -53,6 +57,7 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
     let a = match cmd {
         Cmd::Validate(a) => a,
         Cmd::Pipeline(a) => return super::bench_pipeline::run(cfg, a).await,
+        Cmd::RulesLoad(a) => return super::bench_rules::run(cfg, a).await,
     };
     let server = match &a.nats_url {
         Some(_) => None,

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod bench;
 mod bench_pipeline;
+mod bench_rules;
 mod clusters;
 mod dead_letters;
 mod events;

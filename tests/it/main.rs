@@ -15,6 +15,7 @@ mod harness;
 mod index;
 mod replay;
 mod rules;
+mod rule_versions;
 mod security;
 mod setup;
 mod throttle;
