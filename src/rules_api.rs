@@ -34,7 +34,10 @@ pub enum RollbackError {
     #[error(transparent)]
     AuditUnavailable(audit::Unavailable),
     #[error("the rollback to {} was done, but its audit record is missing: {err:#}", .entry.version)]
-    AuditMissing { entry: Box<Entry>, err: anyhow::Error },
+    AuditMissing {
+        entry: Box<Entry>,
+        err: anyhow::Error,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -69,19 +72,24 @@ pub async fn rollback(
         .await
         .map_err(RollbackError::AuditUnavailable)?;
     let git = target.provenance.git.clone();
-    let stored = rules_store::load(&whale_kernel::kv::Bucket::open(nats, whale_kernel::subjects::KV_RULES).await?, target).await?;
-    let set = match tokio::task::spawn_blocking(move || whale_rules::RuleSet::compile(&stored.sources))
-        .await
-        .map_err(anyhow::Error::from)?
-    {
-        Ok(set) => set,
-        Err(e) => {
-            return Err(RollbackError::Refused {
-                version: version.to_owned(),
-                errors: e.to_string(),
-            })
-        }
-    };
+    let stored = rules_store::load(
+        &whale_kernel::kv::Bucket::open(nats, whale_kernel::subjects::KV_RULES).await?,
+        target,
+    )
+    .await?;
+    let set =
+        match tokio::task::spawn_blocking(move || whale_rules::RuleSet::compile(&stored.sources))
+            .await
+            .map_err(anyhow::Error::from)?
+        {
+            Ok(set) => set,
+            Err(e) => {
+                return Err(RollbackError::Refused {
+                    version: version.to_owned(),
+                    errors: e.to_string(),
+                })
+            }
+        };
     let provenance = Provenance {
         by: Some(actor.who.clone()),
         via: Some(actor.via.clone()),
@@ -89,12 +97,16 @@ pub async fn rollback(
         git,
     };
     let (entry, revision) = rules_store::apply(nats, &set, provenance, "rollback").await?;
-    let rec = Record::new(actor, Action::RulesRollback, Target::new("rules", set.version()))
-        .natural_id(&revision.to_string())
-        .before_after(
-            json!({"version": before.map(|b| b.version)}),
-            json!({"version": set.version(), "rules": set.len()}),
-        );
+    let rec = Record::new(
+        actor,
+        Action::RulesRollback,
+        Target::new("rules", set.version()),
+    )
+    .natural_id(&revision.to_string())
+    .before_after(
+        json!({"version": before.map(|b| b.version)}),
+        json!({"version": set.version(), "rules": set.len()}),
+    );
     if let Err(err) = audit::record(nats, &rec).await {
         return Err(RollbackError::AuditMissing {
             entry: Box::new(entry),
@@ -277,7 +289,9 @@ async fn http_rollback(
             &err,
             serde_json::to_value(&entry).unwrap_or_default(),
         ),
-        Err(e @ RollbackError::Unknown(_)) => error(StatusCode::NOT_FOUND, e.to_string(), json!({})),
+        Err(e @ RollbackError::Unknown(_)) => {
+            error(StatusCode::NOT_FOUND, e.to_string(), json!({}))
+        }
         Err(e @ RollbackError::Refused { .. }) => {
             error(StatusCode::CONFLICT, e.to_string(), json!({}))
         }

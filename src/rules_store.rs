@@ -172,8 +172,8 @@ pub fn chunk_bounds(data: &[u8], max: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 /// The chunk size for this server: at most [`MAX_CHUNK`], at most half its `max_payload`.
-fn chunk_size(b: &Bucket) -> usize {
-    MAX_CHUNK.min(b.max_payload() / 2).max(1024)
+pub fn chunk_size(b: &Bucket) -> usize {
+    (b.max_payload() / 2).clamp(1024, MAX_CHUNK)
 }
 
 /// Writes `content` as chunks (those already stored are left alone); returns their hashes.
@@ -213,17 +213,20 @@ pub async fn load(b: &Bucket, entry: Entry) -> anyhow::Result<Stored> {
                 .map(|hash| {
                     let (b, version) = (b.clone(), entry.version.clone());
                     async move {
-                    let part = b.get(&format!("{CHUNK_PREFIX}{hash}")).await?.ok_or_else(|| {
-                        anyhow::anyhow!(
+                        let part =
+                            b.get(&format!("{CHUNK_PREFIX}{hash}"))
+                                .await?
+                                .ok_or_else(|| {
+                                    anyhow::anyhow!(
                             "rule set {version}: chunk {hash} is missing from the bucket {}",
                             subjects::KV_RULES
                         )
-                    })?;
-                    anyhow::ensure!(
-                        sha256_hex(&part) == hash,
-                        "rule set {version}: chunk {hash} does not hold what its name says"
-                    );
-                    Ok::<_, anyhow::Error>(part)
+                                })?;
+                        anyhow::ensure!(
+                            sha256_hex(&part) == hash,
+                            "rule set {version}: chunk {hash} does not hold what its name says"
+                        );
+                        Ok::<_, anyhow::Error>(part)
                     }
                 })
                 .buffered(IN_FLIGHT)
@@ -372,10 +375,7 @@ pub async fn version_entry(nats: &Nats, version: &str) -> anyhow::Result<Option<
     if let Some(m) = b.get(&version_key(version)).await? {
         return Ok(Some(Entry::parse(&m)?));
     }
-    Ok(legacy(&b)
-        .await?
-        .into_iter()
-        .find(|e| e.version == version))
+    Ok(legacy(&b).await?.into_iter().find(|e| e.version == version))
 }
 
 /// The applies of the old single-value form among the revisions of `active`, newest first.
@@ -420,10 +420,7 @@ pub async fn in_force_at(nats: &Nats, at: &str) -> anyhow::Result<Option<Stored>
     let b = bucket(nats).await?;
     // The history keys name their time: the last one at or before `at` is the set in force.
     let bound = format!("{HISTORY_PREFIX}{:020}", at.unix_timestamp_nanos().max(0));
-    let key = history_keys(&b)
-        .await?
-        .into_iter()
-        .rfind(|k| *k <= bound);
+    let key = history_keys(&b).await?.into_iter().rfind(|k| *k <= bound);
     let found = match key {
         Some(k) => match b.get(&k).await? {
             Some(m) => Some(Entry::parse(&m)?),
@@ -486,10 +483,7 @@ pub fn diff(a: &Stored, b: &Stored, file: Option<&str>) -> Vec<FileDiff> {
         diff: similar::TextDiff::from_lines(before, after)
             .unified_diff()
             .context_radius(3)
-            .header(
-                &format!("a/{path}"),
-                &format!("b/{path}"),
-            )
+            .header(&format!("a/{path}"), &format!("b/{path}"))
             .to_string(),
     };
     let wanted = |p: &str| file.is_none_or(|f| f == p);
@@ -547,7 +541,10 @@ mod tests {
     fn an_edit_changes_the_chunks_around_it_only() {
         let d = data(4 << 20, 11);
         let mut e = d.clone();
-        e.splice(2_000_000..2_000_010, b"an edit of another length".iter().copied());
+        e.splice(
+            2_000_000..2_000_010,
+            b"an edit of another length".iter().copied(),
+        );
         let hashes = |d: &[u8]| -> Vec<String> {
             chunk_bounds(d, 512 << 10)
                 .into_iter()

@@ -124,17 +124,17 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             let apply = t.elapsed();
             let t = Instant::now();
             let deadline = t + Duration::from_secs(600);
-            while !workers.iter().all(|w| {
-                w.current()
-                    .is_some_and(|s| s.version() == set.version())
-            }) {
+            while !workers
+                .iter()
+                .all(|w| w.current().is_some_and(|s| s.version() == set.version()))
+            {
                 anyhow::ensure!(Instant::now() < deadline, "workers did not switch in 600 s");
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let switch = t.elapsed();
             // The reference: the same bytes as raw KV puts of the store's chunk size, one after
             // the other (the server takes no single message of this size).
-            let piece = (bucket.max_payload() / 2).min(512 << 10).max(1024);
+            let piece = rules_store::chunk_size(&bucket);
             let t = Instant::now();
             for (i, part) in content.chunks(piece).enumerate() {
                 bucket
@@ -195,7 +195,9 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         rss = Some(json!({"rules": a.rss_rules, "rss_kb": now, "peak_kb": peak}));
     }
     if a.json {
-        super::print_json(&json!({"max_payload": bucket.max_payload(), "loads": rows, "worker_rss": rss}))?;
+        super::print_json(
+            &json!({"max_payload": bucket.max_payload(), "loads": rows, "worker_rss": rss}),
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -320,9 +320,9 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
             let nats = super::connect(&cfg, "rules").await?;
             use crate::rules_api::RollbackError;
             match crate::rules_api::rollback(&nats, &version, &Actor::cli(None)).await {
-                Ok(r) if json => super::print_json(
-                    &json!({"changed": r.changed, "active": r.entry}),
-                )?,
+                Ok(r) if json => {
+                    super::print_json(&json!({"changed": r.changed, "active": r.entry}))?
+                }
                 Ok(r) if !r.changed => println!("unchanged: version {version} is already active"),
                 Ok(r) => println!(
                     "rolled back to version {} ({} rules) replacing {}; running workers switch now",
@@ -348,8 +348,8 @@ fn text(v: &Value) -> String {
 
 /// The human table of `whale rules history`: one line per apply or rollback, then its commit.
 fn history_table(entries: &[rules_store::Entry]) -> String {
-    use std::fmt::Write as _;
     use super::term::line;
+    use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -363,7 +363,11 @@ fn history_table(entries: &[rules_store::Entry]) -> String {
                 "{} {}{}",
                 &g.commit[..g.commit.len().min(12)],
                 g.author,
-                if g.dirty { " (uncommitted changes)" } else { "" }
+                if g.dirty {
+                    " (uncommitted changes)"
+                } else {
+                    ""
+                }
             )
         });
         let _ = writeln!(

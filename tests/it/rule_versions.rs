@@ -15,12 +15,8 @@ use whale_kernel::subjects::{KV_RULES, STREAM_PIPE};
 use crate::harness::*;
 
 fn json_of(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// One rule per host, padded to a realistic size (~300 bytes).
@@ -101,7 +97,11 @@ async fn a_set_over_one_mib_applies_to_a_default_server_and_matches() {
     let nats = env.connect().await;
     let kv = nats.js.get_key_value(KV_RULES).await.unwrap();
     let active = kv.get("active").await.unwrap().unwrap();
-    assert!(active.len() < 16 << 10, "manifest of {} bytes", active.len());
+    assert!(
+        active.len() < 16 << 10,
+        "manifest of {} bytes",
+        active.len()
+    );
     let manifest: Value = serde_json::from_slice(&active).unwrap();
     assert_eq!(manifest["version"], version.as_str());
     assert_eq!(manifest["rules"], 12_000);
@@ -180,7 +180,10 @@ async fn a_set_in_the_old_single_value_form_still_loads() {
         .unwrap();
     assert_eq!(removed["status"], "removed");
     assert!(
-        removed["diff"].as_str().unwrap().contains("-name: old-form"),
+        removed["diff"]
+            .as_str()
+            .unwrap()
+            .contains("-name: old-form"),
         "{removed}"
     );
     let history = json_of(&env.ok(&["rules", "history", "--json"]));
@@ -260,13 +263,23 @@ async fn history_diff_and_rollback_of_versions_applied_from_git() {
     std::fs::create_dir(checkout.join("rules")).unwrap();
     let rules = checkout.join("rules");
     std::fs::write(rules.join("disk.yaml"), RULE).unwrap();
-    let c1 = commit(checkout, "Ada Lovelace", "ada@example.com", "rules: disk over 90%");
+    let c1 = commit(
+        checkout,
+        "Ada Lovelace",
+        "ada@example.com",
+        "rules: disk over 90%",
+    );
     let v1 = json_of(&env.ok(&["rules", "apply", rules.to_str().unwrap(), "--json"]))["version"]
         .as_str()
         .unwrap()
         .to_owned();
     std::fs::write(rules.join("disk.yaml"), RULE.replace("gt: 90", "gt: 95")).unwrap();
-    let c2 = commit(checkout, "Bob Builder", "bob@example.com", "rules: disk over 95%");
+    let c2 = commit(
+        checkout,
+        "Bob Builder",
+        "bob@example.com",
+        "rules: disk over 95%",
+    );
     let v2 = json_of(&env.ok(&["rules", "apply", rules.to_str().unwrap(), "--json"]))["version"]
         .as_str()
         .unwrap()
@@ -304,9 +317,12 @@ async fn history_diff_and_rollback_of_versions_applied_from_git() {
             && text.contains("+  - { path: .detail.usage_pct, gt: 95 }"),
         "{text}"
     );
-    let human = String::from_utf8_lossy(&env.ok(&["rules", "diff", &v1, "active"]).stdout)
-        .into_owned();
-    assert!(human.contains("+  - { path: .detail.usage_pct, gt: 95 }"), "{human}");
+    let human =
+        String::from_utf8_lossy(&env.ok(&["rules", "diff", &v1, "active"]).stdout).into_owned();
+    assert!(
+        human.contains("+  - { path: .detail.usage_pct, gt: 95 }"),
+        "{human}"
+    );
 
     // Over HTTP: reads for a viewer, rollback for an admin only.
     let _w = env.run("validate,match,render");
@@ -354,14 +370,20 @@ async fn history_diff_and_rollback_of_versions_applied_from_git() {
     assert_eq!(body["active"]["previous"], v2.as_str());
 
     // The running match stage uses v1 again: 93% matches (v2 wants over 95%), v1 recorded.
-    let matched = match_eventually(&nats, "after-rollback", json!({"host": "web-1", "usage_pct": 93})).await;
+    let matched = match_eventually(
+        &nats,
+        "after-rollback",
+        json!({"host": "web-1", "usage_pct": 93}),
+    )
+    .await;
     assert!(
         matched.iter().all(|m| m["rule_version"] == v1.as_str()),
         "{matched:#?}"
     );
 
     let audit = String::from_utf8_lossy(
-        &env.ok(&["audit", "--action", "rules.rollback", "--json"]).stdout,
+        &env.ok(&["audit", "--action", "rules.rollback", "--json"])
+            .stdout,
     )
     .into_owned();
     let records: Vec<Value> = audit
@@ -387,7 +409,11 @@ async fn history_diff_and_rollback_of_versions_applied_from_git() {
     assert_eq!(h.len(), 3, "{hist:#}");
     assert_eq!(h[0]["action"], "rollback");
     assert_eq!(h[0]["by"], "platform-admin");
-    assert_eq!(h[0]["git"]["commit"], c1.as_str(), "the rolled-back version's commit");
+    assert_eq!(
+        h[0]["git"]["commit"],
+        c1.as_str(),
+        "the rolled-back version's commit"
+    );
     let d: Value = http
         .get(env.http(&format!("/v1/rules/diff?a={v2}&b=active")))
         .header("authorization", bearer(tokens[0].2))
@@ -420,7 +446,8 @@ async fn history_diff_and_rollback_of_versions_applied_from_git() {
     let again = json_of(&env.ok(&["rules", "rollback", &v2, "--json"]));
     assert_eq!(again["changed"], false);
     let records = String::from_utf8_lossy(
-        &env.ok(&["audit", "--action", "rules.rollback", "--json"]).stdout,
+        &env.ok(&["audit", "--action", "rules.rollback", "--json"])
+            .stdout,
     )
     .lines()
     .count();

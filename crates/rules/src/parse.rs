@@ -38,7 +38,7 @@ impl Default for FileLimits {
             // Generated sets (one rule per host or service) come as one big file as often as
             // many small ones; compiling is linear in the rules, so one file may hold a whole
             // large set. The store splits files into chunks below NATS's message limit.
-            max_file_bytes: 16 << 20,
+            max_file_bytes: 32 << 20,
             max_rules_per_file: 50_000,
             max_steps_per_rule: 256,
             max_depth: 32,
