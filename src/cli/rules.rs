@@ -353,11 +353,22 @@ fn history_table(entries: &[rules_store::Entry]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<28} {:<9} {:<13} {:>7} {:<16} GIT",
+        "{:<24} {:<9} {:<13} {:>7} {:<16} GIT",
         "APPLIED AT", "ACTION", "VERSION", "RULES", "BY"
+    );
+    // Milliseconds are enough to read; `--json` keeps the full time.
+    let ms = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
     for e in entries {
         let p = &e.provenance;
+        let at = time::OffsetDateTime::parse(
+            &e.applied_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()
+        .and_then(|t| t.to_offset(time::UtcOffset::UTC).format(&ms).ok())
+        .unwrap_or_else(|| e.applied_at.clone());
         let git = p.git.as_ref().map_or_else(String::new, |g| {
             format!(
                 "{} {}{}",
@@ -372,8 +383,8 @@ fn history_table(entries: &[rules_store::Entry]) -> String {
         });
         let _ = writeln!(
             out,
-            "{:<28} {:<9} {:<13} {:>7} {:<16} {}",
-            line(&e.applied_at),
+            "{:<24} {:<9} {:<13} {:>7} {:<16} {}",
+            line(&at),
             line(&e.action),
             line(&e.version),
             e.rules.map_or_else(|| "-".into(), |n| n.to_string()),
