@@ -327,7 +327,19 @@ async fn history_diff_and_rollback_of_versions_applied_from_git() {
     // Over HTTP: reads for a viewer, rollback for an admin only.
     let _w = env.run("validate,match,render");
     let http = reqwest::Client::new();
-    let bearer = |t: &str| format!("Bearer {t}");
+    // GET as the viewer: (status, JSON body)
+    let view = |path: String| {
+        let req = http
+            .get(env.http(&path))
+            .header("authorization", format!("Bearer {}", tokens[0].2));
+        async move {
+            let r = req.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
     let rollback = |token: &'static str, version: String| {
         let http = http.clone();
         let url = env.http("/v1/rules/rollback");
@@ -348,15 +360,8 @@ async fn history_diff_and_rollback_of_versions_applied_from_git() {
         assert_eq!(code, 403, "{body}");
         assert_eq!(body["needs_role"], "admin");
     }
-    let got: Value = http
-        .get(env.http("/v1/rules"))
-        .header("authorization", bearer(tokens[0].2))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (code, got) = view("/v1/rules".into()).await;
+    assert_eq!(code, 200, "{got}");
     assert_eq!(got["version"], v2.as_str(), "still v2 after the refusals");
     assert_eq!(got["files"].as_array().unwrap().len(), 1);
 
@@ -396,15 +401,8 @@ async fn history_diff_and_rollback_of_versions_applied_from_git() {
     assert_eq!(records[0]["target"], json!({"kind": "rules", "id": v1}));
     assert_eq!(records[0]["before"]["version"], v2.as_str());
 
-    let hist: Value = http
-        .get(env.http("/v1/rules/history?limit=10"))
-        .header("authorization", bearer(tokens[0].2))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (code, hist) = view("/v1/rules/history?limit=10".into()).await;
+    assert_eq!(code, 200, "{hist}");
     let h = hist.as_array().unwrap();
     assert_eq!(h.len(), 3, "{hist:#}");
     assert_eq!(h[0]["action"], "rollback");
@@ -414,15 +412,8 @@ async fn history_diff_and_rollback_of_versions_applied_from_git() {
         c1.as_str(),
         "the rolled-back version's commit"
     );
-    let d: Value = http
-        .get(env.http(&format!("/v1/rules/diff?a={v2}&b=active")))
-        .header("authorization", bearer(tokens[0].2))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (code, d) = view(format!("/v1/rules/diff?a={v2}&b=active")).await;
+    assert_eq!(code, 200, "{d}");
     assert!(
         d["files"][0]["diff"]
             .as_str()
@@ -430,14 +421,8 @@ async fn history_diff_and_rollback_of_versions_applied_from_git() {
             .contains("+  - { path: .detail.usage_pct, gt: 90 }"),
         "{d}"
     );
-    let code = http
-        .get(env.http("/v1/rules/diff?a=nope&b=active"))
-        .header("authorization", bearer(tokens[0].2))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(code, 404);
+    let (code, body) = view("/v1/rules/diff?a=nope&b=active".into()).await;
+    assert_eq!(code, 404, "{body}");
 
     // The CLI rolls forward to v2, audited with the OS user.
     let out = json_of(&env.ok(&["rules", "rollback", &v2, "--json"]));
