@@ -4,7 +4,8 @@
 
 mod cli;
 mod registry;
-mod rules_store;
+mod rules_api;
+use whale_rulestore as rules_store;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,8 @@
-//! `whale rules check|apply|test|show`: verify rule files (file, line, rule, what is wrong),
-//! load them into the running pipeline atomically, try them offline against sample events
-//! (with the "why not" of every non-match), and show what is active.
+//! `whale rules check|apply|test|show|history|diff|rollback`: verify rule files (file, line,
+//! rule, what is wrong), load them into the running pipeline atomically, try them offline
+//! against sample events (with the "why not" of every non-match), show what is active, list
+//! every applied version (who, when, git commit), diff two versions, and make an earlier one
+//! active again.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,6 +45,31 @@ pub enum Cmd {
     },
     /// Show the active rule set.
     Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every applied version, newest first: who applied it, when, and the git commit and
+    /// author when it was applied from a git checkout.
+    History {
+        /// At most this many, the newest (default 50; at most `rules.max_history`).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unified diff per file between two versions (`active` names the active one).
+    Diff {
+        a: String,
+        b: String,
+        /// Only this file (its path as stored, as `whale rules show` lists it).
+        #[arg(long)]
+        file: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an earlier version active again (atomically, audited as `rules.rollback`).
+    Rollback {
+        version: String,
         #[arg(long)]
         json: bool,
     },
@@ -106,14 +133,22 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             let nats = super::connect(&cfg, "rules").await?;
-            let active = rules_store::active(&nats).await?;
+            let active = rules_store::active_entry(&nats).await?;
             if set.is_empty() && !allow_empty {
                 // An empty directory (a wrong path, a failed checkout) would silently stop
                 // every automation: only on purpose.
                 let active_rules = match &active {
-                    Some(a) => whale_rules::RuleSet::compile(&a.sources)
-                        .map(|s| s.len())
-                        .unwrap_or(a.sources.len()),
+                    Some(a) => match a.rules {
+                        Some(n) => n,
+                        None => rules_store::active(&nats)
+                            .await?
+                            .map(|s| {
+                                whale_rules::RuleSet::compile(&s.sources)
+                                    .map(|s| s.len())
+                                    .unwrap_or(s.sources.len())
+                            })
+                            .unwrap_or(0),
+                    },
                     None => 0,
                 };
                 let msg = format!(
@@ -134,10 +169,18 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
             let mut audited = Ok(());
             if !unchanged {
                 super::audit::preflight(&nats).await?;
-                let revision = rules_store::apply(&nats, &set).await?;
+                let actor = Actor::cli(None);
+                let provenance = rules_store::Provenance {
+                    by: Some(actor.who.clone()),
+                    via: Some(actor.via.clone()),
+                    dir: Some(dir.display().to_string()),
+                    git: rules_store::git_of(&dir),
+                };
+                let (entry, revision) =
+                    rules_store::apply(&nats, &set, provenance, "apply").await?;
                 // The KV revision is the apply's natural id: a repeated write is stored once.
                 let rec = Record::new(
-                    &Actor::cli(None),
+                    &actor,
                     Action::RulesApply,
                     Target::new("rules", set.version()),
                 )
@@ -146,7 +189,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                     json!({"version": before}),
                     json!({"version": set.version(), "rules": set.len()}),
                 )
-                .details(json!({"dir": dir.display().to_string()}));
+                .details(json!({"dir": dir.display().to_string(), "git": entry.provenance.git}));
                 audited = super::audit::write(&nats, &rec, "the rules apply").await;
             }
             if json {
@@ -223,19 +266,131 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Show { json } => {
             let nats = super::connect(&cfg, "rules").await?;
-            match rules_store::active(&nats).await? {
+            match crate::rules_api::active_json(&nats).await? {
                 None => println!("no rule set applied yet: `whale rules apply pipelines`"),
-                Some(s) if json => super::print_json(
-                    &json!({"version": s.version, "applied_at": s.applied_at, "files": s.sources.iter().map(|f| &f.path).collect::<Vec<_>>()}),
-                )?,
-                Some(s) => {
-                    println!("active version {} applied at {}", s.version, s.applied_at);
-                    for f in &s.sources {
-                        println!("  {}", f.path);
+                Some(v) if json => super::print_json(&v)?,
+                Some(v) => {
+                    println!(
+                        "active version {} applied at {}",
+                        text(&v["version"]),
+                        text(&v["applied_at"])
+                    );
+                    for f in v["files"].as_array().into_iter().flatten() {
+                        println!("  {}", text(f));
                     }
                 }
             }
         }
+        Cmd::History { limit, json } => {
+            let limit =
+                crate::rules_api::history_limit(limit, &cfg).map_err(|e| anyhow::anyhow!(e))?;
+            let nats = super::connect(&cfg, "rules").await?;
+            let entries = rules_store::history(&nats, limit).await?;
+            if json {
+                super::print_json(&entries)?;
+            } else {
+                print!("{}", history_table(&entries));
+            }
+        }
+        Cmd::Diff { a, b, file, json } => {
+            let nats = super::connect(&cfg, "rules").await?;
+            let files = match crate::rules_api::diff(
+                &nats,
+                &a,
+                &b,
+                file.as_deref(),
+                cfg.rules.max_diff_bytes,
+            )
+            .await
+            {
+                Ok(f) => f,
+                Err((_, msg)) => anyhow::bail!("{msg}"),
+            };
+            if json {
+                super::print_json(&json!({"a": a, "b": b, "files": files}))?;
+            } else if files.is_empty() {
+                println!("no difference between {a} and {b}");
+            } else {
+                for f in &files {
+                    print!("{}", super::term::block(&f.diff));
+                }
+            }
+        }
+        Cmd::Rollback { version, json } => {
+            let nats = super::connect(&cfg, "rules").await?;
+            use crate::rules_api::RollbackError;
+            match crate::rules_api::rollback(&nats, &version, &Actor::cli(None)).await {
+                Ok(r) if json => {
+                    super::print_json(&json!({"changed": r.changed, "active": r.entry}))?
+                }
+                Ok(r) if !r.changed => println!("unchanged: version {version} is already active"),
+                Ok(r) => println!(
+                    "rolled back to version {} ({} rules) replacing {}; running workers switch now",
+                    r.entry.version,
+                    r.entry.rules.unwrap_or(0),
+                    r.entry.previous.as_deref().unwrap_or("nothing")
+                ),
+                Err(e @ (RollbackError::Unknown(_) | RollbackError::Refused { .. })) => {
+                    eprintln!("whale: {e}");
+                    return Ok(ExitCode::from(3));
+                }
+                Err(RollbackError::AuditUnavailable(u)) => return Err(u.into()),
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn text(v: &Value) -> String {
+    super::term::line(v.as_str().unwrap_or_default()).into_owned()
+}
+
+/// The human table of `whale rules history`: one line per apply or rollback, then its commit.
+fn history_table(entries: &[rules_store::Entry]) -> String {
+    use super::term::line;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<9} {:<13} {:>7} {:<16} GIT",
+        "APPLIED AT", "ACTION", "VERSION", "RULES", "BY"
+    );
+    // Milliseconds are enough to read; `--json` keeps the full time.
+    let ms = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    for e in entries {
+        let p = &e.provenance;
+        let at = time::OffsetDateTime::parse(
+            &e.applied_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()
+        .and_then(|t| t.to_offset(time::UtcOffset::UTC).format(&ms).ok())
+        .unwrap_or_else(|| e.applied_at.clone());
+        let git = p.git.as_ref().map_or_else(String::new, |g| {
+            format!(
+                "{} {}{}",
+                &g.commit[..g.commit.len().min(12)],
+                g.author,
+                if g.dirty {
+                    " (uncommitted changes)"
+                } else {
+                    ""
+                }
+            )
+        });
+        let _ = writeln!(
+            out,
+            "{:<24} {:<9} {:<13} {:>7} {:<16} {}",
+            line(&at),
+            line(&e.action),
+            line(&e.version),
+            e.rules.map_or_else(|| "-".into(), |n| n.to_string()),
+            line(p.by.as_deref().unwrap_or("-")),
+            line(&git)
+        );
+    }
+    out
 }

@@ -58,6 +58,8 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let mut router = http::base_router(health.clone(), Some(nats.clone()));
     // The audit trail is read from its stream: any `whale run` serves it, whatever its stages.
     router = router.merge(whale_kernel::audit::router(nats.clone(), cfg.clone()));
+    // So are the rule-set versions (KV): `/v1/rules`, history, diff, rollback.
+    router = router.merge(crate::rules_api::router(nats.clone(), cfg.clone()));
     let mut loops = JoinSet::new();
     let ctx = registry::Ctx {
         nats: nats.clone(),

@@ -234,6 +234,11 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// The process id while it runs (to read its `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

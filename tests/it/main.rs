@@ -15,6 +15,7 @@ mod harness;
 mod index;
 mod malformed;
 mod replay;
+mod rule_versions;
 mod rules;
 mod security;
 mod setup;

@@ -7,6 +7,7 @@
 
 mod pipeline;
 mod raw;
+mod rules_load;
 mod scale;
 mod validate;
 
@@ -36,6 +37,10 @@ enum Cmd {
     /// One CPU-heavy stage (match with 10,000 regex rules by default) working through a backlog
     /// with 1 process, then K: does it scale with copies?
     Scale(scale::Args),
+    /// Rule-set load (check + apply + every worker switched) at 10,000 and 50,000 rules, one
+    /// file and many, on a default-settings nats-server, beside raw KV puts of the same bytes;
+    /// and the RSS of a match worker holding 10,000 rules.
+    RulesLoad(rules_load::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
             Cmd::Validate(a) => validate::run(cfg, a).await,
             Cmd::Pipeline(a) => pipeline::run(cfg, a).await,
             Cmd::Scale(a) => scale::run(cfg, a).await,
+            Cmd::RulesLoad(a) => rules_load::run(cfg, a).await,
         }
     };
     match rt.block_on(run) {

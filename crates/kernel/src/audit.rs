@@ -57,10 +57,12 @@ pub enum Action {
     ReplayDryRun,
     /// `whale dead-letters retry` / `POST /v1/dead-letters/{id}/retry`.
     DeadLetterRetry,
+    /// `whale rules rollback` / `POST /v1/rules/rollback`: an earlier version active again.
+    RulesRollback,
 }
 
 impl Action {
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::ApprovalApprove,
         Action::ApprovalDeny,
         Action::ExecRetry,
@@ -74,6 +76,7 @@ impl Action {
         Action::ReplayRun,
         Action::ReplayDryRun,
         Action::DeadLetterRetry,
+        Action::RulesRollback,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +94,7 @@ impl Action {
             Action::ReplayRun => "replay.run",
             Action::ReplayDryRun => "replay.dry_run",
             Action::DeadLetterRetry => "dead_letter.retry",
+            Action::RulesRollback => "rules.rollback",
         }
     }
 }

@@ -153,6 +153,17 @@ pub const POLICIES: &[Policy] = &[
     ),
     // Read-only oversight (docs/security.md "Audit trail"): an auditor needs no power to act.
     p("GET", "/v1/audit", VIEWER, Body::Any),
+    // Rule-set versions (served by every `whale run`): reading for viewers, rollback changes
+    // the rules, so admin, as `whale rules apply` is an admin's act.
+    p("GET", "/v1/rules", VIEWER, Body::Any),
+    p("GET", "/v1/rules/history", VIEWER, Body::Any),
+    p("GET", "/v1/rules/diff", VIEWER, Body::Any),
+    p(
+        "POST",
+        "/v1/rules/rollback",
+        Access::Role(Role::Admin),
+        Body::Json,
+    ),
 ];
 
 /// The policy of `method` on the route pattern `route` (HEAD follows GET).

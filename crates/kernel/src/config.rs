@@ -455,6 +455,12 @@ pub struct RulesConfig {
     /// event is recorded as a rejection, not matched, so a rule firing on its own results
     /// stops. Ordinary events have depth 0.
     pub max_chain_depth: u32,
+    /// Most versions `whale rules history` / `GET /v1/rules/history` list (newest first); a
+    /// larger `limit` is refused with this name.
+    pub max_history: usize,
+    /// Largest diff `whale rules diff` / `GET /v1/rules/diff` returns, in bytes of unified diff
+    /// text; past it the answer is refused with this name (ask for one file with `file`).
+    pub max_diff_bytes: usize,
 }
 
 impl Default for RulesConfig {
@@ -463,6 +469,8 @@ impl Default for RulesConfig {
             eval_time_limit: Duration::from_millis(100),
             max_for_each_items: 100,
             max_chain_depth: 3,
+            max_history: 1000,
+            max_diff_bytes: 4 << 20,
         }
     }
 }

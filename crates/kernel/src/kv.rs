@@ -137,6 +137,79 @@ impl<T: Send + Sync + 'static> Live<T> {
         Ok(live)
     }
 
+    /// Like [`Live::watch`] for a value that is only a pointer to the real content (the rule
+    /// set's manifest, naming its chunks): `build` may read more keys before it answers. Only
+    /// `key` is watched (not the whole bucket), and a value is built after the previous one, in
+    /// revision order; a failed build keeps the last good value. Returns after the initial load.
+    pub async fn watch_with<B>(
+        nats: &Nats,
+        bucket: &str,
+        key: &str,
+        build: B,
+    ) -> anyhow::Result<Live<T>>
+    where
+        B: Fn(Bytes) -> futures::future::BoxFuture<'static, anyhow::Result<T>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let kv = store(nats, bucket).await?;
+        let live = Live {
+            current: Default::default(),
+        };
+        // What the key holds now: the watch below delivers it (or a later revision) first.
+        let initial = kv.entry(key).await?.map(|e| e.revision);
+        let mut watch = kv.watch_with_history(key).await?;
+        let slot = live.current.clone();
+        let name = format!("{bucket}/{key}");
+        let load = move |e: Entry| {
+            let (slot, name, revision) = (slot.clone(), name.clone(), e.revision);
+            let built = match e.operation {
+                Operation::Put => Some(build(e.value)),
+                _ => None,
+            };
+            async move {
+                match built {
+                    Some(fut) => match fut.await {
+                        Ok(t) => {
+                            *slot.write().unwrap() = Some(std::sync::Arc::new(t));
+                            tracing::info!(key = %name, revision, "loaded new version");
+                        }
+                        Err(e) => tracing::error!(
+                            key = %name,
+                            "new version refused, keeping the last good one: {e:#}"
+                        ),
+                    },
+                    None => tracing::warn!(key = %name, "deleted; keeping the last good version"),
+                }
+            }
+        };
+        if let Some(rev) = initial {
+            while let Some(e) = watch.next().await {
+                let e = e?;
+                let done = e.revision >= rev;
+                load(e).await;
+                if done {
+                    break;
+                }
+            }
+        }
+        let bucket = bucket.to_owned();
+        tokio::spawn(async move {
+            while let Some(e) = watch.next().await {
+                match e {
+                    Ok(e) => load(e).await,
+                    Err(e) => tracing::warn!(bucket, "watch: {e}"),
+                }
+            }
+            tracing::error!(
+                bucket,
+                "watch ended; changes will not be seen until restart"
+            );
+        });
+        Ok(live)
+    }
+
     /// The current value, if any was ever loaded.
     pub fn current(&self) -> Option<std::sync::Arc<T>> {
         self.current.read().unwrap().clone()
@@ -207,6 +280,7 @@ pub struct Bucket {
     js: async_nats::jetstream::Context,
     ttl_allowed: bool,
     max_age: Duration,
+    max_payload: usize,
 }
 
 impl Bucket {
@@ -227,7 +301,31 @@ impl Bucket {
             js: nats.js.clone(),
             ttl_allowed,
             max_age,
+            max_payload: nats.client.max_payload(),
         })
+    }
+
+    /// The largest message the server takes (its `max_payload`, 1 MiB by default): a value
+    /// and its headers must fit in it.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Every value the bucket still holds of `key`, oldest first, with its revision (deletes
+    /// left out; as many as the bucket's `history` keeps).
+    pub async fn history(&self, key: &str) -> Result<Vec<Versioned>, KvError> {
+        let mut out = Vec::new();
+        let mut entries = self.store.history(key).await.map_err(KvError::nats)?;
+        while let Some(e) = entries.next().await {
+            let e = e.map_err(KvError::nats)?;
+            if e.operation == Operation::Put {
+                out.push(Versioned {
+                    value: e.value,
+                    revision: e.revision,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The `Nats-TTL` header value for `ttl` in this bucket, if one is to be sent.

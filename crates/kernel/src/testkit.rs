@@ -63,6 +63,8 @@ pub struct NatsServer {
     /// (values for `$VAR` references in it); empty for [`NatsServer::start`].
     extra_conf: String,
     env: Vec<(String, String)>,
+    /// Leave `max_payload` at nats-server's default (1 MiB) instead of the tests' 8 MB.
+    default_max_payload: bool,
 }
 
 impl NatsServer {
@@ -70,11 +72,25 @@ impl NatsServer {
         Self::start_with_config("", &[])
     }
 
+    /// Like [`NatsServer::start`] with nats-server's own `max_payload` (1 MiB), as a production
+    /// server usually has; the other servers raise it to 8 MB as the quick start does.
+    pub fn start_with_default_max_payload() -> NatsServer {
+        Self::start_inner("", &[], true)
+    }
+
     /// Like [`NatsServer::start`], with `extra_conf` (e.g. an `authorization { ... }` block)
     /// appended to the generated configuration and `env` set for the server (for `$VAR`
     /// references). The server logs to [`NatsServer::log_path`], so tests can read its
     /// `Permissions Violation` lines.
     pub fn start_with_config(extra_conf: &str, env: &[(&str, &str)]) -> NatsServer {
+        Self::start_inner(extra_conf, env, false)
+    }
+
+    fn start_inner(
+        extra_conf: &str,
+        env: &[(&str, &str)],
+        default_max_payload: bool,
+    ) -> NatsServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = NatsServer {
             port: free_port(),
@@ -85,6 +101,7 @@ impl NatsServer {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            default_max_payload,
         };
         // Another test may take the port between `free_port` and the server's bind: then this
         // server exits and the port answers for someone else. Try another port.
@@ -123,9 +140,14 @@ impl NatsServer {
         // tests would fail with "insufficient storage" whenever this machine's disk is fuller.
         // The tests write a few MiB; the limit is only a reservation check.
         let mut text = format!(
-            "listen: 127.0.0.1:{}\nports_file_dir: {:?}\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n  max_file_store: {TEST_MAX_FILE_STORE}\n}}\n",
+            "listen: 127.0.0.1:{}\nports_file_dir: {:?}\n{}jetstream {{\n  store_dir: {:?}\n  max_file_store: {TEST_MAX_FILE_STORE}\n}}\n",
             self.port,
             ports_dir,
+            if self.default_max_payload {
+                ""
+            } else {
+                "max_payload: 8MB\n"
+            },
             self.dir.path().join("js")
         );
         if !self.extra_conf.is_empty() {

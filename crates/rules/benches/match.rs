@@ -2,7 +2,8 @@
 //! Prints rule set load+compile time (wall) and events per CPU-second of the benchmark thread
 //! for matching (events parsed beforehand) and for parse+match (JSON bytes in). Run with
 //! `cargo bench -p whale-rules --bench match` (`BENCH_SIZES=1000` for one size,
-//! `BENCH_ONE_TYPE=1000,10000` for the one-type sizes, `BENCH_SECS=3` per measurement).
+//! `BENCH_ONE_TYPE=1000,10000` for the one-type sizes, `BENCH_COMPILE=10000,50000` for the
+//! compile-by-layout sizes, `BENCH_SECS=3` per measurement; an empty list skips a table).
 //! Every figure is printed beside the linear evaluation of the same set in the same run
 //! ([`RuleSet::match_event_linear`], no equality index): the reference.
 //!
@@ -233,6 +234,51 @@ fn rates(
     )
 }
 
+/// Compile time of large sets by file layout (issue 16: it was quadratic in the rules of one
+/// file), beside the same run's reference: parsing the same YAML bytes into plain values
+/// (serde_yaml_ng, no rules), which is linear by construction.
+fn compile_by_layout(sizes: &[usize]) {
+    if sizes.is_empty() {
+        return;
+    }
+    println!();
+    println!("compile time by file layout (same rules; reference: YAML parse of the same bytes)");
+    println!(
+        "{:>7} {:>14} {:>9} {:>14} {:>16} {:>8}",
+        "rules", "layout", "MB", "compile ms", "yaml parse ms", "ratio"
+    );
+    for &n in sizes {
+        let many = sources(n);
+        let one = vec![RuleSource {
+            path: "pipelines/all.yaml".into(),
+            text: many.iter().map(|s| s.text.as_str()).collect(),
+        }];
+        for (layout, srcs) in [("one file", &one), ("10 per file", &many)] {
+            let bytes: usize = srcs.iter().map(|s| s.text.len()).sum();
+            let start = Instant::now();
+            let set = RuleSet::compile(srcs).expect("generated rules compile");
+            let compile = start.elapsed();
+            black_box(&set);
+            let start = Instant::now();
+            for s in srcs.iter() {
+                let v: serde_yaml_ng::Value =
+                    serde_yaml_ng::from_str(&s.text).expect("generated YAML parses");
+                black_box(v);
+            }
+            let yaml = start.elapsed();
+            println!(
+                "{:>7} {:>14} {:>9.1} {:>14.0} {:>16.0} {:>8.1}",
+                n,
+                layout,
+                bytes as f64 / 1e6,
+                compile.as_secs_f64() * 1e3,
+                yaml.as_secs_f64() * 1e3,
+                compile.as_secs_f64() / yaml.as_secs_f64().max(1e-9)
+            );
+        }
+    }
+}
+
 fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
     std::env::var(var)
         .ok()
@@ -330,4 +376,6 @@ fn main() {
             lin_met
         );
     }
+
+    compile_by_layout(&sizes("BENCH_COMPILE", &[10_000, 50_000]));
 }

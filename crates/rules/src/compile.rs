@@ -2,7 +2,7 @@
 //! approval settings. Every problem is reported with the line it is on where it can be found.
 
 use crate::eval::Paths;
-use crate::parse::{find_line, Located};
+use crate::parse::{Lines, Located};
 use crate::render::Approval;
 use crate::rule::{short_json, CompiledRule, Throttle};
 use crate::step::Step;
@@ -73,21 +73,21 @@ fn mentions_item(s: &str) -> bool {
 pub(crate) fn compile_rule(
     loc: Located,
     file: &str,
-    text: &str,
+    text: &Lines,
     c: &mut Compiler,
     paths: &mut Paths,
 ) -> Result<CompiledRule, Vec<RuleError>> {
     let Located { rule: raw, line } = loc;
     let mut errors = Vec::new();
-    // step errors are searched for from the `when:` line on
-    let when_line = line.and_then(|l| find_line(text, l, "when:")).or(line);
     let mut error = |needle: &str, message: String| {
+        // step errors are searched for from the `when:` line on (looked up only for an error:
+        // a search per rule made large files compile in quadratic time)
         let from = if message.starts_with("when[") {
-            when_line
+            line.and_then(|l| text.find(l, "when:")).or(line)
         } else {
             line
         };
-        let at = from.and_then(|l| find_line(text, l, needle)).or(from);
+        let at = from.and_then(|l| text.find(l, needle)).or(from);
         errors.push(RuleError {
             file: file.to_owned(),
             line: at,

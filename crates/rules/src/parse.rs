@@ -35,8 +35,11 @@ pub struct FileLimits {
 impl Default for FileLimits {
     fn default() -> Self {
         FileLimits {
-            max_file_bytes: 1 << 20,
-            max_rules_per_file: 1000,
+            // Generated sets (one rule per host or service) come as one big file as often as
+            // many small ones; compiling is linear in the rules, so one file may hold a whole
+            // large set. The store splits files into chunks below NATS's message limit.
+            max_file_bytes: 32 << 20,
+            max_rules_per_file: 50_000,
             max_steps_per_rule: 256,
             max_depth: 32,
             max_string_bytes: 16 << 10,
@@ -207,12 +210,12 @@ pub(crate) fn parse_file_with(
         ));
     }
     let mut out = Vec::new();
-    let mut used_lines = Vec::new();
+    let lines = Lines::new(text);
+    let mut names = NameLines::default();
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
         let Doc(rules) = Doc::deserialize(doc).map_err(|e| yaml_error(path, text, &e))?;
         for rule in rules {
-            let line = find_name_line(text, &rule.name, &used_lines);
-            used_lines.extend(line);
+            let line = names.find(&lines, &rule.name);
             if out.len() == limits.max_rules_per_file {
                 return Err(refuse(
                     line,
@@ -380,30 +383,60 @@ fn rule_name_before(text: &str, line: usize) -> Option<String> {
     })
 }
 
-/// The first line (not in `used`) that holds `name: <name>`.
-fn find_name_line(text: &str, name: &str, used: &[usize]) -> Option<usize> {
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l))
-        .find_map(|(n, l)| {
+/// The lines of a rule file, split once: line lookups index into them instead of walking the
+/// text from its start for every rule (which made a file of many rules compile in quadratic
+/// time).
+pub(crate) struct Lines<'a>(Vec<&'a str>);
+
+impl<'a> Lines<'a> {
+    pub(crate) fn new(text: &'a str) -> Lines<'a> {
+        Lines(text.lines().collect())
+    }
+
+    /// The first line at or after `from` (1-based) that contains `needle`.
+    pub(crate) fn find(&self, from: usize, needle: &str) -> Option<usize> {
+        if needle.is_empty() {
+            return None;
+        }
+        let first = needle.lines().next().unwrap_or(needle).trim();
+        let start = from.saturating_sub(1).min(self.0.len());
+        self.0[start..]
+            .iter()
+            .position(|l| l.contains(first))
+            .map(|i| start + i + 1)
+    }
+}
+
+/// Finds the line of each rule's `name:` in a file, remembering the lines already given to a
+/// rule. Rules come in file order, so the search starts after the last line found (linear over
+/// the file); only a name written before that (never in a well-formed file) is looked for from
+/// the top.
+#[derive(Default)]
+struct NameLines {
+    next: usize,
+    used: std::collections::HashSet<usize>,
+}
+
+impl NameLines {
+    fn find(&mut self, lines: &Lines, name: &str) -> Option<usize> {
+        let line = self
+            .search(lines, name, self.next)
+            .or_else(|| self.search(lines, name, 0))?;
+        self.used.insert(line);
+        self.next = self.next.max(line);
+        Some(line)
+    }
+
+    /// The first line after index `from` (0-based) holding `name: <name>` not used yet.
+    fn search(&self, lines: &Lines, name: &str, from: usize) -> Option<usize> {
+        lines.0.iter().enumerate().skip(from).find_map(|(i, l)| {
+            let n = i + 1;
             let at = l.find("name:")?;
             let rest = l[at + 5..].trim_start().trim_start_matches(['"', '\'']);
             let ok = rest.starts_with(name)
                 && !rest[name.len()..]
                     .starts_with(|c: char| c.is_alphanumeric() || "_.-".contains(c));
-            (ok && !used.contains(&n)).then_some(n)
+            (ok && !self.used.contains(&n)).then_some(n)
         })
-}
-
-/// The first line at or after `from` (1-based) that contains `needle`.
-pub(crate) fn find_line(text: &str, from: usize, needle: &str) -> Option<usize> {
-    if needle.is_empty() {
-        return None;
     }
-    let first = needle.lines().next().unwrap_or(needle).trim();
-    text.lines()
-        .enumerate()
-        .skip(from.saturating_sub(1))
-        .find(|(_, l)| l.contains(first))
-        .map(|(i, _)| i + 1)
 }

@@ -6,7 +6,7 @@
 use crate::compile::compile_rule;
 use crate::eval::{Cx, Paths};
 use crate::index::Index;
-use crate::parse::parse_file;
+use crate::parse::{parse_file, Lines};
 use crate::rule::CompiledRule;
 use crate::step::Counts;
 use crate::{ForEachError, RuleError, RuleErrors};
@@ -124,6 +124,7 @@ impl RuleSet {
                     continue;
                 }
             };
+            let lines = Lines::new(&src.text);
             for loc in parsed {
                 let (name, line) = (loc.rule.name.clone(), loc.line);
                 if let Some((file, first)) = seen.get(&name) {
@@ -141,7 +142,7 @@ impl RuleSet {
                 } else {
                     seen.insert(name, (src.path.clone(), line));
                 }
-                match compile_rule(loc, &src.path, &src.text, &mut compiler, &mut paths) {
+                match compile_rule(loc, &src.path, &lines, &mut compiler, &mut paths) {
                     Ok(rule) => rules.push(Arc::new(rule)),
                     Err(errs) => errors.extend(errs),
                 }

@@ -36,10 +36,11 @@ fn wrong_role(need: &str) -> Role {
 }
 
 /// `(method, route)` for every `.route("PATH", get(..).post(..))` in the server's source
-/// (kernel and stages): what the binary's router actually declares.
+/// (kernel, stages and the binary's own `src/`): what the binary's router actually declares.
 fn declared_routes() -> BTreeSet<(String, String)> {
     let mut files = Vec::new();
     collect_rs(&repo().join("crates/kernel/src"), &mut files);
+    collect_rs(&repo().join("src"), &mut files);
     for stage in std::fs::read_dir(repo().join("stages")).unwrap() {
         collect_rs(&stage.unwrap().path().join("src"), &mut files);
     }
