@@ -403,7 +403,11 @@ fn tokens_on(ports: &[u16]) -> (BTreeSet<String>, Vec<usize>) {
         let logs = redis_cli(p, &["--scan", "--pattern", "whale:throttle:*:log"]);
         per_node.push(logs.lines().count());
         for k in logs.lines() {
-            all.extend(redis_cli(p, &["ZRANGE", k, "0", "-1"]).lines().map(str::to_owned));
+            all.extend(
+                redis_cli(p, &["ZRANGE", k, "0", "-1"])
+                    .lines()
+                    .map(str::to_owned),
+            );
         }
     }
     (all, per_node)
@@ -450,7 +454,11 @@ async fn cluster_of_three_masters_admits_exactly_the_limit_of_every_key() {
     assert_eq!(per_key.len(), 60);
     assert!(per_key.values().all(|&n| n == 15), "{per_key:?}");
     let (held, per_node) = tokens_on(&cluster.ports());
-    assert_eq!(held, digests(&admitted), "each admitted task holds one token");
+    assert_eq!(
+        held,
+        digests(&admitted),
+        "each admitted task holds one token"
+    );
     assert_eq!(per_node.iter().sum::<usize>(), 60, "{per_node:?}");
     assert!(
         per_node.iter().all(|&n| n > 0),
@@ -478,7 +486,12 @@ async fn sentinel_failover_run(
     let servers = format!(
         "redis sentinel master \"{}\" via {}",
         whale_kernel::testkit::RedisSentinels::MASTER,
-        redis.url().trim_start_matches("redis+sentinel://").split('/').next().unwrap()
+        redis
+            .url()
+            .trim_start_matches("redis+sentinel://")
+            .split('/')
+            .next()
+            .unwrap()
     );
     assert_status_ok(&env, &servers);
     let nats = env.connect().await;
@@ -529,9 +542,16 @@ async fn sentinel_failover_run(
         .collect();
     assert_eq!(admitted.len(), adm.len(), "a task was admitted twice");
     assert_eq!(throttled.len(), thr.len(), "a task was throttled twice");
-    assert!(adm.is_disjoint(&thr), "a task was both admitted and throttled");
+    assert!(
+        adm.is_disjoint(&thr),
+        "a task was both admitted and throttled"
+    );
     let all: BTreeSet<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
-    assert_eq!(adm.union(&thr).cloned().collect::<BTreeSet<_>>(), all, "a task was lost");
+    assert_eq!(
+        adm.union(&thr).cloned().collect::<BTreeSet<_>>(),
+        all,
+        "a task was lost"
+    );
     eprintln!(
         "sentinel failover ({run}, wait_replicas {wait_replicas}): {} admitted, {} throttled of {n}; {at_kill} decided when the master was killed; {waited} waits for Redis",
         adm.len(),

@@ -686,7 +686,11 @@ impl RedisCluster {
             let ok = wait_until(Duration::from_secs(20), || {
                 redis_cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
             });
-            assert!(ok, "Redis Cluster node {} never reached cluster_state:ok", n.port);
+            assert!(
+                ok,
+                "Redis Cluster node {} never reached cluster_state:ok",
+                n.port
+            );
         }
         c
     }
@@ -845,7 +849,10 @@ impl RedisSentinels {
     /// Returns the old master's port; see [`RedisSentinels::wait_failover`].
     pub fn failover(&self) -> u16 {
         let old = self.master_port().expect("a Sentinel names the master");
-        let out = redis_cli(self.sentinels[0].port, &["SENTINEL", "FAILOVER", Self::MASTER]);
+        let out = redis_cli(
+            self.sentinels[0].port,
+            &["SENTINEL", "FAILOVER", Self::MASTER],
+        );
         assert_eq!(out, "OK", "SENTINEL FAILOVER refused: {out}");
         old
     }
@@ -879,9 +886,13 @@ impl RedisSentinels {
                 })
                 .collect();
             new = seen[0];
-            seen.iter().all(|p| p.is_some() && *p == seen[0] && *p != Some(old))
+            seen.iter()
+                .all(|p| p.is_some() && *p == seen[0] && *p != Some(old))
         });
-        assert!(ok, "the Sentinels did not agree on a new master within {timeout:?}");
+        assert!(
+            ok,
+            "the Sentinels did not agree on a new master within {timeout:?}"
+        );
         new.expect("a new master")
     }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use whale_kernel::records::{Throttle, ThrottleMode};
 use whale_kernel::testkit::{RedisCluster, RedisServer};
 use whale_kernel::Secret;
-use whale_throttle::policy::{self, Plan, Request};
 use whale_throttle::limiter::ClusterBatches;
+use whale_throttle::policy::{self, Plan, Request};
 use whale_throttle::Limiter;
 
 /// (name, decisions, batch size, concurrent callers, one hot key?)

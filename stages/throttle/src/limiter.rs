@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
@@ -136,7 +138,9 @@ impl ClusterState {
         let mut owner = HashMap::new();
         let mut nodes: Vec<(Vec<u8>, i64)> = Vec::new();
         for r in ranges {
-            let Value::Array(r) = r else { return Err(bad()) };
+            let Value::Array(r) = r else {
+                return Err(bad());
+            };
             let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
                 (r.first(), r.get(1), r.get(2))
             else {
@@ -808,7 +812,10 @@ fn parse(v: Value) -> Result<Decision, Error> {
     let bad = |v: &Value| Error::Refused(format!("unexpected script reply {v:?}"));
     match v {
         Value::ServerError(e)
-            if matches!(e.kind(), Some(ServerErrorKind::Moved | ServerErrorKind::Ask)) =>
+            if matches!(
+                e.kind(),
+                Some(ServerErrorKind::Moved | ServerErrorKind::Ask)
+            ) =>
         {
             Err(Error::Moved)
         }

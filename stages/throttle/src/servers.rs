@@ -139,7 +139,11 @@ pub fn parse(url: &str) -> Result<Servers, String> {
                 .filter(|d| *d >= 0)
                 .ok_or("the database after the master name is not a number")?,
         ),
-        [] => return Err("no master name: redis+sentinel://host1:26379,host2:26379/<master-name>".into()),
+        [] => {
+            return Err(
+                "no master name: redis+sentinel://host1:26379,host2:26379/<master-name>".into(),
+            )
+        }
         _ => return Err("too many path segments: expected /<master-name>[/<db>]".into()),
     };
     Ok(Servers::Sentinel {
@@ -189,11 +193,7 @@ mod tests {
             Servers::Cluster {
                 tls: false,
                 userinfo: Some("u:s3cret".into()),
-                nodes: vec![
-                    ("a".into(), 7000),
-                    ("b".into(), 6379),
-                    ("::1".into(), 7002)
-                ],
+                nodes: vec![("a".into(), 7000), ("b".into(), 6379), ("::1".into(), 7002)],
             }
         );
         assert_eq!(

@@ -583,7 +583,9 @@ async fn ask_keys(l: &Limiter, rule: &str, keys: usize, per_key: usize, limit: u
 async fn cluster_decides_exactly_per_master_and_per_bucket() {
     use whale_kernel::testkit::{redis_cli, RedisCluster};
     use whale_throttle::limiter::ClusterBatches;
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
     let l = Limiter::new(&Secret::new(cluster.url())).expect("cluster url");
     assert_eq!(l.ping().await, Ok(()));
     assert_eq!(
@@ -593,7 +595,10 @@ async fn cluster_decides_exactly_per_master_and_per_bucket() {
     // 60 keys x 30 tasks in one batch, limit 10: exactly 10 per key, whichever node holds it.
     assert_eq!(ask_keys(&l, "per-node", 60, 30, 10).await, vec![10; 60]);
     let per_bucket = l.clone().with_cluster_batches(ClusterBatches::PerBucket);
-    assert_eq!(ask_keys(&per_bucket, "per-bucket", 60, 30, 10).await, vec![10; 60]);
+    assert_eq!(
+        ask_keys(&per_bucket, "per-bucket", 60, 30, 10).await,
+        vec![10; 60]
+    );
     // Asked again, the same tasks get the same answers (markers) and take nothing more.
     assert_eq!(ask_keys(&l, "per-bucket", 60, 30, 10).await, vec![10; 60]);
     let logs: Vec<usize> = cluster
@@ -606,7 +611,10 @@ async fn cluster_decides_exactly_per_master_and_per_bucket() {
         })
         .collect();
     assert_eq!(logs.iter().sum::<usize>(), 120, "{logs:?}");
-    assert!(logs.iter().all(|&n| n > 0), "buckets on every master: {logs:?}");
+    assert!(
+        logs.iter().all(|&n| n > 0),
+        "buckets on every master: {logs:?}"
+    );
     // Every node's script cache emptied: NOSCRIPT on each, EVAL instead, no failure.
     for p in cluster.ports() {
         assert_eq!(redis_cli(p, &["SCRIPT", "FLUSH"]), "OK");
@@ -617,7 +625,9 @@ async fn cluster_decides_exactly_per_master_and_per_bucket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_limiter_follows_the_master_through_a_planned_failover() {
     use whale_kernel::testkit::RedisSentinels;
-    let redis = tokio::task::spawn_blocking(RedisSentinels::start).await.unwrap();
+    let redis = tokio::task::spawn_blocking(RedisSentinels::start)
+        .await
+        .unwrap();
     let cfg = whale_kernel::config::RedisConfig {
         url: Secret::new(redis.url()),
         wait_replicas: 1,
