@@ -198,9 +198,8 @@ impl Drop for NatsServer {
 /// [`RedisServer::start_persistent`].
 pub struct RedisServer {
     pub port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    persistent: bool,
+    _dir: tempfile::TempDir,
+    node: RedisNode,
 }
 
 impl RedisServer {
@@ -216,37 +215,31 @@ impl RedisServer {
     }
 
     fn start_with(persistent: bool) -> RedisServer {
-        let mut s = RedisServer {
-            port: free_port(),
-            dir: tempfile::tempdir().expect("temp dir"),
-            child: None,
-            persistent,
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let aof: &[&str] = match self.persistent {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let aof: &[&str] = match persistent {
             true => &["--appendonly", "yes", "--appendfsync", "always"],
             false => &["--appendonly", "no"],
         };
-        let child = Command::new(find_binary("redis-server", "WHALE_REDIS_SERVER"))
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", ""])
-            .args(aof)
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        assert!(
-            wait_for_port(self.port, Duration::from_secs(10)),
-            "redis-server did not start on port {}",
-            self.port
-        );
+        let mut args: Vec<String> = ["--bind", "127.0.0.1", "--port", &port.to_string()]
+            .into_iter()
+            .chain(["--save", ""])
+            .chain(aof.iter().copied())
+            .map(str::to_owned)
+            .collect();
+        args.extend(["--dir".to_owned(), dir.path().display().to_string()]);
+        let mut node = RedisNode {
+            port,
+            args,
+            dir: dir.path().to_path_buf(),
+            child: None,
+        };
+        node.spawn();
+        RedisServer {
+            port,
+            _dir: dir,
+            node,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -255,26 +248,17 @@ impl RedisServer {
 
     /// Process id of the running server (for CPU/memory figures in benchmarks).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.node.pid()
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.node.kill();
     }
 
     /// Starts it again after [`RedisServer::stop`] (same port; without persistence the data is
     /// gone, as after a crash; a persistent server reloads its append-only file).
     pub fn start_again(&mut self) {
-        self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
+        self.node.spawn();
     }
 }
 
