@@ -91,8 +91,12 @@ async fn decisions(nats: &Nats) -> (Vec<String>, Vec<serde_json::Value>) {
     (admitted, read_all(nats, STREAM_PIPE, THROTTLED).await)
 }
 
-/// Every task decided exactly once: `limit` admitted, the rest throttled, no task in both.
-async fn assert_exactly(nats: &Nats, tasks: &[Task], limit: usize) -> BTreeSet<String> {
+/// Every task decided exactly once (none lost, none twice, none both admitted and
+/// throttled); the admitted ids, the throttled ids and the throttled records.
+async fn each_decided_once(
+    nats: &Nats,
+    tasks: &[Task],
+) -> (BTreeSet<String>, BTreeSet<String>, Vec<serde_json::Value>) {
     let (admitted, throttled) = decisions(nats).await;
     let adm: BTreeSet<String> = admitted.iter().cloned().collect();
     let thr: BTreeSet<String> = throttled
@@ -101,8 +105,6 @@ async fn assert_exactly(nats: &Nats, tasks: &[Task], limit: usize) -> BTreeSet<S
         .collect();
     assert_eq!(admitted.len(), adm.len(), "a task was admitted twice");
     assert_eq!(throttled.len(), thr.len(), "a task was throttled twice");
-    assert_eq!(adm.len(), limit, "admitted");
-    assert_eq!(thr.len(), tasks.len() - limit, "throttled");
     assert!(
         adm.is_disjoint(&thr),
         "a task was both admitted and throttled"
@@ -113,6 +115,14 @@ async fn assert_exactly(nats: &Nats, tasks: &[Task], limit: usize) -> BTreeSet<S
         all,
         "a task was lost"
     );
+    (adm, thr, throttled)
+}
+
+/// Every task decided exactly once: `limit` admitted, the rest throttled, no task in both.
+async fn assert_exactly(nats: &Nats, tasks: &[Task], limit: usize) -> BTreeSet<String> {
+    let (adm, thr, throttled) = each_decided_once(nats, tasks).await;
+    assert_eq!(adm.len(), limit, "admitted");
+    assert_eq!(thr.len(), tasks.len() - limit, "throttled");
     for r in &throttled {
         let ms = r["retry_after_ms"].as_u64().unwrap();
         assert!(ms > 0, "{r}");
@@ -534,24 +544,7 @@ async fn sentinel_failover_run(
             .unwrap_or(0);
     }
     assert_status_ok(&env, &servers);
-    let (admitted, throttled) = decisions(&nats).await;
-    let adm: BTreeSet<String> = admitted.iter().cloned().collect();
-    let thr: BTreeSet<String> = throttled
-        .iter()
-        .map(|r| r["task"]["task_id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(admitted.len(), adm.len(), "a task was admitted twice");
-    assert_eq!(throttled.len(), thr.len(), "a task was throttled twice");
-    assert!(
-        adm.is_disjoint(&thr),
-        "a task was both admitted and throttled"
-    );
-    let all: BTreeSet<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
-    assert_eq!(
-        adm.union(&thr).cloned().collect::<BTreeSet<_>>(),
-        all,
-        "a task was lost"
-    );
+    let (adm, thr, _) = each_decided_once(&nats, &tasks).await;
     eprintln!(
         "sentinel failover ({run}, wait_replicas {wait_replicas}): {} admitted, {} throttled of {n}; {at_kill} decided when the master was killed; {waited} waits for Redis",
         adm.len(),

@@ -808,13 +808,15 @@ impl RedisSentinels {
 
     /// The master's port as the first Sentinel that answers sees it.
     pub fn master_port(&self) -> Option<u16> {
-        self.sentinels.iter().find_map(|s| {
-            let out = redis_cli(
-                s.port,
-                &["SENTINEL", "get-master-addr-by-name", Self::MASTER],
-            );
-            out.lines().nth(1)?.trim().parse().ok()
-        })
+        self.sentinels
+            .iter()
+            .find_map(|s| Self::master_seen_by(s.port))
+    }
+
+    /// The master's port as the Sentinel on `port` sees it.
+    fn master_seen_by(port: u16) -> Option<u16> {
+        let out = redis_cli(port, &["SENTINEL", "get-master-addr-by-name", Self::MASTER]);
+        out.lines().nth(1)?.trim().parse().ok()
     }
 
     /// Kills the current master (SIGKILL: no goodbye to anyone); returns its port.
@@ -859,15 +861,7 @@ impl RedisSentinels {
             let seen: Vec<Option<u16>> = self
                 .sentinels
                 .iter()
-                .map(|s| {
-                    redis_cli(
-                        s.port,
-                        &["SENTINEL", "get-master-addr-by-name", Self::MASTER],
-                    )
-                    .lines()
-                    .nth(1)
-                    .and_then(|p| p.trim().parse().ok())
-                })
+                .map(|s| Self::master_seen_by(s.port))
                 .collect();
             new = seen[0];
             seen.iter()
