@@ -219,21 +219,9 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let aof: &[&str] = match persistent {
             true => &["--appendonly", "yes", "--appendfsync", "always"],
-            false => &["--appendonly", "no"],
+            false => &[],
         };
-        let mut args: Vec<String> = ["--bind", "127.0.0.1", "--port", &port.to_string()]
-            .into_iter()
-            .chain(["--save", ""])
-            .chain(aof.iter().copied())
-            .map(str::to_owned)
-            .collect();
-        args.extend(["--dir".to_owned(), dir.path().display().to_string()]);
-        let mut node = RedisNode {
-            port,
-            args,
-            dir: dir.path().to_path_buf(),
-            child: None,
-        };
+        let mut node = RedisNode::data(port, dir.path().to_path_buf(), aof);
         node.spawn();
         RedisServer {
             port,
@@ -563,6 +551,24 @@ struct RedisNode {
 }
 
 impl RedisNode {
+    /// A data node on loopback `port` keeping its files in `dir`, without snapshots or an
+    /// append-only file unless `extra` asks (later arguments win), not started yet.
+    fn data(port: u16, dir: PathBuf, extra: &[&str]) -> RedisNode {
+        let mut args: Vec<String> = ["--bind", "127.0.0.1", "--port", &port.to_string()]
+            .into_iter()
+            .chain(["--save", "", "--appendonly", "no"])
+            .map(str::to_owned)
+            .collect();
+        args.extend(["--dir".to_owned(), dir.display().to_string()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        RedisNode {
+            port,
+            args,
+            dir,
+            child: None,
+        }
+    }
+
     fn spawn(&mut self) {
         std::fs::create_dir_all(&self.dir).expect("node dir");
         let child = Command::new(find_binary("redis-server", "WHALE_REDIS_SERVER"))
@@ -614,35 +620,21 @@ impl RedisCluster {
         let mut nodes: Vec<RedisNode> = (0..3)
             .map(|i| {
                 let (port, bus) = (ports[i], ports[i + 3]);
-                let node_dir = dir.path().join(format!("node-{port}"));
-                let args = [
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus.to_string(),
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    &node_dir.display().to_string(),
-                ]
-                .map(str::to_owned)
-                .to_vec();
-                RedisNode {
+                let bus = bus.to_string();
+                RedisNode::data(
                     port,
-                    args,
-                    dir: node_dir,
-                    child: None,
-                }
+                    dir.path().join(format!("node-{port}")),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        &bus,
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
             })
             .collect();
         for n in &mut nodes {
@@ -724,30 +716,12 @@ impl RedisSentinels {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(5);
         let data_node = |port: u16, replica_of: Option<u16>| {
-            let node_dir = dir.path().join(format!("redis-{port}"));
-            let mut args: Vec<String> = [
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &node_dir.display().to_string(),
-            ]
-            .map(str::to_owned)
-            .to_vec();
-            if let Some(m) = replica_of {
-                args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
-            }
-            RedisNode {
-                port,
-                args,
-                dir: node_dir,
-                child: None,
-            }
+            let master = replica_of.map(|m| m.to_string());
+            let replica: Vec<&str> = match &master {
+                Some(m) => vec!["--replicaof", "127.0.0.1", m],
+                None => vec![],
+            };
+            RedisNode::data(port, dir.path().join(format!("redis-{port}")), &replica)
         };
         let mut data = vec![
             data_node(ports[0], None),
