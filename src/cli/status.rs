@@ -1,4 +1,4 @@
-//! `whale status`: server version, streams, and per stage its consumer backlog.
+//! `whale status`: server version, streams, per stage its consumer backlog, and Redis.
 
 use std::process::ExitCode;
 
@@ -13,8 +13,11 @@ pub struct Args {
 pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let nats = super::connect(&cfg, "status").await?;
     let st = whale_kernel::status::status(&nats, &cfg).await?;
+    let redis = redis_status(&cfg).await;
     if a.json {
-        super::print_json(&st)?;
+        let mut v = serde_json::to_value(&st)?;
+        v["redis"] = redis;
+        super::print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("nats-server {} ({})", st.server_version, st.server_name);
@@ -44,5 +47,22 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             ),
         }
     }
+    println!(
+        "\n{}: {}",
+        redis["servers"].as_str().unwrap_or("redis"),
+        redis["error"].as_str().unwrap_or("ok")
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `redis.url` names (one server, a cluster, a Sentinel master; never a password) and
+/// whether it answers the throttle's health probe now.
+async fn redis_status(cfg: &Config) -> serde_json::Value {
+    match whale_throttle::Limiter::from_config(&cfg.redis) {
+        Err(e) => serde_json::json!({"servers": "redis", "ok": false, "error": e.to_string()}),
+        Ok(l) => match l.ping().await {
+            Ok(()) => serde_json::json!({"servers": l.servers(), "ok": true}),
+            Err(e) => serde_json::json!({"servers": l.servers(), "ok": false, "error": e}),
+        },
+    }
 }

@@ -478,7 +478,24 @@ impl Default for RulesConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
+    /// Where the throttle's buckets live. One server: `redis://[user:password@]host:port[/db]`
+    /// (`rediss://` for TLS). A Redis Cluster: `redis+cluster://[user:password@]host1:port,host2:port`
+    /// (any reachable nodes; the rest are discovered). Sentinel:
+    /// `redis+sentinel://[user:password@]host1:26379,host2:26379/<master-name>[/db]` (the
+    /// password is the master's; `rediss+cluster://`, `rediss+sentinel://` for TLS).
     pub url: Secret,
+    /// Password of the Sentinels themselves, when they require one (`requirepass` in
+    /// sentinel.conf; `WHALE_REDIS_SENTINEL_PASSWORD`). Unset: Sentinels are asked without one.
+    pub sentinel_password: Option<Secret>,
+    /// Replicas that must hold a batch's decisions before they are acted on (Redis `WAIT`,
+    /// `WHALE_REDIS_WAIT_REPLICAS`). `0` (default): act at once; a failover can then forget the
+    /// decisions not yet replicated (docs/operations.md). `1` with Sentinel: a failover forgets
+    /// none, but while no replica answers every task waits.
+    pub wait_replicas: u32,
+    /// Longest `WAIT` for those replicas; past it the batch's tasks wait and are asked again
+    /// (the same answers: decisions are idempotent per task).
+    #[serde(deserialize_with = "de_duration")]
+    pub wait_timeout: Duration,
     /// CA bundle (PEM) trusted for a `rediss://` URL instead of the system's roots, e.g. a
     /// private CA (`WHALE_REDIS_TLS_CA`).
     pub tls_ca: Option<PathBuf>,
@@ -492,6 +509,9 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: Secret::new("redis://127.0.0.1:6379"),
+            sentinel_password: None,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -917,6 +937,8 @@ pub const ENV_VARS: &[&str] = &[
     "WHALE_REDIS_TLS_CA",
     "WHALE_REDIS_TLS_CERT",
     "WHALE_REDIS_TLS_KEY",
+    "WHALE_REDIS_SENTINEL_PASSWORD",
+    "WHALE_REDIS_WAIT_REPLICAS",
     "WHALE_OPENSEARCH_URL",
     "WHALE_OPENSEARCH_CA_FILE",
     "WHALE_INDEX_DIR",
@@ -1012,6 +1034,14 @@ impl Config {
         if let Some(v) = var("WHALE_REDIS_TLS_KEY") {
             self.redis.tls_key = Some(v.into());
         }
+        if let Some(v) = var("WHALE_REDIS_SENTINEL_PASSWORD") {
+            self.redis.sentinel_password = Some(Secret::new(v));
+        }
+        if let Some(v) = var("WHALE_REDIS_WAIT_REPLICAS") {
+            self.redis.wait_replicas = v
+                .parse()
+                .context("WHALE_REDIS_WAIT_REPLICAS must be a number of replicas (0, 1, ...)")?;
+        }
         if let Some(v) = var("WHALE_OPENSEARCH_URL") {
             self.index.opensearch_url = Some(v);
         }
@@ -1092,6 +1122,7 @@ impl Config {
             &self.nats.token,
             &self.http.token,
             &self.approvals.secret,
+            &self.redis.sentinel_password,
         ];
         for s in secrets.into_iter().flatten() {
             hide(s.expose());

@@ -220,9 +220,8 @@ impl Drop for NatsServer {
 /// [`RedisServer::start_persistent`].
 pub struct RedisServer {
     pub port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    persistent: bool,
+    _dir: tempfile::TempDir,
+    node: RedisNode,
 }
 
 impl RedisServer {
@@ -238,37 +237,19 @@ impl RedisServer {
     }
 
     fn start_with(persistent: bool) -> RedisServer {
-        let mut s = RedisServer {
-            port: free_port(),
-            dir: tempfile::tempdir().expect("temp dir"),
-            child: None,
-            persistent,
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let aof: &[&str] = match self.persistent {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let aof: &[&str] = match persistent {
             true => &["--appendonly", "yes", "--appendfsync", "always"],
-            false => &["--appendonly", "no"],
+            false => &[],
         };
-        let child = Command::new(find_binary("redis-server", "WHALE_REDIS_SERVER"))
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", ""])
-            .args(aof)
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        assert!(
-            wait_for_port(self.port, Duration::from_secs(10)),
-            "redis-server did not start on port {}",
-            self.port
-        );
+        let mut node = RedisNode::data(port, dir.path().to_path_buf(), aof);
+        node.spawn();
+        RedisServer {
+            port,
+            _dir: dir,
+            node,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -277,26 +258,17 @@ impl RedisServer {
 
     /// Process id of the running server (for CPU/memory figures in benchmarks).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.node.pid()
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.node.kill();
     }
 
     /// Starts it again after [`RedisServer::stop`] (same port; without persistence the data is
     /// gone, as after a crash; a persistent server reloads its append-only file).
     pub fn start_again(&mut self) {
-        self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
+        self.node.spawn();
     }
 }
 
@@ -697,4 +669,364 @@ pub async fn raw_jetstream_rates(
     let consume = got as f64 / t.elapsed().as_secs_f64();
     let _ = js.delete_stream("BENCH_RAW").await;
     Ok((publish, consume))
+}
+
+/// Runs `redis-cli -p <port> <args>`; its stdout, trimmed. Panics (with how to install it)
+/// when redis-cli is missing.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new(find_binary("redis-cli", "WHALE_REDIS_CLI"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Polls `f` every 100 ms until it is true or `timeout` passes.
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// One redis-server (or Sentinel) process of a [`RedisCluster`] or [`RedisSentinels`]: its
+/// port, arguments and own directory, so that it can be killed and started again the same way.
+struct RedisNode {
+    port: u16,
+    args: Vec<String>,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisNode {
+    /// A data node on loopback `port` keeping its files in `dir`, without snapshots or an
+    /// append-only file unless `extra` asks (later arguments win), not started yet.
+    fn data(port: u16, dir: PathBuf, extra: &[&str]) -> RedisNode {
+        let mut args: Vec<String> = ["--bind", "127.0.0.1", "--port", &port.to_string()]
+            .into_iter()
+            .chain(["--save", "", "--appendonly", "no"])
+            .map(str::to_owned)
+            .collect();
+        args.extend(["--dir".to_owned(), dir.display().to_string()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        RedisNode {
+            port,
+            args,
+            dir,
+            child: None,
+        }
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.dir).expect("node dir");
+        let child = Command::new(find_binary("redis-server", "WHALE_REDIS_SERVER"))
+            .args(&self.args)
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(10)),
+            "redis-server did not start on port {}",
+            self.port
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for RedisNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis Cluster of three masters without replicas on loopback, made the way an operator
+/// makes one (`redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes`), each node
+/// with its own cluster bus port and directory. Ready (every slot served) when `start` returns;
+/// stopped on drop.
+pub struct RedisCluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<RedisNode>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = free_ports(6);
+        let mut nodes: Vec<RedisNode> = (0..3)
+            .map(|i| {
+                let (port, bus) = (ports[i], ports[i + 3]);
+                let bus = bus.to_string();
+                RedisNode::data(
+                    port,
+                    dir.path().join(format!("node-{port}")),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        &bus,
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        for n in &mut nodes {
+            n.spawn();
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new(find_binary("redis-cli", "WHALE_REDIS_CLI"))
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = RedisCluster { _dir: dir, nodes };
+        for n in &c.nodes {
+            let ok = wait_until(Duration::from_secs(20), || {
+                redis_cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            });
+            assert!(
+                ok,
+                "Redis Cluster node {} never reached cluster_state:ok",
+                n.port
+            );
+        }
+        c
+    }
+
+    /// `redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,127.0.0.1:<p3>`.
+    pub fn url(&self) -> String {
+        format!("redis+cluster://{}", self.seeds())
+    }
+
+    /// `127.0.0.1:<p1>,...` (every node).
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Client ports of the nodes.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// Process ids of the nodes (for CPU/memory figures in benchmarks).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(RedisNode::pid).collect()
+    }
+}
+
+/// Redis with Sentinel on loopback: one master, one replica and three Sentinels watching
+/// them under the name [`RedisSentinels::MASTER`] (quorum 2, a master is down after 1 s). A
+/// killed node can be started again; Sentinel makes it a replica of whoever is master then.
+/// Ready when `start` returns: the replica is in sync and every Sentinel knows the replica and
+/// the other two Sentinels, so a failover can happen. Stopped on drop.
+pub struct RedisSentinels {
+    _dir: tempfile::TempDir,
+    /// The two data nodes (first started as master, second as its replica).
+    data: Vec<RedisNode>,
+    sentinels: Vec<RedisNode>,
+}
+
+impl RedisSentinels {
+    /// The master name the Sentinels know.
+    pub const MASTER: &'static str = "whale";
+
+    pub fn start() -> RedisSentinels {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = free_ports(5);
+        let data_node = |port: u16, replica_of: Option<u16>| {
+            let master = replica_of.map(|m| m.to_string());
+            let replica: Vec<&str> = match &master {
+                Some(m) => vec!["--replicaof", "127.0.0.1", m],
+                None => vec![],
+            };
+            RedisNode::data(port, dir.path().join(format!("redis-{port}")), &replica)
+        };
+        let mut data = vec![
+            data_node(ports[0], None),
+            data_node(ports[1], Some(ports[0])),
+        ];
+        for n in &mut data {
+            n.spawn();
+        }
+        let mut sentinels: Vec<RedisNode> = ports[2..]
+            .iter()
+            .map(|&port| {
+                let node_dir = dir.path().join(format!("sentinel-{port}"));
+                std::fs::create_dir_all(&node_dir).expect("sentinel dir");
+                let conf = node_dir.join("sentinel.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "bind 127.0.0.1\nport {port}\ndir {}\n\
+                         sentinel monitor {m} 127.0.0.1 {master} 2\n\
+                         sentinel down-after-milliseconds {m} 1000\n\
+                         sentinel failover-timeout {m} 10000\n\
+                         sentinel parallel-syncs {m} 1\n",
+                        node_dir.display(),
+                        m = Self::MASTER,
+                        master = ports[0],
+                    ),
+                )
+                .expect("write sentinel.conf");
+                RedisNode {
+                    port,
+                    args: vec![conf.display().to_string(), "--sentinel".into()],
+                    dir: node_dir,
+                    child: None,
+                }
+            })
+            .collect();
+        for s in &mut sentinels {
+            s.spawn();
+        }
+        let s = RedisSentinels {
+            _dir: dir,
+            data,
+            sentinels,
+        };
+        s.wait_ready(s.data[0].port, Duration::from_secs(30));
+        s
+    }
+
+    /// `redis+sentinel://127.0.0.1:<s1>,127.0.0.1:<s2>,127.0.0.1:<s3>/whale`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+sentinel://{}/{}", hosts.join(","), Self::MASTER)
+    }
+
+    /// The master's port as the first Sentinel that answers sees it.
+    pub fn master_port(&self) -> Option<u16> {
+        self.sentinels
+            .iter()
+            .find_map(|s| Self::master_seen_by(s.port))
+    }
+
+    /// The master's port as the Sentinel on `port` sees it.
+    fn master_seen_by(port: u16) -> Option<u16> {
+        let out = redis_cli(port, &["SENTINEL", "get-master-addr-by-name", Self::MASTER]);
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// Kills the current master (SIGKILL: no goodbye to anyone); returns its port.
+    pub fn kill_master(&mut self) -> u16 {
+        let port = self.master_port().expect("a Sentinel names the master");
+        let node = self
+            .data
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("the master is one of ours");
+        node.kill();
+        port
+    }
+
+    /// A planned switch (`SENTINEL FAILOVER`): the replica is promoted and the master demoted.
+    /// Returns the old master's port; see [`RedisSentinels::wait_failover`].
+    pub fn failover(&self) -> u16 {
+        let old = self.master_port().expect("a Sentinel names the master");
+        let out = redis_cli(
+            self.sentinels[0].port,
+            &["SENTINEL", "FAILOVER", Self::MASTER],
+        );
+        assert_eq!(out, "OK", "SENTINEL FAILOVER refused: {out}");
+        old
+    }
+
+    /// Starts a killed data node again (empty: no persistence); the Sentinels make it a
+    /// replica of the current master.
+    pub fn restart(&mut self, port: u16) {
+        let node = self
+            .data
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("one of ours");
+        node.spawn();
+    }
+
+    /// Waits until every Sentinel names a master other than `old` and returns it.
+    pub fn wait_failover(&self, old: u16, timeout: Duration) -> u16 {
+        let mut new = None;
+        let ok = wait_until(timeout, || {
+            let seen: Vec<Option<u16>> = self
+                .sentinels
+                .iter()
+                .map(|s| Self::master_seen_by(s.port))
+                .collect();
+            new = seen[0];
+            seen.iter()
+                .all(|p| p.is_some() && *p == seen[0] && *p != Some(old))
+        });
+        assert!(
+            ok,
+            "the Sentinels did not agree on a new master within {timeout:?}"
+        );
+        new.expect("a new master")
+    }
+
+    /// Waits until `master` has a replica in sync and every Sentinel knows one replica and the
+    /// other two Sentinels.
+    pub fn wait_ready(&self, master: u16, timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            let info = redis_cli(master, &["INFO", "replication"]);
+            let synced = info.contains("role:master")
+                && info
+                    .lines()
+                    .any(|l| l.starts_with("slave0:") && l.contains("state=online"));
+            synced
+                && self.sentinels.iter().all(|s| {
+                    let m = redis_cli(s.port, &["SENTINEL", "master", Self::MASTER]);
+                    let field = |name: &str| {
+                        let mut lines = m.lines();
+                        lines.find(|l| l.trim() == name)?;
+                        lines.next().map(|v| v.trim().to_owned())
+                    };
+                    field("num-slaves").as_deref() == Some("1")
+                        && field("num-other-sentinels").as_deref() == Some("2")
+                        && field("port").as_deref() == Some(master.to_string().as_str())
+                })
+        });
+        assert!(
+            ok,
+            "Redis Sentinel setup not ready (replica in sync, 3 Sentinels agreeing on master {master}) within {timeout:?}"
+        );
+    }
 }

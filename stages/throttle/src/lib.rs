@@ -6,12 +6,14 @@
 //!
 //! - [`policy`]: what `limit`/`per`/`burst`/`mode` mean in bucket terms, and the key layout.
 //! - [`limiter`]: the script, pipelined EVALSHA per batch, NOSCRIPT reload, reconnection.
+//! - [`servers`]: `redis.url` read as one server, a Redis Cluster or a Sentinel-named master.
 //! - [`stage`]: the [`whale_kernel::Stage`]: tasks in, outputs and outcomes out, outage handling.
 //! - [`metrics`]: per-rule decisions and Redis availability.
 
 pub mod limiter;
 pub mod metrics;
 pub mod policy;
+pub mod servers;
 pub mod stage;
 
 pub use limiter::{Decision, Limiter};

@@ -34,7 +34,7 @@ pub struct ThrottleStage {
 
 impl ThrottleStage {
     /// A stage using the Redis at `redis_url`. Does not connect yet (see [`Limiter::new`]).
-    pub fn new(redis_url: &Secret) -> Result<ThrottleStage, limiter::BadUrl> {
+    pub fn new(redis_url: &Secret) -> Result<ThrottleStage, limiter::Setup> {
         Ok(ThrottleStage {
             limiter: Limiter::new(redis_url)?,
             outage: Outage::default(),

@@ -561,3 +561,113 @@ async fn script_cache_flushed_means_reload_not_failure() {
         "the bucket survived, only the script was reloaded"
     );
 }
+
+/// (admitted count per key) of asking for `per_key` tasks on each of `keys` keys in one batch.
+async fn ask_keys(l: &Limiter, rule: &str, keys: usize, per_key: usize, limit: u64) -> Vec<usize> {
+    let mut reqs = Vec::new();
+    for k in 0..keys {
+        let t = throttle(&format!("host-{k}"), limit, 600_000, 0, ThrottleMode::Rate);
+        for i in 0..per_key {
+            match policy::plan(rule, &t, &format!("{rule}-{k}-{i}")) {
+                Plan::Ask(r) => reqs.push(r),
+                p => panic!("{p:?}"),
+            }
+        }
+    }
+    let mut admitted = vec![0; keys];
+    for (i, d) in l.decide(&reqs).await.into_iter().enumerate() {
+        admitted[i / per_key] += d.expect("Redis answers").admitted as usize;
+    }
+    admitted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_decides_exactly_per_master_and_per_bucket() {
+    use whale_kernel::testkit::{redis_cli, RedisCluster};
+    use whale_throttle::limiter::ClusterBatches;
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let l = Limiter::new(&Secret::new(cluster.url())).expect("cluster url");
+    assert_eq!(l.ping().await, Ok(()));
+    assert_eq!(
+        l.servers(),
+        format!("redis cluster via {}", cluster.seeds())
+    );
+    // 60 keys x 30 tasks in one batch, limit 10: exactly 10 per key, whichever node holds it.
+    assert_eq!(ask_keys(&l, "per-node", 60, 30, 10).await, vec![10; 60]);
+    let per_bucket = l.clone().with_cluster_batches(ClusterBatches::PerBucket);
+    assert_eq!(
+        ask_keys(&per_bucket, "per-bucket", 60, 30, 10).await,
+        vec![10; 60]
+    );
+    // Asked again, the same tasks get the same answers (markers) and take nothing more.
+    assert_eq!(ask_keys(&l, "per-bucket", 60, 30, 10).await, vec![10; 60]);
+    let logs: Vec<usize> = cluster
+        .ports()
+        .iter()
+        .map(|&p| {
+            redis_cli(p, &["--scan", "--pattern", "whale:throttle:*:log"])
+                .lines()
+                .count()
+        })
+        .collect();
+    assert_eq!(logs.iter().sum::<usize>(), 120, "{logs:?}");
+    assert!(
+        logs.iter().all(|&n| n > 0),
+        "buckets on every master: {logs:?}"
+    );
+    // Every node's script cache emptied: NOSCRIPT on each, EVAL instead, no failure.
+    for p in cluster.ports() {
+        assert_eq!(redis_cli(p, &["SCRIPT", "FLUSH"]), "OK");
+    }
+    assert_eq!(ask_keys(&l, "flushed", 60, 3, 2).await, vec![2; 60]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_limiter_follows_the_master_through_a_planned_failover() {
+    use whale_kernel::testkit::RedisSentinels;
+    let redis = tokio::task::spawn_blocking(RedisSentinels::start)
+        .await
+        .unwrap();
+    let cfg = whale_kernel::config::RedisConfig {
+        url: Secret::new(redis.url()),
+        wait_replicas: 1,
+        ..Default::default()
+    };
+    let l = Limiter::from_config(&cfg).expect("sentinel url");
+    assert_eq!(l.ping().await, Ok(()));
+    assert_eq!(ask_keys(&l, "before", 20, 10, 4).await, vec![4; 20]);
+    let (redis, new_master) = tokio::task::spawn_blocking(move || {
+        let old = redis.failover();
+        let new = redis.wait_failover(old, Duration::from_secs(60));
+        redis.wait_ready(new, Duration::from_secs(60));
+        (redis, new)
+    })
+    .await
+    .unwrap();
+    assert_eq!(redis.master_port(), Some(new_master));
+    // The old connection now meets READONLY (or is closed): the limiter asks the Sentinels
+    // again. The first call may come back "wait"; within a few it answers from the new master.
+    let mut answer = None;
+    for _ in 0..50 {
+        let t = throttle("host-0", 4, 600_000, 0, ThrottleMode::Rate);
+        let Plan::Ask(r) = policy::plan("before", &t, "before-0-0") else {
+            panic!("a Redis question")
+        };
+        let d = l.decide(&[r]).await;
+        if let [Ok(d)] = d.as_slice() {
+            answer = Some(*d);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let d = answer.expect("decisions resume on the new master");
+    // A decision made before the failover is remembered by the new master (WAIT 1).
+    assert!(d.admitted && d.repeated, "{d:?}");
+    // Every decision too (the same 4 of 10 per key, from the markers), and the buckets: a new
+    // key takes exactly its limit.
+    assert_eq!(ask_keys(&l, "before", 20, 10, 4).await, vec![4; 20]);
+    assert_eq!(ask_keys(&l, "after", 5, 10, 4).await, vec![4; 5]);
+    assert_eq!(l.ping().await, Ok(()));
+}
