@@ -4,6 +4,7 @@
 //! cargo bench -p whale-index --features testkit --bench index
 //! WHALE_BENCH_EMBEDDED=300000 WHALE_BENCH_OPENSEARCH=200000 WHALE_BENCH_BATCH=512 (defaults)
 //! WHALE_BENCH_CJK=1   each event's message is also a Chinese sentence (~20 CJK characters)
+//! WHALE_BENCH_BEFORE=100000   events indexed as before (delete by id, commit per group) first
 //! ```
 //!
 //! It first times the embedded free-text tokenizers alone on the same texts: tantivy's `default`
@@ -33,7 +34,7 @@ use time::OffsetDateTime;
 use whale_index::embedded::Embedded;
 use whale_index::opensearch::OpenSearch;
 use whale_index::testkit::OpenSearchNode;
-use whale_index::{Backend, Doc, Search};
+use whale_index::{Backend, Delivered, Doc, Search};
 use whale_kernel::Delivery;
 
 const ENVS: [&str; 3] = ["prod", "staging", "dev"];
@@ -241,6 +242,41 @@ async fn reference_bulk(url: &str, n: usize) -> f64 {
     n as f64 / e
 }
 
+/// The embedded index used as before this design, in the same run: every batch looked up by id
+/// (delete, then add) and committed at once with whatever other batches wait (group commit).
+async fn index_as_before(backend: Arc<dyn Backend>, n: usize) -> f64 {
+    let base = OffsetDateTime::now_utc() - Duration::from_secs(3600);
+    let deliveries: Vec<Delivery> = (0..n).map(|i| delivery(i, base)).collect();
+    let batches: Vec<Vec<Delivery>> = deliveries.chunks(512).map(<[Delivery]>::to_vec).collect();
+    let queue = Arc::new(std::sync::Mutex::new(batches.into_iter()));
+    let (t, cpu) = (Instant::now(), cpu_secs());
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let (queue, backend) = (queue.clone(), backend.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = queue.lock().unwrap().next();
+                let Some(batch) = next else { break };
+                let docs: Vec<Doc> = batch.iter().map(Doc::from_delivery).collect();
+                // No delivery information: every document replaces by id.
+                let (_, committed) = backend.submit(docs, Vec::new()).await.expect("write");
+                backend.refresh().await.expect("commit");
+                committed.await.expect("commit");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (e, c) = (t.elapsed().as_secs_f64(), cpu_secs() - cpu);
+    println!(
+        "before     embedded as before (delete by id + commit per group of batches): {n} events in {e:.1} s = {:.0} events/s, {:.0} events per CPU-second",
+        n as f64 / e,
+        n as f64 / c.max(0.01)
+    );
+    n as f64 / e
+}
+
 async fn index(backend: Arc<dyn Backend>, n: usize) -> f64 {
     #[allow(non_snake_case)]
     let BATCH = env_n("WHALE_BENCH_BATCH", 512);
@@ -267,7 +303,14 @@ async fn index(backend: Arc<dyn Backend>, n: usize) -> f64 {
                     let Some(batch) = next else { break };
                     let docs: Vec<Doc> = batch.iter().map(Doc::from_delivery).collect();
                     let n = docs.len();
-                    let (r, committed) = backend.submit(docs, vec![true; n]).await.expect("write");
+                    let from = batch
+                        .iter()
+                        .map(|d| Delivered {
+                            attempt: d.attempt,
+                            stream_seq: d.stream_seq,
+                        })
+                        .collect();
+                    let (r, committed) = backend.submit(docs, from).await.expect("write");
                     assert!(r.retry.is_empty() && r.dropped.is_empty(), "{r:?}");
                     waiting.push_back((n, committed));
                     held += n;
@@ -353,6 +396,16 @@ fn main() {
     tokenizers();
     if n_emb > 0 {
         let reference = reference_tantivy(n_emb);
+        let n_before = env_n("WHALE_BENCH_BEFORE", 100_000);
+        if n_before > 0 {
+            let dir = tempfile::tempdir().unwrap();
+            let b: Arc<dyn Backend> = Arc::new(Embedded::open(dir.path()).unwrap());
+            let rate = rt.block_on(index_as_before(b, n_before));
+            println!(
+                "before     = {:.2} x tantivy alone in the same run",
+                rate / reference
+            );
+        }
         let dir = tempfile::tempdir().unwrap();
         let b: Arc<dyn Backend> = Arc::new(Embedded::open(dir.path()).unwrap());
         rt.block_on(async {
