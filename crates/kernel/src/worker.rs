@@ -118,9 +118,7 @@ pub enum Outcome {
 /// clone: every message of one commit shares it.
 #[derive(Clone)]
 pub struct Durable(
-    futures::future::Shared<
-        futures::future::BoxFuture<'static, Result<(), (Duration, String)>>,
-    >,
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<(), (Duration, String)>>>,
 );
 
 impl Durable {

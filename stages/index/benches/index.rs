@@ -216,7 +216,7 @@ async fn reference_bulk(url: &str, n: usize) -> f64 {
                 let next = queue.lock().unwrap().next();
                 let Some(body) = next else { break };
                 let r = http
-                    .post(format!("{url}/_bulk?filter_path=errors"))
+                    .post(format!("{url}/_bulk"))
                     .header("content-type", "application/x-ndjson")
                     .body(body)
                     .send()

@@ -295,7 +295,9 @@ fn writer_loop(
     loop {
         let job = match since {
             None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-            Some(t) => rx.recv_timeout((t + COMMIT_EVERY).saturating_duration_since(Instant::now())),
+            Some(t) => {
+                rx.recv_timeout((t + COMMIT_EVERY).saturating_duration_since(Instant::now()))
+            }
         };
         let (commit_now, stop) = match job {
             Ok(Job::Write(batch, batch_marks, reply)) => {
