@@ -34,7 +34,7 @@ pub use envelope::{Envelope, Reason};
 pub use health::Health;
 pub use nats::Nats;
 pub use publish::{Output, PublishStats, Window};
-pub use worker::{Delivery, Outcome, Stage};
+pub use worker::{Delivery, Durable, Outcome, Stage};
 
 /// The JSON type name of a value, for error messages.
 pub fn json_type(v: &serde_json::Value) -> &'static str {

@@ -120,6 +120,38 @@ pub enum Outcome {
     /// `whale_stage_messages_total`. The message itself stays in its stream (and in the index):
     /// nothing is lost, and redelivering it could never help. [`Delivery::decode`] gives it.
     Malformed { reason: String },
+    /// Ack once `Durable` resolves `Ok` (nak with its delay on `Err`). For a stage that stores
+    /// its inputs itself and makes them durable in groups larger than a batch (the embedded
+    /// index commits on time or size): the loop goes on with the next batches meanwhile, and
+    /// the message is kept alive and unacked until its store says it is committed.
+    AckWhen(Durable),
+}
+
+/// A stage's promise that some messages will be durable: resolves `Ok` once they are, or
+/// `Err((delay, reason))` when they are not (the messages are nak'ed with `delay`). Cheap to
+/// clone: every message of one commit shares it.
+#[derive(Clone)]
+pub struct Durable(
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<(), (Duration, String)>>>,
+);
+
+impl Durable {
+    pub fn new(
+        f: impl std::future::Future<Output = Result<(), (Duration, String)>> + Send + 'static,
+    ) -> Durable {
+        Durable(f.boxed().shared())
+    }
+
+    /// Waits until the messages are durable (or are not).
+    pub async fn wait(self) -> Result<(), (Duration, String)> {
+        self.0.await
+    }
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Durable")
+    }
 }
 
 /// A stage: a named, stateless-between-messages handler.
@@ -627,6 +659,15 @@ async fn finish(mut b: Batch) {
                 );
                 (AckKind::Ack, "malformed")
             }
+            // Every message of a commit shares one future: the first wait takes it, the rest
+            // find it resolved.
+            Outcome::AckWhen(durable) => match durable.wait().await {
+                Ok(()) => (AckKind::Ack, "ack"),
+                Err((delay, reason)) => {
+                    tracing::debug!(parent: &d.span(name), "retry in {delay:?}: {reason}");
+                    (AckKind::Nak(Some(delay)), "retry")
+                }
+            },
         };
         if let Err(e) = m.ack_with(kind).await {
             tracing::warn!(

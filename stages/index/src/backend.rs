@@ -36,6 +36,18 @@ pub struct WriteReport {
     pub dropped: Vec<(usize, String)>,
 }
 
+/// How the message behind a submitted document was delivered.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivered {
+    /// 1 on first delivery.
+    pub attempt: i64,
+    /// Its sequence on its stream (0: unknown).
+    pub stream_seq: u64,
+}
+
+/// Resolves once the documents of a [`Backend::submit`] are durable (or failed to become so).
+pub type Committed = futures::future::BoxFuture<'static, Result<(), Error>>;
+
 /// Result order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Order {
@@ -112,6 +124,22 @@ pub trait Backend: Send + Sync + 'static {
     /// nothing can be stored now (retry the whole batch); otherwise the report says which ones
     /// need another try. Returns only once what it reports as stored is durable.
     async fn write(&self, docs: Vec<Doc>) -> Result<WriteReport, Error>;
+
+    /// As [`Backend::write`], but returns as soon as the documents are handed over, with a
+    /// [`Committed`] that resolves once they are durable: the index stage acks its messages only
+    /// then, and meanwhile goes on with the next batches (the embedded index commits on time or
+    /// size, not per batch). `from[i]` says how the message of document `i` was delivered, so a
+    /// backend may skip looking for an earlier copy of a document that cannot have one (see
+    /// `embedded`). The default writes and waits.
+    async fn submit(
+        &self,
+        docs: Vec<Doc>,
+        from: Vec<Delivered>,
+    ) -> Result<(WriteReport, Committed), Error> {
+        let _ = from;
+        let report = self.write(docs).await?;
+        Ok((report, Box::pin(async { Ok(()) })))
+    }
 
     /// Searches. `total` is exact.
     async fn search(&self, search: &Search) -> Result<Hits, Error>;

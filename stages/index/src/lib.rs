@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use whale_kernel::Config;
 
-pub use backend::{Backend, Error, Hits, Order, Search, WriteReport};
+pub use backend::{Backend, Committed, Delivered, Error, Hits, Order, Search, WriteReport};
 pub use doc::Doc;
 pub use stage::Index;
 

@@ -1,5 +1,6 @@
 //! The index stage: every batch of events, rejections and pipeline records becomes documents
-//! written in one backend call, and each message is acked only once its document is stored. When
+//! handed to the backend in one call, and each message is acked only once its document is
+//! durable (the embedded index commits on time or size, [`Outcome::AckWhen`]). When
 //! the backend cannot take them, the messages are nak'ed with a growing delay (redelivered later;
 //! nothing lost), and a redelivered message overwrites its own document (nothing doubled). It
 //! also ages out what is older than the accepted-event retention.
@@ -11,9 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use whale_kernel::metrics::STAGE_EVENTS;
-use whale_kernel::{worker, Delivery, Outcome, Stage};
+use whale_kernel::{worker, Delivery, Durable, Outcome, Stage};
 
-use crate::backend::{Backend, Error};
+use crate::backend::{Backend, Delivered, Error};
 use crate::doc::Doc;
 
 /// How often retention runs.
@@ -78,12 +79,11 @@ impl Stage for Index {
     }
 
     /// A commit has a fixed cost, and a batch is acked only after its commit, so the loop keeps
-    /// many batches in flight: the embedded writer groups them into one commit (measured with
-    /// `whale bench pipeline`: 3 batches in flight capped commits at ~1,500 documents and the
-    /// index fell behind validate; 16 lets a group reach ~8,000).
+    /// many batches awaiting their commit: up to the consumer's 20,000 unacked messages (the
+    /// embedded index commits at 10,000 documents or every second).
     fn options(&self) -> worker::Options {
         worker::Options {
-            overlap: 16,
+            overlap: 40,
             ..Default::default()
         }
     }
@@ -102,22 +102,40 @@ impl Stage for Index {
             docs.iter().filter(|d| d.kind == "unparsed").count(),
         );
         let attempt = batch.iter().map(|d| d.attempt).max().unwrap_or(1);
-        match self.backend.write(docs).await {
-            Ok(report) => {
+        let from = batch
+            .iter()
+            .map(|d| Delivered {
+                attempt: d.attempt,
+                stream_seq: d.stream_seq,
+            })
+            .collect();
+        match self.backend.submit(docs, from).await {
+            Ok((report, committed)) => {
                 if self.down.swap(false, Ordering::Relaxed) {
                     tracing::info!(
                         backend = self.backend.name(),
                         "index backend is back: catching up"
                     );
                 }
-                count(
-                    "indexed",
-                    batch.len() - report.retry.len() - report.dropped.len(),
-                );
+                let stored = batch.len() - report.retry.len() - report.dropped.len();
                 count("degraded", report.degraded.len());
                 count("dropped", report.dropped.len());
-                let mut out: Vec<Outcome> =
-                    (0..batch.len()).map(|_| Outcome::Ack(vec![])).collect();
+                let delay = backoff(attempt);
+                let durable = Durable::new(async move {
+                    match committed.await {
+                        Ok(()) => {
+                            count("indexed", stored);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            count("retried", stored);
+                            Err((delay, e.to_string()))
+                        }
+                    }
+                });
+                let mut out: Vec<Outcome> = (0..batch.len())
+                    .map(|_| Outcome::AckWhen(durable.clone()))
+                    .collect();
                 for (i, why) in report.retry {
                     out[i] = Outcome::Retry {
                         delay: backoff(batch[i].attempt),
