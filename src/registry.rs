@@ -54,12 +54,15 @@ pub async fn build(
 ) -> anyhow::Result<Option<Arc<dyn Stage>>> {
     Ok(match name {
         "ingest" => None,
-        "validate" => Some(Arc::new(whale_validate::Validate {
-            registry: whale_validate::Registry::load_and_watch(nats).await?,
-            limits: cfg.events.limits(),
-            allow_unknown_types: cfg.events.allow_unknown_types,
-            hooks: Arc::new(whale_validate::hooks::Hooks::from_config(cfg)?),
-        })),
+        "validate" => {
+            whale_validate::metrics::init();
+            Some(Arc::new(whale_validate::Validate {
+                registry: whale_validate::Registry::load_and_watch(nats).await?,
+                limits: cfg.events.limits(),
+                allow_unknown_types: cfg.events.allow_unknown_types,
+                hooks: Arc::new(whale_validate::hooks::Hooks::from_config(cfg)?),
+            }))
+        }
         "match" => Some(Arc::new(whale_match::Match {
             rules: crate::rules_store::live(nats).await?,
             max_items: cfg.rules.max_for_each_items,

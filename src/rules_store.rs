@@ -37,7 +37,12 @@ pub fn compile(bytes: &[u8]) -> anyhow::Result<RuleSet> {
 
 /// A live view of the active rule set.
 pub async fn live(nats: &Nats) -> anyhow::Result<Live<RuleSet>> {
-    Live::watch(nats, subjects::KV_RULES, ACTIVE, compile).await
+    Live::watch(nats, subjects::KV_RULES, ACTIVE, |bytes| {
+        let set = compile(bytes)?;
+        whale_kernel::metrics::rule_set_in_force(set.version());
+        Ok(set)
+    })
+    .await
 }
 
 /// The stored active set, if any.

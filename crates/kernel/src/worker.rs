@@ -60,12 +60,15 @@ impl Delivery {
         self.header(subjects::HDR_EVENT_ID).unwrap_or("")
     }
 
-    /// A span for per-message logs: stage, event id, rule, attempt.
+    /// A span for per-message logs: stage, event id, trace id, rule, attempt.
     pub fn span(&self, stage: &'static str) -> tracing::Span {
         tracing::info_span!(
             "msg",
             stage,
             event_id = self.event_id(),
+            trace_id = crate::tracectx::of(self)
+                .and_then(crate::tracectx::trace_id)
+                .unwrap_or(""),
             rule = self.header(subjects::HDR_RULE).unwrap_or(""),
             attempt = self.attempt
         )
@@ -190,6 +193,11 @@ pub async fn run(
     let batch = opts.batch.max(1);
     let held = Arc::new(Held::new(batch * (opts.overlap.max(1) + 1)));
     let ack_wait = consumer.cached_info().config.ack_wait;
+    let _lag = AbortOnDrop(tokio::spawn(watch_consumer(
+        consumer.clone(),
+        name,
+        input.consumer,
+    )));
     let _ticker = AbortOnDrop(tokio::spawn(keep_alive(
         nats.client.clone(),
         held.clone(),
@@ -253,6 +261,34 @@ pub async fn run(
     Ok(())
 }
 
+/// How often the consumer's pending / ack-pending / redelivered counts are read for
+/// `/metrics` (`whale_consumer_*_messages`).
+const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(10);
+
+/// Reads the stage consumer's info every [`CONSUMER_INFO_EVERY`] into the consumer gauges, so
+/// lag is in `/metrics` without anyone else asking NATS. A failed read keeps the last values
+/// (the worker's health already says when NATS is unreachable).
+async fn watch_consumer(
+    consumer: jetstream::consumer::PullConsumer,
+    stage: &'static str,
+    name: &'static str,
+) {
+    let mut every = tokio::time::interval(CONSUMER_INFO_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Ok(info) = consumer.get_info().await {
+            metrics::consumer_info(
+                stage,
+                name,
+                info.num_pending,
+                info.num_ack_pending as u64,
+                info.num_redelivered as u64,
+            );
+        }
+    }
+}
+
 /// First half of a batch: the stage handles it and its outputs are sent (acks still pending in
 /// the batch's own window). The second half, [`finish`], runs as its own task, so the next
 /// batch is handled while this one's publish acks come back.
@@ -277,7 +313,8 @@ async fn handle(
     let mut outputs = 0u64;
     for (i, outcome) in outcomes.iter_mut().enumerate() {
         if let Outcome::Ack(outs) = outcome {
-            for out in outs.drain(..) {
+            for mut out in outs.drain(..) {
+                crate::tracectx::carry(&deliveries[i], &mut out);
                 outputs += 1;
                 for (idx, r) in window.send(i, out).await {
                     errors.note(&mut failed, idx, r);

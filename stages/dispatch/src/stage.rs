@@ -68,6 +68,9 @@ impl Dispatch {
             anyhow::bail!("no StackStorm cluster is configured: set WHALE_ST2_URL (and WHALE_ST2_API_KEY) for the `default` cluster, or add [clusters.<name>] to whale.toml");
         }
         clusters.watch(nats).await?;
+        for name in clusters.names() {
+            metrics::known_cluster(name);
+        }
         let claims = Claims::open(nats).await?;
         let d = cfg.dispatch.clone();
         Ok(Dispatch {
@@ -348,13 +351,22 @@ impl Dispatch {
         let req = ExecutionRequest {
             action: t.action.clone(),
             parameters: t.parameters.clone(),
-            context: ExecutionRequest::whale_context(&t.event_id, &t.rule, &t.task_id),
+            context: ExecutionRequest::whale_context_traced(
+                &t.event_id,
+                &t.rule,
+                &t.task_id,
+                whale_kernel::tracectx::of(job.d),
+            ),
         };
         match c.st2.create_execution(&req).await {
             Ok(exec) => {
                 self.clusters.succeeded(c);
                 metrics::execution_created(&c.name);
                 metrics::count(Kind::Created);
+                if let Some(ms) = whale_kernel::tracectx::received_ms(job.d) {
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+                    metrics::ingest_to_dispatch(&c.name, (now as i64 - ms).max(0) as f64 / 1000.0);
+                }
                 self.failpoint();
                 let created = exec
                     .start_timestamp
@@ -484,6 +496,13 @@ impl Dispatch {
         record: bool,
     ) -> Outcome {
         metrics::count(Kind::DeadLetter);
+        // A cluster name not configured (an unknown route) is counted as `unknown`: labels
+        // stay bounded.
+        metrics::dead_letter(if self.clusters.names().any(|n| n == cluster) {
+            cluster
+        } else {
+            "unknown"
+        });
         tracing::warn!(cluster, task = %job.task.task_id, "dead letter: {reason}");
         if record {
             let dead = Claim::Dead {

@@ -318,11 +318,27 @@ async fn post_events(
         prepare(&body, &spans, &limits, keep)
     };
     drop(body);
-    let ready = match ready {
+    let mut ready = match ready {
         Ok(r) => r,
         Err(refused) => return refused.answer(),
     };
+    with_trace_context(&headers, &mut ready);
     publish_ready(&st, ready, json!({})).await
+}
+
+/// The caller's W3C `traceparent` (when valid) on every event of the request, so the trace it
+/// belongs to goes on through the pipeline; without one, validate starts a trace per event.
+fn with_trace_context(headers: &HeaderMap, ready: &mut Ready) {
+    let Some(tp) = headers
+        .get(subjects::HDR_TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| whale_kernel::tracectx::valid(v))
+    else {
+        return;
+    };
+    for out in &mut ready.outputs {
+        out.headers.push((subjects::HDR_TRACEPARENT, tp.to_owned()));
+    }
 }
 
 /// Rate limit, publish and answer for events ready to go (`extra` is merged into the 202
