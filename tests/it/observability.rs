@@ -1,0 +1,463 @@
+//! What operators watch, checked against the real binary: a whole pipeline (`whale run --stages
+//! all`, NATS, Redis, the StackStorm emulator) handles a few events, then every metric named by
+//! the Grafana dashboard (`deploy/grafana/whale.json`) and the alerting rules
+//! (`deploy/prometheus/whale-alerts.yaml`) must be in what `/metrics` exports, the rules must pass
+//! `promtool check rules` and their unit tests (`promtool test rules`), each alert's runbook must
+//! be a section of docs/operations.md, the W3C trace context sent at ingest must reach the
+//! StackStorm execution's context, and the JSON logs must carry trace and event ids and never a
+//! configured secret.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use whale_kernel::testkit::RedisServer;
+
+use crate::harness::*;
+
+const API_KEY: &str = "st2-key-7f3c9a1e5b";
+const APPROVAL_SECRET: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// promtool: `WHALE_PROMTOOL`, else `.whale/tools/bin/promtool` (built by deploy/install.sh).
+fn promtool() -> PathBuf {
+    let bin = std::env::var_os("WHALE_PROMTOOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".whale/tools/bin/promtool"));
+    assert!(
+        bin.is_file(),
+        "{} is missing: run deploy/install.sh (it builds promtool from the Go module proxy into .whale/tools/bin) or set WHALE_PROMTOOL to a promtool binary",
+        bin.display()
+    );
+    bin
+}
+
+fn event(host: &str) -> Value {
+    json!({
+        "event_type": "vm.disk_usage",
+        "source": "prometheus/node",
+        "detail": {
+            "host": host, "usage_pct": 95, "env": "prod",
+            "mounts": [{"path": "/data", "usage_pct": 95}]
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_alerts_name_only_exported_metrics_and_traces_reach_stackstorm() {
+    let redis = RedisServer::start();
+    let st2 = Emulator::start(&["--any-action"]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("whale.log");
+    let mut env = Env::new();
+    env.set("WHALE_REDIS_URL", &redis.url());
+    env.set("WHALE_ST2_URL", &st2.url);
+    env.set("WHALE_ST2_API_KEY", API_KEY);
+    env.set("WHALE_APPROVAL_SECRET", APPROVAL_SECRET);
+    env.set("WHALE_LOG_FORMAT", "json");
+    env.prepare();
+    env.ok(&["rules", "apply", "pipelines"]);
+    let port = env.http_port;
+    let _w = env.spawn_on(
+        "all",
+        port,
+        &log,
+        &[("WHALE_LOG", "info,async_nats=warn,whale_validate=debug")],
+    );
+    assert!(ready(port, Duration::from_secs(60)).await, "whale run did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+
+    let http = reqwest::Client::new();
+    // Three hosts (three executions, the first with the caller's trace context), the first host
+    // again (throttled: 1 per 10 minutes), and one event its schema refuses.
+    let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    let mut first = event("web-1");
+    first["id"] = json!("obs-traced-1");
+    let mut bad = event("web-9");
+    bad["id"] = json!("obs-bad-1");
+    bad["detail"]["usage_pct"] = json!("lots");
+    let r = http
+        .post(env.http("/v1/events"))
+        .header("traceparent", &traceparent)
+        .json(&json!([first, bad]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+    let rest = vec![event("web-2"), event("web-3"), event("web-1")];
+    let r = http
+        .post(env.http("/v1/events"))
+        .json(&rest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+
+    assert!(
+        eventually(Duration::from_secs(90), || async { st2.created().await >= 3 }).await,
+        "3 executions expected, the emulator created {}",
+        st2.created().await
+    );
+    // The latency of all three is observed and the throttle decided the fourth.
+    let mut text = String::new();
+    let mut seen = false;
+    for _ in 0..60 {
+        text = http
+            .get(env.http("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("whale_ingest_to_dispatch_seconds_count{cluster=\"default\"} 3")
+            && text.contains("decision=\"throttled\"")
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(seen, "metrics never showed 3 dispatches and a throttled task:\n{text}");
+    let out = repo().join("target/observability");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("metrics.txt"), &text).unwrap();
+    assert_eq!(st2.created().await, 3, "the repeated host is throttled");
+
+    // Every metric the dashboard and the rules use is exported.
+    let exported = exported(&text);
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana/whale.json")).unwrap(),
+    )
+    .unwrap();
+    let mut dash_exprs = Vec::new();
+    expressions(&dashboard, &mut dash_exprs);
+    let rules: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo().join("deploy/prometheus/whale-alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut rule_exprs = Vec::new();
+    let mut runbooks = Vec::new();
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            rule_exprs.push(rule["expr"].as_str().unwrap().to_owned());
+            runbooks.push((
+                rule["alert"].as_str().unwrap().to_owned(),
+                rule["annotations"]["runbook"].as_str().unwrap_or("").to_owned(),
+            ));
+        }
+    }
+    assert!(dash_exprs.len() >= 20, "dashboard expressions: {dash_exprs:?}");
+    assert!(rule_exprs.len() >= 8, "rule expressions: {rule_exprs:?}");
+    let mut report = Vec::new();
+    let mut missing = Vec::new();
+    for (file, exprs) in [("dashboard", &dash_exprs), ("rules", &rule_exprs)] {
+        let names: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+        assert!(names.len() >= 8, "{file}: too few metric names found: {names:?}");
+        for n in names {
+            let ok = exports(&exported, &n);
+            report.push(format!("{file:9} {n:50} {}", if ok { "exported" } else { "MISSING" }));
+            if !ok {
+                missing.push(format!("{file}: {n}"));
+            }
+        }
+    }
+    println!("metric-name check:\n{}", report.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "metrics named but not exported by whale run: {missing:?}\nexported: {exported:?}"
+    );
+
+    // Each alert's runbook is a section of docs/operations.md.
+    let ops = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
+    let anchors: BTreeSet<String> = ops
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| anchor(l.trim_start_matches('#').trim()))
+        .collect();
+    for (alert, runbook) in &runbooks {
+        let a = runbook
+            .strip_prefix("docs/operations.md#")
+            .unwrap_or_else(|| panic!("{alert}: runbook {runbook:?} is not docs/operations.md#..."));
+        assert!(anchors.contains(a), "{alert}: no section #{a} in docs/operations.md");
+    }
+
+    // promtool checks the rules and runs their unit tests.
+    let promtool = promtool();
+    let rules_dir = repo().join("deploy/prometheus");
+    let check = Command::new(&promtool)
+        .args(["check", "rules", "whale-alerts.yaml"])
+        .current_dir(&rules_dir)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    println!("promtool check rules:\n{said}");
+    assert!(check.status.success(), "{said}");
+    assert!(said.contains("SUCCESS: 10 rules found"), "{said}");
+    let test = Command::new(&promtool)
+        .args(["test", "rules", "whale-alerts.test.yaml"])
+        .current_dir(&rules_dir)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+    println!("promtool test rules:\n{said}");
+    assert!(test.status.success(), "{said}");
+    assert!(said.contains("SUCCESS"), "{said}");
+
+    // The caller's trace id reached StackStorm in the execution context; the others got one
+    // started at ingest.
+    let execs: Vec<Value> = http
+        .get(format!("{}/api/v1/executions", st2.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(execs.len(), 3, "{execs:?}");
+    let mut traces = BTreeSet::new();
+    for e in &execs {
+        let w = &e["context"]["whale"];
+        let tp = w["traceparent"].as_str().unwrap_or_else(|| panic!("no traceparent: {e}"));
+        assert!(whale_kernel::tracectx::valid(tp), "{tp}");
+        let id = whale_kernel::tracectx::trace_id(tp).unwrap().to_owned();
+        if w["event_id"] == "obs-traced-1" {
+            assert_eq!(id, TRACE_ID, "the caller's trace goes on into StackStorm");
+        } else {
+            assert_ne!(id, TRACE_ID);
+        }
+        traces.insert(id);
+    }
+    assert_eq!(traces.len(), 3, "one trace per event: {traces:?}");
+
+    // Logs are JSON lines, carry the event and trace ids, and no configured secret.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    for secret in [API_KEY, APPROVAL_SECRET] {
+        assert!(!logged.contains(secret), "a secret reached the log");
+    }
+    let lines: Vec<Value> = logged
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "no JSON log lines: {logged}");
+    let rejected = lines
+        .iter()
+        .find(|l| l["message"] == "rejected")
+        .unwrap_or_else(|| panic!("no 'rejected' log line: {logged}"));
+    assert_eq!(rejected["span"]["event_id"], "obs-bad-1", "{rejected}");
+    assert_eq!(rejected["span"]["trace_id"], TRACE_ID, "{rejected}");
+}
+
+/// Every metric family in a text exposition, and each histogram's series names.
+fn exported(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (it.next(), it.next()) else {
+                continue;
+            };
+            out.insert(name.to_owned());
+            if kind == "histogram" || kind == "summary" {
+                for s in ["_bucket", "_sum", "_count"] {
+                    out.insert(format!("{name}{s}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn exports(exported: &BTreeSet<String>, name: &str) -> bool {
+    exported.contains(name)
+}
+
+/// Every PromQL expression in a Grafana dashboard: panel targets' `expr` and template
+/// variables' `label_values(metric, label)` queries.
+fn expressions(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr", Value::String(s)) => out.push(s.clone()),
+                    ("query" | "definition", Value::String(s)) if s.starts_with("label_values(") => {
+                        out.push(s.clone())
+                    }
+                    _ => expressions(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| expressions(x, out)),
+        _ => {}
+    }
+}
+
+/// PromQL keywords that look like names.
+const KEYWORDS: [&str; 13] = [
+    "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "and", "or",
+    "unless", "inf", "nan",
+];
+
+/// The metric names a PromQL expression (with Grafana variables) selects: identifiers that are
+/// not functions or aggregations (followed by `(`), keywords, label names (inside `{}` or
+/// `by/without/on/ignoring (...)`), durations (inside `[]` or after `offset`), numbers or strings.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    // label_values(metric, label): the metric is the first argument.
+    if let Some(args) = expr
+        .trim()
+        .strip_prefix("label_values(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        let metric = args.split(',').next().unwrap_or("").trim();
+        return metric_names(metric);
+    }
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    // Depth of parentheses holding a label list (by (...)), so their names are skipped.
+    let mut label_list: Option<usize> = None;
+    let mut depth = 0usize;
+    let mut after_offset = false;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' | '\'' | '`' => {
+                i += 1;
+                while i < chars.len() && chars[i] != c {
+                    if chars[i] == '\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            '{' | '[' => {
+                let close = if c == '{' { '}' } else { ']' };
+                // Skip to the matching close (strings inside braces are skipped too).
+                i += 1;
+                while i < chars.len() && chars[i] != close {
+                    if chars[i] == '"' || chars[i] == '\'' {
+                        let q = chars[i];
+                        i += 1;
+                        while i < chars.len() && chars[i] != q {
+                            if chars[i] == '\\' {
+                                i += 1;
+                            }
+                            i += 1;
+                        }
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            '(' => {
+                depth += 1;
+                i += 1;
+            }
+            ')' => {
+                if label_list == Some(depth) {
+                    label_list = None;
+                }
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            '$' => {
+                // A Grafana variable: $name or ${name}.
+                i += 1;
+                if i < chars.len() && chars[i] == '{' {
+                    while i < chars.len() && chars[i] != '}' {
+                        i += 1;
+                    }
+                    i += 1;
+                } else {
+                    while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                        i += 1;
+                    }
+                }
+            }
+            c if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) => {
+                // A number or a duration (5m, 1h30m, 1e3).
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                    i += 1;
+                }
+                after_offset = false;
+            }
+            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
+                let start = i;
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+                {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                let mut j = i;
+                while j < chars.len() && chars[j].is_whitespace() {
+                    j += 1;
+                }
+                // A function or aggregation: `name(`, or `sum by (...) (` / `sum without (...)`.
+                let rest: String = chars[j..].iter().take(8).collect();
+                let modifier = ["by", "without"].iter().any(|m| {
+                    rest.to_ascii_lowercase().starts_with(m)
+                        && !rest[m.len()..]
+                            .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                });
+                let called = chars.get(j) == Some(&'(') || modifier;
+                let lower = word.to_ascii_lowercase();
+                if matches!(lower.as_str(), "by" | "without" | "on" | "ignoring" | "group_left" | "group_right")
+                    && called
+                {
+                    label_list = Some(depth + 1);
+                } else if lower == "offset" {
+                    after_offset = true;
+                } else if after_offset {
+                    after_offset = false;
+                } else if !called && label_list.is_none() && !KEYWORDS.contains(&lower.as_str()) {
+                    names.insert(word);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    names
+}
+
+/// GitHub's anchor of a Markdown heading: lowercase, spaces to dashes, punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn metric_names_are_read_from_promql_as_prometheus_reads_them() {
+    let names = |e: &str| metric_names(e).into_iter().collect::<Vec<_>>();
+    assert_eq!(
+        names(r#"histogram_quantile(0.95, sum by (le, cluster) (rate(whale_x_seconds_bucket{cluster=~"$cluster", a="b}c"}[$__rate_interval]))) > 30"#),
+        ["whale_x_seconds_bucket"]
+    );
+    assert_eq!(
+        names("sum by (reason) (rate(a_total[5m])) > 3 * sum by (reason) (rate(a_total[1h] offset 5m)) and on (reason) b_total unless ignoring(x) c"),
+        ["a_total", "b_total", "c"]
+    );
+    assert_eq!(names("max(up) == bool 1 or vector(0)"), ["up"]);
+    assert_eq!(names("count by (version) (whale_rules_info)"), ["whale_rules_info"]);
+    assert_eq!(names("label_values(whale_dispatch_executions_total, cluster)"), ["whale_dispatch_executions_total"]);
+    assert_eq!(names("rate(x:recorded:rate5m[1m]) / 1e3 + .5"), ["x:recorded:rate5m"]);
+    assert_eq!(anchor("Alert: WhaleDeadLetters"), "alert-whaledeadletters");
+}
