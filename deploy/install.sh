@@ -88,6 +88,26 @@ if [ ! -x "$TOOLS/bin/promtool" ]; then
   chmod -R u+w "$PROM_TMP" && rm -rf "$PROM_TMP"
 fi
 
+# Jaeger v2 (module github.com/jaegertracing/jaeger v1.76.0, cmd/jaeger is the v2 binary), the
+# real OTLP receiver of the trace test (tests/it/observability.rs), built from the Go module proxy
+# the same way (GOWORK=off, writable copy; the UI is a placeholder, the query API is what the
+# test reads). Cached as $TOOLS/bin/jaeger; WHALE_JAEGER overrides it in tests.
+JAEGER_VERSION=v1.76.0
+if [ ! -x "$TOOLS/bin/jaeger" ]; then
+  if ! command -v go >/dev/null 2>&1; then
+    log "Go is missing: install Go >= 1.24 (https://go.dev/dl or Debian golang-go) to build Jaeger"
+    exit 1
+  fi
+  log "building Jaeger v2 ($JAEGER_VERSION) from the Go module proxy into $TOOLS/bin/jaeger"
+  J_TMP=$(mktemp -d)
+  J_DIR=$(cd "$J_TMP" && go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  cp -r "$J_DIR" "$J_TMP/src"
+  chmod -R u+w "$J_TMP/src"
+  (cd "$J_TMP/src" && GOWORK=off GOFLAGS=-mod=mod go build -o "$TOOLS/bin/jaeger" ./cmd/jaeger)
+  chmod -R u+w "$J_TMP" && rm -rf "$J_TMP"
+fi
+
 # A real OpenSearch 2.19 node for the index tests, without Docker: a small Java launcher and its
 # Maven Central jars (deploy/opensearch). Needs Java 17 and Maven; skipped when already built.
 OS_DIR="$(cd "$(dirname "$0")" && pwd)/opensearch"

@@ -183,36 +183,6 @@ async fn dashboard_and_alerts_name_only_exported_metrics_and_traces_reach_stacks
         assert!(anchors.contains(a), "{alert}: no section #{a} in docs/operations.md");
     }
 
-    // promtool checks the rules and runs their unit tests.
-    let promtool = promtool();
-    let rules_dir = repo().join("deploy/prometheus");
-    let check = Command::new(&promtool)
-        .args(["check", "rules", "whale-alerts.yaml"])
-        .current_dir(&rules_dir)
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    println!("promtool check rules:\n{said}");
-    assert!(check.status.success(), "{said}");
-    assert!(said.contains("SUCCESS: 10 rules found"), "{said}");
-    let test = Command::new(&promtool)
-        .args(["test", "rules", "whale-alerts.test.yaml"])
-        .current_dir(&rules_dir)
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&test.stdout),
-        String::from_utf8_lossy(&test.stderr)
-    );
-    println!("promtool test rules:\n{said}");
-    assert!(test.status.success(), "{said}");
-    assert!(said.contains("SUCCESS"), "{said}");
-
     // The caller's trace id reached StackStorm in the execution context; the others got one
     // started at ingest.
     let execs: Vec<Value> = http
@@ -256,6 +226,35 @@ async fn dashboard_and_alerts_name_only_exported_metrics_and_traces_reach_stacks
         .unwrap_or_else(|| panic!("no 'rejected' log line: {logged}"));
     assert_eq!(rejected["span"]["event_id"], "obs-bad-1", "{rejected}");
     assert_eq!(rejected["span"]["trace_id"], TRACE_ID, "{rejected}");
+    // promtool checks the rules and runs their unit tests.
+    let promtool = promtool();
+    let rules_dir = repo().join("deploy/prometheus");
+    let check = Command::new(&promtool)
+        .args(["check", "rules", "whale-alerts.yaml"])
+        .current_dir(&rules_dir)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    println!("promtool check rules:\n{said}");
+    assert!(check.status.success(), "{said}");
+    assert!(said.contains("SUCCESS: 10 rules found"), "{said}");
+    let test = Command::new(&promtool)
+        .args(["test", "rules", "whale-alerts.test.yaml"])
+        .current_dir(&rules_dir)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+    println!("promtool test rules:\n{said}");
+    assert!(test.status.success(), "{said}");
+    assert!(said.contains("SUCCESS"), "{said}");
 }
 
 /// Every metric family in a text exposition, and each histogram's series names.
@@ -460,4 +459,281 @@ fn metric_names_are_read_from_promql_as_prometheus_reads_them() {
     assert_eq!(names("label_values(whale_dispatch_executions_total, cluster)"), ["whale_dispatch_executions_total"]);
     assert_eq!(names("rate(x:recorded:rate5m[1m]) / 1e3 + .5"), ["x:recorded:rate5m"]);
     assert_eq!(anchor("Alert: WhaleDeadLetters"), "alert-whaledeadletters");
+}
+
+/// Jaeger v2: `WHALE_JAEGER`, else `.whale/tools/bin/jaeger` (built by deploy/install.sh).
+fn jaeger_bin() -> PathBuf {
+    let bin = std::env::var_os("WHALE_JAEGER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".whale/tools/bin/jaeger"));
+    assert!(
+        bin.is_file(),
+        "{} is missing: run deploy/install.sh (it builds Jaeger v2 from the Go module proxy into .whale/tools/bin) or set WHALE_JAEGER to a jaeger binary",
+        bin.display()
+    );
+    bin
+}
+
+/// A real Jaeger v2 (OTLP/HTTP receiver, in-memory storage, query API) on free ports.
+struct Jaeger {
+    child: std::process::Child,
+    otlp: u16,
+    query: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Jaeger {
+    async fn start() -> Jaeger {
+        let bin = jaeger_bin();
+        let dir = tempfile::tempdir().unwrap();
+        let (otlp, query, grpc) = (free_port(), free_port(), free_port());
+        let cfg = format!(
+            r#"
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  jaeger_query:
+    storage:
+      traces: mem
+    http:
+      endpoint: 127.0.0.1:{query}
+    grpc:
+      endpoint: 127.0.0.1:{grpc}
+  jaeger_storage:
+    backends:
+      mem:
+        memory:
+          max_traces: 10000
+receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: 127.0.0.1:{otlp}
+processors:
+  batch:
+    timeout: 100ms
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: mem
+"#
+        );
+        let file = dir.path().join("jaeger.yaml");
+        std::fs::write(&file, cfg).unwrap();
+        let log = std::fs::File::create(dir.path().join("jaeger.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn jaeger");
+        let j = Jaeger {
+            child,
+            otlp,
+            query,
+            _dir: dir,
+        };
+        let url = format!("http://127.0.0.1:{query}/api/services");
+        let up = eventually(Duration::from_secs(60), || {
+            let url = url.clone();
+            async move { reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        assert!(
+            up,
+            "jaeger did not start: {}",
+            std::fs::read_to_string(j._dir.path().join("jaeger.log")).unwrap_or_default()
+        );
+        j
+    }
+
+    /// The spans of one trace: (span id, parent span id, operation name).
+    async fn spans(&self, trace: &str) -> Vec<(String, String, String)> {
+        let url = format!("http://127.0.0.1:{}/api/traces/{trace}", self.query);
+        let Ok(r) = reqwest::get(url).await else {
+            return Vec::new();
+        };
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        let mut out = Vec::new();
+        for t in v["data"].as_array().into_iter().flatten() {
+            for s in t["spans"].as_array().into_iter().flatten() {
+                let parent = s["references"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r["refType"] == "CHILD_OF")
+                    .and_then(|r| r["spanID"].as_str())
+                    .unwrap_or("")
+                    .to_owned();
+                out.push((
+                    s["spanID"].as_str().unwrap_or("").to_owned(),
+                    parent,
+                    s["operationName"].as_str().unwrap_or("").to_owned(),
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Jaeger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The span tree, one span a line, children indented under their parent.
+fn tree(spans: &[(String, String, String)]) -> String {
+    fn walk(spans: &[(String, String, String)], parent: &str, depth: usize, out: &mut String) {
+        let mut kids: Vec<&(String, String, String)> =
+            spans.iter().filter(|s| s.1 == parent).collect();
+        kids.sort_by(|a, b| a.2.cmp(&b.2));
+        for s in kids {
+            out.push_str(&format!("{}{} [{}]\n", "  ".repeat(depth), s.2, s.0));
+            walk(spans, &s.0, depth + 1, out);
+        }
+    }
+    let ids: BTreeSet<&str> = spans.iter().map(|s| s.0.as_str()).collect();
+    let mut out = String::new();
+    let roots: BTreeSet<&str> = spans
+        .iter()
+        .filter(|s| !ids.contains(s.1.as_str()))
+        .map(|s| s.1.as_str())
+        .collect();
+    for r in roots {
+        out.push_str(&format!("(caller {r})\n"));
+        walk(spans, r, 1, &mut out);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_events_trace_in_jaeger_holds_every_stage_with_the_right_parents() {
+    let jaeger = Jaeger::start().await;
+    let redis = RedisServer::start();
+    let st2 = Emulator::start(&["--any-action"]);
+    let recv = crate::feedback::Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("whale.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[feedback]\npoll_min = \"200ms\"\npoll_max = \"1s\"\n\n[channels.oncall]\ntype = \"webhook\"\nurl = \"{}\"\nkey_env = \"TEST_HOOK_TOKEN\"\n",
+            recv.url("/hook")
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("whale.log");
+    let mut env = Env::new();
+    env.set("WHALE_CONFIG", cfg.to_str().unwrap());
+    env.set("WHALE_REDIS_URL", &redis.url());
+    env.set("WHALE_ST2_URL", &st2.url);
+    env.set("WHALE_ST2_API_KEY", API_KEY);
+    env.set("TEST_HOOK_TOKEN", "hook-token-5e7a9c2b4d6f");
+    env.set("WHALE_LOG_FORMAT", "json");
+    env.set(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        &format!("http://127.0.0.1:{}", jaeger.otlp),
+    );
+    env.set("OTEL_BSP_SCHEDULE_DELAY", "100");
+    env.prepare();
+    env.ok(&["rules", "apply", "pipelines"]);
+    let port = env.http_port;
+    let _w = env.spawn_on("all", port, &log, &[]);
+    assert!(
+        ready(port, Duration::from_secs(60)).await,
+        "whale run did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut ev = event("db-3");
+    ev["id"] = json!("obs-jaeger-1");
+    let r = reqwest::Client::new()
+        .post(env.http("/v1/events"))
+        .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
+        .json(&ev)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+    assert!(
+        eventually(Duration::from_secs(60), || async { !recv.requests("/hook").is_empty() }).await,
+        "no notification arrived: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let wanted = [
+        "ingest POST /v1/events",
+        "validate handle",
+        "match handle",
+        "render handle",
+        "throttle handle",
+        "throttle redis decision",
+        "dispatch handle",
+        "dispatch stackstorm POST",
+        "feedback handle",
+        "feedback notification",
+    ];
+    let mut spans = Vec::new();
+    for _ in 0..60 {
+        spans = jaeger.spans(trace).await;
+        if wanted.iter().all(|w| spans.iter().any(|s| s.2 == *w)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let shown = tree(&spans);
+    println!("span tree of event obs-jaeger-1 (trace {trace}) from Jaeger:\n{shown}");
+    for w in wanted {
+        assert!(spans.iter().any(|s| s.2 == w), "no span {w:?} in:\n{shown}");
+    }
+    // Parents: the chain of stages, each span under the one that published its input.
+    let parent_of = |name: &str| -> String {
+        let s = spans.iter().find(|s| s.2 == name).unwrap();
+        spans
+            .iter()
+            .find(|p| p.0 == s.1)
+            .map(|p| p.2.clone())
+            .unwrap_or_else(|| format!("(caller {})", s.1))
+    };
+    assert_eq!(parent_of("ingest POST /v1/events"), "(caller b7ad6b7169203331)");
+    assert_eq!(parent_of("validate handle"), "ingest POST /v1/events");
+    assert_eq!(parent_of("match handle"), "validate handle");
+    assert_eq!(parent_of("render handle"), "match handle");
+    assert_eq!(parent_of("throttle handle"), "render handle");
+    assert_eq!(parent_of("throttle redis decision"), "throttle handle");
+    assert_eq!(parent_of("dispatch handle"), "throttle handle");
+    assert_eq!(parent_of("dispatch stackstorm POST"), "dispatch handle");
+    assert_eq!(parent_of("feedback notification"), "feedback handle");
+    // Every span but the ingest one has its parent in the trace.
+    let ids: BTreeSet<&str> = spans.iter().map(|s| s.0.as_str()).collect();
+    let orphans: Vec<_> = spans
+        .iter()
+        .filter(|s| !ids.contains(s.1.as_str()) && s.2 != "ingest POST /v1/events")
+        .collect();
+    assert!(orphans.is_empty(), "spans without their parent: {orphans:?}\n{shown}");
+    // StackStorm got the trace in the execution's context.
+    let execs: Vec<Value> = reqwest::get(format!("{}/api/v1/executions", st2.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tp = execs[0]["context"]["whale"]["traceparent"].as_str().unwrap();
+    assert_eq!(whale_kernel::tracectx::trace_id(tp), Some(trace));
+    // The webhook token never reached the log.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.contains("hook-token-5e7a9c2b4d6f"));
+    assert!(!logged.contains(API_KEY));
 }

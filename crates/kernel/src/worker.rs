@@ -307,6 +307,7 @@ async fn handle(
     let (keys, msgs): (Vec<u64>, Vec<jetstream::Message>) = msgs.into_iter().unzip();
     let release = Release { held, keys };
     let deliveries: Vec<Delivery> = msgs.iter().map(Delivery::from_message).collect();
+    let handled_at = std::time::SystemTime::now();
     let mut outcomes = handle_contained(stage, &deliveries).await;
     let mut window: Window<usize> =
         Window::new(nats.js.clone(), opts.window).fail_fast_on_disconnect(nats);
@@ -315,8 +316,16 @@ async fn handle(
     let mut outputs = 0u64;
     for (i, outcome) in outcomes.iter_mut().enumerate() {
         if let Outcome::Ack(outs) = outcome {
+            let d = &deliveries[i];
+            let event_id = outs.iter().find_map(|o| {
+                o.headers
+                    .iter()
+                    .find(|(k, _)| *k == subjects::HDR_EVENT_ID)
+                    .map(|(_, v)| v.clone())
+            });
+            let _spans = crate::tracectx::handle_spans(d, name, event_id.as_deref(), handled_at);
             for mut out in outs.drain(..) {
-                crate::tracectx::carry(&deliveries[i], &mut out);
+                crate::tracectx::carry(d, name, &mut out);
                 outputs += 1;
                 for (idx, r) in window.send(i, out).await {
                     errors.note(&mut failed, idx, r);

@@ -355,10 +355,20 @@ impl Dispatch {
                 &t.event_id,
                 &t.rule,
                 &t.task_id,
-                whale_kernel::tracectx::of(job.d),
+                whale_kernel::tracectx::position(job.d, "dispatch", None)
+                    .map(|p| p.traceparent())
+                    .as_deref(),
             ),
         };
-        match c.st2.create_execution(&req).await {
+        let mut span = whale_kernel::tracectx::child(job.d, "dispatch", "stackstorm POST");
+        span.set("whale.cluster", c.name.clone());
+        span.set("whale.task_id", t.task_id.clone());
+        let created = c.st2.create_execution(&req).await;
+        if let Err(e) = &created {
+            span.error(e.to_string());
+        }
+        drop(span);
+        match created {
             Ok(exec) => {
                 self.clusters.succeeded(c);
                 metrics::execution_created(&c.name);
