@@ -66,7 +66,11 @@ async fn dashboard_and_alerts_name_only_exported_metrics_and_traces_reach_stacks
         &log,
         &[("WHALE_LOG", "info,async_nats=warn,whale_validate=debug")],
     );
-    assert!(ready(port, Duration::from_secs(60)).await, "whale run did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        ready(port, Duration::from_secs(60)).await,
+        "whale run did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 
     let http = reqwest::Client::new();
     // Three hosts (three executions, the first with the caller's trace context), the first host
@@ -95,7 +99,10 @@ async fn dashboard_and_alerts_name_only_exported_metrics_and_traces_reach_stacks
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
 
     assert!(
-        eventually(Duration::from_secs(90), || async { st2.created().await >= 3 }).await,
+        eventually(Duration::from_secs(90), || async {
+            st2.created().await >= 3
+        })
+        .await,
         "3 executions expected, the emulator created {}",
         st2.created().await
     );
@@ -119,7 +126,10 @@ async fn dashboard_and_alerts_name_only_exported_metrics_and_traces_reach_stacks
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(seen, "metrics never showed 3 dispatches and a throttled task:\n{text}");
+    assert!(
+        seen,
+        "metrics never showed 3 dispatches and a throttled task:\n{text}"
+    );
     let out = repo().join("target/observability");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("metrics.txt"), &text).unwrap();
@@ -144,20 +154,32 @@ async fn dashboard_and_alerts_name_only_exported_metrics_and_traces_reach_stacks
             rule_exprs.push(rule["expr"].as_str().unwrap().to_owned());
             runbooks.push((
                 rule["alert"].as_str().unwrap().to_owned(),
-                rule["annotations"]["runbook"].as_str().unwrap_or("").to_owned(),
+                rule["annotations"]["runbook"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
             ));
         }
     }
-    assert!(dash_exprs.len() >= 20, "dashboard expressions: {dash_exprs:?}");
+    assert!(
+        dash_exprs.len() >= 20,
+        "dashboard expressions: {dash_exprs:?}"
+    );
     assert!(rule_exprs.len() >= 8, "rule expressions: {rule_exprs:?}");
     let mut report = Vec::new();
     let mut missing = Vec::new();
     for (file, exprs) in [("dashboard", &dash_exprs), ("rules", &rule_exprs)] {
         let names: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
-        assert!(names.len() >= 8, "{file}: too few metric names found: {names:?}");
+        assert!(
+            names.len() >= 8,
+            "{file}: too few metric names found: {names:?}"
+        );
         for n in names {
             let ok = exports(&exported, &n);
-            report.push(format!("{file:9} {n:50} {}", if ok { "exported" } else { "MISSING" }));
+            report.push(format!(
+                "{file:9} {n:50} {}",
+                if ok { "exported" } else { "MISSING" }
+            ));
             if !ok {
                 missing.push(format!("{file}: {n}"));
             }
@@ -179,14 +201,20 @@ async fn dashboard_and_alerts_name_only_exported_metrics_and_traces_reach_stacks
     for (alert, runbook) in &runbooks {
         let a = runbook
             .strip_prefix("docs/operations.md#")
-            .unwrap_or_else(|| panic!("{alert}: runbook {runbook:?} is not docs/operations.md#..."));
-        assert!(anchors.contains(a), "{alert}: no section #{a} in docs/operations.md");
+            .unwrap_or_else(|| {
+                panic!("{alert}: runbook {runbook:?} is not docs/operations.md#...")
+            });
+        assert!(
+            anchors.contains(a),
+            "{alert}: no section #{a} in docs/operations.md"
+        );
     }
 
     // The caller's trace id reached StackStorm in the execution context; the others got one
     // started at ingest.
     let execs: Vec<Value> = http
         .get(format!("{}/api/v1/executions", st2.url))
+        .header("St2-Api-Key", API_KEY)
         .send()
         .await
         .unwrap()
@@ -197,7 +225,9 @@ async fn dashboard_and_alerts_name_only_exported_metrics_and_traces_reach_stacks
     let mut traces = BTreeSet::new();
     for e in &execs {
         let w = &e["context"]["whale"];
-        let tp = w["traceparent"].as_str().unwrap_or_else(|| panic!("no traceparent: {e}"));
+        let tp = w["traceparent"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no traceparent: {e}"));
         assert!(whale_kernel::tracectx::valid(tp), "{tp}");
         let id = whale_kernel::tracectx::trace_id(tp).unwrap().to_owned();
         if w["event_id"] == "obs-traced-1" {
@@ -289,7 +319,9 @@ fn expressions(v: &Value, out: &mut Vec<String>) {
             for (k, x) in m {
                 match (k.as_str(), x) {
                     ("expr", Value::String(s)) => out.push(s.clone()),
-                    ("query" | "definition", Value::String(s)) if s.starts_with("label_values(") => {
+                    ("query" | "definition", Value::String(s))
+                        if s.starts_with("label_values(") =>
+                    {
                         out.push(s.clone())
                     }
                     _ => expressions(x, out),
@@ -303,8 +335,19 @@ fn expressions(v: &Value, out: &mut Vec<String>) {
 
 /// PromQL keywords that look like names.
 const KEYWORDS: [&str; 13] = [
-    "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "and", "or",
-    "unless", "inf", "nan",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "inf",
+    "nan",
 ];
 
 /// The metric names a PromQL expression (with Grafana variables) selects: identifiers that are
@@ -384,7 +427,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                     }
                 }
             }
-            c if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) => {
+            c if c.is_ascii_digit()
+                || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) =>
+            {
                 // A number or a duration (5m, 1h30m, 1e3).
                 while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
                     i += 1;
@@ -412,8 +457,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 });
                 let called = chars.get(j) == Some(&'(') || modifier;
                 let lower = word.to_ascii_lowercase();
-                if matches!(lower.as_str(), "by" | "without" | "on" | "ignoring" | "group_left" | "group_right")
-                    && called
+                if matches!(
+                    lower.as_str(),
+                    "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+                ) && called
                 {
                     label_list = Some(depth + 1);
                 } else if lower == "offset" {
@@ -447,7 +494,9 @@ fn anchor(heading: &str) -> String {
 fn metric_names_are_read_from_promql_as_prometheus_reads_them() {
     let names = |e: &str| metric_names(e).into_iter().collect::<Vec<_>>();
     assert_eq!(
-        names(r#"histogram_quantile(0.95, sum by (le, cluster) (rate(whale_x_seconds_bucket{cluster=~"$cluster", a="b}c"}[$__rate_interval]))) > 30"#),
+        names(
+            r#"histogram_quantile(0.95, sum by (le, cluster) (rate(whale_x_seconds_bucket{cluster=~"$cluster", a="b}c"}[$__rate_interval]))) > 30"#
+        ),
         ["whale_x_seconds_bucket"]
     );
     assert_eq!(
@@ -455,9 +504,18 @@ fn metric_names_are_read_from_promql_as_prometheus_reads_them() {
         ["a_total", "b_total", "c"]
     );
     assert_eq!(names("max(up) == bool 1 or vector(0)"), ["up"]);
-    assert_eq!(names("count by (version) (whale_rules_info)"), ["whale_rules_info"]);
-    assert_eq!(names("label_values(whale_dispatch_executions_total, cluster)"), ["whale_dispatch_executions_total"]);
-    assert_eq!(names("rate(x:recorded:rate5m[1m]) / 1e3 + .5"), ["x:recorded:rate5m"]);
+    assert_eq!(
+        names("count by (version) (whale_rules_info)"),
+        ["whale_rules_info"]
+    );
+    assert_eq!(
+        names("label_values(whale_dispatch_executions_total, cluster)"),
+        ["whale_dispatch_executions_total"]
+    );
+    assert_eq!(
+        names("rate(x:recorded:rate5m[1m]) / 1e3 + .5"),
+        ["x:recorded:rate5m"]
+    );
     assert_eq!(anchor("Alert: WhaleDeadLetters"), "alert-whaledeadletters");
 }
 
@@ -546,7 +604,11 @@ exporters:
         let url = format!("http://127.0.0.1:{query}/api/services");
         let up = eventually(Duration::from_secs(60), || {
             let url = url.clone();
-            async move { reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) }
+            async move {
+                reqwest::get(url)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
         })
         .await;
         assert!(
@@ -668,7 +730,10 @@ async fn one_events_trace_in_jaeger_holds_every_stage_with_the_right_parents() {
         .unwrap();
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
     assert!(
-        eventually(Duration::from_secs(60), || async { !recv.requests("/hook").is_empty() }).await,
+        eventually(Duration::from_secs(60), || async {
+            !recv.requests("/hook").is_empty()
+        })
+        .await,
         "no notification arrived: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
@@ -707,7 +772,10 @@ async fn one_events_trace_in_jaeger_holds_every_stage_with_the_right_parents() {
             .map(|p| p.2.clone())
             .unwrap_or_else(|| format!("(caller {})", s.1))
     };
-    assert_eq!(parent_of("ingest POST /v1/events"), "(caller b7ad6b7169203331)");
+    assert_eq!(
+        parent_of("ingest POST /v1/events"),
+        "(caller b7ad6b7169203331)"
+    );
     assert_eq!(parent_of("validate handle"), "ingest POST /v1/events");
     assert_eq!(parent_of("match handle"), "validate handle");
     assert_eq!(parent_of("render handle"), "match handle");
@@ -722,9 +790,15 @@ async fn one_events_trace_in_jaeger_holds_every_stage_with_the_right_parents() {
         .iter()
         .filter(|s| !ids.contains(s.1.as_str()) && s.2 != "ingest POST /v1/events")
         .collect();
-    assert!(orphans.is_empty(), "spans without their parent: {orphans:?}\n{shown}");
+    assert!(
+        orphans.is_empty(),
+        "spans without their parent: {orphans:?}\n{shown}"
+    );
     // StackStorm got the trace in the execution's context.
-    let execs: Vec<Value> = reqwest::get(format!("{}/api/v1/executions", st2.url))
+    let execs: Vec<Value> = reqwest::Client::new()
+        .get(format!("{}/api/v1/executions", st2.url))
+        .header("St2-Api-Key", API_KEY)
+        .send()
         .await
         .unwrap()
         .json()

@@ -116,7 +116,13 @@ pub static CONSUMER_REDELIVERED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 
 /// Records one read of a consumer's info.
-pub fn consumer_info(stage: &str, consumer: &str, pending: u64, ack_pending: u64, redelivered: u64) {
+pub fn consumer_info(
+    stage: &str,
+    consumer: &str,
+    pending: u64,
+    ack_pending: u64,
+    redelivered: u64,
+) {
     let labels = [stage, consumer];
     CONSUMER_PENDING
         .with_label_values(&labels)

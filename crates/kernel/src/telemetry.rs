@@ -30,7 +30,10 @@ fn init_traces() {
     if !otlp_wanted() {
         return;
     }
-    for k in ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] {
+    for k in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    ] {
         if let Ok(p) = std::env::var(k) {
             if !p.is_empty() && p != "http/protobuf" {
                 tracing::warn!("{k}={p} is not supported: whale exports traces over OTLP http/protobuf (port 4318 by default)");
@@ -43,7 +46,9 @@ fn init_traces() {
     {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!("OTLP trace export is configured but cannot start, no traces are exported: {e}");
+            tracing::warn!(
+                "OTLP trace export is configured but cannot start, no traces are exported: {e}"
+            );
             return;
         }
     };

@@ -36,7 +36,9 @@ pub(crate) fn set_exporting(on: bool) {
 pub fn valid(tp: &str) -> bool {
     let parts: Vec<&str> = tp.split('-').collect();
     let hex_len = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     parts.len() == 4
         && parts[0] == "00"
@@ -60,7 +62,9 @@ fn started_trace(event_id: &str) -> String {
 /// A sampled `traceparent` for an event that arrived without one: trace id and span id are
 /// digests of the event id.
 pub fn started(event_id: &str) -> String {
-    let span = nonzero(hex::encode(&Sha256::digest(format!("{event_id}/ingest"))[..8]));
+    let span = nonzero(hex::encode(
+        &Sha256::digest(format!("{event_id}/ingest"))[..8],
+    ));
     format!("00-{}-{span}-01", started_trace(event_id))
 }
 
@@ -129,8 +133,11 @@ pub fn position(d: &Delivery, stage: &str, event_id: Option<&str>) -> Option<Pos
 /// the output does not set itself): `traceparent` names `stage`'s handle span. At ingest
 /// subjects they are started when the input has none.
 pub fn carry(d: &Delivery, stage: &str, out: &mut Output) {
-    let has =
-        |out: &Output, name: &str| out.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    let has = |out: &Output, name: &str| {
+        out.headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(name))
+    };
     let at_ingest = subjects::ingest_type(&d.subject).is_some();
     if !has(out, HDR_TRACEPARENT) {
         let event_id = out
@@ -339,10 +346,18 @@ mod tests {
 
     #[test]
     fn traceparents_are_checked_and_started_deterministically() {
-        assert!(valid("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
-        assert!(!valid("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
-        assert!(!valid("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"));
-        assert!(!valid("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(valid(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid(
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
         assert!(!valid("garbage"));
         let a = started("01JEVENT");
         assert!(valid(&a), "{a}");
@@ -364,17 +379,22 @@ mod tests {
         assert_ne!(p.span, position(&d, "index", None).unwrap().span);
         let mut out = Output::new("whale.pipe.matched".into(), "m1".into(), "{}");
         carry(&d, "match", &mut out);
-        assert!(out
-            .headers
-            .contains(&(HDR_TRACEPARENT, p.traceparent())));
+        assert!(out.headers.contains(&(HDR_TRACEPARENT, p.traceparent())));
         // At ingest without context: a trace started from the event id, no parent.
         let raw = delivery("whale.in.vm.disk_usage", &[]);
         let mut out = Output::new("whale.events.vm.disk_usage".into(), "e9".into(), "{}")
             .header(HDR_EVENT_ID, "e9");
         carry(&raw, "validate", &mut out);
-        let got = out.headers.iter().find(|(k, _)| *k == HDR_TRACEPARENT).unwrap();
+        let got = out
+            .headers
+            .iter()
+            .find(|(k, _)| *k == HDR_TRACEPARENT)
+            .unwrap();
         assert_eq!(trace_id(&got.1), trace_id(&started("e9")));
-        assert!(out.headers.iter().any(|(k, v)| *k == HDR_RECEIVED && v == "0"));
+        assert!(out
+            .headers
+            .iter()
+            .any(|(k, v)| *k == HDR_RECEIVED && v == "0"));
         // Elsewhere without context: nothing invented.
         let plain = delivery("whale.pipe.decision", &[]);
         let mut out = Output::new("x".into(), "y".into(), "{}");

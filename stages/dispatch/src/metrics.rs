@@ -143,4 +143,11 @@ pub fn known_cluster(cluster: &str) {
 }
 
 /// Every `kind` of `whale_dispatch_call_errors_total` (`clusters::verdict` labels).
-const CALL_ERROR_KINDS: [&str; 6] = ["server", "timeout", "connection", "auth", "refused", "decode"];
+const CALL_ERROR_KINDS: [&str; 6] = [
+    "server",
+    "timeout",
+    "connection",
+    "auth",
+    "refused",
+    "decode",
+];

@@ -147,7 +147,9 @@ impl Stage for ThrottleStage {
         if !asks.is_empty() {
             let spans: Vec<_> = asks
                 .iter()
-                .map(|a| whale_kernel::tracectx::child(&batch[a.index], "throttle", "redis decision"))
+                .map(|a| {
+                    whale_kernel::tracectx::child(&batch[a.index], "throttle", "redis decision")
+                })
                 .collect();
             let decisions = self.limiter.decide(&reqs).await;
             drop(spans);
