@@ -68,45 +68,35 @@ if [ ! -x "$TOOLS/bin/alertmanager" ]; then
   chmod -R u+w "$AM_TMP" && rm -rf "$AM_TMP"
 fi
 
-# promtool (Prometheus v3.16, module version v0.316.0) for the alerting-rule checks
-# (tests/it/observability.rs: `promtool check rules` / `test rules` on deploy/prometheus), built
-# from the Go module proxy: the module's go.work must be ignored (GOWORK=off) and it builds in a
-# writable copy (about 3 min). Cached as $TOOLS/bin/promtool; WHALE_PROMTOOL overrides it in tests.
-PROM_VERSION=v0.316.0
-if [ ! -x "$TOOLS/bin/promtool" ]; then
+# Builds a Go program from the Go module proxy into $TOOLS/bin/NAME unless it is there:
+# go_tool NAME MODULE VERSION PACKAGE. The module is copied to a writable directory and built
+# with its go.work ignored (GOWORK=off; Prometheus and Jaeger ship one).
+go_tool() {
+  local name=$1 module=$2 version=$3 pkg=$4 tmp dir
+  [ -x "$TOOLS/bin/$name" ] && return 0
   if ! command -v go >/dev/null 2>&1; then
-    log "Go is missing: install Go >= 1.24 (https://go.dev/dl or Debian golang-go) to build promtool"
+    log "Go is missing: install Go >= 1.24 (https://go.dev/dl or Debian golang-go) to build $name"
     exit 1
   fi
-  log "building promtool (prometheus $PROM_VERSION) from the Go module proxy into $TOOLS/bin/promtool"
-  PROM_TMP=$(mktemp -d)
-  PROM_DIR=$(cd "$PROM_TMP" && go mod download -json "github.com/prometheus/prometheus@$PROM_VERSION" \
+  log "building $name ($module $version) from the Go module proxy into $TOOLS/bin/$name"
+  tmp=$(mktemp -d)
+  dir=$(cd "$tmp" && go mod download -json "$module@$version" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
-  cp -r "$PROM_DIR" "$PROM_TMP/src"
-  chmod -R u+w "$PROM_TMP/src"
-  (cd "$PROM_TMP/src" && GOWORK=off GOFLAGS=-mod=mod go build -o "$TOOLS/bin/promtool" ./cmd/promtool)
-  chmod -R u+w "$PROM_TMP" && rm -rf "$PROM_TMP"
-fi
+  cp -r "$dir" "$tmp/src"
+  chmod -R u+w "$tmp/src"
+  (cd "$tmp/src" && GOWORK=off GOFLAGS=-mod=mod go build -o "$TOOLS/bin/$name" "$pkg")
+  chmod -R u+w "$tmp" && rm -rf "$tmp"
+}
 
-# Jaeger v2 (module github.com/jaegertracing/jaeger v1.76.0, cmd/jaeger is the v2 binary), the
-# real OTLP receiver of the trace test (tests/it/observability.rs), built from the Go module proxy
-# the same way (GOWORK=off, writable copy; the UI is a placeholder, the query API is what the
-# test reads). Cached as $TOOLS/bin/jaeger; WHALE_JAEGER overrides it in tests.
-JAEGER_VERSION=v1.76.0
-if [ ! -x "$TOOLS/bin/jaeger" ]; then
-  if ! command -v go >/dev/null 2>&1; then
-    log "Go is missing: install Go >= 1.24 (https://go.dev/dl or Debian golang-go) to build Jaeger"
-    exit 1
-  fi
-  log "building Jaeger v2 ($JAEGER_VERSION) from the Go module proxy into $TOOLS/bin/jaeger"
-  J_TMP=$(mktemp -d)
-  J_DIR=$(cd "$J_TMP" && go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_VERSION" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
-  cp -r "$J_DIR" "$J_TMP/src"
-  chmod -R u+w "$J_TMP/src"
-  (cd "$J_TMP/src" && GOWORK=off GOFLAGS=-mod=mod go build -o "$TOOLS/bin/jaeger" ./cmd/jaeger)
-  chmod -R u+w "$J_TMP" && rm -rf "$J_TMP"
-fi
+# promtool (Prometheus v3.16 = module v0.316.0) for the alerting-rule checks of
+# tests/it/observability.rs (`promtool check rules` / `test rules` on deploy/prometheus; about
+# 10 min on 2 cores). WHALE_PROMTOOL overrides it in tests.
+go_tool promtool github.com/prometheus/prometheus v0.316.0 ./cmd/promtool
+
+# Jaeger v2 (module github.com/jaegertracing/jaeger v1.76.0, whose cmd/jaeger is the v2 binary):
+# the real OTLP receiver of the trace test (tests/it/observability.rs; its UI is a placeholder,
+# the test reads the query API). A large build. WHALE_JAEGER overrides it in tests.
+go_tool jaeger github.com/jaegertracing/jaeger v1.76.0 ./cmd/jaeger
 
 # A real OpenSearch 2.19 node for the index tests, without Docker: a small Java launcher and its
 # Maven Central jars (deploy/opensearch). Needs Java 17 and Maven; skipped when already built.

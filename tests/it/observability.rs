@@ -257,34 +257,27 @@ async fn dashboard_and_alerts_name_only_exported_metrics_and_traces_reach_stacks
     assert_eq!(rejected["span"]["event_id"], "obs-bad-1", "{rejected}");
     assert_eq!(rejected["span"]["trace_id"], TRACE_ID, "{rejected}");
     // promtool checks the rules and runs their unit tests.
-    let promtool = promtool();
-    let rules_dir = repo().join("deploy/prometheus");
-    let check = Command::new(&promtool)
-        .args(["check", "rules", "whale-alerts.yaml"])
-        .current_dir(&rules_dir)
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    println!("promtool check rules:\n{said}");
-    assert!(check.status.success(), "{said}");
+    let said = promtool_says(&["check", "rules", "whale-alerts.yaml"]);
     assert!(said.contains("SUCCESS: 10 rules found"), "{said}");
-    let test = Command::new(&promtool)
-        .args(["test", "rules", "whale-alerts.test.yaml"])
-        .current_dir(&rules_dir)
+    let said = promtool_says(&["test", "rules", "whale-alerts.test.yaml"]);
+    assert!(said.contains("SUCCESS"), "{said}");
+}
+
+/// Runs promtool in deploy/prometheus, prints and returns what it said; fails if it fails.
+fn promtool_says(args: &[&str]) -> String {
+    let out = Command::new(promtool())
+        .args(args)
+        .current_dir(repo().join("deploy/prometheus"))
         .output()
         .unwrap();
     let said = format!(
         "{}{}",
-        String::from_utf8_lossy(&test.stdout),
-        String::from_utf8_lossy(&test.stderr)
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
-    println!("promtool test rules:\n{said}");
-    assert!(test.status.success(), "{said}");
-    assert!(said.contains("SUCCESS"), "{said}");
+    println!("promtool {}:\n{said}", args[..2].join(" "));
+    assert!(out.status.success(), "promtool {args:?}: {said}");
+    said
 }
 
 /// Every metric family in a text exposition, and each histogram's series names.
@@ -804,7 +797,9 @@ async fn one_events_trace_in_jaeger_holds_every_stage_with_the_right_parents() {
         .json()
         .await
         .unwrap();
-    let tp = execs[0]["context"]["whale"]["traceparent"].as_str().unwrap();
+    let tp = execs[0]["context"]["whale"]["traceparent"]
+        .as_str()
+        .unwrap();
     assert_eq!(whale_kernel::tracectx::trace_id(tp), Some(trace));
     // The webhook token never reached the log.
     let logged = std::fs::read_to_string(&log).unwrap();
