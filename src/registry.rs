@@ -115,6 +115,7 @@ fn ingest(c: Ctx) -> BoxFuture<'static, anyhow::Result<Parts>> {
 fn validate(c: Ctx) -> BoxFuture<'static, anyhow::Result<Parts>> {
     Box::pin(async move {
         let cfg = &c.cfg;
+        whale_validate::metrics::init();
         Ok(worker(whale_validate::Validate {
             registry: whale_validate::Registry::load_and_watch(&c.nats).await?,
             limits: cfg.events.limits(),

@@ -14,6 +14,7 @@ mod feedback;
 mod harness;
 mod index;
 mod malformed;
+mod observability;
 mod replay;
 mod rule_versions;
 mod rules;

@@ -24,6 +24,7 @@ pub mod status;
 pub mod subjects;
 pub mod telemetry;
 pub mod tls;
+pub mod tracectx;
 pub mod worker;
 
 #[cfg(feature = "testkit")]

@@ -228,6 +228,11 @@ pub const HDR_EVENT_ID: &str = "Whale-Event-Id";
 pub const HDR_RULE: &str = "Whale-Rule";
 /// Header carrying the task id where one exists.
 pub const HDR_TASK_ID: &str = "Whale-Task-Id";
+/// W3C trace context, carried from every input to its outputs (`kernel::tracectx`).
+pub const HDR_TRACEPARENT: &str = "traceparent";
+/// When the event was received at ingest (unix milliseconds), carried like the trace context;
+/// dispatch observes the end-to-end latency with it.
+pub const HDR_RECEIVED: &str = "Whale-Received";
 
 /// Every stage with a JetStream input (those [`stage_inputs`] knows), in the order `whale
 /// setup` and `whale status` list them.

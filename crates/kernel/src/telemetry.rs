@@ -3,8 +3,77 @@
 //! Every line passes through [`scrub`]: a URL with credentials (a library's connection message,
 //! an error) is never logged with them, nor is any secret the configuration holds (a library
 //! may print a parsed URL's password in its own debug format).
+//!
+//! Traces: spans (`kernel::tracectx`) are exported over OTLP/HTTP (protobuf) when the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (with
+//! `OTEL_EXPORTER_OTLP_HEADERS`, `_TIMEOUT`, `OTEL_SERVICE_NAME` (default `whale`),
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*`); off by default, and off with
+//! `OTEL_TRACES_EXPORTER=none` or `OTEL_SDK_DISABLED=true`.
+
+use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
+
+/// The OTLP tracer provider while traces are exported (flushed by [`shutdown`]).
+static PROVIDER: OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = OnceLock::new();
+
+/// Whether the `OTEL_*` variables ask for trace export.
+fn otlp_wanted() -> bool {
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
+    let off = std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none")
+        || std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    !off && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// Starts OTLP trace export when configured; says why not when it cannot.
+fn init_traces() {
+    if !otlp_wanted() {
+        return;
+    }
+    for k in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    ] {
+        if let Ok(p) = std::env::var(k) {
+            if !p.is_empty() && p != "http/protobuf" {
+                tracing::warn!("{k}={p} is not supported: whale exports traces over OTLP http/protobuf (port 4318 by default)");
+            }
+        }
+    }
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(
+                "OTLP trace export is configured but cannot start, no traces are exported: {e}"
+            );
+            return;
+        }
+    };
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+        resource = resource.with_service_name("whale");
+    }
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let _ = PROVIDER.set(provider);
+    crate::tracectx::set_exporting(true);
+    tracing::info!("exporting traces over OTLP");
+}
+
+/// Flushes and stops trace export (call once, outside the async runtime, before exiting).
+pub fn shutdown() {
+    if let Some(p) = PROVIDER.get() {
+        if let Err(e) = p.shutdown() {
+            tracing::warn!("flushing traces at exit failed: {e}");
+        }
+    }
+}
 
 pub fn init() {
     let filter = EnvFilter::try_from_env("WHALE_LOG")
@@ -20,6 +89,7 @@ pub fn init() {
     } else {
         builder.compact().try_init()
     };
+    init_traces();
 }
 
 /// Secret values seen in the configuration, replaced by `***` in every log line and error.

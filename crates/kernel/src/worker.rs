@@ -69,12 +69,15 @@ impl Delivery {
         })
     }
 
-    /// A span for per-message logs: stage, event id, rule, attempt.
+    /// A span for per-message logs: stage, event id, trace id, rule, attempt.
     pub fn span(&self, stage: &'static str) -> tracing::Span {
         tracing::info_span!(
             "msg",
             stage,
             event_id = self.event_id(),
+            trace_id = crate::tracectx::of(self)
+                .and_then(crate::tracectx::trace_id)
+                .unwrap_or(""),
             rule = self.header(subjects::HDR_RULE).unwrap_or(""),
             attempt = self.attempt
         )
@@ -236,6 +239,13 @@ pub async fn run(
     let batch = opts.batch.max(1);
     let held = Arc::new(Held::new(batch * (opts.overlap.max(1) + 1)));
     let ack_wait = consumer.cached_info().config.ack_wait;
+    // The stage's panic series exists at 0 from the start (alerts see it before a first panic).
+    metrics::PANICS.with_label_values(&["stage", name]);
+    let _lag = AbortOnDrop(tokio::spawn(watch_consumer(
+        consumer.clone(),
+        name,
+        input.consumer,
+    )));
     let _ticker = AbortOnDrop(tokio::spawn(keep_alive(
         nats.client.clone(),
         held.clone(),
@@ -299,6 +309,34 @@ pub async fn run(
     Ok(())
 }
 
+/// How often the consumer's pending / ack-pending / redelivered counts are read for
+/// `/metrics` (`whale_consumer_*_messages`).
+const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(10);
+
+/// Reads the stage consumer's info every [`CONSUMER_INFO_EVERY`] into the consumer gauges, so
+/// lag is in `/metrics` without anyone else asking NATS. A failed read keeps the last values
+/// (the worker's health already says when NATS is unreachable).
+async fn watch_consumer(
+    consumer: jetstream::consumer::PullConsumer,
+    stage: &'static str,
+    name: &'static str,
+) {
+    let mut every = tokio::time::interval(CONSUMER_INFO_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Ok(info) = consumer.get_info().await {
+            metrics::consumer_info(
+                stage,
+                name,
+                info.num_pending,
+                info.num_ack_pending as u64,
+                info.num_redelivered as u64,
+            );
+        }
+    }
+}
+
 /// First half of a batch: the stage handles it and its outputs are sent (acks still pending in
 /// the batch's own window). The second half, [`finish`], runs as its own task, so the next
 /// batch is handled while this one's publish acks come back.
@@ -315,6 +353,7 @@ async fn handle(
     let (keys, msgs): (Vec<u64>, Vec<jetstream::Message>) = msgs.into_iter().unzip();
     let release = Release { held, keys };
     let deliveries: Vec<Delivery> = msgs.iter().map(Delivery::from_message).collect();
+    let handled_at = std::time::SystemTime::now();
     let mut outcomes = handle_contained(stage, &deliveries).await;
     let mut window: Window<usize> = Window::on(nats, opts.window).fail_fast_on_disconnect(nats);
     let mut failed = vec![false; msgs.len()];
@@ -322,7 +361,16 @@ async fn handle(
     let mut outputs = 0u64;
     for (i, outcome) in outcomes.iter_mut().enumerate() {
         if let Outcome::Ack(outs) = outcome {
-            for out in outs.drain(..) {
+            let d = &deliveries[i];
+            let event_id = outs.iter().find_map(|o| {
+                o.headers
+                    .iter()
+                    .find(|(k, _)| *k == subjects::HDR_EVENT_ID)
+                    .map(|(_, v)| v.clone())
+            });
+            let _spans = crate::tracectx::handle_spans(d, name, event_id.as_deref(), handled_at);
+            for mut out in outs.drain(..) {
+                crate::tracectx::carry(d, name, &mut out);
                 outputs += 1;
                 for (idx, r) in window.send(i, out).await {
                     errors.note(&mut failed, idx, r);

@@ -267,7 +267,9 @@ pub async fn watch(nats: &Nats) -> anyhow::Result<Live<RuleSet>> {
         let b = b.clone();
         Box::pin(async move {
             let entry = Entry::parse(&bytes)?;
-            compile(load(&b, entry).await?).await
+            let set = compile(load(&b, entry).await?).await?;
+            whale_kernel::metrics::rule_set_in_force(set.version());
+            Ok(set)
         })
     })
     .await

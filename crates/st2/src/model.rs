@@ -202,6 +202,21 @@ impl ExecutionRequest {
             "trace_context": {"trace_tag": task_id},
         })
     }
+
+    /// [`Self::whale_context`] plus the W3C trace context of the event, when it has one:
+    /// `whale.traceparent`, so StackStorm's side of the work can be joined to whale's trace.
+    pub fn whale_context_traced(
+        event_id: &str,
+        rule: &str,
+        task_id: &str,
+        traceparent: Option<&str>,
+    ) -> Value {
+        let mut context = Self::whale_context(event_id, rule, task_id);
+        if let (Some(tp), Some(whale)) = (traceparent, context.get_mut("whale")) {
+            whale["traceparent"] = Value::String(tp.to_owned());
+        }
+        context
+    }
 }
 
 /// One server-sent event: `event: <name>` and its JSON `data`.

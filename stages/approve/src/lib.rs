@@ -89,10 +89,9 @@ impl Approve {
         if links.secret.is_none() {
             tracing::warn!("WHALE_APPROVAL_SECRET is not set: approval messages carry no links (decide with `whale approvals` or /v1/approvals)");
         }
-        Ok(Approve {
-            kv: store::bucket(nats, cfg).await?,
-            links,
-        })
+        let kv = store::bucket(nats, cfg).await?;
+        tokio::spawn(watch_queue(kv.clone()));
+        Ok(Approve { kv, links })
     }
 
     async fn request(&self, d: &Delivery) -> Outcome {
@@ -211,5 +210,30 @@ fn kv_down(e: anyhow::Error) -> Outcome {
     Outcome::Retry {
         delay: Duration::from_secs(2),
         reason: format!("KV unavailable: {e:#}"),
+    }
+}
+
+/// How often the approval queue is read for `/metrics`.
+const QUEUE_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Reads the pending approvals every [`QUEUE_EVERY`] into `whale_approvals_pending` and
+/// `whale_approvals_oldest_pending_age_seconds` (a failed read keeps the last values).
+async fn watch_queue(kv: store::Approvals) {
+    let mut every = tokio::time::interval(QUEUE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Ok(all) = store::list(&kv).await else {
+            continue;
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let pending: Vec<&store::Approval> = all.iter().filter(|a| a.is_pending()).collect();
+        let oldest = pending
+            .iter()
+            .map(|a| now - a.requested_unix())
+            .max()
+            .unwrap_or(0)
+            .max(0);
+        whale_kernel::metrics::approvals(pending.len() as u64, oldest as u64);
     }
 }

@@ -79,6 +79,15 @@ impl Approval {
         }
     }
 
+    /// When the approval was requested (unix seconds): its timeout before it expires.
+    pub fn requested_unix(&self) -> i64 {
+        let timeout = match &self.task.approval {
+            Some(a) => Duration::from_millis(a.timeout_ms),
+            None => DEFAULT_TIMEOUT,
+        };
+        self.expires_unix - timeout.as_secs() as i64
+    }
+
     pub fn is_pending(&self) -> bool {
         self.state == PENDING
     }

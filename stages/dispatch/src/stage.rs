@@ -67,6 +67,9 @@ impl Dispatch {
             anyhow::bail!("no StackStorm cluster is configured: set WHALE_ST2_URL (and WHALE_ST2_API_KEY) for the `default` cluster, or add [clusters.<name>] to whale.toml");
         }
         clusters.watch(nats).await?;
+        for name in clusters.names() {
+            metrics::known_cluster(name);
+        }
         let claims = Claims::open(nats).await?;
         let d = cfg.dispatch.clone();
         Ok(Dispatch {
@@ -342,13 +345,32 @@ impl Dispatch {
         let req = ExecutionRequest {
             action: t.action.clone(),
             parameters: t.parameters.clone(),
-            context: ExecutionRequest::whale_context(&t.event_id, &t.rule, &t.task_id),
+            context: ExecutionRequest::whale_context_traced(
+                &t.event_id,
+                &t.rule,
+                &t.task_id,
+                whale_kernel::tracectx::position(job.d, "dispatch", None)
+                    .map(|p| p.traceparent())
+                    .as_deref(),
+            ),
         };
-        match c.st2.create_execution(&req).await {
+        let mut span = whale_kernel::tracectx::child(job.d, "dispatch", "stackstorm POST");
+        span.set("whale.cluster", c.name.clone());
+        span.set("whale.task_id", t.task_id.clone());
+        let created = c.st2.create_execution(&req).await;
+        if let Err(e) = &created {
+            span.error(e.to_string());
+        }
+        drop(span);
+        match created {
             Ok(exec) => {
                 self.clusters.succeeded(c);
                 metrics::execution_created(&c.name);
                 metrics::count(Kind::Created);
+                if let Some(ms) = whale_kernel::tracectx::received_ms(job.d) {
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+                    metrics::ingest_to_dispatch(&c.name, (now as i64 - ms).max(0) as f64 / 1000.0);
+                }
                 self.failpoint();
                 let created = exec
                     .start_timestamp
@@ -478,6 +500,13 @@ impl Dispatch {
         record: bool,
     ) -> Outcome {
         metrics::count(Kind::DeadLetter);
+        // A cluster name not configured (an unknown route) is counted as `unknown`: labels
+        // stay bounded.
+        metrics::dead_letter(if self.clusters.names().any(|n| n == cluster) {
+            cluster
+        } else {
+            "unknown"
+        });
         tracing::warn!(cluster, task = %job.task.task_id, "dead letter: {reason}");
         if record {
             let dead = Claim::Dead {

@@ -303,7 +303,13 @@ impl Sender {
             }
             Err(e) => return kv_down(e),
         };
+        let mut span = whale_kernel::tracectx::child(d, "feedback", "notification");
+        span.set("whale.channel", req.channel.clone());
         let result = self.post(channel, &req).await;
+        if let Err(e) = &result {
+            span.error(e.message.clone());
+        }
+        drop(span);
         let (state, error) = match result {
             Ok(()) => (State::Sent, None),
             Err(e) if e.ambiguous => (State::Unknown, Some(e.message)),

@@ -131,7 +131,14 @@ impl Stage for ThrottleStage {
             }
         }
         if !asks.is_empty() {
+            let spans: Vec<_> = asks
+                .iter()
+                .map(|a| {
+                    whale_kernel::tracectx::child(&batch[a.index], "throttle", "redis decision")
+                })
+                .collect();
             let decisions = self.limiter.decide(&reqs).await;
+            drop(spans);
             self.outage.observe(&decisions);
             self.failpoint(decisions.iter().filter(|d| d.is_ok()).count());
             for (ask, decision) in asks.into_iter().zip(decisions) {

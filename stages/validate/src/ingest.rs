@@ -318,11 +318,30 @@ async fn post_events(
         prepare(&body, &spans, &limits, keep)
     };
     drop(body);
-    let ready = match ready {
+    let mut ready = match ready {
         Ok(r) => r,
         Err(refused) => return refused.answer(),
     };
+    let _span = with_trace_context(&headers, &mut ready);
     publish_ready(&st, ready, json!({})).await
+}
+
+/// The caller's W3C `traceparent` (when valid) on every event of the request, under an ingest
+/// span (ended when the returned value drops), so the caller's trace goes on through the
+/// pipeline; without one, validate starts a trace per event.
+fn with_trace_context(headers: &HeaderMap, ready: &mut Ready) -> whale_kernel::tracectx::Span {
+    let Some(caller) = headers
+        .get(subjects::HDR_TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| whale_kernel::tracectx::valid(v))
+    else {
+        return whale_kernel::tracectx::Span::none();
+    };
+    let (span, tp) = whale_kernel::tracectx::ingest(caller, "POST /v1/events", ready.outputs.len());
+    for out in &mut ready.outputs {
+        out.headers.push((subjects::HDR_TRACEPARENT, tp.clone()));
+    }
+    span
 }
 
 /// Rate limit, publish and answer for events ready to go (`extra` is merged into the 202

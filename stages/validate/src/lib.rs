@@ -5,6 +5,7 @@
 
 pub mod hooks;
 pub mod ingest;
+pub mod metrics;
 pub mod schemas;
 
 use async_trait::async_trait;
@@ -191,11 +192,11 @@ impl Stage for Validate {
             let outs = self
                 .from_hook(name, d)
                 .into_iter()
-                .map(|r| output(r, d))
+                .map(|r| output(r, d, &self.registry))
                 .collect();
             return Outcome::Ack(outs);
         }
-        Outcome::Ack(vec![output(self.judge(d), d)])
+        Outcome::Ack(vec![output(self.judge(d), d, &self.registry)])
     }
 }
 
@@ -241,18 +242,29 @@ impl Validate {
 }
 
 /// The message for a judged event: accepted on `whale.events.<type>`, or its rejection.
-fn output(judged: Result<Envelope, Box<Rejection>>, d: &Delivery) -> Output {
+fn output(judged: Result<Envelope, Box<Rejection>>, d: &Delivery, registry: &Registry) -> Output {
     match judged {
         Ok(ev) => {
             STAGE_EVENTS
                 .with_label_values(&["validate", "accepted"])
                 .inc();
+            // Label values stay bounded: a type without a schema (allowed by
+            // events.allow_unknown_types) is counted as `other`.
+            let type_label = if registry.get(&ev.event_type).is_some() {
+                ev.event_type.as_str()
+            } else {
+                "other"
+            };
+            metrics::ACCEPTED.with_label_values(&[type_label]).inc();
             Output::json(subjects::events(&ev.event_type), ev.id.clone(), &ev)
                 .header(subjects::HDR_EVENT_ID, ev.id.clone())
         }
         Err(rej) => {
             STAGE_EVENTS
                 .with_label_values(&["validate", "rejected"])
+                .inc();
+            metrics::REJECTIONS
+                .with_label_values(&[metrics::reason(&rej)])
                 .inc();
             let msg_id = match &rej.id {
                 Some(id) => format!("rej:{id}"),
