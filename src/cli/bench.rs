@@ -20,6 +20,9 @@ pub enum Cmd {
     /// The whole pipeline (all stages, NATS, Redis, StackStorm emulator) end to end: events/s,
     /// ingest→StackStorm latency, CPU/memory per process, beside raw JetStream rates.
     Pipeline(super::bench_pipeline::Args),
+    /// The operator console: page weight of a first view and each page's response time with
+    /// 100k events in the embedded index, beside the JSON route for the same data.
+    Console(super::bench_console::Args),
 }
 
 #[derive(clap::Args)]
@@ -53,6 +56,7 @@ pub async fn run(mut cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
     let a = match cmd {
         Cmd::Validate(a) => a,
         Cmd::Pipeline(a) => return super::bench_pipeline::run(cfg, a).await,
+        Cmd::Console(a) => return super::bench_console::run(cfg, a).await,
     };
     let server = match &a.nats_url {
         Some(_) => None,

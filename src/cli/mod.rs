@@ -5,6 +5,7 @@ mod approvals;
 mod audit;
 mod auth;
 mod bench;
+mod bench_console;
 mod bench_pipeline;
 mod clusters;
 mod dead_letters;
@@ -19,7 +20,7 @@ mod schemas;
 mod setup;
 mod status;
 mod term;
-mod trace;
+pub(crate) mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
