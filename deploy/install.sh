@@ -32,11 +32,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 # The operator console's browser tests (tests/it/console.rs) drive headless Chromium over WebDriver.
-if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
-  log "installing chromium and chromium-driver (Debian), for the console's browser tests"
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 || ! dpkg -s fonts-wqy-microhei >/dev/null 2>&1; then
+  log "installing chromium, chromium-driver and a CJK font (Debian), for the console's browser tests and screenshots"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq chromium chromium-driver >/dev/null
+  apt-get install -y -qq chromium chromium-driver fonts-wqy-microhei >/dev/null
 fi
 
 # st2client pins old libraries (jsonschema 3.2): keep it in its own virtualenv under .whale/tools.

@@ -40,7 +40,7 @@ pub fn page(ctx: &Ctx, active: &str, title: &str, body: Markup) -> Response {
             body {
                 a.skip href="#main" { "Skip to content" }
                 header {
-                    a.brand href="/ui/" { "🐋 " (ctx.t("app")) }
+                    a.brand href="/ui/" { (ctx.t("app")) }
                     nav aria-label=(ctx.t("nav.main")) {
                         ul {
                             @for (path, key) in NAV {
@@ -125,7 +125,7 @@ pub fn sign_in(lang: Lang, next: &str, failed: bool, open: bool) -> Response {
             (head(lang, lang.t("sign_in")))
             body.signin {
                 main #main {
-                    h1 { "🐋 " (lang.t("app")) }
+                    h1 { (lang.t("app")) }
                     @if failed { p #message .bad role="alert" { (lang.t("sign_in.refused")) } }
                     form method="post" action="/ui/sign-in" {
                         input type="hidden" name="next" value=(next);
