@@ -40,7 +40,12 @@ fn doc(i: usize, now: OffsetDateTime) -> Doc {
     ][i % 4];
     Doc {
         id: format!("event:{id}"),
-        kind: if i % 50 == 0 { "rejected" } else { "event" }.into(),
+        kind: if i.is_multiple_of(50) {
+            "rejected"
+        } else {
+            "event"
+        }
+        .into(),
         event_id: Some(id.clone()),
         event_type: Some(event_type.into()),
         source: Some(format!("bench/{}", i % 7)),
@@ -92,6 +97,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     );
 
     let cfg = Arc::new(cfg);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let auth = Auth::from_config(&cfg)?;
     let auth = Arc::new(auth.with_sessions(crate::console::sessions(&nats, &cfg).await?));
     let mut router = http::base_router(whale_kernel::Health::default(), Some(nats.clone()));
@@ -100,11 +106,18 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     router = router.merge(whale_feedback::http::router(&nats, cfg.clone()).await?);
     router = router.merge(whale_approve::http::router(&nats, cfg.clone()).await?);
     router = router.merge(whale_dispatch::http::router(&nats, cfg.clone()).await?);
-    router =
-        router.merge(crate::console::router(&nats, cfg.clone(), auth.clone(), &["index"]).await?);
+    router = router.merge(
+        crate::console::router(
+            &nats,
+            cfg.clone(),
+            auth.clone(),
+            &["index"],
+            stop_rx.clone(),
+        )
+        .await?,
+    );
     let router = whale_kernel::auth::layer(router, auth);
     let router = http::harden(router, cfg.http.request_timeout);
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (addr, task) = http::serve("127.0.0.1:0", router, stop_rx).await?;
     let base = format!("http://{addr}");
     let client = reqwest::Client::builder().build()?;

@@ -110,7 +110,9 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     // The operator console (src/console): after the stages, whose parts it reads.
-    router = router.merge(crate::console::router(&nats, cfg.clone(), auth.clone(), &names).await?);
+    router = router.merge(
+        crate::console::router(&nats, cfg.clone(), auth.clone(), &names, stop_rx.clone()).await?,
+    );
     let router = whale_kernel::auth::layer(router, auth);
     let router = http::harden(router, cfg.http.request_timeout);
     let (addr, http_task) = match (&cfg.http.tls_cert_file, &cfg.http.tls_key_file) {

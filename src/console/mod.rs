@@ -44,6 +44,8 @@ pub struct Console {
     execs: Option<whale_feedback::manage::Manager>,
     approvals: Option<whale_approve::store::Approvals>,
     dead: Option<whale_dispatch::dead_letters::DeadLetters>,
+    /// Turns true when `whale run` stops: live streams end so the server can drain.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 type App = Arc<Console>;
@@ -99,6 +101,7 @@ pub async fn router(
     cfg: Arc<Config>,
     auth: Arc<Auth>,
     stages: &[&'static str],
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Router> {
     let sessions = auth
         .sessions()
@@ -129,6 +132,7 @@ pub async fn router(
         execs,
         approvals,
         dead,
+        stop,
     });
     Ok(Router::new()
         .route("/", get(root))

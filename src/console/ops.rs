@@ -353,7 +353,16 @@ pub async fn decide(
         Some(f.reason.trim().chars().take(500).collect::<String>()).filter(|r| !r.is_empty());
     match whale_approve::store::decide(&app.nats, kv, &id, verdict, &who, reason).await {
         Ok(a) => done("/ui/approvals", &format!("{} {}", a.task.task_id, a.state)),
-        Err(e) => layout::message(&ctx, StatusCode::CONFLICT, ctx.t("refused"), &e.to_string()),
+        Err(e) => {
+            use whale_approve::store::DecideError as E;
+            let code = match &e {
+                E::NotFound(_) => StatusCode::NOT_FOUND,
+                E::AlreadyDecided(_) | E::TimedOut(_) => StatusCode::GONE,
+                E::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                E::Internal(_) | E::AuditMissing(..) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            layout::message(&ctx, code, ctx.t("refused"), &e.to_string())
+        }
     }
 }
 

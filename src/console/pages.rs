@@ -210,20 +210,43 @@ pub async fn overview(State(app): State<App>, ctx: Ctx) -> Response {
     )
 }
 
+/// Longest life of one live stream.
+const LIVE_MAX: Duration = Duration::from_secs(600);
+
 /// `text/event-stream`: the overview's body again every 5 s, with rates since the last one.
 pub async fn live(State(app): State<App>, ctx: Ctx) -> Response {
     let stream = futures::stream::unfold(
-        (app, ctx, None::<(Counts, std::time::Instant)>),
+        (
+            app,
+            ctx,
+            None::<(Counts, std::time::Instant, std::time::Instant)>,
+        ),
         |(app, ctx, last)| async move {
             if last.is_some() {
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                let mut stop = app.stop.clone();
+                let stopped = tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => false,
+                    r = stop.wait_for(|s| *s) => r.is_ok(),
+                };
+                // Ends on shutdown (so the server can drain) and after LIVE_MAX (the browser
+                // reconnects on its own).
+                if stopped
+                    || last
+                        .as_ref()
+                        .is_some_and(|(_, _, since)| since.elapsed() > LIVE_MAX)
+                {
+                    return None;
+                }
             }
-            let before = last.as_ref().map(|(c, at)| (c, at.elapsed().as_secs_f64()));
+            let before = last
+                .as_ref()
+                .map(|(c, at, _)| (c, at.elapsed().as_secs_f64()));
+            let since = last.as_ref().map_or_else(std::time::Instant::now, |l| l.2);
             let (m, counts) = overview_body(&app, &ctx, before).await;
             let ev = Event::default().event("overview").data(m.into_string());
             Some((
                 Ok::<_, Infallible>(ev),
-                (app, ctx, Some((counts, std::time::Instant::now()))),
+                (app, ctx, Some((counts, std::time::Instant::now(), since))),
             ))
         },
     );

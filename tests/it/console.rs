@@ -250,6 +250,11 @@ async fn console_in_a_real_browser() {
         text_of(&b, "#backlog").await.contains("validate"),
         "the overview shows each stage's backlog"
     );
+    b.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#live[data-updated] #backlog"))
+        .await
+        .expect("the overview refreshes over SSE");
     shot(&b, "overview").await;
 
     // Search the event, open its trace.
@@ -273,13 +278,18 @@ async fn console_in_a_real_browser() {
         .click()
         .await
         .unwrap();
-    let link = b
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#hits a.trace"))
-        .await
-        .unwrap();
-    assert_eq!(link.text().await.unwrap(), event_id);
+    // The unfiltered page lists the event too: wait for the search's own page.
+    let mut searched = false;
+    for _ in 0..100 {
+        let url = b.current_url().await.unwrap();
+        if url.query().is_some_and(|q| q.contains("q=detail.host")) {
+            searched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(searched, "the search form did not submit");
+    assert_eq!(text_of(&b, "#hits a.trace").await, event_id);
     b.goto(&format!("{base}/ui/events?q=*&kind=event,rejected"))
         .await
         .unwrap();
@@ -482,4 +492,150 @@ async fn console_in_a_real_browser() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Issue 17 "sessions work with several `whale run` processes": a cookie signed in on one
+/// process is accepted by another (the key is shared through KV), forms there still need the
+/// session's CSRF token and the console's own origin, and the page whose data lives in a stage
+/// the process does not run (the embedded index) says so. A producer token cannot sign in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_works_on_every_process_and_forms_need_csrf_and_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = String::new();
+    for (name, role, t) in TOKENS {
+        toml.push_str(&format!(
+            "[[auth.tokens]]\nname = \"{name}\"\nrole = \"{}\"\nsha256 = \"{}\"\n",
+            role.as_str(),
+            hex(&hash_token(t))
+        ));
+    }
+    std::fs::write(dir.path().join("whale.toml"), toml).unwrap();
+    let mut env = Env::new();
+    env.set(
+        "WHALE_CONFIG",
+        dir.path().join("whale.toml").to_str().unwrap(),
+    );
+    env.set(
+        "WHALE_INDEX_DIR",
+        dir.path().join("index").to_str().unwrap(),
+    );
+    env.prepare();
+    let _a = env.run("index,approve");
+    let b_port = free_port();
+    let _b = env.spawn_on("approve", b_port, &dir.path().join("b.log"), &[]);
+    assert!(
+        ready(b_port, Duration::from_secs(30)).await,
+        "the second whale run never got ready"
+    );
+    let a = env.http("").trim_end_matches('/').to_owned();
+    let b = format!("http://127.0.0.1:{b_port}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in = |tok: &'static str, origin: String| {
+        http.post(format!("{a}/ui/sign-in"))
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={tok}&next=/ui/approvals"))
+            .send()
+    };
+    let r = sign_in(token(Role::Producer), a.clone()).await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/ui/sign-in?failed=1"));
+    assert!(
+        r.headers().get("set-cookie").is_none(),
+        "a producer gets no session"
+    );
+    let r = sign_in(token(Role::Operator), "http://evil.example".into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "sign-in from a foreign page");
+    let r = sign_in(token(Role::Operator), a.clone()).await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/approvals");
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_owned();
+
+    // The other process accepts the session.
+    let page = http
+        .get(format!("{b}/ui/approvals"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("oncall-op"),
+        "the page names the signed-in principal"
+    );
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a CSRF token in the page's forms")
+        .to_owned();
+    // Its Events page says the embedded index is in another process.
+    let events = http
+        .get(format!("{b}/ui/events"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    assert!(events
+        .text()
+        .await
+        .unwrap()
+        .contains("the embedded index lives in the process that runs the index stage"));
+    let ours = http
+        .get(format!("{a}/ui/events"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        ours.text().await.unwrap().contains("id=\"total\""),
+        "the index's own process searches"
+    );
+
+    let post = |origin: &str, body: String| {
+        http.post(format!("{b}/ui/approvals/t-none/approve"))
+            .header("cookie", &cookie)
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let r = post(&b, "reason=x".into()).await.unwrap();
+    assert_eq!(r.status(), 403, "no CSRF token");
+    assert!(r.text().await.unwrap().contains("CSRF"));
+    let r = post("http://evil.example", format!("csrf={csrf}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a foreign origin");
+    let r = post(&b, format!("csrf={csrf}&reason=x")).await.unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "with the token the action runs (and finds no such approval)"
+    );
+    assert!(r.text().await.unwrap().contains("t-none"));
+    // A forged cookie is no session.
+    let forged = cookie.replacen('7', "8", 1).replacen('a', "b", 1);
+    let r = http
+        .get(format!("{b}/ui/"))
+        .header("cookie", forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
 }
