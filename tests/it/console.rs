@@ -187,15 +187,7 @@ async fn console_in_a_real_browser() {
     let redis = RedisServer::start();
     let st2 = Emulator::start(&["--any-action"]);
     let dir = tempfile::tempdir().unwrap();
-    let mut toml = String::new();
-    for (name, role, t) in TOKENS {
-        toml.push_str(&format!(
-            "[[auth.tokens]]\nname = \"{name}\"\nrole = \"{}\"\nsha256 = \"{}\"\n",
-            role.as_str(),
-            hex(&hash_token(t))
-        ));
-    }
-    std::fs::write(dir.path().join("whale.toml"), toml).unwrap();
+    write_config(dir.path());
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules).unwrap();
     std::fs::write(rules.join("console.yaml"), RULE).unwrap();
@@ -490,6 +482,19 @@ async fn console_in_a_real_browser() {
     eprintln!("console: screenshots in {}", artifacts().display());
 }
 
+/// `whale.toml` in `dir` with the test's four tokens.
+fn write_config(dir: &std::path::Path) {
+    let mut toml = String::new();
+    for (name, role, t) in TOKENS {
+        toml.push_str(&format!(
+            "[[auth.tokens]]\nname = \"{name}\"\nrole = \"{}\"\nsha256 = \"{}\"\n",
+            role.as_str(),
+            hex(&hash_token(t))
+        ));
+    }
+    std::fs::write(dir.join("whale.toml"), toml).unwrap();
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -501,15 +506,7 @@ fn hex(b: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_works_on_every_process_and_forms_need_csrf_and_origin() {
     let dir = tempfile::tempdir().unwrap();
-    let mut toml = String::new();
-    for (name, role, t) in TOKENS {
-        toml.push_str(&format!(
-            "[[auth.tokens]]\nname = \"{name}\"\nrole = \"{}\"\nsha256 = \"{}\"\n",
-            role.as_str(),
-            hex(&hash_token(t))
-        ));
-    }
-    std::fs::write(dir.path().join("whale.toml"), toml).unwrap();
+    write_config(dir.path());
     let mut env = Env::new();
     env.set(
         "WHALE_CONFIG",
