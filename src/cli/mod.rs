@@ -17,7 +17,7 @@ mod schemas;
 mod setup;
 mod status;
 mod term;
-mod trace;
+pub(crate) mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -29,7 +29,7 @@ pub struct Args {
 
 pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let names = registry::parse(&a.stages)?;
-    let auth = Arc::new(whale_kernel::auth::Auth::from_config(&cfg)?);
+    let auth = whale_kernel::auth::Auth::from_config(&cfg)?;
     if !auth.enabled() {
         if whale_kernel::auth::is_loopback(&cfg.http.addr) {
             tracing::info!("no auth configured: every HTTP route is open, on loopback only");
@@ -52,6 +52,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     // Before any rule set is compiled: every jq predicate and template gets this time limit.
     whale_rules::set_default_eval_time(Some(cfg.rules.eval_time_limit).filter(|d| !d.is_zero()));
     let nats = super::connect(&cfg, &format!("run {}", names.join(","))).await?;
+    let auth = Arc::new(auth.with_sessions(crate::console::sessions(&nats, &cfg).await?));
     let cfg = Arc::new(cfg);
     let health = Health::default();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -94,6 +95,10 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // The operator console (src/console): after the stages, whose parts it reads.
+    router = router.merge(
+        crate::console::router(&nats, cfg.clone(), auth.clone(), &names, stop_rx.clone()).await?,
+    );
     let router = whale_kernel::auth::layer(router, auth);
     let router = http::harden(router, cfg.http.request_timeout);
     let (addr, http_task) = match (&cfg.http.tls_cert_file, &cfg.http.tls_key_file) {

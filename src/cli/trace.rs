@@ -64,7 +64,19 @@ async fn not_matched(cfg: &Config, t: &mut Trace) {
     else {
         return;
     };
-    let Some((stored, from)) = version_in_force(&nats, t).await else {
+    explain(&nats, cfg, t, &ev, &event_type).await;
+}
+
+/// Fills `t.not_matched` and the version it was evaluated with (also the console's trace page).
+pub(crate) async fn explain(
+    nats: &whale_kernel::Nats,
+    cfg: &Config,
+    t: &mut Trace,
+    ev: &serde_json::Value,
+    event_type: &str,
+) {
+    let ev = ev.clone();
+    let Some((stored, from)) = version_in_force(nats, t).await else {
         return;
     };
     let Ok(set) = whale_rules::RuleSet::compile(&stored.sources) else {
@@ -75,7 +87,7 @@ async fn not_matched(cfg: &Config, t: &mut Trace) {
     let input = whale_rules::Input::new(ev);
     let max = cfg.rules.max_for_each_items;
     let mut out = Vec::new();
-    for rule in set.rules_for(&event_type).iter() {
+    for rule in set.rules_for(event_type).iter() {
         let name = rule.name().to_owned();
         if rule.for_each().is_none() {
             let e = rule.evaluate(&input);
@@ -115,7 +127,7 @@ async fn not_matched(cfg: &Config, t: &mut Trace) {
     t.not_matched = out;
 }
 
-fn why(failed: Option<whale_rules::StepFailure>) -> String {
+pub(crate) fn why(failed: Option<whale_rules::StepFailure>) -> String {
     match failed {
         Some(f) => format!(
             "{} was false: saw {} ({})",

@@ -7,6 +7,7 @@ mod approvals;
 mod bench;
 mod chaos;
 mod cluster;
+mod console;
 mod deploy;
 mod dispatch;
 mod fanout;

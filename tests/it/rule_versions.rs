@@ -92,7 +92,9 @@ async fn a_set_over_one_mib_applies_to_a_default_server_and_matches() {
 
     // Nothing stored is near the limit: the manifest is small, chunks ≤ 512 KiB.
     let nats = env.connect().await;
-    let kv = whale_kernel::kv::Bucket::open(&nats, KV_RULES).await.unwrap();
+    let kv = whale_kernel::kv::Bucket::open(&nats, KV_RULES)
+        .await
+        .unwrap();
     let active = kv.get("active").await.unwrap().unwrap();
     assert!(
         active.len() < 16 << 10,
@@ -148,7 +150,9 @@ async fn a_set_in_the_old_single_value_form_still_loads() {
         .to_owned();
     let old = json!({"version": version, "applied_at": "2026-01-02T03:04:05Z", "sources": sources});
     let nats = env.connect().await;
-    let kv = whale_kernel::kv::Bucket::open(&nats, KV_RULES).await.unwrap();
+    let kv = whale_kernel::kv::Bucket::open(&nats, KV_RULES)
+        .await
+        .unwrap();
     let ttl = whale_kernel::kv::Ttl::Bucket;
     kv.put(&format!("v.{version}"), old.to_string().into(), ttl)
         .await

@@ -63,6 +63,11 @@ pub enum Access {
     /// An approval link: public when the request carries a signature (`sig=` in the query; the
     /// handler checks it), otherwise an API call that needs `operator`.
     SignedLink,
+    /// A page or form of the operator console (`src/console`): a signed-in browser session
+    /// (or a bearer token) whose role allows this one. Without credentials a page redirects to
+    /// the sign-in page instead of answering JSON; a form needs a same-origin `Origin` (its
+    /// CSRF token is checked by the console).
+    Console(Role),
 }
 
 impl Access {
@@ -71,6 +76,10 @@ impl Access {
             Access::Public => "public",
             Access::Role(r) => r.as_str(),
             Access::SignedLink => "signed-link",
+            Access::Console(Role::Producer) => "console:producer",
+            Access::Console(Role::Viewer) => "console:viewer",
+            Access::Console(Role::Operator) => "console:operator",
+            Access::Console(Role::Admin) => "console:admin",
         }
     }
 }
@@ -85,6 +94,8 @@ pub enum Body {
     /// Events: JSON, `application/*+json`, NDJSON, or CloudEvents binary mode (`ce-specversion`
     /// set) with any type.
     Events,
+    /// `application/x-www-form-urlencoded`: a console form.
+    Form,
 }
 
 /// One row of the policy table.
@@ -108,6 +119,8 @@ const fn p(method: &'static str, route: &'static str, access: Access, body: Body
 
 const VIEWER: Access = Access::Role(Role::Viewer);
 const OPERATOR: Access = Access::Role(Role::Operator);
+const PAGE: Access = Access::Console(Role::Viewer);
+const PAGE_ACTION: Access = Access::Console(Role::Operator);
 
 /// Every route `whale run` serves and what it needs. A route missing here is refused (403) and
 /// logged; `tests/it/security/auth.rs` checks that this table covers every route declared in
@@ -164,6 +177,42 @@ pub const POLICIES: &[Policy] = &[
         Access::Role(Role::Admin),
         Body::Json,
     ),
+    // The operator console (docs/console.md): pages are viewer, actions operator.
+    p("GET", "/", Access::Public, Body::Any),
+    p("GET", "/ui/assets/{file}", Access::Public, Body::Any),
+    p("GET", "/ui/sign-in", Access::Public, Body::Any),
+    p("POST", "/ui/sign-in", Access::Public, Body::Any),
+    p("GET", "/ui/lang/{lang}", Access::Public, Body::Any),
+    p("POST", "/ui/sign-out", PAGE, Body::Form),
+    p("GET", "/ui/", PAGE, Body::Any),
+    p("GET", "/ui/live", PAGE, Body::Any),
+    p("GET", "/ui/events", PAGE, Body::Any),
+    p("GET", "/ui/trace/{id}", PAGE, Body::Any),
+    p("GET", "/ui/executions", PAGE, Body::Any),
+    p("GET", "/ui/executions/{id}", PAGE, Body::Any),
+    p(
+        "POST",
+        "/ui/executions/{id}/{action}",
+        PAGE_ACTION,
+        Body::Form,
+    ),
+    p("GET", "/ui/approvals", PAGE, Body::Any),
+    p(
+        "POST",
+        "/ui/approvals/{id}/{action}",
+        PAGE_ACTION,
+        Body::Form,
+    ),
+    p("GET", "/ui/dead-letters", PAGE, Body::Any),
+    p(
+        "POST",
+        "/ui/dead-letters/{id}/retry",
+        PAGE_ACTION,
+        Body::Form,
+    ),
+    p("GET", "/ui/audit", PAGE, Body::Any),
+    p("GET", "/ui/rules", PAGE, Body::Any),
+    p("POST", "/ui/rules/try", PAGE_ACTION, Body::Form),
 ];
 
 /// The policy of `method` on the route pattern `route` (HEAD follows GET).
@@ -252,6 +301,8 @@ pub struct Auth {
     known: Vec<Known>,
     oidc: Option<crate::oidc::Oidc>,
     proxies: Proxies,
+    /// The console's signed session cookies (`Access::Console` routes).
+    sessions: Option<Arc<crate::session::Sessions>>,
 }
 
 /// `auth.trusted_proxies` and what their identity header grants.
@@ -366,7 +417,19 @@ impl Auth {
             known,
             oidc,
             proxies,
+            sessions: None,
         })
+    }
+
+    /// Accepts the console's session cookies (signed with `sessions`' key) on console routes.
+    pub fn with_sessions(mut self, sessions: Arc<crate::session::Sessions>) -> Auth {
+        self.sessions = Some(sessions);
+        self
+    }
+
+    /// The console's session signer, when set.
+    pub fn sessions(&self) -> Option<&Arc<crate::session::Sessions>> {
+        self.sessions.as_ref()
     }
 
     /// Whether any principal is configured (tokens, OIDC or trusted proxies); without one every
@@ -542,6 +605,9 @@ async fn enforce(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) ->
             json!({"route": route}),
         );
     };
+    if let Access::Console(need) = pol.access {
+        return console_gate(&auth, need, pol.body, req, next, peer).await;
+    }
     let signed = pol.access == Access::SignedLink && is_link_request(&req);
     let principal = if pol.access == Access::Public || signed {
         Principal {
@@ -603,6 +669,146 @@ async fn enforce(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) ->
     next.run(req).await
 }
 
+/// How a console request was authenticated, for the console's CSRF check: a browser session
+/// (its forms carry the session's token), a bearer token (no cookie, nothing to forge), or no
+/// auth configured (forms carry the `anonymous` token).
+#[derive(Debug, Clone)]
+pub enum ConsoleAuth {
+    Session(crate::session::Session),
+    Bearer,
+    Open,
+}
+
+/// A console route: the session cookie, else a bearer token, else (no auth configured) open.
+/// A page without credentials redirects to sign-in; refusals are short HTML pages.
+async fn console_gate(
+    auth: &Auth,
+    need: Role,
+    body: Body,
+    mut req: Request,
+    next: Next,
+    peer: Option<IpAddr>,
+) -> Response {
+    let is_read = req.method() == Method::GET || req.method() == Method::HEAD;
+    let bearer_given = bearer(req.headers()).is_some();
+    if !is_read && !bearer_given && !same_origin(req.headers()) {
+        return console_refusal(
+            StatusCode::FORBIDDEN,
+            "this form did not come from the console's own origin (Origin/Referer header): reload the page and try again",
+        );
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let session = auth.sessions.as_ref().and_then(|s| {
+        crate::session::cookie(req.headers(), crate::session::COOKIE).and_then(|v| s.verify(v, now))
+    });
+    let (principal, how) = if let Some(s) = session {
+        let p = Principal {
+            name: s.name.clone(),
+            role: Some(s.role),
+        };
+        (p, ConsoleAuth::Session(s))
+    } else if bearer_given && auth.enabled() {
+        match auth.authenticate(req.headers(), peer) {
+            Ok(p) => (p, ConsoleAuth::Bearer),
+            Err(why) => return console_refusal(StatusCode::UNAUTHORIZED, &why),
+        }
+    } else if !auth.enabled() {
+        (Principal::anonymous(), ConsoleAuth::Open)
+    } else if is_read {
+        let next_url = req
+            .uri()
+            .path_and_query()
+            .map_or("/ui/", |p| p.as_str())
+            .to_owned();
+        let to = format!("/ui/sign-in?next={}", url_escape(&next_url));
+        return Response::builder()
+            .status(StatusCode::SEE_OTHER)
+            .header(header::LOCATION, to)
+            .body(axum::body::Body::empty())
+            .unwrap_or_default();
+    } else {
+        return console_refusal(
+            StatusCode::UNAUTHORIZED,
+            "your console session has expired or you are not signed in: sign in again at /ui/sign-in",
+        );
+    };
+    if auth.enabled() && !principal.role.is_some_and(|r| r.allows(need)) {
+        let has = principal.role.map_or("no role", |r| r.as_str());
+        tracing::info!(principal = %principal.name, "console: refused, role {} needed", need.as_str());
+        let mut r = console_refusal(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "{} has role {has}; this needs the {} role. Ask an administrator, or sign in with another token.",
+                principal.name,
+                need.as_str()
+            ),
+        );
+        r.headers_mut().insert(
+            "x-whale-needs-role",
+            header::HeaderValue::from_static(need.as_str()),
+        );
+        return r;
+    }
+    if !is_read {
+        if let Err(r) = check_type(body, req.headers()) {
+            return r;
+        }
+    }
+    req.extensions_mut().insert(principal);
+    req.extensions_mut().insert(how);
+    next.run(req).await
+}
+
+/// Whether a form post names the console's own origin: `Origin` (or, without it, `Referer`)
+/// has the request's `Host` as its authority.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let from = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+        .and_then(|v| v.to_str().ok());
+    let Some(from) = from else {
+        return false;
+    };
+    let authority = from
+        .split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(""));
+    authority == Some(host)
+}
+
+/// Percent-encodes what is not unreserved (a redirect target in a query).
+pub fn url_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A console refusal: a short HTML page with a link to sign in (never JSON to a browser).
+fn console_refusal(code: StatusCode, why: &str) -> Response {
+    let esc = why
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>whale: {code}</title>\
+         <main><h1>{code}</h1><p id=\"refusal\">{esc}</p><p><a href=\"/ui/sign-in\">Sign in</a> · <a href=\"/ui/\">Console</a></p></main></html>"
+    );
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(axum::body::Body::from(html))
+        .unwrap_or_default()
+}
+
 /// An approval link (GET opens it; POST with `sig=` in the query or a form body confirms it):
 /// the handler checks the signature. Any other request on a link route is an API call.
 fn is_link_request(req: &Request) -> bool {
@@ -630,6 +836,7 @@ fn check_type(body: Body, headers: &HeaderMap) -> Result<(), Response> {
     let ok = match body {
         Body::Any => true,
         Body::Json => ct == "application/json",
+        Body::Form => ct == "application/x-www-form-urlencoded",
         Body::Events => {
             headers.contains_key("ce-specversion")
                 || ct == "application/json"
@@ -643,6 +850,7 @@ fn check_type(body: Body, headers: &HeaderMap) -> Result<(), Response> {
     }
     let accepted = match body {
         Body::Events => "application/json, application/x-ndjson, application/cloudevents+json, or CloudEvents binary mode (ce-specversion)",
+        Body::Form => "application/x-www-form-urlencoded (a console form)",
         _ => "application/json",
     };
     Err(error(

@@ -168,6 +168,8 @@ pub struct Config {
     pub hooks: Vec<HookConfig>,
     /// The audit trail (`[audit]`): how long and how much of it `WHALE_AUDIT` keeps.
     pub audit: AuditConfig,
+    /// The operator console (`[console]`, docs/console.md): browser sessions and form limits.
+    pub console: ConsoleConfig,
 }
 
 /// One webhook adapter (`[[hooks]]`, docs/sources.md).
@@ -243,6 +245,33 @@ impl Default for AuditConfig {
             retention: Duration::from_secs(400 * 24 * 3600),
             max_bytes: 256 << 20,
             max_list: 10_000,
+        }
+    }
+}
+
+/// The operator console served by `whale run` at `/` (`[console]`, docs/console.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// How long a browser session lasts after sign-in (the signed cookie's expiry).
+    #[serde(deserialize_with = "de_duration")]
+    pub session_ttl: Duration,
+    /// The key that signs session cookies (at least 32 bytes). Unset (default): a random key
+    /// kept in KV (`whale_state`, `console.session-key`), shared by every `whale run`.
+    pub session_secret: Option<Secret>,
+    /// Largest console form body (sign-in, approve/deny reason, retry, rule text to try).
+    pub max_form_bytes: usize,
+    /// Events a console search counts by type and source (the newest ones of the match).
+    pub count_sample: usize,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            session_ttl: Duration::from_secs(12 * 3600),
+            session_secret: None,
+            max_form_bytes: 256 * 1024,
+            count_sample: 1000,
         }
     }
 }

@@ -18,6 +18,9 @@ pub const BREAKER: &str = "breaker.";
 pub const DEAD_LETTER_RETRY: &str = "dead-letter-retry.";
 /// `whale_claims`: a task's execution claim (`claim.<task_id>`).
 pub const CLAIM: &str = "claim.";
+/// `whale_state`: the key that signs the console's session cookies (kept forever, created by
+/// the first `whale run` that needs it; `console.session_secret` overrides it).
+pub const CONSOLE_SESSION_KEY: &str = "console.session-key";
 
 /// Whether `id` can be a KV key part as it is: letters, digits, `-` and `_`, at most 200 bytes.
 pub fn is_safe(id: &str) -> bool {

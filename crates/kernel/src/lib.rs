@@ -19,6 +19,7 @@ pub mod nats;
 pub mod oidc;
 pub mod publish;
 pub mod records;
+pub mod session;
 pub mod setup;
 pub mod status;
 pub mod subjects;

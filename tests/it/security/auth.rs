@@ -118,6 +118,8 @@ fn concrete(route: &str) -> String {
         .replace("{id}", "t-none")
         .replace("{action}", action)
         .replace("{name}", "alertmanager")
+        .replace("{file}", "console.css")
+        .replace("{lang}", "en")
 }
 
 async fn call(
@@ -232,6 +234,10 @@ async fn every_route_has_a_policy_and_answers_by_role() {
             row["route"].as_str().unwrap(),
             row["access"].as_str().unwrap(),
         );
+        if let Some(need) = access.strip_prefix("console:") {
+            console_walk(env, method, route, need).await;
+            continue;
+        }
         let (none_code, _) = call(&http, env, method, route, None).await;
         let link_get = access == "signed-link" && method == "GET";
         if access == "public" || link_get {
@@ -283,6 +289,56 @@ async fn every_route_has_a_policy_and_answers_by_role() {
             }
         );
     }
+}
+
+/// A console route (issue 17): a page without credentials redirects to sign-in (a form is
+/// 401), an unknown token is 401, the wrong role 403 (`x-whale-needs-role`), the right one and
+/// admin pass the layer. Forms carry a same-origin `Origin`, as a browser's do.
+async fn console_walk(env: &Env, method: &str, route: &str, need: &str) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = env.http(&concrete(route));
+    let origin = env.http("");
+    let origin = origin.trim_end_matches('/');
+    let send = |bearer: Option<&str>| {
+        let mut req = match method {
+            "GET" => http.get(&url),
+            _ => http
+                .post(&url)
+                .header("origin", origin)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("csrf=x"),
+        };
+        if let Some(t) = bearer {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.send()
+    };
+    let r = send(None).await.unwrap();
+    if method == "GET" {
+        assert_eq!(r.status(), 303, "{method} {route} without credentials");
+        let to = r.headers()["location"].to_str().unwrap();
+        assert!(to.starts_with("/ui/sign-in?next="), "{to}");
+    } else {
+        assert_eq!(r.status(), 401, "{method} {route} without credentials");
+    }
+    let r = send(Some("not-a-known-token-123")).await.unwrap();
+    assert_eq!(r.status(), 401, "{method} {route} with an unknown token");
+    let wrong = wrong_role(need);
+    let r = send(Some(token(wrong))).await.unwrap();
+    assert_eq!(r.status(), 403, "{method} {route} as {wrong:?}");
+    assert_eq!(r.headers()["x-whale-needs-role"], need);
+    for who in [role_of(need), Role::Admin] {
+        let r = send(Some(token(who))).await.unwrap();
+        let refused = r.status() == 401 || r.headers().contains_key("x-whale-needs-role");
+        assert!(!refused, "{method} {route} as {who:?}: {}", r.status());
+    }
+    eprintln!(
+        "{method:<6} {route:<36} {:<12} console: 303/401, 403, passes",
+        format!("console:{need}")
+    );
 }
 
 fn role_of(name: &str) -> Role {

@@ -1,0 +1,638 @@
+//! Issue 17, the operator console, in a real browser: headless Chromium driven over WebDriver
+//! (`chromedriver`, fantoccini) against `whale run --stages all` with real NATS, Redis and the
+//! StackStorm emulator. Signs in, searches an event, opens its trace, approves a pending task
+//! and sees the execution appear, retries it, switches to Chinese; a viewer is refused an
+//! operator action and a form without its CSRF token is refused. Every page is saved as a
+//! screenshot under `.whale/artifacts/console/`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use whale_kernel::auth::{hash_token, Role};
+use whale_kernel::testkit::RedisServer;
+
+use crate::harness::*;
+
+const TOKENS: [(&str, Role, &str); 4] = [
+    ("alertmanager", Role::Producer, "producer-token-console-01"),
+    ("dashboard", Role::Viewer, "viewer-token-console-01"),
+    ("oncall-op", Role::Operator, "operator-token-console-01"),
+    ("platform-admin", Role::Admin, "admin-token-console-01"),
+];
+
+fn token(role: Role) -> &'static str {
+    TOKENS.iter().find(|t| t.1 == role).map(|t| t.2).unwrap()
+}
+
+const RULE: &str = r#"name: console-cleanup
+description: Clean temp files, after an operator approves
+on: [vm.disk_usage]
+when:
+  - { path: .detail.env, eq: prod }
+action: ops.clean_disk
+params:
+  host: "{{ .detail.host }}"
+  note: "{{ .detail.usage_pct }}% on {{ .detail.host }}"
+approval: { required: true, timeout: 30m }
+"#;
+
+/// `chromedriver` on a free port; killed on drop. A machine without it fails the test with the
+/// command that installs it.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let found = Command::new("chromedriver").arg("--version").output();
+        assert!(
+            found.is_ok_and(|o| o.status.success())
+                && Command::new("chromium")
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success()),
+            "chromium and chromedriver are needed for the console's browser tests: \
+             `sudo apt-get install -y chromium chromium-driver` (deploy/install.sh does it)"
+        );
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chromedriver");
+        Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn browser(&self, lang: &str) -> Client {
+        // fantoccini's connector is built with rustls; chromedriver is plain HTTP on loopback.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                            "--window-size=1280,900", format!("--lang={lang}")],
+                   "prefs": {"intl.accept_languages": lang}}),
+        );
+        let mut last = None;
+        for _ in 0..50 {
+            match ClientBuilder::rustls()
+                .expect("rustls")
+                .capabilities(caps.clone())
+                .connect(&self.url)
+                .await
+            {
+                Ok(c) => return c,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("cannot start chromium through chromedriver: {last:?}");
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn artifacts() -> PathBuf {
+    let d = repo().join(".whale/artifacts/console");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn shot(b: &Client, name: &str) {
+    let png = b.screenshot().await.expect("screenshot");
+    std::fs::write(artifacts().join(format!("{name}.png")), png).unwrap();
+}
+
+async fn text_of(b: &Client, css: &str) -> String {
+    b.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn sign_in(b: &Client, base: &str, tok: &str) {
+    b.goto(&format!("{base}/ui/")).await.unwrap();
+    let url = b.current_url().await.unwrap();
+    assert_eq!(
+        url.path(),
+        "/ui/sign-in",
+        "an unauthenticated browser is sent to sign-in"
+    );
+    b.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(tok)
+        .await
+        .unwrap();
+    b.find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Id("principal"))
+        .await
+        .expect("signed in");
+}
+
+/// Polls `url` in the browser until `css` is on the page.
+async fn reload_until(b: &Client, url: &str, css: &str) -> bool {
+    for _ in 0..60 {
+        b.goto(url).await.unwrap();
+        if b.find(Locator::Css(css)).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+/// Submits a form built in the page (as a forged or replayed request would be): `csrf` is put
+/// in only when given.
+async fn post_form(b: &Client, action: &str, csrf: Option<&str>) {
+    b.execute(
+        "const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];
+         if (arguments[1] !== null) { const i = document.createElement('input'); i.type = 'hidden';
+           i.name = 'csrf'; i.value = arguments[1]; f.appendChild(i); }
+         document.body.appendChild(f); f.submit();",
+        vec![json!(action), json!(csrf)],
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_a_real_browser() {
+    let driver = Driver::start();
+    let redis = RedisServer::start();
+    let st2 = Emulator::start(&["--any-action"]);
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path());
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("console.yaml"), RULE).unwrap();
+    let mut env = Env::new();
+    env.set(
+        "WHALE_CONFIG",
+        dir.path().join("whale.toml").to_str().unwrap(),
+    );
+    env.set("WHALE_REDIS_URL", &redis.url());
+    env.set("WHALE_ST2_URL", &st2.url);
+    env.set("WHALE_ST2_API_KEY", "k");
+    env.set(
+        "WHALE_INDEX_DIR",
+        dir.path().join("index").to_str().unwrap(),
+    );
+    env.prepare();
+    env.ok(&["rules", "apply", rules.to_str().unwrap()]);
+    let _w = env.run("all");
+    let base = env.http("");
+    let base = base.trim_end_matches('/').to_owned();
+
+    // A matching event (held for approval), posted as the producer.
+    let http = reqwest::Client::new();
+    let post = |body: Value| {
+        http.post(format!("{base}/v1/events"))
+            .header("authorization", format!("Bearer {}", token(Role::Producer)))
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        json!({"event_type": "vm.disk_usage", "source": "prometheus/node",
+        "detail": {"host": "web-12", "usage_pct": 93, "env": "prod", "app": "shop",
+                   "mounts": [{"path": "/data", "usage_pct": 93}]}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let accepted: Value = r.json().await.unwrap();
+    let event_id = accepted["ids"][0]
+        .as_str()
+        .or_else(|| accepted["id"].as_str())
+        .unwrap_or_else(|| panic!("no event id in {accepted}"))
+        .to_owned();
+
+    // Sign in as the operator.
+    let b = driver.browser("en").await;
+    b.goto(&format!("{base}/ui/sign-in")).await.unwrap();
+    shot(&b, "sign-in").await;
+    sign_in(&b, &base, token(Role::Operator)).await;
+    assert!(text_of(&b, "#principal").await.contains("oncall-op"));
+    assert!(
+        text_of(&b, "#backlog").await.contains("validate"),
+        "the overview shows each stage's backlog"
+    );
+    b.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#live[data-updated] #backlog"))
+        .await
+        .expect("the overview refreshes over SSE");
+    shot(&b, "overview").await;
+
+    // Search the event, open its trace.
+    let search = format!("{base}/ui/events?q=detail.host:web-12");
+    assert!(
+        reload_until(&b, &search, "#hits a.trace").await,
+        "the event is never found by the console's search"
+    );
+    let total = text_of(&b, "#total").await;
+    assert!(total.starts_with("1 "), "one event on web-12: {total}");
+    b.goto(&format!("{base}/ui/events")).await.unwrap();
+    b.find(Locator::Id("q"))
+        .await
+        .unwrap()
+        .send_keys("detail.host:web-12")
+        .await
+        .unwrap();
+    b.find(Locator::Id("search"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // The unfiltered page lists the event too: wait for the search's own page.
+    let mut searched = false;
+    for _ in 0..100 {
+        let url = b.current_url().await.unwrap();
+        if url.query().is_some_and(|q| q.contains("q=detail.host")) {
+            searched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(searched, "the search form did not submit");
+    assert_eq!(text_of(&b, "#hits a.trace").await, event_id);
+    b.goto(&format!("{base}/ui/events?q=*&kind=event,rejected"))
+        .await
+        .unwrap();
+    shot(&b, "events").await;
+    b.goto(&search).await.unwrap();
+    b.find(Locator::Css("#hits a.trace"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        reload_until(
+            &b,
+            &format!("{base}/ui/trace/{event_id}"),
+            "li.step[data-kind=approval]"
+        )
+        .await,
+        "the trace never shows the approval step"
+    );
+    let timeline = text_of(&b, "#timeline").await;
+    assert!(
+        timeline.contains("event") && timeline.contains("console-cleanup"),
+        "{timeline}"
+    );
+
+    // Approve the pending task with a reason; its execution appears.
+    b.goto(&format!("{base}/ui/approvals")).await.unwrap();
+    let reason = b
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("article.approval input[name=reason]"))
+        .await
+        .unwrap();
+    shot(&b, "approvals").await;
+    reason.send_keys("disk is full, go").await.unwrap();
+    b.find(Locator::Css("article.approval button.approve"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let note = text_of(&b, "#message").await;
+    assert!(note.contains("approved"), "{note}");
+    assert!(
+        reload_until(&b, &format!("{base}/ui/executions"), "#executions tbody tr").await,
+        "the approved task's execution never appears"
+    );
+    let row = text_of(&b, "#executions tbody tr").await;
+    assert!(
+        row.contains("console-cleanup") && row.contains("ops.clean_disk"),
+        "{row}"
+    );
+    shot(&b, "executions").await;
+
+    // Retry it.
+    b.find(Locator::Css("#executions tbody tr td a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let first = text_of(&b, "#exec-id").await;
+    shot(&b, "execution").await;
+    b.find(Locator::Id("exec-retry"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let note = text_of(&b, "#message").await;
+    assert!(note.contains("retry → "), "{note}");
+    assert!(
+        !note.ends_with(&first),
+        "the retry is a new execution: {note}"
+    );
+
+    // The trace now goes on through the approval to the execution.
+    let trace = format!("{base}/ui/trace/{event_id}");
+    assert!(
+        reload_until(&b, &trace, "li.step[data-kind=dispatched]").await,
+        "the trace never shows the dispatch"
+    );
+    shot(&b, "trace").await;
+
+    // The audit trail names the signed-in principal for both actions.
+    b.goto(&format!("{base}/ui/audit")).await.unwrap();
+    let audit = text_of(&b, "#audit").await;
+    assert!(
+        audit.contains("approval.approve") && audit.contains("exec.retry"),
+        "{audit}"
+    );
+    assert!(audit.contains("oncall-op"), "{audit}");
+    shot(&b, "audit").await;
+    b.goto(&format!("{base}/ui/dead-letters")).await.unwrap();
+    shot(&b, "dead-letters").await;
+    b.goto(&format!("{base}/ui/rules")).await.unwrap();
+    assert!(text_of(&b, "#rules-version").await.len() > 10);
+    b.find(Locator::Id("try-event"))
+        .await
+        .unwrap()
+        .send_keys(&event_id)
+        .await
+        .unwrap();
+    b.find(Locator::Id("try-run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let tried = text_of(&b, "#try-result").await;
+    assert!(
+        tried.contains("console-cleanup") && tried.contains("matched") && tried.contains("web-12"),
+        "{tried}"
+    );
+    shot(&b, "rules").await;
+
+    // CSRF: the operator's own session, a form without the token → refused, nothing done.
+    let exec_path = format!("/ui/executions/{}", first);
+    post_form(&b, &format!("{exec_path}/cancel"), None).await;
+    assert!(
+        text_of(&b, "#message").await.contains("CSRF"),
+        "a form without its CSRF token is refused"
+    );
+    let cookie = b.get_named_cookie("whale_session").await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{base}{exec_path}/cancel"))
+        .header("cookie", format!("whale_session={}", cookie.value()))
+        .header("origin", &base)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("csrf=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "no CSRF token");
+    let r = reqwest::Client::new()
+        .post(format!("{base}{exec_path}/cancel"))
+        .header("cookie", format!("whale_session={}", cookie.value()))
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("csrf=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a foreign Origin");
+
+    // Chinese UI.
+    b.goto(&format!("{base}/ui/")).await.unwrap();
+    b.find(Locator::Css("header .who a[lang]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let nav = text_of(&b, "header nav").await;
+    assert!(nav.contains("事件") && nav.contains("审批"), "{nav}");
+    shot(&b, "overview-zh").await;
+
+    // Sign out; a viewer sees no action buttons and is refused an operator action.
+    b.execute(
+        "document.querySelector('header form button').click()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("token"))
+        .await
+        .unwrap();
+    sign_in(&b, &base, token(Role::Viewer)).await;
+    b.goto(&format!("{base}{exec_path}")).await.unwrap();
+    text_of(&b, "#exec-id").await;
+    assert!(
+        b.find(Locator::Id("exec-retry")).await.is_err(),
+        "a viewer gets no retry button"
+    );
+    let csrf = b
+        .find(Locator::Css("input[name=csrf]"))
+        .await
+        .unwrap()
+        .attr("value")
+        .await
+        .unwrap()
+        .unwrap();
+    post_form(&b, &format!("{exec_path}/retry"), Some(&csrf)).await;
+    let refusal = text_of(&b, "#refusal").await;
+    assert!(
+        refusal.contains("dashboard") && refusal.contains("operator"),
+        "{refusal}"
+    );
+    b.close().await.unwrap();
+    let created = st2.created().await;
+    assert_eq!(
+        created, 2,
+        "the approved execution and one retry, nothing from refused forms"
+    );
+    eprintln!("console: screenshots in {}", artifacts().display());
+}
+
+/// `whale.toml` in `dir` with the test's four tokens.
+fn write_config(dir: &std::path::Path) {
+    let mut toml = String::new();
+    for (name, role, t) in TOKENS {
+        toml.push_str(&format!(
+            "[[auth.tokens]]\nname = \"{name}\"\nrole = \"{}\"\nsha256 = \"{}\"\n",
+            role.as_str(),
+            hex(&hash_token(t))
+        ));
+    }
+    std::fs::write(dir.join("whale.toml"), toml).unwrap();
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Issue 17 "sessions work with several `whale run` processes": a cookie signed in on one
+/// process is accepted by another (the key is shared through KV), forms there still need the
+/// session's CSRF token and the console's own origin, and the page whose data lives in a stage
+/// the process does not run (the embedded index) says so. A producer token cannot sign in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_works_on_every_process_and_forms_need_csrf_and_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path());
+    let mut env = Env::new();
+    env.set(
+        "WHALE_CONFIG",
+        dir.path().join("whale.toml").to_str().unwrap(),
+    );
+    env.set(
+        "WHALE_INDEX_DIR",
+        dir.path().join("index").to_str().unwrap(),
+    );
+    env.prepare();
+    let _a = env.run("index,approve");
+    let b_port = free_port();
+    let _b = env.spawn_on("approve", b_port, &dir.path().join("b.log"), &[]);
+    assert!(
+        ready(b_port, Duration::from_secs(30)).await,
+        "the second whale run never got ready"
+    );
+    let a = env.http("").trim_end_matches('/').to_owned();
+    let b = format!("http://127.0.0.1:{b_port}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in = |tok: &'static str, origin: String| {
+        http.post(format!("{a}/ui/sign-in"))
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={tok}&next=/ui/approvals"))
+            .send()
+    };
+    let r = sign_in(token(Role::Producer), a.clone()).await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/ui/sign-in?failed=1"));
+    assert!(
+        r.headers().get("set-cookie").is_none(),
+        "a producer gets no session"
+    );
+    let r = sign_in(token(Role::Operator), "http://evil.example".into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "sign-in from a foreign page");
+    let r = sign_in(token(Role::Operator), a.clone()).await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/approvals");
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_owned();
+
+    // The other process accepts the session.
+    let page = http
+        .get(format!("{b}/ui/approvals"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("oncall-op"),
+        "the page names the signed-in principal"
+    );
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a CSRF token in the page's forms")
+        .to_owned();
+    // Its Events page says the embedded index is in another process.
+    let events = http
+        .get(format!("{b}/ui/events"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    assert!(events
+        .text()
+        .await
+        .unwrap()
+        .contains("the embedded index lives in the process that runs the index stage"));
+    let ours = http
+        .get(format!("{a}/ui/events"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        ours.text().await.unwrap().contains("id=\"total\""),
+        "the index's own process searches"
+    );
+
+    let post = |origin: &str, body: String| {
+        http.post(format!("{b}/ui/approvals/t-none/approve"))
+            .header("cookie", &cookie)
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let r = post(&b, "reason=x".into()).await.unwrap();
+    assert_eq!(r.status(), 403, "no CSRF token");
+    assert!(r.text().await.unwrap().contains("CSRF"));
+    let r = post("http://evil.example", format!("csrf={csrf}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a foreign origin");
+    let r = post(&b, format!("csrf={csrf}&reason=x")).await.unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "with the token the action runs (and finds no such approval)"
+    );
+    assert!(r.text().await.unwrap().contains("t-none"));
+    // A forged cookie is no session.
+    let forged = cookie.replacen('7', "8", 1).replacen('a', "b", 1);
+    let r = http
+        .get(format!("{b}/ui/"))
+        .header("cookie", forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+}
