@@ -13,6 +13,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo build (every binary: the tests run whale-bench and the emulator beside whale)"
+cargo build --workspace --bins --quiet
 echo "== cargo test"
 mkdir -p "$ROOT/.whale"
 cargo test --workspace --no-fail-fast 2>&1 | tee "$ROOT/.whale/test.log"

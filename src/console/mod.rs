@@ -66,7 +66,25 @@ pub async fn sessions(nats: &Nats, cfg: &Config) -> anyhow::Result<Arc<Sessions>
             secure,
         )?));
     }
-    let kv = Bucket::open(nats, subjects::KV_STATE).await?;
+    let kv = match Bucket::open(nats, subjects::KV_STATE).await {
+        Ok(kv) => kv,
+        Err(e) => {
+            // Without `whale setup` nothing else works either; the console still starts, with a
+            // key of this process only (a session is then valid on this process alone).
+            tracing::warn!(
+                "console sessions: {e:#}; signing sessions with a key of this process only \
+                 (set console.session_secret, or run `whale setup`, to share sessions)"
+            );
+            let mut fresh = [0u8; 32];
+            getrandom::fill(&mut fresh)
+                .map_err(|e| anyhow::anyhow!("no randomness for the console key: {e}"))?;
+            return Ok(Arc::new(Sessions::new(
+                &fresh,
+                cfg.console.session_ttl,
+                secure,
+            )?));
+        }
+    };
     let key = match kv.get(keys::CONSOLE_SESSION_KEY).await? {
         Some(k) => k.to_vec(),
         None => {

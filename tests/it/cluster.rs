@@ -695,14 +695,15 @@ async fn pipeline_survives_the_kill9_of_a_stream_leader() {
     );
     assert_eq!(st2.created().await, want.len() as u64, "executions created");
 
-    // The worker's live views survived too: a rule applied now reaches match and render (both
-    // log "loaded new version"), and events published now are executed by it.
+    // The worker's live view survived too: a rule applied now reaches match and render (they
+    // share one view of the rule set per process, which logs "loaded new version" once), and
+    // events published now are executed by it.
     let loaded = |log: &str| log.matches("loaded new version").count();
     let before = loaded(&worker.stderr());
     std::fs::write(rules.join("after.yaml"), AFTER_RULE).unwrap();
     env.ok(&["rules", "apply", rules.to_str().unwrap()]);
     let ok = eventually(Duration::from_secs(60), || async {
-        loaded(&worker.stderr()) >= before + 2
+        loaded(&worker.stderr()) > before
     })
     .await;
     assert!(

@@ -192,10 +192,22 @@ async fn events_become_tasks_and_a_new_rule_set_is_picked_up_while_events_flow()
         n,
         "no task lost or doubled across the switch"
     );
-    let second = per_rule.get("second-rule").map(|s| s.len()).unwrap_or(0);
+    // Workers switch asynchronously after `apply` returns (they read and compile the new set),
+    // so the first events sent after it may still meet the old set: the new rule must fire for
+    // all the later ones, and never for more events than there are.
+    let second_ids = per_rule.get("second-rule").cloned().unwrap_or_default();
+    let second = second_ids.len();
     assert!(
-        second >= n / 2 && second <= n,
+        second >= n / 4 && second <= n,
         "the new rule fired for the events after the switch: {second}"
+    );
+    let late: Vec<String> = (n - n / 4..n)
+        .map(|i| format!("flow-{i}"))
+        .filter(|id| !second_ids.contains(id))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the last quarter of the events all met the new set; these did not: {late:?}"
     );
     let t = tasks
         .iter()

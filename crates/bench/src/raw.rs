@@ -69,7 +69,7 @@ impl Raw {
         while got < payloads.len() {
             match msgs.next().await {
                 Some(Ok(m)) => {
-                    m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    m.ack().await.map_err(anyhow::Error::from_boxed)?;
                     got += 1;
                 }
                 Some(Err(e)) => tracing::debug!("bench consume: {e}"),

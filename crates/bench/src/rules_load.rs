@@ -116,7 +116,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             let dir = tempfile::tempdir()?;
             write_set(dir.path(), n, per_file)?;
             let t = Instant::now();
-            let set = RuleSet::load_dir(dir.path()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let set = RuleSet::load_dir(dir.path())?;
             let check = t.elapsed();
             let content = serde_json::to_vec(set.sources())?;
             let t = Instant::now();
@@ -168,7 +168,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     if a.rss_rules > 0 {
         let dir = tempfile::tempdir()?;
         write_set(dir.path(), a.rss_rules, 10)?;
-        let set = RuleSet::load_dir(dir.path()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let set = RuleSet::load_dir(dir.path())?;
         rules_store::apply(&nats, &set, rules_store::Provenance::default(), "apply").await?;
         let port = free_port();
         let mut child = std::process::Command::new(crate::pipeline::sibling("whale")?)

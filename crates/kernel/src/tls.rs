@@ -20,6 +20,14 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+/// Names rustls's process-wide crypto provider (ring, what whale's TLS is built with). rustls
+/// picks one by itself only when exactly one is compiled in; test builds link a second
+/// (aws-lc-rs, through the WebDriver client), and then every TLS connection would panic.
+/// Called once at start by every binary; a second call is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Longest a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more connections wait to be accepted.

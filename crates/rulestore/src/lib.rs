@@ -246,10 +246,8 @@ pub async fn load(b: &Bucket, entry: Entry) -> anyhow::Result<Stored> {
 
 /// Compiles a stored set off the async threads (a large set takes a while).
 pub async fn compile(stored: Stored) -> anyhow::Result<RuleSet> {
-    tokio::task::spawn_blocking(move || {
-        RuleSet::compile(&stored.sources).map_err(|e| anyhow::anyhow!("{e}"))
-    })
-    .await?
+    tokio::task::spawn_blocking(move || Ok::<_, anyhow::Error>(RuleSet::compile(&stored.sources)?))
+        .await?
 }
 
 /// The live view of the active rule set shared by the stages of this process (match and render

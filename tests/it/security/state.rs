@@ -164,13 +164,14 @@ async fn finding10_state_expires_and_exactly_once_still_holds() {
     // not yet expired, which takes 1 s + 6 s); plus the drain.
     assert_eq!(claims_before, N as u64, "one claim per task");
     assert!(
-        (3 * N as u64 + 1..=3 * N as u64 + 1 + A as u64).contains(&state_before),
-        "three keys per task, the approvals and the drain: {state_before}"
+        (3 * N as u64 + 2..=3 * N as u64 + 2 + A as u64).contains(&state_before),
+        "three keys per task, the approvals, the drain and the console's session key: {state_before}"
     );
 
-    // Past every lifetime: only the drain remains, and the pipe no longer holds the tasks.
+    // Past every lifetime: only the drain and the console's session key (kept: removing it signs
+    // everyone out) remain, and the pipe no longer holds the tasks.
     let expired = eventually(Duration::from_secs(30), || async {
-        bucket_messages(&nats, KV_CLAIMS).await == 0 && bucket_messages(&nats, KV_STATE).await == 1
+        bucket_messages(&nats, KV_CLAIMS).await == 0 && bucket_messages(&nats, KV_STATE).await == 2
     })
     .await;
     let claims_after = bucket_messages(&nats, KV_CLAIMS).await;

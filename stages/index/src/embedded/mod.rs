@@ -7,7 +7,7 @@
 //! is the durable record, and the index stage acks a message only after the commit that holds it
 //! ([`Backend::submit`]). A crash before the commit loses only what the stream redelivers. A
 //! redelivered message's document replaces any earlier copy (delete by id, then add, in the same
-//! commit); a first delivery cannot have an earlier copy, so it is added without that look-up.
+//! commit), always: even a first delivery may already be stored after a nats-server restart.
 
 pub(crate) mod schema;
 pub mod tokenizer;
@@ -426,10 +426,8 @@ impl Backend for Embedded {
         Ok(report)
     }
 
-    /// A document is added without looking for an earlier copy only when none can exist: its
-    /// message is on its first delivery and its stream sequence is past what the index had stored
-    /// when this writer opened it (a redelivery, a reset consumer, or an index from an earlier
-    /// whale replace by id as [`Backend::write`] always does).
+    /// Every document replaces its earlier copy by id; the commit records the highest stream
+    /// sequence it holds per subject prefix (`from`).
     async fn submit(
         &self,
         docs: Vec<Doc>,
@@ -439,7 +437,6 @@ impl Backend for Embedded {
             return Ok((WriteReport::default(), Box::pin(async { Ok(()) })));
         }
         let fields = self.shared.fields.clone();
-        let known = self.marks.clone();
         let (batch, marks) = tokio::task::spawn_blocking(move || {
             let mut marks = Marks::new();
             let batch = docs
@@ -447,23 +444,20 @@ impl Backend for Embedded {
                 .enumerate()
                 .map(|(i, d)| {
                     let key = seq_key(&d.subject);
-                    let new = match from.get(i).filter(|f| f.stream_seq > 0) {
-                        Some(f) => {
-                            match marks.get_mut(key) {
-                                Some(m) => *m = (*m).max(f.stream_seq),
-                                None => {
-                                    marks.insert(key.to_owned(), f.stream_seq);
-                                }
+                    if let Some(f) = from.get(i).filter(|f| f.stream_seq > 0) {
+                        match marks.get_mut(key) {
+                            Some(m) => *m = (*m).max(f.stream_seq),
+                            None => {
+                                marks.insert(key.to_owned(), f.stream_seq);
                             }
-                            f.attempt <= 1
-                                && known.as_ref().is_some_and(|k| {
-                                    f.stream_seq > k.get(key).copied().unwrap_or(0)
-                                })
                         }
-                        None => false,
-                    };
+                    }
                     let t = fields.to_tantivy(&d);
-                    (!new, d.id, t)
+                    // Always replace by id. "First delivery past what the index held" does not
+                    // prove "not stored": a nats-server stopped hard can deliver again, as a
+                    // first delivery, a message whose document is already committed (consumer
+                    // state is flushed lazily). The chaos test caught exactly that.
+                    (true, d.id, t)
                 })
                 .collect::<Vec<_>>();
             (batch, marks)
