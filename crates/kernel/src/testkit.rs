@@ -617,60 +617,6 @@ impl crate::Nats {
     }
 }
 
-/// Raw JetStream rates on this server, the reference printed beside every benchmark figure:
-/// (publish msg/s through a [`crate::Window`] of 1024 with msg ids like whale's, pull
-/// consume+ack msg/s), measured on a scratch stream `BENCH_RAW` that is removed afterwards.
-pub async fn raw_jetstream_rates(
-    nats: &crate::Nats,
-    payloads: &[Vec<u8>],
-) -> anyhow::Result<(f64, f64)> {
-    use async_nats::jetstream::{consumer, stream};
-    use futures::StreamExt as _;
-    let js = &nats.js;
-    let _ = js.delete_stream("BENCH_RAW").await;
-    let st = js
-        .create_stream(stream::Config {
-            name: "BENCH_RAW".into(),
-            subjects: vec!["bench.raw".into()],
-            ..Default::default()
-        })
-        .await?;
-    let t = Instant::now();
-    let mut w: crate::Window<()> = crate::Window::on(nats, 1024);
-    for (i, p) in payloads.iter().enumerate() {
-        w.send(
-            (),
-            crate::Output::new("bench.raw".into(), format!("raw-{i}"), p.clone()),
-        )
-        .await;
-    }
-    w.drain().await;
-    let publish = payloads.len() as f64 / t.elapsed().as_secs_f64();
-    let c: consumer::PullConsumer = st
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("bench".into()),
-            max_ack_pending: 20_000,
-            ..Default::default()
-        })
-        .await?;
-    let t = Instant::now();
-    let mut msgs = c.stream().max_messages_per_batch(512).messages().await?;
-    let mut got = 0;
-    while got < payloads.len() {
-        match msgs.next().await {
-            Some(Ok(m)) => {
-                m.ack().await.map_err(anyhow::Error::from_boxed)?;
-                got += 1;
-            }
-            Some(Err(e)) => tracing::debug!("bench consume: {e}"),
-            None => break,
-        }
-    }
-    let consume = got as f64 / t.elapsed().as_secs_f64();
-    let _ = js.delete_stream("BENCH_RAW").await;
-    Ok((publish, consume))
-}
-
 /// Runs `redis-cli -p <port> <args>`; its stdout, trimmed. Panics (with how to install it)
 /// when redis-cli is missing.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
