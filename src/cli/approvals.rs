@@ -63,10 +63,10 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
                     println!(
                         "{:<36} {:<9} {:<24} {:<20} {:<21} {}",
                         line(&a.task.task_id),
-                        line(&a.state),
+                        line(a.state.as_str()),
                         line(&a.task.rule),
                         line(&a.task.action),
-                        line(&a.expires),
+                        line(&store::format_time(a.expires)),
                         line(a.decided_by.as_deref().unwrap_or(""))
                     );
                 }
@@ -86,7 +86,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "{} {} (rule {}, action {} on cluster {}) by {}",
-            line(&a.state),
+            line(a.state.as_str()),
             line(&a.task.task_id),
             line(&a.task.rule),
             line(&a.task.action),

@@ -281,7 +281,7 @@ pub async fn approvals(State(app): State<App>, ctx: Ctx, Query(n): Query<Note>) 
                         dt { (ctx.t("task")) } dd { (a.task.task_id) }
                         dt { (ctx.t("event")) } dd { a href={ "/ui/trace/" (a.task.event_id) } { (a.task.event_id) } }
                         dt { (ctx.t("cluster")) } dd { (a.task.cluster) }
-                        dt { (ctx.t("approvals.expires")) } dd { (time(&a.expires)) }
+                        dt { (ctx.t("approvals.expires")) } dd { (time(&whale_approve::store::format_time(a.expires))) }
                     }
                     (layout::json(&a.task.parameters))
                     @if ctx.may(Role::Operator) {
@@ -301,7 +301,7 @@ pub async fn approvals(State(app): State<App>, ctx: Ctx, Query(n): Query<Note>) 
                 tbody {
                     @for a in decided.iter().take(100) {
                         tr {
-                            td { (time(a.decided.as_deref().unwrap_or(&a.requested))) }
+                            td { (time(&whale_approve::store::format_time(a.decided.unwrap_or(a.requested)))) }
                             td { (a.task.rule) }
                             td { (a.state) }
                             td { (a.decided_by.as_deref().unwrap_or("")) }

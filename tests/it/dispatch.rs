@@ -35,7 +35,7 @@ fn task(i: usize, cluster: &str, action: &str, params: Value) -> Task {
         result_event: false,
         replay: None,
         // Fresh: a task older than a claim lives is reconciled by trace tag first (claim.rs).
-        created: whale_kernel::envelope::format_time(time::OffsetDateTime::now_utc()),
+        created: time::OffsetDateTime::now_utc(),
         item: None,
         labels: Default::default(),
     }

@@ -42,7 +42,7 @@ fn task(run: &str, i: usize, key: &str, limit: u64, per_ms: u64) -> Task {
         notify: vec![],
         result_event: false,
         replay: None,
-        created: "2026-01-01T00:00:00Z".into(),
+        created: time::macros::datetime!(2026-01-01 00:00 UTC),
         item: None,
         labels: Default::default(),
     }

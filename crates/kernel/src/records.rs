@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use time::OffsetDateTime;
 
 use crate::subjects::Pipe;
 
@@ -94,8 +95,9 @@ pub struct Task {
     pub result_event: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<String>,
-    /// When the task was rendered (RFC 3339).
-    pub created: String,
+    /// When the task was rendered (RFC 3339, as `envelope::format_time` writes it).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
     /// For a rule with `for_each`: the element the task is for (`$item`, also bound in
     /// notification templates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,7 +168,8 @@ pub struct Dispatched {
     pub execution_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_url: Option<String>,
-    /// When the execution was created (RFC 3339).
+    /// When the execution was created: StackStorm's own `start_timestamp` text, kept as it
+    /// came (StackStorm writes six fractional digits; a parsed time would re-encode shorter).
     pub created: String,
 }
 
@@ -176,8 +179,9 @@ pub struct ExecutionResult {
     pub task: Task,
     pub cluster: String,
     pub execution_id: String,
-    /// succeeded, failed, timeout, canceled or abandoned.
-    pub status: String,
+    /// succeeded, failed, timeout, canceled or abandoned (any other StackStorm status is kept
+    /// as it came).
+    pub status: ExecStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elapsed_seconds: Option<f64>,
     /// A bounded summary of StackStorm's `result` (stdout/stderr/error, cut to a few KiB).
@@ -185,7 +189,57 @@ pub struct ExecutionResult {
     pub summary: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_url: Option<String>,
-    pub finished: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished: OffsetDateTime,
+}
+
+/// The terminal status of an execution, spelled as StackStorm spells it. A status this
+/// version does not know (a newer StackStorm's) is kept as [`ExecStatus::Other`] and written
+/// back as it came, never refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecStatus {
+    Succeeded,
+    Failed,
+    Timeout,
+    Canceled,
+    /// The execution was lost (StackStorm's own `abandoned`, or whale gave up following it).
+    Abandoned,
+    /// Any other status, as StackStorm spelled it.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl ExecStatus {
+    /// The wire spelling (`succeeded`, ..., or the unknown status as it came).
+    pub fn as_str(&self) -> &str {
+        match self {
+            ExecStatus::Succeeded => "succeeded",
+            ExecStatus::Failed => "failed",
+            ExecStatus::Timeout => "timeout",
+            ExecStatus::Canceled => "canceled",
+            ExecStatus::Abandoned => "abandoned",
+            ExecStatus::Other(s) => s,
+        }
+    }
+
+    /// The status spelled `s` (an unknown spelling becomes `Other`).
+    pub fn parse(s: &str) -> ExecStatus {
+        match s {
+            "succeeded" => ExecStatus::Succeeded,
+            "failed" => ExecStatus::Failed,
+            "timeout" => ExecStatus::Timeout,
+            "canceled" => ExecStatus::Canceled,
+            "abandoned" => ExecStatus::Abandoned,
+            other => ExecStatus::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ExecStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A link in a notification (approve, deny, the execution page), rendered in each channel's
@@ -215,7 +269,8 @@ pub struct NotifyRequest {
     pub links: Vec<Link>,
     /// What a generic JSON webhook receives.
     pub record: Value,
-    pub created: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
 }
 
 /// What a notification is about (spelled `result` / `approval` on the wire).
@@ -237,28 +292,140 @@ pub struct Notified {
     pub task_id: String,
     pub event_id: String,
     pub rule: String,
-    /// `sent`; `failed` (gave up after retries, or the channel is not configured); `unknown`
-    /// (a worker stopped mid-post and the post was not repeated, to avoid a duplicate).
-    pub status: String,
+    pub status: NotifyStatus,
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    pub at: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// What became of a notification (spelled `sent` / `failed` / `unknown` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyStatus {
+    /// The channel took it.
+    Sent,
+    /// Gave up after retries, or the channel is not configured.
+    Failed,
+    /// A worker stopped mid-post and the post was not repeated, to avoid a duplicate.
+    Unknown,
+}
+
+impl NotifyStatus {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyStatus::Sent => "sent",
+            NotifyStatus::Failed => "failed",
+            NotifyStatus::Unknown => "unknown",
+        }
+    }
 }
 
 /// approval gate: a person (or the timeout) decided about a held task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decision {
     pub task: Task,
-    /// `approved`, `denied` or `expired`.
-    pub decision: String,
+    /// `approved`, `denied` or `expired` (never `pending`).
+    pub decision: ApprovalState,
     /// Who decided: a user name, `link via <channel>`, or `whale` for a timeout.
     pub by: String,
     /// `link`, `cli`, `http` or `timeout`.
-    pub via: String,
+    pub via: Via,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    pub decided: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub decided: OffsetDateTime,
+}
+
+/// Where a held task stands (`pending`, `approved`, `denied`, `expired` on the wire): the
+/// state of an approval in `whale_state`, and, decided, the `decision` of its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Denied,
+    /// Nobody decided before the timeout.
+    Expired,
+}
+
+impl ApprovalState {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Expired => "expired",
+        }
+    }
+
+    /// The state spelled `s`, if any.
+    pub fn parse(s: &str) -> Option<ApprovalState> {
+        match s {
+            "pending" => Some(ApprovalState::Pending),
+            "approved" => Some(ApprovalState::Approved),
+            "denied" => Some(ApprovalState::Denied),
+            "expired" => Some(ApprovalState::Expired),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ApprovalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a decision was made (the audit actor's `via`): `link`, `cli`, `http`, `timeout`; any
+/// other spelling is kept as it came.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// A signed link in a notification.
+    Link,
+    /// `whale approvals approve|deny`.
+    Cli,
+    /// `/v1/approvals` or the console.
+    Http,
+    /// The approval timed out.
+    Timeout,
+    /// Any other spelling, as it came.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl Via {
+    /// The wire spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Via::Link => "link",
+            Via::Cli => "cli",
+            Via::Http => "http",
+            Via::Timeout => "timeout",
+            Via::Other(s) => s,
+        }
+    }
+
+    /// The way spelled `s` (an unknown spelling becomes `Other`).
+    pub fn parse(s: &str) -> Via {
+        match s {
+            "link" => Via::Link,
+            "cli" => Via::Cli,
+            "http" => Via::Http,
+            "timeout" => Via::Timeout,
+            other => Via::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Adds the event id, rule and task id headers of `task` to a record about it.
@@ -495,5 +662,72 @@ mod tests {
         .is_err());
         assert_eq!(msg_id::notify(req.kind, "t-1", "ops"), req.id);
         assert_eq!(msg_id::notify(n.kind, "t-1", "ops"), n.id);
+    }
+
+    /// Records as the string-typed code wrote them (copied from a `deploy/local.sh` run's
+    /// WHALE_PIPE stream: a task, a result, a notification and its outcome; the decision in the
+    /// shape the approval gate wrote, with `format_time`'s nanoseconds) decode into the enums
+    /// and times and encode to the same bytes.
+    #[test]
+    fn records_written_with_string_states_and_times_round_trip_byte_for_byte() {
+        fn same<T: serde::de::DeserializeOwned + Serialize>(old: &str) -> T {
+            let rec: T = serde_json::from_str(old).unwrap();
+            assert_eq!(serde_json::to_string(&rec).unwrap(), old);
+            rec
+        }
+        let task = r#"{"task_id":"t-17cbdb1c70b466ff88217ca5f4be8165","event_id":"01M8T8R31CT9NCT9VQYWNFDB4M","event_type":"dmesg.error","rule":"dmesg-error-show-and-clear","rule_version":"a31d858bfa28","action":"ops.dmesg_show_and_clear","parameters":{"code":"1","host":"web-12","lines":["EXT4-fs error (device sda1): ext4_find_entry"]},"throttle":{"key":"web-12","limit":1,"per_ms":300000,"burst":0,"mode":"rate","fail_open":false},"cluster":"default","notify":["oncall"],"result_event":false,"created":"2026-12-02T02:18:43.12182317Z"}"#;
+        let t: Task = same(task);
+        assert_eq!(t.created.nanosecond(), 121_823_170);
+        let result = r#"{"task":{"task_id":"t-21e78dc4a242ab3655b61f65183c00e0","event_id":"01M8T8R2Z4AC8K6Z6QN293DE90","event_type":"alertmanager.alert","rule":"alertmanager-host-disk-full","rule_version":"a31d858bfa28","action":"ops.clean_disk","parameters":{"host":"web-12","messages":["Disk almost full on web-12"],"note":"alert {}:{alertname=\"HostDiskFull\"}"},"throttle":{"key":"web-12:9100","limit":3,"per_ms":3600000,"burst":1,"mode":"rate","fail_open":false},"cluster":"default","result_event":false,"created":"2026-12-02T02:18:43.058157989Z"},"cluster":"default","execution_id":"6b0f80034c68df8d33000000","status":"succeeded","elapsed_seconds":0.124308,"summary":{"failed":false,"return_code":0,"stderr":"","stdout":"","succeeded":true},"web_url":"http://127.0.0.1:9101/#/history/6b0f80034c68df8d33000000/general","finished":"2026-12-02T02:18:43.193453Z"}"#;
+        let r: ExecutionResult = same(result);
+        assert_eq!(r.status, ExecStatus::Succeeded);
+        // A status this version does not know is kept, not refused.
+        let newer = result.replace("\"succeeded\",\"elapsed", "\"frozen\",\"elapsed");
+        let r: ExecutionResult = same(&newer);
+        assert_eq!(r.status, ExecStatus::Other("frozen".into()));
+        for s in ["failed", "timeout", "canceled", "abandoned"] {
+            let r: ExecutionResult =
+                same(&result.replace("\"succeeded\",\"elapsed", &format!("\"{s}\",\"elapsed")));
+            assert_eq!(r.status, ExecStatus::parse(s));
+            assert!(!matches!(r.status, ExecStatus::Other(_)), "{s}");
+        }
+        let request = r#"{"id":"res:t-17cbdb1c70b466ff88217ca5f4be8165:oncall","channel":"oncall","kind":"result","task_id":"t-17cbdb1c70b466ff88217ca5f4be8165","event_id":"01M8T8R31CT9NCT9VQYWNFDB4M","rule":"dmesg-error-show-and-clear","text":"done","links":[{"label":"open in StackStorm","url":"http://127.0.0.1:9101/#/history/6b0f80034c68df8d33000003/general"}],"record":{"kind":"result"},"created":"2026-12-02T02:18:43.64507309Z"}"#;
+        same::<NotifyRequest>(request);
+        let notified = r#"{"id":"res:t-17cbdb1c70b466ff88217ca5f4be8165:oncall","channel":"oncall","kind":"result","task_id":"t-17cbdb1c70b466ff88217ca5f4be8165","event_id":"01M8T8R31CT9NCT9VQYWNFDB4M","rule":"dmesg-error-show-and-clear","status":"failed","attempts":0,"error":"channel \"oncall\" is not configured: add [channels.oncall] to whale.toml","at":"2026-12-02T02:18:43.646788939Z"}"#;
+        let n: Notified = same(notified);
+        assert_eq!(n.status, NotifyStatus::Failed);
+        for s in ["sent", "unknown"] {
+            same::<Notified>(&notified.replace("\"failed\"", &format!("\"{s}\"")));
+        }
+        assert!(
+            serde_json::from_str::<Notified>(&notified.replace("\"failed\"", "\"x\"")).is_err()
+        );
+        let decision = format!(
+            r#"{{"task":{task},"decision":"approved","by":"alice","via":"cli","reason":"ok","decided":"2026-12-02T02:19:03.1442383Z"}}"#
+        );
+        let d: Decision = same(&decision);
+        assert_eq!((d.decision, d.via), (ApprovalState::Approved, Via::Cli));
+        for (state, via) in [
+            ("denied", "link"),
+            ("expired", "timeout"),
+            ("approved", "http"),
+        ] {
+            let old = decision
+                .replace("\"approved\"", &format!("\"{state}\""))
+                .replace("\"cli\"", &format!("\"{via}\""));
+            let d: Decision = same(&old);
+            assert_eq!(d.decision.as_str(), state);
+            assert_eq!(d.via, Via::parse(via));
+            assert!(!matches!(d.via, Via::Other(_)));
+        }
+        let d: Decision = same(&decision.replace("\"cli\"", "\"console\""));
+        assert_eq!(d.via, Via::Other("console".into()));
+        // Whole seconds and a whole-second time: no fraction written, as before.
+        let whole = decision.replace("02:19:03.1442383Z", "02:19:03Z");
+        let d: Decision = same(&whole);
+        assert_eq!(
+            crate::envelope::format_time(d.decided),
+            "2026-12-02T02:19:03Z"
+        );
     }
 }

@@ -31,6 +31,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use whale_kernel::audit::{self, Actor, Caller};
 use whale_kernel::http::{error, json_body, media_type};
+use whale_kernel::records::ApprovalState;
 use whale_kernel::{Config, Nats};
 
 use crate::link::{self, LinkError};
@@ -71,7 +72,7 @@ async fn list(State(st): State<St>, Query(q): Query<ListQuery>) -> Response {
     match store::list(&st.kv).await {
         Ok(all) => Json(
             all.into_iter()
-                .filter(|a| q.state.as_ref().is_none_or(|s| &a.state == s))
+                .filter(|a| q.state.as_ref().is_none_or(|s| a.state.as_str() == s))
                 .collect::<Vec<_>>(),
         )
         .into_response(),
@@ -199,7 +200,7 @@ async fn api_decision(st: &St, who: &Actor, id: &str, action: &str, body: &Value
         Err(DecideError::AuditUnavailable(e)) => audit::unavailable_response(&e),
         Err(DecideError::AuditMissing(a, err)) => audit::missing_response(
             "the decision",
-            &anyhow::anyhow!(err),
+            &err,
             serde_json::to_value(&a).unwrap_or_default(),
         ),
         Err(e) => error(decide_status(&e), e.to_string(), json!({})),
@@ -277,7 +278,7 @@ async fn check_link(
             ))
         }
     }
-    if a.state != store::PENDING {
+    if !a.is_pending() {
         return Err((StatusCode::GONE, used(&a)));
     }
     Ok(Checked {
@@ -297,8 +298,7 @@ fn used(a: &store::Approval) -> String {
         .unwrap_or_default();
     let when = a
         .decided
-        .as_deref()
-        .map(|d| format!(" at {d}"))
+        .map(|d| format!(" at {}", store::format_time(d)))
         .unwrap_or_default();
     format!(
         "this link is used: task {} was already {}{by}{when}; nothing was changed",
@@ -369,7 +369,7 @@ async fn link_decision(
     match store::decide(&st.nats, &st.kv, id, c.verdict, &actor, None).await {
         Ok(a) => {
             let t = &a.task;
-            let what = if a.state == "approved" {
+            let what = if a.state == ApprovalState::Approved {
                 format!(
                     "Approved: {} will run on cluster {} (rule {}, task {}).",
                     t.action, t.cluster, t.rule, t.task_id

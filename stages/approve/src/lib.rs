@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use whale_kernel::records::{self, Decision, Task};
+use whale_kernel::records::{self, ApprovalState, Decision, Task};
 use whale_kernel::subjects::{self, Pipe};
 use whale_kernel::{Config, Delivery, Nats, Outcome, Output, Secret};
 
@@ -109,7 +109,7 @@ impl Approve {
         }
         let wait = Wait {
             task_id: task.task_id.clone(),
-            expires: a.expires.clone(),
+            expires: store::format_time(a.expires),
         };
         out.push(headers(
             Output::json(
@@ -162,16 +162,14 @@ impl Approve {
             Ok(x) => x,
             Err(malformed) => return malformed,
         };
-        if dec.decision != "approved" {
+        if dec.decision != ApprovalState::Approved {
             return Outcome::Ack(vec![]);
         }
         // Only what KV says was approved goes on (a stray record cannot admit a task).
         match store::read(&self.kv, &dec.task.task_id).await {
-            Ok(Some((a, _))) if a.state == "approved" => {}
+            Ok(Some((a, _))) if a.state == ApprovalState::Approved => {}
             Ok(other) => {
-                let state = other
-                    .map(|(a, _)| a.state)
-                    .unwrap_or_else(|| "missing".into());
+                let state = other.map_or("missing", |(a, _)| a.state.as_str());
                 tracing::warn!(task_id = %dec.task.task_id, %state, "an approved decision that KV does not confirm; not admitted");
                 return Outcome::Ack(vec![]);
             }

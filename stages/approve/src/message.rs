@@ -23,7 +23,7 @@ pub fn request(a: &Approval, channel: &str, links: &Links) -> Output {
     }
     let mut text = format!(
         "🔐 **Approval needed** · rule **{}**\n> action `{}` on cluster `{}`\n> parameters `{params}`\n> event `{}` ({}), task `{}`\n> expires {}\nOr: `whale approvals approve {}` / `whale approvals deny {} --reason ...`",
-        t.rule, t.action, t.cluster, t.event_id, t.event_type, t.task_id, a.expires, t.task_id, t.task_id
+        t.rule, t.action, t.cluster, t.event_id, t.event_type, t.task_id, format_time(a.expires), t.task_id, t.task_id
     );
     if let Some(item) = &t.item {
         // a task of a `for_each` rule: say which element it is for
@@ -44,7 +44,7 @@ pub fn request(a: &Approval, channel: &str, links: &Links) -> Output {
     let mut record = json!({
         "kind": "approval",
         "task": t,
-        "expires": a.expires,
+        "expires": format_time(a.expires),
     });
     match &links.secret {
         Some(secret) => {
@@ -76,7 +76,7 @@ pub fn request(a: &Approval, channel: &str, links: &Links) -> Output {
         text,
         links: out_links,
         record,
-        created: format_time(OffsetDateTime::now_utc()),
+        created: OffsetDateTime::now_utc(),
     };
     req.output()
 }

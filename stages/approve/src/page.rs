@@ -86,6 +86,7 @@ pub fn confirm(a: &Approval, action: &str, exp: i64, sig: &str) -> Response {
     let link_expires = OffsetDateTime::from_unix_timestamp(exp)
         .map(format_time)
         .unwrap_or_else(|_| exp.to_string());
+    let (requested, expires) = (format_time(a.requested), format_time(a.expires));
     let rows = [
         ("Task", t.task_id.as_str()),
         ("Rule", t.rule.as_str()),
@@ -93,8 +94,8 @@ pub fn confirm(a: &Approval, action: &str, exp: i64, sig: &str) -> Response {
         ("Cluster", t.cluster.as_str()),
         ("Event", t.event_id.as_str()),
         ("Event type", t.event_type.as_str()),
-        ("Requested", a.requested.as_str()),
-        ("Approval expires", a.expires.as_str()),
+        ("Requested", requested.as_str()),
+        ("Approval expires", expires.as_str()),
         ("This link expires", link_expires.as_str()),
     ]
     .iter()

@@ -15,10 +15,9 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use whale_kernel::audit::{self, Actor, Outcome, Target};
-use whale_kernel::envelope::format_time;
 use whale_kernel::keys;
 use whale_kernel::kv::{Bucket, Step, Ttl};
-use whale_kernel::records::{Decision, Task};
+use whale_kernel::records::{ApprovalState, Decision, Task, Via};
 use whale_kernel::subjects;
 use whale_kernel::{Config, Nats, Output};
 
@@ -27,12 +26,14 @@ use whale_kernel::{Config, Nats, Output};
 pub struct Approval {
     pub task: Task,
     /// `pending`, `approved`, `denied` or `expired`.
-    pub state: String,
+    pub state: ApprovalState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
-    pub requested: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested: OffsetDateTime,
     /// When the approval times out (RFC 3339, and unix seconds).
-    pub expires: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
     pub expires_unix: i64,
     /// Links stop working at this time (unix seconds; never after `expires_unix`).
     pub link_expires_unix: i64,
@@ -41,14 +42,16 @@ pub struct Approval {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decided_via: Option<String>,
+    pub decided_via: Option<Via>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decided: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub decided: Option<OffsetDateTime>,
 }
-
-pub const PENDING: &str = "pending";
 
 /// Default wait when a task reaches the gate without approval settings.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -65,10 +68,10 @@ impl Approval {
         let link_expires = link_ttl.map(|t| now + t).unwrap_or(expires).min(expires);
         Approval {
             task,
-            state: PENDING.into(),
+            state: ApprovalState::Pending,
             channel,
-            requested: format_time(now),
-            expires: format_time(expires),
+            requested: now,
+            expires,
             expires_unix: expires.unix_timestamp(),
             link_expires_unix: link_expires.unix_timestamp(),
             nonce: ulid::Ulid::new().to_string(),
@@ -89,18 +92,21 @@ impl Approval {
     }
 
     pub fn is_pending(&self) -> bool {
-        self.state == PENDING
+        self.state == ApprovalState::Pending
     }
 
     /// The decision record of a decided approval.
     pub fn decision(&self) -> Decision {
         Decision {
             task: self.task.clone(),
-            decision: self.state.clone(),
+            decision: self.state,
             by: self.decided_by.clone().unwrap_or_default(),
-            via: self.decided_via.clone().unwrap_or_default(),
+            via: self
+                .decided_via
+                .clone()
+                .unwrap_or_else(|| Via::Other(String::new())),
             reason: self.reason.clone(),
-            decided: self.decided.clone().unwrap_or_default(),
+            decided: self.decided.unwrap_or(self.requested),
         }
     }
 
@@ -220,58 +226,46 @@ impl Verdict {
             Verdict::Deny => "deny",
         }
     }
-    fn state(self) -> &'static str {
+    fn state(self) -> ApprovalState {
         match self {
-            Verdict::Approve => "approved",
-            Verdict::Deny => "denied",
+            Verdict::Approve => ApprovalState::Approved,
+            Verdict::Deny => ApprovalState::Denied,
         }
     }
 }
 
 /// Why a decision was not taken.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum DecideError {
+    #[error("no approval {0:?} (see `whale approvals list`)")]
     NotFound(String),
     /// Someone (or the timeout) decided first.
+    #[error(
+        "approval {} was already {} by {} at {}",
+        .0.task.task_id,
+        .0.state,
+        .0.decided_by.as_deref().unwrap_or("?"),
+        .0.decided.map(format_time).unwrap_or_else(|| "?".into())
+    )]
     AlreadyDecided(Box<Approval>),
     /// The approval timed out (the gate records it as expired).
+    #[error("approval {} timed out at {}", .0.task.task_id, format_time(.0.expires))]
     TimedOut(Box<Approval>),
+    /// Reading or writing the approval failed (the error itself, causes kept).
+    #[error(transparent)]
     Internal(anyhow::Error),
     /// The audit trail cannot take a record now: nothing was decided.
+    #[error(transparent)]
     AuditUnavailable(audit::Unavailable),
     /// Decided, but its audit record could not be written (the decision stands).
-    AuditMissing(Box<Approval>, String),
+    #[error("approval {} was {}, but its audit record is missing", .0.task.task_id, .0.state)]
+    AuditMissing(Box<Approval>, #[source] anyhow::Error),
 }
 
-impl std::fmt::Display for DecideError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DecideError::NotFound(id) => {
-                write!(f, "no approval {id:?} (see `whale approvals list`)")
-            }
-            DecideError::AlreadyDecided(a) => write!(
-                f,
-                "approval {} was already {} by {} at {}",
-                a.task.task_id,
-                a.state,
-                a.decided_by.as_deref().unwrap_or("?"),
-                a.decided.as_deref().unwrap_or("?")
-            ),
-            DecideError::TimedOut(a) => {
-                write!(f, "approval {} timed out at {}", a.task.task_id, a.expires)
-            }
-            DecideError::Internal(e) => write!(f, "{e:#}"),
-            DecideError::AuditUnavailable(e) => write!(f, "{e}"),
-            DecideError::AuditMissing(a, e) => write!(
-                f,
-                "approval {} was {}, but its audit record is missing: {e}",
-                a.task.task_id, a.state
-            ),
-        }
-    }
+/// RFC 3339 in UTC, as the approval is stored.
+pub fn format_time(t: OffsetDateTime) -> String {
+    whale_kernel::envelope::format_time(t)
 }
-
-impl std::error::Error for DecideError {}
 
 /// Makes a decision, once, as `actor` (its `who` is recorded as `by`, its `via` as `via`):
 /// checks that the audit trail can take a record (else nothing is decided), compare-and-set
@@ -313,7 +307,7 @@ pub async fn decide(
     };
     rec.reason = reason.filter(|r| !r.is_empty());
     match (audit::record(nats, &rec).await, r) {
-        (Err(err), Ok(a)) => Err(DecideError::AuditMissing(Box::new(a), format!("{err:#}"))),
+        (Err(err), Ok(a)) => Err(DecideError::AuditMissing(Box::new(a), err)),
         // A refusal changed nothing: its answer stands (the missing record is logged).
         (_, r) => r,
     }
@@ -328,7 +322,7 @@ async fn decide_once(
     via: &str,
     reason: Option<String>,
 ) -> Result<Approval, DecideError> {
-    let internal = |e: anyhow::Error| DecideError::Internal(e);
+    let internal = DecideError::Internal;
     let decided = kv
         .kv
         .modify(&key(task_id), |current| {
@@ -349,9 +343,9 @@ async fn decide_once(
             let mut next = a;
             next.state = verdict.state().into();
             next.decided_by = Some(by.to_owned());
-            next.decided_via = Some(via.to_owned());
+            next.decided_via = Some(Via::parse(via));
             next.reason = reason.clone().filter(|r| !r.is_empty());
-            next.decided = Some(format_time(now));
+            next.decided = Some(now);
             Step::Write {
                 value: to_value(&next),
                 ttl: kv.ttl(&next),
@@ -384,10 +378,10 @@ pub async fn expire(kv: &Approvals, task_id: &str) -> anyhow::Result<Option<Appr
                 return Step::Keep(Ok(Some(a)));
             }
             let mut next = a;
-            next.state = "expired".into();
+            next.state = ApprovalState::Expired;
             next.decided_by = Some("whale".into());
-            next.decided_via = Some("timeout".into());
-            next.decided = Some(format_time(OffsetDateTime::now_utc()));
+            next.decided_via = Some(Via::Timeout);
+            next.decided = Some(OffsetDateTime::now_utc());
             Step::Write {
                 value: to_value(&next),
                 ttl: kv.ttl(&next),

@@ -144,7 +144,7 @@ async fn dispatch(nats_url: &str, n: usize, workers: usize, run: usize) -> f64 {
             notify: Vec::new(),
             result_event: false,
             replay: None,
-            created: "2026-01-01T00:00:00Z".into(),
+            created: time::macros::datetime!(2026-01-01 00:00 UTC),
             item: None,
             labels: Default::default(),
         };

@@ -151,7 +151,7 @@ impl Dispatch {
         let route = self.clusters.route(&job.task.cluster).await;
         let mut mine = None;
         if let Route::To { cluster, .. } = &route {
-            if claim::may_have_expired(&job.task.created, self.claims_lifetime) {
+            if claim::may_have_expired(job.task.created, self.claims_lifetime) {
                 // Older than a claim lives: "no claim" no longer proves it never ran. Claim it
                 // as interrupted, so that the cluster is asked by trace tag before any POST.
                 let unknown = Claim::Pending {

@@ -129,12 +129,12 @@ impl Feedback {
         };
         let rec = result::record(&disp, &exec);
         metrics::RESULTS
-            .with_label_values(&[&disp.cluster, &rec.status])
+            .with_label_values(&[&disp.cluster, rec.status.as_str()])
             .inc();
         let mut index = execs::ExecRecord::from_dispatched(&disp);
-        index.status = rec.status.clone();
+        index.status = rec.status.to_string();
         index.web_url = rec.web_url.clone();
-        index.finished = Some(rec.finished.clone());
+        index.finished = Some(whale_kernel::envelope::format_time(rec.finished));
         index.elapsed_seconds = rec.elapsed_seconds;
         if let Err(e) = execs::put(&self.kv, &index).await {
             return Outcome::Retry {

@@ -33,9 +33,8 @@ use time::OffsetDateTime;
 use whale_expr::{Input, Template};
 use whale_kernel::backoff::Backoff;
 use whale_kernel::config::{ChannelKind, FeedbackConfig};
-use whale_kernel::envelope::format_time;
 use whale_kernel::kv::{Bucket, Step, Ttl};
-use whale_kernel::records::{Notified, NotifyRequest};
+use whale_kernel::records::{Notified, NotifyRequest, NotifyStatus};
 use whale_kernel::{Config, Delivery, Outcome, Output, Secret};
 
 use crate::metrics::NOTIFICATIONS;
@@ -149,6 +148,16 @@ impl State {
             State::Unknown => "unknown",
         }
     }
+
+    /// What the `Notified` record says of a marker in this state (only final states reach it;
+    /// `sending`/`retry` would be a post whose outcome nobody knows).
+    fn status(self) -> NotifyStatus {
+        match self {
+            State::Sent => NotifyStatus::Sent,
+            State::Failed => NotifyStatus::Failed,
+            State::Unknown | State::Sending | State::Retry => NotifyStatus::Unknown,
+        }
+    }
 }
 
 fn marker_key(id: &str) -> String {
@@ -218,7 +227,7 @@ impl Sender {
             NOTIFICATIONS
                 .with_label_values(&[&req.channel, "failed"])
                 .inc();
-            return Outcome::Ack(vec![notified(&req, "failed", 0, Some(err))]);
+            return Outcome::Ack(vec![notified(&req, NotifyStatus::Failed, 0, Some(err))]);
         };
         let key = marker_key(&req.id);
         let lease = self.cfg.notify_timeout.as_secs() as i64 + 5;
@@ -242,7 +251,7 @@ impl Sender {
                 let Ok(m) = serde_json::from_slice::<Marker>(value) else {
                     return Step::Keep(Begin::Done(Outcome::Ack(vec![notified(
                         &req,
-                        "failed",
+                        NotifyStatus::Failed,
                         0,
                         Some("unreadable sent-marker".into()),
                     )])));
@@ -251,7 +260,7 @@ impl Sender {
                     State::Sent | State::Failed | State::Unknown => {
                         Step::Keep(Begin::Done(Outcome::Ack(vec![notified(
                             &req,
-                            m.state.label(),
+                            m.state.status(),
                             m.attempts,
                             m.error,
                         )])))
@@ -299,7 +308,12 @@ impl Sender {
                 NOTIFICATIONS
                     .with_label_values(&[&req.channel, "unknown"])
                     .inc();
-                return Outcome::Ack(vec![notified(&req, "unknown", m.attempts, m.error)]);
+                return Outcome::Ack(vec![notified(
+                    &req,
+                    NotifyStatus::Unknown,
+                    m.attempts,
+                    m.error,
+                )]);
             }
             Err(e) => return kv_down(e),
         };
@@ -348,7 +362,7 @@ impl Sender {
                 if state != State::Sent {
                     tracing::warn!(channel = %req.channel, id = %req.id, "notification {}: {}", state.label(), error.as_deref().unwrap_or(""));
                 }
-                Outcome::Ack(vec![notified(&req, state.label(), attempts, error)])
+                Outcome::Ack(vec![notified(&req, state.status(), attempts, error)])
             }
         }
     }
@@ -459,7 +473,12 @@ fn kv_down(e: impl std::fmt::Display) -> Outcome {
     }
 }
 
-fn notified(req: &NotifyRequest, status: &str, attempts: u32, error: Option<String>) -> Output {
+fn notified(
+    req: &NotifyRequest,
+    status: NotifyStatus,
+    attempts: u32,
+    error: Option<String>,
+) -> Output {
     let rec = Notified {
         id: req.id.clone(),
         channel: req.channel.clone(),
@@ -467,10 +486,10 @@ fn notified(req: &NotifyRequest, status: &str, attempts: u32, error: Option<Stri
         task_id: req.task_id.clone(),
         event_id: req.event_id.clone(),
         rule: req.rule.clone(),
-        status: status.into(),
+        status,
         attempts,
         error,
-        at: format_time(OffsetDateTime::now_utc()),
+        at: OffsetDateTime::now_utc(),
     };
     rec.output()
 }

@@ -5,11 +5,11 @@
 //! once.
 
 use serde_json::{json, Map, Value};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use whale_kernel::envelope::{format_time, Envelope};
 use whale_kernel::records::{
-    self, Dispatched, ExecutionResult, Link, NotifyKind, NotifyRequest, CHAIN_DEPTH_LABEL,
+    self, Dispatched, ExecStatus, ExecutionResult, Link, NotifyKind, NotifyRequest,
+    CHAIN_DEPTH_LABEL,
 };
 use whale_kernel::subjects::{self, HDR_EVENT_ID, HDR_RULE, HDR_TASK_ID};
 use whale_kernel::Output;
@@ -36,15 +36,14 @@ pub fn record(d: &Dispatched, e: &Execution) -> ExecutionResult {
         execution_id: d.execution_id.clone(),
         status: e
             .status()
-            .map(|s| s.as_str().to_owned())
-            .unwrap_or_else(|| "abandoned".into()),
+            .map_or(ExecStatus::Abandoned, |s| ExecStatus::parse(s.as_str())),
         elapsed_seconds: elapsed,
         summary: summary(e.result.as_ref()),
         web_url: e.web_url.clone().or_else(|| d.web_url.clone()),
         finished: e
             .end_time()
-            .map(format_time)
-            .unwrap_or_else(|| format_time(OffsetDateTime::now_utc())),
+            .unwrap_or_else(OffsetDateTime::now_utc)
+            .to_offset(time::UtcOffset::UTC),
     }
 }
 
@@ -170,7 +169,7 @@ pub fn outputs(
                 })
                 .collect(),
             record: json!({"kind": "result", "channel": channel, "event": input["event"], "result": input["result"], "task": input["task"]}),
-            created: format_time(OffsetDateTime::now_utc()),
+            created: OffsetDateTime::now_utc(),
         };
         out.push(req.output());
     }
@@ -194,9 +193,7 @@ pub fn finished_event(rec: &ExecutionResult) -> Envelope {
         id: format!("fin-{}", t.task_id),
         event_type: FINISHED_TYPE.into(),
         source: "whale/feedback".into(),
-        time: OffsetDateTime::parse(&rec.finished, &Rfc3339)
-            .map(format_time)
-            .unwrap_or_else(|_| format_time(OffsetDateTime::now_utc())),
+        time: format_time(rec.finished),
         detail: json!({
             "task_id": t.task_id,
             "rule": t.rule,
@@ -206,11 +203,11 @@ pub fn finished_event(rec: &ExecutionResult) -> Envelope {
             "cluster": rec.cluster,
             "execution_id": rec.execution_id,
             "status": rec.status,
-            "succeeded": rec.status == "succeeded",
+            "succeeded": rec.status == ExecStatus::Succeeded,
             "elapsed_seconds": rec.elapsed_seconds,
             "web_url": rec.web_url,
             "summary": rec.summary,
-            "finished": rec.finished,
+            "finished": format_time(rec.finished),
             "chain_depth": depth,
         }),
         labels,

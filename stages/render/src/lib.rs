@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use whale_kernel::kv::Live;
 use whale_kernel::metrics::STAGE_EVENTS;
 use whale_kernel::records::{self, Matched, RenderFailed, Task};
-use whale_kernel::{envelope, Delivery, Outcome, Stage};
+use whale_kernel::{Delivery, Outcome, Stage};
 use whale_rules::RuleSet;
 
 /// Cluster used when a rule has no route.
@@ -85,7 +85,7 @@ impl Render {
             notify: t.notify,
             result_event: t.result_event,
             replay: m.replay.clone(),
-            created: envelope::format_time(time::OffsetDateTime::now_utc()),
+            created: time::OffsetDateTime::now_utc(),
             item: m.item.clone(),
             labels: m.event.labels.clone(),
         })

@@ -333,7 +333,7 @@ fn task(id: &str, th: Option<Throttle>) -> Task {
         notify: vec![],
         result_event: false,
         replay: None,
-        created: "2026-01-01T00:00:00Z".into(),
+        created: time::macros::datetime!(2026-01-01 00:00 UTC),
         item: None,
         labels: Default::default(),
     }

@@ -134,7 +134,7 @@ fn task(event_id: &str) -> Task {
         notify: Vec::new(),
         result_event: false,
         replay: None,
-        created: whale_kernel::envelope::format_time(time::OffsetDateTime::now_utc()),
+        created: time::OffsetDateTime::now_utc(),
         item: None,
         labels: Default::default(),
     }

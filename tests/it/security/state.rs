@@ -31,10 +31,6 @@ async fn bucket_messages(nats: &Nats, bucket: &str) -> u64 {
         .messages
 }
 
-fn now_rfc3339() -> String {
-    whale_kernel::envelope::format_time(time::OffsetDateTime::now_utc())
-}
-
 /// A task for the `default` cluster that notifies channel `hook`.
 fn task(i: usize, run: &str) -> Task {
     let event_id = format!("ev-{run}-{i:04}");
@@ -52,7 +48,7 @@ fn task(i: usize, run: &str) -> Task {
         notify: vec!["hook".into()],
         result_event: false,
         replay: None,
-        created: now_rfc3339(),
+        created: time::OffsetDateTime::now_utc(),
         item: None,
         labels: Default::default(),
     }

@@ -460,7 +460,7 @@ fn admitted_task(i: usize) -> whale_kernel::records::Task {
         notify: Vec::new(),
         result_event: false,
         replay: None,
-        created: whale_kernel::envelope::format_time(time::OffsetDateTime::now_utc()),
+        created: time::OffsetDateTime::now_utc(),
         item: None,
         labels: Default::default(),
     }
