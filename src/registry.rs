@@ -32,6 +32,8 @@ pub struct Parts {
 pub struct Ctx {
     pub nats: Nats,
     pub cfg: Arc<Config>,
+    /// The process's one live rule set (match and render compile it once between them).
+    pub rules: crate::rules_store::SharedRules,
 }
 
 type Build = fn(Ctx) -> BoxFuture<'static, anyhow::Result<Parts>>;
@@ -140,7 +142,7 @@ fn index(c: Ctx) -> BoxFuture<'static, anyhow::Result<Parts>> {
 fn matcher(c: Ctx) -> BoxFuture<'static, anyhow::Result<Parts>> {
     Box::pin(async move {
         Ok(worker(whale_match::Match {
-            rules: crate::rules_store::live(&c.nats).await?,
+            rules: c.rules.live(&c.nats).await?,
             max_items: c.cfg.rules.max_for_each_items,
         }))
     })
@@ -149,7 +151,7 @@ fn matcher(c: Ctx) -> BoxFuture<'static, anyhow::Result<Parts>> {
 fn render(c: Ctx) -> BoxFuture<'static, anyhow::Result<Parts>> {
     Box::pin(async move {
         Ok(worker(whale_render::Render {
-            rules: crate::rules_store::live(&c.nats).await?,
+            rules: c.rules.live(&c.nats).await?,
         }))
     })
 }

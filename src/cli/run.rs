@@ -65,6 +65,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let ctx = registry::Ctx {
         nats: nats.clone(),
         cfg: cfg.clone(),
+        rules: crate::rules_store::SharedRules::new(),
     };
     for name in &names {
         let def = registry::get(name).context("a parsed stage name is in the table")?;

@@ -2,6 +2,15 @@
 //! talks to real servers started by `harness` on free ports (nats-server, redis-server, the
 //! StackStorm emulator) and runs the real `whale` binary as child processes.
 
+// The chaos, throttle and dispatch tests crash workers through the kernel's failpoint
+// (`WHALE_*_TEST_KILL_AFTER`): the `whale` this build runs must have it (the dev-dependency
+// feature `whale-kernel/failpoints`), or those tests would crash nothing. A `whale` built
+// without it refuses to start when such a variable is set.
+const _: () = assert!(
+    whale_kernel::failpoint::ENABLED,
+    "the integration tests need whale-kernel's `failpoints` feature (root Cargo.toml [dev-dependencies])"
+);
+
 mod alertmanager;
 mod approvals;
 mod bench;

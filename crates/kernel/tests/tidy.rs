@@ -214,3 +214,43 @@ fn the_whale_binary_has_no_testkit_in_its_dependencies() {
         "benchmarks live in crates/bench (`whale-bench`), not in the whale binary"
     );
 }
+
+/// The kill-self failpoint (`whale_kernel::failpoint`, feature `failpoints`) is in test builds
+/// only: no `[dependencies]` section of any package turns it on, and the root package's
+/// dev-dependencies do (the integration tests also assert `failpoint::ENABLED` at compile time).
+#[test]
+fn failpoints_are_on_in_tests_and_off_in_the_product() {
+    let mut manifests = vec![root().join("Cargo.toml")];
+    let mut all = Vec::new();
+    for dir in ["crates", "stages"] {
+        files(&root().join(dir), &mut all);
+    }
+    manifests.extend(all.into_iter().filter(|p| p.ends_with("Cargo.toml")));
+    let mut in_product = Vec::new();
+    let mut in_tests = false;
+    for m in &manifests {
+        let text = std::fs::read_to_string(m).expect("manifest");
+        let mut section = String::new();
+        for (n, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                section = t.to_owned();
+            } else if t.contains("\"failpoints\"") && !t.starts_with('#') {
+                if section == "[dev-dependencies]" {
+                    in_tests |= m == &root().join("Cargo.toml");
+                } else if section != "[features]" {
+                    in_product.push(format!("{}:{}: {section} {t}", m.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        in_product.is_empty(),
+        "`failpoints` must not be on in a product build: {}",
+        in_product.join("\n")
+    );
+    assert!(
+        in_tests,
+        "the root package's [dev-dependencies] must turn on whale-kernel's `failpoints` (the chaos tests need it)"
+    );
+}

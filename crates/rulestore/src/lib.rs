@@ -250,11 +250,23 @@ pub async fn compile(stored: Stored) -> anyhow::Result<RuleSet> {
         .await?
 }
 
-/// The live view of the active rule set shared by the stages of this process (match and render
-/// in one `whale run` hold one compiled set, not two).
-pub async fn live(nats: &Nats) -> anyhow::Result<Live<RuleSet>> {
-    static SHARED: tokio::sync::OnceCell<Live<RuleSet>> = tokio::sync::OnceCell::const_new();
-    SHARED.get_or_try_init(|| watch(nats)).await.cloned()
+/// The live view of the active rule set that the stages of one process share (match and render
+/// in one `whale run` hold one compiled set, not two). `whale run` makes one and hands a clone
+/// to each stage's constructor; the first [`SharedRules::live`] starts the watch, the others get
+/// the same view. Not a global: two handles are two views (tests, benchmarks).
+#[derive(Clone, Default)]
+pub struct SharedRules(std::sync::Arc<tokio::sync::OnceCell<Live<RuleSet>>>);
+
+impl SharedRules {
+    /// A handle whose view is not started yet.
+    pub fn new() -> SharedRules {
+        SharedRules::default()
+    }
+
+    /// The shared live view, started (and its first set compiled) by the first caller.
+    pub async fn live(&self, nats: &Nats) -> anyhow::Result<Live<RuleSet>> {
+        self.0.get_or_try_init(|| watch(nats)).await.cloned()
+    }
 }
 
 /// A new live view of the active rule set: each new manifest in `active` is read, compiled,

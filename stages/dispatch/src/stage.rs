@@ -84,7 +84,7 @@ impl Dispatch {
             cfg: d,
             worker,
             attempts: AtomicU64::new(0),
-            kill_after: KillAfter::from_env(KILL_AFTER_ENV),
+            kill_after: KillAfter::from_env(KILL_AFTER_ENV)?,
         })
     }
 

@@ -65,6 +65,9 @@ pub enum Setup {
     Url(#[from] BadUrl),
     #[error("{0}")]
     Tls(String),
+    /// A test failpoint variable is set in a build without failpoints.
+    #[error(transparent)]
+    Failpoint(#[from] whale_kernel::failpoint::Absent),
 }
 
 /// Connection attempts are short: while Redis is down a batch comes back quickly as "wait".

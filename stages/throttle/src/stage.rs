@@ -47,7 +47,7 @@ impl ThrottleStage {
         Ok(ThrottleStage {
             limiter: Limiter::from_config(&cfg.redis)?,
             outage: Outage::default(),
-            kill_after: KillAfter::from_env(KILL_AFTER_ENV),
+            kill_after: KillAfter::from_env(KILL_AFTER_ENV)?,
         })
     }
 
