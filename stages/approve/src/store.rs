@@ -341,7 +341,7 @@ async fn decide_once(
                 return Step::Keep(Err(DecideError::TimedOut(Box::new(a))));
             }
             let mut next = a;
-            next.state = verdict.state().into();
+            next.state = verdict.state();
             next.decided_by = Some(by.to_owned());
             next.decided_via = Some(Via::parse(via));
             next.reason = reason.clone().filter(|r| !r.is_empty());
