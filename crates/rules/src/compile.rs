@@ -73,7 +73,7 @@ fn mentions_item(s: &str) -> bool {
 pub(crate) fn compile_rule(
     loc: Located,
     file: &str,
-    text: &Lines,
+    text: &Lines<'_>,
     c: &mut Compiler,
     paths: &mut Paths,
 ) -> Result<CompiledRule, Vec<RuleError>> {

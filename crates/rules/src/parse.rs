@@ -153,7 +153,7 @@ impl<'de> Deserialize<'de> for Doc {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Doc;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a rule (a mapping with name, on, action, ...) or a list of rules")
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Doc, A::Error> {
@@ -418,7 +418,7 @@ struct NameLines {
 }
 
 impl NameLines {
-    fn find(&mut self, lines: &Lines, name: &str) -> Option<usize> {
+    fn find(&mut self, lines: &Lines<'_>, name: &str) -> Option<usize> {
         let line = self
             .search(lines, name, self.next)
             .or_else(|| self.search(lines, name, 0))?;
@@ -428,7 +428,7 @@ impl NameLines {
     }
 
     /// The first line after index `from` (0-based) holding `name: <name>` not used yet.
-    fn search(&self, lines: &Lines, name: &str, from: usize) -> Option<usize> {
+    fn search(&self, lines: &Lines<'_>, name: &str, from: usize) -> Option<usize> {
         lines.0.iter().enumerate().skip(from).find_map(|(i, l)| {
             let n = i + 1;
             let at = l.find("name:")?;
