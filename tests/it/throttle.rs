@@ -654,8 +654,8 @@ async fn cluster_slots_moved_mid_run_keep_every_limit_exact() {
     .unwrap();
     let after_move = decided(&nats).await;
     assert!(
-        after_move < n as u64,
-        "the run ended before the slots had moved ({after_move} of {n} decided)"
+        at_move < n as u64 / 2,
+        "the slots moved too late to meet live traffic ({at_move} of {n} decided)"
     );
     publisher.await.unwrap();
     wait_decided(&nats, n as u64, Duration::from_secs(180)).await;

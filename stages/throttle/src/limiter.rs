@@ -629,6 +629,10 @@ impl Limiter {
                             ErrorKind::Server(k @ (ServerErrorKind::Moved | ServerErrorKind::Ask)),
                             Some(d),
                         ) => redirect(k == ServerErrorKind::Ask, d).unwrap_or_else(|| classify(&e)),
+                        (ErrorKind::Server(ServerErrorKind::TryAgain), _) => {
+                            crate::metrics::redirected("tryagain", todo.len());
+                            classify(&e)
+                        }
                         _ => classify(&e),
                     };
                     for i in todo.drain(..) {
