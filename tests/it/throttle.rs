@@ -591,7 +591,13 @@ async fn worker_redirects(port: u16) -> BTreeMap<String, u64> {
         .lines()
         .filter(|l| l.starts_with("whale_throttle_redis_redirects_total{"))
     {
-        let kind = line.split("kind=\"").nth(1).unwrap().split('"').next().unwrap();
+        let kind = line
+            .split("kind=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         *out.entry(kind.to_owned()).or_default() += n;
     }
@@ -611,7 +617,15 @@ async fn cluster_slots_moved_mid_run_keep_every_limit_exact() {
     // 24,000 tasks over 60 keys, 15 per key per 10 minutes (the run fits in the window).
     let (n, keys, limit) = (24_000usize, 60usize, 15usize);
     let tasks: Vec<Task> = (0..n)
-        .map(|i| task("reshard", i, &format!("host-{}", i % keys), limit as u64, 600_000))
+        .map(|i| {
+            task(
+                "reshard",
+                i,
+                &format!("host-{}", i % keys),
+                limit as u64,
+                600_000,
+            )
+        })
         .collect();
     let publisher = {
         let nats = nats.clone();
@@ -669,7 +683,11 @@ async fn cluster_slots_moved_mid_run_keep_every_limit_exact() {
     assert_eq!(per_key.len(), keys);
     assert!(per_key.values().all(|&n| n == limit), "{per_key:?}");
     let (held, per_node) = tokens_on(&cluster.ports());
-    assert_eq!(held, digests(&admitted), "each admitted task holds one token");
+    assert_eq!(
+        held,
+        digests(&admitted),
+        "each admitted task holds one token"
+    );
     assert_eq!(per_node.iter().sum::<usize>(), keys, "{per_node:?}");
     let mut redirects = BTreeMap::<String, u64>::new();
     let mut waited = 0;

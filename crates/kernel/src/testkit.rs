@@ -688,7 +688,11 @@ impl RedisTls {
     }
 
     fn cli_args(&self) -> Vec<String> {
-        vec!["--tls".into(), "--cacert".into(), self.ca.display().to_string()]
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            self.ca.display().to_string(),
+        ]
     }
 }
 
@@ -833,7 +837,8 @@ impl RedisCluster {
         };
         for n in &c.nodes {
             let ok = wait_until(Duration::from_secs(20), || {
-                c.cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                c.cli(n.port, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
             });
             assert!(
                 ok,
@@ -861,12 +866,17 @@ impl RedisCluster {
         for line in nodes.lines() {
             let f: Vec<&str> = line.split(' ').collect();
             let serves = f.iter().skip(8).any(|r| match r.split_once('-') {
-                Some((a, b)) => a.parse::<u16>().is_ok_and(|a| a <= slot)
-                    && b.parse::<u16>().is_ok_and(|b| slot <= b),
+                Some((a, b)) => {
+                    a.parse::<u16>().is_ok_and(|a| a <= slot)
+                        && b.parse::<u16>().is_ok_and(|b| slot <= b)
+                }
                 None => r.parse::<u16>() == Ok(slot),
             });
             if serves && f.len() > 2 && f[2].contains("master") {
-                let port = f[1].split(['@', ',']).next().and_then(|a| a.rsplit(':').next());
+                let port = f[1]
+                    .split(['@', ','])
+                    .next()
+                    .and_then(|a| a.rsplit(':').next());
                 return port.and_then(|p| p.parse().ok()).expect("node address");
             }
         }
