@@ -24,7 +24,8 @@ fi
 
 # redis-server (also run as `redis-server <conf> --sentinel` by the Sentinel tests) and
 # redis-tools (redis-cli: `--cluster create` for the Redis Cluster tests; redis-benchmark).
-# Redis >= 7 (cluster-port); Debian 12 ships 7.0.
+# Redis >= 7 (cluster-port); Debian 12 ships 7.0, built with TLS (`--tls-port`; the TLS
+# cluster and Sentinel tests start their servers TLS-only with certificates they make).
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   log "installing redis-server and redis-tools (Debian)"
   export DEBIAN_FRONTEND=noninteractive

@@ -577,3 +577,144 @@ async fn sentinel_failover_mid_run_without_wait_stays_within_the_bound() {
     );
     assert_eq!(admitted.len() + throttled, 12_000);
 }
+
+/// `whale_throttle_redis_redirects_total{kind}` from a worker's /metrics.
+async fn worker_redirects(port: u16) -> BTreeMap<String, u64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("whale_throttle_redis_redirects_total{"))
+    {
+        let kind = line
+            .split("kind=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        *out.entry(kind.to_owned()).or_default() += n;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_slots_moved_mid_run_keep_every_limit_exact() {
+    use whale_kernel::testkit::{redis_cli, RedisCluster};
+    let cluster = RedisCluster::start();
+    let mut env = Env::new();
+    env.set("WHALE_REDIS_URL", &cluster.url());
+    env.prepare();
+    let workers: Vec<(Worker, u16)> = (0..2).map(|_| worker(&mut env)).collect();
+    assert_status_ok(&env, &format!("redis cluster via {}", cluster.seeds()));
+    let nats = env.connect().await;
+    // 24,000 tasks over 60 keys, 15 per key per 10 minutes (the run fits in the window).
+    let (n, keys, limit) = (24_000usize, 60usize, 15usize);
+    let tasks: Vec<Task> = (0..n)
+        .map(|i| {
+            task(
+                "reshard",
+                i,
+                &format!("host-{}", i % keys),
+                limit as u64,
+                600_000,
+            )
+        })
+        .collect();
+    let publisher = {
+        let nats = nats.clone();
+        let all = tasks.clone();
+        tokio::spawn(async move { publish(&nats, &all).await })
+    };
+    wait_decided(&nats, n as u64 / 8, Duration::from_secs(60)).await;
+    // Every bucket exists now. Move the slots of 12 of them, each to the next master, a few
+    // keys per MIGRATE with a pause between, while both workers keep deciding: the slot is
+    // half-moved for a while (ASK, TRYAGAIN), then moved (MOVED for the old owner's clients).
+    let at_move = decided(&nats).await;
+    let (cluster, moves) = tokio::task::spawn_blocking(move || {
+        let ports = cluster.ports();
+        let mut logs: Vec<String> = ports
+            .iter()
+            .flat_map(|&p| {
+                redis_cli(p, &["--scan", "--pattern", "whale:throttle:*:log"])
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        logs.sort();
+        assert_eq!(logs.len(), keys, "every bucket exists before the move");
+        let mut moves = Vec::new();
+        for log in logs.iter().take(12) {
+            let slot: u16 = redis_cli(ports[0], &["CLUSTER", "KEYSLOT", log])
+                .parse()
+                .unwrap();
+            let from = cluster.owner_of(slot);
+            let to = ports[(ports.iter().position(|&p| p == from).unwrap() + 1) % ports.len()];
+            let moved = cluster.move_slot(slot, from, to, 8, Duration::from_millis(40));
+            assert!(moved > 1, "slot {slot} held the bucket and its markers");
+            assert_eq!(cluster.owner_of(slot), to);
+            moves.push((slot, from, to, moved));
+        }
+        (cluster, moves)
+    })
+    .await
+    .unwrap();
+    let after_move = decided(&nats).await;
+    assert!(
+        at_move < n as u64 / 2,
+        "the slots moved too late to meet live traffic ({at_move} of {n} decided)"
+    );
+    publisher.await.unwrap();
+    wait_decided(&nats, n as u64, Duration::from_secs(180)).await;
+    let admitted = assert_exactly(&nats, &tasks, keys * limit).await;
+    let by_id: BTreeMap<&str, &Task> = tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
+    let mut per_key = BTreeMap::<String, usize>::new();
+    for id in &admitted {
+        let key = &by_id[id.as_str()].throttle.as_ref().unwrap().key;
+        *per_key.entry(key.clone()).or_default() += 1;
+    }
+    assert_eq!(per_key.len(), keys);
+    assert!(per_key.values().all(|&n| n == limit), "{per_key:?}");
+    let (held, per_node) = tokens_on(&cluster.ports());
+    assert_eq!(
+        held,
+        digests(&admitted),
+        "each admitted task holds one token"
+    );
+    assert_eq!(per_node.iter().sum::<usize>(), keys, "{per_node:?}");
+    let mut redirects = BTreeMap::<String, u64>::new();
+    let mut waited = 0;
+    for (_, port) in &workers {
+        for (k, v) in worker_redirects(*port).await {
+            *redirects.entry(k).or_default() += v;
+        }
+        waited += worker_counts(*port)
+            .await
+            .get("waiting_for_redis")
+            .copied()
+            .unwrap_or(0);
+    }
+    assert_status_ok(&env, &format!("redis cluster via {}", cluster.seeds()));
+    eprintln!(
+        "slots moved mid-run: {} admitted, {} throttled of {n}; {} slots moved ({} keys) between {at_move} and {after_move} decided; redirects {redirects:?}; {waited} waits for Redis",
+        admitted.len(),
+        n - admitted.len(),
+        moves.len(),
+        moves.iter().map(|m| m.3).sum::<usize>(),
+    );
+    assert!(
+        redirects.get("moved").copied().unwrap_or(0) > 0,
+        "the workers met MOVED and followed it: {redirects:?}"
+    );
+    assert!(
+        redirects.get("ask").copied().unwrap_or(0) > 0,
+        "the workers met ASK and followed it: {redirects:?}"
+    );
+}

@@ -620,8 +620,15 @@ impl crate::Nats {
 /// Runs `redis-cli -p <port> <args>`; its stdout, trimmed. Panics (with how to install it)
 /// when redis-cli is missing.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    redis_cli_tls(port, None, args)
+}
+
+/// [`redis_cli`] over TLS when `tls` is given (trusting its CA), for the TLS-only servers of
+/// [`RedisCluster::start_tls`] and [`RedisSentinels::start_tls`].
+pub fn redis_cli_tls(port: u16, tls: Option<&RedisTls>, args: &[&str]) -> String {
     let out = Command::new(find_binary("redis-cli", "WHALE_REDIS_CLI"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(tls.map(RedisTls::cli_args).unwrap_or_default())
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -639,6 +646,54 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
+}
+
+/// TLS files for test Redis servers (made by the test, e.g. with rcgen): the servers listen
+/// only on TLS (`--port 0 --tls-port`), also between themselves (cluster bus, replication,
+/// Sentinel to data nodes), and do not ask clients for certificates.
+#[derive(Debug, Clone)]
+pub struct RedisTls {
+    /// The CA (PEM) that signed `cert`; clients trust it.
+    pub ca: PathBuf,
+    /// The servers' certificate (PEM, names 127.0.0.1) and its key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl RedisTls {
+    /// Server arguments: TLS on `port`, plain TCP off.
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let p = |p: &Path| p.display().to_string();
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &p(&self.cert),
+            "--tls-key-file",
+            &p(&self.key),
+            "--tls-ca-cert-file",
+            &p(&self.ca),
+            "--tls-auth-clients",
+            "no",
+            "--tls-replication",
+            "yes",
+            "--tls-cluster",
+            "yes",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+    }
+
+    fn cli_args(&self) -> Vec<String> {
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            self.ca.display().to_string(),
+        ]
+    }
 }
 
 /// One redis-server (or Sentinel) process of a [`RedisCluster`] or [`RedisSentinels`]: its
@@ -711,10 +766,21 @@ impl Drop for RedisNode {
 pub struct RedisCluster {
     _dir: tempfile::TempDir,
     nodes: Vec<RedisNode>,
+    tls: Option<RedisTls>,
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        Self::start_with(None)
+    }
+
+    /// The same cluster speaking only TLS (clients and cluster bus); [`RedisCluster::url`]
+    /// is `rediss+cluster://…`.
+    pub fn start_tls(tls: &RedisTls) -> RedisCluster {
+        Self::start_with(Some(tls.clone()))
+    }
+
+    fn start_with(tls: Option<RedisTls>) -> RedisCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(6);
         let mut nodes: Vec<RedisNode> = (0..3)
@@ -737,6 +803,12 @@ impl RedisCluster {
                 )
             })
             .collect();
+        if let Some(t) = &tls {
+            for n in &mut nodes {
+                let args = t.server_args(n.port);
+                n.args.extend(args);
+            }
+        }
         for n in &mut nodes {
             n.spawn();
         }
@@ -745,6 +817,7 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         let out = Command::new(find_binary("redis-cli", "WHALE_REDIS_CLI"))
+            .args(tls.as_ref().map(RedisTls::cli_args).unwrap_or_default())
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -757,10 +830,15 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let c = RedisCluster { _dir: dir, nodes };
+        let c = RedisCluster {
+            _dir: dir,
+            nodes,
+            tls,
+        };
         for n in &c.nodes {
             let ok = wait_until(Duration::from_secs(20), || {
-                redis_cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                c.cli(n.port, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
             });
             assert!(
                 ok,
@@ -771,9 +849,83 @@ impl RedisCluster {
         c
     }
 
-    /// `redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,127.0.0.1:<p3>`.
+    /// `redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,127.0.0.1:<p3>` (`rediss+cluster` with TLS).
     pub fn url(&self) -> String {
-        format!("redis+cluster://{}", self.seeds())
+        let s = if self.tls.is_some() { "s" } else { "" };
+        format!("redis{s}+cluster://{}", self.seeds())
+    }
+
+    /// `redis-cli` on the node at `port` (over TLS if the cluster speaks it).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        redis_cli_tls(port, self.tls.as_ref(), args)
+    }
+
+    /// The port of the master serving `slot` now.
+    pub fn owner_of(&self, slot: u16) -> u16 {
+        let nodes = self.cli(self.nodes[0].port, &["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let serves = f.iter().skip(8).any(|r| match r.split_once('-') {
+                Some((a, b)) => {
+                    a.parse::<u16>().is_ok_and(|a| a <= slot)
+                        && b.parse::<u16>().is_ok_and(|b| slot <= b)
+                }
+                None => r.parse::<u16>() == Ok(slot),
+            });
+            if serves && f.len() > 2 && f[2].contains("master") {
+                let port = f[1]
+                    .split(['@', ','])
+                    .next()
+                    .and_then(|a| a.rsplit(':').next());
+                return port.and_then(|p| p.parse().ok()).expect("node address");
+            }
+        }
+        panic!("no master serves slot {slot}:\n{nodes}");
+    }
+
+    /// Moves `slot` from the master on `from` to the one on `to` as `redis-cli --cluster
+    /// reshard` does, step by step: the target marks it IMPORTING, the source MIGRATING, the
+    /// keys go over `batch` at a time with `MIGRATE` (pausing `pause` after each, so clients
+    /// meet the slot half-moved: `ASK` from the source, `TRYAGAIN` for keys split between
+    /// the two), then every master is told the new owner (clients of the old one get `MOVED`).
+    /// Returns how many keys moved.
+    pub fn move_slot(&self, slot: u16, from: u16, to: u16, batch: usize, pause: Duration) -> usize {
+        let id = |port: u16| self.cli(port, &["CLUSTER", "MYID"]);
+        let (from_id, to_id) = (id(from), id(to));
+        let slot_s = slot.to_string();
+        let ok = |port: u16, args: &[&str]| {
+            let out = self.cli(port, args);
+            assert_eq!(out, "OK", "{args:?} on {port}: {out}");
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id]);
+        let mut moved = 0;
+        loop {
+            let keys = self.cli(
+                from,
+                &["CLUSTER", "GETKEYSINSLOT", &slot_s, &batch.to_string()],
+            );
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().copied());
+            let out = self.cli(from, &args);
+            assert!(out == "OK" || out == "NOKEY", "MIGRATE on {from}: {out}");
+            moved += keys.len();
+            std::thread::sleep(pause);
+        }
+        // The new owner first, then the old one, then the rest (as redis-cli does).
+        ok(to, &["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]);
+        for n in &self.nodes {
+            if n.port != from && n.port != to {
+                ok(n.port, &["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]);
+            }
+        }
+        moved
     }
 
     /// `127.0.0.1:<p1>,...` (every node).
@@ -806,6 +958,7 @@ pub struct RedisSentinels {
     /// The two data nodes (first started as master, second as its replica).
     data: Vec<RedisNode>,
     sentinels: Vec<RedisNode>,
+    tls: Option<RedisTls>,
 }
 
 impl RedisSentinels {
@@ -813,6 +966,16 @@ impl RedisSentinels {
     pub const MASTER: &'static str = "whale";
 
     pub fn start() -> RedisSentinels {
+        Self::start_with(None)
+    }
+
+    /// The same setup speaking only TLS: Sentinels, data nodes, replication and Sentinel to
+    /// data nodes; [`RedisSentinels::url`] is `rediss+sentinel://…`.
+    pub fn start_tls(tls: &RedisTls) -> RedisSentinels {
+        Self::start_with(Some(tls.clone()))
+    }
+
+    fn start_with(tls: Option<RedisTls>) -> RedisSentinels {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(5);
         let data_node = |port: u16, replica_of: Option<u16>| {
@@ -821,7 +984,11 @@ impl RedisSentinels {
                 Some(m) => vec!["--replicaof", "127.0.0.1", m],
                 None => vec![],
             };
-            RedisNode::data(port, dir.path().join(format!("redis-{port}")), &replica)
+            let mut n = RedisNode::data(port, dir.path().join(format!("redis-{port}")), &replica);
+            if let Some(t) = &tls {
+                n.args.extend(t.server_args(port));
+            }
+            n
         };
         let mut data = vec![
             data_node(ports[0], None),
@@ -836,6 +1003,18 @@ impl RedisSentinels {
                 let node_dir = dir.path().join(format!("sentinel-{port}"));
                 std::fs::create_dir_all(&node_dir).expect("sentinel dir");
                 let conf = node_dir.join("sentinel.conf");
+                // Over TLS the Sentinel listens on its TLS port only and reaches the data
+                // nodes over TLS (`tls-replication yes`).
+                let tls_conf = match &tls {
+                    Some(t) => format!(
+                        "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                         tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                        t.cert.display(),
+                        t.key.display(),
+                        t.ca.display()
+                    ),
+                    None => String::new(),
+                };
                 std::fs::write(
                     &conf,
                     format!(
@@ -843,7 +1022,7 @@ impl RedisSentinels {
                          sentinel monitor {m} 127.0.0.1 {master} 2\n\
                          sentinel down-after-milliseconds {m} 1000\n\
                          sentinel failover-timeout {m} 10000\n\
-                         sentinel parallel-syncs {m} 1\n",
+                         sentinel parallel-syncs {m} 1\n{tls_conf}",
                         node_dir.display(),
                         m = Self::MASTER,
                         master = ports[0],
@@ -865,6 +1044,7 @@ impl RedisSentinels {
             _dir: dir,
             data,
             sentinels,
+            tls,
         };
         s.wait_ready(s.data[0].port, Duration::from_secs(30));
         s
@@ -877,19 +1057,25 @@ impl RedisSentinels {
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
             .collect();
-        format!("redis+sentinel://{}/{}", hosts.join(","), Self::MASTER)
+        let s = if self.tls.is_some() { "s" } else { "" };
+        format!("redis{s}+sentinel://{}/{}", hosts.join(","), Self::MASTER)
+    }
+
+    /// `redis-cli` on the Sentinel or data node at `port` (over TLS if the setup speaks it).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        redis_cli_tls(port, self.tls.as_ref(), args)
     }
 
     /// The master's port as the first Sentinel that answers sees it.
     pub fn master_port(&self) -> Option<u16> {
         self.sentinels
             .iter()
-            .find_map(|s| Self::master_seen_by(s.port))
+            .find_map(|s| self.master_seen_by(s.port))
     }
 
     /// The master's port as the Sentinel on `port` sees it.
-    fn master_seen_by(port: u16) -> Option<u16> {
-        let out = redis_cli(port, &["SENTINEL", "get-master-addr-by-name", Self::MASTER]);
+    fn master_seen_by(&self, port: u16) -> Option<u16> {
+        let out = self.cli(port, &["SENTINEL", "get-master-addr-by-name", Self::MASTER]);
         out.lines().nth(1)?.trim().parse().ok()
     }
 
@@ -909,7 +1095,7 @@ impl RedisSentinels {
     /// Returns the old master's port; see [`RedisSentinels::wait_failover`].
     pub fn failover(&self) -> u16 {
         let old = self.master_port().expect("a Sentinel names the master");
-        let out = redis_cli(
+        let out = self.cli(
             self.sentinels[0].port,
             &["SENTINEL", "FAILOVER", Self::MASTER],
         );
@@ -935,7 +1121,7 @@ impl RedisSentinels {
             let seen: Vec<Option<u16>> = self
                 .sentinels
                 .iter()
-                .map(|s| Self::master_seen_by(s.port))
+                .map(|s| self.master_seen_by(s.port))
                 .collect();
             new = seen[0];
             seen.iter()
@@ -952,14 +1138,14 @@ impl RedisSentinels {
     /// other two Sentinels.
     pub fn wait_ready(&self, master: u16, timeout: Duration) {
         let ok = wait_until(timeout, || {
-            let info = redis_cli(master, &["INFO", "replication"]);
+            let info = self.cli(master, &["INFO", "replication"]);
             let synced = info.contains("role:master")
                 && info
                     .lines()
                     .any(|l| l.starts_with("slave0:") && l.contains("state=online"));
             synced
                 && self.sentinels.iter().all(|s| {
-                    let m = redis_cli(s.port, &["SENTINEL", "master", Self::MASTER]);
+                    let m = self.cli(s.port, &["SENTINEL", "master", Self::MASTER]);
                     let field = |name: &str| {
                         let mut lines = m.lines();
                         lines.find(|l| l.trim() == name)?;

@@ -14,7 +14,7 @@ use redis::aio::{
 };
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::cluster_routing::{SingleNodeRoutingInfo, Slot};
 use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, ErrorKind, ServerErrorKind, Value};
 use whale_kernel::Secret;
@@ -47,10 +47,20 @@ pub enum Error {
     /// Redis answered with an error (loading its data, out of memory, a bad script reply).
     #[error("Redis refused the decision: {0}")]
     Refused(String),
-    /// A cluster node answered MOVED/ASK: the slot is served elsewhere now. Internal to the
-    /// limiter, which asks again through the client's routing; never returned by `decide`.
+    /// A cluster node answered MOVED/ASK: the slot is served elsewhere now (or, for ASK, this
+    /// key is already on the node the slot is moving to). Internal to the limiter, which asks
+    /// that node; never returned by `decide`.
     #[error("Redis Cluster slot moved")]
-    Moved,
+    Moved(Redirect),
+}
+
+/// Where a `MOVED`/`ASK` answer sends a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Redirect {
+    /// `ASK` (ask once, after `ASKING`; the slot is half-moved) rather than `MOVED` (for good).
+    pub ask: bool,
+    pub host: String,
+    pub port: u16,
 }
 
 /// A bad `redis.url`. Says what is wrong without repeating the URL (it may hold a password).
@@ -121,7 +131,8 @@ struct ClusterState {
 
 struct SlotMap {
     owner: HashMap<Slot, usize>,
-    nodes: usize,
+    /// The masters' addresses, as `CLUSTER SLOTS` gives them.
+    nodes: Vec<(String, u16)>,
 }
 
 impl ClusterState {
@@ -139,7 +150,7 @@ impl ClusterState {
             return Err(bad());
         };
         let mut owner = HashMap::new();
-        let mut nodes: Vec<(Vec<u8>, i64)> = Vec::new();
+        let mut nodes: Vec<(String, u16)> = Vec::new();
         for r in ranges {
             let Value::Array(r) = r else {
                 return Err(bad());
@@ -150,10 +161,13 @@ impl ClusterState {
                 return Err(bad());
             };
             let node = match master.as_slice() {
-                [Value::BulkString(h), Value::Int(p), ..] => (h.clone(), *p),
-                [Value::SimpleString(h), Value::Int(p), ..] => (h.clone().into_bytes(), *p),
+                [Value::BulkString(h), Value::Int(p), ..] => {
+                    (String::from_utf8_lossy(h).into_owned(), *p)
+                }
+                [Value::SimpleString(h), Value::Int(p), ..] => (h.clone(), *p),
                 _ => return Err(bad()),
             };
+            let node = (node.0, u16::try_from(node.1).map_err(|_| bad())?);
             let idx = match nodes.iter().position(|n| *n == node) {
                 Some(i) => i,
                 None => {
@@ -166,10 +180,7 @@ impl ClusterState {
                 owner.insert(slot, idx);
             }
         }
-        let m = Arc::new(SlotMap {
-            owner,
-            nodes: nodes.len(),
-        });
+        let m = Arc::new(SlotMap { owner, nodes });
         *self.slots.write().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
         Ok(m)
     }
@@ -199,8 +210,11 @@ impl<C: ConnectionLike + Send> SendPipe for Direct<C> {
     }
 }
 
-/// The cluster node that serves `route`'s slot, for a pipeline of keys in several of its slots.
-struct ToNode(ClusterConnection, Route);
+/// One cluster node by its address (from whale's slot map or a redirection), for a pipeline
+/// of keys in several of its slots. Not by the client's own slot map: the client reads that
+/// again only when one of its own commands meets `MOVED`, never for the answers inside a
+/// pipeline that ignores errors, so after a slot move it would keep sending to the old owner.
+struct ToNode(ClusterConnection, String, u16);
 
 impl SendPipe for ToNode {
     fn send<'a>(
@@ -212,7 +226,10 @@ impl SendPipe for ToNode {
             pipe.clone(),
             0,
             n,
-            SingleNodeRoutingInfo::SpecificNode(self.1),
+            SingleNodeRoutingInfo::ByAddress {
+                host: self.1.clone(),
+                port: self.2,
+            },
         ))
     }
 }
@@ -408,13 +425,13 @@ impl Limiter {
     async fn decide_inner(&self, reqs: &[Request]) -> Vec<Result<Decision, Error>> {
         let all: Vec<&Request> = reqs.iter().collect();
         match &self.conn {
-            Conn::Single(c) => self.decide_on(&mut Direct(c.clone()), &all).await,
+            Conn::Single(c) => self.decide_on(&mut Direct(c.clone()), &all, false).await,
             Conn::Sentinel(lazy) => {
                 let c = match lazy.get().await {
                     Ok(c) => c,
                     Err(e) => return vec![Err(e); reqs.len()],
                 };
-                let out = self.decide_on(&mut Direct(c), &all).await;
+                let out = self.decide_on(&mut Direct(c), &all, false).await;
                 if out.iter().any(|r| matches!(r, Err(Error::Unreachable(_)))) {
                     // Dropped, or the master was demoted: ask the Sentinels again next time.
                     lazy.forget().await;
@@ -442,8 +459,10 @@ impl Limiter {
         }
     }
 
-    /// One pipeline per master, all at once. Returns the requests that met a `MOVED`/`ASK`
-    /// (the slot map changed: it is read again next time) for [`Self::per_bucket`].
+    /// One pipeline per master, all at once, each to the master's address in whale's slot
+    /// map. Requests that meet a `MOVED` or `ASK` are sent once more, to the node it names
+    /// (after `ASKING` for an `ASK`); a `MOVED` also makes whale (and the client) read the slot
+    /// map again. Returns the requests for slots no master serves, for [`Self::per_bucket`].
     async fn per_node(
         &self,
         cs: &ClusterState,
@@ -452,40 +471,70 @@ impl Limiter {
         reqs: &[Request],
         out: &mut [Option<Result<Decision, Error>>],
     ) -> Vec<usize> {
-        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); map.nodes + 1];
+        let unserved = map.nodes.len();
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); unserved + 1];
         for (i, r) in reqs.iter().enumerate() {
             let node = map
                 .owner
                 .get(&Slot::for_key(&r.log_key))
                 .copied()
-                .unwrap_or(map.nodes);
+                .unwrap_or(unserved);
             groups[node].push(i);
         }
         // Slots no node serves (a cluster being reshaped): let the client find them.
-        let mut rest = std::mem::take(&mut groups[map.nodes]);
-        let calls = groups.into_iter().filter(|g| !g.is_empty()).map(|idx| {
-            let route = Route::with_key(&reqs[idx[0]].log_key, SlotAddr::Master);
-            let mut to = ToNode(c.clone(), route);
-            async move {
-                let group: Vec<&Request> = idx.iter().map(|&i| &reqs[i]).collect();
-                let res = self.decide_on(&mut to, &group).await;
-                (idx, res)
-            }
-        });
-        let mut moved = false;
+        let rest = std::mem::take(&mut groups[unserved]);
+        let calls = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, g)| !g.is_empty())
+            .map(|(n, idx)| {
+                let (host, port) = map.nodes[n].clone();
+                let mut to = ToNode(c.clone(), host, port);
+                async move {
+                    let group: Vec<&Request> = idx.iter().map(|&i| &reqs[i]).collect();
+                    let res = self.decide_on(&mut to, &group, false).await;
+                    (idx, res)
+                }
+            });
+        let mut redirected: HashMap<Redirect, Vec<usize>> = HashMap::new();
         for (idx, res) in futures::future::join_all(calls).await {
             for (i, r) in idx.into_iter().zip(res) {
                 match r {
-                    Err(Error::Moved) => {
-                        moved = true;
-                        rest.push(i);
-                    }
+                    Err(Error::Moved(to)) => redirected.entry(to).or_default().push(i),
                     r => out[i] = Some(r),
                 }
             }
         }
-        if moved {
+        if let Some(idx) = redirected.iter().find(|(to, _)| !to.ask).map(|(_, i)| i) {
             cs.forget_slots();
+            // The client reads its own slot map again (and connects to nodes it did not know)
+            // only when one of its own commands meets MOVED: give it one.
+            let probe = redis::cmd("EXISTS")
+                .arg(&reqs[idx[0]].log_key)
+                .query_async::<Value>(&mut c.clone())
+                .await;
+            if let Err(e) = probe {
+                tracing::debug!("slot map refresh after MOVED: {e}");
+            }
+        }
+        let follows = redirected.into_iter().map(|(to, idx)| {
+            crate::metrics::redirected(if to.ask { "ask" } else { "moved" }, idx.len());
+            let mut node = ToNode(c.clone(), to.host.clone(), to.port);
+            async move {
+                let group: Vec<&Request> = idx.iter().map(|&i| &reqs[i]).collect();
+                let res = self.decide_on(&mut node, &group, to.ask).await;
+                (idx, res)
+            }
+        });
+        for (idx, res) in futures::future::join_all(follows).await {
+            for (i, r) in idx.into_iter().zip(res) {
+                out[i] = Some(match r {
+                    Err(Error::Moved(_)) => Err(Error::Unreachable(
+                        "the Redis Cluster slot is moving (redirected twice)".into(),
+                    )),
+                    r => r,
+                });
+            }
         }
         rest
     }
@@ -507,14 +556,16 @@ impl Limiter {
             let mut c = Direct(c.clone());
             async move {
                 let group: Vec<&Request> = idx.iter().map(|&i| &reqs[i]).collect();
-                let res = self.decide_on(&mut c, &group).await;
+                let res = self.decide_on(&mut c, &group, false).await;
                 (idx, res)
             }
         });
         for (idx, res) in futures::future::join_all(calls).await {
             for (i, r) in idx.into_iter().zip(res) {
                 out[i] = Some(match r {
-                    Err(Error::Moved) => Err(Error::Unreachable("slot moved twice".into())),
+                    Err(Error::Moved(_)) => Err(Error::Unreachable(
+                        "the Redis Cluster slot is moving (the client's slot map is behind)".into(),
+                    )),
                     r => r,
                 });
             }
@@ -523,11 +574,13 @@ impl Limiter {
 
     /// One pipeline of EVALSHA (then EVAL for those the server answered NOSCRIPT: its script
     /// cache is empty after a restart or on a node seen for the first time), ending with
-    /// `WAIT` when `redis.wait_replicas` asks for it.
+    /// `WAIT` when `redis.wait_replicas` asks for it. `asking`: each script call follows an
+    /// `ASK` (the node importing its slot serves it only after `ASKING`).
     async fn decide_on(
         &self,
         conn: &mut impl SendPipe,
         reqs: &[&Request],
+        asking: bool,
     ) -> Vec<Result<Decision, Error>> {
         let mut out: Vec<Option<Result<Decision, Error>>> = vec![None; reqs.len()];
         let mut todo: Vec<usize> = (0..reqs.len()).collect();
@@ -539,6 +592,9 @@ impl Limiter {
             pipe.ignore_errors();
             for &i in &todo {
                 let r = reqs[i];
+                if asking {
+                    pipe.cmd("ASKING");
+                }
                 match attempt {
                     0 => pipe.cmd("EVALSHA").arg(&self.sha),
                     _ => pipe.cmd("EVAL").arg(SCRIPT),
@@ -557,7 +613,8 @@ impl Limiter {
                     .arg(self.wait_replicas)
                     .arg(self.wait_timeout.as_millis().max(1) as u64);
             }
-            let expected = todo.len() + (self.wait_replicas > 0) as usize;
+            let per_request = 1 + asking as usize;
+            let expected = todo.len() * per_request + (self.wait_replicas > 0) as usize;
             let mut values = match conn.send(&pipe).await {
                 Ok(v) if v.len() == expected => v,
                 Ok(v) => {
@@ -568,7 +625,19 @@ impl Limiter {
                     break;
                 }
                 Err(e) => {
-                    let e = classify(&e);
+                    // The cluster client answers a whole pipeline with MOVED/ASK when it could
+                    // not place it: the group goes to the node named, like a single answer.
+                    let e = match (e.kind(), e.detail()) {
+                        (
+                            ErrorKind::Server(k @ (ServerErrorKind::Moved | ServerErrorKind::Ask)),
+                            Some(d),
+                        ) => redirect(k == ServerErrorKind::Ask, d).unwrap_or_else(|| classify(&e)),
+                        (ErrorKind::Server(ServerErrorKind::TryAgain), _) => {
+                            crate::metrics::redirected("tryagain", todo.len());
+                            classify(&e)
+                        }
+                        _ => classify(&e),
+                    };
                     for i in todo.drain(..) {
                         out[i] = Some(Err(e.clone()));
                     }
@@ -596,7 +665,12 @@ impl Limiter {
                 }
             }
             let mut again = Vec::new();
-            for (i, v) in todo.iter().copied().zip(values) {
+            // Each request's last answer (after its ASKING's OK).
+            let answers = values
+                .into_iter()
+                .skip(per_request - 1)
+                .step_by(per_request);
+            for (i, v) in todo.iter().copied().zip(answers) {
                 match v {
                     Value::ServerError(e)
                         if e.kind() == Some(ServerErrorKind::NoScript) && attempt == 0 =>
@@ -811,6 +885,16 @@ fn classify(e: &redis::RedisError) -> Error {
     }
 }
 
+/// The node a `MOVED`/`ASK` names: details `<slot> <host>:<port>`.
+fn redirect(ask: bool, details: &str) -> Option<Error> {
+    let (host, port) = details.split_whitespace().nth(1)?.rsplit_once(':')?;
+    Some(Error::Moved(Redirect {
+        ask,
+        host: host.trim_matches(['[', ']']).to_owned(),
+        port: port.parse().ok()?,
+    }))
+}
+
 fn parse(v: Value) -> Result<Decision, Error> {
     let bad = |v: &Value| Error::Refused(format!("unexpected script reply {v:?}"));
     match v {
@@ -820,13 +904,26 @@ fn parse(v: Value) -> Result<Decision, Error> {
                 Some(ServerErrorKind::Moved | ServerErrorKind::Ask)
             ) =>
         {
-            Err(Error::Moved)
+            let ask = e.kind() == Some(ServerErrorKind::Ask);
+            match e.details().and_then(|d| redirect(ask, d)) {
+                Some(to) => Err(to),
+                None => Err(Error::Refused(format!(
+                    "{} {} (no node address)",
+                    e.code(),
+                    e.details().unwrap_or_default()
+                ))),
+            }
         }
-        Value::ServerError(e) if not_now(e.kind()) => Err(Error::Unreachable(format!(
-            "{} {}",
-            e.code(),
-            e.details().unwrap_or_default()
-        ))),
+        Value::ServerError(e) if not_now(e.kind()) => {
+            if e.kind() == Some(ServerErrorKind::TryAgain) {
+                crate::metrics::redirected("tryagain", 1);
+            }
+            Err(Error::Unreachable(format!(
+                "{} {}",
+                e.code(),
+                e.details().unwrap_or_default()
+            )))
+        }
         Value::ServerError(e) => Err(Error::Refused(format!(
             "{} {}",
             e.code(),

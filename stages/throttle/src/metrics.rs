@@ -25,6 +25,22 @@ pub static REDIS_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// `whale_throttle_redis_redirects_total{kind}`: Redis Cluster `MOVED`/`ASK` answers whale
+/// followed to the node they name, and `TRYAGAIN` answers (a bucket's keys split between two
+/// nodes while its slot moves: the task waits and is asked again).
+pub static REDIRECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    metrics::counter_vec(
+        "whale_throttle_redis_redirects_total",
+        "Redis Cluster answers met while slots move: moved and ask (followed), tryagain (the task waits)",
+        &["kind"],
+    )
+});
+
+/// Counts `n` requests that met a `kind` answer (`moved`, `ask`, `tryagain`).
+pub fn redirected(kind: &str, n: usize) {
+    REDIRECTS.with_label_values(&[kind]).inc_by(n as u64);
+}
+
 /// What happened to one task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -671,3 +671,163 @@ async fn sentinel_limiter_follows_the_master_through_a_planned_failover() {
     assert_eq!(ask_keys(&l, "after", 5, 10, 4).await, vec![4; 5]);
     assert_eq!(l.ping().await, Ok(()));
 }
+
+/// A throwaway CA (rcgen) and the TLS files of test Redis servers it signed (for 127.0.0.1).
+fn test_ca(dir: &std::path::Path, name: &str) -> whale_kernel::testkit::RedisTls {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, name);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let file = |stem: &str, text: &str| {
+        let p = dir.join(format!("{name}-{stem}"));
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    whale_kernel::testkit::RedisTls {
+        ca: file("ca.pem", &ca_pem),
+        cert: file("server.crt", &cert.pem()),
+        key: file("server.key", &key.serialize_pem()),
+    }
+}
+
+/// A limiter for `url` trusting only `ca`.
+fn tls_limiter(url: String, ca: &std::path::Path, wait_replicas: u32) -> Limiter {
+    whale_kernel::tls::install_crypto_provider();
+    Limiter::from_config(&whale_kernel::config::RedisConfig {
+        url: Secret::new(url),
+        tls_ca: Some(ca.to_path_buf()),
+        wait_replicas,
+        ..Default::default()
+    })
+    .expect("TLS config")
+}
+
+/// A limiter trusting a CA that did not sign the servers' certificates: no decision, and the
+/// error says why (the certificate), never the URL.
+async fn assert_wrong_ca_refused(url: &str, wrong_ca: &std::path::Path) {
+    let l = tls_limiter(url.to_owned(), wrong_ca, 0);
+    let err = l.ping().await.expect_err("a server signed by another CA");
+    eprintln!("wrong CA: {err}");
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
+        "the error should name the certificate problem: {err}"
+    );
+    let t = throttle("host-0", 1, 600_000, 0, ThrottleMode::Rate);
+    let Plan::Ask(r) = policy::plan("wrong-ca", &t, "wrong-ca-0") else {
+        panic!("a Redis question")
+    };
+    match l.decide(&[r]).await.as_slice() {
+        [Err(whale_throttle::limiter::Error::Unreachable(e))] => {
+            assert!(!e.contains("rediss"), "{e}")
+        }
+        other => panic!("a wrong CA must mean no decision (wait): {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_over_tls_decides_exactly_and_refuses_a_wrong_ca() {
+    use whale_kernel::testkit::RedisCluster;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = test_ca(dir.path(), "redis-ca");
+    let wrong = test_ca(dir.path(), "other-ca");
+    let cluster = {
+        let tls = tls.clone();
+        tokio::task::spawn_blocking(move || RedisCluster::start_tls(&tls))
+            .await
+            .unwrap()
+    };
+    assert!(
+        cluster.url().starts_with("rediss+cluster://"),
+        "{}",
+        cluster.url()
+    );
+    // The servers speak only TLS: plain redis-cli gets nothing back.
+    let port = cluster.ports()[0];
+    assert_eq!(whale_kernel::testkit::redis_cli(port, &["PING"]), "");
+    assert_eq!(cluster.cli(port, &["PING"]), "PONG");
+    let l = tls_limiter(cluster.url(), &tls.ca, 0);
+    assert_eq!(l.ping().await, Ok(()));
+    assert_eq!(
+        l.servers(),
+        format!("redis cluster via {} (TLS)", cluster.seeds())
+    );
+    assert_eq!(ask_keys(&l, "tls", 60, 30, 10).await, vec![10; 60]);
+    // Asked again: the same answers, nothing more taken.
+    assert_eq!(ask_keys(&l, "tls", 60, 30, 10).await, vec![10; 60]);
+    let logs: Vec<usize> = cluster
+        .ports()
+        .iter()
+        .map(|&p| {
+            cluster
+                .cli(p, &["--scan", "--pattern", "whale:throttle:*:log"])
+                .lines()
+                .count()
+        })
+        .collect();
+    assert_eq!(logs.iter().sum::<usize>(), 60, "{logs:?}");
+    assert!(
+        logs.iter().all(|&n| n > 0),
+        "buckets on every master: {logs:?}"
+    );
+    assert_wrong_ca_refused(&cluster.url(), &wrong.ca).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls_follows_a_failover_and_refuses_a_wrong_ca() {
+    use whale_kernel::testkit::RedisSentinels;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = test_ca(dir.path(), "redis-ca");
+    let wrong = test_ca(dir.path(), "other-ca");
+    let redis = {
+        let tls = tls.clone();
+        tokio::task::spawn_blocking(move || RedisSentinels::start_tls(&tls))
+            .await
+            .unwrap()
+    };
+    let url = redis.url();
+    assert!(url.starts_with("rediss+sentinel://"), "{url}");
+    // WAIT 1 over TLS replication: every decision acted on is on the replica too.
+    let l = tls_limiter(url.clone(), &tls.ca, 1);
+    assert_eq!(l.ping().await, Ok(()));
+    assert_eq!(ask_keys(&l, "tls-before", 20, 10, 4).await, vec![4; 20]);
+    let (redis, new_master) = tokio::task::spawn_blocking(move || {
+        let old = redis.failover();
+        let new = redis.wait_failover(old, Duration::from_secs(60));
+        redis.wait_ready(new, Duration::from_secs(60));
+        (redis, new)
+    })
+    .await
+    .unwrap();
+    assert_eq!(redis.master_port(), Some(new_master));
+    let mut resumed = false;
+    for _ in 0..50 {
+        if ask_keys_once(&l).await {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(resumed, "decisions resume on the new master over TLS");
+    // Every decision made before the failover is remembered by the new master.
+    assert_eq!(ask_keys(&l, "tls-before", 20, 10, 4).await, vec![4; 20]);
+    assert_eq!(ask_keys(&l, "tls-after", 5, 10, 4).await, vec![4; 5]);
+    assert_wrong_ca_refused(&url, &wrong.ca).await;
+}
+
+/// One decision for an already decided task; true once Redis answers it.
+async fn ask_keys_once(l: &Limiter) -> bool {
+    let t = throttle("host-0", 4, 600_000, 0, ThrottleMode::Rate);
+    let Plan::Ask(r) = policy::plan("tls-before", &t, "tls-before-0-0") else {
+        panic!("a Redis question")
+    };
+    matches!(l.decide(&[r]).await.as_slice(), [Ok(d)] if d.admitted && d.repeated)
+}
