@@ -442,7 +442,7 @@ pub(crate) fn write_schemas(dir: &Path, types: usize) -> anyhow::Result<()> {
 
 /// `rules / types` rules per type; rule j of a type fires on `detail.code == j`. Every rule has
 /// a (generous) throttle so each task costs a Redis decision, and routes to `default`.
-fn write_rules(dir: &Path, rules: usize, types: usize) -> anyhow::Result<()> {
+pub(crate) fn write_rules(dir: &Path, rules: usize, types: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let per_type = rules / types;
     for t in 0..types {
