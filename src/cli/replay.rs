@@ -97,10 +97,8 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         ProgressBar::hidden()
     };
     if a.dry_run {
-        let report = backtest::dry_run(&cfg, &nats, &set, a.rules.is_some(), &scope, |_| {
-            bar.inc(1)
-        })
-        .await?;
+        let report =
+            backtest::dry_run(&cfg, &nats, &set, a.rules.is_some(), &scope, |_| bar.inc(1)).await?;
         bar.finish_and_clear();
         let candidate = a.rules.as_ref().map(|d| d.display().to_string());
         let rec = backtest::record(&Actor::cli(None), Action::ReplayDryRun, &scope)

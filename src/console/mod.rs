@@ -410,7 +410,10 @@ async fn sign_in(
     actor.who = principal.name.clone();
     actor.role = Some(role.as_str().to_owned());
     if let Err(e) = audit::record(&app.nats, &sign_record(&actor, Action::ConsoleSignIn)).await {
-        tracing::error!("console sign-in of {} refused: its audit record cannot be written: {e:#}", principal.name);
+        tracing::error!(
+            "console sign-in of {} refused: its audit record cannot be written: {e:#}",
+            principal.name
+        );
         return layout::html_response(
             StatusCode::SERVICE_UNAVAILABLE,
             maud::html! { p #refusal { "the sign-in cannot be recorded in the audit trail: try again shortly" } },

@@ -359,11 +359,7 @@ fn report_view(ctx: &Ctx, r: &backtest::Report) -> Markup {
     }
 }
 
-pub async fn show(
-    State(app): State<App>,
-    ctx: Ctx,
-    Query(n): Query<super::ops::Note>,
-) -> Response {
+pub async fn show(State(app): State<App>, ctx: Ctx, Query(n): Query<super::ops::Note>) -> Response {
     page_(&app, &ctx, super::ops::note(&ctx, &n.done), "", "").await
 }
 

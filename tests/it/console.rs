@@ -420,14 +420,21 @@ async fn console_in_a_real_browser() {
         .await
         .unwrap();
     let examined: u64 = text_of(&b, "#bt-events").await.parse().unwrap();
-    assert!(examined >= 1, "the backtest read the posted event: {examined}");
+    assert!(
+        examined >= 1,
+        "the backtest read the posted event: {examined}"
+    );
     assert!(
         b.find(Locator::Id("bt-limited")).await.is_err(),
         "{examined} events are under console.backtest_max_events"
     );
     let would = text_of(&b, "#bt-rules tr[data-rule=console-cleanup] td.would").await;
     let fired = text_of(&b, "#bt-rules tr[data-rule=console-cleanup] td.fired").await;
-    assert_eq!((would.as_str(), fired.as_str()), ("1", "1"), "would match / fired");
+    assert_eq!(
+        (would.as_str(), fired.as_str()),
+        ("1", "1"),
+        "would match / fired"
+    );
     eprintln!("console: backtest examined {examined} events; console-cleanup would {would}, fired {fired}");
     shot(&b, "rules-backtest").await;
     // An operator may not roll back (admin only).
@@ -635,7 +642,10 @@ async fn active_version(base: &str) -> String {
         .json()
         .await
         .unwrap();
-    v["version"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned()
+    v["version"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_owned()
 }
 
 /// The rollback form posted with a session cookie and the console's own origin.
@@ -927,7 +937,11 @@ async fn sign_in_is_audited_and_a_removed_token_ends_its_sessions() {
 
     // A fresh operator session, then the operator's token leaves the config.
     let op = cookie_of(&sign_in(token(Role::Operator)).await.unwrap());
-    let get = |c: String| http.get(format!("{base}/ui/approvals")).header("cookie", c).send();
+    let get = |c: String| {
+        http.get(format!("{base}/ui/approvals"))
+            .header("cookie", c)
+            .send()
+    };
     assert_eq!(get(op.clone()).await.unwrap().status(), 200);
     drop(w);
     let kept: String = std::fs::read_to_string(dir.path().join("whale.toml"))

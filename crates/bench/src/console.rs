@@ -1,8 +1,8 @@
 //! `whale-bench console`: the operator console's page weight (bytes of a first view: the HTML
 //! and the assets it loads; the budget is 300 KB) and each page's response time with `--events`
 //! (default 100,000) events indexed, beside the JSON route that serves the same data in the same
-//! run (the reference). `whale run --stages validate,index,match` runs as a process of its own
-//! against a private nats-server; the events go through the normal ingest path (published on
+//! run (the reference). `whale run` ([`STAGES`]) runs as a process of its own against a private
+//! nats-server and the StackStorm emulator; the events go through the normal ingest path (published on
 //! `whale.in`, validated, indexed by the embedded index).
 
 use std::process::{ExitCode, Stdio};
@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use whale_kernel::testkit::{free_port, NatsServer};
 use whale_kernel::{subjects, Config, Output, Window};
 
-use crate::pipeline::{sibling, wait_ready, write_rules, write_schemas, ChildEnv};
+use crate::pipeline::{sibling, start_emulator, wait_ready, write_rules, write_schemas, ChildEnv};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,13 +29,16 @@ pub struct Args {
 
 const TOKEN: &str = "whale-bench-console-admin-token";
 const TYPES: usize = 4;
+/// The stages whose JSON routes are the references (executions: feedback; approvals: approve;
+/// dead letters: dispatch); the rules match no bench event, so nothing is dispatched.
+const STAGES: &str = "validate,index,match,approve,dispatch,feedback";
 
 fn event(i: usize) -> Value {
     json!({
         "id": format!("cbench-{i:010}"),
         "event_type": format!("bench.t{:03}", i % TYPES),
         "source": format!("whale-bench/{}", i % 7),
-        "detail": {"host": format!("web-{}", i % 100), "code": (i % 50) as i64, "env": "prod",
+        "detail": {"host": format!("web-{}", i % 100), "code": 100 + (i % 50) as i64, "env": "prod",
                    "usage_pct": 50 + (i % 50), "message": format!("disk almost full on web-{}", i % 100)},
         "labels": {"team": "bench"}
     })
@@ -80,6 +83,7 @@ fn stats(t: &[f64]) -> Value {
 
 pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let exe = sibling("whale")?;
+    let (mut emulator, emulator_url) = start_emulator(&sibling("st2-emulator")?)?;
     let work = tempfile::tempdir()?;
     let nats_server = NatsServer::start();
     cfg.nats.urls = vec![nats_server.url()];
@@ -87,6 +91,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let schemas = work.path().join("schemas");
     let rules = work.path().join("rules");
     write_schemas(&schemas, TYPES)?;
+    // Rule j of a type fires on `detail.code == j`; bench events carry codes from 100 up.
     write_rules(&rules, TYPES * 2, TYPES)?;
     let env = ChildEnv {
         exe,
@@ -94,6 +99,8 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             ("WHALE_NATS_URL".into(), nats_server.url()),
             ("WHALE_LOG".into(), "warn".into()),
             ("WHALE_HTTP_TOKEN".into(), TOKEN.into()),
+            ("WHALE_ST2_URL".into(), emulator_url),
+            ("WHALE_ST2_API_KEY".into(), "bench-key".into()),
         ],
     };
     env.ok(&["setup"])?;
@@ -101,7 +108,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     env.ok(&["rules", "apply", &rules.to_string_lossy()])?;
     let port = free_port();
     let mut child = env
-        .cmd(&["run", "--stages", "validate,index,match"])
+        .cmd(&["run", "--stages", STAGES])
         .env("WHALE_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("WHALE_INDEX_DIR", work.path().join("index"))
         .stdout(Stdio::null())
@@ -111,6 +118,8 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let result = measure_all(&a, &nats, port).await;
     let _ = child.kill();
     let _ = child.wait();
+    let _ = emulator.kill();
+    let _ = emulator.wait();
     let report = result?;
     if a.json {
         crate::print_json(&report)?;
@@ -205,7 +214,7 @@ async fn measure_all(a: &Args, nats: &whale_kernel::Nats, port: u16) -> anyhow::
     for (page, reference) in pages {
         let (t, html) = measure(&client, &base, page, a.requests).await?;
         let mut row = json!({"page": page, "first_view_bytes": html + css + js, "html_bytes": html,
-                             });
+        });
         row["page_ms"] = stats(&t);
         if let Some(r) = reference {
             let (rt, rb) = measure(&client, &base, r, a.requests).await?;

@@ -486,7 +486,7 @@ impl ChildEnv {
     }
 }
 
-fn start_emulator(bin: &Path) -> anyhow::Result<(Child, String)> {
+pub(crate) fn start_emulator(bin: &Path) -> anyhow::Result<(Child, String)> {
     use std::io::BufRead;
     let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--any-action"])

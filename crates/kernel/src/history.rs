@@ -49,7 +49,9 @@ where
     F: FnMut(Delivery),
 {
     let start = DeliverPolicy::ByStartTime { start_time: from };
-    Ok(walk(nats, stream, filter, start, Some(to), None, f).await?.0)
+    Ok(walk(nats, stream, filter, start, Some(to), None, f)
+        .await?
+        .0)
 }
 
 /// As [`read`], but stops after `max` messages: returns how many were read and whether the
@@ -76,9 +78,11 @@ pub async fn read_all<F>(nats: &Nats, stream: &str, filter: &str, f: F) -> anyho
 where
     F: FnMut(Delivery),
 {
-    Ok(walk(nats, stream, filter, DeliverPolicy::All, None, None, f)
-        .await?
-        .0)
+    Ok(
+        walk(nats, stream, filter, DeliverPolicy::All, None, None, f)
+            .await?
+            .0,
+    )
 }
 
 /// The one walk over a stream's history: an ephemeral consumer from `start` that acks nothing,
