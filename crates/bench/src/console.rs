@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 use whale_kernel::testkit::{free_port, NatsServer};
-use whale_kernel::{subjects, Config, Output, Window};
+use whale_kernel::Config;
 
 use crate::pipeline::{sibling, start_emulator, wait_ready, write_rules, write_schemas, ChildEnv};
 
@@ -136,26 +136,7 @@ async fn measure_all(a: &Args, nats: &whale_kernel::Nats, port: u16) -> anyhow::
 
     // Ingest: publish on whale.in, then wait until the index holds every event.
     let started = Instant::now();
-    let mut w: Window<()> = Window::on(nats, 1024);
-    let mut failed = 0u64;
-    for i in 0..a.events {
-        let e = event(i);
-        let ty = e["event_type"].as_str().unwrap_or_default().to_owned();
-        let out = Output::new(
-            subjects::ingest(&ty),
-            format!("cbench-{i:010}"),
-            serde_json::to_vec(&e)?,
-        );
-        for (_, r) in w.send((), out).await {
-            failed += r.is_err() as u64;
-        }
-    }
-    for (_, r) in w.drain().await {
-        failed += r.is_err() as u64;
-    }
-    if failed > 0 {
-        bail!("{failed} publishes failed");
-    }
+    crate::pipeline::publish_events(nats, a.events, 0.0, |i, _| event(i)).await?;
     let mut indexed = 0u64;
     let mut last_change = Instant::now();
     while indexed < a.events as u64 {
