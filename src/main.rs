@@ -2,6 +2,7 @@
 //! print as `whale: <what went wrong>: <why>` with the fix where one is known; exit code 1 means
 //! the command failed, 2 a usage error, 3 that it ran but found problems (refused events, rules).
 
+mod backtest;
 mod cli;
 mod console;
 mod registry;

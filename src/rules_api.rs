@@ -42,6 +42,20 @@ pub enum RollbackError {
     Internal(#[from] anyhow::Error),
 }
 
+impl RollbackError {
+    /// The HTTP status the route and the console answer with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RollbackError::Unknown(_) => StatusCode::NOT_FOUND,
+            RollbackError::Refused { .. } => StatusCode::CONFLICT,
+            RollbackError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RollbackError::AuditMissing { .. } | RollbackError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
 /// What a rollback did.
 #[derive(Debug)]
 pub struct RolledBack {

@@ -4,27 +4,22 @@
 //! before `whale rules apply`. Without `--dry-run` the events are re-injected with fresh ids and
 //! a replay marker, so the re-run is on purpose and traceable; throttles still apply.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use time::OffsetDateTime;
 
 use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
-use serde_json::{json, Value};
-use whale_kernel::audit::{Action, Actor, Record, Target};
-use whale_kernel::history::{self, parse_time_arg};
+use serde_json::json;
+use whale_kernel::audit::{Action, Actor};
+use whale_kernel::history::parse_time_arg;
 use whale_kernel::subjects;
-use whale_kernel::{envelope, Config, Envelope, Output, Window};
-use whale_match::{Match, REPLAY_LABEL, REPLAY_RULE_LABEL};
+use whale_kernel::{envelope, Config, Output, Window};
+use whale_match::{REPLAY_LABEL, REPLAY_RULE_LABEL};
 use whale_rules::RuleSet;
 
+use crate::backtest::{self, Scope};
 use crate::rules_store;
-
-mod fired;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,26 +46,6 @@ pub struct Args {
     examples: usize,
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Default, Serialize)]
-struct RuleLine {
-    rule: String,
-    would_match: u64,
-    actually_matched: u64,
-    /// Would match now, did not fire then.
-    added: u64,
-    /// Fired then, would not match now.
-    removed: u64,
-    /// Tasks the matches would make: one per event, or one per matching element of a rule
-    /// with `for_each`.
-    tasks: u64,
-    /// Events on which the rule's `for_each` yielded more elements than allowed (no task).
-    refused: u64,
-    /// Would match now, but no record says whether it fired then (outside every source's range).
-    not_comparable: u64,
-    /// Example event ids (`id[i]` for element i of a `for_each`).
-    examples: Vec<String>,
 }
 
 pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
@@ -106,19 +81,13 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let mut warnings = Vec::new();
-    if let Some(oldest) = history::oldest(&nats, subjects::STREAM_EVENTS).await? {
-        if from < oldest {
-            warnings.push(format!(
-                "the range starts before the oldest stored event ({}): older history is beyond retention ({}; WHALE_RETENTION)",
-                envelope::format_time(oldest),
-                humantime::format_duration(cfg.events.retention)
-            ));
-        }
-    }
-    let filter = match &a.event_type {
-        Some(t) => subjects::events(t),
-        None => subjects::all(subjects::EVENTS_PREFIX),
+    let scope = Scope {
+        from,
+        to,
+        event_type: a.event_type.clone(),
+        rule: a.rule.clone(),
+        examples: a.examples,
+        max_events: None,
     };
     let bar = if std::io::stderr().is_terminal() && !a.json {
         let b = ProgressBar::new_spinner();
@@ -127,191 +96,29 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     } else {
         ProgressBar::hidden()
     };
-    // A backtest compares with what fired; find which part of the range a record of that covers.
-    let cover = if a.dry_run {
-        Some(fired::Coverage::find(&cfg, &nats, from, to).await?)
-    } else {
-        None
-    };
-    // Read the range; evaluate as we go.
-    let mut lines: BTreeMap<String, RuleLine> = BTreeMap::new();
-    // Each would-be match: whether a source covers its event's time, and that time.
-    let mut would: BTreeMap<(String, String), (bool, OffsetDateTime)> = BTreeMap::new();
-    let mut read_ids: HashSet<String> = HashSet::new();
-    let mut to_inject: Vec<Envelope> = Vec::new();
-    let mut unreadable = 0u64;
-    let read = history::read(&nats, subjects::STREAM_EVENTS, &filter, from, to, |d| {
-        bar.inc(1);
-        let comparable = cover.as_ref().is_none_or(|c| c.covers(d.published));
-        let Ok(value) = serde_json::from_slice::<Value>(&d.payload) else {
-            unreadable += 1;
-            return;
-        };
-        let Ok(ev) = serde::Deserialize::deserialize(&value).map(|e: Envelope| e) else {
-            unreadable += 1;
-            return;
-        };
-        if a.dry_run {
-            read_ids.insert(ev.id.clone());
-        }
-        let out = Match::outcomes(&set, &ev, value, cfg.rules.max_for_each_items);
-        let mut hit = false;
-        for f in out.refused {
-            if a.rule.as_ref().is_some_and(|r| *r != f.rule) {
-                continue;
-            }
-            let line = lines.entry(f.rule.clone()).or_insert_with(|| RuleLine {
-                rule: f.rule.clone(),
-                ..Default::default()
-            });
-            line.refused += 1;
-            if line.examples.len() < a.examples {
-                line.examples
-                    .push(format!("{} (for_each over the limit)", f.event_id));
-            }
-        }
-        for m in out.matched {
-            if a.rule.as_ref().is_some_and(|r| *r != m.rule) {
-                continue;
-            }
-            hit = true;
-            let line = lines.entry(m.rule.clone()).or_insert_with(|| RuleLine {
-                rule: m.rule.clone(),
-                ..Default::default()
-            });
-            line.tasks += 1;
-            if line.examples.len() < a.examples {
-                line.examples.push(match &m.item {
-                    Some(item) => format!("{}[{}]", m.event_id, item.index),
-                    None => m.event_id.clone(),
-                });
-            }
-            // One would-match per (event, rule), however many elements of a `for_each` matched.
-            if would
-                .insert((m.event_id, m.rule), (comparable, d.published))
-                .is_none()
-            {
-                line.would_match += 1;
-            }
-        }
-        if hit && !a.dry_run {
-            to_inject.push(ev);
-        }
-    })
-    .await?;
-    bar.finish_and_clear();
-
-    if let Some(cover) = cover {
-        // What actually fired: the match records of the compared events, from the pipe stream
-        // where it still holds them and from the index before that. A read error fails the run.
-        let mut cover = cover;
-        let fired = cover.read(&nats, a.rule.as_deref(), &read_ids).await?;
-        if fired.unreadable > 0 {
-            warnings.push(format!(
-                "{} match records could not be read (not JSON or without event_id/rule) and were not compared",
-                fired.unreadable
-            ));
-        }
-        for (e, r) in &fired.fired {
-            let line = lines.entry(r.clone()).or_insert_with(|| RuleLine {
-                rule: r.clone(),
-                ..Default::default()
-            });
-            line.actually_matched += 1;
-            if !would.contains_key(&(e.clone(), r.clone())) {
-                line.removed += 1;
-            }
-        }
-        // A match with no record is "+new" only where a source covers its event's time; before
-        // that, it cannot be told from one whose record is gone: not comparable.
-        let mut not_comparable_events: BTreeSet<&str> = BTreeSet::new();
-        for ((e, r), (covered, at)) in &would {
-            if fired.fired.contains(&(e.clone(), r.clone())) {
-                continue;
-            }
-            let Some(line) = lines.get_mut(r) else {
-                continue;
-            };
-            if *covered {
-                line.added += 1;
-            } else {
-                line.not_comparable += 1;
-                not_comparable_events.insert(e);
-                cover.count_not_comparable(*at);
-            }
-        }
-        cover.gaps.retain(|g| g.matches > 0);
-        let not_comparable_events = not_comparable_events.len();
-        let report = json!({
-            "dry_run": true, "from": envelope::format_time(from), "to": envelope::format_time(to),
-            "rule_set": set.version(), "candidate": a.rules.is_some(), "events": read, "unreadable": unreadable,
-            "rules": lines.values().collect::<Vec<_>>(), "warnings": warnings,
-            "compared_with": cover.sources, "not_comparable": cover.gaps, "not_comparable_events": not_comparable_events,
-        });
-        let rec = record(&a, Action::ReplayDryRun, from, to).details(json!({
-            "dry_run": true, "rule_set": set.version(), "candidate": a.rules.as_ref().map(|d| d.display().to_string()),
-            "type": a.event_type, "rule": a.rule, "events": read,
-        }));
+    if a.dry_run {
+        let report =
+            backtest::dry_run(&cfg, &nats, &set, a.rules.is_some(), &scope, |_| bar.inc(1)).await?;
+        bar.finish_and_clear();
+        let candidate = a.rules.as_ref().map(|d| d.display().to_string());
+        let rec = backtest::record(&Actor::cli(None), Action::ReplayDryRun, &scope)
+            .details(backtest::dry_run_details(&report, candidate, &scope));
         let audited = super::audit::write(&nats, &rec, "the dry run").await;
         if a.json {
             super::print_json(&report)?;
         } else {
-            for w in &warnings {
-                eprintln!("whale: warning: {w}");
-            }
-            println!(
-                "backtest of rule set {}{} over {read} events ({} → {})",
-                set.version(),
-                if a.rules.is_some() {
-                    " (candidate)"
-                } else {
-                    ""
-                },
-                envelope::format_time(from),
-                envelope::format_time(to)
-            );
-            for src in &cover.sources {
-                println!("compared with {}", src.describe());
-            }
-            for g in &cover.gaps {
-                println!(
-                    "not comparable {}..{} ({} matches): {}",
-                    envelope::format_time(g.from),
-                    envelope::format_time(g.to),
-                    g.matches,
-                    g.reason
-                );
-            }
-            println!(
-                "{:<32} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  examples",
-                "RULE", "WOULD", "FIRED", "+NEW", "-GONE", "N/C", "TASKS"
-            );
-            for l in lines.values() {
-                println!(
-                    "{:<32} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  {}",
-                    l.rule,
-                    l.would_match,
-                    l.actually_matched,
-                    l.added,
-                    l.removed,
-                    l.not_comparable,
-                    l.tasks,
-                    super::term::line(&l.examples.join(", "))
-                );
-            }
-            for l in lines.values().filter(|l| l.refused > 0) {
-                println!(
-                    "{}: for_each yielded more than {} elements on {} event{}: no task for them (rules.max_for_each_items)",
-                    l.rule,
-                    cfg.rules.max_for_each_items,
-                    l.refused,
-                    if l.refused == 1 { "" } else { "s" }
-                );
-            }
+            print_report(&report, cfg.rules.max_for_each_items);
         }
         audited?;
         return Ok(ExitCode::SUCCESS);
     }
+    let warnings: Vec<String> = backtest::retention_warning(&cfg, &nats, from)
+        .await?
+        .into_iter()
+        .collect();
+    let scan = backtest::scan(&cfg, &nats, &set, &scope, None, true, |_| bar.inc(1)).await?;
+    bar.finish_and_clear();
+    let (read, lines, to_inject) = (scan.read, scan.lines, scan.hits);
 
     // Live: re-inject with fresh ids and the replay marker.
     let run_id = ulid::Ulid::new().to_string();
@@ -335,7 +142,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         "rules": lines.values().collect::<Vec<_>>(), "warnings": warnings,
     });
     // The run id is the replay's natural id.
-    let rec = record(&a, Action::ReplayRun, from, to)
+    let rec = backtest::record(&Actor::cli(None), Action::ReplayRun, &scope)
         .natural_id(&run_id)
         .details(json!({
             "dry_run": false, "replay": run_id, "rule_set": set.version(), "type": a.event_type,
@@ -358,25 +165,54 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The audit record of a replay over `from..to` (its target: the range of events).
-fn record(
-    a: &Args,
-    action: Action,
-    from: time::OffsetDateTime,
-    to: time::OffsetDateTime,
-) -> Record {
-    let mut rec = Record::new(
-        &Actor::cli(None),
-        action,
-        Target::new(
-            "events",
-            format!(
-                "{}..{}",
-                envelope::format_time(from),
-                envelope::format_time(to)
-            ),
-        ),
+/// The dry run's report as text (`--json` prints [`backtest::Report`] itself).
+fn print_report(r: &backtest::Report, max_for_each_items: usize) {
+    for w in &r.warnings {
+        eprintln!("whale: warning: {w}");
+    }
+    println!(
+        "backtest of rule set {}{} over {} events ({} → {})",
+        r.rule_set,
+        if r.candidate { " (candidate)" } else { "" },
+        r.events,
+        envelope::format_time(r.from),
+        envelope::format_time(r.to)
     );
-    rec.rule = a.rule.clone();
-    rec
+    for src in &r.compared_with {
+        println!("compared with {}", src.describe());
+    }
+    for g in &r.not_comparable {
+        println!(
+            "not comparable {}..{} ({} matches): {}",
+            envelope::format_time(g.from),
+            envelope::format_time(g.to),
+            g.matches,
+            g.reason
+        );
+    }
+    println!(
+        "{:<32} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  examples",
+        "RULE", "WOULD", "FIRED", "+NEW", "-GONE", "N/C", "TASKS"
+    );
+    for l in &r.rules {
+        println!(
+            "{:<32} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}  {}",
+            l.rule,
+            l.would_match,
+            l.actually_matched,
+            l.added,
+            l.removed,
+            l.not_comparable,
+            l.tasks,
+            super::term::line(&l.examples.join(", "))
+        );
+    }
+    for l in r.rules.iter().filter(|l| l.refused > 0) {
+        println!(
+            "{}: for_each yielded more than {max_for_each_items} elements on {} event{}: no task for them (rules.max_for_each_items)",
+            l.rule,
+            l.refused,
+            if l.refused == 1 { "" } else { "s" }
+        );
+    }
 }

@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
+use whale_kernel::audit::{self, Action, Caller};
 use whale_kernel::auth::{Auth, ConsoleAuth, Principal, Role};
 use whale_kernel::kv::{Bucket, KvError, Ttl};
 use whale_kernel::session::Sessions;
@@ -172,6 +173,9 @@ pub async fn router(
         .route("/ui/audit", get(ops::audit))
         .route("/ui/rules", get(rules::show))
         .route("/ui/rules/try", post(rules::try_rules))
+        .route("/ui/rules/diff", get(rules::diff))
+        .route("/ui/rules/backtest", post(rules::backtest))
+        .route("/ui/rules/rollback", post(rules::rollback))
         .layer(DefaultBodyLimit::max(max_form))
         .with_state(app))
 }
@@ -329,6 +333,7 @@ struct SignInForm {
 async fn sign_in(
     State(app): State<App>,
     headers: HeaderMap,
+    Caller(from): Caller,
     Form(f): Form<SignInForm>,
 ) -> Response {
     let next = safe_next(Some(&f.next));
@@ -339,9 +344,25 @@ async fn sign_in(
         )
             .into_response();
     }
+    // Audit records name the principal, or `unknown token`; never the token itself.
+    let refused = |who: &str, role: Option<Role>, why: &str| {
+        let mut actor = from.clone();
+        actor.who = who.to_owned();
+        actor.role = role.map(|r| r.as_str().to_owned());
+        let rec = sign_record(&actor, Action::ConsoleSignIn)
+            .outcome(audit::Outcome::Refused, Some(why.to_owned()));
+        let nats = app.nats.clone();
+        async move {
+            // A refusal is recorded when the trail can take it; it never blocks the answer.
+            if let Err(e) = audit::record(&nats, &rec).await {
+                tracing::warn!("console sign-in refusal not audited: {e:#}");
+            }
+        }
+    };
     let principal = if app.auth.enabled() {
         let mut h = HeaderMap::new();
         let Ok(v) = format!("Bearer {}", f.token.trim()).parse() else {
+            refused(UNKNOWN_TOKEN, None, "the token is not a valid header value").await;
             return failed(&next);
         };
         h.insert(header::AUTHORIZATION, v);
@@ -349,6 +370,7 @@ async fn sign_in(
             Ok(p) => p,
             Err(why) => {
                 tracing::info!("console sign-in refused: {why}");
+                refused(UNKNOWN_TOKEN, None, &why).await;
                 return failed(&next);
             }
         }
@@ -360,8 +382,22 @@ async fn sign_in(
     };
     let Some(role) = principal.role.filter(|r| *r != Role::Producer) else {
         tracing::info!(principal = %principal.name, "console sign-in refused: no viewer/operator/admin role");
+        refused(
+            &principal.name,
+            principal.role,
+            "no viewer, operator or admin role",
+        )
+        .await;
         return failed(&next);
     };
+    // A sign-in is audited: while the trail cannot take the record, nobody signs in.
+    if let Err(u) = audit::check(&app.nats).await {
+        tracing::warn!("console sign-in refused: {u}");
+        return layout::html_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            maud::html! { p #refusal { "sign-in is recorded in the audit trail, which cannot take records now: " (u.to_string()) } },
+        );
+    }
     let mut nonce = [0u8; 16];
     if getrandom::fill(&mut nonce).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -370,6 +406,19 @@ async fn sign_in(
     let (_, cookie) = app
         .sessions
         .issue(&principal.name, role, now, &hex::encode(nonce));
+    let mut actor = from;
+    actor.who = principal.name.clone();
+    actor.role = Some(role.as_str().to_owned());
+    if let Err(e) = audit::record(&app.nats, &sign_record(&actor, Action::ConsoleSignIn)).await {
+        tracing::error!(
+            "console sign-in of {} refused: its audit record cannot be written: {e:#}",
+            principal.name
+        );
+        return layout::html_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            maud::html! { p #refusal { "the sign-in cannot be recorded in the audit trail: try again shortly" } },
+        );
+    }
     tracing::info!(principal = %principal.name, role = role.as_str(), "console sign-in");
     (
         StatusCode::SEE_OTHER,
@@ -395,9 +444,26 @@ struct CsrfForm {
     csrf: String,
 }
 
-async fn sign_out(State(app): State<App>, ctx: Ctx, Form(f): Form<CsrfForm>) -> Response {
+/// Who signed in or out ("the console session" is the target: a session is not stored).
+fn sign_record(actor: &audit::Actor, action: Action) -> audit::Record {
+    audit::Record::new(actor, action, audit::Target::new("console", "session"))
+}
+
+/// The name recorded for a sign-in with a token whale does not know (the token is never kept).
+const UNKNOWN_TOKEN: &str = "unknown token";
+
+async fn sign_out(
+    State(app): State<App>,
+    ctx: Ctx,
+    Caller(actor): Caller,
+    Form(f): Form<CsrfForm>,
+) -> Response {
     if let Err(r) = check_csrf(&app, &ctx, &f.csrf) {
         return r;
+    }
+    // Signing out always works; its record is written when the trail can take it.
+    if let Err(e) = audit::record(&app.nats, &sign_record(&actor, Action::ConsoleSignOut)).await {
+        tracing::warn!("console sign-out of {} not audited: {e:#}", actor.who);
     }
     (
         StatusCode::SEE_OTHER,

@@ -19,7 +19,7 @@ use super::{check_csrf, App, Ctx};
 const NO_STORE: &str = "its KV bucket cannot be opened: run `whale setup` against this NATS";
 
 /// After an action: back to `to` with a one-line note (`?done=`), so a reload repeats nothing.
-fn done(to: &str, note: &str) -> Response {
+pub(super) fn done(to: &str, note: &str) -> Response {
     let sep = if to.contains('?') { '&' } else { '?' };
     let loc = format!("{to}{sep}done={}", whale_kernel::auth::url_escape(note));
     (StatusCode::SEE_OTHER, [(header::LOCATION, loc)]).into_response()
@@ -27,10 +27,10 @@ fn done(to: &str, note: &str) -> Response {
 
 #[derive(Deserialize, Default)]
 pub struct Note {
-    done: Option<String>,
+    pub(super) done: Option<String>,
 }
 
-fn note(ctx: &Ctx, n: &Option<String>) -> maud::Markup {
+pub(super) fn note(ctx: &Ctx, n: &Option<String>) -> maud::Markup {
     html! { @if let Some(n) = n { p #message .ok role="status" { (ctx.t("done")) ": " (n) } } }
 }
 
@@ -195,6 +195,37 @@ pub async fn execution(
     )
 }
 
+/// What every action form goes through first: its CSRF token, the store of the stage that
+/// acts (503 when this process does not hold it) and the action's name (404 when unknown).
+#[allow(clippy::result_large_err)]
+fn gate<'a, S, A>(
+    app: &App,
+    ctx: &Ctx,
+    csrf: &str,
+    store: &'a Option<S>,
+    action: Option<A>,
+    unknown: &str,
+) -> Result<(&'a S, A), Response> {
+    check_csrf(app, ctx, csrf)?;
+    let Some(store) = store else {
+        return Err(layout::message(
+            ctx,
+            StatusCode::SERVICE_UNAVAILABLE,
+            ctx.t("error"),
+            NO_STORE,
+        ));
+    };
+    let Some(action) = action else {
+        return Err(layout::message(
+            ctx,
+            StatusCode::NOT_FOUND,
+            ctx.t("error"),
+            unknown,
+        ));
+    };
+    Ok((store, action))
+}
+
 #[derive(Deserialize)]
 pub struct ActForm {
     #[serde(default)]
@@ -208,24 +239,16 @@ pub async fn exec_action(
     Path((id, action)): Path<(String, String)>,
     Form(f): Form<ActForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &ctx, &f.csrf) {
-        return r;
-    }
-    let Some(m) = &app.execs else {
-        return layout::message(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            ctx.t("error"),
-            NO_STORE,
-        );
-    };
-    let Some(act) = whale_feedback::manage::Action::parse(&action) else {
-        return layout::message(
-            &ctx,
-            StatusCode::NOT_FOUND,
-            ctx.t("error"),
-            "unknown action: use retry, pause, resume or cancel",
-        );
+    let (m, act) = match gate(
+        &app,
+        &ctx,
+        &f.csrf,
+        &app.execs,
+        whale_feedback::manage::Action::parse(&action),
+        "unknown action: use retry, pause, resume or cancel",
+    ) {
+        Ok(g) => g,
+        Err(r) => return r,
     };
     // As the JSON route: admin (and no auth) may act on any execution, others on whale's own.
     let any = who.role.as_deref().is_none_or(|r| r == "admin");
@@ -330,24 +353,16 @@ pub async fn decide(
     Path((id, action)): Path<(String, String)>,
     Form(f): Form<DecideForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &ctx, &f.csrf) {
-        return r;
-    }
-    let Some(kv) = &app.approvals else {
-        return layout::message(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            ctx.t("error"),
-            NO_STORE,
-        );
-    };
-    let Some(verdict) = whale_approve::store::Verdict::parse(&action) else {
-        return layout::message(
-            &ctx,
-            StatusCode::NOT_FOUND,
-            ctx.t("error"),
-            "unknown decision: approve or deny",
-        );
+    let (kv, verdict) = match gate(
+        &app,
+        &ctx,
+        &f.csrf,
+        &app.approvals,
+        whale_approve::store::Verdict::parse(&action),
+        "unknown decision: approve or deny",
+    ) {
+        Ok(g) => g,
+        Err(r) => return r,
     };
     let reason =
         Some(f.reason.trim().chars().take(500).collect::<String>()).filter(|r| !r.is_empty());
@@ -431,16 +446,9 @@ pub async fn dead_letter_retry(
     Path(id): Path<String>,
     Form(f): Form<ActForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&app, &ctx, &f.csrf) {
-        return r;
-    }
-    let Some(d) = &app.dead else {
-        return layout::message(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            ctx.t("error"),
-            NO_STORE,
-        );
+    let (d, ()) = match gate(&app, &ctx, &f.csrf, &app.dead, Some(()), "") {
+        Ok(g) => g,
+        Err(r) => return r,
     };
     match d.retry(&id, &who).await {
         Ok(e) => done("/ui/dead-letters", &format!("{} → {}", e.task_id, e.state)),

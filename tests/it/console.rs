@@ -399,6 +399,58 @@ async fn console_in_a_real_browser() {
     );
     shot(&b, "rules").await;
 
+    // A backtest of the active set over the last hour: the event was read, the rule would
+    // match it and did fire (the same report as `whale replay --dry-run`).
+    b.find(Locator::Id("bt-from"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    b.find(Locator::Id("bt-from"))
+        .await
+        .unwrap()
+        .send_keys("1h")
+        .await
+        .unwrap();
+    b.find(Locator::Id("bt-run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let examined: u64 = text_of(&b, "#bt-events").await.parse().unwrap();
+    assert!(
+        examined >= 1,
+        "the backtest read the posted event: {examined}"
+    );
+    assert!(
+        b.find(Locator::Id("bt-limited")).await.is_err(),
+        "{examined} events are under console.backtest_max_events"
+    );
+    let would = text_of(&b, "#bt-rules tr[data-rule=console-cleanup] td.would").await;
+    let fired = text_of(&b, "#bt-rules tr[data-rule=console-cleanup] td.fired").await;
+    assert_eq!(
+        (would.as_str(), fired.as_str()),
+        ("1", "1"),
+        "would match / fired"
+    );
+    eprintln!("console: backtest examined {examined} events; console-cleanup would {would}, fired {fired}");
+    shot(&b, "rules-backtest").await;
+    // An operator may not roll back (admin only).
+    let csrf = b
+        .find(Locator::Css("input[name=csrf]"))
+        .await
+        .unwrap()
+        .attr("value")
+        .await
+        .unwrap()
+        .unwrap();
+    let cookie = b.get_named_cookie("whale_session").await.unwrap();
+    let r = rollback_form(&base, cookie.value(), &csrf, "whatever").await;
+    assert_eq!(r.status(), 403, "an operator is refused the rollback");
+    assert!(r.text().await.unwrap().contains("admin"));
+
     // CSRF: the operator's own session, a form without the token → refused, nothing done.
     let exec_path = format!("/ui/executions/{}", first);
     post_form(&b, &format!("{exec_path}/cancel"), None).await;
@@ -473,6 +525,93 @@ async fn console_in_a_real_browser() {
         refusal.contains("dashboard") && refusal.contains("operator"),
         "{refusal}"
     );
+    let viewer_cookie = b.get_named_cookie("whale_session").await.unwrap();
+    let r = rollback_form(&base, viewer_cookie.value(), &csrf, "whatever").await;
+    assert_eq!(r.status(), 403, "a viewer is refused the rollback");
+    b.goto(&format!("{base}/ui/rules")).await.unwrap();
+    assert!(
+        b.find(Locator::Css("button.rollback")).await.is_err(),
+        "a viewer gets no rollback button"
+    );
+
+    // A second version, applied from a git checkout; the admin sees the history, the diff, and
+    // rolls back to the first version in the browser.
+    let v1 = active_version(&base).await;
+    std::fs::write(rules.join("extra.yaml"), EXTRA_RULE).unwrap();
+    for args in [
+        &["init", "-q"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.name=Console Test",
+            "-c",
+            "user.email=console@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "add console-extra",
+        ],
+    ] {
+        let ok = Command::new("git")
+            .arg("-C")
+            .arg(&rules)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "git {args:?}");
+    }
+    env.ok(&["rules", "apply", rules.to_str().unwrap()]);
+    let v2 = active_version(&base).await;
+    assert_ne!(v1, v2);
+    b.delete_all_cookies().await.unwrap();
+    sign_in(&b, &base, token(Role::Admin)).await;
+    b.goto(&format!("{base}/ui/rules")).await.unwrap();
+    let history = text_of(&b, "#rules-history").await;
+    assert!(
+        history.contains(&v1) && history.contains(&v2) && history.contains("Console Test"),
+        "the history names both versions and the git author: {history}"
+    );
+    shot(&b, "rules-history").await;
+    b.find(Locator::Id("diff-run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let diff = text_of(&b, "#rules-diff").await;
+    assert!(
+        diff.contains("extra.yaml") && diff.contains("+name: console-extra"),
+        "{diff}"
+    );
+    shot(&b, "rules-diff").await;
+    b.goto(&format!("{base}/ui/rules")).await.unwrap();
+    b.find(Locator::Css(&format!(
+        "#rules-history tr[data-version='{v1}'] button.rollback"
+    )))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    let note = text_of(&b, "#message").await;
+    assert!(note.contains(&v1), "{note}");
+    assert!(text_of(&b, "#rules-version").await.contains(&v1));
+    shot(&b, "rules-rolled-back").await;
+    assert_eq!(active_version(&base).await, v1, "the route agrees");
+    let cli = env.ok(&["rules", "history", "--json"]);
+    let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(cli[0]["version"], v1.as_str(), "the CLI agrees: {cli}");
+    assert_eq!(cli[0]["action"], "rollback");
+    assert_eq!(cli[0]["by"], "platform-admin");
+    b.goto(&format!("{base}/ui/audit?action=rules.rollback"))
+        .await
+        .unwrap();
+    let audit = text_of(&b, "#audit").await;
+    assert!(
+        audit.contains("rules.rollback") && audit.contains("platform-admin"),
+        "{audit}"
+    );
+    eprintln!("console: rolled back {v2} -> {v1} in the browser as platform-admin");
     b.close().await.unwrap();
     let created = st2.created().await;
     assert_eq!(
@@ -480,6 +619,46 @@ async fn console_in_a_real_browser() {
         "the approved execution and one retry, nothing from refused forms"
     );
     eprintln!("console: screenshots in {}", artifacts().display());
+}
+
+const EXTRA_RULE: &str = r#"name: console-extra
+description: A second version's rule
+on: [vm.disk_usage]
+when:
+  - { path: .detail.env, eq: staging }
+action: ops.notify
+params:
+  host: "{{ .detail.host }}"
+"#;
+
+/// The active rule-set version, as `GET /v1/rules` gives it.
+async fn active_version(base: &str) -> String {
+    let v: Value = reqwest::Client::new()
+        .get(format!("{base}/v1/rules"))
+        .header("authorization", format!("Bearer {}", token(Role::Viewer)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["version"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_owned()
+}
+
+/// The rollback form posted with a session cookie and the console's own origin.
+async fn rollback_form(base: &str, cookie: &str, csrf: &str, version: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/ui/rules/rollback"))
+        .header("cookie", format!("whale_session={cookie}"))
+        .header("origin", base)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&version={version}"))
+        .send()
+        .await
+        .unwrap()
 }
 
 /// `whale.toml` in `dir` with the test's four tokens.
@@ -635,4 +814,164 @@ async fn a_session_works_on_every_process_and_forms_need_csrf_and_origin() {
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
+}
+
+/// Issue 17: a sign-in is an audit record, accepted or refused (the principal, or `unknown
+/// token`; never the token), and so is a sign-out; a token removed from the config ends its
+/// sessions at the next `whale run` (the session's principal is checked on every request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_is_audited_and_a_removed_token_ends_its_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path());
+    let mut env = Env::new();
+    env.set(
+        "WHALE_CONFIG",
+        dir.path().join("whale.toml").to_str().unwrap(),
+    );
+    env.prepare();
+    let w = env.run("approve");
+    let base = env.http("").trim_end_matches('/').to_owned();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in = |tok: &str| {
+        http.post(format!("{base}/ui/sign-in"))
+            .header("origin", &base)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={tok}&next=/ui/"))
+            .send()
+    };
+    let cookie_of = |r: &reqwest::Response| {
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let r = sign_in("not-a-known-token-xyz").await.unwrap();
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/ui/sign-in?failed=1"));
+    let r = sign_in(token(Role::Producer)).await.unwrap();
+    assert!(r.headers().get("set-cookie").is_none());
+    let op = cookie_of(&sign_in(token(Role::Operator)).await.unwrap());
+    let viewer = cookie_of(&sign_in(token(Role::Viewer)).await.unwrap());
+    // The operator signs out (with its CSRF token).
+    let page = http
+        .get(format!("{base}/ui/"))
+        .header("cookie", &op)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let r = http
+        .post(format!("{base}/ui/sign-out"))
+        .header("cookie", &op)
+        .header("origin", &base)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+
+    let audit = |action: &'static str| {
+        let url = format!("{base}/v1/audit?action={action}");
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(url)
+                .header("authorization", format!("Bearer {}", token(Role::Admin)))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let body = audit("console.sign_in").await;
+    for (_, _, t) in TOKENS {
+        assert!(!body.contains(t), "a token in the audit trail: {body}");
+    }
+    assert!(!body.contains("not-a-known-token-xyz"), "{body}");
+    let records: Vec<Value> = match serde_json::from_str::<Value>(&body).unwrap() {
+        Value::Array(a) => a,
+        v => v["records"].as_array().cloned().unwrap_or_default(),
+    };
+    let seen: Vec<(String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["who"].as_str().unwrap().to_owned(),
+                r["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("unknown token", "refused"),
+        ("alertmanager", "refused"),
+        ("oncall-op", "ok"),
+        ("dashboard", "ok"),
+    ] {
+        assert!(
+            seen.iter().any(|(w, o)| (w.as_str(), o.as_str()) == want),
+            "no sign-in record {want:?} in {seen:?}"
+        );
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    let out = audit("console.sign_out").await;
+    assert!(out.contains("oncall-op"), "{out}");
+    eprintln!("console: sign-in records {seen:?}");
+
+    // A fresh operator session, then the operator's token leaves the config.
+    let op = cookie_of(&sign_in(token(Role::Operator)).await.unwrap());
+    let get = |c: String| {
+        http.get(format!("{base}/ui/approvals"))
+            .header("cookie", c)
+            .send()
+    };
+    assert_eq!(get(op.clone()).await.unwrap().status(), 200);
+    drop(w);
+    let kept: String = std::fs::read_to_string(dir.path().join("whale.toml"))
+        .unwrap()
+        .split("[[auth.tokens]]")
+        .filter(|e| !e.trim().is_empty() && !e.contains("\"oncall-op\""))
+        .map(|e| format!("[[auth.tokens]]{e}"))
+        .collect();
+    assert!(!kept.contains("oncall-op"));
+    std::fs::write(dir.path().join("whale.toml"), kept).unwrap();
+    let _w = env.run("approve");
+    let r = get(op.clone()).await.unwrap();
+    assert_eq!(r.status(), 303, "the removed token's session is gone");
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/ui/sign-in"));
+    let r = http
+        .post(format!("{base}/ui/approvals/t-none/approve"))
+        .header("cookie", &op)
+        .header("origin", &base)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "its forms are refused");
+    assert_eq!(
+        get(viewer).await.unwrap().status(),
+        200,
+        "a session of a token still configured goes on"
+    );
 }

@@ -5,6 +5,7 @@
 //! Build everything a run needs (this binary, `whale` and the StackStorm emulator, side by side):
 //! `cargo build --release -p whale -p whale-bench -p st2-emulator`.
 
+mod console;
 mod pipeline;
 mod raw;
 mod rules_load;
@@ -41,6 +42,9 @@ enum Cmd {
     /// file and many, on a default-settings nats-server, beside raw KV puts of the same bytes;
     /// and the RSS of a match worker holding 10,000 rules.
     RulesLoad(rules_load::Args),
+    /// The operator console: page weight of a first view and page response times with 100,000
+    /// events indexed through the ingest path, beside the JSON route of the same data.
+    Console(console::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
             Cmd::Pipeline(a) => pipeline::run(cfg, a).await,
             Cmd::Scale(a) => scale::run(cfg, a).await,
             Cmd::RulesLoad(a) => rules_load::run(cfg, a).await,
+            Cmd::Console(a) => console::run(cfg, a).await,
         }
     };
     match rt.block_on(run) {

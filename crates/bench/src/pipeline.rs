@@ -387,12 +387,23 @@ fn event(a: &Args, i: usize, sent_us: u128) -> Value {
 }
 
 async fn publish(nats: Nats, a: Args) -> anyhow::Result<u64> {
-    let mut w: Window<()> = Window::on(&nats, 1024);
+    publish_events(&nats, a.events, a.rate, |i, sent_us| event(&a, i, sent_us)).await
+}
+
+/// Publishes `n` events (`event(i, sent_us)`, with `id` and `event_type`) on `whale.in`, at
+/// `rate` per second (0: as fast as possible); fails when any publish failed.
+pub(crate) async fn publish_events(
+    nats: &Nats,
+    n: usize,
+    rate: f64,
+    event: impl Fn(usize, u128) -> Value,
+) -> anyhow::Result<u64> {
+    let mut w: Window<()> = Window::on(nats, 1024);
     let started = Instant::now();
     let mut failed = 0u64;
-    for i in 0..a.events {
-        if a.rate > 0.0 {
-            let due = started + Duration::from_secs_f64(i as f64 / a.rate);
+    for i in 0..n {
+        if rate > 0.0 {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
             let now = Instant::now();
             if due > now + Duration::from_millis(1) {
                 tokio::time::sleep_until(due.into()).await;
@@ -402,13 +413,10 @@ async fn publish(nats: Nats, a: Args) -> anyhow::Result<u64> {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_micros();
-        let e = event(&a, i, sent_us);
+        let e = event(i, sent_us);
         let ty = e["event_type"].as_str().unwrap_or_default().to_owned();
-        let out = Output::new(
-            subjects::ingest(&ty),
-            format!("bench-{i:010}"),
-            serde_json::to_vec(&e)?,
-        );
+        let id = e["id"].as_str().unwrap_or_default().to_owned();
+        let out = Output::new(subjects::ingest(&ty), id, serde_json::to_vec(&e)?);
         for (_, r) in w.send((), out).await {
             failed += r.is_err() as u64;
         }
@@ -419,7 +427,7 @@ async fn publish(nats: Nats, a: Args) -> anyhow::Result<u64> {
     if failed > 0 {
         bail!("{failed} publishes failed");
     }
-    Ok(a.events as u64)
+    Ok(n as u64)
 }
 
 pub(crate) fn write_schemas(dir: &Path, types: usize) -> anyhow::Result<()> {
@@ -442,7 +450,7 @@ pub(crate) fn write_schemas(dir: &Path, types: usize) -> anyhow::Result<()> {
 
 /// `rules / types` rules per type; rule j of a type fires on `detail.code == j`. Every rule has
 /// a (generous) throttle so each task costs a Redis decision, and routes to `default`.
-fn write_rules(dir: &Path, rules: usize, types: usize) -> anyhow::Result<()> {
+pub(crate) fn write_rules(dir: &Path, rules: usize, types: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let per_type = rules / types;
     for t in 0..types {
@@ -486,7 +494,7 @@ impl ChildEnv {
     }
 }
 
-fn start_emulator(bin: &Path) -> anyhow::Result<(Child, String)> {
+pub(crate) fn start_emulator(bin: &Path) -> anyhow::Result<(Child, String)> {
     use std::io::BufRead;
     let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--any-action"])

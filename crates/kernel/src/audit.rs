@@ -59,10 +59,14 @@ pub enum Action {
     DeadLetterRetry,
     /// `whale rules rollback` / `POST /v1/rules/rollback`: an earlier version active again.
     RulesRollback,
+    /// A console sign-in, accepted or refused (who: the principal, or `unknown token`).
+    ConsoleSignIn,
+    /// A console sign-out.
+    ConsoleSignOut,
 }
 
 impl Action {
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 16] = [
         Action::ApprovalApprove,
         Action::ApprovalDeny,
         Action::ExecRetry,
@@ -77,6 +81,8 @@ impl Action {
         Action::ReplayDryRun,
         Action::DeadLetterRetry,
         Action::RulesRollback,
+        Action::ConsoleSignIn,
+        Action::ConsoleSignOut,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -95,6 +101,8 @@ impl Action {
             Action::ReplayDryRun => "replay.dry_run",
             Action::DeadLetterRetry => "dead_letter.retry",
             Action::RulesRollback => "rules.rollback",
+            Action::ConsoleSignIn => "console.sign_in",
+            Action::ConsoleSignOut => "console.sign_out",
         }
     }
 }

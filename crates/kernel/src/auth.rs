@@ -213,6 +213,15 @@ pub const POLICIES: &[Policy] = &[
     p("GET", "/ui/audit", PAGE, Body::Any),
     p("GET", "/ui/rules", PAGE, Body::Any),
     p("POST", "/ui/rules/try", PAGE_ACTION, Body::Form),
+    p("GET", "/ui/rules/diff", PAGE, Body::Any),
+    p("POST", "/ui/rules/backtest", PAGE_ACTION, Body::Form),
+    // Rollback changes the rules: admin, as `POST /v1/rules/rollback`.
+    p(
+        "POST",
+        "/ui/rules/rollback",
+        Access::Console(Role::Admin),
+        Body::Form,
+    ),
 ];
 
 /// The policy of `method` on the route pattern `route` (HEAD follows GET).
@@ -430,6 +439,27 @@ impl Auth {
     /// The console's session signer, when set.
     pub fn sessions(&self) -> Option<&Arc<crate::session::Sessions>> {
         self.sessions.as_ref()
+    }
+
+    /// The principal a console session stands for, as whale knows it now: a named token's
+    /// current role (None when the token was removed from the config, or its role is now
+    /// `producer`); an OIDC or proxy principal while that way of signing in is still
+    /// configured; `anonymous` only while no auth is configured.
+    pub fn session_principal(&self, s: &crate::session::Session) -> Option<Principal> {
+        let role = if let Some(k) = self.known.iter().find(|k| k.name == s.name) {
+            k.role
+        } else if (s.name.starts_with("oidc:") && self.oidc.is_some())
+            || (s.name.starts_with("proxy:") && !self.proxies.nets.is_empty())
+            || (s.name == "anonymous" && !self.enabled())
+        {
+            s.role
+        } else {
+            return None;
+        };
+        (role != Role::Producer).then(|| Principal {
+            name: s.name.clone(),
+            role: Some(role),
+        })
     }
 
     /// Whether any principal is configured (tokens, OIDC or trusted proxies); without one every
@@ -701,11 +731,10 @@ async fn console_gate(
     let session = auth.sessions.as_ref().and_then(|s| {
         crate::session::cookie(req.headers(), crate::session::COOKIE).and_then(|v| s.verify(v, now))
     });
-    let (principal, how) = if let Some(s) = session {
-        let p = Principal {
-            name: s.name.clone(),
-            role: Some(s.role),
-        };
+    // A session stands for a principal whale still knows (a token removed from the config ends
+    // its sessions; a changed role applies at once).
+    let session = session.and_then(|s| auth.session_principal(&s).map(|p| (p, s)));
+    let (principal, how) = if let Some((p, s)) = session {
         (p, ConsoleAuth::Session(s))
     } else if bearer_given && auth.enabled() {
         match auth.authenticate(req.headers(), peer) {

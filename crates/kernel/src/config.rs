@@ -263,6 +263,9 @@ pub struct ConsoleConfig {
     pub max_form_bytes: usize,
     /// Events a console search counts by type and source (the newest ones of the match).
     pub count_sample: usize,
+    /// Most events one backtest on the Rules page reads; past it the report stops there and
+    /// says so (`limited`). `whale replay --dry-run` reads the whole range.
+    pub backtest_max_events: u64,
 }
 
 impl Default for ConsoleConfig {
@@ -272,6 +275,7 @@ impl Default for ConsoleConfig {
             session_secret: None,
             max_form_bytes: 256 * 1024,
             count_sample: 1000,
+            backtest_max_events: 100_000,
         }
     }
 }

@@ -49,7 +49,27 @@ where
     F: FnMut(Delivery),
 {
     let start = DeliverPolicy::ByStartTime { start_time: from };
-    walk(nats, stream, filter, start, Some(to), f).await
+    Ok(walk(nats, stream, filter, start, Some(to), None, f)
+        .await?
+        .0)
+}
+
+/// As [`read`], but stops after `max` messages: returns how many were read and whether the
+/// cap cut the range short (more messages of the range were left unread).
+pub async fn read_at_most<F>(
+    nats: &Nats,
+    stream: &str,
+    filter: &str,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    max: u64,
+    f: F,
+) -> anyhow::Result<(u64, bool)>
+where
+    F: FnMut(Delivery),
+{
+    let start = DeliverPolicy::ByStartTime { start_time: from };
+    walk(nats, stream, filter, start, Some(to), Some(max), f).await
 }
 
 /// Calls `f` for every message on `filter` that `stream` holds now, oldest first (what a
@@ -58,20 +78,25 @@ pub async fn read_all<F>(nats: &Nats, stream: &str, filter: &str, f: F) -> anyho
 where
     F: FnMut(Delivery),
 {
-    walk(nats, stream, filter, DeliverPolicy::All, None, f).await
+    Ok(
+        walk(nats, stream, filter, DeliverPolicy::All, None, None, f)
+            .await?
+            .0,
+    )
 }
 
 /// The one walk over a stream's history: an ephemeral consumer from `start` that acks nothing,
 /// fetched in batches until what was pending when it was created has been read (or a message
-/// stored after `to` is reached).
+/// stored after `to` is reached, or `max` were read: then the second value is true).
 async fn walk<F>(
     nats: &Nats,
     stream: &str,
     filter: &str,
     start: DeliverPolicy,
     to: Option<OffsetDateTime>,
+    max: Option<u64>,
     mut f: F,
-) -> anyhow::Result<u64>
+) -> anyhow::Result<(u64, bool)>
 where
     F: FnMut(Delivery),
 {
@@ -92,6 +117,7 @@ where
         .with_context(|| format!("cannot read {stream}"))?;
     let mut remaining = c.cached_info().num_pending;
     let mut n = 0;
+    let mut cut = false;
     'outer: while remaining > 0 {
         let mut batch = c
             .fetch()
@@ -110,6 +136,10 @@ where
             if to.is_some_and(|to| d.published > to) {
                 break 'outer;
             }
+            if max.is_some_and(|max| n >= max) {
+                cut = true;
+                break 'outer;
+            }
             n += 1;
             f(d);
         }
@@ -118,7 +148,7 @@ where
         }
         remaining = remaining.saturating_sub(got);
     }
-    Ok(n)
+    Ok((n, cut))
 }
 
 /// Parses a time argument: RFC 3339 (`2026-11-28T01:00:00Z`), `now`, or a duration meaning
