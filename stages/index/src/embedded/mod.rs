@@ -647,11 +647,7 @@ mod tests {
     }
 
     /// Odd sequences are rejections, even ones events.
-    fn hand_over(
-        e: &Embedded,
-        seqs: std::ops::Range<u64>,
-        attempt: i64,
-    ) -> impl std::future::Future<Output = Committed> + '_ {
+    async fn hand_over(e: &Embedded, seqs: std::ops::Range<u64>, attempt: i64) -> Committed {
         let docs = seqs.clone().map(|i| record(i, i % 2 == 1)).collect();
         let from = seqs
             .map(|stream_seq| Delivered {
@@ -659,7 +655,7 @@ mod tests {
                 stream_seq,
             })
             .collect();
-        async move { e.submit(docs, from).await.unwrap().1 }
+        e.submit(docs, from).await.unwrap().1
     }
 
     async fn submit(e: &Embedded, seqs: std::ops::Range<u64>, attempt: i64) {
