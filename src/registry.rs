@@ -130,9 +130,10 @@ fn validate(c: Ctx) -> BoxFuture<'static, anyhow::Result<Parts>> {
 fn index(c: Ctx) -> BoxFuture<'static, anyhow::Result<Parts>> {
     Box::pin(async move {
         // The search routes and the stage share one writer (tantivy allows one per directory).
-        let router = whale_index::http::router(c.cfg.clone(), whale_index::writer(&c.cfg)?);
+        let backend = whale_index::open_writer(&c.cfg)?;
+        let router = whale_index::http::router(c.cfg.clone(), backend.clone());
         Ok(Parts {
-            worker: Some(whale_index::build(&c.cfg)? as Arc<dyn Stage>),
+            worker: Some(whale_index::build(&c.cfg, backend) as Arc<dyn Stage>),
             router: Some(router),
             ..Parts::default()
         })

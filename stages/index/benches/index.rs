@@ -5,6 +5,8 @@
 //! WHALE_BENCH_EMBEDDED=300000 WHALE_BENCH_OPENSEARCH=200000 WHALE_BENCH_BATCH=512 (defaults)
 //! WHALE_BENCH_CJK=1   each event's message is also a Chinese sentence (~20 CJK characters)
 //! WHALE_BENCH_BEFORE=100000   events indexed as before (delete by id, commit per group) first
+//! WHALE_BENCH_MAIN=100000     events indexed as main did before sequence marks (commit on time
+//!                             or size, every document replaces by id), same driver as "after"
 //! ```
 //!
 //! It first times the embedded free-text tokenizers alone on the same texts: tantivy's `default`
@@ -277,7 +279,9 @@ async fn index_as_before(backend: Arc<dyn Backend>, n: usize) -> f64 {
     n as f64 / e
 }
 
-async fn index(backend: Arc<dyn Backend>, n: usize) -> f64 {
+/// `replace_all`: hand no delivery information over, so every document is looked up by id
+/// (main before the sequence marks).
+async fn index(backend: Arc<dyn Backend>, n: usize, replace_all: bool) -> f64 {
     #[allow(non_snake_case)]
     let BATCH = env_n("WHALE_BENCH_BATCH", 512);
     let base = OffsetDateTime::now_utc() - Duration::from_secs(3600);
@@ -303,13 +307,16 @@ async fn index(backend: Arc<dyn Backend>, n: usize) -> f64 {
                     let Some(batch) = next else { break };
                     let docs: Vec<Doc> = batch.iter().map(Doc::from_delivery).collect();
                     let n = docs.len();
-                    let from = batch
-                        .iter()
-                        .map(|d| Delivered {
-                            attempt: d.attempt,
-                            stream_seq: d.stream_seq,
-                        })
-                        .collect();
+                    let from = match replace_all {
+                        true => Vec::new(),
+                        false => batch
+                            .iter()
+                            .map(|d| Delivered {
+                                attempt: d.attempt,
+                                stream_seq: d.stream_seq,
+                            })
+                            .collect(),
+                    };
                     let (r, committed) = backend.submit(docs, from).await.expect("write");
                     assert!(r.retry.is_empty() && r.dropped.is_empty(), "{r:?}");
                     waiting.push_back((n, committed));
@@ -336,8 +343,13 @@ async fn index(backend: Arc<dyn Backend>, n: usize) -> f64 {
     backend.refresh().await.unwrap();
     let rate = n as f64 / elapsed.as_secs_f64();
     println!(
-        "{:<10} indexing: {n} events in {:.1} s = {:.0} events/s, {:.0} events per CPU-second of this process (batches of {BATCH}, {WRITERS} writers)",
+        "{:<10} indexing{}: {n} events in {:.1} s = {:.0} events/s, {:.0} events per CPU-second of this process (batches of {BATCH}, {WRITERS} writers)",
         backend.name(),
+        if replace_all {
+            " (main today: every document replaced by id)"
+        } else {
+            ""
+        },
         elapsed.as_secs_f64(),
         rate,
         n as f64 / cpu_used.max(0.01)
@@ -406,10 +418,20 @@ fn main() {
                 rate / reference
             );
         }
+        let n_main = env_n("WHALE_BENCH_MAIN", 100_000);
+        if n_main > 0 {
+            let dir = tempfile::tempdir().unwrap();
+            let b: Arc<dyn Backend> = Arc::new(Embedded::open(dir.path()).unwrap());
+            let rate = rt.block_on(index(b, n_main, true));
+            println!(
+                "main today = {:.2} x tantivy alone in the same run",
+                rate / reference
+            );
+        }
         let dir = tempfile::tempdir().unwrap();
         let b: Arc<dyn Backend> = Arc::new(Embedded::open(dir.path()).unwrap());
         rt.block_on(async {
-            let rate = index(b.clone(), n_emb).await;
+            let rate = index(b.clone(), n_emb, false).await;
             println!(
                 "embedded   = {:.2} x tantivy alone in the same run",
                 rate / reference
@@ -431,7 +453,7 @@ fn main() {
         let b: Arc<dyn Backend> = Arc::new(OpenSearch::new(&node.url()).unwrap());
         rt.block_on(async {
             let reference = reference_bulk(&node.url(), n_os).await;
-            let rate = index(b.clone(), n_os).await;
+            let rate = index(b.clone(), n_os, false).await;
             println!(
                 "opensearch = {:.2} x raw _bulk of the same node in the same run",
                 rate / reference

@@ -23,8 +23,7 @@ pub mod testkit;
 #[cfg(test)]
 mod query_fuzz;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use whale_kernel::Config;
 
@@ -32,41 +31,24 @@ pub use backend::{Backend, Committed, Delivered, Error, Hits, Order, Search, Wri
 pub use doc::Doc;
 pub use stage::Index;
 
-type Cache = Mutex<HashMap<String, Arc<dyn Backend>>>;
-
-static WRITERS: std::sync::LazyLock<Cache> = std::sync::LazyLock::new(Default::default);
-
-/// The configured backend for writing, opened once per process: the index stage and the HTTP
-/// route of the same `whale run` share it (tantivy allows one writer per directory).
-pub fn writer(cfg: &Config) -> Result<Arc<dyn Backend>, Error> {
-    let key = cache_key(cfg);
-    let mut cache = WRITERS
-        .lock()
-        .map_err(|_| Error::Other("backend cache poisoned".into()))?;
-    if let Some(b) = cache.get(&key) {
-        return Ok(b.clone());
-    }
-    let b: Arc<dyn Backend> = match &cfg.index.opensearch_url {
+/// Opens the configured backend for writing. Tantivy allows one writer per directory, so a
+/// process opens it once and hands the same handle to everything that writes or searches with
+/// it (the index stage, its worker loops on every input, and its search route: `src/registry.rs`);
+/// a second open of the same directory fails with a clear error instead of sharing silently.
+pub fn open_writer(cfg: &Config) -> Result<Arc<dyn Backend>, Error> {
+    Ok(match &cfg.index.opensearch_url {
         Some(url) => Arc::new(opensearch::OpenSearch::with_ca(
             url,
             "whale",
             cfg.index.opensearch_ca_file.as_deref(),
         )?),
         None => Arc::new(embedded::Embedded::open(&cfg.index.dir)?),
-    };
-    cache.insert(key, b.clone());
-    Ok(b)
+    })
 }
 
-/// The configured backend for searching only (CLI commands; never takes the embedded writer).
+/// The configured backend for searching only (CLI commands, the console; never takes the
+/// embedded writer, and sees every commit of the process that holds it).
 pub fn reader(cfg: &Config) -> Result<Arc<dyn Backend>, Error> {
-    if let Some(b) = WRITERS
-        .lock()
-        .ok()
-        .and_then(|c| c.get(&cache_key(cfg)).cloned())
-    {
-        return Ok(b);
-    }
     Ok(match &cfg.index.opensearch_url {
         Some(url) => Arc::new(opensearch::OpenSearch::with_ca(
             url,
@@ -77,17 +59,10 @@ pub fn reader(cfg: &Config) -> Result<Arc<dyn Backend>, Error> {
     })
 }
 
-fn cache_key(cfg: &Config) -> String {
-    match &cfg.index.opensearch_url {
-        Some(u) => format!("opensearch:{u}"),
-        None => format!("embedded:{}", cfg.index.dir.display()),
-    }
-}
-
 /// Builds the index stage on the configured backend and starts its retention loop (accepted-event
-/// retention, `WHALE_RETENTION`).
-pub fn build(cfg: &Config) -> Result<Arc<Index>, Error> {
-    let stage = Index::new(writer(cfg)?);
+/// retention, `WHALE_RETENTION`). `backend` is the process's handle from [`open_writer`].
+pub fn build(cfg: &Config, backend: Arc<dyn Backend>) -> Arc<Index> {
+    let stage = Index::new(backend);
     stage.spawn_retention(cfg.events.retention);
-    Ok(Arc::new(stage))
+    Arc::new(stage)
 }

@@ -5,9 +5,14 @@
 //! Writes go through one writer thread that commits on time or size (every second, or sooner once
 //! 10,000 documents wait; see docs/search.md "Embedded index: commits"), not per batch: the stream
 //! is the durable record, and the index stage acks a message only after the commit that holds it
-//! ([`Backend::submit`]). A crash before the commit loses only what the stream redelivers. A
-//! redelivered message's document replaces any earlier copy (delete by id, then add, in the same
-//! commit), always: even a first delivery may already be stored after a nats-server restart.
+//! ([`Backend::submit`]). A crash before the commit loses only what the stream redelivers.
+//!
+//! Nothing is doubled, and the look-up that ensures it (delete by id, then add) is paid only where
+//! a copy can exist: the writer knows the highest stream sequence it has ever stored per subject
+//! prefix (saved in every commit's payload, and raised by every document it adds). A message
+//! above that mark cannot be stored yet, whatever its delivery count says (after a hard
+//! nats-server stop a committed message can come back as a *first* delivery, but its sequence is
+//! at or below the mark), so it is added without a look-up; anything else replaces its copy.
 
 pub(crate) mod schema;
 pub mod tokenizer;
@@ -56,16 +61,21 @@ fn merge_policy() -> tantivy::merge_policy::LogMergePolicy {
     p
 }
 
-/// One document to add: replace an earlier copy by id (a redelivery), the id, the document.
-type Add = (bool, String, TantivyDocument);
+/// One document to add: its stream sequence under its subject prefix ([`seq_key`]; none when
+/// unknown), its id, the document.
+struct Add {
+    seq: Option<(String, u64)>,
+    id: String,
+    doc: TantivyDocument,
+}
 
 /// Highest stream sequence stored, by subject prefix ([`seq_key`]): saved with each commit (its
 /// payload), read when the writer opens the index.
 type Marks = HashMap<String, u64>;
 
 enum Job {
-    /// Documents to add, and the highest sequence among them by prefix; answered once committed.
-    Write(Vec<Add>, Marks, oneshot::Sender<Result<(), String>>),
+    /// Documents to add; answered once committed.
+    Write(Vec<Add>, oneshot::Sender<Result<(), String>>),
     /// Delete what was seen before the cutoff; committed at once.
     Expire(DateTime, oneshot::Sender<Result<u64, String>>),
     /// Commit now (a refresh).
@@ -80,6 +90,15 @@ pub struct Embedded {
     /// What the last commit before this writer opened had stored ([`Marks`]); `None` when
     /// unknown (an index written by a whale before these marks): every document then replaces.
     marks: Option<Marks>,
+    /// Documents the writer replaced by id (looked up), and added without a look-up.
+    stats: Arc<WriteStats>,
+}
+
+/// Counts of the writer's two paths (tests and benchmarks read them).
+#[derive(Default, Debug)]
+pub struct WriteStats {
+    pub replaced: std::sync::atomic::AtomicU64,
+    pub added: std::sync::atomic::AtomicU64,
 }
 
 /// What searches need, shared with blocking tasks.
@@ -149,12 +168,16 @@ impl Embedded {
                 None
             }
         };
-        let marks = e.marks.clone().unwrap_or_default();
         let (tx, rx) = mpsc::channel();
-        let (reader, fields) = (e.shared.reader.clone(), e.shared.fields.clone());
+        let state = WriterState {
+            reader: e.shared.reader.clone(),
+            fields: e.shared.fields.clone(),
+            marks: e.marks.clone(),
+            stats: e.stats.clone(),
+        };
         std::thread::Builder::new()
             .name("whale-index-writer".into())
-            .spawn(move || writer_loop(writer, reader, fields, marks, rx))
+            .spawn(move || writer_loop(writer, state, rx))
             .map_err(|err| Error::Other(format!("cannot start the index writer thread: {err}")))?;
         e.writer = Some(Mutex::new(tx));
         Ok(e)
@@ -200,11 +223,21 @@ impl Embedded {
             dir: dir.to_path_buf(),
             writer: None,
             marks: None,
+            stats: Arc::default(),
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How many documents were replaced by id and how many added without a look-up so far.
+    pub fn stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.stats.replaced.load(Relaxed),
+            self.stats.added.load(Relaxed),
+        )
     }
 
     fn send(&self, job: Job) -> Result<(), Error> {
@@ -275,20 +308,39 @@ pub(crate) fn sort_hits(hits: &mut [Doc], order: Order) {
     }
 }
 
+/// What the writer thread starts with.
+struct WriterState {
+    reader: IndexReader,
+    fields: Arc<Fields>,
+    /// The marks of the last commit (`None`: unknown, every document replaces).
+    marks: Option<Marks>,
+    stats: Arc<WriteStats>,
+}
+
 /// The writer thread: adds documents as they come and commits when the oldest uncommitted one has
 /// waited [`COMMIT_EVERY`], when [`COMMIT_DOCS`] wait, on retention, or on a refresh; then
 /// answers every job the commit covered.
-fn writer_loop(
-    mut w: IndexWriter,
-    reader: IndexReader,
-    fields: Arc<Fields>,
-    mut marks: Marks,
-    rx: mpsc::Receiver<Job>,
-) {
+///
+/// Whether a document needs the look-up is decided here, where documents arrive one after the
+/// other: `stored` is the highest sequence per prefix of everything committed before this writer
+/// opened and everything added since (committed or not). A document above it cannot have a copy
+/// (each stream sequence is one message, and every copy of a message carries its sequence); one
+/// at or below it may (a redelivery, a committed message delivered again after a nats-server
+/// restart, a batch overtaken by a later one in flight) and replaces by id. Each commit's payload
+/// is `stored` at that moment: at least the sequence of every document the index holds.
+fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
+    use std::sync::atomic::Ordering::Relaxed;
     use std::time::Instant;
+    let WriterState {
+        reader,
+        fields,
+        marks,
+        stats,
+    } = st;
     let id_field = fields.keyword("id").expect("id field");
+    let known = marks.is_some();
+    let mut stored = marks.unwrap_or_default();
     let mut waiting: Vec<Reply> = Vec::new();
-    let mut pending = Marks::new();
     let mut docs = 0usize;
     let mut since: Option<Instant> = None;
     let mut failed: Option<String> = None;
@@ -300,21 +352,40 @@ fn writer_loop(
             }
         };
         let (commit_now, stop) = match job {
-            Ok(Job::Write(batch, batch_marks, reply)) => {
+            Ok(Job::Write(batch, reply)) => {
                 docs += batch.len();
-                merge_marks(&mut pending, batch_marks);
                 since.get_or_insert_with(Instant::now);
-                if failed.is_none() {
-                    for (replace, id, d) in batch {
-                        if replace {
-                            w.delete_term(Term::from_field_text(id_field, &id));
-                        }
-                        if let Err(e) = w.add_document(d) {
-                            failed = Some(e.to_string());
-                            break;
-                        }
+                let (mut replaced, mut added) = (0u64, 0u64);
+                for Add { seq, id, doc } in batch {
+                    let fresh = match seq {
+                        Some((key, s)) => match stored.get_mut(&key) {
+                            Some(m) if s <= *m => false,
+                            Some(m) => {
+                                *m = s;
+                                known
+                            }
+                            None => {
+                                stored.insert(key, s);
+                                known
+                            }
+                        },
+                        None => false,
+                    };
+                    if failed.is_some() {
+                        continue;
+                    }
+                    if fresh {
+                        added += 1;
+                    } else {
+                        replaced += 1;
+                        w.delete_term(Term::from_field_text(id_field, &id));
+                    }
+                    if let Err(e) = w.add_document(doc) {
+                        failed = Some(e.to_string());
                     }
                 }
+                stats.replaced.fetch_add(replaced, Relaxed);
+                stats.added.fetch_add(added, Relaxed);
                 waiting.push(Reply::Write(reply));
                 (docs >= COMMIT_DOCS, false)
             }
@@ -340,18 +411,15 @@ fn writer_loop(
             Err(mpsc::RecvTimeoutError::Disconnected) => (true, true),
         };
         if commit_now && !waiting.is_empty() {
-            let mut next = marks.clone();
-            merge_marks(&mut next, std::mem::take(&mut pending));
+            // A failed commit keeps `stored` as it is: its documents come back as redeliveries
+            // at or below it and replace (a look-up too many, never a copy too many).
             let result = match failed.take() {
-                None => commit(&mut w, &next),
+                None => commit(&mut w, &stored),
                 Some(e) => Err(e),
             };
-            match &result {
-                Ok(()) => marks = next,
-                Err(e) => {
-                    tracing::error!("embedded index commit failed: {e}");
-                    let _ = w.rollback();
-                }
+            if let Err(e) = &result {
+                tracing::error!("embedded index commit failed: {e}");
+                let _ = w.rollback();
             }
             if let Err(e) = reader.reload() {
                 tracing::warn!("embedded index reader reload failed: {e}");
@@ -398,13 +466,6 @@ fn read_marks(payload: &str) -> Marks {
         .unwrap_or_default()
 }
 
-fn merge_marks(into: &mut Marks, from: Marks) {
-    for (k, v) in from {
-        let m = into.entry(k).or_insert(0);
-        *m = (*m).max(v);
-    }
-}
-
 /// The stream sequences of one subject prefix (`whale.events`, `whale.pipe`, ...) grow with
 /// every message stored under it.
 fn seq_key(subject: &str) -> &str {
@@ -426,8 +487,8 @@ impl Backend for Embedded {
         Ok(report)
     }
 
-    /// Every document replaces its earlier copy by id; the commit records the highest stream
-    /// sequence it holds per subject prefix (`from`).
+    /// A document whose message is above every sequence stored under its subject prefix is
+    /// added without a look-up; any other replaces its earlier copy by id (see [`writer_loop`]).
     async fn submit(
         &self,
         docs: Vec<Doc>,
@@ -437,35 +498,23 @@ impl Backend for Embedded {
             return Ok((WriteReport::default(), Box::pin(async { Ok(()) })));
         }
         let fields = self.shared.fields.clone();
-        let (batch, marks) = tokio::task::spawn_blocking(move || {
-            let mut marks = Marks::new();
-            let batch = docs
-                .into_iter()
+        let batch = tokio::task::spawn_blocking(move || {
+            docs.into_iter()
                 .enumerate()
-                .map(|(i, d)| {
-                    let key = seq_key(&d.subject);
-                    if let Some(f) = from.get(i).filter(|f| f.stream_seq > 0) {
-                        match marks.get_mut(key) {
-                            Some(m) => *m = (*m).max(f.stream_seq),
-                            None => {
-                                marks.insert(key.to_owned(), f.stream_seq);
-                            }
-                        }
-                    }
-                    let t = fields.to_tantivy(&d);
-                    // Always replace by id. "First delivery past what the index held" does not
-                    // prove "not stored": a nats-server stopped hard can deliver again, as a
-                    // first delivery, a message whose document is already committed (consumer
-                    // state is flushed lazily). The chaos test caught exactly that.
-                    (true, d.id, t)
+                .map(|(i, d)| Add {
+                    seq: from
+                        .get(i)
+                        .filter(|f| f.stream_seq > 0)
+                        .map(|f| (seq_key(&d.subject).to_owned(), f.stream_seq)),
+                    doc: fields.to_tantivy(&d),
+                    id: d.id,
                 })
-                .collect::<Vec<_>>();
-            (batch, marks)
+                .collect::<Vec<_>>()
         })
         .await
         .map_err(|e| Error::Other(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Write(batch, marks, tx))?;
+        self.send(Job::Write(batch, tx))?;
         Ok((WriteReport::default(), committed(rx)))
     }
 
@@ -575,12 +624,21 @@ mod tests {
         }
     }
 
-    fn event(i: u64) -> Doc {
+    /// An event (`whale.events.*`) or a rejection (`whale.rejected.*`): both live on one
+    /// stream, so their sequences interleave.
+    fn record(i: u64, rejected: bool) -> Doc {
         let ev = serde_json::json!({"id": format!("ev-{i}"), "event_type": "app.log", "source": "t",
             "time": "2026-11-28T01:00:00Z", "detail": {"n": i}});
+        let (subject, payload) = if rejected {
+            let r = serde_json::json!({"id": format!("ev-{i}"), "reason": "schema",
+                "received": "2026-11-28T01:00:00Z", "event": ev});
+            ("whale.rejected.app.log", r)
+        } else {
+            ("whale.events.app.log", ev)
+        };
         Doc::from_delivery(&whale_kernel::Delivery {
-            subject: "whale.events.app.log".into(),
-            payload: serde_json::to_vec(&ev).unwrap().into(),
+            subject: subject.into(),
+            payload: serde_json::to_vec(&payload).unwrap().into(),
             headers: vec![("Nats-Msg-Id".into(), format!("ev-{i}"))],
             attempt: 1,
             stream_seq: i,
@@ -588,16 +646,20 @@ mod tests {
         })
     }
 
-    async fn submit(e: &Embedded, seqs: std::ops::Range<u64>, attempt: i64) {
-        let docs = seqs.clone().map(event).collect();
+    /// Odd sequences are rejections, even ones events.
+    async fn hand_over(e: &Embedded, seqs: std::ops::Range<u64>, attempt: i64) -> Committed {
+        let docs = seqs.clone().map(|i| record(i, i % 2 == 1)).collect();
         let from = seqs
             .map(|stream_seq| Delivered {
                 attempt,
                 stream_seq,
             })
             .collect();
-        let (_, committed) = e.submit(docs, from).await.unwrap();
-        committed.await.unwrap();
+        e.submit(docs, from).await.unwrap().1
+    }
+
+    async fn submit(e: &Embedded, seqs: std::ops::Range<u64>, attempt: i64) {
+        hand_over(e, seqs, attempt).await.await.unwrap();
     }
 
     /// The writer of a dropped `Embedded` lets go of the directory's lock shortly after.
@@ -611,38 +673,54 @@ mod tests {
         Embedded::open(dir).unwrap()
     }
 
-    /// First deliveries past what the index had stored are added without a look-up; anything
-    /// that may be stored already (a redelivery, a reset consumer delivering old sequences
-    /// again) replaces its copy: counted exactly across restarts. The marks are the commit's.
+    async fn count(e: &Embedded) -> u64 {
+        e.refresh().await.unwrap();
+        e.shared
+            .search(&Search::new(parse("*").unwrap()))
+            .unwrap()
+            .total
+    }
+
+    /// Every message is stored once, counted exactly, across restarts, redeliveries, committed
+    /// messages delivered again as first deliveries (a hard nats-server stop; with and without a
+    /// restart of the writer), a reset consumer, and batches in flight overtaking each other; with
+    /// events and rejections interleaved on one stream. Only messages above everything stored
+    /// skip the look-up (the counts of both paths are checked, so the fast path is proven taken).
     #[tokio::test]
     async fn documents_are_never_doubled_across_restarts_and_redeliveries() {
         let dir = tempfile::tempdir().unwrap();
-        let count = |e: &Embedded| {
-            let s = Search::new(parse("*").unwrap());
-            let shared = e.shared.clone();
-            async move { shared.search(&s).unwrap().total }
-        };
         let e = Embedded::open(dir.path()).unwrap();
         submit(&e, 1..101, 1).await;
+        assert_eq!(e.stats(), (0, 100), "a new index: no look-ups");
         // Stored, then the worker died before its ack: delivered again.
         submit(&e, 51..101, 2).await;
-        e.refresh().await.unwrap();
-        assert_eq!(count(&e).await, 100);
+        // Committed and acked, but the server forgot the acks: first deliveries again.
+        submit(&e, 81..111, 1).await;
+        assert_eq!(count(&e).await, 110);
+        assert_eq!(e.stats(), (50 + 20, 100 + 10));
+        // Batches in flight: a later one reaches the writer first.
+        let later = hand_over(&e, 200..300, 1).await;
+        let earlier = hand_over(&e, 111..200, 1).await;
+        let (a, b) = futures::join!(later, earlier);
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(count(&e).await, 299);
         drop(e);
 
         let e = reopen(dir.path());
-        assert_eq!(e.marks.as_ref().unwrap()["whale.events"], 100);
+        assert_eq!(e.marks.as_ref().unwrap()["whale.events"], 298);
+        assert_eq!(e.marks.as_ref().unwrap()["whale.rejected"], 299);
         // A consumer reset: everything delivered again, as first deliveries.
-        submit(&e, 1..151, 1).await;
-        e.refresh().await.unwrap();
-        assert_eq!(count(&e).await, 150);
+        submit(&e, 1..351, 1).await;
+        assert_eq!(count(&e).await, 350);
+        assert_eq!(e.stats(), (299, 51));
         drop(e);
 
         let e = reopen(dir.path());
-        assert_eq!(e.marks.as_ref().unwrap()["whale.events"], 150);
-        submit(&e, 140..160, 2).await;
-        submit(&e, 160..170, 1).await;
-        e.refresh().await.unwrap();
-        assert_eq!(count(&e).await, 169);
+        assert_eq!(e.marks.as_ref().unwrap()["whale.events"], 350);
+        submit(&e, 340..360, 2).await;
+        submit(&e, 360..370, 1).await;
+        assert_eq!(count(&e).await, 369);
+        assert_eq!(e.stats(), (11, 19));
     }
 }
