@@ -451,16 +451,27 @@ pub(crate) fn write_schemas(dir: &Path, types: usize) -> anyhow::Result<()> {
 /// `rules / types` rules per type; rule j of a type fires on `detail.code == j`. Every rule has
 /// a (generous) throttle so each task costs a Redis decision, and routes to `default`.
 pub(crate) fn write_rules(dir: &Path, rules: usize, types: usize) -> anyhow::Result<()> {
+    write_rules_per_type(dir, "bench", rules, types, |t, j| {
+        format!(
+            "- name: bench-t{t:03}-r{j:02}\n  on: [bench.t{t:03}]\n  when:\n    - {{ path: .detail.code, eq: {j} }}\n    - {{ path: .detail.env, eq: prod }}\n  action: core.local\n  params:\n    cmd: \"echo {{{{ .detail.host }}}}\"\n    sent_us: \"{{{{ .detail.sent_us }}}}\"\n  throttle:\n    key: \"{{{{ .detail.host }}}}\"\n    limit: 1000000\n    per: 1m\n"
+        )
+    })
+}
+
+/// The one rule generator of the benchmarks: `rules / types` rules for each event type
+/// `bench.tTTT`, one file `<prefix>-tTTT.yaml` per type, rule j of type t written by `rule(t, j)`.
+pub(crate) fn write_rules_per_type(
+    dir: &Path,
+    prefix: &str,
+    rules: usize,
+    types: usize,
+    rule: impl Fn(usize, usize) -> String,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let per_type = rules / types;
     for t in 0..types {
-        let mut doc = String::new();
-        for j in 0..per_type {
-            doc.push_str(&format!(
-                "- name: bench-t{t:03}-r{j:02}\n  on: [bench.t{t:03}]\n  when:\n    - {{ path: .detail.code, eq: {j} }}\n    - {{ path: .detail.env, eq: prod }}\n  action: core.local\n  params:\n    cmd: \"echo {{{{ .detail.host }}}}\"\n    sent_us: \"{{{{ .detail.sent_us }}}}\"\n  throttle:\n    key: \"{{{{ .detail.host }}}}\"\n    limit: 1000000\n    per: 1m\n"
-            ));
-        }
-        std::fs::write(dir.join(format!("bench-t{t:03}.yaml")), doc)?;
+        let doc: String = (0..per_type).map(|j| rule(t, j)).collect();
+        std::fs::write(dir.join(format!("{prefix}-t{t:03}.yaml")), doc)?;
     }
     Ok(())
 }

@@ -14,7 +14,8 @@ use whale_kernel::testkit::{free_port, NatsServer};
 use whale_kernel::{subjects, Config, Output, Window};
 
 use crate::pipeline::{
-    cpu_seconds, memory_mb, round2, sibling, wait_ready, write_schemas, ChildEnv,
+    cpu_seconds, memory_mb, round2, sibling, wait_ready, write_rules_per_type, write_schemas,
+    ChildEnv,
 };
 use crate::raw::Raw;
 
@@ -243,18 +244,11 @@ fn event(a: &Args, i: usize) -> Value {
 /// (never true: it ends in a digit), a test the rule index cannot narrow and that reads the whole
 /// value, so each event is checked against every rule of its type.
 fn write_regex_rules(dir: &std::path::Path, rules: usize, types: usize) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let per_type = rules / types;
-    for t in 0..types {
-        let mut doc = String::new();
-        for j in 0..per_type {
-            doc.push_str(&format!(
-                "- name: scale-t{t:03}-r{j:04}\n  on: [bench.t{t:03}]\n  when:\n    - {{ path: .detail.sig, regex: \"^s0*{j}[a-z]$\" }}\n  action: core.local\n  params:\n    cmd: \"echo {{{{ .detail.host }}}}\"\n"
-            ));
-        }
-        std::fs::write(dir.join(format!("scale-t{t:03}.yaml")), doc)?;
-    }
-    Ok(())
+    write_rules_per_type(dir, "scale", rules, types, |t, j| {
+        format!(
+            "- name: scale-t{t:03}-r{j:04}\n  on: [bench.t{t:03}]\n  when:\n    - {{ path: .detail.sig, regex: \"^s0*{j}[a-z]$\" }}\n  action: core.local\n  params:\n    cmd: \"echo {{{{ .detail.host }}}}\"\n"
+        )
+    })
 }
 
 fn progress(a: &Args, msg: &str) {
