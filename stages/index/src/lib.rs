@@ -47,11 +47,7 @@ pub fn writer(cfg: &Config) -> Result<Arc<dyn Backend>, Error> {
         return Ok(b.clone());
     }
     let b: Arc<dyn Backend> = match &cfg.index.opensearch_url {
-        Some(url) => Arc::new(opensearch::OpenSearch::with_ca(
-            url,
-            "whale",
-            cfg.index.opensearch_ca_file.as_deref(),
-        )?),
+        Some(_) => Arc::new(opensearch::OpenSearch::configured(&cfg.index, "whale")?),
         None => Arc::new(embedded::Embedded::open(&cfg.index.dir)?),
     };
     cache.insert(key, b.clone());
@@ -68,11 +64,7 @@ pub fn reader(cfg: &Config) -> Result<Arc<dyn Backend>, Error> {
         return Ok(b);
     }
     Ok(match &cfg.index.opensearch_url {
-        Some(url) => Arc::new(opensearch::OpenSearch::with_ca(
-            url,
-            "whale",
-            cfg.index.opensearch_ca_file.as_deref(),
-        )?),
+        Some(_) => Arc::new(opensearch::OpenSearch::configured(&cfg.index, "whale")?),
         None => Arc::new(embedded::Embedded::open_read_only(&cfg.index.dir)?),
     })
 }
