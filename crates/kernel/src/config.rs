@@ -560,6 +560,18 @@ pub struct IndexConfig {
     /// CA certificates (PEM) trusted for an `https://` OpenSearch URL in addition to the
     /// public roots (OpenSearch's security plugin with its own CA; `WHALE_OPENSEARCH_CA_FILE`).
     pub opensearch_ca_file: Option<PathBuf>,
+    /// How whale authenticates to OpenSearch (`WHALE_OPENSEARCH_AUTH`): `basic` (default: HTTP
+    /// basic with the `user:password` of `opensearch_url`, nothing when it has none), `none`, or
+    /// `aws_sigv4` (every request signed with AWS Signature V4 for Amazon OpenSearch Service or
+    /// Serverless; credentials from the standard AWS chain: environment, profile files, web
+    /// identity, ECS, EC2 instance metadata, `credential_process`).
+    pub opensearch_auth: OpenSearchAuth,
+    /// AWS region for `aws_sigv4` (`WHALE_OPENSEARCH_AWS_REGION`); unset → `AWS_REGION`, then
+    /// `AWS_DEFAULT_REGION`.
+    pub opensearch_aws_region: Option<String>,
+    /// AWS service signed for with `aws_sigv4` (`WHALE_OPENSEARCH_AWS_SERVICE`): `es` (Amazon
+    /// OpenSearch Service, default) or `aoss` (OpenSearch Serverless).
+    pub opensearch_aws_service: String,
     pub dir: PathBuf,
     /// Longest search query (`GET /v1/events?q=`, `whale events search`), in bytes.
     pub query_max_bytes: usize,
@@ -582,6 +594,9 @@ impl Default for IndexConfig {
         IndexConfig {
             opensearch_url: None,
             opensearch_ca_file: None,
+            opensearch_auth: OpenSearchAuth::Basic,
+            opensearch_aws_region: None,
+            opensearch_aws_service: "es".into(),
             dir: PathBuf::from(".whale/index"),
             query_max_bytes: 4096,
             query_max_depth: 32,
@@ -593,8 +608,39 @@ impl Default for IndexConfig {
     }
 }
 
+/// `index.opensearch_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenSearchAuth {
+    /// HTTP basic with the URL's `user:password` (none when the URL has none).
+    #[default]
+    Basic,
+    /// No credentials (a URL with `user:password` is refused as a mistake).
+    None,
+    /// AWS Signature V4 (Amazon OpenSearch Service `es`, Serverless `aoss`).
+    AwsSigv4,
+}
+
+impl std::str::FromStr for OpenSearchAuth {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "basic" => Ok(OpenSearchAuth::Basic),
+            "none" => Ok(OpenSearchAuth::None),
+            "aws_sigv4" => Ok(OpenSearchAuth::AwsSigv4),
+            _ => bail!("index.opensearch_auth must be basic, none or aws_sigv4, not {s:?}"),
+        }
+    }
+}
+
 impl IndexConfig {
     fn check(&self) -> anyhow::Result<()> {
+        if !["es", "aoss"].contains(&self.opensearch_aws_service.as_str()) {
+            bail!(
+                "index.opensearch_aws_service must be es (Amazon OpenSearch Service) or aoss (OpenSearch Serverless), not {:?}",
+                self.opensearch_aws_service
+            );
+        }
         if self.query_max_bytes == 0 || self.search_max_limit == 0 {
             bail!("index.query_max_bytes and index.search_max_limit must be at least 1");
         }
@@ -974,6 +1020,9 @@ pub const ENV_VARS: &[&str] = &[
     "WHALE_REDIS_WAIT_REPLICAS",
     "WHALE_OPENSEARCH_URL",
     "WHALE_OPENSEARCH_CA_FILE",
+    "WHALE_OPENSEARCH_AUTH",
+    "WHALE_OPENSEARCH_AWS_REGION",
+    "WHALE_OPENSEARCH_AWS_SERVICE",
     "WHALE_INDEX_DIR",
     "WHALE_HTTP_ADDR",
     "WHALE_HTTP_TOKEN",
@@ -1080,6 +1129,15 @@ impl Config {
         }
         if let Some(v) = var("WHALE_OPENSEARCH_CA_FILE") {
             self.index.opensearch_ca_file = Some(v.into());
+        }
+        if let Some(v) = var("WHALE_OPENSEARCH_AUTH") {
+            self.index.opensearch_auth = v.parse().context("WHALE_OPENSEARCH_AUTH")?;
+        }
+        if let Some(v) = var("WHALE_OPENSEARCH_AWS_REGION") {
+            self.index.opensearch_aws_region = Some(v);
+        }
+        if let Some(v) = var("WHALE_OPENSEARCH_AWS_SERVICE") {
+            self.index.opensearch_aws_service = v;
         }
         if let Some(v) = var("WHALE_INDEX_DIR") {
             self.index.dir = v.into();

@@ -34,6 +34,7 @@ use bytes::Bytes;
 use serde_json::json;
 use time::OffsetDateTime;
 use whale_index::embedded::Embedded;
+use whale_index::opensearch::handwritten::HandWritten;
 use whale_index::opensearch::OpenSearch;
 use whale_index::testkit::OpenSearchNode;
 use whale_index::{Backend, Delivered, Doc, Search};
@@ -190,7 +191,7 @@ fn reference_tantivy(n: usize) -> f64 {
 }
 
 /// Raw `_bulk` of the bodies `os` would send, into its own prefix: the node's own speed now.
-async fn reference_bulk(url: &str, n: usize) -> f64 {
+async fn reference_bulk(url: &str, n: usize, label: &str) -> f64 {
     #[allow(non_snake_case)]
     let BATCH = env_n("WHALE_BENCH_BATCH", 512);
     let os = OpenSearch::with_prefix(url, "rawref").unwrap();
@@ -237,7 +238,7 @@ async fn reference_bulk(url: &str, n: usize) -> f64 {
     // Give the node its disk and merges back before the backend's run.
     let _ = http.delete(format!("{url}/rawref-*")).send().await;
     println!(
-        "reference  raw _bulk: {n} events in {e:.1} s = {:.0} events/s (batches of {BATCH}, {WRITERS} writers, bodies made beforehand; client {:.2} CPU-s)",
+        "reference  raw _bulk ({label}): {n} events in {e:.1} s = {:.0} events/s (batches of {BATCH}, {WRITERS} writers, bodies made beforehand; client {:.2} CPU-s)",
         n as f64 / e,
         c
     );
@@ -281,7 +282,7 @@ async fn index_as_before(backend: Arc<dyn Backend>, n: usize) -> f64 {
 
 /// `replace_all`: hand no delivery information over, so every document is looked up by id
 /// (main before the sequence marks).
-async fn index(backend: Arc<dyn Backend>, n: usize, replace_all: bool) -> f64 {
+async fn index(backend: Arc<dyn Backend>, n: usize, label: &str, replace_all: bool) -> f64 {
     #[allow(non_snake_case)]
     let BATCH = env_n("WHALE_BENCH_BATCH", 512);
     let base = OffsetDateTime::now_utc() - Duration::from_secs(3600);
@@ -338,13 +339,12 @@ async fn index(backend: Arc<dyn Backend>, n: usize, replace_all: bool) -> f64 {
         elapsed += t.elapsed();
         cpu_used += cpu_secs() - cpu;
         start_i = end;
-        eprintln!("  {}: {end} stored", backend.name());
+        eprintln!("  {label}: {end} stored");
     }
     backend.refresh().await.unwrap();
     let rate = n as f64 / elapsed.as_secs_f64();
     println!(
-        "{:<10} indexing{}: {n} events in {:.1} s = {:.0} events/s, {:.0} events per CPU-second of this process (batches of {BATCH}, {WRITERS} writers)",
-        backend.name(),
+        "{label:<10} indexing{}: {n} events in {:.1} s = {:.0} events/s, {:.0} events per CPU-second of this process (batches of {BATCH}, {WRITERS} writers)",
         if replace_all {
             " (main today: every document replaced by id)"
         } else {
@@ -422,7 +422,7 @@ fn main() {
         if n_main > 0 {
             let dir = tempfile::tempdir().unwrap();
             let b: Arc<dyn Backend> = Arc::new(Embedded::open(dir.path()).unwrap());
-            let rate = rt.block_on(index(b, n_main, true));
+            let rate = rt.block_on(index(b, n_main, "embedded", true));
             println!(
                 "main today = {:.2} x tantivy alone in the same run",
                 rate / reference
@@ -431,7 +431,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let b: Arc<dyn Backend> = Arc::new(Embedded::open(dir.path()).unwrap());
         rt.block_on(async {
-            let rate = index(b.clone(), n_emb, false).await;
+            let rate = index(b.clone(), n_emb, "embedded", false).await;
             println!(
                 "embedded   = {:.2} x tantivy alone in the same run",
                 rate / reference
@@ -450,13 +450,30 @@ fn main() {
     }
     if n_os > 0 {
         let node = OpenSearchNode::start();
-        let b: Arc<dyn Backend> = Arc::new(OpenSearch::new(&node.url()).unwrap());
+        let url = node.url();
+        let b: Arc<dyn Backend> = Arc::new(OpenSearch::new(&url).unwrap());
+        let old: Arc<dyn Backend> =
+            Arc::new(HandWritten::with_prefix(&url, "handwritten").unwrap());
         rt.block_on(async {
-            let reference = reference_bulk(&node.url(), n_os).await;
-            let rate = index(b.clone(), n_os, false).await;
+            // The JVM compiles its hot paths in the first minute: warm it up before the figures.
+            reference_bulk(&url, (n_os / 4).max(10_000), "warm-up, not a figure").await;
+            let before = reference_bulk(&url, n_os, "first").await;
+            let rate_old = index(old, n_os, "hand-written", false).await;
+            let _ = reqwest::Client::new()
+                .delete(format!("{url}/handwritten-*"))
+                .send()
+                .await;
+            let rate = index(b.clone(), n_os, "opensearch", false).await;
+            let after = reference_bulk(&url, n_os, "last").await;
+            let reference = (before + after) / 2.0;
             println!(
-                "opensearch = {:.2} x raw _bulk of the same node in the same run",
-                rate / reference
+                "hand-written backend (before) = {:.2} x raw _bulk of the same node in the same run (mean of first and last)",
+                rate_old / reference
+            );
+            println!(
+                "opensearch = {:.2} x raw _bulk of the same node in the same run (mean of first and last); {:.2} x the hand-written backend",
+                rate / reference,
+                rate / rate_old
             );
             search_latency(&*b, n_os).await;
         });

@@ -37,11 +37,7 @@ pub use stage::Index;
 /// a second open of the same directory fails with a clear error instead of sharing silently.
 pub fn open_writer(cfg: &Config) -> Result<Arc<dyn Backend>, Error> {
     Ok(match &cfg.index.opensearch_url {
-        Some(url) => Arc::new(opensearch::OpenSearch::with_ca(
-            url,
-            "whale",
-            cfg.index.opensearch_ca_file.as_deref(),
-        )?),
+        Some(_) => Arc::new(opensearch::OpenSearch::configured(&cfg.index, "whale")?),
         None => Arc::new(embedded::Embedded::open(&cfg.index.dir)?),
     })
 }
@@ -50,11 +46,7 @@ pub fn open_writer(cfg: &Config) -> Result<Arc<dyn Backend>, Error> {
 /// embedded writer, and sees every commit of the process that holds it).
 pub fn reader(cfg: &Config) -> Result<Arc<dyn Backend>, Error> {
     Ok(match &cfg.index.opensearch_url {
-        Some(url) => Arc::new(opensearch::OpenSearch::with_ca(
-            url,
-            "whale",
-            cfg.index.opensearch_ca_file.as_deref(),
-        )?),
+        Some(_) => Arc::new(opensearch::OpenSearch::configured(&cfg.index, "whale")?),
         None => Arc::new(embedded::Embedded::open_read_only(&cfg.index.dir)?),
     })
 }

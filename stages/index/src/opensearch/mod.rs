@@ -1,7 +1,8 @@
-//! The OpenSearch backend, over plain HTTP: composable templates installed on first use, daily
-//! indices `<prefix>-YYYY.MM.DD` chosen by when a record was stored on NATS (so retention here
-//! follows the stream's), `_bulk` writes with per-item handling, and retention enforced by whale
-//! (old daily indices deleted; no ISM plugin needed).
+//! The OpenSearch backend, on the official `opensearch` client crate (rustls; SigV4 signing for
+//! Amazon OpenSearch Service): composable templates installed on first use, daily indices
+//! `<prefix>-YYYY.MM.DD` chosen by when a record was stored on NATS (so retention here follows the
+//! stream's), `_bulk` writes with per-item handling, and retention enforced by whale (old daily
+//! indices deleted; no ISM plugin needed).
 //!
 //! Per item: stored → done; 429/5xx → sent again (only those items) with a short backoff, then
 //! left to the stage to redeliver; any other refusal (a mapping error such as a value over
@@ -10,6 +11,9 @@
 //! fails the whole call: the stage naks with a delay and nothing is lost; ids are deterministic,
 //! so a batch sent twice overwrites itself.
 
+mod aws;
+#[doc(hidden)]
+pub mod handwritten;
 mod template;
 pub(crate) mod translate;
 
@@ -17,9 +21,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::{Method, RequestBuilder, StatusCode};
+use opensearch::auth::Credentials;
+use opensearch::cat::CatIndicesParts;
+use opensearch::cert::{Certificate, CertificateValidation};
+use opensearch::cluster::ClusterPutComponentTemplateParts;
+use opensearch::http::headers::{HeaderValue, ACCEPT_ENCODING};
+use opensearch::http::response::Response;
+use opensearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
+use opensearch::http::{StatusCode, Url};
+use opensearch::indices::{IndicesDeleteParts, IndicesPutIndexTemplateParts, IndicesRefreshParts};
+use opensearch::{BulkParts, SearchParts};
 use serde_json::{json, Value};
 use time::{Date, OffsetDateTime};
+use whale_kernel::config::{IndexConfig, OpenSearchAuth};
 
 use crate::backend::{Backend, Error, Hits, Order, Search, WriteReport};
 use crate::doc::Doc;
@@ -27,6 +41,10 @@ use crate::doc::Doc;
 /// Largest `_bulk` body sent at once (OpenSearch refuses bodies over `http.max_content_length`,
 /// 100 MiB by default).
 const BULK_BYTES: usize = 8 * 1024 * 1024;
+/// How long one `_bulk` may take before it counts as failed: longer than other requests (20 s),
+/// since a busy cluster still working on a large bulk must not be sent it again (which only adds
+/// to its load); OpenSearch itself waits up to a minute for shards in a bulk.
+const BULK_TIMEOUT: Duration = Duration::from_secs(90);
 /// Rounds of resending items the cluster was too busy for, within one write.
 const ITEM_ROUNDS: u32 = 3;
 /// Largest result page (`index.max_result_window`).
@@ -34,10 +52,9 @@ pub const MAX_LIMIT: usize = 10_000;
 
 /// An OpenSearch cluster.
 pub struct OpenSearch {
-    http: reqwest::Client,
+    client: opensearch::OpenSearch,
     /// Base URL without credentials (safe to print).
     base: String,
-    auth: Option<(String, Option<String>)>,
     prefix: String,
     templates_ok: AtomicBool,
 }
@@ -50,53 +67,77 @@ impl OpenSearch {
 
     /// As [`OpenSearch::new`] with another index name prefix (tests share a cluster this way).
     pub fn with_prefix(url: &str, prefix: &str) -> Result<OpenSearch, Error> {
-        Self::with_ca(url, prefix, None)
+        let cfg = IndexConfig {
+            opensearch_url: Some(url.to_owned()),
+            ..IndexConfig::default()
+        };
+        Self::configured(&cfg, prefix)
     }
 
-    /// As [`OpenSearch::with_prefix`], also trusting the CA certificates in `ca_file` (PEM;
-    /// `index.opensearch_ca_file`).
-    pub fn with_ca(
-        url: &str,
-        prefix: &str,
-        ca_file: Option<&std::path::Path>,
-    ) -> Result<OpenSearch, Error> {
-        let mut u = reqwest::Url::parse(url).map_err(|e| {
+    /// The cluster `cfg` names (`index.opensearch_url`), with its CA file and authentication
+    /// (`index.opensearch_auth`: basic, none, or AWS SigV4), writing `<prefix>-*` indices.
+    pub fn configured(cfg: &IndexConfig, prefix: &str) -> Result<OpenSearch, Error> {
+        let url = cfg.opensearch_url.as_deref().ok_or_else(|| {
+            Error::Invalid("index.opensearch_url is not set (WHALE_OPENSEARCH_URL)".into())
+        })?;
+        let mut u = Url::parse(url).map_err(|e| {
             Error::Invalid(format!(
                 "WHALE_OPENSEARCH_URL is not a URL ({e}): use http://host:9200"
             ))
         })?;
-        let auth = (!u.username().is_empty())
-            .then(|| (u.username().to_owned(), u.password().map(str::to_owned)));
+        let user = (!u.username().is_empty()).then(|| {
+            (
+                u.username().to_owned(),
+                u.password().unwrap_or_default().to_owned(),
+            )
+        });
         let _ = u.set_username("");
         let _ = u.set_password(None);
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+        let base = u.as_str().trim_end_matches('/').to_owned();
+        let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(u))
             .timeout(Duration::from_secs(20));
-        if let Some(path) = ca_file {
+        match (cfg.opensearch_auth, user) {
+            (OpenSearchAuth::Basic, Some((name, password))) => {
+                builder = builder.auth(Credentials::Basic(name, password));
+            }
+            (OpenSearchAuth::Basic, None) | (OpenSearchAuth::None, None) => {}
+            (OpenSearchAuth::None, Some(_)) | (OpenSearchAuth::AwsSigv4, Some(_)) => {
+                return Err(Error::Invalid(format!(
+                    "WHALE_OPENSEARCH_URL has a user and password but index.opensearch_auth is {}: \
+                     remove them from the URL, or use opensearch_auth = \"basic\"",
+                    if cfg.opensearch_auth == OpenSearchAuth::None {
+                        "none"
+                    } else {
+                        "aws_sigv4"
+                    }
+                )));
+            }
+            (OpenSearchAuth::AwsSigv4, None) => {
+                let (credentials, service) = aws::credentials(cfg)?;
+                builder = builder.auth(credentials).service_name(service);
+            }
+        }
+        if let Some(path) = &cfg.opensearch_ca_file {
             let pem = std::fs::read(path).map_err(|e| {
                 Error::Invalid(format!(
                     "cannot read index.opensearch_ca_file {}: {e}",
                     path.display()
                 ))
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .ok()
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "index.opensearch_ca_file {} holds no PEM certificate",
-                        path.display()
-                    ))
-                })?;
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
+            let certs = Certificate::from_pem(&pem).map_err(|e| {
+                Error::Invalid(format!(
+                    "index.opensearch_ca_file {} holds no usable PEM certificate: {e}",
+                    path.display()
+                ))
+            })?;
+            builder = builder.cert_validation(CertificateValidation::Full(certs));
         }
-        let http = builder.build().map_err(|e| Error::Other(e.to_string()))?;
+        let transport = builder
+            .build()
+            .map_err(|e| Error::Invalid(format!("OpenSearch client: {}", chain(&e))))?;
         Ok(OpenSearch {
-            http,
-            base: u.as_str().trim_end_matches('/').to_owned(),
-            auth,
+            client: opensearch::OpenSearch::new(transport),
+            base,
             prefix: prefix.to_owned(),
             templates_ok: AtomicBool::new(false),
         })
@@ -119,43 +160,24 @@ impl OpenSearch {
         )
     }
 
-    fn req(&self, method: Method, path: &str) -> RequestBuilder {
-        let r = self.http.request(method, format!("{}{path}", self.base));
-        match &self.auth {
-            Some((u, p)) => r.basic_auth(u, p.as_deref()),
-            None => r,
-        }
-    }
-
-    /// Sends a request; `Unavailable` when the cluster cannot take it now.
-    async fn send(&self, r: RequestBuilder) -> Result<(StatusCode, Value), Error> {
-        let (status, v) = self.send_raw(r).await?;
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            return Err(Error::Unavailable(format!(
-                "OpenSearch at {} answered {status}: {}",
-                self.base,
-                reason(&v)
-            )));
-        }
-        Ok((status, v))
-    }
-
-    /// Sends a request and returns whatever status came back; `Unavailable` only when no answer
-    /// came.
-    async fn send_raw(&self, r: RequestBuilder) -> Result<(StatusCode, Value), Error> {
-        let resp = r.send().await.map_err(|e| {
+    /// Reads the answer to a request; `Unavailable` when no answer came.
+    async fn answer(
+        &self,
+        sent: Result<Response, opensearch::Error>,
+    ) -> Result<(StatusCode, Value), Error> {
+        let resp = sent.map_err(|e| {
             Error::Unavailable(format!(
                 "OpenSearch at {} did not answer: {}",
                 self.base,
-                redact(&e)
+                chain(&e)
             ))
         })?;
-        let status = resp.status();
+        let status = resp.status_code();
         let body = resp.bytes().await.map_err(|e| {
             Error::Unavailable(format!(
                 "OpenSearch at {} broke off: {}",
                 self.base,
-                redact(&e)
+                chain(&e)
             ))
         })?;
         let v: Value = serde_json::from_slice(&body)
@@ -163,8 +185,21 @@ impl OpenSearch {
         Ok((status, v))
     }
 
-    async fn send_ok(&self, r: RequestBuilder, what: &str) -> Result<Value, Error> {
-        let (status, v) = self.send(r).await?;
+    /// As [`OpenSearch::answer`], `Unavailable` also when the cluster cannot take it now, and
+    /// `Other` for any other refusal.
+    async fn answer_ok(
+        &self,
+        sent: Result<Response, opensearch::Error>,
+        what: &str,
+    ) -> Result<Value, Error> {
+        let (status, v) = self.answer(sent).await?;
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Err(Error::Unavailable(format!(
+                "OpenSearch at {} answered {status}: {}",
+                self.base,
+                reason(&v)
+            )));
+        }
         if !status.is_success() {
             return Err(Error::Other(format!(
                 "{what}: OpenSearch answered {status}: {}",
@@ -180,21 +215,25 @@ impl OpenSearch {
             return Ok(());
         }
         let p = &self.prefix;
-        self.send_ok(
-            self.req(
-                Method::PUT,
-                &format!("/_component_template/{}", template::component_name(p)),
-            )
-            .json(&template::component(p)),
-            "installing the component template",
-        )
-        .await?;
-        self.send_ok(
-            self.req(Method::PUT, &format!("/_index_template/{p}"))
-                .json(&template::index_template(p)),
-            "installing the index template",
-        )
-        .await?;
+        let component = template::component_name(p);
+        let sent = self
+            .client
+            .cluster()
+            .put_component_template(ClusterPutComponentTemplateParts::Name(&component))
+            .body(template::component(p))
+            .send()
+            .await;
+        self.answer_ok(sent, "installing the component template")
+            .await?;
+        let sent = self
+            .client
+            .indices()
+            .put_index_template(IndicesPutIndexTemplateParts::Name(p))
+            .body(template::index_template(p))
+            .send()
+            .await;
+        self.answer_ok(sent, "installing the index template")
+            .await?;
         self.templates_ok.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -277,14 +316,18 @@ impl OpenSearch {
         items: &[usize],
         body: Vec<u8>,
     ) -> Result<Vec<Option<(bool, String)>>, Error> {
-        let v = self
-            .send_ok(
-                self.req(Method::POST, "/_bulk")
-                    .header("content-type", "application/x-ndjson")
-                    .body(body),
-                "bulk write",
-            )
-            .await?;
+        // The answer is not compressed: the client asks for gzip by default, and compressing
+        // the item list of a large bulk costs the cluster CPU for no gain (it is read at once
+        // and mostly thrown away).
+        let sent = self
+            .client
+            .bulk(BulkParts::None)
+            .header(ACCEPT_ENCODING, HeaderValue::from_static("identity"))
+            .request_timeout(BULK_TIMEOUT)
+            .body(vec![bytes::Bytes::from(body)])
+            .send()
+            .await;
+        let v = self.answer_ok(sent, "bulk write").await?;
         let results = v["items"].as_array().cloned().unwrap_or_default();
         if results.len() != items.len() {
             return Err(Error::Other(format!(
@@ -309,12 +352,11 @@ impl OpenSearch {
     }
 }
 
-/// Error text without any URL credentials.
-fn redact(e: &reqwest::Error) -> String {
-    // With the causes (e.g. `invalid peer certificate: UnknownIssuer`): reqwest's own message
-    // does not say why a request failed.
+/// An error with its causes (e.g. `invalid peer certificate: UnknownIssuer`: the client's own
+/// message does not say why a request failed), without any URL credentials.
+fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
+    let mut cause = e.source();
     while let Some(c) = cause {
         let c_text = c.to_string();
         if !text.contains(&c_text) {
@@ -322,13 +364,12 @@ fn redact(e: &reqwest::Error) -> String {
         }
         cause = c.source();
     }
-    let mut e = text;
-    if let Some(at) = e.find('@') {
-        if let Some(scheme) = e[..at].rfind("://") {
-            e.replace_range(scheme + 3..at, "***");
+    if let Some(at) = text.find('@') {
+        if let Some(scheme) = text[..at].rfind("://") {
+            text.replace_range(scheme + 3..at, "***");
         }
     }
-    e
+    text
 }
 
 /// The `error.reason` (and type) of an OpenSearch answer.
@@ -450,13 +491,16 @@ impl Backend for OpenSearch {
             "sort": sort,
             "track_total_hits": true,
         });
-        let path = format!(
-            "/{}-*/_search?ignore_unavailable=true&allow_no_indices=true",
-            self.prefix
-        );
-        let (status, v) = self
-            .send_raw(self.req(Method::POST, &path).json(&body))
-            .await?;
+        let pattern = format!("{}-*", self.prefix);
+        let sent = self
+            .client
+            .search(SearchParts::Index(&[&pattern]))
+            .ignore_unavailable(true)
+            .allow_no_indices(true)
+            .body(body)
+            .send()
+            .await;
+        let (status, v) = self.answer(sent).await?;
         if status.is_server_error() && query_refused(&v) {
             // OpenSearch reports some refusals of the query itself (too many clauses, a pattern
             // too complex) as a 500: they are the caller's to fix, not a reason to retry.
@@ -497,20 +541,29 @@ impl Backend for OpenSearch {
     }
 
     async fn refresh(&self) -> Result<(), Error> {
-        let path = format!(
-            "/{}-*/_refresh?ignore_unavailable=true&allow_no_indices=true",
-            self.prefix
-        );
-        self.send_ok(self.req(Method::POST, &path), "refresh")
-            .await
-            .map(|_| ())
+        let pattern = format!("{}-*", self.prefix);
+        let sent = self
+            .client
+            .indices()
+            .refresh(IndicesRefreshParts::Index(&[&pattern]))
+            .ignore_unavailable(true)
+            .allow_no_indices(true)
+            .send()
+            .await;
+        self.answer_ok(sent, "refresh").await.map(|_| ())
     }
 
     async fn expire(&self, cutoff: OffsetDateTime) -> Result<u64, Error> {
-        let path = format!("/_cat/indices/{}-*?format=json&h=index", self.prefix);
-        let v = self
-            .send_ok(self.req(Method::GET, &path), "listing indices")
-            .await?;
+        let pattern = format!("{}-*", self.prefix);
+        let sent = self
+            .client
+            .cat()
+            .indices(CatIndicesParts::Index(&[&pattern]))
+            .format("json")
+            .h(&["index"])
+            .send()
+            .await;
+        let v = self.answer_ok(sent, "listing indices").await?;
         let mut deleted = 0;
         for name in v
             .as_array()
@@ -524,11 +577,13 @@ impl Backend for OpenSearch {
             // The index holds what was seen that day: it goes once its whole day is past retention.
             let end = day.next_day().map(|d| d.midnight().assume_utc());
             if end.is_some_and(|end| end <= cutoff) {
-                self.send_ok(
-                    self.req(Method::DELETE, &format!("/{name}")),
-                    "deleting an expired index",
-                )
-                .await?;
+                let sent = self
+                    .client
+                    .indices()
+                    .delete(IndicesDeleteParts::Index(&[name]))
+                    .send()
+                    .await;
+                self.answer_ok(sent, "deleting an expired index").await?;
                 tracing::info!(index = name, "deleted index past retention");
                 deleted += 1;
             }
@@ -563,5 +618,40 @@ mod tests {
         );
         assert_eq!(os.day_of("whale-mappings"), None);
         assert_eq!(os.day_of("whalefoo-2026.11.28"), None);
+    }
+
+    #[test]
+    fn authentication_settings() {
+        let cfg = |url: &str, auth: OpenSearchAuth| IndexConfig {
+            opensearch_url: Some(url.into()),
+            opensearch_auth: auth,
+            opensearch_aws_region: Some("eu-west-1".into()),
+            ..IndexConfig::default()
+        };
+        let refused = |c: IndexConfig| match OpenSearch::configured(&c, "whale") {
+            Err(Error::Invalid(why)) => why,
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("accepted {:?}", c.opensearch_auth),
+        };
+        // Credentials in the URL are for basic only, and never shown.
+        for auth in [OpenSearchAuth::None, OpenSearchAuth::AwsSigv4] {
+            let why = refused(cfg("https://u:sekrit@example.com:9200", auth));
+            assert!(why.contains("opensearch_auth"), "{why}");
+            assert!(!why.contains("sekrit"), "{why}");
+        }
+        for auth in [
+            OpenSearchAuth::Basic,
+            OpenSearchAuth::None,
+            OpenSearchAuth::AwsSigv4,
+        ] {
+            let os = OpenSearch::configured(&cfg("https://example.com", auth), "whale").unwrap();
+            assert_eq!(os.url(), "https://example.com");
+        }
+        let mut aoss = cfg(
+            "https://x.eu-west-1.aoss.amazonaws.com",
+            OpenSearchAuth::AwsSigv4,
+        );
+        aoss.opensearch_aws_service = "aoss".into();
+        assert!(OpenSearch::configured(&aoss, "whale").is_ok());
     }
 }
