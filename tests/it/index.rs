@@ -593,5 +593,6 @@ async fn opensearch_aws_sigv4_signatures_verify_with_botocore() {
         ("search's stdout", stdout.as_str()),
     ] {
         assert!(!text.contains(SECRET), "{what} holds the secret key");
+        assert!(!text.contains(TOKEN), "{what} holds the session token");
     }
 }

@@ -163,6 +163,22 @@ async fn every_decision_and_change_is_one_audit_record() {
     .await;
     assert!(ran, "the approved task was dispatched");
     let execution_id = found.lock().unwrap().clone();
+    // GET finds the execution through StackStorm at once; acting on it needs whale's own
+    // execution index, which the feedback stage fills a moment later (until then a retry is
+    // refused 403 "not in whale's execution index", and audited as refused).
+    let indexed = eventually(Duration::from_secs(60), || async {
+        let r = http
+            .get(env.http("/v1/executions"))
+            .header("authorization", bearer(Role::Viewer))
+            .send()
+            .await
+            .unwrap();
+        let list: Value = r.json().await.unwrap_or(Value::Null);
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|x| x["task_id"] == task_id.as_str()))
+    })
+    .await;
+    assert!(indexed, "the execution reached whale's execution index");
     let r = http
         .post(env.http(&format!("/v1/executions/{task_id}/retry")))
         .header("authorization", bearer(Role::Operator))
@@ -170,8 +186,9 @@ async fn every_decision_and_change_is_one_audit_record() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    let status = r.status();
     let retried: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "retry: {retried}");
     let new_execution = retried["execution"]["id"].as_str().unwrap().to_owned();
     assert_ne!(new_execution, execution_id);
 

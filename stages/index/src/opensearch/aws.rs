@@ -82,6 +82,12 @@ impl Chain {
             })
             .await;
         let c = chain.provide_credentials().await?;
+        // Never printed: the AWS crates' debug logs show the canonical request, which holds the
+        // session token header, so both secret parts are scrubbed from every log line.
+        whale_kernel::telemetry::hide(c.secret_access_key());
+        if let Some(token) = c.session_token() {
+            whale_kernel::telemetry::hide(token);
+        }
         if let Ok(mut cached) = self.cached.lock() {
             *cached = Some(c.clone());
         }
