@@ -34,7 +34,6 @@ use bytes::Bytes;
 use serde_json::json;
 use time::OffsetDateTime;
 use whale_index::embedded::Embedded;
-use whale_index::opensearch::handwritten::HandWritten;
 use whale_index::opensearch::OpenSearch;
 use whale_index::testkit::OpenSearchNode;
 use whale_index::{Backend, Delivered, Doc, Search};
@@ -452,28 +451,17 @@ fn main() {
         let node = OpenSearchNode::start();
         let url = node.url();
         let b: Arc<dyn Backend> = Arc::new(OpenSearch::new(&url).unwrap());
-        let old: Arc<dyn Backend> =
-            Arc::new(HandWritten::with_prefix(&url, "handwritten").unwrap());
         rt.block_on(async {
             // The JVM compiles its hot paths in the first minute: warm it up before the figures.
             reference_bulk(&url, (n_os / 4).max(10_000), "warm-up, not a figure").await;
             let before = reference_bulk(&url, n_os, "first").await;
-            let rate_old = index(old, n_os, "hand-written", false).await;
-            let _ = reqwest::Client::new()
-                .delete(format!("{url}/handwritten-*"))
-                .send()
-                .await;
             let rate = index(b.clone(), n_os, "opensearch", false).await;
             let after = reference_bulk(&url, n_os, "last").await;
             let reference = (before + after) / 2.0;
             println!(
-                "hand-written backend (before) = {:.2} x raw _bulk of the same node in the same run (mean of first and last)",
-                rate_old / reference
-            );
-            println!(
-                "opensearch = {:.2} x raw _bulk of the same node in the same run (mean of first and last); {:.2} x the hand-written backend",
+                "opensearch = {:.2} x raw _bulk of the same node in the same run (mean of first and last), {:.2} x the last",
                 rate / reference,
-                rate / rate_old
+                rate / after
             );
             search_latency(&*b, n_os).await;
         });

@@ -12,8 +12,6 @@
 //! so a batch sent twice overwrites itself.
 
 mod aws;
-#[doc(hidden)]
-pub mod handwritten;
 mod template;
 pub(crate) mod translate;
 
