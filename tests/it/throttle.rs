@@ -136,26 +136,29 @@ async fn assert_exactly(nats: &Nats, tasks: &[Task], limit: usize) -> BTreeSet<S
 
 /// `whale_throttle_decisions_total{decision}` summed over rules, from a worker's /metrics.
 async fn worker_counts(port: u16) -> BTreeMap<String, u64> {
+    worker_metric(port, "whale_throttle_decisions_total", "decision").await
+}
+
+/// The counter `metric` from a worker's /metrics, summed per value of its label `label`.
+async fn worker_metric(port: u16, metric: &str, label: &str) -> BTreeMap<String, u64> {
     let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
+    let (series, label) = (format!("{metric}{{"), format!("{label}=\""));
     let mut out = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("whale_throttle_decisions_total{"))
-    {
-        let decision = line
-            .split("decision=\"")
+    for line in text.lines().filter(|l| l.starts_with(&series)) {
+        let value = line
+            .split(&label)
             .nth(1)
             .unwrap()
             .split('"')
             .next()
             .unwrap();
         let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        *out.entry(decision.to_owned()).or_default() += n;
+        *out.entry(value.to_owned()).or_default() += n;
     }
     out
 }
@@ -580,28 +583,7 @@ async fn sentinel_failover_mid_run_without_wait_stays_within_the_bound() {
 
 /// `whale_throttle_redis_redirects_total{kind}` from a worker's /metrics.
 async fn worker_redirects(port: u16) -> BTreeMap<String, u64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("whale_throttle_redis_redirects_total{"))
-    {
-        let kind = line
-            .split("kind=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        *out.entry(kind.to_owned()).or_default() += n;
-    }
-    out
+    worker_metric(port, "whale_throttle_redis_redirects_total", "kind").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
