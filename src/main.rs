@@ -13,6 +13,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: every record in flight allocates (payloads, headers, JSON
+/// values) on several runtime threads at once, and glibc's malloc/free plus the futex waits of
+/// its contended arenas took ~40% of the one-process pipeline's CPU (perf, docs/operations.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     whale_kernel::telemetry::init();

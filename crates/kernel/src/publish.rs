@@ -6,6 +6,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 
+use async_nats::header::HeaderName;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::HeaderMap;
 use tokio::sync::watch;
@@ -44,11 +45,13 @@ impl Output {
         self
     }
 
+    /// The message to send. Header names are static and the values are moved, not copied: this
+    /// runs once per record published, and its allocations showed in the pipeline's profile.
     pub(crate) fn into_publish(self) -> (String, jetstream::message::PublishMessage) {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", self.msg_id.as_str());
-        for (k, v) in &self.headers {
-            headers.insert(*k, v.as_str());
+        headers.insert(HeaderName::from_static("Nats-Msg-Id"), self.msg_id);
+        for (k, v) in self.headers {
+            headers.insert(HeaderName::from_static(k), v);
         }
         (
             self.subject,

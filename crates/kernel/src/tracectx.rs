@@ -32,6 +32,19 @@ pub(crate) fn set_exporting(on: bool) {
     EXPORTING.store(on, Ordering::Relaxed);
 }
 
+/// The trace flags of the `traceparent`s whale makes: `01` (sampled) while whale exports
+/// spans, `00` when it records nothing. Besides being what W3C trace context says, this keeps
+/// nats-server fast: for every message whose `traceparent` is sampled, nats-server (2.11+)
+/// lifts all its headers into a map to look for message tracing, which cost the pipeline
+/// ~10% of nats-server's CPU when export was off (docs/operations.md, "Whole pipeline").
+fn flags() -> &'static str {
+    if EXPORTING.load(Ordering::Relaxed) {
+        "01"
+    } else {
+        "00"
+    }
+}
+
 /// True for a well-formed W3C `traceparent` (version 00, non-zero ids, lowercase hex).
 pub fn valid(tp: &str) -> bool {
     let parts: Vec<&str> = tp.split('-').collect();
@@ -59,13 +72,13 @@ fn started_trace(event_id: &str) -> String {
     nonzero(hex::encode(&Sha256::digest(event_id.as_bytes())[..16]))
 }
 
-/// A sampled `traceparent` for an event that arrived without one: trace id and span id are
-/// digests of the event id.
+/// The `traceparent` of an event that arrived without one: trace id and span id are digests of
+/// the event id; sampled while spans are exported.
 pub fn started(event_id: &str) -> String {
     let span = nonzero(hex::encode(
         &Sha256::digest(format!("{event_id}/ingest"))[..8],
     ));
-    format!("00-{}-{span}-01", started_trace(event_id))
+    format!("00-{}-{span}-{}", started_trace(event_id), flags())
 }
 
 /// All-zero ids are invalid; a digest that gives one is as good as impossible, but be exact.
@@ -100,7 +113,7 @@ pub struct Position {
 impl Position {
     /// The `traceparent` outputs carry: this stage's handle span as their parent.
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-01", self.trace, self.span)
+        format!("00-{}-{}-{}", self.trace, self.span, flags())
     }
 }
 
@@ -363,6 +376,8 @@ mod tests {
         assert!(valid(&a), "{a}");
         assert_eq!(a, started("01JEVENT"));
         assert_ne!(trace_id(&a), trace_id(&started("01JOTHER")));
+        // Not sampled while whale exports no spans (no test here turns export on).
+        assert!(a.ends_with("-00"), "{a}");
     }
 
     #[test]
@@ -380,6 +395,10 @@ mod tests {
         let mut out = Output::new("whale.pipe.matched".into(), "m1".into(), "{}");
         carry(&d, "match", &mut out);
         assert!(out.headers.contains(&(HDR_TRACEPARENT, p.traceparent())));
+        assert!(
+            p.traceparent().ends_with("-00"),
+            "export is off: not sampled"
+        );
         // At ingest without context: a trace started from the event id, no parent.
         let raw = delivery("whale.in.vm.disk_usage", &[]);
         let mut out = Output::new("whale.events.vm.disk_usage".into(), "e9".into(), "{}")
