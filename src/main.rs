@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// mimalloc instead of glibc malloc: every record in flight allocates (payloads, headers, JSON
-/// values) on several runtime threads at once, and glibc's malloc/free plus the futex waits of
-/// its contended arenas took ~40% of the one-process pipeline's CPU (perf, docs/operations.md).
+/// values) on several runtime threads at once, and glibc's malloc, free and realloc took ~34%
+/// of whale's CPU in the one-process pipeline (perf; docs/operations.md, "Whole pipeline").
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
