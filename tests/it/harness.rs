@@ -18,14 +18,28 @@ pub struct Env {
     pub nats: NatsServer,
     pub http_port: u16,
     pub extra: Vec<(String, String)>,
+    /// The embedded index's directory unless a test sets its own: never the repository's
+    /// `.whale/index`, which tests running at once would fight over (one writer per directory).
+    _index: tempfile::TempDir,
 }
 
 impl Env {
     pub fn new() -> Env {
+        Env::on(NatsServer::start())
+    }
+
+    /// An environment on a nats-server the test started itself.
+    pub fn on(nats: NatsServer) -> Env {
+        let index = tempfile::tempdir().expect("temp dir");
+        let extra = vec![(
+            "WHALE_INDEX_DIR".to_owned(),
+            index.path().join("index").to_str().unwrap().to_owned(),
+        )];
         Env {
-            nats: NatsServer::start(),
+            nats,
             http_port: free_port(),
-            extra: Vec::new(),
+            extra,
+            _index: index,
         }
     }
 

@@ -65,11 +65,7 @@ async fn match_eventually(nats: &whale_kernel::Nats, prefix: &str, detail: Value
 /// running match stage switches to the set, and an event matches the rule made for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_over_one_mib_applies_to_a_default_server_and_matches() {
-    let env = Env {
-        nats: NatsServer::start_with_default_max_payload(),
-        http_port: free_port(),
-        extra: Vec::new(),
-    };
+    let env = Env::on(NatsServer::start_with_default_max_payload());
     env.prepare();
     env.ok(&["rules", "apply", "tests/fixtures"]);
     let w = env.run("validate,match,render");

@@ -188,11 +188,7 @@ async fn shipped_nats_users_have_only_their_permissions() {
     let server = NatsServer::start_with_config(&shipped_authorization(), &PASSWORDS);
     let url = server.url();
     let st2 = Emulator::start(&["--any-action"]);
-    let mut env = Env {
-        nats: server,
-        http_port: free_port(),
-        extra: Vec::new(),
-    };
+    let mut env = Env::on(server);
     env.set("WHALE_NATS_USER", "whale");
     env.set("WHALE_NATS_PASSWORD", PASSWORDS[0].1);
     env.set("WHALE_ST2_URL", &st2.url);
@@ -493,11 +489,7 @@ async fn whale_connects_with_an_nkey_seed() {
         &format!("{{ nkey: {},", key.public_key()),
     );
     assert!(block.contains(&key.public_key()), "{block}");
-    let mut env = Env {
-        nats: NatsServer::start_with_config(&block, &PASSWORDS),
-        http_port: free_port(),
-        extra: Vec::new(),
-    };
+    let mut env = Env::on(NatsServer::start_with_config(&block, &PASSWORDS));
     let dir = tempfile::tempdir().unwrap();
     let seed = dir.path().join("whale.nk");
     std::fs::write(&seed, key.seed().unwrap()).unwrap();
