@@ -128,13 +128,12 @@ fn flat(v: &Json) -> OwnedValue {
         Json::Bool(b) => OwnedValue::Str(b.to_string()),
         Json::Number(n) => OwnedValue::Str(n.to_string()),
         Json::String(s) => match s.as_bytes().first() {
-            Some(b) if b.is_ascii_digit() => OffsetDateTime::parse(
-                s,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .ok()
-            .and_then(|t| DateTime::try_from_utc(t.to_offset(time::UtcOffset::UTC)))
-            .map_or_else(|| OwnedValue::Str(s.clone()), OwnedValue::Date),
+            Some(b) if b.is_ascii_digit() => {
+                OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .ok()
+                    .and_then(|t| DateTime::try_from_utc(t.to_offset(time::UtcOffset::UTC)))
+                    .map_or_else(|| OwnedValue::Str(s.clone()), OwnedValue::Date)
+            }
             _ => OwnedValue::Str(s.clone()),
         },
         Json::Array(a) => OwnedValue::Array(a.iter().filter(|x| !x.is_null()).map(flat).collect()),
@@ -314,7 +313,8 @@ mod tests {
         let ev = json!({"id": "e-1", "event_type": "vm.disk_usage", "source": "prom",
             "time": "2026-11-28T01:00:00Z", "detail": {"host": "web-1", "pct": 93.5, "n": null,
             "at": "2026-11-28T00:59:00Z", "tags": ["a", {"x": true}]}, "labels": {"biz": "trade"}});
-        let no_labels = json!({"id": "e-2", "event_type": "app.log", "source": "s", "detail": {"m": "x"}});
+        let no_labels =
+            json!({"id": "e-2", "event_type": "app.log", "source": "s", "detail": {"m": "x"}});
         let empty = json!({"id": "e-3", "event_type": "app.log", "source": "s", "detail": {}});
         let rejected = json!({"id": "e-4", "received": "2026-11-28T01:00:01Z", "reasons": ["bad"],
             "event": {"id": "e-4", "event_type": "vm.disk_usage", "detail": {"pct": "high"}, "labels": {"a": "b"}}});
@@ -334,7 +334,10 @@ mod tests {
             (doc("whale.pipe.throttled", &bytes(&task)), true),
             (doc("whale.audit.rules", &bytes(&audit)), true),
             (doc("whale.pipe.result", b"\xff not json"), false),
-            (doc("whale.events.vm.disk_usage", &bytes(&ev)).degraded("too many fields"), false),
+            (
+                doc("whale.events.vm.disk_usage", &bytes(&ev)).degraded("too many fields"),
+                false,
+            ),
             (doc("whale.pipe.unparsed", &bytes(&task)), true),
             (changed, false),
             (no_detail, false),
