@@ -150,83 +150,47 @@ fn flat(v: &Json) -> OwnedValue {
 /// are copies of parts of `record` ([`Doc::derive_objects`]) and are left out when they are
 /// exactly that (`"derived": true`), else kept as they are. An index written before this keeps
 /// whole documents (`serde_json::to_string(&doc)`, no `derived`); [`read_stored`] reads both.
-#[derive(Serialize)]
-struct StoredRef<'a> {
-    id: &'a str,
-    kind: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event_type: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    source: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    task_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cluster: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    execution_id: Option<&'a str>,
-    subject: &'a str,
+/// Written with borrowed strings (`S = &str`, `J = &Json`), read owned (`String`, `Json`).
+#[derive(Serialize, Deserialize)]
+struct Stored<S, J> {
+    id: S,
+    kind: S,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_id: Option<S>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_type: Option<S>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<S>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rule: Option<S>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    task_id: Option<S>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<S>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<S>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    execution_id: Option<S>,
+    subject: S,
     #[serde(with = "rfc3339")]
     time: OffsetDateTime,
     #[serde(with = "rfc3339")]
     seen: OffsetDateTime,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<&'a Json>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    labels: Option<&'a Json>,
-    record: &'a Json,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    index_error: Option<&'a str>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detail: Option<J>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    labels: Option<J>,
+    record: J,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    index_error: Option<S>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     derived: bool,
 }
 
-/// What [`read_stored`] reads: a stored document of either form.
-#[derive(Deserialize)]
-struct Stored {
-    id: String,
-    kind: String,
-    #[serde(default)]
-    event_id: Option<String>,
-    #[serde(default)]
-    event_type: Option<String>,
-    #[serde(default)]
-    source: Option<String>,
-    #[serde(default)]
-    rule: Option<String>,
-    #[serde(default)]
-    task_id: Option<String>,
-    #[serde(default)]
-    cluster: Option<String>,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    execution_id: Option<String>,
-    subject: String,
-    #[serde(with = "rfc3339")]
-    time: OffsetDateTime,
-    #[serde(with = "rfc3339")]
-    seen: OffsetDateTime,
-    #[serde(default)]
-    detail: Option<Json>,
-    #[serde(default)]
-    labels: Option<Json>,
-    record: Json,
-    #[serde(default)]
-    index_error: Option<String>,
-    #[serde(default)]
-    derived: bool,
-}
-
-/// The text the `doc` field stores for `doc` ([`StoredRef`]).
+/// The text the `doc` field stores for `doc` ([`Stored`]).
 pub fn stored(doc: &Doc) -> String {
     let derived = doc.objects_derived();
-    let s = StoredRef {
+    let s: Stored<&str, &Json> = Stored {
         id: &doc.id,
         kind: &doc.kind,
         event_id: doc.event_id.as_deref(),
@@ -251,7 +215,7 @@ pub fn stored(doc: &Doc) -> String {
 
 /// The document stored as `text` ([`stored`], or a whole document as an earlier whale stored it).
 pub fn read_stored(text: &str) -> Result<Doc, serde_json::Error> {
-    let s: Stored = serde_json::from_str(text)?;
+    let s: Stored<String, Json> = serde_json::from_str(text)?;
     let mut doc = Doc {
         id: s.id,
         kind: s.kind,
