@@ -67,7 +67,7 @@ pub struct Doc {
     pub index_error: Option<String>,
 }
 
-mod rfc3339 {
+pub(crate) mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
     use time::format_description::well_known::Rfc3339;
     use time::OffsetDateTime;
@@ -120,17 +120,12 @@ impl Doc {
             "event" => {
                 doc.event_id = lookup(&doc.record, "id", &[]);
                 doc.time = time_of(&doc.record, "time").unwrap_or(seen);
-                doc.detail = object(doc.record.get("detail"));
-                doc.labels = object(doc.record.get("labels"));
                 doc.event_type = lookup(&doc.record, "event_type", &[]);
                 doc.source = lookup(&doc.record, "source", &[]);
             }
             "rejected" => {
                 doc.event_id = lookup(&doc.record, "id", &[]);
                 doc.time = time_of(&doc.record, "received").unwrap_or(seen);
-                let ev = doc.record.get("event");
-                doc.detail = object(ev.and_then(|e| e.get("detail")));
-                doc.labels = object(ev.and_then(|e| e.get("labels")));
                 doc.event_type = lookup(&doc.record, "event_type", &["event"]);
                 doc.source = lookup(&doc.record, "source", &["event"]);
             }
@@ -138,11 +133,9 @@ impl Doc {
                 doc.event_id = lookup(&doc.record, "event_id", &["task", "event"]);
                 doc.event_type = lookup(&doc.record, "event_type", &["task", "event"]);
                 doc.source = lookup(&doc.record, "source", &["event"]);
-                let mut rest = doc.record.as_object().cloned().unwrap_or_default();
-                rest.remove("event");
-                doc.detail = Some(Value::Object(rest));
             }
         }
+        doc.derive_objects();
         for (field, name) in [
             (&mut doc.rule, "rule"),
             (&mut doc.task_id, "task_id"),
@@ -191,6 +184,56 @@ impl Doc {
         }
     }
 
+    /// Sets `detail` and `labels` from `record` as [`Doc::from_delivery`] does for this kind: the
+    /// event's (events, rejections: under `event`), or the record without its embedded `event`
+    /// (pipeline records; no labels). A store may keep `record` alone and derive them again.
+    pub fn derive_objects(&mut self) {
+        let r = &self.record;
+        (self.detail, self.labels) = match self.kind.as_str() {
+            "event" => (object(r.get("detail")), object(r.get("labels"))),
+            "rejected" => {
+                let ev = r.get("event");
+                (
+                    object(ev.and_then(|e| e.get("detail"))),
+                    object(ev.and_then(|e| e.get("labels"))),
+                )
+            }
+            _ => {
+                let mut rest = r.as_object().cloned().unwrap_or_default();
+                rest.remove("event");
+                (Some(Value::Object(rest)), None)
+            }
+        };
+    }
+
+    /// Whether `detail` and `labels` are what [`Doc::derive_objects`] makes of `record` (checked
+    /// without building them): then a store need not keep them beside `record`.
+    pub fn objects_derived(&self) -> bool {
+        fn nonempty(v: Option<&Value>) -> Option<&Value> {
+            v.filter(|x| x.as_object().is_some_and(|m| !m.is_empty()))
+        }
+        let r = &self.record;
+        match self.kind.as_str() {
+            "event" => {
+                self.detail.as_ref() == nonempty(r.get("detail"))
+                    && self.labels.as_ref() == nonempty(r.get("labels"))
+            }
+            "rejected" => {
+                let ev = r.get("event");
+                self.detail.as_ref() == nonempty(ev.and_then(|e| e.get("detail")))
+                    && self.labels.as_ref() == nonempty(ev.and_then(|e| e.get("labels")))
+            }
+            _ => match (&self.detail, r.as_object(), &self.labels) {
+                (Some(Value::Object(d)), Some(r), None) => {
+                    d.len() + usize::from(r.contains_key("event")) == r.len()
+                        && d.iter().all(|(k, v)| k != "event" && r.get(k) == Some(v))
+                }
+                (Some(Value::Object(d)), None, None) => d.is_empty(),
+                _ => false,
+            },
+        }
+    }
+
     /// The same document without its searchable objects, for a backend that refused it.
     pub fn degraded(&self, why: &str) -> Doc {
         let mut why = why.to_owned();
@@ -209,10 +252,12 @@ impl Doc {
         }
     }
 
-    /// Every string of the record and the known fields, for free-text search (capped).
+    /// Every string of the record and the known fields, for free-text search (capped). The known
+    /// fields come first; a string of the record equal to one of them is not repeated (most are
+    /// taken from the record: the same words, indexed once).
     pub fn text(&self) -> String {
         let mut out = String::new();
-        for s in [
+        let known: Vec<&str> = [
             &self.event_id,
             &self.event_type,
             &self.source,
@@ -224,10 +269,16 @@ impl Doc {
         ]
         .into_iter()
         .flatten()
-        {
+        .map(String::as_str)
+        .collect();
+        for s in &known {
             push_text(&mut out, s);
         }
-        strings(&self.record, &mut |s| push_text(&mut out, s));
+        strings(&self.record, &mut |s| {
+            if !known.contains(&s) {
+                push_text(&mut out, s)
+            }
+        });
         if let Some(e) = &self.index_error {
             push_text(&mut out, e);
         }
@@ -442,6 +493,10 @@ mod tests {
             ]
         );
         assert!(doc.text().contains("web-12") && doc.text().contains("trade"));
+        // The known fields taken from the record are indexed once, first.
+        assert!(doc.text().starts_with("e1\nvm.disk_usage\nprom\n"));
+        assert_eq!(doc.text().matches("vm.disk_usage").count(), 1);
+        assert_eq!(doc.text().matches("prom").count(), 1);
         let back: Doc = serde_json::from_str(&serde_json::to_string(&doc).unwrap()).unwrap();
         assert_eq!(back, doc);
     }

@@ -285,7 +285,7 @@ impl Shared {
                 .get_first(self.fields.doc)
                 .and_then(|v| v.as_str())
                 .unwrap_or("{}");
-            match serde_json::from_str::<Doc>(text) {
+            match schema::read_stored(text) {
                 Ok(d) => hits.push(d),
                 Err(e) => tracing::warn!("stored document does not parse: {e}"),
             }
@@ -622,6 +622,46 @@ mod tests {
                 "the whole run matches either way"
             );
         }
+    }
+
+    /// An index whose `doc` field holds whole documents (as whale stored them before `record` was
+    /// stored once) still opens and answers with the same documents, beside documents stored now.
+    #[tokio::test]
+    async fn documents_stored_whole_by_an_earlier_whale_still_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = [record(1, false), record(2, true)];
+        {
+            let index = Index::create_in_dir(dir.path(), Fields::schema()).unwrap();
+            index
+                .tokenizers()
+                .register(tokenizer::NAME, tokenizer::analyzer());
+            let fields = Fields::new(index.schema()).unwrap();
+            let mut w: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+            for d in &old {
+                let whole = serde_json::to_string(d).unwrap();
+                w.add_document(fields.tantivy_doc(d, whole)).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let all = || {
+            let mut s = Search::new(parse("*").unwrap());
+            s.kinds = vec![];
+            s
+        };
+        let found = |mut hits: Vec<Doc>| {
+            hits.sort_by(|a, b| a.id.cmp(&b.id));
+            hits
+        };
+        let e = Embedded::open(dir.path()).unwrap();
+        assert_eq!(found(e.search(&all()).await.unwrap().hits), old.to_vec());
+        let new = [record(3, false), record(4, true)];
+        e.write(new.to_vec()).await.unwrap();
+        e.refresh().await.unwrap();
+        let mut want = old.to_vec();
+        want.extend(new);
+        assert_eq!(found(e.search(&all()).await.unwrap().hits), found(want));
+        let ev3 = Search::new(parse("event_id:ev-3 AND detail.n:3").unwrap());
+        assert_eq!(e.search(&ev3).await.unwrap().total, 1);
     }
 
     /// An event (`whale.events.*`) or a rejection (`whale.rejected.*`): both live on one
