@@ -123,7 +123,7 @@ async fn a_set_over_one_mib_applies_to_a_default_server_and_matches() {
     assert_eq!(files[0]["text"], big.as_str());
     let parsed = files[0]["parsed"].as_array().unwrap();
     assert_eq!(parsed.len(), 6_000);
-    assert_eq!(parsed[1][0], 6, "line of the second rule's name: {}", parsed[1]);
+    assert_eq!(parsed[1][0], 10, "line of the second rule's name: {}", parsed[1]);
     assert_eq!(parsed[1][1]["name"], "host-1");
     assert_eq!(
         parsed[1][1]["when"][1],
@@ -195,7 +195,7 @@ async fn a_set_in_the_old_single_value_form_still_loads() {
     // The chunked form of the previous whale (files as text, no parsed rules) loads too.
     let text_only = vec![whale_rules::RuleSource {
         path: "pipelines/text-only.yaml".into(),
-        text: "name: text-only\non: [vm.disk_usage]\nwhen:\n  - { path: .detail.usage_pct, gt: 70 }\naction: ops.text\n".into(),
+        text: "name: text-only\non: [vm.disk_usage]\nwhen:\n  - { path: .detail.host, eq: text-host }\naction: ops.text\n".into(),
     }];
     let v2 = whale_rules::RuleSet::compile(&text_only)
         .unwrap()
@@ -210,7 +210,8 @@ async fn a_set_in_the_old_single_value_form_still_loads() {
     kv.put("active", manifest.to_string().into(), ttl)
         .await
         .unwrap();
-    let m = match_eventually(&nats, "text", json!({"host": "web-1", "usage_pct": 80})).await;
+    // (usage under the old rule's 50: only the new set matches it)
+    let m = match_eventually(&nats, "text", json!({"host": "text-host", "usage_pct": 10})).await;
     assert!(m.iter().all(|m| m["rule"] == "text-only"), "{m:#?}");
     assert_eq!(m[0]["rule_version"], v2.as_str());
 
