@@ -123,7 +123,11 @@ async fn a_set_over_one_mib_applies_to_a_default_server_and_matches() {
     assert_eq!(files[0]["text"], big.as_str());
     let parsed = files[0]["parsed"].as_array().unwrap();
     assert_eq!(parsed.len(), 6_000);
-    assert_eq!(parsed[1][0], 10, "line of the second rule's name: {}", parsed[1]);
+    assert_eq!(
+        parsed[1][0], 10,
+        "line of the second rule's name: {}",
+        parsed[1]
+    );
     assert_eq!(parsed[1][1]["name"], "host-1");
     assert_eq!(
         parsed[1][1]["when"][1],

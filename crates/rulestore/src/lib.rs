@@ -63,7 +63,11 @@ struct StoredFile {
 /// [`RuleSet::compile_parsed`] reads).
 pub fn content(set: &RuleSet) -> anyhow::Result<Vec<u8>> {
     let parsed = set.parsed_json();
-    let size = set.sources().iter().map(|s| s.text.len() + s.path.len()).sum::<usize>()
+    let size = set
+        .sources()
+        .iter()
+        .map(|s| s.text.len() + s.path.len())
+        .sum::<usize>()
         + parsed.map_or(0, |p| p.iter().map(String::len).sum());
     let mut out = Vec::with_capacity(size + size / 8 + 64);
     out.push(b'[');
@@ -273,9 +277,12 @@ pub async fn load(b: &Bucket, entry: Entry) -> anyhow::Result<Stored> {
                 .try_collect()
                 .await?;
             let content = parts.concat();
+            drop(parts);
             let files: Vec<StoredFile> = serde_json::from_slice(&content).map_err(|e| {
                 anyhow::anyhow!("rule set {}: its files cannot be read: {e}", entry.version)
             })?;
+            // a worker's peak memory: the bytes go before the set is compiled
+            drop(content);
             let mut sources = Vec::with_capacity(files.len());
             let mut parsed = Some(Vec::with_capacity(files.len()));
             for f in files {

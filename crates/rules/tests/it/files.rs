@@ -200,7 +200,14 @@ fn the_parsed_form_compiles_to_the_same_set() {
     let shown = |s: &RuleSet| {
         s.rules()
             .iter()
-            .map(|r| (r.name().to_owned(), r.file().to_owned(), r.line(), r.enabled()))
+            .map(|r| {
+                (
+                    r.name().to_owned(),
+                    r.file().to_owned(),
+                    r.line(),
+                    r.enabled(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(shown(&again), shown(&set));
@@ -210,8 +217,14 @@ fn the_parsed_form_compiles_to_the_same_set() {
     );
     assert_eq!(set.get("b").unwrap().line(), Some(7));
     let events = [
-        ("vm.disk_usage", serde_json::json!({"env": "prod", "usage_pct": 95, "host": "web-1", "app": "shop", "mounts": [{"path": "/data"}]})),
-        ("t1", serde_json::json!({"n": 0.2, "tags": ["x"], "items": [{"k": "x"}, {"k": "y"}]})),
+        (
+            "vm.disk_usage",
+            serde_json::json!({"env": "prod", "usage_pct": 95, "host": "web-1", "app": "shop", "mounts": [{"path": "/data"}]}),
+        ),
+        (
+            "t1",
+            serde_json::json!({"n": 0.2, "tags": ["x"], "items": [{"k": "x"}, {"k": "y"}]}),
+        ),
         ("t1", serde_json::json!({"n": 0.1, "tags": []})),
     ];
     for (t, detail) in events {
@@ -276,7 +289,9 @@ fn the_parsed_form_is_refused_as_the_text_is() {
         .unwrap_err()
         .to_string();
     assert!(
-        refused.contains("pipelines/bad.yaml:1: rule \"big\": `when` has 300 steps, over the limit of 256"),
+        refused.contains(
+            "pipelines/bad.yaml:1: rule \"big\": `when` has 300 steps, over the limit of 256"
+        ),
         "{refused}"
     );
     // unknown fields are refused when the form is read, as in the text
