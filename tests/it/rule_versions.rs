@@ -102,6 +102,7 @@ async fn a_set_over_one_mib_applies_to_a_default_server_and_matches() {
     assert_eq!(manifest["rules"], 12_000);
     let chunks = manifest["chunks"].as_array().unwrap();
     assert!(chunks.len() >= 7, "{} chunks", chunks.len());
+    let mut content = Vec::new();
     for c in chunks {
         let part = kv
             .get(&format!("chunk.{}", c.as_str().unwrap()))
@@ -109,7 +110,30 @@ async fn a_set_over_one_mib_applies_to_a_default_server_and_matches() {
             .unwrap()
             .unwrap();
         assert!(part.len() <= 512 << 10, "chunk of {} bytes", part.len());
+        content.extend_from_slice(&part);
     }
+    // Every file is stored with its text and its rules as parsed (what workers compile from,
+    // without reading the YAML again), each rule with the line of its name.
+    let files: Vec<Value> = serde_json::from_slice(&content).unwrap();
+    assert_eq!(files.len(), 301);
+    assert_eq!(files[0]["text"], big.as_str());
+    let parsed = files[0]["parsed"].as_array().unwrap();
+    assert_eq!(parsed.len(), 6_000);
+    assert_eq!(
+        parsed[1][0], 10,
+        "line of the second rule's name: {}",
+        parsed[1]
+    );
+    assert_eq!(parsed[1][1]["name"], "host-1");
+    assert_eq!(
+        parsed[1][1]["when"][1],
+        json!({"path": ".detail.usage_pct", "gt": 90})
+    );
+    let rules: usize = files
+        .iter()
+        .map(|f| f["parsed"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(rules, 12_000);
 
     // The running match stage switched: events match rules of the big file and of a small one.
     for (prefix, rule) in [("big", "host-4321"), ("small", "host-11999")] {
@@ -167,6 +191,29 @@ async fn a_set_in_the_old_single_value_form_still_loads() {
     assert_eq!(history.as_array().unwrap().len(), 1, "{history:#}");
     assert_eq!(history[0]["version"], version.as_str());
     assert_eq!(history[0]["applied_at"], "2026-01-02T03:04:05Z");
+
+    // The chunked form of the previous whale (files as text, no parsed rules) loads too.
+    let text_only = vec![whale_rules::RuleSource {
+        path: "pipelines/text-only.yaml".into(),
+        text: "name: text-only\non: [vm.disk_usage]\nwhen:\n  - { path: .detail.host, eq: text-host }\naction: ops.text\n".into(),
+    }];
+    let v2 = whale_rules::RuleSet::compile(&text_only)
+        .unwrap()
+        .version()
+        .to_owned();
+    let content = serde_json::to_vec(&text_only).unwrap();
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&content));
+    kv.put(&format!("chunk.{hash}"), content.into(), ttl)
+        .await
+        .unwrap();
+    let manifest = json!({"version": v2, "applied_at": "2026-01-03T03:04:05Z", "chunks": [hash]});
+    kv.put("active", manifest.to_string().into(), ttl)
+        .await
+        .unwrap();
+    // (usage under the old rule's 50: only the new set matches it)
+    let m = match_eventually(&nats, "text", json!({"host": "text-host", "usage_pct": 10})).await;
+    assert!(m.iter().all(|m| m["rule"] == "text-only"), "{m:#?}");
+    assert_eq!(m[0]["rule_version"], v2.as_str());
 
     // A new apply in the new form; the old version is still readable next to it.
     env.ok(&["rules", "apply", "tests/fixtures"]);

@@ -118,7 +118,8 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             let t = Instant::now();
             let set = RuleSet::load_dir(dir.path())?;
             let check = t.elapsed();
-            let content = serde_json::to_vec(set.sources())?;
+            // the bytes the store writes: each file's text and its parsed rules
+            let content = rules_store::content(&set)?;
             let t = Instant::now();
             rules_store::apply(&nats, &set, rules_store::Provenance::default(), "apply").await?;
             let apply = t.elapsed();

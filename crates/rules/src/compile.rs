@@ -111,7 +111,11 @@ pub(crate) fn compile_rule(
                 "on:",
                 format!("event type {t:?} is empty or contains whitespace"),
             );
-        } else if let Err(e) = globset::Glob::new(t) {
+        } else if let Err(e) = t
+            .contains(['*', '?', '[', ']', '{', '}', '\\'])
+            .then(|| globset::Glob::new(t))
+            .transpose()
+        {
             error(
                 t,
                 format!("event type pattern {t:?} is not a valid glob: {e}"),

@@ -143,7 +143,7 @@ mod step;
 pub use error::{RuleError, RuleErrors};
 pub use fanout::{bind, item_key, Element, ForEachError, DEFAULT_MAX_ITEMS};
 pub use ops::OPERATORS;
-pub use parse::FileLimits;
+pub use parse::{FileLimits, ParsedFile};
 pub use render::{Approval, RenderError, RenderedTask, RenderedThrottle, ThrottleMode};
 pub use report::{
     format_human, test_events, test_events_with, ElementReport, EventReport, RuleReport,

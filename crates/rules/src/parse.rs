@@ -10,7 +10,7 @@
 
 use crate::error::RuleError;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
@@ -47,33 +47,34 @@ impl Default for FileLimits {
     }
 }
 
-/// A rule as written in the file.
-#[derive(Debug, Deserialize)]
+/// A rule as written in the file. It also serializes (to JSON, defaults left out), for the
+/// parsed form the store keeps beside the text ([`ParsedFile`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    #[serde(default = "yes")]
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub enabled: bool,
     pub on: OneOrMany,
     /// jq: one run of the rule per output, the output bound as `$item`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub when: Vec<serde_json::Value>,
     pub action: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle: Option<RawThrottle>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<RawApproval>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub result_event: bool,
 }
 
@@ -81,8 +82,16 @@ fn yes() -> bool {
     true
 }
 
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// `on: vm.disk_usage` or `on: [vm.disk_usage, vm.*]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged, expecting = "an event type or a list of event types")]
 pub(crate) enum OneOrMany {
     One(String),
@@ -98,7 +107,7 @@ impl OneOrMany {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawThrottle {
     #[serde(default)]
@@ -113,7 +122,7 @@ pub(crate) struct RawThrottle {
     pub fail_open: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawApproval {
     #[serde(default = "yes")]
@@ -125,7 +134,7 @@ pub(crate) struct RawApproval {
 }
 
 /// `10m`, `1h30m`, `45s` (humantime), or a number of seconds.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(
     untagged,
     expecting = "a duration such as 10s, 10m, 1h, or a number of seconds"
@@ -178,6 +187,56 @@ impl<'de> Deserialize<'de> for Doc {
 pub(crate) struct Located {
     pub rule: RawRule,
     pub line: Option<usize>,
+}
+
+/// The rules of one file as read from its YAML (shape and sizes checked, nothing compiled),
+/// each with the line of its `name`. The store keeps it as JSON beside the file's text
+/// ([`crate::RuleSet::parsed_json`]) so that a worker compiles a stored set without parsing
+/// the YAML again ([`crate::RuleSet::compile_parsed`]): reading YAML was two thirds of
+/// compiling a large set, reading JSON is a fraction of it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ParsedFile(Vec<(Option<usize>, RawRule)>);
+
+impl ParsedFile {
+    /// The rules, their sizes checked again against `limits` (the form may come from anywhere
+    /// the store's readers can write).
+    pub(crate) fn into_located(
+        self,
+        path: &str,
+        limits: &FileLimits,
+    ) -> Result<Vec<Located>, RuleError> {
+        let refuse = |line: Option<usize>, rule: &str, message: String| RuleError {
+            file: path.to_owned(),
+            line,
+            rule: Some(rule.to_owned()),
+            message,
+        };
+        if let Some((line, rule)) = self.0.get(limits.max_rules_per_file) {
+            return Err(refuse(
+                *line,
+                &rule.name,
+                format!(
+                    "more than {} rules in one file (the limit of rules per file): split it into several files",
+                    limits.max_rules_per_file
+                ),
+            ));
+        }
+        self.0
+            .into_iter()
+            .map(|(line, rule)| {
+                check_size(&rule, limits).map_err(|m| refuse(line, &rule.name, m))?;
+                Ok(Located { rule, line })
+            })
+            .collect()
+    }
+}
+
+/// The JSON of a file's parsed rules, in the form [`ParsedFile`] reads (written from
+/// references: nothing is copied).
+pub(crate) fn parsed_json(rules: &[Located]) -> Result<String, serde_json::Error> {
+    let pairs: Vec<(Option<usize>, &RawRule)> = rules.iter().map(|l| (l.line, &l.rule)).collect();
+    serde_json::to_string(&pairs)
 }
 
 /// Parse every document of a file. Stops at the first YAML or shape error (serde cannot

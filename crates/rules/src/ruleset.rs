@@ -6,7 +6,7 @@
 use crate::compile::compile_rule;
 use crate::eval::{Cx, Paths};
 use crate::index::Index;
-use crate::parse::{parse_file, Lines};
+use crate::parse::{parse_file, parsed_json, FileLimits, Lines, ParsedFile};
 use crate::rule::CompiledRule;
 use crate::step::Counts;
 use crate::{ForEachError, RuleError, RuleErrors};
@@ -89,6 +89,8 @@ pub struct RuleSet {
     empty: Arc<Listening>,
     version: String,
     sources: Vec<RuleSource>,
+    /// The JSON of each source's parsed rules ([`ParsedFile`]), when compiled from the YAML.
+    parsed: Option<Vec<String>>,
     filters_compiled: usize,
     /// Some rule has `for_each` (else the match path skips looking for them).
     fan_out: bool,
@@ -111,19 +113,59 @@ impl RuleSet {
     /// Parse and compile every source. Any error refuses the whole set; all errors found are
     /// returned.
     pub fn compile(sources: &[RuleSource]) -> Result<RuleSet, RuleErrors> {
+        Self::build(sources, None)
+    }
+
+    /// [`RuleSet::compile`] from the parsed form of every source (one per source, in order, as
+    /// [`RuleSet::parsed_json`] wrote them): the YAML is not read again. Sizes are checked again
+    /// and everything else is compiled and refused exactly as from the text (errors name the
+    /// same files and lines); the version is still the hash of the sources. With a count that
+    /// does not match the sources, the sources are parsed instead.
+    pub fn compile_parsed(
+        sources: &[RuleSource],
+        parsed: Vec<ParsedFile>,
+    ) -> Result<RuleSet, RuleErrors> {
+        if parsed.len() != sources.len() {
+            return Self::compile(sources);
+        }
+        Self::build(sources, Some(parsed))
+    }
+
+    fn build(
+        sources: &[RuleSource],
+        given: Option<Vec<ParsedFile>>,
+    ) -> Result<RuleSet, RuleErrors> {
+        let limits = FileLimits::default();
+        // the parsed form is written when the YAML is read here (for the store), not when given
+        let mut json = given.is_none().then(|| Vec::with_capacity(sources.len()));
+        let mut given = given.map(Vec::into_iter);
         let mut compiler = Compiler::new();
         let mut paths = Paths::default();
         let mut errors = Vec::new();
         let mut rules: Vec<Arc<CompiledRule>> = Vec::new();
         let mut seen: HashMap<String, (String, Option<usize>)> = HashMap::new();
         for src in sources {
-            let parsed = match parse_file(&src.path, &src.text) {
+            let parsed = match given.as_mut() {
+                Some(files) => files
+                    .next()
+                    .unwrap_or_default()
+                    .into_located(&src.path, &limits),
+                None => parse_file(&src.path, &src.text),
+            };
+            let parsed = match parsed {
                 Ok(p) => p,
                 Err(e) => {
                     errors.push(e);
                     continue;
                 }
             };
+            if let Some(files) = json.as_mut() {
+                // cannot fail for these types; without it the store keeps the text alone
+                match parsed_json(&parsed) {
+                    Ok(j) => files.push(j),
+                    Err(_) => json = None,
+                }
+            }
             let lines = Lines::new(&src.text);
             for loc in parsed {
                 let (name, line) = (loc.rule.name.clone(), loc.line);
@@ -151,11 +193,9 @@ impl RuleSet {
         if !errors.is_empty() {
             return Err(RuleErrors(errors));
         }
-        Ok(Self::index(
-            rules,
-            sources.to_vec(),
-            compiler.filters_compiled(),
-        ))
+        let mut set = Self::index(rules, sources.to_vec(), compiler.filters_compiled());
+        set.parsed = json;
+        Ok(set)
     }
 
     /// Read `*.yaml` and `*.yml` in `dir` (not recursively), in file name order, and compile.
@@ -229,6 +269,7 @@ impl RuleSet {
             empty: Listening::new(Arc::from(Vec::new())),
             version: version(&sources),
             sources,
+            parsed: None,
             filters_compiled,
             fan_out: rules.iter().any(|r| r.for_each.is_some()),
             rules,
@@ -407,6 +448,13 @@ impl RuleSet {
     /// The sources the set was compiled from.
     pub fn sources(&self) -> &[RuleSource] {
         &self.sources
+    }
+
+    /// The JSON of each source's parsed rules (in the order of [`RuleSet::sources`]), for the
+    /// store to keep beside the text and [`RuleSet::compile_parsed`] to read back; `None` for a
+    /// set compiled from parsed forms.
+    pub fn parsed_json(&self) -> Option<&[String]> {
+        self.parsed.as_deref()
     }
 
     /// How many distinct jq filters were compiled for this set.

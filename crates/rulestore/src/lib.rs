@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use whale_kernel::kv::{Bucket, KvError, Live, Ttl};
 use whale_kernel::{subjects, Nats};
-use whale_rules::{RuleSet, RuleSource};
+use whale_rules::{ParsedFile, RuleSet, RuleSource};
 
 /// The key of the active set's manifest.
 pub const ACTIVE: &str = "active";
@@ -43,6 +43,50 @@ const IN_FLIGHT: usize = 16;
 pub struct Stored {
     pub version: String,
     pub sources: Vec<RuleSource>,
+    /// Every file's rules as parsed when the set was applied ([`ParsedFile`]), when the store
+    /// has them for every file (sets applied by older whale versions have the text only).
+    pub parsed: Option<Vec<ParsedFile>>,
+}
+
+/// One file in the stored content: its text and, since the parsed forms are kept, its rules
+/// as parsed (readers that do not know `parsed` ignore it and read the text).
+#[derive(Deserialize)]
+struct StoredFile {
+    path: String,
+    text: String,
+    #[serde(default)]
+    parsed: Option<ParsedFile>,
+}
+
+/// What the chunks of `set` hold: a JSON list of its files, `{path, text, parsed}` each, the
+/// parsed form written as the set produced it (the same bytes a reader's
+/// [`RuleSet::compile_parsed`] reads).
+pub fn content(set: &RuleSet) -> anyhow::Result<Vec<u8>> {
+    let parsed = set.parsed_json();
+    let size = set
+        .sources()
+        .iter()
+        .map(|s| s.text.len() + s.path.len())
+        .sum::<usize>()
+        + parsed.map_or(0, |p| p.iter().map(String::len).sum());
+    let mut out = Vec::with_capacity(size + size / 8 + 64);
+    out.push(b'[');
+    for (i, s) in set.sources().iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"path\":");
+        serde_json::to_writer(&mut out, &s.path)?;
+        out.extend_from_slice(b",\"text\":");
+        serde_json::to_writer(&mut out, &s.text)?;
+        if let Some(p) = parsed.and_then(|p| p.get(i)) {
+            out.extend_from_slice(b",\"parsed\":");
+            out.extend_from_slice(p.as_bytes());
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    Ok(out)
 }
 
 /// Who applied a version and from where: the principal as the audit trail records it, and
@@ -205,8 +249,8 @@ async fn write_chunks(b: &Bucket, content: &[u8]) -> anyhow::Result<Vec<String>>
 /// Reads the files of `entry`: inline (old form) or from its chunks, each checked against
 /// its hash.
 pub async fn load(b: &Bucket, entry: Entry) -> anyhow::Result<Stored> {
-    let sources = match entry.sources {
-        Some(s) => s,
+    let (sources, parsed) = match entry.sources {
+        Some(s) => (s, None),
         None => {
             // owned per chunk: a stream of futures borrowing from here is not `Send` for axum
             let parts: Vec<Bytes> = futures::stream::iter(entry.chunks.clone())
@@ -233,21 +277,48 @@ pub async fn load(b: &Bucket, entry: Entry) -> anyhow::Result<Stored> {
                 .try_collect()
                 .await?;
             let content = parts.concat();
-            serde_json::from_slice(&content).map_err(|e| {
+            drop(parts);
+            let files: Vec<StoredFile> = serde_json::from_slice(&content).map_err(|e| {
                 anyhow::anyhow!("rule set {}: its files cannot be read: {e}", entry.version)
-            })?
+            })?;
+            // a worker's peak memory: the bytes go before the set is compiled
+            drop(content);
+            let mut sources = Vec::with_capacity(files.len());
+            let mut parsed = Some(Vec::with_capacity(files.len()));
+            for f in files {
+                match f.parsed {
+                    Some(p) => {
+                        if let Some(all) = parsed.as_mut() {
+                            all.push(p);
+                        }
+                    }
+                    None => parsed = None,
+                }
+                sources.push(RuleSource {
+                    path: f.path,
+                    text: f.text,
+                });
+            }
+            (sources, parsed)
         }
     };
     Ok(Stored {
         version: entry.version,
         sources,
+        parsed,
     })
 }
 
-/// Compiles a stored set off the async threads (a large set takes a while).
+/// Compiles a stored set off the async threads (a large set takes a while): from the parsed
+/// forms when the store has them (no YAML read again), else from the text.
 pub async fn compile(stored: Stored) -> anyhow::Result<RuleSet> {
-    tokio::task::spawn_blocking(move || Ok::<_, anyhow::Error>(RuleSet::compile(&stored.sources)?))
-        .await?
+    tokio::task::spawn_blocking(move || {
+        Ok::<_, anyhow::Error>(match stored.parsed {
+            Some(parsed) => RuleSet::compile_parsed(&stored.sources, parsed)?,
+            None => RuleSet::compile(&stored.sources)?,
+        })
+    })
+    .await?
 }
 
 /// The live view of the active rule set that the stages of one process share (match and render
@@ -351,7 +422,7 @@ pub async fn apply(
         Some(m) => Entry::parse(&m).ok().map(|e| e.version),
         None => None,
     };
-    let content = serde_json::to_vec(set.sources())?;
+    let content = content(set)?;
     let chunks = write_chunks(&b, &content).await?;
     let (applied_at, history_key) = now();
     let entry = Entry {

@@ -1,8 +1,8 @@
 //! Rule files: several rules per file, indexing by type, versions, and bad files refused with
 //! file, line and rule.
 
-use super::{compile, DESIGN_EXAMPLE};
-use whale_rules::{RuleSet, RuleSource};
+use super::{compile, from_parsed, DESIGN_EXAMPLE};
+use whale_rules::{ParsedFile, RuleSet, RuleSource};
 
 #[test]
 fn list_and_multi_document_files() {
@@ -181,4 +181,122 @@ fn every_error_is_reported_and_the_set_refused() {
     let files: Vec<_> = e.errors().iter().map(|e| e.file.as_str()).collect();
     assert_eq!(files, ["a.yaml", "c.yaml"]);
     assert_eq!(e.errors()[1].rule.as_deref(), Some("c"));
+}
+
+/// The parsed form the store keeps (so that workers do not read the YAML again) compiles to
+/// the same set: names, files, lines, version, jq filters, matches, "why not" and tasks.
+#[test]
+fn the_parsed_form_compiles_to_the_same_set() {
+    let list = "- name: a\n  on: t1\n  action: p.a\n  when:\n    - {path: .detail.n, gt: 0.1}\n    - jq: '.detail.tags | any(. == \"x\")'\n- name: b\n  on: [t1, 't*']\n  action: p.b\n  for_each: .detail.items[]\n  when: [{path: $item.k, eq: x}]\n";
+    let docs = "name: c\non: t1\naction: p.c\nenabled: false\nresult_event: true\n---\n# nothing\n";
+    let set = compile(&[
+        ("a.yaml", DESIGN_EXAMPLE),
+        ("b.yaml", list),
+        ("c.yaml", docs),
+    ])
+    .unwrap();
+    let again = from_parsed(&set);
+    assert!(again.parsed_json().is_none());
+    let shown = |s: &RuleSet| {
+        s.rules()
+            .iter()
+            .map(|r| {
+                (
+                    r.name().to_owned(),
+                    r.file().to_owned(),
+                    r.line(),
+                    r.enabled(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shown(&again), shown(&set));
+    assert_eq!(
+        (again.version(), again.filters_compiled()),
+        (set.version(), set.filters_compiled())
+    );
+    assert_eq!(set.get("b").unwrap().line(), Some(7));
+    let events = [
+        (
+            "vm.disk_usage",
+            serde_json::json!({"env": "prod", "usage_pct": 95, "host": "web-1", "app": "shop", "mounts": [{"path": "/data"}]}),
+        ),
+        (
+            "t1",
+            serde_json::json!({"n": 0.2, "tags": ["x"], "items": [{"k": "x"}, {"k": "y"}]}),
+        ),
+        ("t1", serde_json::json!({"n": 0.1, "tags": []})),
+    ];
+    for (t, detail) in events {
+        let input = whale_rules::Input::new(super::envelope(t, detail));
+        let (m, n) = (set.match_event(&input), again.match_event(&input));
+        let names = |m: &whale_rules::Matches| {
+            let mut v: Vec<String> = m.matched.iter().map(|r| r.name().to_owned()).collect();
+            v.extend(m.fanned.iter().map(|(r, e)| format!("{}{e:?}", r.name())));
+            v
+        };
+        assert_eq!(names(&n), names(&m));
+        for (a, b) in set.rules().iter().zip(again.rules()) {
+            assert_eq!(a.evaluate(&input), b.evaluate(&input));
+            assert_eq!(
+                a.render(&input).map_err(|e| e.to_string()),
+                b.render(&input).map_err(|e| e.to_string())
+            );
+        }
+    }
+}
+
+/// Numbers read back exactly as the YAML held them (the JSON float round trip).
+#[test]
+fn the_parsed_form_keeps_every_number_exactly() {
+    let text = "name: n\non: t\naction: p.a\nwhen:\n  - {path: .detail.a, gt: 0.30000000000000004}\n  - {path: .detail.b, lt: 1.7976931348623157e308}\n  - {path: .detail.c, ge: 5e-324}\n  - {path: .detail.d, between: [-0.1, 18446744073709551615]}\n  - {path: .detail.e, in: [-9223372036854775808, 2.5e-8, .inf]}\n";
+    let set = compile(&[("n.yaml", text)]).unwrap();
+    let json = &set.parsed_json().unwrap()[0];
+    let back: ParsedFile = serde_json::from_str(json).unwrap();
+    assert_eq!(&serde_json::to_string(&back).unwrap(), json);
+    assert!(json.contains("0.30000000000000004"), "{json}");
+    assert!(json.contains("5e-324"), "{json}");
+    assert!(json.contains("18446744073709551615"), "{json}");
+}
+
+/// A parsed form is checked as the text is: sizes, then every compile error with file, line
+/// and rule (the line kept in the form).
+#[test]
+fn the_parsed_form_is_refused_as_the_text_is() {
+    let text = "- name: ok\n  on: t\n  action: p.a\n- name: bad\n  on: t\n  action: p.b\n  when:\n    - {path: .detail.a, eqq: 1}\n";
+    let sources = [RuleSource {
+        path: "pipelines/bad.yaml".into(),
+        text: text.into(),
+    }];
+    let from_text = RuleSet::compile(&sources).unwrap_err().to_string();
+    assert!(
+        from_text.contains("pipelines/bad.yaml:8: rule \"bad\": when[0]: unknown operator \"eqq\""),
+        "{from_text}"
+    );
+    let parsed: ParsedFile = serde_json::from_str(
+        r#"[[1, {"name": "ok", "on": "t", "action": "p.a"}], [4, {"name": "bad", "on": "t", "action": "p.b", "when": [{"path": ".detail.a", "eqq": 1}]}]]"#,
+    )
+    .unwrap();
+    let from_form = RuleSet::compile_parsed(&sources, vec![parsed]).unwrap_err();
+    assert_eq!(from_form.to_string(), from_text);
+
+    let steps: Vec<serde_json::Value> = (0..300)
+        .map(|_| serde_json::json!({"path": ".detail.a", "eq": 1}))
+        .collect();
+    let big = serde_json::json!([[1, {"name": "big", "on": "t", "action": "p.a", "when": steps}]]);
+    let parsed: ParsedFile = serde_json::from_value(big).unwrap();
+    let refused = RuleSet::compile_parsed(&sources, vec![parsed])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(
+            "pipelines/bad.yaml:1: rule \"big\": `when` has 300 steps, over the limit of 256"
+        ),
+        "{refused}"
+    );
+    // unknown fields are refused when the form is read, as in the text
+    assert!(serde_json::from_str::<ParsedFile>(
+        r#"[[1, {"name": "x", "on": "t", "action": "p.a", "wehn": []}]]"#
+    )
+    .is_err());
 }

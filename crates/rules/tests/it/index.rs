@@ -172,6 +172,8 @@ fn indexed_matching_equals_linear_matching() {
             text: Value::Array(rules).to_string(),
         }];
         let set = RuleSet::compile(&sources).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        // what a worker compiles from the store's parsed form matches the same
+        let stored = super::from_parsed(&set);
         for ev in evs {
             let input = Input::new(ev);
             let (fast, slow) = (
@@ -179,6 +181,15 @@ fn indexed_matching_equals_linear_matching() {
                 set.match_event_linear_with(&input, 2),
             );
             prop_assert_eq!(shown(&fast), shown(&slow), "event {}", input.value());
+            prop_assert_eq!(
+                shown(&stored.match_event_with(&input, 2)),
+                shown(&fast),
+                "parsed form, event {}",
+                input.value()
+            );
+            for (a, b) in set.rules().iter().zip(stored.rules()) {
+                prop_assert_eq!(a.evaluate(&input), b.evaluate(&input));
+            }
             prop_assert!(fast.candidates <= slow.candidates);
             events.fetch_add(1, Ordering::Relaxed);
             skipped.fetch_add(slow.candidates - fast.candidates, Ordering::Relaxed);

@@ -56,6 +56,18 @@ pub fn compile(files: &[(&str, &str)]) -> Result<RuleSet, String> {
     RuleSet::compile(&sources).map_err(|e| e.to_string())
 }
 
+/// `set` compiled again from its parsed form (what a worker compiles from the store), the
+/// parsed form read back from the JSON the set wrote.
+pub fn from_parsed(set: &RuleSet) -> RuleSet {
+    let parsed = set
+        .parsed_json()
+        .expect("a set compiled from YAML has its parsed form")
+        .iter()
+        .map(|j| serde_json::from_str(j).expect("the parsed form reads back"))
+        .collect();
+    RuleSet::compile_parsed(set.sources(), parsed).expect("the parsed form compiles")
+}
+
 /// Evaluate one step against `detail`: (matched, type mismatches).
 pub fn step(step: &str, detail: Value) -> (bool, u32) {
     let text = format!("name: t\non: e\naction: a.b\nwhen:\n  - {step}\n");
