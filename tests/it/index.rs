@@ -378,6 +378,34 @@ async fn embedded_index_killed_mid_stream_loses_and_doubles_nothing() {
             "never reached {at} stored; log:\n{}",
             log_tail()
         );
+        if at == 1_500 {
+            // The writer and every tantivy thread run at nice 10, the event path at 0.
+            let threads = nice_by_thread(index.pid().unwrap());
+            let nice_of = |prefix: &str| -> Vec<i64> {
+                threads
+                    .iter()
+                    .filter(|(name, _)| name.starts_with(prefix))
+                    .map(|(_, n)| *n)
+                    .collect()
+            };
+            for prefix in [
+                "whale-index-wri",
+                "thrd-tantivy",
+                "merge_thread",
+                "segment_update",
+            ] {
+                let n = nice_of(prefix);
+                assert!(
+                    !n.is_empty() && n.iter().all(|&v| v == 10),
+                    "{prefix}: {threads:?}"
+                );
+            }
+            let workers = nice_of("tokio-r"); // tokio-rt-worker or tokio-runtime-w(orker)
+            assert!(
+                !workers.is_empty() && workers.iter().all(|&v| v == 0),
+                "{threads:?}"
+            );
+        }
         index.kill9();
         index = env.spawn_on("index", port, &log, &[]);
         assert!(ready(port, Duration::from_secs(60)).await, "{}", log_tail());
@@ -399,6 +427,27 @@ async fn embedded_index_killed_mid_stream_loses_and_doubles_nothing() {
     let want: BTreeSet<String> = (0..N).map(|i| format!("k9-{i:05}")).collect();
     assert_eq!(ids, want, "every event indexed once");
     drop(index);
+}
+
+/// (thread name, nice) of every thread of process `pid`, from /proc.
+fn nice_by_thread(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the `(comm)` one: state is field 3, nice field 19.
+        let nice = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 2..].split_whitespace().nth(16))
+            .and_then(|v| v.parse().ok());
+        if let Some(n) = nice {
+            out.push((comm.trim().to_owned(), n));
+        }
+    }
+    out
 }
 
 /// One request as the SigV4 capture listener received it.
