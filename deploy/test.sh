@@ -17,8 +17,9 @@ echo "== cargo build (every binary: the tests run whale-bench and the emulator b
 cargo build --workspace --bins --quiet
 echo "== cargo test"
 mkdir -p "$ROOT/.whale"
-cargo test --workspace --no-fail-fast 2>&1 | tee "$ROOT/.whale/test.log"
-status=${PIPESTATUS[0]}
+# `|| status=...`: under `set -e` a failing run would end the script before the summary line.
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$ROOT/.whale/test.log" || status=${PIPESTATUS[0]}
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "whale: %d passed, %d failed\n", p, f }' "$ROOT/.whale/test.log"
 exit "$status"

@@ -28,6 +28,10 @@
 //! runs in it; OpenSearch does not, so its CPU figure is the client's).
 
 use std::sync::Arc;
+
+/// The `whale` binary's allocator (src/main.rs), so the figures are what the stage does there.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
