@@ -562,6 +562,21 @@ async fn script_cache_flushed_means_reload_not_failure() {
     );
 }
 
+/// Fails the Sentinels' master over and waits until the new one answers; returns the servers
+/// and the new master's port.
+async fn fail_over(
+    redis: whale_kernel::testkit::RedisSentinels,
+) -> (whale_kernel::testkit::RedisSentinels, u16) {
+    tokio::task::spawn_blocking(move || {
+        let old = redis.failover();
+        let new = redis.wait_failover(old, Duration::from_secs(60));
+        redis.wait_ready(new, Duration::from_secs(60));
+        (redis, new)
+    })
+    .await
+    .unwrap()
+}
+
 /// (admitted count per key) of asking for `per_key` tasks on each of `keys` keys in one batch.
 async fn ask_keys(l: &Limiter, rule: &str, keys: usize, per_key: usize, limit: u64) -> Vec<usize> {
     let mut reqs = Vec::new();
@@ -638,14 +653,7 @@ async fn sentinel_limiter_follows_the_master_through_a_planned_failover() {
     let l = Limiter::from_config(&cfg).expect("sentinel url");
     assert_eq!(l.ping().await, Ok(()));
     assert_eq!(ask_keys(&l, "before", 20, 10, 4).await, vec![4; 20]);
-    let (redis, new_master) = tokio::task::spawn_blocking(move || {
-        let old = redis.failover();
-        let new = redis.wait_failover(old, Duration::from_secs(60));
-        redis.wait_ready(new, Duration::from_secs(60));
-        (redis, new)
-    })
-    .await
-    .unwrap();
+    let (redis, new_master) = fail_over(redis).await;
     assert_eq!(redis.master_port(), Some(new_master));
     // The old connection now meets READONLY (or is closed): the limiter asks the Sentinels
     // again. The first call may come back "wait"; within a few it answers from the new master.
@@ -799,14 +807,7 @@ async fn sentinel_over_tls_follows_a_failover_and_refuses_a_wrong_ca() {
     let l = tls_limiter(url.clone(), &tls.ca, 1);
     assert_eq!(l.ping().await, Ok(()));
     assert_eq!(ask_keys(&l, "tls-before", 20, 10, 4).await, vec![4; 20]);
-    let (redis, new_master) = tokio::task::spawn_blocking(move || {
-        let old = redis.failover();
-        let new = redis.wait_failover(old, Duration::from_secs(60));
-        redis.wait_ready(new, Duration::from_secs(60));
-        (redis, new)
-    })
-    .await
-    .unwrap();
+    let (redis, new_master) = fail_over(redis).await;
     assert_eq!(redis.master_port(), Some(new_master));
     let mut resumed = false;
     for _ in 0..50 {
