@@ -62,6 +62,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let payloads: Vec<Vec<u8>> = (0..n)
         .map(|i| serde_json::to_vec(&event(&a, i)))
         .collect::<Result<_, _>>()?;
+    let sample: Vec<Vec<u8>> = payloads.iter().take(REFERENCE_EVENTS).cloned().collect();
     progress(&a, "measuring raw JetStream publish and consume+ack");
     let (_, raw_consume) = raw.rates(&nats, &payloads).await?;
 
@@ -107,6 +108,18 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     }
     stop(&mut validate.0);
 
+    let reference = if a.stage == "match" {
+        progress(
+            &a,
+            &format!(
+                "the same matching in this process: 1 thread, then {}",
+                a.copies
+            ),
+        );
+        Some(cpu_reference(&rules_dir, &sample, a.copies)?)
+    } else {
+        None
+    };
     let mut rounds = Vec::new();
     for k in [1, a.copies] {
         progress(&a, &format!("{} with {k} process(es)", a.stage));
@@ -120,6 +133,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         "raw_consume_ack_per_s": raw_consume.round(),
         "rounds": rounds,
         "scale_factor": if one > 0.0 { round2(many / one) } else { 0.0 },
+        "in_process_reference": reference,
         "nats_server": raw.server_version(),
     });
     if a.json {
@@ -128,6 +142,68 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         print_human(&result);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Events the in-process reference parses and matches, over and over.
+const REFERENCE_EVENTS: usize = 5_000;
+
+/// The same work without NATS or a worker loop: the bench's rule files compiled here, the same
+/// event bytes parsed and matched by 1 thread, then by `k` threads at once, each for about 3 s.
+/// Its factor is what this machine's cores give this very work: the ceiling for `k` processes
+/// (it includes whatever the cores share, caches and memory bandwidth, which a CPU-bound
+/// stage meets too).
+fn cpu_reference(
+    rules_dir: &std::path::Path,
+    events: &[Vec<u8>],
+    k: usize,
+) -> anyhow::Result<Value> {
+    let mut files: Vec<_> = std::fs::read_dir(rules_dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.sort();
+    let sources = files
+        .iter()
+        .map(|f| {
+            Ok(whale_rules::RuleSource {
+                path: f.display().to_string(),
+                text: std::fs::read_to_string(f)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let set = whale_rules::RuleSet::compile(&sources)
+        .map_err(|e| anyhow::anyhow!("the bench's own rules do not compile: {e}"))?;
+    let work = |set: &whale_rules::RuleSet| -> anyhow::Result<u64> {
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut done = 0u64;
+        while Instant::now() < until {
+            for b in events.iter().take(500) {
+                let input = whale_rules::Input::new(serde_json::from_slice(b)?);
+                std::hint::black_box(set.match_event(&input));
+                done += 1;
+            }
+        }
+        Ok(done)
+    };
+    let rate = |threads: usize| -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let done: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|_| s.spawn(|| work(&set))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("a reference thread panicked"))?
+                })
+                .sum::<anyhow::Result<u64>>()
+        })?;
+        Ok(done as f64 / started.elapsed().as_secs_f64())
+    };
+    let one = rate(1)?;
+    let many = rate(k)?;
+    Ok(json!({
+        "threads": k, "one_thread_events_per_s": one.round(), "k_threads_events_per_s": many.round(),
+        "scale_factor": if one > 0.0 { round2(many / one) } else { 0.0 },
+    }))
 }
 
 /// One round: the stage's consumer recreated (so it delivers the whole backlog again), `k`
@@ -294,4 +370,22 @@ fn print_human(r: &Value) {
         "  scale factor                             {:>10} ×",
         r["scale_factor"]
     );
+    let re = &r["in_process_reference"];
+    if re.is_object() {
+        println!(
+            "  reference: the same matching in one process, no NATS (what the cores give this work)"
+        );
+        println!(
+            "    1 thread                               {:>10} events/s",
+            re["one_thread_events_per_s"]
+        );
+        println!(
+            "    {} threads                              {:>10} events/s",
+            re["threads"], re["k_threads_events_per_s"]
+        );
+        println!(
+            "    reference scale factor                 {:>10} ×",
+            re["scale_factor"]
+        );
+    }
 }
