@@ -17,6 +17,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use whale_kernel::{Config, Nats};
 
+/// The allocator `whale` runs on, so that the work measured in this process (the validate
+/// stage, the scale bench's in-process reference) runs as it does in the product.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "whale-bench",
