@@ -143,3 +143,58 @@ fn the_product_binary_has_no_bench_command() {
     assert_eq!(out.status.code(), Some(2), "a usage error: {out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand 'bench'"));
 }
+
+/// `whale-bench scale` works through the whole backlog in each of its three rounds (1 process,
+/// 2 processes, 1 process with 2 loops) and prints its in-process reference beside them.
+#[test]
+fn scale_bench_works_through_the_backlog_in_every_round() {
+    for shape in ["jq", "regex"] {
+        let args = [
+            "scale", "--json", "--shape", shape, "--rules", "20", "--types", "2", "--events", "300",
+        ];
+        let out = whale_bench(&args).output().expect("run whale-bench");
+        assert!(
+            out.status.success(),
+            "whale-bench {args:?} failed: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert!(
+            r["rule_shape"].as_str().unwrap().starts_with(shape),
+            "{r:#}"
+        );
+        let rounds = r["rounds"].as_array().unwrap();
+        let shapes: Vec<(u64, u64)> = rounds
+            .iter()
+            .map(|x| {
+                (
+                    x["processes"].as_u64().unwrap(),
+                    x["loops_per_process"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(shapes, [(1, 1), (2, 1), (1, 2)], "{r:#}");
+        for round in rounds {
+            assert_eq!(round["events"], 300, "the whole backlog: {r:#}");
+            assert!(round["events_per_s"].as_f64().unwrap() > 0.0, "{r:#}");
+            assert_eq!(
+                round["per_process"].as_array().unwrap().len() as u64,
+                round["processes"].as_u64().unwrap(),
+                "{r:#}"
+            );
+        }
+        for k in ["scale_factor", "concurrency_scale_factor"] {
+            assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r:#}");
+        }
+        let re = &r["in_process_reference"];
+        assert_eq!(re["threads"], 2, "{r:#}");
+        for k in [
+            "one_thread_events_per_s",
+            "shared_set_events_per_s",
+            "own_sets_events_per_s",
+        ] {
+            assert!(re[k].as_f64().unwrap() > 0.0, "{k}: {r:#}");
+        }
+    }
+}

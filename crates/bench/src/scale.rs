@@ -1,9 +1,11 @@
 //! `whale-bench scale`: does a CPU-heavy stage scale with copies? On a small machine NATS
 //! saturates first in the whole pipeline, so this measures one stage alone on a backlog it
 //! has to work through: the same accepted events, consumed once by 1 process, then again (the
-//! consumer recreated) by K processes, each figure beside the raw consume+ack rate of the same
-//! server. The default shape is `match` with 10,000 rules that the rule index cannot narrow
-//! (each rule a regex on one field), so every event is checked against every rule of its type.
+//! consumer recreated) by K processes, then by 1 process running K loops (`--concurrency`),
+//! each figure beside the raw consume+ack rate of the same server and the same parse+match in
+//! this process on 1 and K threads. The default shape is `match` with 10,000 rules that the
+//! rule index cannot narrow (each rule a regex on one field, or with `--shape jq` a jq
+//! predicate), so every event is checked against every rule of its type.
 
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -108,7 +110,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         .await;
     }
     w.drain().await;
-    let mut validate = spawn(&env, "validate", work.path()).await?;
+    let mut validate = spawn(&env, "validate", 1, work.path()).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     while raw
         .subject_count(subjects::STREAM_EVENTS, "whale.events.>")
@@ -135,12 +137,18 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         None
     };
     let mut rounds = Vec::new();
-    for k in [1, a.copies] {
-        progress(&a, &format!("{} with {k} process(es)", a.stage));
-        rounds.push(round(&a, &env, &raw, work.path(), k).await?);
+    // (processes, worker loops in each): one, K copies, then one process with K loops
+    // (`whale run --concurrency K`), whose loops share one compiled rule set
+    for (k, loops) in [(1, 1), (a.copies, 1), (1, a.copies)] {
+        progress(
+            &a,
+            &format!("{} with {k} process(es) of {loops} loop(s)", a.stage),
+        );
+        rounds.push(round(&a, &env, &raw, work.path(), k, loops).await?);
     }
     let one = rounds[0]["events_per_s"].as_f64().unwrap_or(0.0);
     let many = rounds[1]["events_per_s"].as_f64().unwrap_or(0.0);
+    let loops = rounds[2]["events_per_s"].as_f64().unwrap_or(0.0);
     let result = json!({
         "stage": a.stage, "events": n, "rules": a.rules, "types": a.types,
         "rule_shape": match a.shape {
@@ -150,6 +158,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         "raw_consume_ack_per_s": raw_consume.round(),
         "rounds": rounds,
         "scale_factor": if one > 0.0 { round2(many / one) } else { 0.0 },
+        "concurrency_scale_factor": if one > 0.0 { round2(loops / one) } else { 0.0 },
         "in_process_reference": reference,
         "nats_server": raw.server_version(),
     });
@@ -243,6 +252,7 @@ async fn round(
     raw: &Raw,
     dir: &std::path::Path,
     k: usize,
+    loops: usize,
 ) -> anyhow::Result<Value> {
     let inputs: Vec<_> = subjects::stage_inputs(&a.stage)
         .into_iter()
@@ -255,7 +265,7 @@ async fn round(
     let total = raw.backlog(&inputs).await?;
     let mut procs = Vec::new();
     for _ in 0..k {
-        procs.push(spawn(env, &a.stage, dir).await?);
+        procs.push(spawn(env, &a.stage, loops, dir).await?);
     }
     let cpu0: Vec<f64> = procs
         .iter()
@@ -295,7 +305,7 @@ async fn round(
         stop(&mut p.0);
     }
     Ok(
-        json!({"processes": k, "events": total, "wall_s": round2(wall), "events_per_s": rate.round(), "per_process": usage}),
+        json!({"processes": k, "loops_per_process": loops, "events": total, "wall_s": round2(wall), "events_per_s": rate.round(), "per_process": usage}),
     )
 }
 
@@ -309,10 +319,21 @@ impl Drop for Child {
     }
 }
 
-async fn spawn(env: &ChildEnv, stage: &str, dir: &std::path::Path) -> anyhow::Result<Child> {
+async fn spawn(
+    env: &ChildEnv,
+    stage: &str,
+    loops: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<Child> {
     let port = free_port();
     let child = env
-        .cmd(&["run", "--stages", stage])
+        .cmd(&[
+            "run",
+            "--stages",
+            stage,
+            "--concurrency",
+            &loops.to_string(),
+        ])
         .env("WHALE_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("WHALE_INDEX_DIR", dir.join(format!("index-{port}")))
         .stdout(Stdio::null())
@@ -393,8 +414,9 @@ fn print_human(r: &Value) {
         .unwrap_or_default()
     {
         println!(
-            "  {} process(es)                           {:>10} events/s  (cpu % / rss MB per process: {})",
+            "  {} process(es) × {} loop(s)                {:>10} events/s  (cpu % / rss MB per process: {})",
             round["processes"],
+            round["loops_per_process"],
             round["events_per_s"],
             round["per_process"]
                 .as_array()
@@ -407,8 +429,12 @@ fn print_human(r: &Value) {
         );
     }
     println!(
-        "  scale factor                             {:>10} ×",
+        "  scale factor, processes                  {:>10} ×",
         r["scale_factor"]
+    );
+    println!(
+        "  scale factor, loops in one process       {:>10} ×  (--concurrency)",
+        r["concurrency_scale_factor"]
     );
     let re = &r["in_process_reference"];
     if re.is_object() {
