@@ -49,7 +49,17 @@ export WHALE_HTTP_ADDR=127.0.0.1:$HTTP_PORT
 export WHALE_ST2_URL=http://127.0.0.1:$ST2_PORT
 export WHALE_ST2_API_KEY=local-dev-key
 export WHALE_INDEX_DIR=$STATE/index
+export WHALE_CONFIG=$STATE/whale.toml
 ENV
+  # nats-server reserves every stream's size cap on its disk up front (its store defaults to
+  # 75% of the free disk); whale's production caps (1 + 8 + 4 GiB) would need ~18 GB free, so
+  # the quick start asks for a laptop's share. Sizing for production: docs/limits.md.
+  cat >"$STATE/whale.toml" <<TOML
+[nats]
+ingest_max_bytes = 268435456   # 256 MiB
+events_max_bytes = 1073741824  # 1 GiB
+pipe_max_bytes = 536870912     # 512 MiB
+TOML
 }
 
 up() {

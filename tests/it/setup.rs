@@ -76,3 +76,29 @@ fn sigterm_stops_a_worker_cleanly() {
     let mut w = env.run("ingest,validate");
     assert!(w.terminate(), "whale run exits 0 on SIGTERM");
 }
+
+/// A stream cap larger than the server's `max_file_store` (the test servers have 1 TB): setup
+/// fails naming the stream, its cap and the settings that fix it, not only the server's
+/// "insufficient storage"; a cap that fits then sets up.
+#[test]
+fn setup_says_which_cap_does_not_fit_the_servers_disk() {
+    let mut env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("whale.toml");
+    std::fs::write(&cfg, "[nats]\nevents_max_bytes = 2199023255552\n").unwrap();
+    env.set("WHALE_CONFIG", cfg.to_str().unwrap());
+    let out = env.whale(&["setup"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "stream WHALE_EVENTS",
+        "a cap of 2048.0 GiB",
+        "max_file_store",
+        "nats.events_max_bytes",
+        "insufficient storage",
+    ] {
+        assert!(err.contains(want), "{want:?} missing: {err}");
+    }
+    std::fs::write(&cfg, "[nats]\nevents_max_bytes = 1073741824\n").unwrap();
+    env.ok(&["setup"]);
+}

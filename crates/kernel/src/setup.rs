@@ -124,6 +124,31 @@ pub fn consumer_config(input: &subjects::Input, cfg: &Config) -> consumer::pull:
     }
 }
 
+/// nats-server reserves each stream's size cap on its disk up front and refuses a stream whose
+/// cap does not fit (JetStream error 10047, "insufficient storage resources"): say which cap, and
+/// what to do, instead of the bare server error.
+fn no_room(e: anyhow::Error, want: &stream::Config) -> anyhow::Error {
+    no_room_for(e, &want.name, want.max_bytes)
+}
+
+fn no_room_for(e: anyhow::Error, name: &str, cap: i64) -> anyhow::Error {
+    if !e.to_string().contains("10047") {
+        return e;
+    }
+    let size = if cap < 0 {
+        "no size cap".to_owned()
+    } else {
+        format!("a cap of {:.1} GiB", cap as f64 / f64::from(1u32 << 30))
+    };
+    e.context(format!(
+        "nats-server has no room to reserve stream {name} ({size}) in its `max_file_store` \
+         (which defaults to 75% of its free disk): free disk on the server, raise its \
+         `jetstream {{ max_file_store }}`, or lower the caps in whale's config \
+         (`nats.ingest_max_bytes`, `nats.events_max_bytes`, `nats.pipe_max_bytes`, \
+         `audit.max_bytes`; docs/limits.md)"
+    ))
+}
+
 /// Creates or updates everything; returns what changed.
 pub async fn setup(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<Item>> {
     nats.check_server_version()?;
@@ -142,13 +167,16 @@ pub async fn setup(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<Item>> {
                 } else {
                     js.update_stream(&want)
                         .await
+                        .map_err(|e| no_room(e.into(), &want))
                         .with_context(|| format!("cannot update stream {name}"))?;
                     Change::Updated
                 }
             }
             Err(e) if is_not_found(&e) => {
+                let cap = want.max_bytes;
                 js.create_stream(want)
                     .await
+                    .map_err(|e| no_room_for(e.into(), &name, cap))
                     .with_context(|| format!("cannot create stream {name}"))?;
                 Change::Created
             }
