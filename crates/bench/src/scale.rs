@@ -183,21 +183,8 @@ fn cpu_reference(
     events: &[Vec<u8>],
     k: usize,
 ) -> anyhow::Result<Value> {
-    let mut files: Vec<_> = std::fs::read_dir(rules_dir)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    files.sort();
-    let sources = files
-        .iter()
-        .map(|f| {
-            Ok(whale_rules::RuleSource {
-                path: f.display().to_string(),
-                text: std::fs::read_to_string(f)?,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let compile = || {
-        whale_rules::RuleSet::compile(&sources)
+        whale_rules::RuleSet::load_dir(rules_dir)
             .map_err(|e| anyhow::anyhow!("the bench's own rules do not compile: {e}"))
     };
     let work = |set: &whale_rules::RuleSet| -> anyhow::Result<u64> {

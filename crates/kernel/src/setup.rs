@@ -127,11 +127,7 @@ pub fn consumer_config(input: &subjects::Input, cfg: &Config) -> consumer::pull:
 /// nats-server reserves each stream's size cap on its disk up front and refuses a stream whose
 /// cap does not fit (JetStream error 10047, "insufficient storage resources"): say which cap, and
 /// what to do, instead of the bare server error.
-fn no_room(e: anyhow::Error, want: &stream::Config) -> anyhow::Error {
-    no_room_for(e, &want.name, want.max_bytes)
-}
-
-fn no_room_for(e: anyhow::Error, name: &str, cap: i64) -> anyhow::Error {
+fn no_room(e: anyhow::Error, name: &str, cap: i64) -> anyhow::Error {
     if !e.to_string().contains("10047") {
         return e;
     }
@@ -167,7 +163,7 @@ pub async fn setup(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<Item>> {
                 } else {
                     js.update_stream(&want)
                         .await
-                        .map_err(|e| no_room(e.into(), &want))
+                        .map_err(|e| no_room(e.into(), &name, want.max_bytes))
                         .with_context(|| format!("cannot update stream {name}"))?;
                     Change::Updated
                 }
@@ -176,7 +172,7 @@ pub async fn setup(nats: &Nats, cfg: &Config) -> anyhow::Result<Vec<Item>> {
                 let cap = want.max_bytes;
                 js.create_stream(want)
                     .await
-                    .map_err(|e| no_room_for(e.into(), &name, cap))
+                    .map_err(|e| no_room(e.into(), &name, cap))
                     .with_context(|| format!("cannot create stream {name}"))?;
                 Change::Created
             }
