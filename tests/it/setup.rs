@@ -102,3 +102,89 @@ fn setup_says_which_cap_does_not_fit_the_servers_disk() {
     std::fs::write(&cfg, "[nats]\nevents_max_bytes = 1073741824\n").unwrap();
     env.ok(&["setup"]);
 }
+
+/// A consumer that reads its whole stream has no filter subjects (nats-server then reads the
+/// stream in order instead of matching every message against the filters), one that reads part
+/// of it keeps them; a consumer made with filters by an earlier whale is updated in place and
+/// goes on from where it was, stream subjects it did not filter included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_of_a_whole_stream_has_no_filters_and_an_old_one_is_updated_in_place() {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use futures::StreamExt;
+    use whale_kernel::subjects::{EVENTS_PREFIX, REJECTED_PREFIX, STREAM_EVENTS};
+
+    let env = Env::new();
+    env.ok(&["setup"]);
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(STREAM_EVENTS).await.unwrap();
+    let filters = |c: &async_nats::jetstream::consumer::Config| {
+        let mut f = c.filter_subjects.clone();
+        f.extend((!c.filter_subject.is_empty()).then(|| c.filter_subject.clone()));
+        f
+    };
+    let index = stream.consumer_info("index-events").await.unwrap().config;
+    assert!(filters(&index).is_empty(), "{index:?}");
+    let matching = stream.consumer_info("match").await.unwrap().config;
+    assert_eq!(filters(&matching), vec![format!("{EVENTS_PREFIX}.>")]);
+
+    // index-events as whale made it before: both subjects of the stream as filters.
+    stream.delete_consumer("index-events").await.unwrap();
+    let old: pull::Config = pull::Config {
+        durable_name: Some("index-events".into()),
+        ack_policy: AckPolicy::Explicit,
+        filter_subjects: vec![format!("{EVENTS_PREFIX}.>"), format!("{REJECTED_PREFIX}.>")],
+        ..Default::default()
+    };
+    let consumer = stream.create_consumer(old).await.unwrap();
+    for s in ["a", "b", "c"] {
+        js.publish(format!("{EVENTS_PREFIX}.t.{s}"), "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    js.publish(format!("{REJECTED_PREFIX}.t"), "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut first = consumer.fetch().max_messages(2).messages().await.unwrap();
+    while let Some(m) = first.next().await {
+        m.unwrap().double_ack().await.unwrap();
+    }
+
+    let out: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["setup", "--json"]).stdout).unwrap();
+    let item = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "WHALE_EVENTS/index-events")
+        .unwrap_or_else(|| panic!("index-events in {out}"));
+    assert_eq!(item["change"], "updated", "{out}");
+    let updated: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("index-events").await.unwrap();
+    assert!(filters(&updated.cached_info().config).is_empty());
+    let mut rest = updated
+        .fetch()
+        .max_messages(10)
+        .expires(std::time::Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    let mut subjects = Vec::new();
+    while let Some(m) = rest.next().await {
+        let m = m.unwrap();
+        subjects.push(m.subject.to_string());
+        m.ack().await.unwrap();
+    }
+    assert_eq!(
+        subjects,
+        vec![
+            format!("{EVENTS_PREFIX}.t.c"),
+            format!("{REJECTED_PREFIX}.t")
+        ],
+        "the updated consumer goes on after the two acked messages"
+    );
+}
