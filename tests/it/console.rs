@@ -116,15 +116,29 @@ async fn shot(b: &Client, name: &str) {
     std::fs::write(artifacts().join(format!("{name}.png")), png).unwrap();
 }
 
+/// The text of the first element matching `css`. Parts of the console refresh themselves: an
+/// element found can be replaced before its text is read (a stale element reference), and then
+/// it is found again.
 async fn text_of(b: &Client, css: &str) -> String {
-    b.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
-        .text()
-        .await
-        .unwrap()
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let el = b
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css} on the page: {e}"));
+        match el.text().await {
+            Ok(t) => return t,
+            Err(e)
+                if e.to_string().contains("stale element")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("cannot read the text of {css}: {e}"),
+        }
+    }
 }
 
 async fn sign_in(b: &Client, base: &str, tok: &str) {
