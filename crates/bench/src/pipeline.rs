@@ -944,7 +944,7 @@ fn print_human(r: &Value) {
         }
     }
     println!(
-        "  stage busy seconds (batch handling): {}",
+        "  stage busy seconds (batch handling; the index's batches overlap and include waiting for their commit): {}",
         r["stage_busy_s"]
     );
 }
