@@ -53,6 +53,7 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     whale_rules::set_default_eval_time(Some(cfg.rules.eval_time_limit).filter(|d| !d.is_zero()));
     let nats = super::connect(&cfg, &format!("run {}", names.join(","))).await?;
     let auth = Arc::new(auth.with_sessions(crate::console::sessions(&nats, &cfg).await?));
+    whale_kernel::auth::Auth::watch_tokens_file(&auth);
     let cfg = Arc::new(cfg);
     let health = Health::default();
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -5,8 +5,9 @@
 //! tokens themselves.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use axum::extract::{MatchedPath, Request, State};
@@ -305,9 +306,26 @@ struct Known {
     hash: [u8; 32],
 }
 
-/// The principals whale knows, built once at start from `[auth]` and `http.token`.
+/// Longest `auth.tokens_file` read (a file of hashes: a few hundred bytes per token).
+const MAX_TOKENS_FILE_BYTES: u64 = 1024 * 1024;
+
+/// How often a running whale reads `auth.tokens_file` again ([`Auth::watch_tokens_file`]): how
+/// long a token removed from the file may still be used.
+pub const TOKENS_FILE_POLL: Duration = Duration::from_secs(2);
+
+/// The principals whale knows: from `[auth]` and `http.token` at start, and from
+/// `auth.tokens_file` whenever it changes ([`Auth::watch_tokens_file`]).
 pub struct Auth {
-    known: Vec<Known>,
+    /// The tokens now known: `[[auth.tokens]]`, `http.token` and the tokens file's entries.
+    known: RwLock<Vec<Known>>,
+    /// `[[auth.tokens]]` and `http.token`'s hash (fixed for the process), to rebuild `known`.
+    fixed: Vec<TokenEntry>,
+    http_token: Option<[u8; 32]>,
+    /// `auth.tokens_file` and the text it was last read with.
+    tokens_file: Option<(PathBuf, std::sync::Mutex<String>)>,
+    /// Whether any principal was configured at start; fixed for the process, so a tokens file
+    /// emptied later leaves every route closed, never open.
+    enabled: bool,
     oidc: Option<crate::oidc::Oidc>,
     proxies: Proxies,
     /// The console's signed session cookies (`Access::Console` routes).
@@ -383,51 +401,98 @@ impl Auth {
     /// Reads `[[auth.tokens]]`, `auth.tokens_file` and `http.token`. Errors name the entry
     /// and what to fix.
     pub fn from_config(cfg: &Config) -> anyhow::Result<Auth> {
-        let mut entries = cfg.auth.tokens.clone();
-        if let Some(path) = &cfg.auth.tokens_file {
-            entries.extend(read_tokens_file(path)?);
-        }
-        let mut known = Vec::new();
-        for e in entries {
-            let hash = decode_hash(&e.sha256).with_context(|| {
-                format!(
-                    "auth token {:?}: sha256 must be 64 hex digits (make it with `whale auth hash-token`)",
-                    e.name
-                )
-            })?;
-            if e.name.trim().is_empty() {
-                bail!("an auth token has an empty name: give every token a name (it is recorded as who acted)");
+        let fixed = cfg.auth.tokens.clone();
+        let mut file_entries = Vec::new();
+        let tokens_file = match &cfg.auth.tokens_file {
+            Some(path) => {
+                let text = read_tokens_text(path)?;
+                file_entries = parse_tokens_file(path, &text)?;
+                Some((path.clone(), std::sync::Mutex::new(text)))
             }
-            if known.iter().any(|k: &Known| k.name == e.name) {
-                bail!(
-                    "auth token name {:?} appears twice: names identify principals, make them unique",
-                    e.name
-                );
-            }
-            known.push(Known {
-                name: e.name,
-                role: e.role,
-                hash,
-            });
-        }
-        if let Some(t) = cfg.http.token.as_ref().filter(|t| !t.is_empty()) {
-            known.push(Known {
-                name: HTTP_TOKEN_PRINCIPAL.into(),
-                role: Role::Admin,
-                hash: hash_token(t.expose()),
-            });
-        }
+            None => None,
+        };
+        let http_token = cfg
+            .http
+            .token
+            .as_ref()
+            .filter(|t| !t.is_empty())
+            .map(|t| hash_token(t.expose()));
+        let known = known_tokens(&fixed, file_entries, http_token)?;
         let oidc = match &cfg.auth.oidc {
             Some(o) => Some(crate::oidc::Oidc::new(o)?),
             None => None,
         };
         let proxies = Proxies::from_config(&cfg.auth)?;
+        let enabled = !known.is_empty()
+            || tokens_file.is_some()
+            || oidc.is_some()
+            || !proxies.nets.is_empty();
         Ok(Auth {
-            known,
+            known: RwLock::new(known),
+            fixed,
+            http_token,
+            tokens_file,
+            enabled,
             oidc,
             proxies,
             sessions: None,
         })
+    }
+
+    /// Reads `auth.tokens_file` again every [`TOKENS_FILE_POLL`] while `auth` is in use, so a
+    /// token added to or removed from the file (a rotated Secret) is known or refused within
+    /// that time, without a restart; its console sessions follow on their next request. A file
+    /// that cannot be read or is invalid is logged as an error and the tokens known before stay
+    /// (fix the file; the next good version is taken). Nothing to do without a tokens file.
+    pub fn watch_tokens_file(auth: &Arc<Auth>) {
+        if auth.tokens_file.is_none() {
+            return;
+        }
+        let weak = Arc::downgrade(auth);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TOKENS_FILE_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(auth) = weak.upgrade() else { return };
+                let a = auth.clone();
+                // File reads block: off the runtime's workers.
+                if let Ok(Err(e)) =
+                    tokio::task::spawn_blocking(move || a.reload_tokens_file()).await
+                {
+                    tracing::error!(
+                        "{e:#}; the tokens known before stay in force until the file is fixed"
+                    );
+                }
+            }
+        });
+    }
+
+    /// Reads `auth.tokens_file` and, when its text changed and is valid, makes its entries the
+    /// known file tokens. `Ok(true)` when the tokens changed.
+    pub fn reload_tokens_file(&self) -> anyhow::Result<bool> {
+        let Some((path, last)) = &self.tokens_file else {
+            return Ok(false);
+        };
+        let text = read_tokens_text(path)?;
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == text {
+            return Ok(false);
+        }
+        let known = known_tokens(
+            &self.fixed,
+            parse_tokens_file(path, &text)?,
+            self.http_token,
+        )?;
+        let names = |v: &[Known]| v.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
+        tracing::info!(
+            file = %path.display(),
+            tokens = ?names(&known),
+            "auth.tokens_file changed: these tokens are now known"
+        );
+        *self.known.write().unwrap_or_else(|p| p.into_inner()) = known;
+        *last = text;
+        Ok(true)
     }
 
     /// Accepts the console's session cookies (signed with `sessions`' key) on console routes.
@@ -446,8 +511,12 @@ impl Auth {
     /// `producer`); an OIDC or proxy principal while that way of signing in is still
     /// configured; `anonymous` only while no auth is configured.
     pub fn session_principal(&self, s: &crate::session::Session) -> Option<Principal> {
-        let role = if let Some(k) = self.known.iter().find(|k| k.name == s.name) {
-            k.role
+        let known_role = {
+            let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+            known.iter().find(|k| k.name == s.name).map(|k| k.role)
+        };
+        let role = if let Some(role) = known_role {
+            role
         } else if (s.name.starts_with("oidc:") && self.oidc.is_some())
             || (s.name.starts_with("proxy:") && !self.proxies.nets.is_empty())
             || (s.name == "anonymous" && !self.enabled())
@@ -462,10 +531,10 @@ impl Auth {
         })
     }
 
-    /// Whether any principal is configured (tokens, OIDC or trusted proxies); without one every
-    /// route is open (loopback only).
+    /// Whether any principal was configured at start (tokens, a tokens file even while it lists
+    /// none, OIDC or trusted proxies); without one every route is open (loopback only).
     pub fn enabled(&self) -> bool {
-        !self.known.is_empty() || self.oidc.is_some() || !self.proxies.nets.is_empty()
+        self.enabled
     }
 
     /// Where a request comes from: the peer, or what a trusted proxy says in
@@ -553,7 +622,8 @@ impl Auth {
     pub fn principal(&self, token: &str) -> Option<Principal> {
         let given = hash_token(token);
         let mut found = None;
-        for k in &self.known {
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        for k in known.iter() {
             if constant_time_eq(&given, &k.hash) && found.is_none() {
                 found = Some(Principal {
                     name: k.name.clone(),
@@ -565,14 +635,73 @@ impl Auth {
     }
 }
 
-fn read_tokens_file(path: &Path) -> anyhow::Result<Vec<TokenEntry>> {
-    let text = std::fs::read_to_string(path).with_context(|| {
+/// `entries` as known tokens, checked: hex hashes, non-empty names, no name twice (`fixed`, the
+/// config's own tokens, come first), then `http.token`'s hash as [`HTTP_TOKEN_PRINCIPAL`].
+/// Errors name the entry and what to fix.
+fn known_tokens(
+    fixed: &[TokenEntry],
+    file: Vec<TokenEntry>,
+    http_token: Option<[u8; 32]>,
+) -> anyhow::Result<Vec<Known>> {
+    let mut known = Vec::new();
+    for e in fixed.iter().cloned().chain(file) {
+        let hash = decode_hash(&e.sha256).with_context(|| {
+            format!(
+                "auth token {:?}: sha256 must be 64 hex digits (make it with `whale auth hash-token`)",
+                e.name
+            )
+        })?;
+        if e.name.trim().is_empty() {
+            bail!("an auth token has an empty name: give every token a name (it is recorded as who acted)");
+        }
+        if known.iter().any(|k: &Known| k.name == e.name) {
+            bail!(
+                "auth token name {:?} appears twice: names identify principals, make them unique",
+                e.name
+            );
+        }
+        known.push(Known {
+            name: e.name,
+            role: e.role,
+            hash,
+        });
+    }
+    if let Some(hash) = http_token {
+        known.push(Known {
+            name: HTTP_TOKEN_PRINCIPAL.into(),
+            role: Role::Admin,
+            hash,
+        });
+    }
+    Ok(known)
+}
+
+fn read_tokens_text(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let what = || {
         format!(
             "cannot read auth.tokens_file {}: mount the tokens Secret there or remove the key",
             path.display()
         )
-    })?;
-    let f: TokensFile = toml::from_str(&text).with_context(|| {
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .with_context(what)?
+        .take(MAX_TOKENS_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(what)?;
+    if text.len() as u64 > MAX_TOKENS_FILE_BYTES {
+        bail!(
+            "auth.tokens_file {} is over {} KiB: it should hold only `[[tokens]]` entries (name, role, sha256)",
+            path.display(),
+            MAX_TOKENS_FILE_BYTES / 1024
+        );
+    }
+    Ok(text)
+}
+
+fn parse_tokens_file(path: &Path, text: &str) -> anyhow::Result<Vec<TokenEntry>> {
+    let f: TokensFile = toml::from_str(text).with_context(|| {
         format!(
             "auth.tokens_file {} is invalid: it holds `[[tokens]]` entries with name, role and sha256",
             path.display()
@@ -921,6 +1050,69 @@ mod tests {
         assert!(a.principal("tok-b").is_none());
         cfg.auth.tokens[0].sha256 = "abc".into();
         assert!(Auth::from_config(&cfg).is_err());
+    }
+
+    /// `reload_tokens_file`: a changed file replaces the file's tokens (the config's and
+    /// `http.token` stay), an unchanged one is not re-parsed, a broken one changes nothing, and
+    /// an empty file keeps auth on with nobody let in.
+    #[test]
+    fn a_reloaded_tokens_file_replaces_its_tokens_and_a_broken_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens.toml");
+        let entry = |name: &str, token: &str| {
+            format!(
+                "[[tokens]]\nname = \"{name}\"\nrole = \"viewer\"\nsha256 = \"{}\"\n",
+                hex::encode(hash_token(token))
+            )
+        };
+        std::fs::write(&file, entry("a", "tok-a")).unwrap();
+        let mut cfg = Config::default();
+        cfg.auth.tokens_file = Some(file.clone());
+        cfg.auth.tokens.push(TokenEntry {
+            name: "cfg".into(),
+            role: Role::Admin,
+            sha256: hex::encode(hash_token("tok-cfg")),
+        });
+        cfg.http.token = Some(crate::Secret::new("legacy"));
+        let a = Auth::from_config(&cfg).unwrap();
+        assert_eq!(a.principal("tok-a").unwrap().name, "a");
+        assert!(!a.reload_tokens_file().unwrap(), "unchanged");
+
+        std::fs::write(&file, entry("b", "tok-b")).unwrap();
+        assert!(a.reload_tokens_file().unwrap());
+        assert!(a.principal("tok-a").is_none());
+        assert_eq!(a.principal("tok-b").unwrap().name, "b");
+        assert_eq!(a.principal("tok-cfg").unwrap().name, "cfg");
+        assert_eq!(a.principal("legacy").unwrap().name, HTTP_TOKEN_PRINCIPAL);
+
+        for broken in [
+            entry("b", "tok-b") + "[[tokens]]\nname = \"c\"\nrole = \"viewer\"\nsha256 = \"xyz\"\n",
+            entry("cfg", "tok-c"),
+            "[[tokens]\n".into(),
+            "x".repeat(MAX_TOKENS_FILE_BYTES as usize + 1),
+        ] {
+            std::fs::write(&file, &broken).unwrap();
+            let e = a.reload_tokens_file().unwrap_err();
+            assert!(format!("{e:#}").contains("auth"), "{e:#}");
+            assert!(!format!("{e:#}").contains("tok-"), "{e:#}");
+            assert_eq!(a.principal("tok-b").unwrap().name, "b", "kept after {e:#}");
+        }
+        std::fs::remove_file(&file).unwrap();
+        assert!(a.reload_tokens_file().is_err());
+        assert_eq!(a.principal("tok-b").unwrap().name, "b");
+
+        std::fs::write(&file, "").unwrap();
+        assert!(a.reload_tokens_file().unwrap());
+        assert!(a.principal("tok-b").is_none());
+        let only_file = Config {
+            auth: crate::config::AuthConfig {
+                tokens_file: Some(file),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let empty = Auth::from_config(&only_file).unwrap();
+        assert!(empty.enabled(), "a tokens file, even empty, turns auth on");
     }
 
     #[test]

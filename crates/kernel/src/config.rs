@@ -289,7 +289,8 @@ pub struct AuthConfig {
     /// the token; `whale auth hash-token` prints the entry). Remove an entry to revoke it.
     pub tokens: Vec<crate::auth::TokenEntry>,
     /// A TOML file of `[[tokens]]` entries in the same format (e.g. a mounted Secret), read
-    /// at start in addition to `tokens`.
+    /// at start in addition to `tokens` and again every 2 s (`auth::TOKENS_FILE_POLL`): a
+    /// token removed from it is refused without a restart.
     pub tokens_file: Option<PathBuf>,
     /// OIDC/JWT bearer tokens from an identity provider (`[auth.oidc]`: issuer, audience,
     /// jwks_file, algorithms, role_claim, roles, name_claim, leeway, max_token_bytes,

@@ -589,3 +589,107 @@ fn hash_token_prints_an_entry_that_authenticates() {
     let short = run("short\n");
     assert!(!short.status.success(), "a short token is refused");
 }
+
+/// A token removed from `auth.tokens_file` is refused without a restart and a new one is known;
+/// a broken file is logged and the tokens known before stay (docs/security.md "Rotating tokens
+/// without a restart").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_file_changes_take_effect_without_a_restart() {
+    const OLD: &str = "grafana-old-token-0123456789";
+    const NEW: &str = "grafana-new-token-0123456789";
+    const OPS: &str = "oncall-token-0123456789";
+    let mut env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    // Replaced as a mounted Secret is: the new text appears whole.
+    let write = |tokens: &[(&str, Role, &str)], extra: &str| {
+        let text = tokens_toml(tokens).replace("[[auth.tokens]]", "[[tokens]]") + extra;
+        let tmp = dir.path().join("tokens.toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    write(
+        &[
+            ("grafana", Role::Viewer, OLD),
+            ("oncall", Role::Operator, OPS),
+        ],
+        "",
+    );
+    let cfg = dir.path().join("whale.toml");
+    std::fs::write(
+        &cfg,
+        format!("[auth]\ntokens_file = {:?}\n", file.to_str().unwrap()),
+    )
+    .unwrap();
+    env.set("WHALE_CONFIG", cfg.to_str().unwrap());
+    env.prepare();
+    let log = dir.path().join("run.log");
+    let _w = env.run_logged("ingest", &log).await;
+    let http = reqwest::Client::new();
+    let status = |token: &'static str| {
+        let (http, url) = (http.clone(), env.http("/metrics"));
+        async move {
+            let r = http.get(url).bearer_auth(token).send().await.unwrap();
+            r.status().as_u16()
+        }
+    };
+    assert_eq!(status(OLD).await, 200);
+    assert_eq!(status(OPS).await, 200);
+    assert_eq!(status(NEW).await, 401);
+
+    // Rotation: the old grafana token out, a new one in; the operator's token untouched.
+    write(
+        &[
+            ("grafana", Role::Viewer, NEW),
+            ("oncall", Role::Operator, OPS),
+        ],
+        "",
+    );
+    let rotated = eventually(Duration::from_secs(10), || async {
+        status(OLD).await == 401 && status(NEW).await == 200
+    })
+    .await;
+    assert!(
+        rotated,
+        "the rotated file was not taken within 10 s: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(status(OPS).await, 200);
+
+    // A broken file (a bad hash) is an error in the log; the tokens known before stay.
+    let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+    write(
+        &[("oncall", Role::Operator, OPS)],
+        "[[tokens]]\nname = \"broken\"\nrole = \"viewer\"\nsha256 = \"not-hex\"\n",
+    );
+    let logged = eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&log).unwrap_or_default()[before..]
+            .contains("auth token \"broken\": sha256 must be 64 hex digits")
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged, "no error for the broken file: {text}");
+    assert!(
+        text[before..].contains("tokens known before stay in force"),
+        "{text}"
+    );
+    assert_eq!(status(NEW).await, 200, "a broken file revoked nothing");
+    assert_eq!(status(OPS).await, 200);
+
+    // Fixed: only the operator's token is left.
+    write(&[("oncall", Role::Operator, OPS)], "");
+    let fixed = eventually(Duration::from_secs(10), || async {
+        status(NEW).await == 401
+    })
+    .await;
+    assert!(fixed, "the fixed file was not taken within 10 s: {text}");
+    assert_eq!(status(OPS).await, 200);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("auth.tokens_file changed: these tokens are now known"),
+        "{text}"
+    );
+    for secret in [OLD, NEW, OPS] {
+        assert!(!text.contains(secret), "a token is in the log: {text}");
+    }
+}
