@@ -6,75 +6,16 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use whale_kernel::kv::{Bucket, Ttl};
-use whale_kernel::{keys, subjects, Config, Nats};
+use whale_kernel::{subjects, Config, Nats};
 
 use crate::clusters::Clusters;
-
-/// Key prefix of drain flags in `whale_state`.
-pub const DRAIN_PREFIX: &str = keys::DRAIN;
-/// Key prefix of breaker reports in `whale_state`.
-pub const BREAKER_PREFIX: &str = keys::BREAKER;
-
-pub fn drain_key(cluster: &str) -> String {
-    keys::drain(cluster)
-}
-
-pub fn breaker_key(cluster: &str) -> String {
-    keys::breaker(cluster)
-}
-
-/// The value of `drain.<cluster>`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DrainRecord {
-    #[serde(default = "yes")]
-    pub drained: bool,
-    #[serde(default)]
-    pub since: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl DrainRecord {
-    /// Reads a stored value; anything unreadable counts as drained (someone meant to drain).
-    pub fn parse(value: &[u8]) -> DrainRecord {
-        serde_json::from_slice(value).unwrap_or(DrainRecord {
-            drained: true,
-            since: None,
-        })
-    }
-}
-
-/// The value of `breaker.<cluster>`: the last change one worker saw.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BreakerReport {
-    /// `open` or `closed`.
-    pub state: String,
-    pub since: String,
-    pub worker: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl BreakerReport {
-    pub fn now(open: bool, worker: &str, error: Option<String>) -> BreakerReport {
-        BreakerReport {
-            state: if open { "open" } else { "closed" }.into(),
-            since: now_rfc3339(),
-            worker: worker.into(),
-            error,
-        }
-    }
-}
-
-pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
+use crate::state::now_rfc3339;
+// The records and keys live in `state` (shared with `clusters`); these paths stay valid.
+pub use crate::state::{
+    breaker_key, drain_key, BreakerReport, DrainRecord, BREAKER_PREFIX, DRAIN_PREFIX,
+};
 
 /// One line of `whale clusters list`.
 #[derive(Debug, Clone, Serialize)]

@@ -14,9 +14,9 @@ use whale_kernel::config::{Config, DispatchConfig, UnknownRoute};
 use whale_kernel::{subjects, Nats};
 use whale_st2::{Auth, ClusterConn, ErrorKind, St2Client, St2Error};
 
-use crate::admin::{self, BreakerReport, DrainRecord};
 use crate::breaker::{Breaker, Gate, Transition};
 use crate::metrics;
+use crate::state::{self, BreakerReport, DrainRecord};
 
 /// One StackStorm cluster as a worker sees it.
 pub struct Cluster {
@@ -145,7 +145,7 @@ impl Clusters {
     pub async fn watch(&mut self, nats: &Nats) -> anyhow::Result<()> {
         let by_name = self.by_name.clone();
         whale_kernel::kv::watch_bucket(nats, subjects::KV_STATE, move |key, value| {
-            let Some(name) = key.strip_prefix(admin::DRAIN_PREFIX) else {
+            let Some(name) = key.strip_prefix(state::DRAIN_PREFIX) else {
                 return;
             };
             let Some(c) = by_name.get(name) else { return };
@@ -302,7 +302,7 @@ impl Clusters {
             return;
         };
         let report = BreakerReport::now(open, &self.worker, error);
-        let key = admin::breaker_key(&c.name);
+        let key = state::breaker_key(&c.name);
         tokio::spawn(async move {
             let body = serde_json::to_vec(&report).expect("reports serialize");
             if let Err(e) = kv

@@ -10,6 +10,7 @@
 //! - [`breaker`]: the per-cluster circuit breaker.
 //! - [`claim`]: the claim records and the KV operations on them.
 //! - [`backoff`]: retry delays with jitter.
+//! - [`state`]: the drain flags and breaker reports in `whale_state`, and their keys.
 //! - [`admin`]: what `whale clusters list|drain|undrain` does.
 //! - [`dead_letters`]: `whale dead-letters list|show|retry` and [`http`] `/v1/dead-letters`.
 
@@ -21,6 +22,7 @@ pub mod dead_letters;
 pub mod http;
 mod metrics;
 pub mod stage;
+pub mod state;
 
 pub use clusters::{Clusters, Route};
 pub use stage::Dispatch;

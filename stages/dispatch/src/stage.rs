@@ -288,7 +288,7 @@ impl Dispatch {
                 let created = exec
                     .start_timestamp
                     .clone()
-                    .unwrap_or_else(crate::admin::now_rfc3339);
+                    .unwrap_or_else(crate::state::now_rfc3339);
                 return self.record(job, c, exec.id, exec.web_url, created).await;
             }
             Ok(None) => self.clusters.succeeded(c),
@@ -375,7 +375,7 @@ impl Dispatch {
                 let created = exec
                     .start_timestamp
                     .clone()
-                    .unwrap_or_else(crate::admin::now_rfc3339);
+                    .unwrap_or_else(crate::state::now_rfc3339);
                 self.record(job, c, exec.id, exec.web_url, created).await
             }
             Err(e) => self.failed(job, c, &e, errors, owner, rev, false).await,
