@@ -141,6 +141,31 @@ async fn text_of(b: &Client, css: &str) -> String {
     }
 }
 
+/// Clicks the first element `at` finds.
+async fn click(b: &Client, at: Locator<'_>) {
+    b.find(at).await.unwrap().click().await.unwrap();
+}
+
+/// Fills a form of the page the way a user does: types each text into its field, then clicks
+/// the `submit` button.
+async fn submit_form(b: &Client, fields: &[(Locator<'_>, &str)], submit: Locator<'_>) {
+    for (field, text) in fields {
+        b.find(*field).await.unwrap().send_keys(text).await.unwrap();
+    }
+    click(b, submit).await;
+}
+
+/// The session's CSRF token, from the first form of the page.
+async fn csrf_of_page(b: &Client) -> String {
+    b.find(Locator::Css("input[name=csrf]"))
+        .await
+        .unwrap()
+        .attr("value")
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 async fn sign_in(b: &Client, base: &str, tok: &str) {
     b.goto(&format!("{base}/ui/")).await.unwrap();
     let url = b.current_url().await.unwrap();
@@ -149,18 +174,7 @@ async fn sign_in(b: &Client, base: &str, tok: &str) {
         "/ui/sign-in",
         "an unauthenticated browser is sent to sign-in"
     );
-    b.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(tok)
-        .await
-        .unwrap();
-    b.find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit_form(b, &[(Locator::Id("token"), tok)], Locator::Id("sign-in")).await;
     b.wait()
         .at_most(Duration::from_secs(20))
         .for_element(Locator::Id("principal"))
@@ -201,15 +215,10 @@ async fn console_in_a_real_browser() {
     let redis = RedisServer::start();
     let st2 = Emulator::start(&["--any-action"]);
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path());
+    let mut env = console_env(dir.path());
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules).unwrap();
     std::fs::write(rules.join("console.yaml"), RULE).unwrap();
-    let mut env = Env::new();
-    env.set(
-        "WHALE_CONFIG",
-        dir.path().join("whale.toml").to_str().unwrap(),
-    );
     env.set("WHALE_REDIS_URL", &redis.url());
     env.set("WHALE_ST2_URL", &st2.url);
     env.set("WHALE_ST2_API_KEY", "k");
@@ -272,18 +281,12 @@ async fn console_in_a_real_browser() {
     let total = text_of(&b, "#total").await;
     assert!(total.starts_with("1 "), "one event on web-12: {total}");
     b.goto(&format!("{base}/ui/events")).await.unwrap();
-    b.find(Locator::Id("q"))
-        .await
-        .unwrap()
-        .send_keys("detail.host:web-12")
-        .await
-        .unwrap();
-    b.find(Locator::Id("search"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit_form(
+        &b,
+        &[(Locator::Id("q"), "detail.host:web-12")],
+        Locator::Id("search"),
+    )
+    .await;
     // The unfiltered page lists the event too: wait for the search's own page.
     let mut searched = false;
     for _ in 0..100 {
@@ -301,12 +304,7 @@ async fn console_in_a_real_browser() {
         .unwrap();
     shot(&b, "events").await;
     b.goto(&search).await.unwrap();
-    b.find(Locator::Css("#hits a.trace"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::Css("#hits a.trace")).await;
     assert!(
         reload_until(
             &b,
@@ -324,20 +322,19 @@ async fn console_in_a_real_browser() {
 
     // Approve the pending task with a reason; its execution appears.
     b.goto(&format!("{base}/ui/approvals")).await.unwrap();
-    let reason = b
-        .wait()
+    let reason = Locator::Css("article.approval input[name=reason]");
+    b.wait()
         .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("article.approval input[name=reason]"))
+        .for_element(reason)
         .await
         .unwrap();
     shot(&b, "approvals").await;
-    reason.send_keys("disk is full, go").await.unwrap();
-    b.find(Locator::Css("article.approval button.approve"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit_form(
+        &b,
+        &[(reason, "disk is full, go")],
+        Locator::Css("article.approval button.approve"),
+    )
+    .await;
     let note = text_of(&b, "#message").await;
     assert!(note.contains("approved"), "{note}");
     assert!(
@@ -352,20 +349,10 @@ async fn console_in_a_real_browser() {
     shot(&b, "executions").await;
 
     // Retry it.
-    b.find(Locator::Css("#executions tbody tr td a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::Css("#executions tbody tr td a")).await;
     let first = text_of(&b, "#exec-id").await;
     shot(&b, "execution").await;
-    b.find(Locator::Id("exec-retry"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::Id("exec-retry")).await;
     let note = text_of(&b, "#message").await;
     assert!(note.contains("retry → "), "{note}");
     assert!(
@@ -394,18 +381,12 @@ async fn console_in_a_real_browser() {
     shot(&b, "dead-letters").await;
     b.goto(&format!("{base}/ui/rules")).await.unwrap();
     assert!(text_of(&b, "#rules-version").await.len() > 10);
-    b.find(Locator::Id("try-event"))
-        .await
-        .unwrap()
-        .send_keys(&event_id)
-        .await
-        .unwrap();
-    b.find(Locator::Id("try-run"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit_form(
+        &b,
+        &[(Locator::Id("try-event"), &event_id)],
+        Locator::Id("try-run"),
+    )
+    .await;
     let tried = text_of(&b, "#try-result").await;
     assert!(
         tried.contains("console-cleanup") && tried.contains("matched") && tried.contains("web-12"),
@@ -421,18 +402,7 @@ async fn console_in_a_real_browser() {
         .clear()
         .await
         .unwrap();
-    b.find(Locator::Id("bt-from"))
-        .await
-        .unwrap()
-        .send_keys("1h")
-        .await
-        .unwrap();
-    b.find(Locator::Id("bt-run"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit_form(&b, &[(Locator::Id("bt-from"), "1h")], Locator::Id("bt-run")).await;
     let examined: u64 = text_of(&b, "#bt-events").await.parse().unwrap();
     assert!(
         examined >= 1,
@@ -452,14 +422,7 @@ async fn console_in_a_real_browser() {
     eprintln!("console: backtest examined {examined} events; console-cleanup would {would}, fired {fired}");
     shot(&b, "rules-backtest").await;
     // An operator may not roll back (admin only).
-    let csrf = b
-        .find(Locator::Css("input[name=csrf]"))
-        .await
-        .unwrap()
-        .attr("value")
-        .await
-        .unwrap()
-        .unwrap();
+    let csrf = csrf_of_page(&b).await;
     let cookie = b.get_named_cookie("whale_session").await.unwrap();
     let r = rollback_form(&base, cookie.value(), &csrf, "whatever").await;
     assert_eq!(r.status(), 403, "an operator is refused the rollback");
@@ -473,35 +436,25 @@ async fn console_in_a_real_browser() {
         "a form without its CSRF token is refused"
     );
     let cookie = b.get_named_cookie("whale_session").await.unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("{base}{exec_path}/cancel"))
-        .header("cookie", format!("whale_session={}", cookie.value()))
-        .header("origin", &base)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("csrf=")
+    let cookie = format!("whale_session={}", cookie.value());
+    let cancel = |origin: &str, body: &str| {
+        form(
+            &reqwest::Client::new(),
+            format!("{base}{exec_path}/cancel"),
+            origin,
+            Some(&cookie),
+            body.into(),
+        )
         .send()
-        .await
-        .unwrap();
+    };
+    let r = cancel(&base, "csrf=").await.unwrap();
     assert_eq!(r.status(), 403, "no CSRF token");
-    let r = reqwest::Client::new()
-        .post(format!("{base}{exec_path}/cancel"))
-        .header("cookie", format!("whale_session={}", cookie.value()))
-        .header("origin", "http://evil.example")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("csrf=x")
-        .send()
-        .await
-        .unwrap();
+    let r = cancel("http://evil.example", "csrf=x").await.unwrap();
     assert_eq!(r.status(), 403, "a foreign Origin");
 
     // Chinese UI.
     b.goto(&format!("{base}/ui/")).await.unwrap();
-    b.find(Locator::Css("header .who a[lang]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::Css("header .who a[lang]")).await;
     let nav = text_of(&b, "header nav").await;
     assert!(nav.contains("事件") && nav.contains("审批"), "{nav}");
     shot(&b, "overview-zh").await;
@@ -525,14 +478,7 @@ async fn console_in_a_real_browser() {
         b.find(Locator::Id("exec-retry")).await.is_err(),
         "a viewer gets no retry button"
     );
-    let csrf = b
-        .find(Locator::Css("input[name=csrf]"))
-        .await
-        .unwrap()
-        .attr("value")
-        .await
-        .unwrap()
-        .unwrap();
+    let csrf = csrf_of_page(&b).await;
     post_form(&b, &format!("{exec_path}/retry"), Some(&csrf)).await;
     let refusal = text_of(&b, "#refusal").await;
     assert!(
@@ -586,12 +532,7 @@ async fn console_in_a_real_browser() {
         "the history names both versions and the git author: {history}"
     );
     shot(&b, "rules-history").await;
-    b.find(Locator::Id("diff-run"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::Id("diff-run")).await;
     let diff = text_of(&b, "#rules-diff").await;
     assert!(
         diff.contains("extra.yaml") && diff.contains("+name: console-extra"),
@@ -599,14 +540,13 @@ async fn console_in_a_real_browser() {
     );
     shot(&b, "rules-diff").await;
     b.goto(&format!("{base}/ui/rules")).await.unwrap();
-    b.find(Locator::Css(&format!(
-        "#rules-history tr[data-version='{v1}'] button.rollback"
-    )))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    click(
+        &b,
+        Locator::Css(&format!(
+            "#rules-history tr[data-version='{v1}'] button.rollback"
+        )),
+    )
+    .await;
     let note = text_of(&b, "#message").await;
     assert!(note.contains(&v1), "{note}");
     assert!(text_of(&b, "#rules-version").await.contains(&v1));
@@ -664,15 +604,95 @@ async fn active_version(base: &str) -> String {
 
 /// The rollback form posted with a session cookie and the console's own origin.
 async fn rollback_form(base: &str, cookie: &str, csrf: &str, version: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{base}/ui/rules/rollback"))
-        .header("cookie", format!("whale_session={cookie}"))
-        .header("origin", base)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("csrf={csrf}&version={version}"))
-        .send()
-        .await
+    form(
+        &reqwest::Client::new(),
+        format!("{base}/ui/rules/rollback"),
+        base,
+        Some(&format!("whale_session={cookie}")),
+        format!("csrf={csrf}&version={version}"),
+    )
+    .send()
+    .await
+    .unwrap()
+}
+
+/// A console form posted without a browser, as one on `origin` would send it: `body`
+/// urlencoded, with the session `cookie` (`whale_session=…`) when there is one.
+fn form(
+    http: &reqwest::Client,
+    url: String,
+    origin: &str,
+    cookie: Option<&str>,
+    body: String,
+) -> reqwest::RequestBuilder {
+    let req = http
+        .post(url)
+        .header("origin", origin)
+        .header("content-type", "application/x-www-form-urlencoded");
+    match cookie {
+        Some(c) => req.header("cookie", c),
+        None => req,
+    }
+    .body(body)
+}
+
+/// The sign-in form with `tok`, sent from `origin`, asking to go on to `next`.
+fn sign_in_form(
+    http: &reqwest::Client,
+    base: &str,
+    origin: &str,
+    tok: &str,
+    next: &str,
+) -> reqwest::RequestBuilder {
+    form(
+        http,
+        format!("{base}/ui/sign-in"),
+        origin,
+        None,
+        format!("token={tok}&next={next}"),
+    )
+}
+
+/// A client that hands redirects back instead of following them: the console answers a
+/// sign-in, and a request without a session, with one.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
         .unwrap()
+}
+
+/// The session a sign-in set: `whale_session=…`, the cookie header a later request sends.
+fn session_cookie(r: &reqwest::Response) -> String {
+    r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// `url` fetched with the session `cookie` (`whale_session=…`).
+async fn get_with(http: &reqwest::Client, url: String, cookie: &str) -> reqwest::Response {
+    http.get(url).header("cookie", cookie).send().await.unwrap()
+}
+
+/// The CSRF token in a console page's forms.
+fn csrf_in(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a CSRF token in the page's forms")
+        .to_owned()
+}
+
+/// An environment whose `whale.toml`, in `dir`, has the test's four tokens.
+fn console_env(dir: &std::path::Path) -> Env {
+    write_config(dir);
+    let mut env = Env::new();
+    env.set("WHALE_CONFIG", dir.join("whale.toml").to_str().unwrap());
+    env
 }
 
 /// `whale.toml` in `dir` with the test's four tokens.
@@ -699,12 +719,7 @@ fn hex(b: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_works_on_every_process_and_forms_need_csrf_and_origin() {
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path());
-    let mut env = Env::new();
-    env.set(
-        "WHALE_CONFIG",
-        dir.path().join("whale.toml").to_str().unwrap(),
-    );
+    let mut env = console_env(dir.path());
     env.set(
         "WHALE_INDEX_DIR",
         dir.path().join("index").to_str().unwrap(),
@@ -719,16 +734,9 @@ async fn a_session_works_on_every_process_and_forms_need_csrf_and_origin() {
     );
     let a = env.http("").trim_end_matches('/').to_owned();
     let b = format!("http://127.0.0.1:{b_port}");
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = no_redirects();
     let sign_in = |tok: &'static str, origin: String| {
-        http.post(format!("{a}/ui/sign-in"))
-            .header("origin", origin)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("token={tok}&next=/ui/approvals"))
-            .send()
+        sign_in_form(&http, &a, &origin, tok, "/ui/approvals").send()
     };
     let r = sign_in(token(Role::Producer), a.clone()).await.unwrap();
     assert_eq!(r.status(), 303);
@@ -752,58 +760,40 @@ async fn a_session_works_on_every_process_and_forms_need_csrf_and_origin() {
         set.contains("HttpOnly") && set.contains("SameSite=Strict"),
         "{set}"
     );
-    let cookie = set.split(';').next().unwrap().to_owned();
+    let cookie = session_cookie(&r);
 
     // The other process accepts the session.
-    let page = http
-        .get(format!("{b}/ui/approvals"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let page = get_with(&http, format!("{b}/ui/approvals"), &cookie).await;
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(
         html.contains("oncall-op"),
         "the page names the signed-in principal"
     );
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .expect("a CSRF token in the page's forms")
-        .to_owned();
+    let csrf = csrf_in(&html);
     // Its Events page says the embedded index is in another process.
-    let events = http
-        .get(format!("{b}/ui/events"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let events = get_with(&http, format!("{b}/ui/events"), &cookie).await;
     assert_eq!(events.status(), 200);
     assert!(events
         .text()
         .await
         .unwrap()
         .contains("the embedded index lives in the process that runs the index stage"));
-    let ours = http
-        .get(format!("{a}/ui/events"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let ours = get_with(&http, format!("{a}/ui/events"), &cookie).await;
     assert!(
         ours.text().await.unwrap().contains("id=\"total\""),
         "the index's own process searches"
     );
 
     let post = |origin: &str, body: String| {
-        http.post(format!("{b}/ui/approvals/t-none/approve"))
-            .header("cookie", &cookie)
-            .header("origin", origin)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
+        form(
+            &http,
+            format!("{b}/ui/approvals/t-none/approve"),
+            origin,
+            Some(&cookie),
+            body,
+        )
+        .send()
     };
     let r = post(&b, "reason=x".into()).await.unwrap();
     assert_eq!(r.status(), 403, "no CSRF token");
@@ -821,12 +811,7 @@ async fn a_session_works_on_every_process_and_forms_need_csrf_and_origin() {
     assert!(r.text().await.unwrap().contains("t-none"));
     // A forged cookie is no session.
     let forged = cookie.replacen('7', "8", 1).replacen('a', "b", 1);
-    let r = http
-        .get(format!("{b}/ui/"))
-        .header("cookie", forged)
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&http, format!("{b}/ui/"), &forged).await;
     assert_eq!(r.status(), 303);
 }
 
@@ -836,35 +821,12 @@ async fn a_session_works_on_every_process_and_forms_need_csrf_and_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_is_audited_and_a_removed_token_ends_its_sessions() {
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path());
-    let mut env = Env::new();
-    env.set(
-        "WHALE_CONFIG",
-        dir.path().join("whale.toml").to_str().unwrap(),
-    );
+    let env = console_env(dir.path());
     env.prepare();
     let w = env.run("approve");
     let base = env.http("").trim_end_matches('/').to_owned();
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let sign_in = |tok: &str| {
-        http.post(format!("{base}/ui/sign-in"))
-            .header("origin", &base)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("token={tok}&next=/ui/"))
-            .send()
-    };
-    let cookie_of = |r: &reqwest::Response| {
-        r.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned()
-    };
+    let http = no_redirects();
+    let sign_in = |tok: &str| sign_in_form(&http, &base, &base, tok, "/ui/").send();
     let r = sign_in("not-a-known-token-xyz").await.unwrap();
     assert!(r.headers()["location"]
         .to_str()
@@ -872,33 +834,23 @@ async fn sign_in_is_audited_and_a_removed_token_ends_its_sessions() {
         .starts_with("/ui/sign-in?failed=1"));
     let r = sign_in(token(Role::Producer)).await.unwrap();
     assert!(r.headers().get("set-cookie").is_none());
-    let op = cookie_of(&sign_in(token(Role::Operator)).await.unwrap());
-    let viewer = cookie_of(&sign_in(token(Role::Viewer)).await.unwrap());
+    let op = session_cookie(&sign_in(token(Role::Operator)).await.unwrap());
+    let viewer = session_cookie(&sign_in(token(Role::Viewer)).await.unwrap());
     // The operator signs out (with its CSRF token).
-    let page = http
-        .get(format!("{base}/ui/"))
-        .header("cookie", &op)
+    let page = get_with(&http, format!("{base}/ui/"), &op).await;
+    let csrf = csrf_in(&page.text().await.unwrap());
+    // A form of the console posted with `session`, the token above and the console's origin.
+    let post = |path: &str, session: &str| {
+        form(
+            &http,
+            format!("{base}{path}"),
+            &base,
+            Some(session),
+            format!("csrf={csrf}"),
+        )
         .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
-    let r = http
-        .post(format!("{base}/ui/sign-out"))
-        .header("cookie", &op)
-        .header("origin", &base)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("csrf={csrf}"))
-        .send()
-        .await
-        .unwrap();
+    };
+    let r = post("/ui/sign-out", &op).await.unwrap();
     assert_eq!(r.status(), 303);
 
     let audit = |action: &'static str| {
@@ -950,7 +902,7 @@ async fn sign_in_is_audited_and_a_removed_token_ends_its_sessions() {
     eprintln!("console: sign-in records {seen:?}");
 
     // A fresh operator session, then the operator's token leaves the config.
-    let op = cookie_of(&sign_in(token(Role::Operator)).await.unwrap());
+    let op = session_cookie(&sign_in(token(Role::Operator)).await.unwrap());
     let get = |c: String| {
         http.get(format!("{base}/ui/approvals"))
             .header("cookie", c)
@@ -973,15 +925,7 @@ async fn sign_in_is_audited_and_a_removed_token_ends_its_sessions() {
         .to_str()
         .unwrap()
         .starts_with("/ui/sign-in"));
-    let r = http
-        .post(format!("{base}/ui/approvals/t-none/approve"))
-        .header("cookie", &op)
-        .header("origin", &base)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("csrf={csrf}"))
-        .send()
-        .await
-        .unwrap();
+    let r = post("/ui/approvals/t-none/approve", &op).await.unwrap();
     assert_eq!(r.status(), 401, "its forms are refused");
     assert_eq!(
         get(viewer).await.unwrap().status(),
