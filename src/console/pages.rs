@@ -167,18 +167,18 @@ async fn cluster_rows(app: &Console) -> Result<Vec<(String, bool, bool)>, String
     let mut out = Vec::new();
     for name in app.cfg.clusters.keys() {
         let breaker = kv
-            .get(&whale_dispatch::admin::breaker_key(name))
+            .get(&whale_dispatch::state::breaker_key(name))
             .await
             .ok()
             .flatten()
-            .and_then(|v| serde_json::from_slice::<whale_dispatch::admin::BreakerReport>(&v).ok())
+            .and_then(|v| serde_json::from_slice::<whale_dispatch::state::BreakerReport>(&v).ok())
             .is_some_and(|b| b.state == "open");
         let drained = kv
-            .get(&whale_dispatch::admin::drain_key(name))
+            .get(&whale_dispatch::state::drain_key(name))
             .await
             .ok()
             .flatten()
-            .is_some_and(|v| whale_dispatch::admin::DrainRecord::parse(&v).drained);
+            .is_some_and(|v| whale_dispatch::state::DrainRecord::parse(&v).drained);
         out.push((name.clone(), breaker, drained));
     }
     Ok(out)

@@ -11,11 +11,7 @@ use whale_kernel::kv::{Bucket, Ttl};
 use whale_kernel::{subjects, Config, Nats};
 
 use crate::clusters::Clusters;
-use crate::state::now_rfc3339;
-// The records and keys live in `state` (shared with `clusters`); these paths stay valid.
-pub use crate::state::{
-    breaker_key, drain_key, BreakerReport, DrainRecord, BREAKER_PREFIX, DRAIN_PREFIX,
-};
+use crate::state::{breaker_key, drain_key, now_rfc3339, BreakerReport, DrainRecord};
 
 /// One line of `whale clusters list`.
 #[derive(Debug, Clone, Serialize)]

@@ -9,9 +9,6 @@ use whale_kernel::keys;
 
 /// Key prefix of drain flags in `whale_state`.
 pub const DRAIN_PREFIX: &str = keys::DRAIN;
-/// Key prefix of breaker reports in `whale_state`.
-pub const BREAKER_PREFIX: &str = keys::BREAKER;
-
 pub fn drain_key(cluster: &str) -> String {
     keys::drain(cluster)
 }
