@@ -306,6 +306,14 @@ struct Known {
     hash: [u8; 32],
 }
 
+/// What `auth.tokens_file` held when last read: its text (taken or refused), or why it could not
+/// be read.
+#[derive(PartialEq)]
+enum Seen {
+    Text(String),
+    Unreadable(String),
+}
+
 /// Longest `auth.tokens_file` read (a file of hashes: a few hundred bytes per token).
 const MAX_TOKENS_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -321,8 +329,8 @@ pub struct Auth {
     /// `[[auth.tokens]]` and `http.token`'s hash (fixed for the process), to rebuild `known`.
     fixed: Vec<TokenEntry>,
     http_token: Option<[u8; 32]>,
-    /// `auth.tokens_file` and the text it was last read with.
-    tokens_file: Option<(PathBuf, std::sync::Mutex<String>)>,
+    /// `auth.tokens_file` and what it held when last read.
+    tokens_file: Option<(PathBuf, std::sync::Mutex<Seen>)>,
     /// Whether any principal was configured at start; fixed for the process, so a tokens file
     /// emptied later leaves every route closed, never open.
     enabled: bool,
@@ -407,7 +415,7 @@ impl Auth {
             Some(path) => {
                 let text = read_tokens_text(path)?;
                 file_entries = parse_tokens_file(path, &text)?;
-                Some((path.clone(), std::sync::Mutex::new(text)))
+                Some((path.clone(), std::sync::Mutex::new(Seen::Text(text))))
             }
             None => None,
         };
@@ -469,21 +477,38 @@ impl Auth {
     }
 
     /// Reads `auth.tokens_file` and, when its text changed and is valid, makes its entries the
-    /// known file tokens. `Ok(true)` when the tokens changed.
+    /// known file tokens. `Ok(true)` when the tokens changed. A file that cannot be read or is
+    /// invalid is an `Err` once; read again unchanged, it is `Ok(false)` (one log line per
+    /// broken version, not one every poll).
     pub fn reload_tokens_file(&self) -> anyhow::Result<bool> {
         let Some((path, last)) = &self.tokens_file else {
             return Ok(false);
         };
-        let text = read_tokens_text(path)?;
         let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-        if *last == text {
+        let text = match read_tokens_text(path) {
+            Ok(text) => text,
+            Err(e) => {
+                let seen = Seen::Unreadable(format!("{e:#}"));
+                return if *last == seen {
+                    Ok(false)
+                } else {
+                    *last = seen;
+                    Err(e)
+                };
+            }
+        };
+        if *last == Seen::Text(text.clone()) {
             return Ok(false);
         }
-        let known = known_tokens(
-            &self.fixed,
-            parse_tokens_file(path, &text)?,
-            self.http_token,
-        )?;
+        let parsed = parse_tokens_file(path, &text)
+            .and_then(|file| known_tokens(&self.fixed, file, self.http_token));
+        let known = match parsed {
+            Ok(known) => known,
+            Err(e) => {
+                *last = Seen::Text(text);
+                return Err(e);
+            }
+        };
         let names = |v: &[Known]| v.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
         tracing::info!(
             file = %path.display(),
@@ -491,7 +516,7 @@ impl Auth {
             "auth.tokens_file changed: these tokens are now known"
         );
         *self.known.write().unwrap_or_else(|p| p.into_inner()) = known;
-        *last = text;
+        *last = Seen::Text(text);
         Ok(true)
     }
 
@@ -1096,9 +1121,14 @@ mod tests {
             assert!(format!("{e:#}").contains("auth"), "{e:#}");
             assert!(!format!("{e:#}").contains("tok-"), "{e:#}");
             assert_eq!(a.principal("tok-b").unwrap().name, "b", "kept after {e:#}");
+            assert!(
+                !a.reload_tokens_file().unwrap(),
+                "the same broken file again: quiet"
+            );
         }
         std::fs::remove_file(&file).unwrap();
         assert!(a.reload_tokens_file().is_err());
+        assert!(!a.reload_tokens_file().unwrap(), "still missing: quiet");
         assert_eq!(a.principal("tok-b").unwrap().name, "b");
 
         std::fs::write(&file, "").unwrap();
