@@ -39,6 +39,13 @@ pub struct Cli {
     cmd: Cmd,
 }
 
+impl Cli {
+    /// `whale run`: the long-running worker (see `purge_sooner` in main.rs).
+    pub fn is_run(&self) -> bool {
+        matches!(self.cmd, Cmd::Run(_))
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run pipeline stages in this process (default: all).

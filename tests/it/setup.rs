@@ -77,6 +77,61 @@ fn sigterm_stops_a_worker_cleanly() {
     assert!(w.terminate(), "whale run exits 0 on SIGTERM");
 }
 
+/// `whale run` starts itself again with `MIMALLOC_PURGE_DELAY=100` (freed memory goes back to
+/// the system sooner; `purge_sooner` in main.rs) as the same process, with its arguments and the
+/// rest of its environment; a value the environment sets is left as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whale_run_sets_the_allocators_purge_delay_unless_the_environment_does() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proc_file = |pid: u32, name: &str| -> Vec<String> {
+        std::fs::read(format!("/proc/{pid}/{name}"))
+            .unwrap()
+            .split(|b| *b == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect()
+    };
+    for (given, expect) in [(None, "100"), (Some("1000"), "1000")] {
+        let port = free_port();
+        let log = dir.path().join(format!("run-{expect}.log"));
+        let extra: Vec<(&str, &str)> = given
+            .map(|v| vec![("MIMALLOC_PURGE_DELAY", v)])
+            .unwrap_or_default();
+        let w = env.spawn_on("ingest", port, &log, &extra);
+        assert!(
+            ready(port, std::time::Duration::from_secs(30)).await,
+            "whale run: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let pid = w.pid().unwrap();
+        let environ = proc_file(pid, "environ");
+        let delays: Vec<&String> = environ
+            .iter()
+            .filter(|v| v.starts_with("MIMALLOC_PURGE_DELAY="))
+            .collect();
+        assert_eq!(
+            delays,
+            [&format!("MIMALLOC_PURGE_DELAY={expect}")],
+            "{environ:?}"
+        );
+        let nats = format!("WHALE_NATS_URL={}", env.nats.url());
+        assert!(
+            environ.contains(&nats),
+            "the rest of the environment: {environ:?}"
+        );
+        let cmdline = proc_file(pid, "cmdline");
+        assert!(
+            cmdline.ends_with(&[
+                "run".into(),
+                "--stages".into(),
+                "ingest".into(),
+                String::new()
+            ]),
+            "{cmdline:?}"
+        );
+    }
+}
+
 /// A stream cap larger than the server's `max_file_store` (the test servers have 1 TB): setup
 /// fails naming the stream, its cap and the settings that fix it, not only the server's
 /// "insufficient storage"; a cap that fits then sets up.
