@@ -28,7 +28,7 @@ const PURGE_DELAY_MS: &str = "100";
 /// way to change them later. With its default purge delay (1 s) the memory the embedded index
 /// frees after each commit (about once a second) was still held when the next commit allocated:
 /// a `whale run` with every stage, 10,000 rules and the embedded index at 2k events/s peaked at
-/// 136–162 MB RSS over ten runs, and at 138–142 MB over five with 100 ms, for 2–5% more CPU at
+/// 145–162 MB RSS over ten runs, and at 138–142 MB over five with 100 ms, for 2–5% more CPU at
 /// full speed (docs/operations.md, "Memory"). So `whale run` starts itself again once (exec:
 /// the same process id, arguments and environment) with `MIMALLOC_PURGE_DELAY=100`, unless the
 /// environment already sets it (to any value: `1000` restores mimalloc's default).
