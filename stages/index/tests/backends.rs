@@ -376,6 +376,8 @@ async fn query_semantics(b: &dyn Backend) {
         ("DISK full", &["a"]),
         ("\"almost full\"", &["a"]),
         ("\"full almost\"", &[]),
+        // a NOT over a phrase (tantivy's own phrase scorer asserted there: embedded/phrase.rs)
+        ("disk AND NOT \"almost full\"", &["b", "r"]),
         ("oop*", &["c"]),
         ("web-12", &["a", "d", "r"]),
         ("mm/slab.c", &["c"]),

@@ -14,6 +14,7 @@
 //! nats-server stop a committed message can come back as a *first* delivery, but its sequence is
 //! at or below the mark), so it is added without a look-up; anything else replaces its copy.
 
+mod phrase;
 pub(crate) mod schema;
 pub mod tokenizer;
 pub(crate) mod translate;

@@ -208,7 +208,8 @@ impl Translator<'_> {
                 Ok(match tokens.len() {
                     0 => Box::new(EmptyQuery),
                     1 => term(tokens.remove(0).1),
-                    _ => Box::new(PhraseQuery::new_with_offset(tokens)),
+                    // not tantivy's own scorer under a NOT: see `phrase`
+                    _ => Box::new(super::phrase::Phrase(PhraseQuery::new_with_offset(tokens))),
                 })
             }
             Pred::Wildcard(w) => regex(&wildcard_regex(&w.to_lowercase()), tf),
