@@ -378,34 +378,6 @@ async fn embedded_index_killed_mid_stream_loses_and_doubles_nothing() {
             "never reached {at} stored; log:\n{}",
             log_tail()
         );
-        if at == 1_500 {
-            // The writer and every tantivy thread run at nice 10, the event path at 0.
-            let threads = nice_by_thread(index.pid().unwrap());
-            let nice_of = |prefix: &str| -> Vec<i64> {
-                threads
-                    .iter()
-                    .filter(|(name, _)| name.starts_with(prefix))
-                    .map(|(_, n)| *n)
-                    .collect()
-            };
-            for prefix in [
-                "whale-index-wri",
-                "thrd-tantivy",
-                "merge_thread",
-                "segment_update",
-            ] {
-                let n = nice_of(prefix);
-                assert!(
-                    !n.is_empty() && n.iter().all(|&v| v == 10),
-                    "{prefix}: {threads:?}"
-                );
-            }
-            let workers = nice_of("tokio-r"); // tokio-rt-worker or tokio-runtime-w(orker)
-            assert!(
-                !workers.is_empty() && workers.iter().all(|&v| v == 0),
-                "{threads:?}"
-            );
-        }
         index.kill9();
         index = env.spawn_on("index", port, &log, &[]);
         assert!(ready(port, Duration::from_secs(60)).await, "{}", log_tail());
@@ -426,11 +398,39 @@ async fn embedded_index_killed_mid_stream_loses_and_doubles_nothing() {
     let ids = search_ids(&env, &["event_type:generic", "--kind", "event"]);
     let want: BTreeSet<String> = (0..N).map(|i| format!("k9-{i:05}")).collect();
     assert_eq!(ids, want, "every event indexed once");
+    // Caught up, nothing waits: the writer and every tantivy thread are in the idle class
+    // (policy 5) at nice 10, the event path in the normal class (0) at nice 0. The tests run as
+    // root here, so the process may leave the idle class again (the floor needs that).
+    let (threads, want_index) = (class_by_thread(index.pid().unwrap()), (5, 10));
+    let class_of = |prefix: &str| -> Vec<(u32, i64)> {
+        threads
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, c)| *c)
+            .collect()
+    };
+    for prefix in [
+        "whale-index-wri",
+        "thrd-tantivy",
+        "merge_thread",
+        "segment_update",
+    ] {
+        let c = class_of(prefix);
+        assert!(
+            !c.is_empty() && c.iter().all(|&v| v == want_index),
+            "{prefix}: {threads:?}"
+        );
+    }
+    let workers = class_of("tokio-r"); // tokio-rt-worker or tokio-runtime-w(orker)
+    assert!(
+        !workers.is_empty() && workers.iter().all(|&v| v == (0, 0)),
+        "{threads:?}"
+    );
     drop(index);
 }
 
-/// (thread name, nice) of every thread of process `pid`, from /proc.
-fn nice_by_thread(pid: u32) -> Vec<(String, i64)> {
+/// (thread name, (scheduling policy, nice)) of every thread of process `pid`, from /proc.
+fn class_by_thread(pid: u32) -> Vec<(String, (u32, i64))> {
     let mut out = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -438,13 +438,15 @@ fn nice_by_thread(pid: u32) -> Vec<(String, i64)> {
     {
         let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
         let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        // Fields after the `(comm)` one: state is field 3, nice field 19.
-        let nice = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 2..].split_whitespace().nth(16))
-            .and_then(|v| v.parse().ok());
-        if let Some(n) = nice {
-            out.push((comm.trim().to_owned(), n));
+        // Fields after the `(comm)` one: state is field 3, nice field 19, policy field 41.
+        let fields: Vec<&str> = match stat.rfind(')') {
+            Some(i) => stat[i + 2..].split_whitespace().collect(),
+            None => continue,
+        };
+        let nice = fields.get(19 - 3).and_then(|v| v.parse().ok());
+        let policy = fields.get(41 - 3).and_then(|v| v.parse().ok());
+        if let (Some(p), Some(n)) = (policy, nice) {
+            out.push((comm.trim().to_owned(), (p, n)));
         }
     }
     out

@@ -125,7 +125,12 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             ("WHALE_REDIS_URL".into(), redis.url()),
             ("WHALE_ST2_URL".into(), emulator_url.clone()),
             ("WHALE_ST2_API_KEY".into(), "bench-key".into()),
-            ("WHALE_LOG".into(), "warn".into()),
+            // Warnings, and the embedded index's priority floor leaving and re-entering the idle
+            // class (docs/search.md "CPU priority"): a run says whether the floor acted.
+            (
+                "WHALE_LOG".into(),
+                "warn,whale_index::embedded::priority=info".into(),
+            ),
         ],
     };
     env.ok(&["setup"])?;

@@ -15,6 +15,7 @@
 //! at or below the mark), so it is added without a look-up; anything else replaces its copy.
 
 mod phrase;
+mod priority;
 pub(crate) mod schema;
 pub mod tokenizer;
 pub(crate) mod translate;
@@ -35,6 +36,7 @@ use tantivy::{
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
+pub use self::priority::raised as floor_raised;
 use self::schema::{date, Fields};
 use crate::backend::{Backend, Committed, Delivered, Error, Hits, Order, Search, WriteReport};
 use crate::doc::Doc;
@@ -90,6 +92,10 @@ enum Job {
     Expire(DateTime, oneshot::Sender<Result<u64, String>>),
     /// Commit now (a refresh).
     Commit(oneshot::Sender<Result<(), String>>),
+    /// Tests: hold the writer this long, as a CPU it cannot get would; answered with the next
+    /// commit.
+    #[cfg(test)]
+    Stall(std::time::Duration, oneshot::Sender<Result<(), String>>),
 }
 
 /// The embedded index.
@@ -102,23 +108,11 @@ pub struct Embedded {
     marks: Option<Marks>,
     /// Documents the writer replaced by id (looked up), and added without a look-up.
     stats: Arc<WriteStats>,
-}
-
-/// CPU priority (nice) of the embedded index's threads: when the CPU is short, the path to
-/// StackStorm (validate → dispatch, in the same process) goes first and the index catches up
-/// when it is free; search then lags (docs/search.md). With it, p99 ingest→POST at 2k events/s
-/// stayed under 50 ms with the index in the same process (docs/operations.md).
-const WRITER_NICE: i32 = 10;
-
-/// Lowers the calling thread's CPU priority to [`WRITER_NICE`]; threads it starts inherit it.
-/// Linux keeps a nice value per thread; elsewhere (and when refused) nothing changes.
-fn background_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) =
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), WRITER_NICE)
-    {
-        tracing::debug!("the index writer keeps its priority: {e}");
-    }
+    /// Jobs sent to the writer and not answered yet (the priority floor watches their age).
+    waiting: Arc<priority::Waiting>,
+    /// The writer thread's id (Linux; tests read its class in /proc).
+    #[cfg_attr(not(test), allow(dead_code))]
+    writer_tid: i32,
 }
 
 /// Counts of the writer's two paths (tests and benchmarks read them).
@@ -141,6 +135,10 @@ impl Embedded {
     /// Opens (creating if needed) the index in `dir` for writing. Fails if another process holds
     /// the writer.
     pub fn open(dir: &Path) -> Result<Embedded, Error> {
+        Self::open_with(dir, priority::Scheduling::standard())
+    }
+
+    fn open_with(dir: &Path, sched: priority::Scheduling) -> Result<Embedded, Error> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::Invalid(format!(
                 "cannot create the index directory {}: {e}",
@@ -167,8 +165,8 @@ impl Embedded {
         e.shared
             .reload
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        // The writer lives on its own thread, which lowers its CPU priority first: tantivy's
-        // indexing, segment and merge threads are all started from it and inherit the priority.
+        // The writer lives on its own thread, which lowers its CPU priority first (priority.rs):
+        // tantivy's indexing, segment and merge threads are all started from it and inherit it.
         let (tx, rx) = mpsc::channel();
         let (opened_tx, opened_rx) = mpsc::sync_channel(1);
         let (state_tx, state_rx) = mpsc::sync_channel::<WriterState>(1);
@@ -176,7 +174,7 @@ impl Embedded {
         std::thread::Builder::new()
             .name("whale-index-writer".into())
             .spawn(move || {
-                background_priority();
+                let idle = priority::enter(&sched);
                 // One indexing thread: one segment per commit (two threads made two, and ran
                 // slower).
                 let writer: IndexWriter = match index.writer_with_num_threads(1, WRITER_HEAP) {
@@ -187,14 +185,17 @@ impl Embedded {
                     }
                 };
                 writer.set_merge_policy(Box::new(merge_policy()));
-                let _ = opened_tx.send(Ok(()));
+                let _ = opened_tx.send(Ok((idle, priority::tid())));
                 if let Ok(state) = state_rx.recv() {
                     writer_loop(writer, state, rx);
                 }
             })
             .map_err(|err| Error::Other(format!("cannot start the index writer thread: {err}")))?;
-        match opened_rx.recv() {
-            Ok(Ok(())) => {}
+        let idle = match opened_rx.recv() {
+            Ok(Ok((idle, tid))) => {
+                e.writer_tid = tid;
+                idle
+            }
             Ok(Err(tantivy::TantivyError::LockFailure(..))) => {
                 return Err(Error::Invalid(format!(
                     "another process is writing the index in {} (only one `whale run` with the index stage \
@@ -204,7 +205,7 @@ impl Embedded {
             }
             Ok(Err(other)) => return Err(Error::Other(other.to_string())),
             Err(_) => return Err(Error::Other("the index writer thread ended at start".into())),
-        }
+        };
         let payload = e
             .shared
             .index
@@ -228,11 +229,15 @@ impl Embedded {
             fields: e.shared.fields.clone(),
             marks: e.marks.clone(),
             stats: e.stats.clone(),
+            waiting: e.waiting.clone(),
         };
         state_tx
             .send(state)
             .map_err(|_| Error::Other("the index writer thread ended at start".into()))?;
         e.writer = Some(Mutex::new(tx));
+        if idle {
+            priority::watch(sched, Arc::downgrade(&e.waiting));
+        }
         Ok(e)
     }
 
@@ -277,6 +282,8 @@ impl Embedded {
             writer: None,
             marks: None,
             stats: Arc::default(),
+            waiting: Arc::default(),
+            writer_tid: 0,
         })
     }
 
@@ -301,6 +308,7 @@ impl Embedded {
         let tx = w
             .lock()
             .map_err(|_| Error::Other("index writer lock poisoned".into()))?;
+        self.waiting.sent();
         tx.send(job)
             .map_err(|_| Error::Unavailable("the index writer thread stopped".into()))
     }
@@ -368,6 +376,7 @@ struct WriterState {
     /// The marks of the last commit (`None`: unknown, every document replaces).
     marks: Option<Marks>,
     stats: Arc<WriteStats>,
+    waiting: Arc<priority::Waiting>,
 }
 
 /// The writer thread: adds documents as they come and commits when the oldest uncommitted one has
@@ -389,6 +398,7 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
         fields,
         marks,
         stats,
+        waiting: answered,
     } = st;
     let id_field = fields.keyword("id").expect("id field");
     let known = marks.is_some();
@@ -465,6 +475,12 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
                 waiting.push(Reply::Write(reply));
                 (true, false)
             }
+            #[cfg(test)]
+            Ok(Job::Stall(d, reply)) => {
+                std::thread::sleep(d);
+                waiting.push(Reply::Write(reply));
+                (false, false)
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => (true, false),
             Err(mpsc::RecvTimeoutError::Disconnected) => (true, true),
         };
@@ -483,6 +499,7 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
                 tracing::warn!("embedded index reader reload failed: {e}");
             }
             for reply in waiting.drain(..) {
+                answered.answered();
                 match reply {
                     Reply::Write(r) => {
                         let _ = r.send(result.clone());
@@ -624,6 +641,97 @@ mod tests {
     use super::*;
     use crate::query::parse;
     use tantivy::schema::{FieldEntry, FieldType, TEXT};
+
+    /// (scheduling policy, nice) of thread `tid` of this process, from /proc (fields 41, 19).
+    fn class_of(tid: i32) -> (u32, i32) {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        // f[0] is field 3 (state).
+        (f[41 - 3].parse().unwrap(), f[19 - 3].parse().unwrap())
+    }
+
+    /// Whether this process may leave the idle class at nice 10: CAP_SYS_NICE (bit 23 of the
+    /// effective set) or RLIMIT_NICE ≥ 10, read from /proc without the code under test.
+    fn may_leave_idle() -> bool {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let caps = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let nice_limit: u64 = limits
+            .lines()
+            .find(|l| l.starts_with("Max nice priority"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        caps & (1 << 23) != 0 || nice_limit >= 10
+    }
+
+    async fn eventually_class(tid: i32, want: (u32, i32), within: std::time::Duration) {
+        let until = std::time::Instant::now() + within;
+        while class_of(tid) != want && std::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(class_of(tid), want, "thread {tid}");
+    }
+
+    /// The writer runs in the idle class (policy 5) at nice 10 when this process may leave that
+    /// class again, else in the normal class (0) at nice 10. In the idle class the floor takes it
+    /// out while a job has waited too long (the writer held as a starved CPU would hold it), and
+    /// puts it back once the writer caught up; the held job's documents are committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_runs_idle_and_the_floor_raises_it_while_a_job_waits_too_long() {
+        use std::time::Duration;
+        let standard = priority::Scheduling::standard();
+        assert_eq!(
+            standard.idle,
+            may_leave_idle(),
+            "the probe agrees with /proc"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let sched = priority::Scheduling {
+            raise_after: Duration::from_millis(400),
+            lower_below: Duration::from_millis(300),
+            ..standard
+        };
+        let e = Embedded::open_with(dir.path(), sched).unwrap();
+        let tid = e.writer_tid;
+        if !sched.idle {
+            eventually_class(tid, (0, 10), Duration::from_secs(5)).await;
+            return;
+        }
+        eventually_class(tid, (5, 10), Duration::from_secs(5)).await;
+        let raised = floor_raised();
+        let (held_tx, held) = oneshot::channel();
+        e.send(Job::Stall(Duration::from_millis(2_000), held_tx))
+            .unwrap();
+        let ev = serde_json::json!({"id": "f1", "event_type": "app.log", "source": "t",
+            "detail": {"message": "held"}});
+        let d = Doc::from_delivery(&whale_kernel::Delivery {
+            subject: "whale.events.app.log".into(),
+            payload: serde_json::to_vec(&ev).unwrap().into(),
+            headers: vec![],
+            attempt: 1,
+            stream_seq: 1,
+            published: OffsetDateTime::now_utc(),
+        });
+        let (_, written) = e.submit(vec![d], vec![]).await.unwrap();
+        eventually_class(tid, (0, 10), Duration::from_millis(1_500)).await;
+        assert!(floor_raised() > raised, "the floor counted the raise");
+        committed(held).await.unwrap();
+        written.await.unwrap();
+        eventually_class(tid, (5, 10), Duration::from_secs(10)).await;
+        e.refresh().await.unwrap();
+        let hits = e
+            .search(&Search::new(parse("held").unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(hits.total, 1);
+    }
 
     /// An index made before the CJK tokenizer (`text` with tantivy's `default`) still opens, is
     /// written and searched with the tokenizer it was made with; a new one gets `whale_text`.
