@@ -25,6 +25,26 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// Whether this process (and a child started with its credentials and limits) may leave Linux's
+/// idle scheduling class at nice 10: CAP_SYS_NICE (bit 23 of the effective set) or RLIMIT_NICE
+/// ≥ 10, read from /proc. The embedded index enters that class only when it may (tests of its
+/// threads' class compare with this).
+pub fn may_leave_idle_class() -> bool {
+    let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+    let caps = read("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let nice_limit: u64 = read("/proc/self/limits")
+        .lines()
+        .find(|l| l.starts_with("Max nice priority"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    caps & (1 << 23) != 0 || nice_limit >= 10
+}
+
 /// Waits until something accepts connections on `port`.
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;

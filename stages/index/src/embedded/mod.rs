@@ -652,25 +652,6 @@ mod tests {
         (f[41 - 3].parse().unwrap(), f[19 - 3].parse().unwrap())
     }
 
-    /// Whether this process may leave the idle class at nice 10: CAP_SYS_NICE (bit 23 of the
-    /// effective set) or RLIMIT_NICE ≥ 10, read from /proc without the code under test.
-    fn may_leave_idle() -> bool {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let caps = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
-            .unwrap();
-        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-        let nice_limit: u64 = limits
-            .lines()
-            .find(|l| l.starts_with("Max nice priority"))
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        caps & (1 << 23) != 0 || nice_limit >= 10
-    }
-
     async fn eventually_class(tid: i32, want: (u32, i32), within: std::time::Duration) {
         let until = std::time::Instant::now() + within;
         while class_of(tid) != want && std::time::Instant::now() < until {
@@ -689,7 +670,7 @@ mod tests {
         let standard = priority::Scheduling::standard();
         assert_eq!(
             standard.idle,
-            may_leave_idle(),
+            whale_kernel::testkit::may_leave_idle_class(),
             "the probe agrees with /proc"
         );
         let dir = tempfile::tempdir().unwrap();
