@@ -532,31 +532,41 @@ async fn chaos_kill9_two_workers_creates_every_execution_exactly_once() {
     let mut kills = 0;
     while kills < 12 && dispatched(&nats).await < n as u64 * 9 / 10 {
         tokio::time::sleep(Duration::from_millis(random(150..900))).await;
-        let w = &mut workers[random(0..2) as usize];
-        w.kill9();
+        let i = random(0..2) as usize;
+        workers[i].kill9();
         kills += 1;
         if random(0..2) == 0 {
             tokio::time::sleep(Duration::from_millis(random(0..300))).await;
         }
         // Half the new workers also kill themselves at the worst moment: right after an
         // execution was created, before it is recorded (the first one always does).
-        match kills == 1 || random(0..2) == 0 {
+        let first = kills == 1;
+        match first || random(0..2) == 0 {
             true => {
+                if first {
+                    // The other worker dies too and stays down until the first failpoint
+                    // fired: alone on the consumer, this worker reaches its count, where the
+                    // other could otherwise dispatch every task first (a fast machine), or a
+                    // random kill take this one down first (a busy one).
+                    workers[1 - i].kill9();
+                    kills += 1;
+                }
                 let after = random(3..40).to_string();
+                let w = &mut workers[i];
                 w.spawn(
                     &env,
                     &[(whale_dispatch::stage::KILL_AFTER_ENV, after.as_str())],
                 );
-                if kills == 1 {
-                    // Let the first failpoint fire before the next random kill: on a busy
-                    // machine that kill could otherwise take this worker down first.
+                if first {
                     let deadline = std::time::Instant::now() + Duration::from_secs(120);
                     while !w.exited() && std::time::Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
+                    assert!(w.exited(), "the first failpoint did not fire");
+                    workers[1 - i].spawn(&env, &[]);
                 }
             }
-            false => w.spawn(&env, &[]),
+            false => workers[i].spawn(&env, &[]),
         }
     }
     // Whatever the chaos left dead comes back without the failpoint.
