@@ -5,7 +5,8 @@
 # the example events through it — then shows what happened.
 #
 #   deploy/local.sh up      start everything and send the examples (idempotent)
-#   deploy/local.sh down    stop everything started by `up`
+#   deploy/local.sh down    stop everything started by `up` (streams, index and rate limits stay)
+#   deploy/local.sh reset   stop everything and delete .whale/local: the next `up` starts afresh
 #   deploy/local.sh status  show what runs
 #
 # Ports (override by environment): NATS 4222, Redis 6379, whale HTTP 8080, StackStorm emulator 9101.
@@ -108,18 +109,37 @@ CONF
   local st2=(env ST2_API_URL="http://127.0.0.1:$ST2_PORT/api/v1" ST2_AUTH_URL="http://127.0.0.1:$ST2_PORT/auth/v1"
     ST2_STREAM_URL="http://127.0.0.1:$ST2_PORT/stream/v1" ST2_API_KEY=local-dev-key ST2_CLI_SKIP_CONFIG=1
     "$ROOT/.whale/tools/bin/st2")
-  local n=0
+  # Wait for the first execution, then until the count stops growing for a second (the
+  # events sent above are still on their way when the first one arrives). A second `up` within
+  # the examples' rate limits (pipelines/*.yaml; kept in Redis across restarts) dispatches
+  # nothing: every task is throttled, which the metrics say.
+  local n=0 seen=0 still=0 throttled=0
   for _ in $(seq 1 60); do
     n=$("${st2[@]}" execution list -n 100 -j 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin) or []))' 2>/dev/null || echo 0)
-    [ "$n" -gt 0 ] && break
+    throttled=$(curl -s "http://127.0.0.1:$HTTP_PORT/metrics" |
+      awk '/^whale_throttle_decisions_total\{.*decision="throttled"/ {t += $NF} END {print t + 0}')
+    if [ "$n" -gt 0 ] || [ "$throttled" -gt 0 ]; then
+      if [ "$n" -eq "$seen" ]; then
+        still=$((still + 1))
+        [ "$still" -ge 2 ] && break
+      else
+        still=0
+      fi
+    fi
+    seen=$n
     sleep 0.5
   done
-  if [ "$n" -eq 0 ]; then
+  if [ "$n" -eq 0 ] && [ "$throttled" -gt 0 ]; then
+    log "no execution this time: the rate limits throttled $throttled task(s) (pipelines/*.yaml, e.g. one clean_disk per host per 10 min; kept in Redis across restarts). Wait, or start afresh: deploy/local.sh reset && deploy/local.sh up"
+    (cd "$ROOT" && "$WHALE" events search '*' --kind throttled --limit 5) || true
+  elif [ "$n" -eq 0 ]; then
     log "no execution reached the StackStorm emulator within 30 s: see $STATE/whale.log and $STATE/st2.log, and 'whale status'"
     exit 1
   fi
-  log "$n execution(s) on the StackStorm emulator (official st2 CLI):"
-  "${st2[@]}" execution list -n 20
+  if [ "$n" -gt 0 ]; then
+    log "$n execution(s) on the StackStorm emulator (official st2 CLI):"
+    "${st2[@]}" execution list -n 20
+  fi
   cat >&2 <<DONE
 
 whale is running. Try:
@@ -157,6 +177,7 @@ status() {
 case "${1:-up}" in
   up) up ;;
   down) down ;;
+  reset) down; rm -rf "$STATE"; log "deleted $STATE" ;;
   status) status ;;
-  *) echo "usage: deploy/local.sh up|down|status" >&2; exit 2 ;;
+  *) echo "usage: deploy/local.sh up|down|reset|status" >&2; exit 2 ;;
 esac
