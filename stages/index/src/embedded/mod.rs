@@ -686,6 +686,17 @@ mod tests {
             return;
         }
         eventually_class(tid, (5, 10), Duration::from_secs(5)).await;
+        // A thread outside the index at nice 10 (as every thread of a whale started with
+        // `nice -n 10`) stays in the normal class through the raise and the lower.
+        let (bystander_tx, bystander) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let bystander_thread = std::thread::spawn(move || {
+            rustix::process::setpriority_process(None, 10).unwrap();
+            bystander_tx.send(priority::tid()).unwrap();
+            let _ = stopped.recv();
+        });
+        let bystander = bystander.recv().unwrap();
+        assert_eq!(class_of(bystander), (0, 10));
         let raised = floor_raised();
         let (held_tx, held) = oneshot::channel();
         e.send(Job::Stall(Duration::from_millis(2_000), held_tx))
@@ -706,6 +717,13 @@ mod tests {
         committed(held).await.unwrap();
         written.await.unwrap();
         eventually_class(tid, (5, 10), Duration::from_secs(10)).await;
+        assert_eq!(
+            class_of(bystander),
+            (0, 10),
+            "a thread the floor never raised"
+        );
+        stop.send(()).unwrap();
+        bystander_thread.join().unwrap();
         e.refresh().await.unwrap();
         let hits = e
             .search(&Search::new(parse("held").unwrap()))

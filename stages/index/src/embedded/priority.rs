@@ -5,7 +5,8 @@
 //! without bound while the CPU stays busy (docs/search.md "CPU priority").
 //!
 //! A thread belongs to the index by its class, not its name: only the writer thread enters the
-//! index's class, and every thread tantivy starts inherits it from the writer.
+//! idle class, and every thread tantivy starts inherits it from the writer. The floor moves back
+//! only the threads it moved out.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,10 +33,11 @@ pub(crate) struct Scheduling {
 
 impl Scheduling {
     /// What `whale run` uses: the idle class when this process may leave it again (the floor
-    /// needs that), else nice 10 alone.
+    /// needs that), else nice 10 alone; nice 10 alone too when the calling thread is not in the
+    /// normal class (a whale started with `chrt`: its choice stands).
     pub(crate) fn standard() -> Scheduling {
         Scheduling {
-            idle: can_leave_idle(),
+            idle: class_of(0) == Ok(Class::Normal) && can_leave_idle(),
             raise_after: Duration::from_secs(3),
             lower_below: Duration::from_millis(1500),
         }
@@ -122,7 +124,7 @@ pub(crate) fn watch(s: Scheduling, waiting: Weak<Waiting>) {
             );
             w.0.clear();
             drop(w);
-            move_threads(true);
+            raise(&mut Default::default());
         }
     }
 }
@@ -130,6 +132,9 @@ pub(crate) fn watch(s: Scheduling, waiting: Weak<Waiting>) {
 /// The floor's thread (normal class); it ends when no index is left to watch.
 fn floor() {
     let mut up = false;
+    // The threads it took out of the idle class: only these go back (never a thread the index
+    // did not put there, whatever its nice value).
+    let mut raised_tids = std::collections::HashSet::new();
     loop {
         std::thread::sleep(EVERY);
         let (want_up, age) = {
@@ -157,16 +162,20 @@ fn floor() {
             RAISED.fetch_add(1, Ordering::Relaxed);
         } else if up && !want_up {
             tracing::info!("the embedded index caught up: its threads are back in the idle class");
+            lower(&mut raised_tids);
         }
         up = want_up;
-        // Every look, not only on a change: a thread tantivy started from one still in the
-        // other class (a segment's store compressor) is moved too.
-        move_threads(up);
+        if up {
+            // Every look, not only on a change: a thread tantivy started meanwhile from one
+            // still in the idle class is raised too.
+            raise(&mut raised_tids);
+        }
     }
 }
 
-/// Moves the index's threads out of the idle class (`up`) or back into it.
-fn move_threads(up: bool) {
+/// Moves every thread of this process in the idle class (only the index's threads enter it)
+/// to the normal class, and remembers it.
+fn raise(raised: &mut std::collections::HashSet<i32>) {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return;
     };
@@ -174,15 +183,33 @@ fn move_threads(up: bool) {
         .flatten()
         .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok())
     {
-        let Ok(class) = class_of(tid) else { continue };
-        let result = match (up, class) {
-            (true, Class::Idle) => set_class(tid, Class::Normal),
-            (false, Class::Normal) if nice_of(tid) == Some(NICE) => set_class(tid, Class::Idle),
-            _ => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::warn!("cannot move index thread {tid} (up: {up}): {e}");
+        if class_of(tid) == Ok(Class::Idle) {
+            match set_class(tid, Class::Normal) {
+                Ok(()) => {
+                    raised.insert(tid);
+                }
+                Err(e) => warn_unless_gone(tid, &e),
+            }
         }
+    }
+}
+
+/// Moves the threads [`raise`] moved back into the idle class.
+fn lower(raised: &mut std::collections::HashSet<i32>) {
+    for tid in raised.drain() {
+        if class_of(tid) == Ok(Class::Normal) {
+            if let Err(e) = set_class(tid, Class::Idle) {
+                warn_unless_gone(tid, &e);
+            }
+        }
+    }
+}
+
+/// A thread may end between the look and the move (tantivy's indexing threads end with their
+/// segment): that is no failure.
+fn warn_unless_gone(tid: i32, e: &str) {
+    if std::path::Path::new(&format!("/proc/self/task/{tid}")).exists() {
+        tracing::warn!("cannot move index thread {tid} between scheduling classes: {e}");
     }
 }
 
@@ -225,11 +252,6 @@ fn set_nice(tid: i32, nice: i32) -> Result<(), String> {
 #[cfg(target_os = "linux")]
 pub(crate) fn tid() -> i32 {
     rustix::thread::gettid().as_raw_nonzero().get()
-}
-
-#[cfg(target_os = "linux")]
-fn nice_of(tid: i32) -> Option<i32> {
-    rustix::process::getpriority_process(rustix::process::Pid::from_raw(tid)).ok()
 }
 
 /// Whether a thread of this process may leave the idle class again: an unprivileged process
@@ -277,10 +299,6 @@ fn set_nice(_: i32, _: i32) -> Result<(), String> {
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn tid() -> i32 {
     0
-}
-#[cfg(not(target_os = "linux"))]
-fn nice_of(_: i32) -> Option<i32> {
-    None
 }
 #[cfg(not(target_os = "linux"))]
 fn can_leave_idle() -> bool {
