@@ -74,7 +74,7 @@ impl Waiting {
 /// Puts the calling thread (the writer, before it starts tantivy's threads) at nice [`NICE`], and
 /// into the idle class when `s.idle`. Returns whether it is in the idle class.
 pub(crate) fn enter(s: &Scheduling) -> bool {
-    if let Err(e) = set_nice(0, NICE) {
+    if let Err(e) = set_nice(NICE) {
         tracing::debug!("the index writer keeps its priority: {e}");
     }
     if !s.idle {
@@ -242,10 +242,11 @@ fn set_class(tid: i32, class: Class) -> Result<(), String> {
         .map_err(|e| format!("sched_setscheduler: {e}"))
 }
 
+/// Sets the calling thread's nice value (Linux keeps one per thread).
 #[cfg(target_os = "linux")]
-fn set_nice(tid: i32, nice: i32) -> Result<(), String> {
-    let pid = rustix::process::Pid::from_raw(tid).or(Some(rustix::thread::gettid()));
-    rustix::process::setpriority_process(pid, nice).map_err(|e| e.to_string())
+fn set_nice(nice: i32) -> Result<(), String> {
+    rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice)
+        .map_err(|e| e.to_string())
 }
 
 /// The calling thread's id.
@@ -262,7 +263,7 @@ fn can_leave_idle() -> bool {
     let tried = std::thread::Builder::new()
         .name("whale-index-probe".into())
         .spawn(|| {
-            set_nice(0, NICE)?;
+            set_nice(NICE)?;
             set_class(0, Class::Idle)?;
             set_class(0, Class::Normal)
         })
@@ -293,7 +294,7 @@ fn set_class(_: i32, _: Class) -> Result<(), String> {
     Err("scheduling classes are Linux only".into())
 }
 #[cfg(not(target_os = "linux"))]
-fn set_nice(_: i32, _: i32) -> Result<(), String> {
+fn set_nice(_: i32) -> Result<(), String> {
     Err("per-thread nice is Linux only".into())
 }
 #[cfg(not(target_os = "linux"))]
