@@ -652,3 +652,113 @@ async fn opensearch_aws_sigv4_signatures_verify_with_botocore() {
         assert!(!text.contains(TOKEN), "{what} holds the session token");
     }
 }
+
+/// The index stage's loop on a trickle: each batch waits up to the stage's `linger` to fill, so
+/// 40 messages published 10 ms apart make a few batches, not one per message (which used up the
+/// batches in flight before each commit and then burst; docs/operations.md, session 13). The
+/// stage is the real index stage on an embedded index, and every message is acked after its
+/// commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_reaches_the_index_in_few_batches() {
+    use async_trait::async_trait;
+    use std::sync::{Arc, Mutex};
+    use whale_kernel::worker::{self, Options};
+    use whale_kernel::{Delivery, Health, Nats, Outcome, Stage};
+
+    struct Recording {
+        inner: whale_index::stage::Index,
+        sizes: Mutex<Vec<usize>>,
+    }
+    #[async_trait]
+    impl Stage for Recording {
+        fn name(&self) -> &'static str {
+            "index"
+        }
+        fn options(&self) -> Options {
+            self.inner.options()
+        }
+        async fn handle(&self, d: &Delivery) -> Outcome {
+            self.inner.handle(d).await
+        }
+        async fn handle_batch(&self, batch: &[Delivery]) -> Vec<Outcome> {
+            self.sizes.lock().unwrap().push(batch.len());
+            self.inner.handle_batch(batch).await
+        }
+    }
+
+    let server = NatsServer::start();
+    let nats = Nats::connect(
+        &whale_kernel::config::NatsConfig {
+            urls: vec![server.url()],
+            ..Default::default()
+        },
+        "linger-test",
+    )
+    .await
+    .unwrap();
+    nats.create_stream_raw("LINGER_TEST", &["linger.>"])
+        .await
+        .unwrap();
+    let input = whale_kernel::subjects::Input {
+        stream: "LINGER_TEST",
+        consumer: "linger-test",
+        filters: vec!["linger.>".into()],
+    };
+    whale_kernel::setup::ensure_consumer(&nats, &input, &whale_kernel::Config::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = whale_index::embedded::Embedded::open(dir.path()).unwrap();
+    let stage = Arc::new(Recording {
+        inner: whale_index::stage::Index::new(Arc::new(backend)),
+        sizes: Mutex::new(Vec::new()),
+    });
+    let linger = stage.options().linger;
+    assert!(!linger.is_zero(), "the index stage lingers");
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let loop_task = tokio::spawn(worker::run(
+        nats.clone(),
+        stage.clone(),
+        input,
+        stage.options(),
+        Health::default(),
+        stop_rx,
+    ));
+    let n = 40;
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        nats.publish_raw(format!("linger.m{i}"), &[], format!("{{\"n\":{i}}}"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let span = started.elapsed();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            stage.sizes.lock().unwrap().iter().sum::<usize>() >= n
+        })
+        .await,
+        "every message reached the stage: {:?}",
+        stage.sizes.lock().unwrap()
+    );
+    // Each batch but the last waited `linger` for more (none fills: 512 per batch).
+    let sizes = stage.sizes.lock().unwrap().clone();
+    let most = (span.as_secs_f64() / linger.as_secs_f64()).ceil() as usize + 2;
+    println!("{n} messages over {span:?}, linger {linger:?}: batches {sizes:?} (at most {most})");
+    assert_eq!(sizes.iter().sum::<usize>(), n, "each message handled once");
+    assert!(sizes.len() <= most, "batches {sizes:?}: more than {most}");
+    // Acked once committed.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let info = nats
+                .consumer_info("LINGER_TEST", "linger-test")
+                .await
+                .unwrap();
+            info.num_ack_pending == 0 && info.num_pending == 0
+        })
+        .await,
+        "every message acked after its commit"
+    );
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), loop_task).await;
+}

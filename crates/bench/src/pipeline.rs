@@ -37,7 +37,8 @@ pub struct Args {
     /// Event types the rules and events spread over.
     #[arg(long, default_value_t = 100)]
     types: usize,
-    /// `one`: every stage in one `whale run` process; `split`: a process per stage copy.
+    /// `one`: every stage in one `whale run` process; `split`: a process per stage copy;
+    /// `index-apart`: the index stage in one process, every other stage in another.
     #[arg(long, value_enum, default_value_t = Procs::One)]
     procs: Procs,
     /// Copies per stage in split mode, e.g. `validate=2,index=2` (others: 1).
@@ -60,6 +61,8 @@ pub struct Args {
 enum Procs {
     One,
     Split,
+    /// Two processes: the index stage, and every other stage.
+    IndexApart,
 }
 
 /// A child process whose CPU and memory are reported.
@@ -129,7 +132,8 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             // class (docs/search.md "CPU priority"): a run says whether the floor acted.
             (
                 "WHALE_LOG".into(),
-                "warn,whale_index::embedded::priority=info".into(),
+                std::env::var("WHALE_BENCH_LOG")
+                    .unwrap_or_else(|_| "warn,whale_index::embedded::priority=info".into()),
             ),
         ],
     };
@@ -150,6 +154,15 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
                 (0..k).map(move |i| (format!("{s}#{}", i + 1), s.to_string()))
             })
             .collect(),
+        Procs::IndexApart => {
+            let (index, rest): (Vec<&str>, Vec<&str>) =
+                stage_names.iter().partition(|s| **s == "index");
+            [("whale (index)", index), ("whale (the rest)", rest)]
+                .into_iter()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|(label, s)| (label.to_string(), s.join(",")))
+                .collect()
+        }
     };
     progress(&a, &format!("starting {} whale process(es)", groups.len()));
     for (i, (label, stages)) in groups.iter().enumerate() {
@@ -309,7 +322,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         "events": n, "published": published, "avg_event_bytes": avg_bytes,
         "rate_target_per_s": a.rate, "match_fraction": a.match_fraction,
         "rules": a.rules, "types": a.types, "rules_apply_ms": rules_apply_ms,
-        "procs": match a.procs { Procs::One => "one", Procs::Split => "split" },
+        "procs": match a.procs { Procs::One => "one", Procs::Split => "split", Procs::IndexApart => "index-apart" },
         "copies": copies, "stages": stage_names,
         "complete": complete, "wall_s": round2(wall),
         "events_per_s": events_per_s.round(),
@@ -708,6 +721,10 @@ async fn hop_latencies(nats: &Nats, ends: &[(i128, i128)]) -> anyhow::Result<Val
         "admitted→POST",
     ];
     let mut deltas: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    // With WHALE_BENCH_SAMPLES: one line per dispatched event, when it was sent (µs since the
+    // epoch), then each hop (ms).
+    let samples = std::env::var("WHALE_BENCH_SAMPLES").ok();
+    let mut lines = String::new();
     for (id, times) in &at {
         let Some((sent, posted)) = sent_of.get(id).and_then(|s| ends.get(s)) else {
             continue;
@@ -719,9 +736,22 @@ async fn hop_latencies(nats: &Nats, ends: &[(i128, i128)]) -> anyhow::Result<Val
             .chain(times.iter().copied())
             .chain(std::iter::once(*posted))
             .collect();
-        for (h, w) in chain.windows(2).enumerate() {
-            deltas[h].push((w[1] - w[0]) as f64 / 1000.0);
+        if samples.is_some() {
+            lines.push_str(&sent.to_string());
         }
+        for (h, w) in chain.windows(2).enumerate() {
+            let ms = (w[1] - w[0]) as f64 / 1000.0;
+            deltas[h].push(ms);
+            if samples.is_some() {
+                lines.push_str(&format!(" {ms:.3}"));
+            }
+        }
+        if samples.is_some() {
+            lines.push('\n');
+        }
+    }
+    if let Some(path) = samples {
+        std::fs::write(&path, lines).with_context(|| format!("cannot write {path}"))?;
     }
     let mut out = Vec::new();
     for (name, mut d) in names.iter().zip(deltas) {

@@ -197,6 +197,13 @@ pub struct Options {
     pub publish_retry: Duration,
     /// Batches allowed between "handled" and "acked" at once (1 = no overlap).
     pub overlap: usize,
+    /// How long a batch may wait to fill once its first message is in (0: take what has
+    /// arrived and go). For stages that ack on a commit rather than per message (the index):
+    /// a trickle then makes fewer, larger batches instead of one per message or two, so the
+    /// `overlap` batches in flight last until the commit that frees them, and the loop never
+    /// stalls and then handles the backlog in one burst (which delayed every other stage of
+    /// the process; docs/operations.md, session 13).
+    pub linger: Duration,
 }
 
 impl Default for Options {
@@ -206,6 +213,7 @@ impl Default for Options {
             window: 2048,
             publish_retry: Duration::from_secs(1),
             overlap: 3,
+            linger: Duration::ZERO,
         }
     }
 }
@@ -291,6 +299,15 @@ pub async fn run(
             match rx.try_recv() {
                 Ok(m) => msgs.push(m),
                 Err(_) => break,
+            }
+        }
+        if !opts.linger.is_zero() {
+            let until = tokio::time::Instant::now() + opts.linger;
+            while msgs.len() < batch {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(m)) => msgs.push(m),
+                    _ => break,
+                }
             }
         }
         // At most `opts.overlap` batches between "handled" and "acked": the next batch is

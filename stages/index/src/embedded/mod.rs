@@ -45,7 +45,7 @@ use crate::doc::Doc;
 const WRITER_HEAP: usize = 128 * 1024 * 1024;
 /// Longest a stored document waits for its commit: how stale search may be, and how long the
 /// index stage holds a message before acking it.
-const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most documents waiting for one commit. A commit has a fixed cost (segment files written and
 /// fsynced, a new segment to merge later, readers reopened), so commits are as large as the
 /// stage's unacked messages allow: the consumer delivers at most 20,000 unacked messages
@@ -491,6 +491,12 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
                 None => commit(&mut w, &stored),
                 Some(e) => Err(e),
             };
+            tracing::debug!(
+                documents = docs,
+                jobs = waiting.len(),
+                ok = result.is_ok(),
+                "embedded index commit"
+            );
             if let Err(e) = &result {
                 tracing::error!("embedded index commit failed: {e}");
                 let _ = w.rollback();
