@@ -13,6 +13,39 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A client of `server`, a stream `stream` of its own on `prefix.>` and a stage consumer
+/// `consumer` on it, made as `whale setup` makes one: for tests that run the worker loop with a
+/// stage of their own.
+pub async fn raw_input(
+    server: &NatsServer,
+    stream: &'static str,
+    consumer: &'static str,
+    prefix: &str,
+) -> (Nats, whale_kernel::subjects::Input) {
+    let nats = Nats::connect(
+        &NatsConfig {
+            urls: vec![server.url()],
+            ..Default::default()
+        },
+        consumer,
+    )
+    .await
+    .expect("connect to test nats");
+    let all = format!("{prefix}.>");
+    nats.create_stream_raw(stream, &[all.as_str()])
+        .await
+        .expect("create the stream");
+    let input = whale_kernel::subjects::Input {
+        stream,
+        consumer,
+        filters: vec![all],
+    };
+    whale_kernel::setup::ensure_consumer(&nats, &input, &whale_kernel::Config::default())
+        .await
+        .expect("create the consumer");
+    (nats, input)
+}
+
 /// A test environment: one nats-server plus the env vars that point whale at it.
 pub struct Env {
     pub nats: NatsServer,

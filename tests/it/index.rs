@@ -663,7 +663,7 @@ async fn a_trickle_reaches_the_index_in_few_batches() {
     use async_trait::async_trait;
     use std::sync::{Arc, Mutex};
     use whale_kernel::worker::{self, Options};
-    use whale_kernel::{Delivery, Health, Nats, Outcome, Stage};
+    use whale_kernel::{Delivery, Health, Outcome, Stage};
 
     struct Recording {
         inner: whale_index::stage::Index,
@@ -687,26 +687,7 @@ async fn a_trickle_reaches_the_index_in_few_batches() {
     }
 
     let server = NatsServer::start();
-    let nats = Nats::connect(
-        &whale_kernel::config::NatsConfig {
-            urls: vec![server.url()],
-            ..Default::default()
-        },
-        "linger-test",
-    )
-    .await
-    .unwrap();
-    nats.create_stream_raw("LINGER_TEST", &["linger.>"])
-        .await
-        .unwrap();
-    let input = whale_kernel::subjects::Input {
-        stream: "LINGER_TEST",
-        consumer: "linger-test",
-        filters: vec!["linger.>".into()],
-    };
-    whale_kernel::setup::ensure_consumer(&nats, &input, &whale_kernel::Config::default())
-        .await
-        .unwrap();
+    let (nats, input) = raw_input(&server, "LINGER_TEST", "linger-test", "linger").await;
     let dir = tempfile::tempdir().unwrap();
     let backend = whale_index::embedded::Embedded::open(dir.path()).unwrap();
     let stage = Arc::new(Recording {

@@ -231,27 +231,7 @@ impl Stage for Panicky {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_stage_does_not_stop_the_worker_and_is_counted() {
     let server = NatsServer::start();
-    let nats = Nats::connect(
-        &whale_kernel::config::NatsConfig {
-            urls: vec![server.url()],
-            ..Default::default()
-        },
-        "panic-test",
-    )
-    .await
-    .unwrap();
-    nats.create_stream_raw("PANIC_TEST", &["panic.>"])
-        .await
-        .unwrap();
-    let input = subjects::Input {
-        stream: "PANIC_TEST",
-        consumer: "panic-test",
-        filters: vec!["panic.>".into()],
-    };
-    let cfg = whale_kernel::Config::default();
-    whale_kernel::setup::ensure_consumer(&nats, &input, &cfg)
-        .await
-        .unwrap();
+    let (nats, input) = raw_input(&server, "PANIC_TEST", "panic-test", "panic").await;
     let stage = Arc::new(Panicky {
         handled: Mutex::new(Vec::new()),
         boom_attempts: AtomicUsize::new(0),
