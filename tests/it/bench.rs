@@ -55,6 +55,18 @@ fn check(r: &serde_json::Value, events: u64, expected: u64) {
         );
     }
     assert!(r["p50_ms"].as_f64() <= r["p99_ms"].as_f64());
+    // The reference is measured before and after the pipeline; the bound is their mean.
+    let bound_at = |when: &str| {
+        let b = r[when]["jetstream_bound_per_s"].as_f64();
+        assert!(b.is_some_and(|b| b > 0.0), "{when}: {r:#}");
+        b.unwrap()
+    };
+    let mean = (bound_at("reference_before") + bound_at("reference_after")) / 2.0;
+    let bound = r["jetstream_bound_per_s"].as_f64().unwrap();
+    assert!(
+        (bound - mean).abs() <= 1.0,
+        "{bound} is not the mean {mean}: {r:#}"
+    );
     // Counted on the server: at least ingest + accepted per event, and validate + match + index.
     assert!(
         r["js_publishes_per_event"].as_f64().unwrap() >= 2.0,

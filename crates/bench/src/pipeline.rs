@@ -106,15 +106,18 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let nats = crate::connect(&cfg, "pipeline").await?;
     let raw = Raw::connect(&nats_server.url()).await?;
 
-    // The raw reference first, on the idle server.
+    // The raw reference first, on the idle server (and again at the end: see `reference`).
     let n = a.events;
-    let sample: Vec<Vec<u8>> = (0..n.min(100_000))
-        .map(|i| serde_json::to_vec(&event(&a, i, 0)).unwrap())
-        .collect();
+    let sample = || -> Vec<Vec<u8>> {
+        (0..n.min(100_000))
+            .map(|i| serde_json::to_vec(&event(&a, i, 0)).unwrap())
+            .collect()
+    };
     progress(&a, "measuring raw JetStream publish and consume+ack");
-    let (raw_pub, raw_consume) = raw.rates(&nats, &sample).await?;
-    let avg_bytes = sample.iter().map(Vec::len).sum::<usize>() / sample.len().max(1);
-    drop(sample);
+    let payloads = sample();
+    let before = raw.rates(&nats, &payloads).await?;
+    let avg_bytes = payloads.iter().map(Vec::len).sum::<usize>() / payloads.len().max(1);
+    drop(payloads);
 
     // Schemas and rules through the real CLI paths.
     let schemas_dir = work.path().join("schemas");
@@ -293,7 +296,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let (publishes, consumes) = raw.ops().await?;
     let p_per = publishes as f64 / n as f64;
     let c_per = consumes as f64 / n as f64;
-    let bound = 1.0 / (p_per / raw_pub + c_per / raw_consume);
+    let bound_of = |(publish, consume): (f64, f64)| 1.0 / (p_per / publish + c_per / consume);
 
     let rate_of = |f: fn(&Sample) -> u64, total: u64| rate_to(&timeline, f, total);
     let accepted_per_s = rate_of(|s| s.accepted, n as u64);
@@ -317,6 +320,15 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
                 .status();
         }
     }
+    // The reference again on the same server, with whale stopped: the machine's load can change
+    // within a run (on a shared VM the bound has moved by half between runs minutes apart), so
+    // the bound is the mean of both, and both are printed.
+    stop_all(&mut procs);
+    drop(emulator_guard(emulator));
+    progress(&a, "measuring raw JetStream publish and consume+ack again");
+    let after = raw.rates(&nats, &sample()).await?;
+    let reference = Reference::of(before, after, bound_of);
+    let bound = reference.bound;
 
     let result = json!({
         "events": n, "published": published, "avg_event_bytes": avg_bytes,
@@ -333,16 +345,16 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         "latency_samples": lat.len(),
         "p50_ms": pct(0.5).map(round2), "p99_ms": pct(0.99).map(round2),
         "max_ms": lat.last().copied().map(round2),
-        "raw_publish_per_s": raw_pub.round(), "raw_consume_ack_per_s": raw_consume.round(),
+        "raw_publish_per_s": reference.publish.round(),
+        "raw_consume_ack_per_s": reference.consume.round(),
         "js_publishes_per_event": round2(p_per), "js_consumes_per_event": round2(c_per),
         "jetstream_bound_per_s": bound.round(),
+        "reference_before": reference.before, "reference_after": reference.after,
         "efficiency": round2(events_per_s / bound),
         "processes": usage, "stage_busy_s": busy, "hops_ms": hops,
         "all_through_s": drained_at.map(round2), "backlog_at_end": left,
         "nats_server": raw.server_version(),
     });
-    drop(procs);
-    drop(emulator_guard(emulator));
     if a.json {
         crate::print_json(&result)?;
     } else {
@@ -353,6 +365,48 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Stops the stage processes sent SIGTERM: waits up to 10 s for them to end, then kills the rest.
+fn stop_all(procs: &mut Vec<Proc>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for p in procs.iter_mut() {
+        if let Some(c) = &mut p.child {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    procs.clear();
+}
+
+/// The raw JetStream reference of a run, measured before the pipeline and after it on the same
+/// server: each measurement's rates and bound, and the mean rates and bound a run is judged by.
+struct Reference {
+    publish: f64,
+    consume: f64,
+    bound: f64,
+    before: Value,
+    after: Value,
+}
+
+impl Reference {
+    fn of(before: (f64, f64), after: (f64, f64), bound_of: impl Fn((f64, f64)) -> f64) -> Self {
+        let one = |(publish, consume): (f64, f64)| {
+            json!({
+                "raw_publish_per_s": publish.round(),
+                "raw_consume_ack_per_s": consume.round(),
+                "jetstream_bound_per_s": bound_of((publish, consume)).round(),
+            })
+        };
+        Reference {
+            publish: (before.0 + after.0) / 2.0,
+            consume: (before.1 + after.1) / 2.0,
+            bound: (bound_of(before) + bound_of(after)) / 2.0,
+            before: one(before),
+            after: one(after),
+        }
+    }
 }
 
 fn progress(a: &Args, msg: &str) {
@@ -902,13 +956,18 @@ fn print_human(r: &Value) {
         "  rules apply (1 CLI call)                 {:>10} ms",
         r["rules_apply_ms"]
     );
+    let side = |when: &str, k: &str| r[when][k].as_f64().unwrap_or(0.0);
     println!(
-        "  raw JetStream publish (window 1024)      {:>10.0} msg/s",
-        f("raw_publish_per_s")
+        "  raw JetStream publish (window 1024)      {:>10.0} msg/s  (before {:.0}, after {:.0})",
+        f("raw_publish_per_s"),
+        side("reference_before", "raw_publish_per_s"),
+        side("reference_after", "raw_publish_per_s")
     );
     println!(
-        "  raw JetStream consume+ack                {:>10.0} msg/s",
-        f("raw_consume_ack_per_s")
+        "  raw JetStream consume+ack                {:>10.0} msg/s  (before {:.0}, after {:.0})",
+        f("raw_consume_ack_per_s"),
+        side("reference_before", "raw_consume_ack_per_s"),
+        side("reference_after", "raw_consume_ack_per_s")
     );
     println!(
         "  JetStream ops per event (counted)        {:>10.2} publishes + {:.2} consumes",
@@ -916,8 +975,10 @@ fn print_human(r: &Value) {
         f("js_consumes_per_event")
     );
     println!(
-        "  JetStream bound for those ops            {:>10.0} events/s",
-        f("jetstream_bound_per_s")
+        "  JetStream bound for those ops            {:>10.0} events/s  (before {:.0}, after {:.0}; the mean is the bound)",
+        f("jetstream_bound_per_s"),
+        side("reference_before", "jetstream_bound_per_s"),
+        side("reference_after", "jetstream_bound_per_s")
     );
     println!(
         "  whole pipeline, ingest → dispatched      {:>10.0} events/s  ({:.2} × bound)",
