@@ -371,9 +371,9 @@ async fn handle(
 ) -> Batch {
     let name = stage.name();
     let started = Instant::now();
-    let (keys, msgs): (Vec<u64>, Vec<jetstream::Message>) = msgs.into_iter().unzip();
+    let (keys, mut msgs): (Vec<u64>, Vec<jetstream::Message>) = msgs.into_iter().unzip();
     let release = Release { held, keys };
-    let deliveries: Vec<Delivery> = msgs.iter().map(Delivery::from_message).collect();
+    let mut deliveries: Vec<Delivery> = msgs.iter().map(Delivery::from_message).collect();
     let handled_at = std::time::SystemTime::now();
     let mut outcomes = handle_contained(stage, &deliveries).await;
     let mut window: Window<usize> = Window::on(nats, opts.window).fail_fast_on_disconnect(nats);
@@ -402,6 +402,17 @@ async fn handle(
     metrics::STAGE_OUTPUTS
         .with_label_values(&[name])
         .inc_by(outputs);
+    // Acking needs only the reply subject. A payload is cut from the connection's read buffer
+    // and keeps that whole buffer alive, with every other message read into it: the index's
+    // batches wait up to seconds for their commit, so they held tens of MB of buffers, and the
+    // connection read into fresh memory (page faults) instead of reusing what it had read.
+    for m in &mut msgs {
+        m.message.payload = Bytes::new();
+        m.message.headers = None;
+    }
+    for d in &mut deliveries {
+        d.payload = Bytes::new();
+    }
     Batch {
         name,
         started,
