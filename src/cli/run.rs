@@ -83,8 +83,13 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         let Some(stage) = parts.worker else {
             continue;
         };
+        // A stage that keeps its own place reads each input once (copies would each read all).
+        let copies = match stage.options().own_position {
+            true => 1,
+            false => a.concurrency.max(1),
+        };
         for input in def.inputs() {
-            for _ in 0..a.concurrency.max(1) {
+            for _ in 0..copies {
                 health.register(input.consumer);
                 loops.spawn(worker::run(
                     nats.clone(),

@@ -47,6 +47,11 @@ pub async fn run(cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             ),
         }
     }
+    if st.consumers.iter().any(|c| c.own_position) {
+        println!(
+            "(the embedded index keeps its own place: its rows are its readings in stream order, nothing acked)"
+        );
+    }
     println!(
         "\n{}: {}",
         redis["servers"].as_str().unwrap_or("redis"),

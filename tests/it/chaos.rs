@@ -299,7 +299,7 @@ fn revive(procs: &mut [Proc], env: &Env, chaos: &mut Chaos) {
     }
 }
 
-/// Durable consumers that still hold work (pending or un-acked), by name.
+/// Stage consumers that still hold work (pending or un-acked), by name.
 async fn busy_consumers(nats: &Nats) -> BTreeMap<String, (u64, usize)> {
     let mut out = BTreeMap::new();
     for s in [
@@ -311,8 +311,15 @@ async fn busy_consumers(nats: &Nats) -> BTreeMap<String, (u64, usize)> {
             out.insert(format!("{s}?"), (0, 0));
             continue;
         };
+        // The embedded index reads through ordered consumers of its own (`index-*_own_*`),
+        // not its durable ones.
+        let own: Vec<String> = infos
+            .iter()
+            .filter_map(|i| i.name.split_once("_own_").map(|(d, _)| d.to_owned()))
+            .collect();
         for info in infos {
-            if info.config.durable_name.is_none() {
+            let own_reader = info.name.contains("_own_");
+            if (info.config.durable_name.is_none() && !own_reader) || own.contains(&info.name) {
                 continue;
             }
             if info.num_pending > 0 || info.num_ack_pending > 0 {

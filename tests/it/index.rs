@@ -656,8 +656,8 @@ async fn opensearch_aws_sigv4_signatures_verify_with_botocore() {
 /// The index stage's loop on a trickle: each batch waits up to the stage's `linger` to fill, so
 /// 40 messages published 10 ms apart make a few batches, not one per message (which used up the
 /// batches in flight before each commit and then burst; docs/operations.md, session 13). The
-/// stage is the real index stage on an embedded index, and every message is acked after its
-/// commit.
+/// stage is the real index stage on an embedded index, which keeps its own place: every
+/// message is committed and the position is after the last one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickle_reaches_the_index_in_few_batches() {
     use async_trait::async_trait;
@@ -684,6 +684,12 @@ async fn a_trickle_reaches_the_index_in_few_batches() {
             self.sizes.lock().unwrap().push(batch.len());
             self.inner.handle_batch(batch).await
         }
+        async fn position(
+            &self,
+            input: &whale_kernel::subjects::Input,
+        ) -> anyhow::Result<worker::Position> {
+            self.inner.position(input).await
+        }
     }
 
     let server = NatsServer::start();
@@ -697,6 +703,7 @@ async fn a_trickle_reaches_the_index_in_few_batches() {
     let linger = stage.options().linger;
     assert!(!linger.is_zero(), "the index stage lingers");
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let input_again = input.clone();
     let loop_task = tokio::spawn(worker::run(
         nats.clone(),
         stage.clone(),
@@ -728,18 +735,177 @@ async fn a_trickle_reaches_the_index_in_few_batches() {
     println!("{n} messages over {span:?}, linger {linger:?}: batches {sizes:?} (at most {most})");
     assert_eq!(sizes.iter().sum::<usize>(), n, "each message handled once");
     assert!(sizes.len() <= most, "batches {sizes:?}: more than {most}");
-    // Acked once committed.
+    // Committed, and the index's own position is after the last message; it read in order
+    // without the durable consumer, which is untouched (nothing delivered, nothing acked).
     assert!(
         eventually(Duration::from_secs(20), || async {
-            let info = nats
-                .consumer_info("LINGER_TEST", "linger-test")
-                .await
-                .unwrap();
-            info.num_ack_pending == 0 && info.num_pending == 0
+            matches!(stage.position(&input_again).await, Ok(worker::Position::At(p)) if p == n as u64 + 1)
         })
         .await,
-        "every message acked after its commit"
+        "the position never passed the last message: {:?}",
+        stage.position(&input_again).await
+    );
+    let info = nats
+        .consumer_info("LINGER_TEST", "linger-test")
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.delivered.stream_sequence, info.num_ack_pending),
+        (0, 0),
+        "the durable consumer was not read"
     );
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), loop_task).await;
+}
+
+/// The worker loop's reading for a stage that keeps its own place (the embedded index): it
+/// starts just after what an earlier whale's durable consumer acked, reads in stream order
+/// without acks (the durable consumer is never read), and after a message it could not store it
+/// asks the stage again and reads on from there; a message the stage panics on is passed over,
+/// counted, and the reading goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_with_its_own_place_reads_in_order_and_again_after_a_failure() {
+    use async_trait::async_trait;
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use whale_kernel::subjects::Input;
+    use whale_kernel::worker::{self, Options, Position};
+    use whale_kernel::{metrics, Delivery, Health, Outcome, Stage};
+
+    #[derive(Default)]
+    struct Own {
+        seen: Mutex<Vec<u64>>,
+        asked: Mutex<Vec<Position>>,
+        failed: AtomicBool,
+        panicked: AtomicBool,
+    }
+    #[async_trait]
+    impl Stage for Own {
+        fn name(&self) -> &'static str {
+            "own-place"
+        }
+        fn options(&self) -> Options {
+            Options {
+                batch: 1,
+                own_position: true,
+                ..Default::default()
+            }
+        }
+        async fn handle(&self, d: &Delivery) -> Outcome {
+            self.seen.lock().unwrap().push(d.stream_seq);
+            if d.stream_seq == 80 && !self.failed.swap(true, Ordering::SeqCst) {
+                return Outcome::Retry {
+                    delay: Duration::from_millis(200),
+                    reason: "not stored".into(),
+                };
+            }
+            if d.stream_seq == 90 && !self.panicked.swap(true, Ordering::SeqCst) {
+                panic!("a bug on message 90");
+            }
+            Outcome::Ack(vec![])
+        }
+        async fn position(&self, _input: &Input) -> anyhow::Result<Position> {
+            let mut asked = self.asked.lock().unwrap();
+            let p = match asked.is_empty() {
+                // An index of an earlier whale: its consumer's acks say where it is.
+                true => Position::AfterAcked { otherwise: 1 },
+                // Everything before 80 is durable.
+                false => Position::At(80),
+            };
+            asked.push(p);
+            Ok(p)
+        }
+    }
+
+    let server = NatsServer::start();
+    let (nats, input) = raw_input(&server, "OWN_TEST", "own-test", "own").await;
+    for i in 1..=100 {
+        nats.publish_raw(format!("own.m{i}"), &[], format!("{{\"n\":{i}}}"))
+            .await
+            .unwrap();
+    }
+    // The earlier whale acked the first 60 through the durable consumer.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let durable: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("OWN_TEST")
+        .await
+        .unwrap()
+        .get_consumer("own-test")
+        .await
+        .unwrap();
+    let mut first = durable.fetch().max_messages(60).messages().await.unwrap();
+    while let Some(m) = first.next().await {
+        m.unwrap().double_ack().await.unwrap();
+    }
+    let panics = || {
+        metrics::PANICS
+            .with_label_values(&["stage", "own-place"])
+            .get()
+    };
+    let panics_before = panics();
+
+    let stage = Arc::new(Own::default());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let loop_task = tokio::spawn(worker::run(
+        nats.clone(),
+        stage.clone(),
+        input,
+        stage.options(),
+        Health::default(),
+        stop_rx,
+    ));
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            stage
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| **s == 100)
+                .count()
+                == 1
+                && stage.asked.lock().unwrap().len() == 2
+        })
+        .await,
+        "seen {:?}, asked {:?}",
+        stage.seen.lock().unwrap(),
+        stage.asked.lock().unwrap()
+    );
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), loop_task).await;
+
+    let seen = stage.seen.lock().unwrap().clone();
+    println!("own-place reading: {seen:?}");
+    assert_eq!(
+        *stage.asked.lock().unwrap(),
+        vec![Position::AfterAcked { otherwise: 1 }, Position::At(80)]
+    );
+    // First pass: in order from just after the acked 60, past the failure at 80 (the batches
+    // already in hand), then from 80 again to the end, 90's panic passed over.
+    let again = seen
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(i, s)| **s == 80 && seen[..*i].contains(&80))
+        .map(|(i, _)| i)
+        .expect("read again from 80");
+    assert!(
+        seen[..again].iter().copied().eq(61..61 + again as u64),
+        "first pass in order from 61: {seen:?}"
+    );
+    assert!(
+        seen[again..].iter().copied().eq(80..=100),
+        "second pass 80..=100 in order: {seen:?}"
+    );
+    assert_eq!(panics() - panics_before, 1, "the panic is counted");
+    let info = nats.consumer_info("OWN_TEST", "own-test").await.unwrap();
+    assert_eq!(
+        (
+            info.delivered.stream_sequence,
+            info.ack_floor.stream_sequence
+        ),
+        (60, 60),
+        "the durable consumer was not read"
+    );
 }

@@ -1,5 +1,8 @@
 //! `whale status`: the server, the streams, and per stage its consumer's backlog (pending,
 //! ack-pending, redelivered) — what an operator looks at first when something lags.
+//! The embedded index keeps its own place and reads through ordered consumers
+//! (`<consumer>_own_<id>`, see `worker.rs`): its rows show those, not the durable consumers
+//! `whale setup` makes for the OpenSearch backend.
 
 use serde::Serialize;
 
@@ -37,7 +40,27 @@ pub struct ConsumerStatus {
     pub redelivered: usize,
     /// Pull requests waiting (≈ workers idle on this consumer).
     pub waiting: usize,
+    /// The stage keeps its own place (the embedded index): these figures are its reading's,
+    /// in stream order without acks.
+    pub own_position: bool,
     pub error: Option<String>,
+}
+
+impl ConsumerStatus {
+    /// The row of `input` before its figures are read.
+    fn empty(stage: &str, input: &subjects::Input, own_position: bool) -> ConsumerStatus {
+        ConsumerStatus {
+            stage: stage.to_owned(),
+            stream: input.stream.to_owned(),
+            consumer: input.consumer.to_owned(),
+            pending: 0,
+            ack_pending: 0,
+            redelivered: 0,
+            waiting: 0,
+            own_position,
+            error: None,
+        }
+    }
 }
 
 pub async fn status(nats: &Nats, cfg: &crate::Config) -> anyhow::Result<Status> {
@@ -60,18 +83,14 @@ pub async fn status(nats: &Nats, cfg: &crate::Config) -> anyhow::Result<Status> 
         streams.push(st);
     }
     let mut consumers = Vec::new();
+    let embedded = cfg.index.opensearch_url.is_none();
     for stage in subjects::STAGES {
         for input in subjects::stage_inputs(stage) {
-            let mut c = ConsumerStatus {
-                stage: stage.to_owned(),
-                stream: input.stream.to_owned(),
-                consumer: input.consumer.to_owned(),
-                pending: 0,
-                ack_pending: 0,
-                redelivered: 0,
-                waiting: 0,
-                error: None,
-            };
+            if stage == "index" && embedded {
+                consumers.push(own_reading(nats, stage, &input).await);
+                continue;
+            }
+            let mut c = ConsumerStatus::empty(stage, &input, false);
             match nats.js.get_stream(input.stream).await {
                 Ok(s) => match s.consumer_info(input.consumer).await {
                     Ok(i) => {
@@ -93,6 +112,34 @@ pub async fn status(nats: &Nats, cfg: &crate::Config) -> anyhow::Result<Status> 
         streams,
         consumers,
     })
+}
+
+/// The reading of a stage that keeps its own place: the ordered consumer of `input` furthest
+/// ahead (one stopped by a crash lingers for 30 s; two live ones are two indexes), or an
+/// error when none reads.
+async fn own_reading(nats: &Nats, stage: &str, input: &subjects::Input) -> ConsumerStatus {
+    let mut c = ConsumerStatus::empty(stage, input, true);
+    let prefix = format!("{}_own_", input.consumer);
+    match nats.consumers(input.stream).await {
+        Ok(all) => match all
+            .into_iter()
+            .filter(|i| i.name.starts_with(&prefix))
+            .min_by_key(|i| i.num_pending)
+        {
+            Some(i) => {
+                c.pending = i.num_pending;
+                c.waiting = i.num_waiting;
+            }
+            None => {
+                c.error = Some(
+                    "no index worker is reading (the embedded index keeps its own place; start `whale run --stages index`)"
+                        .into(),
+                )
+            }
+        },
+        Err(e) => c.error = Some(format!("{e:#}")),
+    }
+    c
 }
 
 fn missing(name: &str, error: String) -> StreamStatus {

@@ -13,6 +13,13 @@
 //! is caught: the batch is handled again one message at a time, and each message that panics
 //! again is counted (`whale_panics_total`) and nak'ed with a growing delay (never terminated: a
 //! panic is a bug in whale, not in the message, and the message waits for the fixed version).
+//!
+//! A stage that keeps its own place in its inputs ([`Options::own_position`]: the embedded
+//! index, whose commits record the last stream sequence they hold) is read another way: in
+//! stream order from [`Stage::position`] through an ordered consumer, with no ack at all (one
+//! ack per message was a third of the acks of the pipeline). What would be a nak there (a failed
+//! commit) makes the loop stop, wait the delay, ask the stage for its position again and read
+//! on from there; the stage must not have stored anything after the failure meanwhile.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -184,6 +191,23 @@ pub trait Stage: Send + Sync + 'static {
         }
         out
     }
+
+    /// Where to read `input` from, for a stage with [`Options::own_position`]: asked when the
+    /// loop starts and again after a failure, so it must answer with what is durable now (and
+    /// forget anything it took in since). Others never see it.
+    async fn position(&self, _input: &Input) -> anyhow::Result<Position> {
+        Ok(Position::At(1))
+    }
+}
+
+/// Where a stage that keeps its own place reads an input from ([`Stage::position`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// From this stream sequence on (1: the whole stream).
+    At(u64),
+    /// Just after what the input's durable consumer has acked (a place kept by an earlier whale
+    /// that acked each message); `At(otherwise)` when that consumer does not exist.
+    AfterAcked { otherwise: u64 },
 }
 
 /// Tuning of the loop.
@@ -204,6 +228,10 @@ pub struct Options {
     /// stalls and then handles the backlog in one burst (which delayed every other stage of
     /// the process; docs/operations.md, session 13).
     pub linger: Duration,
+    /// The stage keeps its own place in each input: the loop reads from [`Stage::position`] in
+    /// stream order, acks nothing, and `whale run` starts one loop per input whatever its
+    /// `--concurrency` (two would each read everything).
+    pub own_position: bool,
 }
 
 impl Default for Options {
@@ -214,12 +242,14 @@ impl Default for Options {
             publish_retry: Duration::from_secs(1),
             overlap: 3,
             linger: Duration::ZERO,
+            own_position: false,
         }
     }
 }
 
 /// Runs `stage` on `input` until `shutdown` turns true; then finishes the batch in hand, naks
-/// what was prefetched (so another worker takes it at once) and returns.
+/// what was prefetched (so another worker takes it at once; a stage with its own place reads it
+/// again from there next time) and returns.
 pub async fn run(
     nats: Nats,
     stage: Arc<dyn Stage>,
@@ -229,19 +259,191 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let name = stage.name();
-    let consumer: jetstream::consumer::PullConsumer = nats
+    let stream = nats
         .js
         .get_stream(input.stream)
         .await
-        .with_context(|| crate::setup::not_set_up(&format!("stream {}", input.stream)))?
-        .get_consumer(input.consumer)
+        .with_context(|| crate::setup::not_set_up(&format!("stream {}", input.stream)))?;
+    // The stage's panic series exists at 0 from the start (alerts see it before a first panic).
+    metrics::PANICS.with_label_values(&["stage", name]);
+    if !opts.own_position {
+        let consumer: jetstream::consumer::PullConsumer =
+            stream.get_consumer(input.consumer).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}",
+                    crate::setup::not_set_up(&format!("consumer {}", input.consumer))
+                )
+            })?;
+        let ack_wait = consumer.cached_info().config.ack_wait;
+        let _lag = AbortOnDrop(tokio::spawn(watch_consumer(
+            consumer.clone(),
+            name,
+            input.consumer,
+        )));
+        let source = Source::Shared {
+            consumer: Box::new(consumer),
+            ack_wait,
+        };
+        read_until(&nats, &stage, &input, &opts, &health, &mut shutdown, source).await;
+    } else {
+        loop {
+            let opened = match own_start(&stream, &*stage, &input).await {
+                Ok(start) => ordered(&nats, &stream, &input, start)
+                    .await
+                    .map(|m| (start, m)),
+                Err(e) => Err(e),
+            };
+            let (start, messages) = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    health.set_error(input.consumer, format!("{e:#}"));
+                    tracing::warn!(
+                        stage = name,
+                        "cannot read {} from its position: {e:#}; retrying in 1s",
+                        input.consumer
+                    );
+                    if stopped_within(&mut shutdown, Duration::from_secs(1)).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            health.set_running(input.consumer);
+            tracing::debug!(
+                stage = name,
+                consumer = input.consumer,
+                start,
+                "reading in stream order"
+            );
+            let source = Source::Own {
+                messages: Box::new(messages),
+                start,
+            };
+            match read_until(&nats, &stage, &input, &opts, &health, &mut shutdown, source).await {
+                None => break,
+                Some((delay, reason)) => {
+                    tracing::warn!(
+                        stage = name,
+                        "{}: {reason}; reading again from the last durable position in {delay:?}",
+                        input.consumer
+                    );
+                    if stopped_within(&mut shutdown, delay).await {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    health.set_stopped(input.consumer);
+    Ok(())
+}
+
+/// Waits `delay` unless `shutdown` turns true first; returns whether it did.
+async fn stopped_within(shutdown: &mut watch::Receiver<bool>, delay: Duration) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = shutdown.changed() => true,
+        _ = tokio::time::sleep(delay) => *shutdown.borrow(),
+    }
+}
+
+/// The first stream sequence to read for a stage that keeps its own place.
+async fn own_start(
+    stream: &jetstream::stream::Stream,
+    stage: &dyn Stage,
+    input: &Input,
+) -> anyhow::Result<u64> {
+    Ok(match stage.position(input).await? {
+        Position::At(seq) => seq.max(1),
+        Position::AfterAcked { otherwise } => match stream.consumer_info(input.consumer).await {
+            Ok(info) => {
+                let at = info.ack_floor.stream_sequence + 1;
+                tracing::info!(
+                    consumer = input.consumer,
+                    at,
+                    "going on from where the durable consumer's acks end (a place an earlier whale kept)"
+                );
+                at
+            }
+            Err(_) => otherwise.max(1),
+        },
+    })
+}
+
+/// An ordered consumer on `input` from stream sequence `start`: ephemeral, in memory, no acks;
+/// it recreates itself from the last sequence it gave when it misses one (a nats-server restart).
+async fn ordered(
+    nats: &Nats,
+    stream: &jetstream::stream::Stream,
+    input: &Input,
+    start: u64,
+) -> anyhow::Result<jetstream::consumer::pull::Ordered> {
+    // Without filters when they are the stream's own subjects (nats-server reads such a
+    // consumer's stream in order without matching; see setup::consumer_filters).
+    let mut want = input.filters.clone();
+    want.sort();
+    let mut have = stream.cached_info().config.subjects.clone();
+    have.sort();
+    let filter_subjects = if want == have {
+        Vec::new()
+    } else {
+        input.filters.clone()
+    };
+    // Unique per loop: the server's names of ordered consumers are this plus `_<n>`.
+    let inbox = nats.client.new_inbox();
+    let id = inbox.rsplit('.').next().unwrap_or("0");
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            name: Some(format!("{}_own_{id}", input.consumer)),
+            description: Some(format!("whale stage {} (own position)", input.consumer)),
+            filter_subjects,
+            deliver_policy: if start <= 1 {
+                jetstream::consumer::DeliverPolicy::All
+            } else {
+                jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                }
+            },
+            ..Default::default()
+        })
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {e}",
-                crate::setup::not_set_up(&format!("consumer {}", input.consumer))
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!("cannot create a consumer on {}: {e}", input.stream))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", input.stream))
+}
+
+/// Where a loop's messages come from.
+enum Source {
+    /// The input's durable consumer, shared by every copy of the stage; each message acked.
+    Shared {
+        consumer: Box<jetstream::consumer::PullConsumer>,
+        ack_wait: Duration,
+    },
+    /// An ordered consumer from the stage's own position; nothing acked.
+    Own {
+        messages: Box<jetstream::consumer::pull::Ordered>,
+        start: u64,
+    },
+}
+
+/// One reading of `input`: until `shutdown` (returns `None`) or, for a stage that keeps its own
+/// place, until a message could not be stored (returns the delay and why; every batch taken is
+/// finished first).
+async fn read_until(
+    nats: &Nats,
+    stage: &Arc<dyn Stage>,
+    input: &Input,
+    opts: &Options,
+    health: &Health,
+    shutdown: &mut watch::Receiver<bool>,
+    source: Source,
+) -> Option<(Duration, String)> {
+    let name = stage.name();
+    let own = matches!(source, Source::Own { .. });
     let in_flight = Arc::new(tokio::sync::Semaphore::new(opts.overlap.max(1)));
     let mut finishing = tokio::task::JoinSet::new();
     let outage = Arc::new(std::sync::Mutex::new(PublishOutage::default()));
@@ -249,48 +451,67 @@ pub async fn run(
     // loop holds at most `batch * (overlap + 1)` messages: the batches awaiting their acks and
     // the next one.
     let batch = opts.batch.max(1);
-    let held = Arc::new(Held::new(batch * (opts.overlap.max(1) + 1)));
-    let ack_wait = consumer.cached_info().config.ack_wait;
-    // The stage's panic series exists at 0 from the start (alerts see it before a first panic).
-    metrics::PANICS.with_label_values(&["stage", name]);
-    let _lag = AbortOnDrop(tokio::spawn(watch_consumer(
-        consumer.clone(),
-        name,
-        input.consumer,
-    )));
-    let _ticker = AbortOnDrop(tokio::spawn(keep_alive(
-        nats.client.clone(),
-        held.clone(),
-        progress_interval(ack_wait),
-    )));
+    let held = Arc::new(Held::new(batch * (opts.overlap.max(1) + 1), !own));
+    // Set by the first batch of an own-position loop that could not be stored.
+    let (again_tx, mut again_rx) = watch::channel(None::<(Duration, String)>);
+    let again_tx = Arc::new(again_tx);
     // The reader pulls only as many messages as the loop has room for and puts each under the
     // ticker as it arrives, so no delivered message waits unprotected in a buffer.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let reader = AbortOnDrop(tokio::spawn(read(
-        consumer,
-        tx,
-        held.clone(),
-        batch,
-        health.clone(),
-        input.consumer,
-        name,
-    )));
+    let (reader, _ticker) = match source {
+        Source::Shared { consumer, ack_wait } => (
+            AbortOnDrop(tokio::spawn(read(
+                *consumer,
+                tx,
+                held.clone(),
+                batch,
+                health.clone(),
+                input.consumer,
+                name,
+            ))),
+            Some(AbortOnDrop(tokio::spawn(keep_alive(
+                nats.client.clone(),
+                held.clone(),
+                progress_interval(ack_wait),
+            )))),
+        ),
+        Source::Own { messages, start } => (
+            AbortOnDrop(tokio::spawn(read_own(
+                *messages,
+                start,
+                tx,
+                held.clone(),
+                health.clone(),
+                input.consumer,
+                name,
+            ))),
+            None,
+        ),
+    };
+    let mut reader = Some(reader);
+    let mut again = None;
     loop {
         let first = if *shutdown.borrow() {
             None
         } else {
             tokio::select! {
                 _ = shutdown.changed() => None,
+                _ = again_rx.changed() => None,
                 m = rx.recv() => m,
             }
         };
         let Some(first) = first else {
             // Stopping: give back what was pulled but not handled, so another worker takes it
-            // at once.
-            drop(reader);
+            // at once (an own-position loop reads it again from its position).
+            drop(reader.take());
             while let Ok((key, m)) = rx.try_recv() {
-                let _ = m.ack_with(AckKind::Nak(None)).await;
+                if !own {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                }
                 held.release(&[key]);
+            }
+            if own && !*shutdown.borrow() {
+                again = again_rx.borrow().clone();
             }
             break;
         };
@@ -317,17 +538,30 @@ pub async fn run(
             .acquire_owned()
             .await
             .expect("semaphore never closed");
-        let handled = handle(&*stage, msgs, &nats, &opts, outage.clone(), held.clone()).await;
+        let handled = handle(
+            &**stage,
+            msgs,
+            nats,
+            opts,
+            outage.clone(),
+            held.clone(),
+            own,
+        )
+        .await;
+        let again_tx = own.then(|| again_tx.clone());
         finishing.spawn(async move {
-            finish(handled).await;
+            finish(handled, again_tx.as_deref()).await;
             drop(permit);
         });
         while finishing.try_join_next().is_some() {}
     }
     // Every handled batch is acked (or nak'ed) before the worker reports stopped.
     while finishing.join_next().await.is_some() {}
-    health.set_stopped(input.consumer);
-    Ok(())
+    if own && again.is_none() && !*shutdown.borrow() {
+        // The reader ended on its own (the connection closed).
+        again = Some((Duration::from_secs(1), "the ordered consumer ended".into()));
+    }
+    again
 }
 
 /// How often the consumer's pending / ack-pending / redelivered counts are read for
@@ -368,6 +602,7 @@ async fn handle(
     opts: &Options,
     outage: Arc<std::sync::Mutex<PublishOutage>>,
     held: Arc<Held>,
+    own: bool,
 ) -> Batch {
     let name = stage.name();
     let started = Instant::now();
@@ -375,7 +610,7 @@ async fn handle(
     let release = Release { held, keys };
     let mut deliveries: Vec<Delivery> = msgs.iter().map(Delivery::from_message).collect();
     let handled_at = std::time::SystemTime::now();
-    let mut outcomes = handle_contained(stage, &deliveries).await;
+    let mut outcomes = handle_contained(stage, &deliveries, own).await;
     let mut window: Window<usize> = Window::on(nats, opts.window).fail_fast_on_disconnect(nats);
     let mut failed = vec![false; msgs.len()];
     let mut errors = PublishErrors::default();
@@ -432,7 +667,7 @@ async fn handle(
 /// Runs `stage.handle_batch`, containing panics: after a panic the batch is handled again one
 /// message at a time, so only the messages that panic themselves are held back. Always returns
 /// one outcome per delivery.
-async fn handle_contained(stage: &dyn Stage, deliveries: &[Delivery]) -> Vec<Outcome> {
+async fn handle_contained(stage: &dyn Stage, deliveries: &[Delivery], own: bool) -> Vec<Outcome> {
     let name = stage.name();
     // A stage may compute for a long time without yielding (rules run jq inline). Yield once
     // first, so that a task this one woke (the NATS connection, with the previous batch's
@@ -461,7 +696,7 @@ async fn handle_contained(stage: &dyn Stage, deliveries: &[Delivery]) -> Vec<Out
                 panic_message(&*panic)
             );
             if deliveries.len() == 1 {
-                return vec![after_panic(&deliveries[0], name, &*panic)];
+                return vec![after_panic(&deliveries[0], name, &*panic, own)];
             }
         }
     }
@@ -478,7 +713,7 @@ async fn handle_contained(stage: &dyn Stage, deliveries: &[Delivery]) -> Vec<Out
             },
             Err(panic) => {
                 metrics::PANICS.with_label_values(&["stage", name]).inc();
-                after_panic(d, name, &*panic)
+                after_panic(d, name, &*panic, own)
             }
         });
     }
@@ -487,8 +722,24 @@ async fn handle_contained(stage: &dyn Stage, deliveries: &[Delivery]) -> Vec<Out
 
 /// What a message whose handling panicked gets: a nak with a delay that grows with its
 /// delivery count (1s, 2s, 4s, ... at most 5 min). Never a term: the message is kept until a
-/// fixed whale handles it.
-fn after_panic(d: &Delivery, stage: &'static str, panic: &(dyn std::any::Any + Send)) -> Outcome {
+/// fixed whale handles it. A stage that keeps its own place reads in stream order, where
+/// waiting for the message would stop the whole input: it is passed over (it stays in its
+/// stream), counted and logged as an error.
+fn after_panic(
+    d: &Delivery,
+    stage: &'static str,
+    panic: &(dyn std::any::Any + Send),
+    own: bool,
+) -> Outcome {
+    if own {
+        let reason = format!(
+            "stage {stage} panicked on this message: {}; passed over (it stays in its stream; \
+             see whale_panics_total; report it as a bug)",
+            panic_message(panic)
+        );
+        tracing::error!(parent: &d.span(stage), subject = %d.subject, stream_seq = d.stream_seq, "{reason}");
+        return Outcome::Term { reason };
+    }
     let delay = panic_delay(d.attempt);
     let reason = format!(
         "stage {stage} panicked on this message: {}; redelivered in {delay:?} \
@@ -527,21 +778,24 @@ struct Held {
     map: Mutex<HashMap<u64, (Subject, Instant), KeyHash>>,
     /// One permit per message the loop may still take (released with the message).
     room: tokio::sync::Semaphore,
+    /// Whether messages need in-progress acks (not when nothing is acked).
+    track: bool,
 }
 
 impl Held {
-    fn new(capacity: usize) -> Held {
+    fn new(capacity: usize, track: bool) -> Held {
         Held {
             next: AtomicU64::new(0),
             map: Mutex::new(HashMap::default()),
             room: tokio::sync::Semaphore::new(capacity),
+            track,
         }
     }
 
     /// Puts a message under the keep-alive ticker; returns its key.
     fn add(&self, m: &jetstream::Message) -> u64 {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        if let Some(reply) = &m.reply {
+        if let (true, Some(reply)) = (self.track, &m.reply) {
             self.lock().insert(key, (reply.clone(), Instant::now()));
         }
         key
@@ -706,6 +960,68 @@ async fn read(
     }
 }
 
+/// Hands on each message of an own-position reading as it arrives, one per unit of room the
+/// loop has, and keeps the input's lag gauge (`whale_consumer_pending_messages`) from what each
+/// message says is left. Ends when the loop stops listening or the consumer ends.
+async fn read_own(
+    mut messages: jetstream::consumer::pull::Ordered,
+    start: u64,
+    tx: tokio::sync::mpsc::UnboundedSender<(u64, jetstream::Message)>,
+    held: Arc<Held>,
+    health: Health,
+    consumer_name: &'static str,
+    stage: &'static str,
+) {
+    let mut healthy = true;
+    let mut reported: Option<(u64, Instant)> = None;
+    loop {
+        let Ok(room) = held.room.acquire().await else {
+            return;
+        };
+        room.forget();
+        let m = match messages.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                held.room.add_permits(1);
+                healthy = false;
+                health.set_error(consumer_name, format!("cannot read {consumer_name}: {e}"));
+                tracing::warn!(stage, "cannot read in order: {e}; retrying in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            None => return,
+        };
+        if !healthy {
+            health.set_running(consumer_name);
+            healthy = true;
+        }
+        let (seq, pending) = m
+            .info()
+            .map_or((start, 0), |i| (i.stream_sequence, i.pending));
+        if seq < start {
+            // An ordered consumer recreated before its first message starts from the stream's
+            // beginning: what lies before the position is stored already.
+            held.room.add_permits(1);
+            continue;
+        }
+        let due = match reported {
+            None => true,
+            Some((p, at)) => {
+                p != pending && (pending == 0 || at.elapsed() >= Duration::from_secs(1))
+            }
+        };
+        if due {
+            metrics::consumer_info(stage, consumer_name, pending, 0, 0);
+            reported = Some((pending, Instant::now()));
+        }
+        let key = held.add(&m);
+        if tx.send((key, m)).is_err() {
+            held.release(&[key]);
+            return;
+        }
+    }
+}
+
 /// A handled batch whose publishes may still be awaiting their acks.
 struct Batch {
     name: &'static str,
@@ -725,7 +1041,9 @@ struct Batch {
 
 /// Second half of a batch: waits for its publish acks, then ends every input as exactly one of
 /// ack, nak-with-delay or term. An input is acked only after all its outputs are stored.
-async fn finish(mut b: Batch) {
+/// With `again` (a stage that keeps its own place), nothing is acked: what would be a nak
+/// is sent there instead, and the loop reads again from the stage's position after its delay.
+async fn finish(mut b: Batch, again: Option<&watch::Sender<Option<(Duration, String)>>>) {
     let name = b.name;
     for (idx, r) in b.window.drain().await {
         b.errors.note(&mut b.failed, idx, r);
@@ -776,7 +1094,21 @@ async fn finish(mut b: Batch) {
                 }
             },
         };
-        if let Err(e) = m.ack_with(kind).await {
+        if let Some(again) = again {
+            if let AckKind::Nak(delay) = kind {
+                let reason = match &label {
+                    &"publish_failed" => "publishing outputs failed".to_owned(),
+                    _ => format!("message {} not stored", d.stream_seq),
+                };
+                again.send_if_modified(|a| {
+                    let first = a.is_none();
+                    if first {
+                        *a = Some((delay.unwrap_or(b.publish_retry), reason));
+                    }
+                    first
+                });
+            }
+        } else if let Err(e) = m.ack_with(kind).await {
             tracing::warn!(
                 stage = name,
                 "ack failed (message will be redelivered): {e}"
@@ -873,7 +1205,7 @@ mod tests {
 
     #[test]
     fn held_messages_give_their_room_back() {
-        let held = Held::new(4);
+        let held = Held::new(4, true);
         assert_eq!(held.room.available_permits(), 4);
         held.room.try_acquire_many(3).unwrap().forget();
         held.release(&[1, 2]);

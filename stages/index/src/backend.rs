@@ -142,6 +142,22 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Searches. `total` is exact.
+    /// Whether the backend keeps its own place in the streams (the embedded index: its commits
+    /// record the last sequence they hold). The stage then reads each stream in order from
+    /// [`Backend::position`] and acks nothing; otherwise every copy shares the durable consumers
+    /// and acks each message once it is stored.
+    fn keeps_position(&self) -> bool {
+        false
+    }
+
+    /// Where the input of these subject prefixes (one stream's: `whale.events`,
+    /// `whale.rejected`) reads on, for a backend that [`Backend::keeps_position`]: after what is
+    /// committed, and anything not committed is forgotten.
+    async fn position(&self, prefixes: &[String]) -> Result<whale_kernel::worker::Position, Error> {
+        let _ = prefixes;
+        Ok(whale_kernel::worker::Position::At(1))
+    }
+
     async fn search(&self, search: &Search) -> Result<Hits, Error>;
 
     /// Makes every completed write visible to search now (both backends do it on their own within

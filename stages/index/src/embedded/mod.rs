@@ -4,8 +4,12 @@
 //!
 //! Writes go through one writer thread that commits on time or size (every second, or sooner once
 //! 10,000 documents wait; see docs/search.md "Embedded index: commits"), not per batch: the stream
-//! is the durable record, and the index stage acks a message only after the commit that holds it
-//! ([`Backend::submit`]). A crash before the commit loses only what the stream redelivers.
+//! is the durable record, and the index keeps its own place in it. Each commit records the last
+//! stream sequence it holds per subject prefix (`whale_read`), the stage reads each stream in
+//! order from there ([`Backend::position`]) and acks nothing, so a crash loses only what was not
+//! committed, and that is read again. After a failed commit the writer refuses the documents of
+//! every input until that input has asked for its position again (which commits what waits
+//! first): nothing after a gap is ever committed, so a position never skips a message.
 //!
 //! Nothing is doubled, and the look-up that ensures it (delete by id, then add) is paid only where
 //! a copy can exist: the writer knows the highest stream sequence it has ever stored per subject
@@ -20,7 +24,7 @@ pub(crate) mod schema;
 pub mod tokenizer;
 pub(crate) mod translate;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -40,6 +44,7 @@ pub use self::priority::raised as floor_raised;
 use self::schema::{date, Fields};
 use crate::backend::{Backend, Committed, Delivered, Error, Hits, Order, Search, WriteReport};
 use crate::doc::Doc;
+use whale_kernel::worker::Position;
 
 /// Memory the writer may use before it flushes a segment.
 const WRITER_HEAP: usize = 128 * 1024 * 1024;
@@ -48,12 +53,11 @@ const WRITER_HEAP: usize = 128 * 1024 * 1024;
 pub(crate) const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most documents waiting for one commit. A commit has a fixed cost (segment files written and
 /// fsynced, a new segment to merge later, readers reopened), so commits are as large as the
-/// stage's unacked messages allow: the consumer delivers at most 20,000 unacked messages
-/// (`max_ack_pending`), and the stage acks only after the commit.
+/// stage's loop allows: it holds at most 40 batches of 512 per input until their commit.
 const COMMIT_DOCS: usize = 10_000;
 /// A group of at least [`QUIET_DOCS`] documents commits once no more have come for this long: a
-/// burst that ended is searchable at once, and a consumer held at its unacked limit
-/// (`max_ack_pending`) by documents awaiting their commit is released instead of idling until
+/// burst that ended is searchable at once, and a loop held at its limit of batches awaiting
+/// their commit is released instead of idling until
 /// [`COMMIT_EVERY`] (measured under `whale-bench pipeline`: the index ended each run waiting
 /// for that timer with the CPU idle).
 const QUIET: std::time::Duration = std::time::Duration::from_millis(50);
@@ -85,6 +89,37 @@ struct Add {
 /// payload), read when the writer opens the index.
 type Marks = HashMap<String, u64>;
 
+/// What a commit holds: the highest sequence stored per prefix (`whale_seq`, which decides the
+/// look-ups), the highest read in order since this whale kept its own place (`whale_read`, where
+/// reading goes on; absent in an index an earlier whale made), and whether the marks are known.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Place {
+    stored: Marks,
+    read: Marks,
+    known: bool,
+}
+
+impl Place {
+    /// Where the input of `prefixes` (one stream's) reads on.
+    fn position(&self, prefixes: &[String]) -> Position {
+        let max = |m: &Marks| {
+            m.iter()
+                .filter(|(k, _)| prefixes.iter().any(|p| under(k, p)))
+                .map(|(_, n)| *n)
+                .max()
+        };
+        match (max(&self.read), max(&self.stored)) {
+            (Some(read), _) => Position::At(read + 1),
+            // Made by a whale that acked each message: its consumer's acks say what is stored.
+            (None, Some(stored)) => Position::AfterAcked {
+                otherwise: stored + 1,
+            },
+            (None, None) if self.known => Position::At(1),
+            (None, None) => Position::AfterAcked { otherwise: 1 },
+        }
+    }
+}
+
 enum Job {
     /// Documents to add; answered once committed.
     Write(Vec<Add>, oneshot::Sender<Result<(), String>>),
@@ -92,10 +127,16 @@ enum Job {
     Expire(DateTime, oneshot::Sender<Result<u64, String>>),
     /// Commit now (a refresh).
     Commit(oneshot::Sender<Result<(), String>>),
+    /// Where the inputs of these subject prefixes read on: commits what waits, then answers with
+    /// the committed marks and takes these prefixes' documents again after a failed commit.
+    Position(Vec<String>, oneshot::Sender<Result<Place, String>>),
     /// Tests: hold the writer this long, as a CPU it cannot get would; answered with the next
     /// commit.
     #[cfg(test)]
     Stall(std::time::Duration, oneshot::Sender<Result<(), String>>),
+    /// Tests: the next commit fails (as a full disk would make it).
+    #[cfg(test)]
+    FailNextCommit,
 }
 
 /// The embedded index.
@@ -106,6 +147,8 @@ pub struct Embedded {
     /// What the last commit before this writer opened had stored ([`Marks`]); `None` when
     /// unknown (an index written by a whale before these marks): every document then replaces.
     marks: Option<Marks>,
+    /// Where the last commit before this writer opened had read to in order ([`Place`]).
+    read: Marks,
     /// Documents the writer replaced by id (looked up), and added without a look-up.
     stats: Arc<WriteStats>,
     /// Jobs sent to the writer and not answered yet (the priority floor watches their age).
@@ -213,6 +256,7 @@ impl Embedded {
             .map_err(|err| Error::Other(err.to_string()))?
             .payload;
         let stored = e.shared.reader.searcher().num_docs();
+        e.read = payload.as_deref().map(read_positions).unwrap_or_default();
         e.marks = match payload.as_deref().map(read_marks) {
             Some(m) => Some(m),
             None if stored == 0 => Some(Marks::new()),
@@ -228,6 +272,7 @@ impl Embedded {
             reader: e.shared.reader.clone(),
             fields: e.shared.fields.clone(),
             marks: e.marks.clone(),
+            read: e.read.clone(),
             stats: e.stats.clone(),
             waiting: e.waiting.clone(),
         };
@@ -281,6 +326,7 @@ impl Embedded {
             dir: dir.to_path_buf(),
             writer: None,
             marks: None,
+            read: Marks::new(),
             stats: Arc::default(),
             waiting: Arc::default(),
             writer_tid: 0,
@@ -375,6 +421,8 @@ struct WriterState {
     fields: Arc<Fields>,
     /// The marks of the last commit (`None`: unknown, every document replaces).
     marks: Option<Marks>,
+    /// The read positions of the last commit.
+    read: Marks,
     stats: Arc<WriteStats>,
     waiting: Arc<priority::Waiting>,
 }
@@ -397,12 +445,22 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
         reader,
         fields,
         marks,
+        read: read_marks,
         stats,
         waiting: answered,
     } = st;
     let id_field = fields.keyword("id").expect("id field");
     let known = marks.is_some();
     let mut stored = marks.unwrap_or_default();
+    let mut read = read_marks;
+    // What the last commit holds; after a failed one, the prefixes whose input has asked for its
+    // position since (the documents of every other prefix are refused).
+    let mut committed = Place {
+        stored: stored.clone(),
+        read: read.clone(),
+        known,
+    };
+    let mut closed: Option<HashSet<String>> = None;
     let mut waiting: Vec<Reply> = Vec::new();
     let mut docs = 0usize;
     let mut since: Option<Instant> = None;
@@ -420,11 +478,30 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
             }
         };
         let (commit_now, stop) = match job {
+            Ok(Job::Write(batch, reply))
+                if closed.as_ref().is_some_and(|open| {
+                    batch.iter().any(|a| {
+                        a.seq
+                            .as_ref()
+                            .is_some_and(|(k, _)| !open.iter().any(|p| under(k, p)))
+                    })
+                }) =>
+            {
+                answered.answered();
+                let _ = reply.send(Err(
+                    "an earlier commit failed: this input reads again from the last commit".into(),
+                ));
+                (false, false)
+            }
             Ok(Job::Write(batch, reply)) => {
                 docs += batch.len();
                 since.get_or_insert_with(Instant::now);
                 let (mut replaced, mut added) = (0u64, 0u64);
                 for Add { seq, id, doc } in batch {
+                    if let Some((key, s)) = &seq {
+                        let r = read.entry(key.clone()).or_insert(0);
+                        *r = (*r).max(*s);
+                    }
                     let fresh = match seq {
                         Some((key, s)) => match stored.get_mut(&key) {
                             Some(m) if s <= *m => false,
@@ -475,6 +552,16 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
                 waiting.push(Reply::Write(reply));
                 (true, false)
             }
+            Ok(Job::Position(prefixes, reply)) => {
+                waiting.push(Reply::Position(prefixes, reply));
+                (true, false)
+            }
+            #[cfg(test)]
+            Ok(Job::FailNextCommit) => {
+                answered.answered();
+                failed = Some("no space left on device (test)".into());
+                (false, false)
+            }
             #[cfg(test)]
             Ok(Job::Stall(d, reply)) => {
                 std::thread::sleep(d);
@@ -485,10 +572,8 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
             Err(mpsc::RecvTimeoutError::Disconnected) => (true, true),
         };
         if commit_now && !waiting.is_empty() {
-            // A failed commit keeps `stored` as it is: its documents come back as redeliveries
-            // at or below it and replace (a look-up too many, never a copy too many).
             let result = match failed.take() {
-                None => commit(&mut w, &stored),
+                None => commit(&mut w, &stored, &read),
                 Some(e) => Err(e),
             };
             tracing::debug!(
@@ -497,9 +582,19 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
                 ok = result.is_ok(),
                 "embedded index commit"
             );
-            if let Err(e) = &result {
-                tracing::error!("embedded index commit failed: {e}");
-                let _ = w.rollback();
+            match &result {
+                Ok(()) => {
+                    committed.stored.clone_from(&stored);
+                    committed.read.clone_from(&read);
+                }
+                Err(e) => {
+                    // Back to what the last commit holds; every input reads again from there.
+                    tracing::error!("embedded index commit failed: {e}");
+                    let _ = w.rollback();
+                    stored.clone_from(&committed.stored);
+                    read.clone_from(&committed.read);
+                    closed = Some(HashSet::new());
+                }
             }
             if let Err(e) = reader.reload() {
                 tracing::warn!("embedded index reader reload failed: {e}");
@@ -512,6 +607,14 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
                     }
                     Reply::Expire(r, n) => {
                         let _ = r.send(result.clone().map(|_| n));
+                    }
+                    Reply::Position(prefixes, r) => {
+                        if result.is_ok() {
+                            if let Some(open) = closed.as_mut() {
+                                open.extend(prefixes);
+                            }
+                        }
+                        let _ = r.send(result.clone().map(|_| committed.clone()));
                     }
                 }
             }
@@ -529,11 +632,12 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
 enum Reply {
     Write(oneshot::Sender<Result<(), String>>),
     Expire(oneshot::Sender<Result<u64, String>>, u64),
+    Position(Vec<String>, oneshot::Sender<Result<Place, String>>),
 }
 
-/// Commits with the sequence marks as the commit's payload.
-fn commit(w: &mut IndexWriter, marks: &Marks) -> Result<(), String> {
-    let payload = serde_json::json!({ "whale_seq": marks }).to_string();
+/// Commits with the sequence marks and read positions as the commit's payload.
+fn commit(w: &mut IndexWriter, marks: &Marks, read: &Marks) -> Result<(), String> {
+    let payload = serde_json::json!({ "whale_seq": marks, "whale_read": read }).to_string();
     let mut prepared = w.prepare_commit().map_err(|e| e.to_string())?;
     prepared.set_payload(&payload);
     prepared.commit().map(|_| ()).map_err(|e| e.to_string())
@@ -544,6 +648,21 @@ fn read_marks(payload: &str) -> Marks {
     serde_json::from_str::<serde_json::Value>(payload)
         .ok()
         .and_then(|v| serde_json::from_value(v["whale_seq"].clone()).ok())
+        .unwrap_or_default()
+}
+
+/// Whether the marks under `key` ([`seq_key`] of a subject) belong to the input of subject
+/// prefix `prefix` (its filter without `.>`).
+fn under(key: &str, prefix: &str) -> bool {
+    key.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+/// The read positions of a commit payload (none if it has none: made by an earlier whale).
+fn read_positions(payload: &str) -> Marks {
+    serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| serde_json::from_value(v["whale_read"].clone()).ok())
         .unwrap_or_default()
 }
 
@@ -604,6 +723,22 @@ impl Backend for Embedded {
         tokio::task::spawn_blocking(move || shared.search(&s))
             .await
             .map_err(|e| Error::Other(e.to_string()))?
+    }
+
+    fn keeps_position(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    async fn position(&self, prefixes: &[String]) -> Result<Position, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Position(prefixes.to_vec(), tx))?;
+        match rx.await {
+            Ok(Ok(place)) => Ok(place.position(prefixes)),
+            Ok(Err(e)) => Err(Error::Unavailable(format!(
+                "embedded index commit failed: {e}"
+            ))),
+            Err(_) => Err(Error::Unavailable("the index writer thread stopped".into())),
+        }
     }
 
     /// Commits what waits (a writer) and reopens the reader.
@@ -933,5 +1068,104 @@ mod tests {
         submit(&e, 360..370, 1).await;
         assert_eq!(count(&e).await, 369);
         assert_eq!(e.stats(), (11, 19));
+    }
+
+    /// Where an input reads on: after the highest sequence read in order under its stream's
+    /// prefixes; an index of an earlier whale (stored marks, no read positions) goes by its
+    /// consumer's acks; a new index reads the whole stream.
+    #[test]
+    fn the_position_is_after_what_was_read_in_order() {
+        let marks =
+            |v: &[(&str, u64)]| -> Marks { v.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect() };
+        let events = ["whale.events".to_owned(), "whale.rejected".to_owned()];
+        let place = Place {
+            stored: marks(&[
+                ("whale.events", 90),
+                ("whale.rejected", 95),
+                ("whale.pipe", 7),
+            ]),
+            read: marks(&[
+                ("whale.events", 90),
+                ("whale.rejected", 95),
+                ("whale.pipe", 7),
+            ]),
+            known: true,
+        };
+        assert_eq!(place.position(&events), Position::At(96));
+        assert_eq!(place.position(&["whale.pipe".into()]), Position::At(8));
+        assert_eq!(place.position(&["whale.audit".into()]), Position::At(1));
+        let earlier = Place {
+            read: Marks::new(),
+            ..place.clone()
+        };
+        assert_eq!(
+            earlier.position(&events),
+            Position::AfterAcked { otherwise: 96 }
+        );
+        let unknown = Place {
+            stored: Marks::new(),
+            read: Marks::new(),
+            known: false,
+        };
+        assert_eq!(
+            unknown.position(&events),
+            Position::AfterAcked { otherwise: 1 }
+        );
+    }
+
+    /// After a failed commit the writer refuses every input's documents until that input asked
+    /// for its position again, which is after the last good commit: the documents of the failed
+    /// commit and those refused are read again from there, each stored once, and nothing after
+    /// the gap was committed in between (a crash then would have skipped it). The positions
+    /// survive a restart.
+    #[tokio::test]
+    async fn a_failed_commit_makes_every_input_read_again_from_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Embedded::open(dir.path()).unwrap();
+        let events = vec!["whale.events".to_owned(), "whale.rejected".to_owned()];
+        assert_eq!(e.position(&events).await.unwrap(), Position::At(1));
+        submit(&e, 1..101, 1).await;
+        e.send(Job::FailNextCommit).unwrap();
+        let failed = hand_over(&e, 101..151, 1).await;
+        assert!(failed.await.is_err(), "the commit failed");
+        // Read before the input heard of it: refused, and no later commit holds it.
+        let refused = hand_over(&e, 151..201, 1).await;
+        assert!(refused.await.is_err());
+        e.refresh().await.unwrap();
+        assert_eq!(count(&e).await, 100);
+        // Another input (the pipe) is refused too until it asks.
+        let pipe = vec!["whale.pipe".to_owned()];
+        let (docs, from): (Vec<Doc>, Vec<Delivered>) = (1..11)
+            .map(|i| {
+                let mut d = record(i, false);
+                d.subject = "whale.pipe.matched".into();
+                d.id = format!("pipe-{i}");
+                (
+                    d,
+                    Delivered {
+                        attempt: 1,
+                        stream_seq: i,
+                    },
+                )
+            })
+            .unzip();
+        let (_, c) = e.submit(docs.clone(), from.clone()).await.unwrap();
+        assert!(c.await.is_err());
+        assert_eq!(e.position(&events).await.unwrap(), Position::At(101));
+        submit(&e, 101..201, 1).await;
+        assert_eq!(count(&e).await, 200);
+        assert_eq!(e.position(&pipe).await.unwrap(), Position::At(1));
+        let (_, c) = e.submit(docs, from).await.unwrap();
+        c.await.unwrap();
+        assert_eq!(count(&e).await, 210);
+        assert_eq!(
+            e.stats().1,
+            210,
+            "every document added once, no look-up needed"
+        );
+        drop(e);
+        let e = reopen(dir.path());
+        assert_eq!(e.position(&events).await.unwrap(), Position::At(201));
+        assert_eq!(e.position(&pipe).await.unwrap(), Position::At(11));
     }
 }
