@@ -398,6 +398,29 @@ async fn embedded_index_killed_mid_stream_loses_and_doubles_nothing() {
     let ids = search_ids(&env, &["event_type:generic", "--kind", "event"]);
     let want: BTreeSet<String> = (0..N).map(|i| format!("k9-{i:05}")).collect();
     assert_eq!(ids, want, "every event indexed once");
+    // `whale status` shows the index's own reading of each input, caught up; the durable
+    // consumer `whale setup` made was never read.
+    let status: Value = serde_json::from_slice(&env.ok(&["status", "--json"]).stdout).unwrap();
+    let rows: Vec<&Value> = status["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["stage"] == "index")
+        .collect();
+    assert_eq!(rows.len(), 3, "{status}");
+    for row in rows {
+        assert_eq!(row["own_position"], true, "{row}");
+        assert!(row["error"].is_null(), "{row}");
+        assert_eq!(row["pending"], 0, "{row}");
+    }
+    let durable = nats
+        .consumer_info("WHALE_EVENTS", "index-events")
+        .await
+        .unwrap();
+    assert_eq!(
+        durable.delivered.stream_sequence, 0,
+        "index-events was read"
+    );
     // Caught up, nothing waits: the writer and every tantivy thread are in the idle class
     // (policy 5) at nice 10, the event path in the normal class (0) at nice 0. A process that
     // may not leave the idle class again (the floor needs that) keeps them in the normal class
