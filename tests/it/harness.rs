@@ -46,6 +46,29 @@ pub async fn raw_input(
     (nats, input)
 }
 
+/// Starts the worker loop of `stage` on `input` in this process with the stage's own options, as
+/// `whale run` would (for tests with a stage of their own); sending `true` stops it.
+pub fn spawn_loop(
+    nats: &Nats,
+    stage: std::sync::Arc<dyn whale_kernel::Stage>,
+    input: whale_kernel::subjects::Input,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let options = stage.options();
+    let task = tokio::spawn(whale_kernel::worker::run(
+        nats.clone(),
+        stage,
+        input,
+        options,
+        whale_kernel::Health::default(),
+        stop_rx,
+    ));
+    (stop, task)
+}
+
 /// A test environment: one nats-server plus the env vars that point whale at it.
 pub struct Env {
     pub nats: NatsServer,

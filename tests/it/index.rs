@@ -686,7 +686,7 @@ async fn a_trickle_reaches_the_index_in_few_batches() {
     use async_trait::async_trait;
     use std::sync::{Arc, Mutex};
     use whale_kernel::worker::{self, Options};
-    use whale_kernel::{Delivery, Health, Outcome, Stage};
+    use whale_kernel::{Delivery, Outcome, Stage};
 
     struct Recording {
         inner: whale_index::stage::Index,
@@ -725,16 +725,8 @@ async fn a_trickle_reaches_the_index_in_few_batches() {
     });
     let linger = stage.options().linger;
     assert!(!linger.is_zero(), "the index stage lingers");
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let input_again = input.clone();
-    let loop_task = tokio::spawn(worker::run(
-        nats.clone(),
-        stage.clone(),
-        input,
-        stage.options(),
-        Health::default(),
-        stop_rx,
-    ));
+    let (stop, loop_task) = spawn_loop(&nats, stage.clone(), input);
     let n = 40;
     let started = std::time::Instant::now();
     for i in 0..n {
@@ -793,8 +785,8 @@ async fn a_stage_with_its_own_place_reads_in_order_and_again_after_a_failure() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use whale_kernel::subjects::Input;
-    use whale_kernel::worker::{self, Options, Position};
-    use whale_kernel::{metrics, Delivery, Health, Outcome, Stage};
+    use whale_kernel::worker::{Options, Position};
+    use whale_kernel::{metrics, Delivery, Outcome, Stage};
 
     #[derive(Default)]
     struct Own {
@@ -869,15 +861,7 @@ async fn a_stage_with_its_own_place_reads_in_order_and_again_after_a_failure() {
     let panics_before = panics();
 
     let stage = Arc::new(Own::default());
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let loop_task = tokio::spawn(worker::run(
-        nats.clone(),
-        stage.clone(),
-        input,
-        stage.options(),
-        Health::default(),
-        stop_rx,
-    ));
+    let (stop, loop_task) = spawn_loop(&nats, stage.clone(), input);
     assert!(
         eventually(Duration::from_secs(30), || async {
             stage

@@ -12,8 +12,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use whale_kernel::subjects::{self, STREAM_EVENTS, STREAM_PIPE};
-use whale_kernel::worker::{self, Options};
-use whale_kernel::{metrics, Delivery, Health, Nats, Outcome, Stage};
+use whale_kernel::{metrics, Delivery, Nats, Outcome, Stage};
 
 use crate::harness::*;
 
@@ -242,15 +241,7 @@ async fn a_panicking_stage_does_not_stop_the_worker_and_is_counted() {
             .get()
     };
     assert_eq!(panics(), 0);
-    let (stop, stop_rx) = watch::channel(false);
-    let loop_task = tokio::spawn(worker::run(
-        nats.clone(),
-        stage.clone(),
-        input,
-        Options::default(),
-        Health::default(),
-        stop_rx,
-    ));
+    let (stop, loop_task) = spawn_loop(&nats, stage.clone(), input);
     for body in ["one", "boom", "two"] {
         nats.publish_raw(format!("panic.{body}"), &[], body)
             .await
