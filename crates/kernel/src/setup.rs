@@ -115,19 +115,22 @@ pub fn streams(cfg: &Config) -> Vec<stream::Config> {
 /// under `whale-bench pipeline`: 15–20% of nats-server's CPU with the index stage), while a
 /// consumer without filters reads the stream in order without matching.
 pub fn consumer_filters(input: &subjects::Input, cfg: &Config) -> Vec<String> {
-    let mut want = input.filters.clone();
+    match streams(cfg).into_iter().find(|s| s.name == input.stream) {
+        Some(stream) => filters_within(&input.filters, &stream.subjects),
+        None => input.filters.clone(),
+    }
+}
+
+/// `filters` for a consumer of a stream of `stream_subjects`: none when they are the same set.
+pub fn filters_within(filters: &[String], stream_subjects: &[String]) -> Vec<String> {
+    let mut want = filters.to_vec();
     want.sort();
-    let whole = streams(cfg)
-        .into_iter()
-        .find(|s| s.name == input.stream)
-        .is_some_and(|mut s| {
-            s.subjects.sort();
-            s.subjects == want
-        });
-    if whole {
+    let mut have = stream_subjects.to_vec();
+    have.sort();
+    if want == have {
         Vec::new()
     } else {
-        input.filters.clone()
+        filters.to_vec()
     }
 }
 

@@ -382,15 +382,8 @@ async fn ordered(
 ) -> anyhow::Result<jetstream::consumer::pull::Ordered> {
     // Without filters when they are the stream's own subjects (nats-server reads such a
     // consumer's stream in order without matching; see setup::consumer_filters).
-    let mut want = input.filters.clone();
-    want.sort();
-    let mut have = stream.cached_info().config.subjects.clone();
-    have.sort();
-    let filter_subjects = if want == have {
-        Vec::new()
-    } else {
-        input.filters.clone()
-    };
+    let filter_subjects =
+        crate::setup::filters_within(&input.filters, &stream.cached_info().config.subjects);
     // Unique per loop: the server's names of ordered consumers are this plus `_<n>`.
     let inbox = nats.client.new_inbox();
     let id = inbox.rsplit('.').next().unwrap_or("0");
