@@ -256,8 +256,11 @@ impl Embedded {
             .map_err(|err| Error::Other(err.to_string()))?
             .payload;
         let stored = e.shared.reader.searcher().num_docs();
-        e.read = payload.as_deref().map(read_positions).unwrap_or_default();
-        e.marks = match payload.as_deref().map(read_marks) {
+        e.read = payload
+            .as_deref()
+            .map(|p| read_marks(p, "whale_read"))
+            .unwrap_or_default();
+        e.marks = match payload.as_deref().map(|p| read_marks(p, "whale_seq")) {
             Some(m) => Some(m),
             None if stored == 0 => Some(Marks::new()),
             None => {
@@ -445,14 +448,13 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
         reader,
         fields,
         marks,
-        read: read_marks,
+        mut read,
         stats,
         waiting: answered,
     } = st;
     let id_field = fields.keyword("id").expect("id field");
     let known = marks.is_some();
     let mut stored = marks.unwrap_or_default();
-    let mut read = read_marks;
     // What the last commit holds; after a failed one, the prefixes whose input has asked for its
     // position since (the documents of every other prefix are refused).
     let mut committed = Place {
@@ -643,11 +645,12 @@ fn commit(w: &mut IndexWriter, marks: &Marks, read: &Marks) -> Result<(), String
     prepared.commit().map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// The marks of a commit payload (none if it has none).
-fn read_marks(payload: &str) -> Marks {
+/// The marks under `key` of a commit payload (`whale_seq` stored, `whale_read` read in order;
+/// none if it has none).
+fn read_marks(payload: &str, key: &str) -> Marks {
     serde_json::from_str::<serde_json::Value>(payload)
         .ok()
-        .and_then(|v| serde_json::from_value(v["whale_seq"].clone()).ok())
+        .and_then(|v| serde_json::from_value(v[key].clone()).ok())
         .unwrap_or_default()
 }
 
@@ -656,14 +659,6 @@ fn read_marks(payload: &str) -> Marks {
 fn under(key: &str, prefix: &str) -> bool {
     key.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
-}
-
-/// The read positions of a commit payload (none if it has none: made by an earlier whale).
-fn read_positions(payload: &str) -> Marks {
-    serde_json::from_str::<serde_json::Value>(payload)
-        .ok()
-        .and_then(|v| serde_json::from_value(v["whale_read"].clone()).ok())
-        .unwrap_or_default()
 }
 
 /// The stream sequences of one subject prefix (`whale.events`, `whale.pipe`, ...) grow with
