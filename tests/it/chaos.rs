@@ -315,10 +315,14 @@ async fn busy_consumers(nats: &Nats) -> BTreeMap<String, (u64, usize)> {
         // not its durable ones.
         let own: Vec<String> = infos
             .iter()
-            .filter_map(|i| i.name.split_once("_own_").map(|(d, _)| d.to_owned()))
+            .filter_map(|i| {
+                i.name
+                    .split_once(whale_kernel::subjects::OWN_READER)
+                    .map(|(d, _)| d.to_owned())
+            })
             .collect();
         for info in infos {
-            let own_reader = info.name.contains("_own_");
+            let own_reader = info.name.contains(whale_kernel::subjects::OWN_READER);
             if (info.config.durable_name.is_none() && !own_reader) || own.contains(&info.name) {
                 continue;
             }

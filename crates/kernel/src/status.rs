@@ -119,7 +119,7 @@ pub async fn status(nats: &Nats, cfg: &crate::Config) -> anyhow::Result<Status> 
 /// error when none reads.
 async fn own_reading(nats: &Nats, stage: &str, input: &subjects::Input) -> ConsumerStatus {
     let mut c = ConsumerStatus::empty(stage, input, true);
-    let prefix = format!("{}_own_", input.consumer);
+    let prefix = subjects::own_reader_prefix(input.consumer);
     match nats.consumers(input.stream).await {
         Ok(all) => match all
             .into_iter()

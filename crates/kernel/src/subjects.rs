@@ -170,6 +170,16 @@ pub struct Input {
     pub filters: Vec<String>,
 }
 
+/// What the ordered consumers of a stage that keeps its own place in `consumer`'s input are
+/// named with (`<consumer>_own_<id>`; async-nats adds `_<n>` when it recreates one): the worker
+/// loop names them, `whale status` finds them.
+pub fn own_reader_prefix(consumer: &str) -> String {
+    format!("{consumer}{OWN_READER}")
+}
+
+/// What separates the input's consumer name from the reader's id in [`own_reader_prefix`].
+pub const OWN_READER: &str = "_own_";
+
 /// The inputs of each stage, by stage name (empty for a stage without a JetStream worker):
 /// the one table of who reads what. `whale setup` creates these consumers, `whale status`
 /// reports them, `whale run` starts one worker loop per input; the stage table

@@ -389,7 +389,10 @@ async fn ordered(
     let id = inbox.rsplit('.').next().unwrap_or("0");
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            name: Some(format!("{}_own_{id}", input.consumer)),
+            name: Some(format!(
+                "{}{id}",
+                subjects::own_reader_prefix(input.consumer)
+            )),
             description: Some(format!("whale stage {} (own position)", input.consumer)),
             filter_subjects,
             deliver_policy: if start <= 1 {
