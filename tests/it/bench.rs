@@ -17,17 +17,22 @@ fn whale_bench(args: &[&str]) -> Command {
 fn bench(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["pipeline", "--json"];
     all.extend_from_slice(args);
-    let out = whale_bench(&all).output().expect("run whale-bench");
+    json_of(&all)
+}
+
+/// Runs `whale-bench args` (which must include `--json`); it must succeed and print JSON.
+fn json_of(args: &[&str]) -> serde_json::Value {
+    let out = whale_bench(args).output().expect("run whale-bench");
     assert!(
         out.status.success(),
-        "whale-bench {all:?} failed: {}\nstdout: {}\nstderr: {}",
+        "whale-bench {args:?} failed: {}\nstdout: {}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
-            "bench --json printed no JSON ({e}): {}",
+            "whale-bench --json printed no JSON ({e}): {}",
             String::from_utf8_lossy(&out.stdout)
         )
     })
@@ -62,6 +67,18 @@ fn check(r: &serde_json::Value, events: u64, expected: u64) {
         b.unwrap()
     };
     let mean = (bound_at("reference_before") + bound_at("reference_after")) / 2.0;
+    for when in ["reference_before", "reference_after"] {
+        for k in [
+            "raw_publish_per_s",
+            "raw_consume_ack_per_s",
+            "raw_consume_ordered_per_s",
+        ] {
+            assert!(
+                r[when][k].as_f64().is_some_and(|v| v > 0.0),
+                "{when}.{k}: {r:#}"
+            );
+        }
+    }
     let bound = r["jetstream_bound_per_s"].as_f64().unwrap();
     assert!(
         (bound - mean).abs() <= 1.0,
@@ -73,6 +90,19 @@ fn check(r: &serde_json::Value, events: u64, expected: u64) {
         "{r:#}"
     );
     assert!(r["js_consumes_per_event"].as_f64().unwrap() >= 3.0, "{r:#}");
+    // The bound prices each delivery by how it is read: validate's and match's with an ack (their
+    // durable consumers), the embedded index's in order without one (its own readers). Every
+    // event is read once each way at least.
+    let per = |k: &str| r[k].as_f64().unwrap();
+    assert!(per("js_acked_consumes_per_event") >= 2.0, "{r:#}");
+    assert!(per("js_unacked_consumes_per_event") >= 1.0, "{r:#}");
+    assert!(
+        (per("js_acked_consumes_per_event") + per("js_unacked_consumes_per_event")
+            - per("js_consumes_per_event"))
+        .abs()
+            <= 0.011,
+        "{r:#}"
+    );
     let hops = r["hops_ms"].as_array().unwrap();
     assert_eq!(hops.len(), 5, "{r:#}");
     assert!(hops.iter().all(|h| h["n"] == expected), "{r:#}");
@@ -164,14 +194,7 @@ fn scale_bench_works_through_the_backlog_in_every_round() {
         let args = [
             "scale", "--json", "--shape", shape, "--rules", "20", "--types", "2", "--events", "300",
         ];
-        let out = whale_bench(&args).output().expect("run whale-bench");
-        assert!(
-            out.status.success(),
-            "whale-bench {args:?} failed: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let r = json_of(&args);
         assert!(
             r["rule_shape"].as_str().unwrap().starts_with(shape),
             "{r:#}"
@@ -209,4 +232,20 @@ fn scale_bench_works_through_the_backlog_in_every_round() {
             assert!(re[k].as_f64().unwrap() > 0.0, "{k}: {r:#}");
         }
     }
+}
+
+/// `whale-bench validate` moves every event through and measures its raw reference before and
+/// after the stage runs, the bound being the mean of both (as the pipeline bench does).
+#[test]
+fn validate_bench_measures_its_reference_before_and_after() {
+    let r = json_of(&["validate", "--json", "--events", "2000"]);
+    assert_eq!(r["events"], 2000, "{r:#}");
+    assert!(r["validate_events_per_s"].as_f64().unwrap() > 0.0, "{r:#}");
+    let bound_at = |when: &str| r[when]["jetstream_bound_per_s"].as_f64().unwrap();
+    let mean = (bound_at("reference_before") + bound_at("reference_after")) / 2.0;
+    assert!(bound_at("reference_before") > 0.0 && bound_at("reference_after") > 0.0);
+    assert!(
+        (r["jetstream_bound_per_s"].as_f64().unwrap() - mean).abs() <= 1.0,
+        "{r:#}"
+    );
 }

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use whale_kernel::testkit::{free_port, NatsServer, RedisServer};
 use whale_kernel::{history, subjects, Config, Nats, Output, Window};
 
-use crate::raw::Raw;
+use crate::raw::{Rates, Raw};
 
 /// What builds every binary a run needs, side by side in one target directory.
 pub const BUILD: &str = "cargo build --release -p whale -p whale-bench -p st2-emulator";
@@ -293,10 +293,13 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let busy = stage_busy(&procs).await;
 
     // Messaging actually done per event, counted on the server.
-    let (publishes, consumes) = raw.ops().await?;
-    let p_per = publishes as f64 / n as f64;
-    let c_per = consumes as f64 / n as f64;
-    let bound_of = |(publish, consume): (f64, f64)| 1.0 / (p_per / publish + c_per / consume);
+    // Each operation priced at its own raw rate: a delivery of a durable consumer with its ack,
+    // a delivery of an ordered consumer (the embedded index's own reading) without one.
+    let ops = raw.ops().await?;
+    let per = |x: u64| x as f64 / n as f64;
+    let (p_per, a_per, u_per) = (per(ops.publishes), per(ops.acked), per(ops.unacked));
+    let bound_of =
+        |r: Rates| 1.0 / (p_per / r.publish + a_per / r.consume_ack + u_per / r.consume_ordered);
 
     let rate_of = |f: fn(&Sample) -> u64, total: u64| rate_to(&timeline, f, total);
     let accepted_per_s = rate_of(|s| s.accepted, n as u64);
@@ -345,9 +348,12 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         "latency_samples": lat.len(),
         "p50_ms": pct(0.5).map(round2), "p99_ms": pct(0.99).map(round2),
         "max_ms": lat.last().copied().map(round2),
-        "raw_publish_per_s": reference.publish.round(),
-        "raw_consume_ack_per_s": reference.consume.round(),
-        "js_publishes_per_event": round2(p_per), "js_consumes_per_event": round2(c_per),
+        "raw_publish_per_s": reference.rates.publish.round(),
+        "raw_consume_ack_per_s": reference.rates.consume_ack.round(),
+        "raw_consume_ordered_per_s": reference.rates.consume_ordered.round(),
+        "js_publishes_per_event": round2(p_per), "js_consumes_per_event": round2(a_per + u_per),
+        "js_acked_consumes_per_event": round2(a_per),
+        "js_unacked_consumes_per_event": round2(u_per),
         "jetstream_bound_per_s": bound.round(),
         "reference_before": reference.before, "reference_after": reference.after,
         "efficiency": round2(events_per_s / bound),
@@ -383,25 +389,30 @@ fn stop_all(procs: &mut Vec<Proc>) {
 /// The raw JetStream reference of a run, measured before the pipeline and after it on the same
 /// server: each measurement's rates and bound, and the mean rates and bound a run is judged by.
 struct Reference {
-    publish: f64,
-    consume: f64,
+    /// The mean of both measurements.
+    rates: Rates,
     bound: f64,
     before: Value,
     after: Value,
 }
 
 impl Reference {
-    fn of(before: (f64, f64), after: (f64, f64), bound_of: impl Fn((f64, f64)) -> f64) -> Self {
-        let one = |(publish, consume): (f64, f64)| {
+    fn of(before: Rates, after: Rates, bound_of: impl Fn(Rates) -> f64) -> Self {
+        let one = |r: Rates| {
             json!({
-                "raw_publish_per_s": publish.round(),
-                "raw_consume_ack_per_s": consume.round(),
-                "jetstream_bound_per_s": bound_of((publish, consume)).round(),
+                "raw_publish_per_s": r.publish.round(),
+                "raw_consume_ack_per_s": r.consume_ack.round(),
+                "raw_consume_ordered_per_s": r.consume_ordered.round(),
+                "jetstream_bound_per_s": bound_of(r).round(),
             })
         };
+        let mean = |f: fn(&Rates) -> f64| (f(&before) + f(&after)) / 2.0;
         Reference {
-            publish: (before.0 + after.0) / 2.0,
-            consume: (before.1 + after.1) / 2.0,
+            rates: Rates {
+                publish: mean(|r| r.publish),
+                consume_ack: mean(|r| r.consume_ack),
+                consume_ordered: mean(|r| r.consume_ordered),
+            },
             bound: (bound_of(before) + bound_of(after)) / 2.0,
             before: one(before),
             after: one(after),
@@ -970,9 +981,16 @@ fn print_human(r: &Value) {
         side("reference_after", "raw_consume_ack_per_s")
     );
     println!(
-        "  JetStream ops per event (counted)        {:>10.2} publishes + {:.2} consumes",
+        "  raw JetStream consume, in order, no ack  {:>10.0} msg/s  (before {:.0}, after {:.0})",
+        f("raw_consume_ordered_per_s"),
+        side("reference_before", "raw_consume_ordered_per_s"),
+        side("reference_after", "raw_consume_ordered_per_s")
+    );
+    println!(
+        "  JetStream ops per event (counted)        {:>10.2} publishes + {:.2} consumes+acks + {:.2} consumes without ack",
         f("js_publishes_per_event"),
-        f("js_consumes_per_event")
+        f("js_acked_consumes_per_event"),
+        f("js_unacked_consumes_per_event")
     );
     println!(
         "  JetStream bound for those ops            {:>10.0} events/s  (before {:.0}, after {:.0}; the mean is the bound)",

@@ -34,8 +34,10 @@ impl Raw {
     }
 
     /// Raw publish (window 1024, with msg ids as whale publishes, through the kernel's
-    /// `Window`) and pull consume+ack rates, in messages/s, on a scratch stream.
-    pub async fn rates(&self, nats: &Nats, payloads: &[Vec<u8>]) -> anyhow::Result<(f64, f64)> {
+    /// `Window`), pull consume+ack (a durable consumer, as the shared stages read) and in-order
+    /// consume without acks (an ordered consumer, as the embedded index reads), in messages/s, on
+    /// a scratch stream.
+    pub async fn rates(&self, nats: &Nats, payloads: &[Vec<u8>]) -> anyhow::Result<Rates> {
         let js = &self.js;
         let _ = js.delete_stream("BENCH_RAW").await;
         let st = js
@@ -76,9 +78,32 @@ impl Raw {
                 None => break,
             }
         }
-        let consume = got as f64 / t.elapsed().as_secs_f64();
+        let consume_ack = got as f64 / t.elapsed().as_secs_f64();
+        drop(msgs);
+        let c = st
+            .create_consumer(consumer::pull::OrderedConfig {
+                name: Some("bench_ordered".into()),
+                ..Default::default()
+            })
+            .await?;
+        let t = Instant::now();
+        let mut msgs = c.messages().await?;
+        let mut got = 0;
+        while got < payloads.len() {
+            match msgs.next().await {
+                Some(Ok(_)) => got += 1,
+                Some(Err(e)) => tracing::debug!("bench ordered consume: {e}"),
+                None => break,
+            }
+        }
+        let consume_ordered = got as f64 / t.elapsed().as_secs_f64();
+        drop(msgs);
         let _ = js.delete_stream("BENCH_RAW").await;
-        Ok((publish, consume))
+        Ok(Rates {
+            publish,
+            consume_ack,
+            consume_ordered,
+        })
     }
 
     /// Messages per subject under `filter` in `stream`, summed.
@@ -97,26 +122,49 @@ impl Raw {
             .unwrap_or(0))
     }
 
-    /// Total JetStream publishes (stream sequences) and consumer deliveries, over whale's
-    /// streams.
-    pub async fn ops(&self) -> anyhow::Result<(u64, u64)> {
-        let mut publishes = 0;
-        let mut consumes = 0;
+    /// JetStream publishes (stream sequences) and consumer deliveries over whale's streams,
+    /// deliveries split by whether they are acked (durable consumers) or not (ordered consumers:
+    /// the embedded index's own readers).
+    pub async fn ops(&self) -> anyhow::Result<Ops> {
+        let mut ops = Ops::default();
         for name in [
             subjects::STREAM_INGEST,
             subjects::STREAM_EVENTS,
             subjects::STREAM_PIPE,
         ] {
             let mut st = self.js.get_stream(name).await?;
-            publishes += st.info().await?.state.last_sequence;
+            ops.publishes += st.info().await?.state.last_sequence;
             let consumers: Vec<_> = st.consumers().try_collect().await?;
-            consumes += consumers
-                .iter()
-                .map(|c| c.delivered.consumer_sequence)
-                .sum::<u64>();
+            for c in &consumers {
+                let n = c.delivered.consumer_sequence;
+                match c.config.ack_policy {
+                    consumer::AckPolicy::None => ops.unacked += n,
+                    _ => ops.acked += n,
+                }
+            }
         }
-        Ok((publishes, consumes))
+        Ok(ops)
     }
+}
+
+/// Raw JetStream rates on the server under test, in messages/s.
+#[derive(Debug, Clone, Copy)]
+pub struct Rates {
+    pub publish: f64,
+    /// Pull consume with an ack per message (a durable consumer).
+    pub consume_ack: f64,
+    /// In-order consume with no ack (an ordered consumer).
+    pub consume_ordered: f64,
+}
+
+/// JetStream operations counted on the server.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ops {
+    pub publishes: u64,
+    /// Deliveries of consumers that are acked.
+    pub acked: u64,
+    /// Deliveries of consumers with no acks.
+    pub unacked: u64,
 }
 
 impl Raw {

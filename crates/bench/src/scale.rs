@@ -79,7 +79,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         .collect::<Result<_, _>>()?;
     let sample: Vec<Vec<u8>> = payloads.iter().take(REFERENCE_EVENTS).cloned().collect();
     progress(&a, "measuring raw JetStream publish and consume+ack");
-    let (_, raw_consume) = raw.rates(&nats, &payloads).await?;
+    let raw_consume = raw.rates(&nats, &payloads).await?.consume_ack;
 
     let work = tempfile::tempdir()?;
     let schemas_dir = work.path().join("schemas");

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use whale_kernel::testkit::NatsServer;
 use whale_kernel::{kv, setup, subjects, worker, Config, Health, Output, Stage as _, Window};
 
-use crate::raw::Raw;
+use crate::raw::{Rates, Raw};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -58,7 +58,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         .collect();
     let avg = payloads.iter().map(Vec::len).sum::<usize>() / n.max(1);
 
-    let (raw_pub, raw_consume) = raw.rates(&nats, &payloads).await?;
+    let before = raw.rates(&nats, &payloads).await?;
 
     setup::setup(&nats, &cfg).await?;
     let schema = json!({"event_type": "bench.disk", "version": 1, "digest": "bench", "schema": {
@@ -121,11 +121,24 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         let _ = l.await;
     }
     let validate = n as f64 / secs;
+    // The reference again with validate stopped (the machine's load can change within a run):
+    // the bound is the mean of both.
+    let after = raw.rates(&nats, &payloads).await?;
     // One validated event costs one consume+ack and one publish: that is the bound.
-    let bound = 1.0 / (1.0 / raw_pub + 1.0 / raw_consume);
+    let bound_of = |r: Rates| 1.0 / (1.0 / r.publish + 1.0 / r.consume_ack);
+    let bound = (bound_of(before) + bound_of(after)) / 2.0;
+    let raw_pub = (before.publish + after.publish) / 2.0;
+    let raw_consume = (before.consume_ack + after.consume_ack) / 2.0;
+    let one = |r: Rates| {
+        json!({
+            "raw_publish_per_s": r.publish.round(), "raw_consume_ack_per_s": r.consume_ack.round(),
+            "jetstream_bound_per_s": bound_of(r).round(),
+        })
+    };
     let result = json!({
         "events": n, "avg_event_bytes": avg, "workers": a.workers,
         "raw_publish_per_s": raw_pub.round(), "raw_consume_ack_per_s": raw_consume.round(),
+        "reference_before": one(before), "reference_after": one(after),
         "jetstream_bound_per_s": bound.round(), "validate_events_per_s": validate.round(),
         "efficiency": (validate / bound * 100.0).round() / 100.0,
         "nats_server": raw.server_version(),
@@ -138,16 +151,18 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
             a.workers, result["nats_server"]
         );
         println!(
-            "  raw JetStream publish (window 1024)  {:>10.0} msg/s",
-            raw_pub
+            "  raw JetStream publish (window 1024)  {:>10.0} msg/s  (before {:.0}, after {:.0})",
+            raw_pub, before.publish, after.publish
         );
         println!(
-            "  raw JetStream consume+ack            {:>10.0} msg/s",
-            raw_consume
+            "  raw JetStream consume+ack            {:>10.0} msg/s  (before {:.0}, after {:.0})",
+            raw_consume, before.consume_ack, after.consume_ack
         );
         println!(
-            "  bound for consume+ack+publish        {:>10.0} msg/s",
-            bound
+            "  bound for consume+ack+publish        {:>10.0} msg/s  (before {:.0}, after {:.0}; the mean is the bound)",
+            bound,
+            bound_of(before),
+            bound_of(after)
         );
         println!(
             "  validate whale.in → whale.events     {:>10.0} events/s  ({:.2} × bound)",
