@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use whale_kernel::testkit::{free_port, NatsServer, RedisServer};
 use whale_kernel::{history, subjects, Config, Nats, Output, Window};
 
-use crate::raw::{Rates, Raw};
+use crate::raw::{Rates, Raw, Reference};
 
 /// What builds every binary a run needs, side by side in one target directory.
 pub const BUILD: &str = "cargo build --release -p whale -p whale-bench -p st2-emulator";
@@ -384,40 +384,6 @@ fn stop_all(procs: &mut Vec<Proc>) {
         }
     }
     procs.clear();
-}
-
-/// The raw JetStream reference of a run, measured before the pipeline and after it on the same
-/// server: each measurement's rates and bound, and the mean rates and bound a run is judged by.
-struct Reference {
-    /// The mean of both measurements.
-    rates: Rates,
-    bound: f64,
-    before: Value,
-    after: Value,
-}
-
-impl Reference {
-    fn of(before: Rates, after: Rates, bound_of: impl Fn(Rates) -> f64) -> Self {
-        let one = |r: Rates| {
-            json!({
-                "raw_publish_per_s": r.publish.round(),
-                "raw_consume_ack_per_s": r.consume_ack.round(),
-                "raw_consume_ordered_per_s": r.consume_ordered.round(),
-                "jetstream_bound_per_s": bound_of(r).round(),
-            })
-        };
-        let mean = |f: fn(&Rates) -> f64| (f(&before) + f(&after)) / 2.0;
-        Reference {
-            rates: Rates {
-                publish: mean(|r| r.publish),
-                consume_ack: mean(|r| r.consume_ack),
-                consume_ordered: mean(|r| r.consume_ordered),
-            },
-            bound: (bound_of(before) + bound_of(after)) / 2.0,
-            before: one(before),
-            after: one(after),
-        }
-    }
 }
 
 fn progress(a: &Args, msg: &str) {

@@ -66,20 +66,9 @@ impl Raw {
             })
             .await?;
         let t = Instant::now();
-        let mut msgs = c.stream().max_messages_per_batch(512).messages().await?;
-        let mut got = 0;
-        while got < payloads.len() {
-            match msgs.next().await {
-                Some(Ok(m)) => {
-                    m.ack().await.map_err(anyhow::Error::from_boxed)?;
-                    got += 1;
-                }
-                Some(Err(e)) => tracing::debug!("bench consume: {e}"),
-                None => break,
-            }
-        }
+        let msgs = c.stream().max_messages_per_batch(512).messages().await?;
+        let got = read(msgs, payloads.len(), true).await?;
         let consume_ack = got as f64 / t.elapsed().as_secs_f64();
-        drop(msgs);
         let c = st
             .create_consumer(consumer::pull::OrderedConfig {
                 name: Some("bench_ordered".into()),
@@ -87,17 +76,8 @@ impl Raw {
             })
             .await?;
         let t = Instant::now();
-        let mut msgs = c.messages().await?;
-        let mut got = 0;
-        while got < payloads.len() {
-            match msgs.next().await {
-                Some(Ok(_)) => got += 1,
-                Some(Err(e)) => tracing::debug!("bench ordered consume: {e}"),
-                None => break,
-            }
-        }
+        let got = read(c.messages().await?, payloads.len(), false).await?;
         let consume_ordered = got as f64 / t.elapsed().as_secs_f64();
-        drop(msgs);
         let _ = js.delete_stream("BENCH_RAW").await;
         Ok(Rates {
             publish,
@@ -165,6 +145,64 @@ pub struct Ops {
     pub acked: u64,
     /// Deliveries of consumers with no acks.
     pub unacked: u64,
+}
+
+/// Reads up to `n` messages from `msgs` (acking each when `ack`); the number read.
+async fn read<E: std::fmt::Display>(
+    mut msgs: impl futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
+    n: usize,
+    ack: bool,
+) -> anyhow::Result<usize> {
+    let mut got = 0;
+    while got < n {
+        match msgs.next().await {
+            Some(Ok(m)) => {
+                if ack {
+                    m.ack().await.map_err(anyhow::Error::from_boxed)?;
+                }
+                got += 1;
+            }
+            Some(Err(e)) => tracing::debug!("bench consume: {e}"),
+            None => break,
+        }
+    }
+    Ok(got)
+}
+
+/// The raw JetStream reference of a run, measured before the stages run and after them on the
+/// same server (the machine's load can change within a run): each measurement's rates and bound,
+/// and the mean rates and bound a run is judged by.
+pub struct Reference {
+    /// The mean of both measurements.
+    pub rates: Rates,
+    pub bound: f64,
+    pub before: Value,
+    pub after: Value,
+}
+
+impl Reference {
+    /// `bound_of` gives the events/s the run's JetStream operations allow at some rates.
+    pub fn of(before: Rates, after: Rates, bound_of: impl Fn(Rates) -> f64) -> Self {
+        let one = |r: Rates| {
+            json!({
+                "raw_publish_per_s": r.publish.round(),
+                "raw_consume_ack_per_s": r.consume_ack.round(),
+                "raw_consume_ordered_per_s": r.consume_ordered.round(),
+                "jetstream_bound_per_s": bound_of(r).round(),
+            })
+        };
+        let mean = |f: fn(&Rates) -> f64| (f(&before) + f(&after)) / 2.0;
+        Reference {
+            rates: Rates {
+                publish: mean(|r| r.publish),
+                consume_ack: mean(|r| r.consume_ack),
+                consume_ordered: mean(|r| r.consume_ordered),
+            },
+            bound: (bound_of(before) + bound_of(after)) / 2.0,
+            before: one(before),
+            after: one(after),
+        }
+    }
 }
 
 impl Raw {

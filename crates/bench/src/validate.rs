@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use whale_kernel::testkit::NatsServer;
 use whale_kernel::{kv, setup, subjects, worker, Config, Health, Output, Stage as _, Window};
 
-use crate::raw::{Rates, Raw};
+use crate::raw::{Rates, Raw, Reference};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -126,19 +126,16 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let after = raw.rates(&nats, &payloads).await?;
     // One validated event costs one consume+ack and one publish: that is the bound.
     let bound_of = |r: Rates| 1.0 / (1.0 / r.publish + 1.0 / r.consume_ack);
-    let bound = (bound_of(before) + bound_of(after)) / 2.0;
-    let raw_pub = (before.publish + after.publish) / 2.0;
-    let raw_consume = (before.consume_ack + after.consume_ack) / 2.0;
-    let one = |r: Rates| {
-        json!({
-            "raw_publish_per_s": r.publish.round(), "raw_consume_ack_per_s": r.consume_ack.round(),
-            "jetstream_bound_per_s": bound_of(r).round(),
-        })
-    };
+    let reference = Reference::of(before, after, bound_of);
+    let (raw_pub, raw_consume, bound) = (
+        reference.rates.publish,
+        reference.rates.consume_ack,
+        reference.bound,
+    );
     let result = json!({
         "events": n, "avg_event_bytes": avg, "workers": a.workers,
         "raw_publish_per_s": raw_pub.round(), "raw_consume_ack_per_s": raw_consume.round(),
-        "reference_before": one(before), "reference_after": one(after),
+        "reference_before": reference.before, "reference_after": reference.after,
         "jetstream_bound_per_s": bound.round(), "validate_events_per_s": validate.round(),
         "efficiency": (validate / bound * 100.0).round() / 100.0,
         "nats_server": raw.server_version(),
