@@ -40,7 +40,7 @@ use time::OffsetDateTime;
 use whale_index::embedded::Embedded;
 use whale_index::opensearch::OpenSearch;
 use whale_index::testkit::OpenSearchNode;
-use whale_index::{Backend, Delivered, Doc, Search};
+use whale_index::{Backend, Doc, Search};
 use whale_kernel::Delivery;
 
 const ENVS: [&str; 3] = ["prod", "staging", "dev"];
@@ -309,19 +309,17 @@ async fn index(backend: Arc<dyn Backend>, n: usize, label: &str, replace_all: bo
                 loop {
                     let next = queue.lock().unwrap().next();
                     let Some(batch) = next else { break };
-                    let docs: Vec<Doc> = batch.iter().map(Doc::from_delivery).collect();
-                    let n = docs.len();
-                    let from = match replace_all {
-                        true => Vec::new(),
-                        false => batch
-                            .iter()
-                            .map(|d| Delivered {
-                                attempt: d.attempt,
-                                stream_seq: d.stream_seq,
-                            })
-                            .collect(),
+                    let n = batch.len();
+                    // As the index stage hands its messages over (the backend builds the
+                    // documents), or, before the marks, documents without delivery information.
+                    let submitted = match replace_all {
+                        true => {
+                            let docs = batch.iter().map(Doc::from_delivery).collect();
+                            backend.submit(docs, Vec::new()).await
+                        }
+                        false => backend.submit_messages(&batch).await,
                     };
-                    let (r, committed) = backend.submit(docs, from).await.expect("write");
+                    let (r, committed) = submitted.expect("write");
                     assert!(r.retry.is_empty() && r.dropped.is_empty(), "{r:?}");
                     waiting.push_back((n, committed));
                     held += n;

@@ -6,6 +6,7 @@ use std::ops::Bound;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
+use whale_kernel::Delivery;
 
 use crate::doc::Doc;
 use crate::query::{Field, Pred, Query};
@@ -139,6 +140,23 @@ pub trait Backend: Send + Sync + 'static {
         let _ = from;
         let report = self.write(docs).await?;
         Ok((report, Box::pin(async { Ok(()) })))
+    }
+
+    /// As [`Backend::submit`], from the messages the index stage read: document `i` is
+    /// `batch[i]`'s. A backend may build the documents where it likes; the embedded index builds
+    /// them in its writer thread, so that work runs in the index's own CPU class (idle under
+    /// load, see `embedded::priority`) and not on the event path's threads. The default builds
+    /// them here.
+    async fn submit_messages(&self, batch: &[Delivery]) -> Result<(WriteReport, Committed), Error> {
+        let docs = batch.iter().map(Doc::of).collect();
+        let from = batch
+            .iter()
+            .map(|d| Delivered {
+                attempt: d.attempt,
+                stream_seq: d.stream_seq,
+            })
+            .collect();
+        self.submit(docs, from).await
     }
 
     /// Searches. `total` is exact.

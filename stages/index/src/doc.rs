@@ -157,6 +157,16 @@ impl Doc {
         doc
     }
 
+    /// [`Doc::from_delivery`] for the index stage: a message that is not JSON is counted
+    /// (`whale_stage_events_total{stage="index",kind="unparsed"}`).
+    pub(crate) fn of(d: &Delivery) -> Doc {
+        let doc = Doc::from_delivery(d);
+        if doc.kind == "unparsed" {
+            crate::stage::count("unparsed", 1);
+        }
+        doc
+    }
+
     fn unparsed(d: &Delivery, seen: OffsetDateTime) -> Doc {
         let keep = &d.payload[..d.payload.len().min(RAW_KEEP)];
         let header = |h: &str| d.header(h).filter(|s| !s.is_empty()).map(str::to_owned);

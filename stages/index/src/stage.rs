@@ -1,5 +1,5 @@
-//! The index stage: every batch of events, rejections and pipeline records becomes documents
-//! handed to the backend in one call. The embedded index keeps its own place in the streams
+//! The index stage: every batch of events, rejections and pipeline records is handed to the
+//! backend in one call, which builds their documents (the embedded index in its writer thread). The embedded index keeps its own place in the streams
 //! (its commits record the last sequence read in order; the loop reads from
 //! [`Stage::position`] and acks nothing); with OpenSearch each message is acked only once its
 //! document is stored ([`Outcome::AckWhen`]). When
@@ -17,8 +17,7 @@ use whale_kernel::metrics::STAGE_EVENTS;
 use whale_kernel::subjects::Input;
 use whale_kernel::{worker, Delivery, Durable, Outcome, Stage};
 
-use crate::backend::{Backend, Delivered, Error};
-use crate::doc::Doc;
+use crate::backend::{Backend, Error};
 
 /// How often retention runs.
 const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
@@ -79,7 +78,7 @@ pub fn backoff(attempt: i64) -> Duration {
     Duration::from_secs((1u64 << exp).min(30))
 }
 
-fn count(kind: &str, n: usize) {
+pub(crate) fn count(kind: &str, n: usize) {
     if n > 0 {
         STAGE_EVENTS
             .with_label_values(&["index", kind])
@@ -125,20 +124,8 @@ impl Stage for Index {
     }
 
     async fn handle_batch(&self, batch: &[Delivery]) -> Vec<Outcome> {
-        let docs: Vec<Doc> = batch.iter().map(Doc::from_delivery).collect();
-        count(
-            "unparsed",
-            docs.iter().filter(|d| d.kind == "unparsed").count(),
-        );
         let attempt = batch.iter().map(|d| d.attempt).max().unwrap_or(1);
-        let from = batch
-            .iter()
-            .map(|d| Delivered {
-                attempt: d.attempt,
-                stream_seq: d.stream_seq,
-            })
-            .collect();
-        match self.backend.submit(docs, from).await {
+        match self.backend.submit_messages(batch).await {
             Ok((report, committed)) => {
                 if self.down.swap(false, Ordering::Relaxed) {
                     tracing::info!(

@@ -2,8 +2,10 @@
 //! the writer (tantivy allows one per directory; the index stage takes it); any number of other
 //! processes (`whale events search`, `whale trace`) open it read-only and see every commit.
 //!
-//! Writes go through one writer thread that commits on time or size (every second, or sooner once
-//! 10,000 documents wait; see docs/search.md "Embedded index: commits"), not per batch: the stream
+//! Writes go through one writer thread. It builds each document from the message the stage
+//! handed over (so that work runs in the index's CPU class, not the event path's), and commits on
+//! time or size (every second, or sooner once 10,000 documents wait; see docs/search.md
+//! "Embedded index: commits"), not per batch: the stream
 //! is the durable record, and the index keeps its own place in it. Each commit records the last
 //! stream sequence it holds per subject prefix (`whale_read`), the stage reads each stream in
 //! order from there ([`Backend::position`]) and acks nothing, so a crash loses only what was not
@@ -45,6 +47,7 @@ use self::schema::{date, Fields};
 use crate::backend::{Backend, Committed, Delivered, Error, Hits, Order, Search, WriteReport};
 use crate::doc::Doc;
 use whale_kernel::worker::Position;
+use whale_kernel::Delivery;
 
 /// Memory the writer may use before it flushes a segment.
 const WRITER_HEAP: usize = 128 * 1024 * 1024;
@@ -77,12 +80,31 @@ fn merge_policy() -> tantivy::merge_policy::LogMergePolicy {
     p
 }
 
-/// One document to add: its stream sequence under its subject prefix ([`seq_key`]; none when
-/// unknown), its id, the document.
-struct Add {
-    seq: Option<(String, u64)>,
-    id: String,
-    doc: TantivyDocument,
+/// One document to add. The writer thread builds it (parses the message, makes the tantivy
+/// document): that is the index's own work, so it runs in the writer's class (idle while the event
+/// path is busy, [`priority`]), not on the threads that carry events to their actions.
+enum Add {
+    /// A message the index stage read ([`Backend::submit_messages`]).
+    Message(Delivery),
+    /// A document built elsewhere, with its stream sequence under its subject prefix when known.
+    Doc(Box<Doc>, Option<(String, u64)>),
+}
+
+impl Add {
+    /// Its stream sequence under its subject prefix ([`seq_key`]; none when unknown).
+    fn seq(&self) -> Option<(&str, u64)> {
+        match self {
+            Add::Message(d) => (d.stream_seq > 0).then(|| (seq_key(&d.subject), d.stream_seq)),
+            Add::Doc(_, seq) => seq.as_ref().map(|(k, s)| (k.as_str(), *s)),
+        }
+    }
+
+    fn into_doc(self) -> Doc {
+        match self {
+            Add::Message(d) => Doc::of(&d),
+            Add::Doc(doc, _) => *doc,
+        }
+    }
 }
 
 /// Highest stream sequence stored, by subject prefix ([`seq_key`]): saved with each commit (its
@@ -349,6 +371,14 @@ impl Embedded {
         )
     }
 
+    /// Hands `batch` to the writer thread, which builds and adds the documents; resolves once
+    /// they are committed.
+    fn to_writer(&self, batch: Vec<Add>) -> Result<(WriteReport, Committed), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Write(batch, tx))?;
+        Ok((WriteReport::default(), committed(rx)))
+    }
+
     fn send(&self, job: Job) -> Result<(), Error> {
         let w = self
             .writer
@@ -483,8 +513,7 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
             Ok(Job::Write(batch, reply))
                 if closed.as_ref().is_some_and(|open| {
                     batch.iter().any(|a| {
-                        a.seq
-                            .as_ref()
+                        a.seq()
                             .is_some_and(|(k, _)| !open.iter().any(|p| under(k, p)))
                     })
                 }) =>
@@ -499,35 +528,31 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
                 docs += batch.len();
                 since.get_or_insert_with(Instant::now);
                 let (mut replaced, mut added) = (0u64, 0u64);
-                for Add { seq, id, doc } in batch {
-                    if let Some((key, s)) = &seq {
-                        let r = read.entry(key.clone()).or_insert(0);
-                        *r = (*r).max(*s);
-                    }
-                    let fresh = match seq {
-                        Some((key, s)) => match stored.get_mut(&key) {
-                            Some(m) if s <= *m => false,
-                            Some(m) => {
-                                *m = s;
-                                known
+                for add in batch {
+                    let fresh = match add.seq() {
+                        Some((key, s)) => {
+                            raise(&mut read, key, s);
+                            match stored.get(key) {
+                                Some(m) if s <= *m => false,
+                                _ => {
+                                    raise(&mut stored, key, s);
+                                    known
+                                }
                             }
-                            None => {
-                                stored.insert(key, s);
-                                known
-                            }
-                        },
+                        }
                         None => false,
                     };
                     if failed.is_some() {
                         continue;
                     }
+                    let doc = add.into_doc();
                     if fresh {
                         added += 1;
                     } else {
                         replaced += 1;
-                        w.delete_term(Term::from_field_text(id_field, &id));
+                        w.delete_term(Term::from_field_text(id_field, &doc.id));
                     }
-                    if let Err(e) = w.add_document(doc) {
+                    if let Err(e) = w.add_document(fields.to_tantivy(&doc)) {
                         failed = Some(e.to_string());
                     }
                 }
@@ -631,6 +656,17 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
     let _ = w.wait_merging_threads();
 }
 
+/// Raises the mark of `key` to `s` (a new key starts there), without copying the key when it is
+/// known: this runs once per document.
+fn raise(marks: &mut Marks, key: &str, s: u64) {
+    match marks.get_mut(key) {
+        Some(m) => *m = (*m).max(s),
+        None => {
+            marks.insert(key.to_owned(), s);
+        }
+    }
+}
+
 enum Reply {
     Write(oneshot::Sender<Result<(), String>>),
     Expire(oneshot::Sender<Result<u64, String>>, u64),
@@ -692,25 +728,25 @@ impl Backend for Embedded {
         if docs.is_empty() {
             return Ok((WriteReport::default(), Box::pin(async { Ok(()) })));
         }
-        let fields = self.shared.fields.clone();
-        let batch = tokio::task::spawn_blocking(move || {
-            docs.into_iter()
-                .enumerate()
-                .map(|(i, d)| Add {
-                    seq: from
-                        .get(i)
-                        .filter(|f| f.stream_seq > 0)
-                        .map(|f| (seq_key(&d.subject).to_owned(), f.stream_seq)),
-                    doc: fields.to_tantivy(&d),
-                    id: d.id,
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        self.send(Job::Write(batch, tx))?;
-        Ok((WriteReport::default(), committed(rx)))
+        let batch = docs
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let seq = from
+                    .get(i)
+                    .filter(|f| f.stream_seq > 0)
+                    .map(|f| (seq_key(&d.subject).to_owned(), f.stream_seq));
+                Add::Doc(Box::new(d), seq)
+            })
+            .collect();
+        self.to_writer(batch)
+    }
+
+    async fn submit_messages(&self, batch: &[Delivery]) -> Result<(WriteReport, Committed), Error> {
+        if batch.is_empty() {
+            return Ok((WriteReport::default(), Box::pin(async { Ok(()) })));
+        }
+        self.to_writer(batch.iter().cloned().map(Add::Message).collect())
     }
 
     async fn search(&self, s: &Search) -> Result<Hits, Error> {
@@ -968,6 +1004,11 @@ mod tests {
     /// An event (`whale.events.*`) or a rejection (`whale.rejected.*`): both live on one
     /// stream, so their sequences interleave.
     fn record(i: u64, rejected: bool) -> Doc {
+        Doc::from_delivery(&message(i, rejected, 1))
+    }
+
+    /// The message of [`record`], delivered for the `attempt`th time.
+    fn message(i: u64, rejected: bool, attempt: i64) -> whale_kernel::Delivery {
         let ev = serde_json::json!({"id": format!("ev-{i}"), "event_type": "app.log", "source": "t",
             "time": "2026-11-28T01:00:00Z", "detail": {"n": i}});
         let (subject, payload) = if rejected {
@@ -977,26 +1018,20 @@ mod tests {
         } else {
             ("whale.events.app.log", ev)
         };
-        Doc::from_delivery(&whale_kernel::Delivery {
+        whale_kernel::Delivery {
             subject: subject.into(),
             payload: serde_json::to_vec(&payload).unwrap().into(),
             headers: vec![("Nats-Msg-Id".into(), format!("ev-{i}"))],
-            attempt: 1,
+            attempt,
             stream_seq: i,
             published: OffsetDateTime::now_utc(),
-        })
+        }
     }
 
-    /// Odd sequences are rejections, even ones events.
+    /// Odd sequences are rejections, even ones events; handed over as the index stage does.
     async fn hand_over(e: &Embedded, seqs: std::ops::Range<u64>, attempt: i64) -> Committed {
-        let docs = seqs.clone().map(|i| record(i, i % 2 == 1)).collect();
-        let from = seqs
-            .map(|stream_seq| Delivered {
-                attempt,
-                stream_seq,
-            })
-            .collect();
-        e.submit(docs, from).await.unwrap().1
+        let batch: Vec<_> = seqs.map(|i| message(i, i % 2 == 1, attempt)).collect();
+        e.submit_messages(&batch).await.unwrap().1
     }
 
     async fn submit(e: &Embedded, seqs: std::ops::Range<u64>, attempt: i64) {
@@ -1020,6 +1055,43 @@ mod tests {
             .search(&Search::new(parse("*").unwrap()))
             .unwrap()
             .total
+    }
+
+    /// The index stage hands its messages over as they came; the writer builds their documents
+    /// (one that is not JSON as `unparsed`, counted), and their sequences move the position.
+    #[tokio::test]
+    async fn messages_handed_over_become_documents_in_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Embedded::open(dir.path()).unwrap();
+        let unparsed = || {
+            whale_kernel::metrics::STAGE_EVENTS
+                .with_label_values(&["index", "unparsed"])
+                .get()
+        };
+        let before = unparsed();
+        let mut garbage = message(3, false, 1);
+        garbage.payload = bytes::Bytes::from_static(b"\xff not json");
+        let batch = vec![message(1, false, 1), message(2, true, 1), garbage];
+        let (report, committed) = e.submit_messages(&batch).await.unwrap();
+        assert!(report.retry.is_empty() && report.dropped.is_empty());
+        committed.await.unwrap();
+        e.refresh().await.unwrap();
+        let total = |q: &str| {
+            e.shared
+                .search(&Search::new(parse(q).unwrap()))
+                .unwrap()
+                .total
+        };
+        assert_eq!(total("kind:event AND event_id:ev-1 AND detail.n:1"), 1);
+        assert_eq!(total("kind:rejected AND event_id:ev-2"), 1);
+        assert_eq!(total("kind:unparsed AND json"), 1);
+        assert_eq!(
+            unparsed() - before,
+            1,
+            "the unparsed message was counted once"
+        );
+        let events = vec!["whale.events".to_owned()];
+        assert_eq!(e.position(&events).await.unwrap(), Position::At(4));
     }
 
     /// Every message is stored once, counted exactly, across restarts, redeliveries, committed
