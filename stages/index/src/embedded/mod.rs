@@ -99,13 +99,47 @@ impl Add {
         }
     }
 
-    fn into_doc(self) -> Doc {
-        match self {
-            Add::Message(d) => Doc::of(&d),
-            Add::Doc(doc, _) => *doc,
+    /// The document and its tantivy form. A panic while building them (a bug; no input is known
+    /// to cause one) is contained here as the worker loop contains a stage's: logged, counted in
+    /// `whale_panics_total{where="stage",stage="index"}`, and the message passed over (it stays
+    /// in its stream), so the writer thread lives on.
+    fn build(self, fields: &Fields) -> Option<(String, TantivyDocument)> {
+        let at = match &self {
+            Add::Message(d) => format!("{} #{}", d.subject, d.stream_seq),
+            Add::Doc(d, _) => d.id.clone(),
+        };
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let doc = match self {
+                Add::Message(d) => {
+                    #[cfg(test)]
+                    assert!(&d.payload[..] != PANIC_TEST, "a test asked for it");
+                    Doc::of(&d)
+                }
+                Add::Doc(doc, _) => *doc,
+            };
+            let t = fields.to_tantivy(&doc);
+            (doc.id, t)
+        }));
+        match built {
+            Ok(b) => Some(b),
+            Err(panic) => {
+                whale_kernel::metrics::PANICS
+                    .with_label_values(&["stage", "index"])
+                    .inc();
+                tracing::error!(
+                    message = %at,
+                    "panic while building its index document: {}; passed over (it stays in its stream)",
+                    whale_kernel::worker::panic_message(&*panic)
+                );
+                None
+            }
         }
     }
 }
+
+/// Tests: a message with this payload panics in [`Add::build`].
+#[cfg(test)]
+const PANIC_TEST: &[u8] = b"panic in the writer (test)";
 
 /// Highest stream sequence stored, by subject prefix ([`seq_key`]): saved with each commit (its
 /// payload), read when the writer opens the index.
@@ -545,14 +579,16 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
                     if failed.is_some() {
                         continue;
                     }
-                    let doc = add.into_doc();
+                    let Some((id, doc)) = add.build(&fields) else {
+                        continue;
+                    };
                     if fresh {
                         added += 1;
                     } else {
                         replaced += 1;
-                        w.delete_term(Term::from_field_text(id_field, &doc.id));
+                        w.delete_term(Term::from_field_text(id_field, &id));
                     }
-                    if let Err(e) = w.add_document(fields.to_tantivy(&doc)) {
+                    if let Err(e) = w.add_document(doc) {
                         failed = Some(e.to_string());
                     }
                 }
@@ -1092,6 +1128,30 @@ mod tests {
         );
         let events = vec!["whale.events".to_owned()];
         assert_eq!(e.position(&events).await.unwrap(), Position::At(4));
+    }
+
+    /// A panic while the writer builds a document passes that message over, counted; the
+    /// writer lives on and the batch's other documents are stored.
+    #[tokio::test]
+    async fn a_panic_while_building_a_document_passes_it_over_and_the_writer_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Embedded::open(dir.path()).unwrap();
+        let panics = || {
+            whale_kernel::metrics::PANICS
+                .with_label_values(&["stage", "index"])
+                .get()
+        };
+        let before = panics();
+        let mut bad = message(2, false, 1);
+        bad.payload = bytes::Bytes::from_static(PANIC_TEST);
+        let batch = vec![message(1, false, 1), bad, message(3, false, 1)];
+        e.submit_messages(&batch).await.unwrap().1.await.unwrap();
+        assert_eq!(count(&e).await, 2);
+        assert_eq!(panics() - before, 1);
+        submit(&e, 4..6, 1).await;
+        assert_eq!(count(&e).await, 4, "the writer still adds documents");
+        let stream = vec!["whale.events".to_owned(), "whale.rejected".to_owned()];
+        assert_eq!(e.position(&stream).await.unwrap(), Position::At(6));
     }
 
     /// Every message is stored once, counted exactly, across restarts, redeliveries, committed
