@@ -103,26 +103,24 @@ impl Add {
     /// to cause one) is contained here as the worker loop contains a stage's: logged, counted in
     /// `whale_panics_total{where="stage",stage="index"}`, and the message passed over (it stays
     /// in its stream), so the writer thread lives on.
-    fn build(self, fields: &Fields) -> Option<(String, TantivyDocument)> {
-        let at = match &self {
-            Add::Message(d) => format!("{} #{}", d.subject, d.stream_seq),
-            Add::Doc(d, _) => d.id.clone(),
-        };
-        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let doc = match self {
-                Add::Message(d) => {
-                    #[cfg(test)]
-                    assert!(&d.payload[..] != PANIC_TEST, "a test asked for it");
-                    Doc::of(&d)
-                }
-                Add::Doc(doc, _) => *doc,
-            };
-            let t = fields.to_tantivy(&doc);
-            (doc.id, t)
+    fn build(&self, fields: &Fields) -> Option<(String, TantivyDocument)> {
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match self {
+            Add::Message(d) => {
+                #[cfg(test)]
+                assert!(&d.payload[..] != PANIC_TEST, "a test asked for it");
+                let doc = Doc::of(d);
+                let t = fields.to_tantivy(&doc);
+                (doc.id, t)
+            }
+            Add::Doc(doc, _) => (doc.id.clone(), fields.to_tantivy(doc)),
         }));
         match built {
             Ok(b) => Some(b),
             Err(panic) => {
+                let at = match self {
+                    Add::Message(d) => format!("{} #{}", d.subject, d.stream_seq),
+                    Add::Doc(d, _) => d.id.clone(),
+                };
                 whale_kernel::metrics::PANICS
                     .with_label_values(&["stage", "index"])
                     .inc();
