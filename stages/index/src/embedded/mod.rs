@@ -5,8 +5,8 @@
 //! Writes go through one writer thread. It builds each document from the message the stage
 //! handed over (so that work runs in the index's CPU class, not the event path's), and commits on
 //! time or size (every second, or sooner once 10,000 documents wait; see docs/search.md
-//! "Embedded index: commits"), not per batch: the stream
-//! is the durable record, and the index keeps its own place in it. Each commit records the last
+//! "Embedded index: commits"), not per batch: the stream is the durable record, and the index
+//! keeps its own place in it. Each commit records the last
 //! stream sequence it holds per subject prefix (`whale_read`), the stage reads each stream in
 //! order from there ([`Backend::position`]) and acks nothing, so a crash loses only what was not
 //! committed, and that is read again. After a failed commit the writer refuses the documents of
@@ -406,6 +406,9 @@ impl Embedded {
     /// Hands `batch` to the writer thread, which builds and adds the documents; resolves once
     /// they are committed.
     fn to_writer(&self, batch: Vec<Add>) -> Result<(WriteReport, Committed), Error> {
+        if batch.is_empty() {
+            return Ok((WriteReport::default(), Box::pin(async { Ok(()) })));
+        }
         let (tx, rx) = oneshot::channel();
         self.send(Job::Write(batch, tx))?;
         Ok((WriteReport::default(), committed(rx)))
@@ -564,10 +567,14 @@ fn writer_loop(mut w: IndexWriter, st: WriterState, rx: mpsc::Receiver<Job>) {
                     let fresh = match add.seq() {
                         Some((key, s)) => {
                             raise(&mut read, key, s);
-                            match stored.get(key) {
+                            match stored.get_mut(key) {
                                 Some(m) if s <= *m => false,
-                                _ => {
-                                    raise(&mut stored, key, s);
+                                Some(m) => {
+                                    *m = s;
+                                    known
+                                }
+                                None => {
+                                    stored.insert(key.to_owned(), s);
                                     known
                                 }
                             }
@@ -759,9 +766,6 @@ impl Backend for Embedded {
         docs: Vec<Doc>,
         from: Vec<Delivered>,
     ) -> Result<(WriteReport, Committed), Error> {
-        if docs.is_empty() {
-            return Ok((WriteReport::default(), Box::pin(async { Ok(()) })));
-        }
         let batch = docs
             .into_iter()
             .enumerate()
@@ -777,9 +781,6 @@ impl Backend for Embedded {
     }
 
     async fn submit_messages(&self, batch: &[Delivery]) -> Result<(WriteReport, Committed), Error> {
-        if batch.is_empty() {
-            return Ok((WriteReport::default(), Box::pin(async { Ok(()) })));
-        }
         self.to_writer(batch.iter().cloned().map(Add::Message).collect())
     }
 
