@@ -39,6 +39,7 @@ pub async fn raw_input(
         stream,
         consumer,
         filters: vec![all],
+        whole_stream: false,
     };
     whale_kernel::setup::ensure_consumer(&nats, &input, &whale_kernel::Config::default())
         .await

@@ -159,8 +159,8 @@ fn setup_says_which_cap_does_not_fit_the_servers_disk() {
 }
 
 /// A consumer that reads its whole stream has no filter subjects (nats-server then reads the
-/// stream in order instead of matching every message against the filters), one that reads part
-/// of it keeps them; a consumer made with filters by an earlier whale is updated in place and
+/// stream in order instead of matching every message against the filters), as has match's (it
+/// reads the whole stream and skips the rejections itself); one that reads part of it keeps them; a consumer made with filters by an earlier whale is updated in place and
 /// goes on from where it was, stream subjects it did not filter included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_of_a_whole_stream_has_no_filters_and_an_old_one_is_updated_in_place() {
@@ -180,8 +180,16 @@ async fn a_consumer_of_a_whole_stream_has_no_filters_and_an_old_one_is_updated_i
     };
     let index = stream.consumer_info("index-events").await.unwrap().config;
     assert!(filters(&index).is_empty(), "{index:?}");
+    // match handles only `whale.events.>` but reads the whole stream (`Input::whole_stream`: the
+    // worker loop acks the rejections unread), so its consumer has no filter either.
     let matching = stream.consumer_info("match").await.unwrap().config;
-    assert_eq!(filters(&matching), vec![format!("{EVENTS_PREFIX}.>")]);
+    assert!(filters(&matching).is_empty(), "{matching:?}");
+    let pipe = js
+        .get_stream(whale_kernel::subjects::STREAM_PIPE)
+        .await
+        .unwrap();
+    let render = pipe.consumer_info("render").await.unwrap().config;
+    assert_eq!(filters(&render), vec!["whale.pipe.matched".to_string()]);
 
     // index-events as whale made it before: both subjects of the stream as filters.
     stream.delete_consumer("index-events").await.unwrap();

@@ -114,7 +114,11 @@ pub fn streams(cfg: &Config) -> Vec<stream::Config> {
 /// against a consumer's filters, and with more than one filter it takes a slower path (profiled
 /// under `whale-bench pipeline`: 15–20% of nats-server's CPU with the index stage), while a
 /// consumer without filters reads the stream in order without matching.
+/// With [`subjects::Input::whole_stream`], none.
 pub fn consumer_filters(input: &subjects::Input, cfg: &Config) -> Vec<String> {
+    if input.whole_stream {
+        return Vec::new();
+    }
     match streams(cfg).into_iter().find(|s| s.name == input.stream) {
         Some(stream) => filters_within(&input.filters, &stream.subjects),
         None => input.filters.clone(),

@@ -382,8 +382,12 @@ async fn ordered(
 ) -> anyhow::Result<jetstream::consumer::pull::Ordered> {
     // Without filters when they are the stream's own subjects (nats-server reads such a
     // consumer's stream in order without matching; see setup::consumer_filters).
-    let filter_subjects =
-        crate::setup::filters_within(&input.filters, &stream.cached_info().config.subjects);
+    let filter_subjects = match input.whole_stream {
+        true => Vec::new(),
+        false => {
+            crate::setup::filters_within(&input.filters, &stream.cached_info().config.subjects)
+        }
+    };
     // Unique per loop: the server's names of ordered consumers are this plus `_<n>`.
     let inbox = nats.client.new_inbox();
     let id = inbox.rsplit('.').next().unwrap_or("0");
@@ -541,7 +545,7 @@ async fn read_until(
             opts,
             outage.clone(),
             held.clone(),
-            own,
+            Reading { input, own },
         )
         .await;
         let again_tx = own.then(|| again_tx.clone());
@@ -588,6 +592,13 @@ async fn watch_consumer(
     }
 }
 
+/// What a batch was read from: the input, and whether the loop keeps its own place in it.
+#[derive(Clone, Copy)]
+struct Reading<'a> {
+    input: &'a Input,
+    own: bool,
+}
+
 /// First half of a batch: the stage handles it and its outputs are sent (acks still pending in
 /// the batch's own window). The second half, [`finish`], runs as its own task, so the next
 /// batch is handled while this one's publish acks come back.
@@ -598,7 +609,7 @@ async fn handle(
     opts: &Options,
     outage: Arc<std::sync::Mutex<PublishOutage>>,
     held: Arc<Held>,
-    own: bool,
+    from: Reading<'_>,
 ) -> Batch {
     let name = stage.name();
     let started = Instant::now();
@@ -606,7 +617,7 @@ async fn handle(
     let release = Release { held, keys };
     let mut deliveries: Vec<Delivery> = msgs.iter().map(Delivery::from_message).collect();
     let handled_at = std::time::SystemTime::now();
-    let mut outcomes = handle_contained(stage, &deliveries, own).await;
+    let mut outcomes = handle_wanted(stage, &deliveries, from).await;
     let mut window: Window<usize> = Window::on(nats, opts.window).fail_fast_on_disconnect(nats);
     let mut failed = vec![false; msgs.len()];
     let mut errors = PublishErrors::default();
@@ -658,6 +669,36 @@ async fn handle(
         outage,
         publish_retry: opts.publish_retry,
     }
+}
+
+/// The outcome of each delivery: a message outside the stage's filters (read with the whole
+/// stream, [`Input::whole_stream`]) is acked without reaching the stage; the stage handles the rest.
+async fn handle_wanted(
+    stage: &dyn Stage,
+    deliveries: &[Delivery],
+    from: Reading<'_>,
+) -> Vec<Outcome> {
+    let wanted: Vec<bool> = deliveries
+        .iter()
+        .map(|d| !from.input.whole_stream || from.input.wants(&d.subject))
+        .collect();
+    if wanted.iter().all(|w| *w) {
+        return handle_contained(stage, deliveries, from.own).await;
+    }
+    let mine: Vec<Delivery> = deliveries
+        .iter()
+        .zip(&wanted)
+        .filter(|(_, w)| **w)
+        .map(|(d, _)| d.clone())
+        .collect();
+    let mut handled = handle_contained(stage, &mine, from.own).await.into_iter();
+    wanted
+        .iter()
+        .map(|w| match w {
+            true => handled.next().unwrap_or_else(|| Outcome::Ack(Vec::new())),
+            false => Outcome::Ack(Vec::new()),
+        })
+        .collect()
 }
 
 /// Runs `stage.handle_batch`, containing panics: after a panic the batch is handled again one

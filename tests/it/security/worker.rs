@@ -286,6 +286,79 @@ async fn a_panicking_stage_does_not_stop_the_worker_and_is_counted() {
     let _ = tokio::time::timeout(Duration::from_secs(10), loop_task).await;
 }
 
+/// A stage that records the subjects it handled.
+struct Recorder(Mutex<Vec<String>>);
+
+#[async_trait]
+impl Stage for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder_test_stage"
+    }
+
+    async fn handle(&self, d: &Delivery) -> Outcome {
+        self.0.lock().unwrap().push(d.subject.clone());
+        Outcome::Ack(vec![])
+    }
+}
+
+/// An input read with its whole stream (as `match` reads WHALE_EVENTS, rejections included) has
+/// a consumer without filters; the stage gets only the subjects of its filters, and the rest is
+/// acked without reaching it (nothing left pending, nothing redelivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_stream_input_hands_the_stage_only_its_subjects_and_acks_the_rest() {
+    let server = NatsServer::start();
+    let (nats, input) = raw_input(&server, "WHOLE_TEST", "whole-test", "whole").await;
+    let input = subjects::Input {
+        filters: vec!["whole.want.>".into()],
+        whole_stream: true,
+        ..input
+    };
+    whale_kernel::setup::ensure_consumer(&nats, &input, &whale_kernel::Config::default())
+        .await
+        .unwrap();
+    let info = nats
+        .consumer_info(input.stream, input.consumer)
+        .await
+        .unwrap();
+    assert!(info.config.filter_subjects.is_empty() && info.config.filter_subject.is_empty());
+    let match_input = &subjects::stage_inputs("match")[0];
+    assert!(match_input.whole_stream && match_input.wants("whale.events.disk"));
+    assert!(!match_input.wants("whale.rejected.disk"));
+
+    let stage = Arc::new(Recorder(Mutex::new(Vec::new())));
+    let (stop, loop_task) = spawn_loop(&nats, stage.clone(), input.clone());
+    for s in [
+        "whole.want.a",
+        "whole.other.b",
+        "whole.want.c.d",
+        "whole.other",
+        "whole.want",
+    ] {
+        nats.publish_raw(s.to_string(), &[], "x").await.unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let i = nats
+                .consumer_info(input.stream, input.consumer)
+                .await
+                .unwrap();
+            i.num_pending == 0 && i.num_ack_pending == 0 && i.delivered.stream_sequence == 5
+        })
+        .await,
+        "every message acked, the ones outside the filters too"
+    );
+    let mut seen = stage.0.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen, ["whole.want.a", "whole.want.c.d"]);
+    let info = nats
+        .consumer_info(input.stream, input.consumer)
+        .await
+        .unwrap();
+    assert_eq!(info.num_redelivered, 0);
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), loop_task).await;
+}
+
 /// A panic in one HTTP request answers a JSON 500, is counted, and the server keeps serving; a
 /// request over `http.request_timeout` answers a JSON 503 naming the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
