@@ -114,14 +114,21 @@ pub fn streams(cfg: &Config) -> Vec<stream::Config> {
 /// against a consumer's filters, and with more than one filter it takes a slower path (profiled
 /// under `whale-bench pipeline`: 15–20% of nats-server's CPU with the index stage), while a
 /// consumer without filters reads the stream in order without matching.
-/// With [`subjects::Input::whole_stream`], none.
 pub fn consumer_filters(input: &subjects::Input, cfg: &Config) -> Vec<String> {
-    if input.whole_stream {
-        return Vec::new();
-    }
     match streams(cfg).into_iter().find(|s| s.name == input.stream) {
-        Some(stream) => filters_within(&input.filters, &stream.subjects),
-        None => input.filters.clone(),
+        Some(stream) => input_filters(input, &stream.subjects),
+        None => input_filters(input, &[]),
+    }
+}
+
+/// The filter subjects of a consumer of `input` on a stream of `stream_subjects`: none with
+/// [`subjects::Input::whole_stream`] or when they are the stream's own subjects
+/// ([`filters_within`]). The durable consumers (`whale setup`) and the worker loop's ordered
+/// ones are both made with these.
+pub fn input_filters(input: &subjects::Input, stream_subjects: &[String]) -> Vec<String> {
+    match input.whole_stream {
+        true => Vec::new(),
+        false => filters_within(&input.filters, stream_subjects),
     }
 }
 

@@ -382,12 +382,7 @@ async fn ordered(
 ) -> anyhow::Result<jetstream::consumer::pull::Ordered> {
     // Without filters when they are the stream's own subjects (nats-server reads such a
     // consumer's stream in order without matching; see setup::consumer_filters).
-    let filter_subjects = match input.whole_stream {
-        true => Vec::new(),
-        false => {
-            crate::setup::filters_within(&input.filters, &stream.cached_info().config.subjects)
-        }
-    };
+    let filter_subjects = crate::setup::input_filters(input, &stream.cached_info().config.subjects);
     // Unique per loop: the server's names of ordered consumers are this plus `_<n>`.
     let inbox = nats.client.new_inbox();
     let id = inbox.rsplit('.').next().unwrap_or("0");
@@ -678,9 +673,12 @@ async fn handle_wanted(
     deliveries: &[Delivery],
     from: Reading<'_>,
 ) -> Vec<Outcome> {
+    if !from.input.whole_stream {
+        return handle_contained(stage, deliveries, from.own).await;
+    }
     let wanted: Vec<bool> = deliveries
         .iter()
-        .map(|d| !from.input.whole_stream || from.input.wants(&d.subject))
+        .map(|d| from.input.wants(&d.subject))
         .collect();
     if wanted.iter().all(|w| *w) {
         return handle_contained(stage, deliveries, from.own).await;
