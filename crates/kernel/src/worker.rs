@@ -380,8 +380,9 @@ async fn ordered(
     input: &Input,
     start: u64,
 ) -> anyhow::Result<jetstream::consumer::pull::Ordered> {
-    // Without filters when they are the stream's own subjects (nats-server reads such a
-    // consumer's stream in order without matching; see setup::consumer_filters).
+    // Without filters when they are the stream's own subjects or the input reads its whole
+    // stream (nats-server reads such a consumer's stream in order without matching; see
+    // setup::input_filters).
     let filter_subjects = crate::setup::input_filters(input, &stream.cached_info().config.subjects);
     // Unique per loop: the server's names of ordered consumers are this plus `_<n>`.
     let inbox = nats.client.new_inbox();
@@ -693,7 +694,12 @@ async fn handle_wanted(
     wanted
         .iter()
         .map(|w| match w {
-            true => handled.next().unwrap_or_else(|| Outcome::Ack(Vec::new())),
+            // One outcome per delivery (`handle_contained`); were one missing, the message is
+            // redelivered, never acked unhandled.
+            true => handled.next().unwrap_or_else(|| Outcome::Retry {
+                delay: Duration::from_secs(1),
+                reason: "the stage gave no outcome for this message".into(),
+            }),
             false => Outcome::Ack(Vec::new()),
         })
         .collect()
