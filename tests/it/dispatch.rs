@@ -128,6 +128,17 @@ fn keyed_env() -> Env {
     env
 }
 
+/// An environment with one cluster, `default`, at `st2_url`, [`QUICK`] retries, and `whale setup`
+/// done.
+fn quick_env(dir: &Path, st2_url: &str) -> Env {
+    let mut env = keyed_env();
+    env.set("WHALE_CONFIG", config(dir, QUICK, &[]).to_str().unwrap());
+    env.set("WHALE_ST2_URL", st2_url);
+    env.set("WHALE_ST2_API_KEY", "k");
+    env.ok(&["setup"]);
+    env
+}
+
 /// Retries and waits fast enough for tests.
 const QUICK: &str = r#"backoff_base = "100ms"
 backoff_max = "1s"
@@ -150,7 +161,33 @@ impl DispatchWorker {
             port: free_port(),
         };
         w.spawn(env, extra);
+        w.listening(env, extra);
         w
+    }
+
+    /// Waits until the worker listens on its port (it logs "whale running" once bound).
+    /// `free_port` closes its probe before `whale run` binds the port, so a test running in
+    /// parallel can take it meanwhile: the worker then exits with "cannot listen", and it is
+    /// started again on another port (at most twice more). Any other way of failing is left to
+    /// the test, which prints the log ([`Drop`]).
+    fn listening(&mut self, env: &Env, extra: &[(&str, &str)]) {
+        let count = |w: &Self, what: &str| w.stderr().matches(what).count();
+        for _ in 0..3 {
+            let (running, refused) = (count(self, "whale running"), count(self, "cannot listen"));
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < deadline && !self.exited() {
+                if count(self, "whale running") > running {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !(self.exited() && count(self, "cannot listen") > refused) {
+                return;
+            }
+            eprintln!("dispatch worker: port {} was taken; another", self.port);
+            self.port = free_port();
+            self.spawn(env, extra);
+        }
     }
 
     fn spawn(&mut self, env: &Env, extra: &[(&str, &str)]) {
@@ -211,7 +248,25 @@ impl DispatchWorker {
 }
 
 impl Drop for DispatchWorker {
+    /// Stops the worker; when the test failed, prints the end of its log first (the log sits in
+    /// the test's temporary directory, gone once the test ends).
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let status = match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(s))) => format!("exited: {s}"),
+                Some(_) => "running".to_owned(),
+                None => "stopped by the test".to_owned(),
+            };
+            let log = self.stderr();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(200)..].join("\n");
+            eprintln!(
+                "dispatch worker (port {}, {status}), last {} of {} log lines:\n{tail}",
+                self.port,
+                lines.len().min(200),
+                lines.len()
+            );
+        }
         self.kill9();
     }
 }
@@ -619,14 +674,7 @@ async fn refused_tasks_go_to_the_dead_letter_with_stackstorms_message() {
     let actions = dir.path().join("actions.yaml");
     std::fs::write(&actions, ACTIONS).unwrap();
     let st2 = Emulator::start(&["--actions", actions.to_str().unwrap()]);
-    let mut env = keyed_env();
-    env.set(
-        "WHALE_CONFIG",
-        config(dir.path(), QUICK, &[]).to_str().unwrap(),
-    );
-    env.set("WHALE_ST2_URL", &st2.url);
-    env.set("WHALE_ST2_API_KEY", "k");
-    env.ok(&["setup"]);
+    let env = quick_env(dir.path(), &st2.url);
     let nats = env.connect().await;
     let cases = [
         ("ops.restart", json!({"host": "web-1"}), None),
@@ -678,6 +726,37 @@ async fn refused_tasks_go_to_the_dead_letter_with_stackstorms_message() {
         assert_eq!(d["attempts"], 1, "a refusal is not retried: {d}");
     }
     assert_eq!(st2.created().await, 1);
+}
+
+/// The test helper itself: a worker whose port was taken before it could bind it (the race of
+/// `free_port` in a parallel suite) exits with "cannot listen" and is started on another port,
+/// where it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_worker_whose_port_was_taken_starts_on_another() {
+    let st2 = Emulator::start(&["--any-action"]);
+    let dir = tempfile::tempdir().unwrap();
+    let env = quick_env(dir.path(), &st2.url);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut w = DispatchWorker {
+        child: None,
+        log: dir.path().join("worker.log"),
+        port,
+    };
+    w.spawn(&env, &[]);
+    w.listening(&env, &[]);
+    assert_ne!(
+        w.port,
+        port,
+        "moved off the taken port; log:\n{}",
+        w.stderr()
+    );
+    assert!(w.stderr().contains("cannot listen"), "{}", w.stderr());
+    w.ready().await;
+    let nats = env.connect().await;
+    admit(&nats, &[simple(0, "default")]).await;
+    wait_dispatched(&nats, 1, Duration::from_secs(30)).await;
+    drop(taken);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -766,14 +845,7 @@ async fn dead_letters_are_retried_with_their_task_id_and_execute_once() {
     std::fs::write(&actions, ACTIONS).unwrap();
     // The cluster does not know the action yet: both tasks are refused for good.
     let refusing = Emulator::start(&["--actions", actions.to_str().unwrap()]);
-    let mut env = keyed_env();
-    env.set(
-        "WHALE_CONFIG",
-        config(dir.path(), QUICK, &[]).to_str().unwrap(),
-    );
-    env.set("WHALE_ST2_URL", &refusing.url);
-    env.set("WHALE_ST2_API_KEY", "k");
-    env.ok(&["setup"]);
+    let env = quick_env(dir.path(), &refusing.url);
     let nats = env.connect().await;
     let tasks: Vec<Task> = (0..2)
         .map(|i| task(i, "default", "ops.fix", json!({"host": format!("web-{i}")})))
