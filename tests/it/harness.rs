@@ -481,3 +481,26 @@ impl Drop for Emulator {
         let _ = self.child.wait();
     }
 }
+
+/// `free_port` hands out each port once per process, below the kernel's ephemeral range (where
+/// no outgoing connection can take it between the probe and the server's bind), and bindable.
+#[test]
+fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+    let ephemeral: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ports = whale_kernel::testkit::free_ports(300);
+    let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+    assert!(
+        ports.iter().all(|p| (20_000..ephemeral).contains(p)),
+        "{ports:?}"
+    );
+    for p in ports {
+        std::net::TcpListener::bind(("127.0.0.1", p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    }
+}

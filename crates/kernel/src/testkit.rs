@@ -6,23 +6,46 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, each at most once per process, from below the kernel's range of
+/// ephemeral ports.
+///
+/// Binding port 0 gives a port of the ephemeral range (32768–60999 by default). Once the probe is
+/// closed, the kernel may hand that port to any outgoing connection of any process (a suite makes
+/// thousands) before the server the test starts has bound it: a rare "address in use" in a
+/// parallel suite. The kernel never picks ports below `ip_local_port_range` for outgoing
+/// connections, so these come from 20000 up to it, counted from an offset by process id (test
+/// processes running side by side start apart), each returned only once a probe could bind it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    const LOW: u32 = 20_000;
+    static RANGE: OnceLock<(u32, u32)> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let &(span, offset) = RANGE.get_or_init(|| {
+        let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32_768);
+        let span = high.saturating_sub(LOW);
+        (span, std::process::id().wrapping_mul(7_919) % span.max(1))
+    });
+    for _ in 0..span.min(2_000) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (offset + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    // No room below the ephemeral range (an unusual `ip_local_port_range`): any free port.
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
 }
 
-/// `n` distinct free TCP ports on loopback (all held open until every one is picked).
+/// `n` distinct free TCP ports on loopback ([`free_port`] never returns a port twice).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound").port())
-        .collect()
+    (0..n).map(|_| free_port()).collect()
 }
 
 /// Whether this process (and a child started with its credentials and limits) may leave Linux's
