@@ -18,8 +18,15 @@ NATS_PORT=${WHALE_LOCAL_NATS_PORT:-4222}
 REDIS_PORT=${WHALE_LOCAL_REDIS_PORT:-6379}
 HTTP_PORT=${WHALE_LOCAL_HTTP_PORT:-8080}
 ST2_PORT=${WHALE_LOCAL_ST2_PORT:-9101}
-WHALE="$ROOT/target/debug/whale"
-EMULATOR="$ROOT/target/debug/st2-emulator"
+# Where cargo puts the binaries: `CARGO_TARGET_DIR` or a cargo config's `build.target-dir`
+# when set (cargo metadata knows both), else target/. Shown relative to the checkout when inside.
+TARGET=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null) ||
+  TARGET=""
+TARGET=${TARGET:-$ROOT/target}
+WHALE="$TARGET/debug/whale"
+EMULATOR="$TARGET/debug/st2-emulator"
+SHOWN=${WHALE#"$ROOT/"}
 
 log() { printf '\033[1mwhale-local:\033[0m %s\n' "$*" >&2; }
 
@@ -144,14 +151,14 @@ CONF
 
 whale is running. Try:
   source .whale/local/env
-  target/debug/whale publish --type vm.disk_usage --data '{"host":"web-12","usage_pct":97,"env":"prod","mounts":[{"path":"/data"}]}'
+  $SHOWN publish --type vm.disk_usage --data '{"host":"web-12","usage_pct":97,"env":"prod","mounts":[{"path":"/data"}]}'
   curl -XPOST localhost:$HTTP_PORT/v1/events -H 'content-type: application/json' -d '{"event_type":"generic","detail":{"message":"hi"}}'
   curl -XPOST localhost:$HTTP_PORT/v1/hooks/alertmanager -H 'content-type: application/json' --data-binary @tests/fixtures/hooks/alertmanager-v4.json
-  target/debug/whale hooks test alertmanager --body tests/fixtures/hooks/alertmanager-v4.json
-  target/debug/whale status
-  target/debug/whale events search 'event_type:vm.disk_usage AND detail.env:prod'
-  target/debug/whale trace <event id from the search>
-  target/debug/whale exec list
+  $SHOWN hooks test alertmanager --body tests/fixtures/hooks/alertmanager-v4.json
+  $SHOWN status
+  $SHOWN events search 'event_type:vm.disk_usage AND detail.env:prod'
+  $SHOWN trace <event id from the search>
+  $SHOWN exec list
   curl -s localhost:$HTTP_PORT/metrics | grep whale_stage
 Stop with: deploy/local.sh down
 DONE
