@@ -161,33 +161,7 @@ impl DispatchWorker {
             port: free_port(),
         };
         w.spawn(env, extra);
-        w.listening(env, extra);
         w
-    }
-
-    /// Waits until the worker listens on its port (it logs "whale running" once bound).
-    /// `free_port` closes its probe before `whale run` binds the port, so a test running in
-    /// parallel can take it meanwhile: the worker then exits with "cannot listen", and it is
-    /// started again on another port (at most twice more). Any other way of failing is left to
-    /// the test, which prints the log ([`Drop`]).
-    fn listening(&mut self, env: &Env, extra: &[(&str, &str)]) {
-        let count = |w: &Self, what: &str| w.stderr().matches(what).count();
-        for _ in 0..3 {
-            let (running, refused) = (count(self, "whale running"), count(self, "cannot listen"));
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while std::time::Instant::now() < deadline && !self.exited() {
-                if count(self, "whale running") > running {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if !(self.exited() && count(self, "cannot listen") > refused) {
-                return;
-            }
-            eprintln!("dispatch worker: port {} was taken; another", self.port);
-            self.port = free_port();
-            self.spawn(env, extra);
-        }
     }
 
     fn spawn(&mut self, env: &Env, extra: &[(&str, &str)]) {
@@ -726,37 +700,6 @@ async fn refused_tasks_go_to_the_dead_letter_with_stackstorms_message() {
         assert_eq!(d["attempts"], 1, "a refusal is not retried: {d}");
     }
     assert_eq!(st2.created().await, 1);
-}
-
-/// The test helper itself: a worker whose port was taken before it could bind it (the race of
-/// `free_port` in a parallel suite) exits with "cannot listen" and is started on another port,
-/// where it works.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dispatch_worker_whose_port_was_taken_starts_on_another() {
-    let st2 = Emulator::start(&["--any-action"]);
-    let dir = tempfile::tempdir().unwrap();
-    let env = quick_env(dir.path(), &st2.url);
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
-    let mut w = DispatchWorker {
-        child: None,
-        log: dir.path().join("worker.log"),
-        port,
-    };
-    w.spawn(&env, &[]);
-    w.listening(&env, &[]);
-    assert_ne!(
-        w.port,
-        port,
-        "moved off the taken port; log:\n{}",
-        w.stderr()
-    );
-    assert!(w.stderr().contains("cannot listen"), "{}", w.stderr());
-    w.ready().await;
-    let nats = env.connect().await;
-    admit(&nats, &[simple(0, "default")]).await;
-    wait_dispatched(&nats, 1, Duration::from_secs(30)).await;
-    drop(taken);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
