@@ -128,11 +128,11 @@ where
             .with_context(|| format!("cannot read {stream}"))?;
         let mut got = 0;
         while let Some(m) = batch.next().await {
-            let m = m
+            let mut m = m
                 .map_err(anyhow::Error::from_boxed)
                 .with_context(|| format!("cannot read {stream}"))?;
             got += 1;
-            let d = Delivery::from_message(&m);
+            let d = Delivery::from_message(&mut m);
             if to.is_some_and(|to| d.published > to) {
                 break 'outer;
             }

@@ -46,20 +46,23 @@ fn flags() -> &'static str {
 }
 
 /// True for a well-formed W3C `traceparent` (version 00, non-zero ids, lowercase hex).
+/// Checked on every message a stage handles, so without allocating.
 pub fn valid(tp: &str) -> bool {
-    let parts: Vec<&str> = tp.split('-').collect();
-    let hex_len = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    let b = tp.as_bytes();
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
     };
-    parts.len() == 4
-        && parts[0] == "00"
-        && hex_len(parts[1], 32)
-        && parts[1].bytes().any(|b| b != b'0')
-        && hex_len(parts[2], 16)
-        && parts[2].bytes().any(|b| b != b'0')
-        && hex_len(parts[3], 2)
+    // 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>
+    b.len() == 55
+        && &b[..3] == b"00-"
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(&b[3..35])
+        && b[3..35].iter().any(|b| *b != b'0')
+        && hex(&b[36..52])
+        && b[36..52].iter().any(|b| *b != b'0')
+        && hex(&b[53..])
 }
 
 /// The trace id of a valid `traceparent`.
@@ -128,13 +131,23 @@ pub fn position(d: &Delivery, stage: &str, event_id: Option<&str>) -> Option<Pos
         }
         None => return None,
     };
-    let msg = d
-        .header("Nats-Msg-Id")
-        .map(str::to_owned)
-        .unwrap_or_else(|| d.stream_seq.to_string());
-    let span = nonzero(hex::encode(
-        &Sha256::digest(format!("{trace}/{stage}/{msg}"))[..8],
-    ));
+    let seq;
+    let msg = match d.header("Nats-Msg-Id") {
+        Some(id) => id,
+        None => {
+            seq = d.stream_seq.to_string();
+            &seq
+        }
+    };
+    // The digest of "{trace}/{stage}/{msg}", fed in pieces (no string built per message).
+    let digest = Sha256::new()
+        .chain_update(&trace)
+        .chain_update("/")
+        .chain_update(stage)
+        .chain_update("/")
+        .chain_update(msg)
+        .finalize();
+    let span = nonzero(hex::encode(&digest[..8]));
     Some(Position {
         trace,
         parent,
@@ -344,17 +357,14 @@ mod tests {
     use super::*;
 
     fn delivery(subject: &str, headers: &[(&str, &str)]) -> Delivery {
-        Delivery {
-            subject: subject.into(),
-            payload: Default::default(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            attempt: 1,
-            stream_seq: 7,
-            published: time::OffsetDateTime::UNIX_EPOCH,
-        }
+        Delivery::new(
+            subject,
+            bytes::Bytes::new(),
+            headers,
+            1,
+            7,
+            time::OffsetDateTime::UNIX_EPOCH,
+        )
     }
 
     #[test]

@@ -80,14 +80,14 @@ fn delivery(i: usize, base: OffsetDateTime) -> Delivery {
         "labels": {"biz": BIZ[i % 2]}
     });
     let id = format!("b-{i:08}");
-    Delivery {
-        subject: format!("whale.events.{}", TYPES[i % TYPES.len()]),
-        payload: Bytes::from(serde_json::to_vec(&ev).unwrap()),
-        headers: vec![("Nats-Msg-Id".into(), id)],
-        attempt: 1,
-        stream_seq: i as u64 + 1,
-        published: base + Duration::from_millis(i as u64 * 10),
-    }
+    Delivery::new(
+        format!("whale.events.{}", TYPES[i % TYPES.len()]),
+        Bytes::from(serde_json::to_vec(&ev).unwrap()),
+        &[("Nats-Msg-Id", &id)],
+        1,
+        i as u64 + 1,
+        base + Duration::from_millis(i as u64 * 10),
+    )
 }
 
 fn cjk() -> bool {

@@ -464,17 +464,14 @@ mod tests {
     use time::macros::datetime;
 
     fn delivery(subject: &str, payload: &[u8], headers: &[(&str, &str)]) -> Delivery {
-        Delivery {
-            subject: subject.into(),
-            payload: Bytes::copy_from_slice(payload),
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            attempt: 1,
-            stream_seq: 42,
-            published: datetime!(2026-11-28 01:00:05.123456 UTC),
-        }
+        Delivery::new(
+            subject,
+            Bytes::copy_from_slice(payload),
+            headers,
+            1,
+            42,
+            datetime!(2026-11-28 01:00:05.123456 UTC),
+        )
     }
 
     #[test]

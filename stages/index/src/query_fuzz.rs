@@ -86,14 +86,14 @@ static TINY: LazyLock<Tiny> = LazyLock::new(|| {
             "detail": {"message": "kernel oops ünïcødé", "code": {"x": 1}, "list": [1, "a", {"n": 2.5}]}}),
     ];
     for (i, ev) in events.iter().enumerate() {
-        let d = crate::doc::Doc::from_delivery(&whale_kernel::Delivery {
-            subject: format!("whale.events.{}", ev["event_type"].as_str().unwrap_or("x")),
-            payload: bytes::Bytes::from(serde_json::to_vec(ev).expect("json")),
-            headers: vec![("Nats-Msg-Id".into(), format!("e{i}"))],
-            attempt: 1,
-            stream_seq: i as u64 + 1,
-            published: NOW,
-        });
+        let d = crate::doc::Doc::from_delivery(&whale_kernel::Delivery::new(
+            format!("whale.events.{}", ev["event_type"].as_str().unwrap_or("x")),
+            bytes::Bytes::from(serde_json::to_vec(ev).expect("json")),
+            &[("Nats-Msg-Id", &format!("e{i}"))],
+            1,
+            i as u64 + 1,
+            NOW,
+        ));
         w.add_document(fields.to_tantivy(&d)).expect("add");
     }
     w.commit().expect("commit");

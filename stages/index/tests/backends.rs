@@ -48,14 +48,14 @@ fn delivery(
     seen: OffsetDateTime,
     payload: &Value,
 ) -> Delivery {
-    Delivery {
-        subject: subject.into(),
-        payload: Bytes::from(serde_json::to_vec(payload).unwrap()),
-        headers: vec![("Nats-Msg-Id".into(), msg_id.into())],
-        attempt: 1,
-        stream_seq: seq,
-        published: seen,
-    }
+    Delivery::new(
+        subject,
+        Bytes::from(serde_json::to_vec(payload).unwrap()),
+        &[("Nats-Msg-Id", msg_id)],
+        1,
+        seq,
+        seen,
+    )
 }
 
 fn event_doc(ev: &Value, seq: u64, seen: OffsetDateTime) -> Doc {

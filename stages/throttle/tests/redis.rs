@@ -340,14 +340,14 @@ fn task(id: &str, th: Option<Throttle>) -> Task {
 }
 
 fn delivery(payload: Vec<u8>) -> Delivery {
-    Delivery {
-        subject: "whale.pipe.task".into(),
-        payload: Bytes::from(payload),
-        headers: vec![],
-        attempt: 1,
-        stream_seq: 1,
-        published: time::OffsetDateTime::now_utc(),
-    }
+    Delivery::new(
+        "whale.pipe.task",
+        Bytes::from(payload),
+        &[],
+        1,
+        1,
+        time::OffsetDateTime::now_utc(),
+    )
 }
 
 fn of(t: &Task) -> Delivery {

@@ -910,14 +910,14 @@ mod tests {
             .unwrap();
         let ev = serde_json::json!({"id": "f1", "event_type": "app.log", "source": "t",
             "detail": {"message": "held"}});
-        let d = Doc::from_delivery(&whale_kernel::Delivery {
-            subject: "whale.events.app.log".into(),
-            payload: serde_json::to_vec(&ev).unwrap().into(),
-            headers: vec![],
-            attempt: 1,
-            stream_seq: 1,
-            published: OffsetDateTime::now_utc(),
-        });
+        let d = Doc::from_delivery(&whale_kernel::Delivery::new(
+            "whale.events.app.log",
+            serde_json::to_vec(&ev).unwrap(),
+            &[],
+            1,
+            1,
+            OffsetDateTime::now_utc(),
+        ));
         let (_, written) = e.submit(vec![d], vec![]).await.unwrap();
         eventually_class(tid, (0, 10), Duration::from_millis(1_500)).await;
         assert!(floor_raised() > raised, "the floor counted the raise");
@@ -957,14 +957,14 @@ mod tests {
 
         let ev = serde_json::json!({"id": "e1", "event_type": "app.log", "source": "t",
             "time": "2026-11-28T01:00:00Z", "detail": {"message": "磁盘空间不足 disk full"}});
-        let d = Doc::from_delivery(&whale_kernel::Delivery {
-            subject: "whale.events.app.log".into(),
-            payload: serde_json::to_vec(&ev).unwrap().into(),
-            headers: vec![("Nats-Msg-Id".into(), "e1".into())],
-            attempt: 1,
-            stream_seq: 1,
-            published: OffsetDateTime::now_utc(),
-        });
+        let d = Doc::from_delivery(&whale_kernel::Delivery::new(
+            "whale.events.app.log",
+            serde_json::to_vec(&ev).unwrap(),
+            &[("Nats-Msg-Id", "e1")],
+            1,
+            1,
+            OffsetDateTime::now_utc(),
+        ));
         let search = |q: &str| Search::new(parse(q).unwrap());
         let fresh = tempfile::tempdir().unwrap();
         for (made_before, want_word) in [(true, 0), (false, 1)] {
@@ -1053,14 +1053,14 @@ mod tests {
         } else {
             ("whale.events.app.log", ev)
         };
-        whale_kernel::Delivery {
-            subject: subject.into(),
-            payload: serde_json::to_vec(&payload).unwrap().into(),
-            headers: vec![("Nats-Msg-Id".into(), format!("ev-{i}"))],
+        whale_kernel::Delivery::new(
+            subject,
+            serde_json::to_vec(&payload).unwrap(),
+            &[("Nats-Msg-Id", &format!("ev-{i}"))],
             attempt,
-            stream_seq: i,
-            published: OffsetDateTime::now_utc(),
-        }
+            i,
+            OffsetDateTime::now_utc(),
+        )
     }
 
     /// Odd sequences are rejections, even ones events; handed over as the index stage does.

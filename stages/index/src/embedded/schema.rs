@@ -256,17 +256,14 @@ mod tests {
     use whale_kernel::Delivery;
 
     fn doc(subject: &str, payload: &[u8]) -> Doc {
-        Doc::from_delivery(&Delivery {
-            subject: subject.into(),
-            payload: payload.to_vec().into(),
-            headers: vec![
-                ("Nats-Msg-Id".into(), "m-1".into()),
-                ("Whale-Event-Id".into(), "e-1".into()),
-            ],
-            attempt: 1,
-            stream_seq: 7,
-            published: datetime!(2026-11-28 01:00:05.123 UTC),
-        })
+        Doc::from_delivery(&Delivery::new(
+            subject,
+            payload.to_vec(),
+            &[("Nats-Msg-Id", "m-1"), ("Whale-Event-Id", "e-1")],
+            1,
+            7,
+            datetime!(2026-11-28 01:00:05.123 UTC),
+        ))
     }
 
     /// Every kind of document reads back exactly as it was stored, in the form stored now and in

@@ -316,14 +316,7 @@ fn config_errors_name_the_hook() {
 }
 
 fn delivery(subject: &str, payload: Vec<u8>) -> whale_kernel::Delivery {
-    whale_kernel::Delivery {
-        subject: subject.into(),
-        payload: payload.into(),
-        headers: vec![],
-        attempt: 1,
-        stream_seq: 7,
-        published: now(),
-    }
+    whale_kernel::Delivery::new(subject, payload, &[], 1, 7, now())
 }
 
 fn validate(allow_unknown_types: bool) -> crate::Validate {
