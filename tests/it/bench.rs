@@ -71,6 +71,7 @@ fn check(r: &serde_json::Value, events: u64, expected: u64) {
         for k in [
             "raw_publish_per_s",
             "raw_consume_ack_per_s",
+            "raw_consume_ack_queue_per_s",
             "raw_consume_ordered_per_s",
         ] {
             assert!(
@@ -96,6 +97,27 @@ fn check(r: &serde_json::Value, events: u64, expected: u64) {
     let per = |k: &str| r[k].as_f64().unwrap();
     assert!(per("js_acked_consumes_per_event") >= 2.0, "{r:#}");
     assert!(per("js_unacked_consumes_per_event") >= 1.0, "{r:#}");
+    // validate's reads come from the ingest work queue, where each ack also removes the message:
+    // they are priced at the raw rate of that (below), the others at a plain consume+ack.
+    let queue = per("js_acked_queue_consumes_per_event");
+    assert!(
+        queue >= 1.0 && queue <= per("js_acked_consumes_per_event") - 1.0,
+        "{r:#}"
+    );
+    for when in ["reference_before", "reference_after"] {
+        let rate = |k: &str| r[when][k].as_f64().unwrap();
+        let priced = 1.0
+            / (per("js_publishes_per_event") / rate("raw_publish_per_s")
+                + (per("js_acked_consumes_per_event") - queue) / rate("raw_consume_ack_per_s")
+                + queue / rate("raw_consume_ack_queue_per_s")
+                + per("js_unacked_consumes_per_event") / rate("raw_consume_ordered_per_s"));
+        let bound = bound_at(when);
+        // The counts per event are printed to two decimals, so allow a little.
+        assert!(
+            (priced - bound).abs() <= bound * 0.02,
+            "{when}: {priced} priced from the printed rates, {bound} printed: {r:#}"
+        );
+    }
     assert!(
         (per("js_acked_consumes_per_event") + per("js_unacked_consumes_per_event")
             - per("js_consumes_per_event"))
@@ -248,4 +270,15 @@ fn validate_bench_measures_its_reference_before_and_after() {
         (r["jetstream_bound_per_s"].as_f64().unwrap() - mean).abs() <= 1.0,
         "{r:#}"
     );
+    // validate reads the ingest work queue: its bound is one such consume+ack and one publish.
+    for when in ["reference_before", "reference_after"] {
+        let rate = |k: &str| r[when][k].as_f64().unwrap();
+        let priced =
+            1.0 / (1.0 / rate("raw_publish_per_s") + 1.0 / rate("raw_consume_ack_queue_per_s"));
+        assert!(
+            (priced - bound_at(when)).abs() <= 1.0,
+            "{when}: {priced} priced, {} printed: {r:#}",
+            bound_at(when)
+        );
+    }
 }

@@ -5,6 +5,9 @@
 //! Build everything a run needs (this binary, `whale` and the StackStorm emulator, side by side):
 //! `cargo build --release -p whale -p whale-bench -p st2-emulator`.
 
+// The pipeline result is one `json!` object with more keys than the macro's default depth allows.
+#![recursion_limit = "256"]
+
 mod console;
 mod pipeline;
 mod raw;

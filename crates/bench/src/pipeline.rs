@@ -293,13 +293,23 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let busy = stage_busy(&procs).await;
 
     // Messaging actually done per event, counted on the server.
-    // Each operation priced at its own raw rate: a delivery of a durable consumer with its ack,
+    // Each operation priced at its own raw rate: a delivery of a durable consumer with its ack
+    // (on a work queue, where the ack also removes the message, or on a stream that keeps it),
     // a delivery of an ordered consumer (the embedded index's own reading) without one.
     let ops = raw.ops().await?;
     let per = |x: u64| x as f64 / n as f64;
-    let (p_per, a_per, u_per) = (per(ops.publishes), per(ops.acked), per(ops.unacked));
-    let bound_of =
-        |r: Rates| 1.0 / (p_per / r.publish + a_per / r.consume_ack + u_per / r.consume_ordered);
+    let (p_per, a_per, q_per, u_per) = (
+        per(ops.publishes),
+        per(ops.acked),
+        per(ops.acked_queue),
+        per(ops.unacked),
+    );
+    let bound_of = |r: Rates| {
+        1.0 / (p_per / r.publish
+            + a_per / r.consume_ack
+            + q_per / r.consume_ack_queue
+            + u_per / r.consume_ordered)
+    };
 
     let rate_of = |f: fn(&Sample) -> u64, total: u64| rate_to(&timeline, f, total);
     let accepted_per_s = rate_of(|s| s.accepted, n as u64);
@@ -350,9 +360,11 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         "max_ms": lat.last().copied().map(round2),
         "raw_publish_per_s": reference.rates.publish.round(),
         "raw_consume_ack_per_s": reference.rates.consume_ack.round(),
+        "raw_consume_ack_queue_per_s": reference.rates.consume_ack_queue.round(),
         "raw_consume_ordered_per_s": reference.rates.consume_ordered.round(),
-        "js_publishes_per_event": round2(p_per), "js_consumes_per_event": round2(a_per + u_per),
-        "js_acked_consumes_per_event": round2(a_per),
+        "js_publishes_per_event": round2(p_per), "js_consumes_per_event": round2(a_per + q_per + u_per),
+        "js_acked_consumes_per_event": round2(a_per + q_per),
+        "js_acked_queue_consumes_per_event": round2(q_per),
         "js_unacked_consumes_per_event": round2(u_per),
         "jetstream_bound_per_s": bound.round(),
         "reference_before": reference.before, "reference_after": reference.after,
@@ -947,15 +959,22 @@ fn print_human(r: &Value) {
         side("reference_after", "raw_consume_ack_per_s")
     );
     println!(
+        "  raw JetStream consume+ack, work queue    {:>10.0} msg/s  (before {:.0}, after {:.0})",
+        f("raw_consume_ack_queue_per_s"),
+        side("reference_before", "raw_consume_ack_queue_per_s"),
+        side("reference_after", "raw_consume_ack_queue_per_s")
+    );
+    println!(
         "  raw JetStream consume, in order, no ack  {:>10.0} msg/s  (before {:.0}, after {:.0})",
         f("raw_consume_ordered_per_s"),
         side("reference_before", "raw_consume_ordered_per_s"),
         side("reference_after", "raw_consume_ordered_per_s")
     );
     println!(
-        "  JetStream ops per event (counted)        {:>10.2} publishes + {:.2} consumes+acks + {:.2} consumes without ack",
+        "  JetStream ops per event (counted)        {:>10.2} publishes + {:.2} consumes+acks (of which {:.2} from a work queue) + {:.2} consumes without ack",
         f("js_publishes_per_event"),
         f("js_acked_consumes_per_event"),
+        f("js_acked_queue_consumes_per_event"),
         f("js_unacked_consumes_per_event")
     );
     println!(

@@ -34,41 +34,14 @@ impl Raw {
     }
 
     /// Raw publish (window 1024, with msg ids as whale publishes, through the kernel's
-    /// `Window`), pull consume+ack (a durable consumer, as the shared stages read) and in-order
-    /// consume without acks (an ordered consumer, as the embedded index reads), in messages/s, on
-    /// a scratch stream.
+    /// `Window`), pull consume+ack (a durable consumer, as the shared stages read) on a stream
+    /// that keeps its messages and on a work queue, and in-order consume without acks (an
+    /// ordered consumer, as the embedded index reads), in messages/s, on scratch streams.
     pub async fn rates(&self, nats: &Nats, payloads: &[Vec<u8>]) -> anyhow::Result<Rates> {
-        let js = &self.js;
-        let _ = js.delete_stream("BENCH_RAW").await;
-        let st = js
-            .create_stream(stream::Config {
-                name: "BENCH_RAW".into(),
-                subjects: vec!["bench.raw".into()],
-                ..Default::default()
-            })
+        let (st, publish) = self
+            .scratch(nats, "BENCH_RAW", stream::RetentionPolicy::Limits, payloads)
             .await?;
-        let t = Instant::now();
-        let mut w: Window<()> = Window::on(nats, 1024);
-        for (i, p) in payloads.iter().enumerate() {
-            w.send(
-                (),
-                Output::new("bench.raw".into(), format!("raw-{i}"), p.clone()),
-            )
-            .await;
-        }
-        w.drain().await;
-        let publish = payloads.len() as f64 / t.elapsed().as_secs_f64();
-        let c: consumer::PullConsumer = st
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some("bench".into()),
-                max_ack_pending: 20_000,
-                ..Default::default()
-            })
-            .await?;
-        let t = Instant::now();
-        let msgs = c.stream().max_messages_per_batch(512).messages().await?;
-        let got = read(msgs, payloads.len(), true).await?;
-        let consume_ack = got as f64 / t.elapsed().as_secs_f64();
+        let consume_ack = consume_acked(&st, payloads.len()).await?;
         let c = st
             .create_consumer(consumer::pull::OrderedConfig {
                 name: Some("bench_ordered".into()),
@@ -78,12 +51,57 @@ impl Raw {
         let t = Instant::now();
         let got = read(c.messages().await?, payloads.len(), false).await?;
         let consume_ordered = got as f64 / t.elapsed().as_secs_f64();
-        let _ = js.delete_stream("BENCH_RAW").await;
+        let _ = self.js.delete_stream("BENCH_RAW").await;
+        // As validate reads WHALE_INGEST: on a work queue each ack also removes the message,
+        // work nats-server does not do for an ack on a stream that keeps its messages.
+        let (st, _) = self
+            .scratch(
+                nats,
+                "BENCH_RAW_QUEUE",
+                stream::RetentionPolicy::WorkQueue,
+                payloads,
+            )
+            .await?;
+        let consume_ack_queue = consume_acked(&st, payloads.len()).await?;
+        let _ = self.js.delete_stream("BENCH_RAW_QUEUE").await;
         Ok(Rates {
             publish,
             consume_ack,
+            consume_ack_queue,
             consume_ordered,
         })
+    }
+
+    /// A new stream `name` (`retention`) holding `payloads`, and the rate they were published at.
+    async fn scratch(
+        &self,
+        nats: &Nats,
+        name: &str,
+        retention: stream::RetentionPolicy,
+        payloads: &[Vec<u8>],
+    ) -> anyhow::Result<(stream::Stream, f64)> {
+        let _ = self.js.delete_stream(name).await;
+        let subject = format!("bench.{}", name.to_lowercase());
+        let st = self
+            .js
+            .create_stream(stream::Config {
+                name: name.into(),
+                subjects: vec![subject.clone()],
+                retention,
+                ..Default::default()
+            })
+            .await?;
+        let t = Instant::now();
+        let mut w: Window<()> = Window::on(nats, 1024);
+        for (i, p) in payloads.iter().enumerate() {
+            w.send(
+                (),
+                Output::new(subject.clone(), format!("raw-{i}"), p.clone()),
+            )
+            .await;
+        }
+        w.drain().await;
+        Ok((st, payloads.len() as f64 / t.elapsed().as_secs_f64()))
     }
 
     /// Messages per subject under `filter` in `stream`, summed.
@@ -113,12 +131,15 @@ impl Raw {
             subjects::STREAM_PIPE,
         ] {
             let mut st = self.js.get_stream(name).await?;
-            ops.publishes += st.info().await?.state.last_sequence;
+            let info = st.info().await?;
+            ops.publishes += info.state.last_sequence;
+            let queue = info.config.retention == stream::RetentionPolicy::WorkQueue;
             let consumers: Vec<_> = st.consumers().try_collect().await?;
             for c in &consumers {
                 let n = c.delivered.consumer_sequence;
                 match c.config.ack_policy {
                     consumer::AckPolicy::None => ops.unacked += n,
+                    _ if queue => ops.acked_queue += n,
                     _ => ops.acked += n,
                 }
             }
@@ -131,8 +152,11 @@ impl Raw {
 #[derive(Debug, Clone, Copy)]
 pub struct Rates {
     pub publish: f64,
-    /// Pull consume with an ack per message (a durable consumer).
+    /// Pull consume with an ack per message (a durable consumer) on a stream that keeps its
+    /// messages (WHALE_EVENTS, WHALE_PIPE).
     pub consume_ack: f64,
+    /// The same on a work-queue stream, where each ack removes the message (WHALE_INGEST).
+    pub consume_ack_queue: f64,
     /// In-order consume with no ack (an ordered consumer).
     pub consume_ordered: f64,
 }
@@ -141,10 +165,27 @@ pub struct Rates {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ops {
     pub publishes: u64,
-    /// Deliveries of consumers that are acked.
+    /// Deliveries of consumers that are acked, on streams that keep their messages.
     pub acked: u64,
+    /// Deliveries of consumers that are acked, on work-queue streams (each ack removes one).
+    pub acked_queue: u64,
     /// Deliveries of consumers with no acks.
     pub unacked: u64,
+}
+
+/// Pull consume+ack of `n` messages from `st` through a new durable consumer, in messages/s.
+async fn consume_acked(st: &stream::Stream, n: usize) -> anyhow::Result<f64> {
+    let c: consumer::PullConsumer = st
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("bench".into()),
+            max_ack_pending: 20_000,
+            ..Default::default()
+        })
+        .await?;
+    let t = Instant::now();
+    let msgs = c.stream().max_messages_per_batch(512).messages().await?;
+    let got = read(msgs, n, true).await?;
+    Ok(got as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Reads up to `n` messages from `msgs` (acking each when `ack`); the number read.
@@ -187,6 +228,7 @@ impl Reference {
             json!({
                 "raw_publish_per_s": r.publish.round(),
                 "raw_consume_ack_per_s": r.consume_ack.round(),
+                "raw_consume_ack_queue_per_s": r.consume_ack_queue.round(),
                 "raw_consume_ordered_per_s": r.consume_ordered.round(),
                 "jetstream_bound_per_s": bound_of(r).round(),
             })
@@ -196,6 +238,7 @@ impl Reference {
             rates: Rates {
                 publish: mean(|r| r.publish),
                 consume_ack: mean(|r| r.consume_ack),
+                consume_ack_queue: mean(|r| r.consume_ack_queue),
                 consume_ordered: mean(|r| r.consume_ordered),
             },
             bound: (bound_of(before) + bound_of(after)) / 2.0,
