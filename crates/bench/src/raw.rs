@@ -38,6 +38,18 @@ impl Raw {
     /// that keeps its messages and on a work queue, and in-order consume without acks (an
     /// ordered consumer, as the embedded index reads), in messages/s, on scratch streams.
     pub async fn rates(&self, nats: &Nats, payloads: &[Vec<u8>]) -> anyhow::Result<Rates> {
+        // Untimed first: whichever stream was filled first in a measurement was filled 8–13%
+        // slower than the same payloads a moment later (a server warming up), while the pipeline
+        // publishes to a server that has been running.
+        let _ = self
+            .scratch(
+                nats,
+                "BENCH_RAW_WARM",
+                stream::RetentionPolicy::Limits,
+                payloads,
+            )
+            .await?;
+        let _ = self.js.delete_stream("BENCH_RAW_WARM").await;
         let (st, publish) = self
             .scratch(nats, "BENCH_RAW", stream::RetentionPolicy::Limits, payloads)
             .await?;
