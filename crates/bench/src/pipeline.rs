@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use whale_kernel::testkit::{free_port, NatsServer, RedisServer};
 use whale_kernel::{history, subjects, Config, Nats, Output, Window};
 
-use crate::raw::{Rates, Raw, Reference};
+use crate::raw::{Rates, Raw, Reference, Sample as RawSample};
 
 /// What builds every binary a run needs, side by side in one target directory.
 pub const BUILD: &str = "cargo build --release -p whale -p whale-bench -p st2-emulator";
@@ -108,15 +108,18 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
 
     // The raw reference first, on the idle server (and again at the end: see `reference`).
     let n = a.events;
-    let sample = || -> Vec<Vec<u8>> {
-        (0..n.min(100_000))
-            .map(|i| serde_json::to_vec(&event(&a, i, 0)).unwrap())
-            .collect()
+    // As the publisher sends them (`sent_us` as long as a real send time).
+    let sample = || {
+        let sent_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        RawSample::of((0..n.min(100_000)).map(|i| event(&a, i, sent_us)))
     };
     progress(&a, "measuring raw JetStream publish and consume+ack");
-    let payloads = sample();
+    let payloads = sample()?;
     let before = raw.rates(&nats, &payloads).await?;
-    let avg_bytes = payloads.iter().map(Vec::len).sum::<usize>() / payloads.len().max(1);
+    let avg_bytes = payloads.avg_ingest_bytes();
     drop(payloads);
 
     // Schemas and rules through the real CLI paths.
@@ -293,19 +296,25 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let busy = stage_busy(&procs).await;
 
     // Messaging actually done per event, counted on the server.
-    // Each operation priced at its own raw rate: a delivery of a durable consumer with its ack
-    // (on a work queue, where the ack also removes the message, or on a stream that keeps it),
-    // a delivery of an ordered consumer (the embedded index's own reading) without one.
+    // Each operation priced at its own raw rate: a publish of an ingest message or of a record
+    // (twice the bytes: the envelope and the headers every record carries), a delivery of a
+    // durable consumer with its ack (on a work queue, where the ack also removes the message, or
+    // on a stream that keeps it), a delivery of an ordered consumer (the embedded index's own
+    // reading) without one. Deliveries are priced with the messages of their stream: ingest
+    // messages from the work queue, records from the others (pipe records, larger still, at
+    // the rates of event records).
     let ops = raw.ops().await?;
     let per = |x: u64| x as f64 / n as f64;
-    let (p_per, a_per, q_per, u_per) = (
+    let (p_per, i_per, a_per, q_per, u_per) = (
         per(ops.publishes),
+        per(ops.ingest_publishes),
         per(ops.acked),
         per(ops.acked_queue),
         per(ops.unacked),
     );
     let bound_of = |r: Rates| {
-        1.0 / (p_per / r.publish
+        1.0 / (i_per / r.publish
+            + (p_per - i_per) / r.publish_record
             + a_per / r.consume_ack
             + q_per / r.consume_ack_queue
             + u_per / r.consume_ordered)
@@ -339,7 +348,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     stop_all(&mut procs);
     drop(emulator_guard(emulator));
     progress(&a, "measuring raw JetStream publish and consume+ack again");
-    let after = raw.rates(&nats, &sample()).await?;
+    let after = raw.rates(&nats, &sample()?).await?;
     let reference = Reference::of(before, after, bound_of);
     let bound = reference.bound;
 
@@ -359,10 +368,12 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         "p50_ms": pct(0.5).map(round2), "p99_ms": pct(0.99).map(round2),
         "max_ms": lat.last().copied().map(round2),
         "raw_publish_per_s": reference.rates.publish.round(),
+        "raw_publish_record_per_s": reference.rates.publish_record.round(),
         "raw_consume_ack_per_s": reference.rates.consume_ack.round(),
         "raw_consume_ack_queue_per_s": reference.rates.consume_ack_queue.round(),
         "raw_consume_ordered_per_s": reference.rates.consume_ordered.round(),
-        "js_publishes_per_event": round2(p_per), "js_consumes_per_event": round2(a_per + q_per + u_per),
+        "js_publishes_per_event": round2(p_per), "js_ingest_publishes_per_event": round2(i_per),
+        "js_consumes_per_event": round2(a_per + q_per + u_per),
         "js_acked_consumes_per_event": round2(a_per + q_per),
         "js_acked_queue_consumes_per_event": round2(q_per),
         "js_unacked_consumes_per_event": round2(u_per),
@@ -953,7 +964,13 @@ fn print_human(r: &Value) {
         side("reference_after", "raw_publish_per_s")
     );
     println!(
-        "  raw JetStream consume+ack                {:>10.0} msg/s  (before {:.0}, after {:.0})",
+        "  raw JetStream publish, records           {:>10.0} msg/s  (before {:.0}, after {:.0})",
+        f("raw_publish_record_per_s"),
+        side("reference_before", "raw_publish_record_per_s"),
+        side("reference_after", "raw_publish_record_per_s")
+    );
+    println!(
+        "  raw JetStream consume+ack, records       {:>10.0} msg/s  (before {:.0}, after {:.0})",
         f("raw_consume_ack_per_s"),
         side("reference_before", "raw_consume_ack_per_s"),
         side("reference_after", "raw_consume_ack_per_s")
@@ -965,14 +982,15 @@ fn print_human(r: &Value) {
         side("reference_after", "raw_consume_ack_queue_per_s")
     );
     println!(
-        "  raw JetStream consume, in order, no ack  {:>10.0} msg/s  (before {:.0}, after {:.0})",
+        "  raw JetStream consume, records, no ack   {:>10.0} msg/s  (before {:.0}, after {:.0})",
         f("raw_consume_ordered_per_s"),
         side("reference_before", "raw_consume_ordered_per_s"),
         side("reference_after", "raw_consume_ordered_per_s")
     );
     println!(
-        "  JetStream ops per event (counted)        {:>10.2} publishes + {:.2} consumes+acks (of which {:.2} from a work queue) + {:.2} consumes without ack",
+        "  JetStream ops per event (counted)        {:>10.2} publishes (of which {:.2} of ingest messages) + {:.2} consumes+acks (of which {:.2} from a work queue) + {:.2} consumes without ack",
         f("js_publishes_per_event"),
+        f("js_ingest_publishes_per_event"),
         f("js_acked_consumes_per_event"),
         f("js_acked_queue_consumes_per_event"),
         f("js_unacked_consumes_per_event")

@@ -19,7 +19,7 @@ use crate::pipeline::{
     cpu_seconds, memory_mb, round2, sibling, wait_ready, write_rules_per_type, write_schemas,
     ChildEnv,
 };
-use crate::raw::Raw;
+use crate::raw::{Raw, Sample};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -79,7 +79,10 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
         .collect::<Result<_, _>>()?;
     let sample: Vec<Vec<u8>> = payloads.iter().take(REFERENCE_EVENTS).cloned().collect();
     progress(&a, "measuring raw JetStream publish and consume+ack");
-    let raw_consume = raw.rates(&nats, &payloads).await?.consume_ack;
+    let raw_consume = raw
+        .rates(&nats, &Sample::of((0..n).map(|i| event(&a, i)))?)
+        .await?
+        .consume_ack;
 
     let work = tempfile::tempdir()?;
     let schemas_dir = work.path().join("schemas");

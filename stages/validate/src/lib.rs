@@ -241,6 +241,14 @@ impl Validate {
     }
 }
 
+/// The record of an accepted event on `whale.events.<type>` (the worker loop adds the trace
+/// context and ingest time, `kernel::tracectx::carry`). The bench's raw reference publishes
+/// these too, so it moves the messages validate does.
+pub fn accepted(ev: &Envelope) -> Output {
+    Output::json(subjects::events(&ev.event_type), ev.id.clone(), ev)
+        .header(subjects::HDR_EVENT_ID, ev.id.clone())
+}
+
 /// The message for a judged event: accepted on `whale.events.<type>`, or its rejection.
 fn output(judged: Result<Envelope, Box<Rejection>>, d: &Delivery, registry: &Registry) -> Output {
     match judged {
@@ -256,8 +264,7 @@ fn output(judged: Result<Envelope, Box<Rejection>>, d: &Delivery, registry: &Reg
                 "other"
             };
             metrics::ACCEPTED.with_label_values(&[type_label]).inc();
-            Output::json(subjects::events(&ev.event_type), ev.id.clone(), &ev)
-                .header(subjects::HDR_EVENT_ID, ev.id.clone())
+            accepted(&ev)
         }
         Err(rej) => {
             STAGE_EVENTS
