@@ -297,12 +297,12 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
 
     // Messaging actually done per event, counted on the server.
     // Each operation priced at its own raw rate: a publish of an ingest message or of a record
-    // (twice the bytes: the envelope and the headers every record carries), a delivery of a
-    // durable consumer with its ack (on a work queue, where the ack also removes the message, or
-    // on a stream that keeps it), a delivery of an ordered consumer (the embedded index's own
-    // reading) without one. Deliveries are priced with the messages of their stream: ingest
-    // messages from the work queue, records from the others (pipe records, larger still, at
-    // the rates of event records).
+    // (about twice the bytes stored: the envelope and the headers every record carries), a
+    // delivery of a durable consumer with its ack (on a work queue, where the ack also removes
+    // the message, or on a stream that keeps it), a delivery of an ordered consumer (the
+    // embedded index's own reading) without one. Deliveries are priced with the messages of
+    // their stream: ingest messages from the work queue, records from the others (pipe records,
+    // larger still, at the rates of event records).
     let ops = raw.ops().await?;
     let per = |x: u64| x as f64 / n as f64;
     let (p_per, i_per, a_per, q_per, u_per) = (
