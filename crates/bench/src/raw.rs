@@ -197,12 +197,7 @@ impl Sample {
     /// makes of its ingest message (`Validate::judge`, `whale_validate::accepted`) with the
     /// headers the worker loop adds (`tracectx::carry`).
     fn at(events: impl IntoIterator<Item = Value>, now: OffsetDateTime) -> anyhow::Result<Sample> {
-        let validate = whale_validate::Validate {
-            registry: Default::default(),
-            limits: Default::default(),
-            allow_unknown_types: true,
-            hooks: Default::default(),
-        };
+        let validate = validator();
         let (mut ingest, mut records) = (Vec::new(), Vec::new());
         for (i, ev) in events.into_iter().enumerate() {
             let ty = ev["event_type"].as_str().unwrap_or_default().to_owned();
@@ -231,6 +226,16 @@ impl Sample {
     pub fn avg_ingest_bytes(&self) -> usize {
         let n = self.ingest.len().max(1);
         self.ingest.iter().map(|o| o.payload.len()).sum::<usize>() / n
+    }
+}
+
+/// The validate stage as the reference runs it: default limits, any event type (no schemas).
+fn validator() -> whale_validate::Validate {
+    whale_validate::Validate {
+        registry: Default::default(),
+        limits: Default::default(),
+        allow_unknown_types: true,
+        hooks: Default::default(),
     }
 }
 
@@ -384,12 +389,7 @@ mod tests {
             })
             .collect();
         let sample = Sample::at(events.clone(), now).unwrap();
-        let validate = whale_validate::Validate {
-            registry: Default::default(),
-            limits: Default::default(),
-            allow_unknown_types: true,
-            hooks: Default::default(),
-        };
+        let validate = validator();
         for (i, ev) in events.iter().enumerate() {
             let payload = serde_json::to_vec(ev).unwrap();
             let id = format!("bench-{i}");
