@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 use whale_kernel::testkit::{free_port, NatsServer};
-use whale_kernel::{subjects, Config, Output, Window};
+use whale_kernel::{subjects, Config, Window};
 
 use crate::pipeline::{
     cpu_seconds, memory_mb, round2, sibling, wait_ready, write_rules_per_type, write_schemas,
@@ -74,15 +74,16 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let nats = crate::connect(&cfg, "scale").await?;
     let raw = Raw::connect(&nats_server.url()).await?;
     let n = a.events;
-    let payloads: Vec<Vec<u8>> = (0..n)
-        .map(|i| serde_json::to_vec(&event(&a, i)))
-        .collect::<Result<_, _>>()?;
-    let sample: Vec<Vec<u8>> = payloads.iter().take(REFERENCE_EVENTS).cloned().collect();
+    // The events as published to whale.in (the backlog below) and as validate's records.
+    let events = Sample::of((0..n).map(|i| event(&a, i)))?;
+    let sample: Vec<Vec<u8>> = events
+        .ingest
+        .iter()
+        .take(REFERENCE_EVENTS)
+        .map(|o| o.payload.to_vec())
+        .collect();
     progress(&a, "measuring raw JetStream publish and consume+ack");
-    let raw_consume = raw
-        .rates(&nats, &Sample::of((0..n).map(|i| event(&a, i)))?)
-        .await?
-        .consume_ack;
+    let raw_consume = raw.rates(&nats, &events).await?.consume_ack;
 
     let work = tempfile::tempdir()?;
     let schemas_dir = work.path().join("schemas");
@@ -106,13 +107,8 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     // The backlog: every event accepted by validate, then validate stopped.
     progress(&a, &format!("accepting {n} events into the backlog"));
     let mut w: Window<()> = Window::on(&nats, 1024);
-    for (i, p) in payloads.into_iter().enumerate() {
-        let ty = format!("bench.t{:03}", i % a.types);
-        w.send(
-            (),
-            Output::new(subjects::ingest(&ty), format!("scale-{i:010}"), p),
-        )
-        .await;
+    for out in events.ingest {
+        w.send((), out).await;
     }
     w.drain().await;
     let mut validate = spawn(&env, "validate", 1, work.path()).await?;

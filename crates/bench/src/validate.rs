@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::watch;
 use whale_kernel::testkit::NatsServer;
-use whale_kernel::{kv, setup, subjects, worker, Config, Health, Output, Stage as _, Window};
+use whale_kernel::{kv, setup, subjects, worker, Config, Health, Stage as _, Window};
 
 use crate::raw::{Rates, Raw, Reference, Sample};
 
@@ -53,13 +53,11 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let nats = crate::connect(&cfg, "validate").await?;
     let raw = Raw::connect(&cfg.nats.urls[0]).await?;
     let n = a.events;
-    let payloads: Vec<Vec<u8>> = (0..n)
-        .map(|i| serde_json::to_vec(&sample(i)).unwrap())
-        .collect();
-    let avg = payloads.iter().map(Vec::len).sum::<usize>() / n.max(1);
+    // The events as published to whale.in (what validate reads below) and as its records.
+    let events = Sample::of((0..n).map(sample))?;
+    let avg = events.avg_ingest_bytes();
 
-    let reference_sample = Sample::of((0..n).map(sample))?;
-    let before = raw.rates(&nats, &reference_sample).await?;
+    let before = raw.rates(&nats, &events).await?;
 
     setup::setup(&nats, &cfg).await?;
     let schema = json!({"event_type": "bench.disk", "version": 1, "digest": "bench", "schema": {
@@ -75,13 +73,8 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     )
     .await?;
     let mut w: Window<()> = Window::on(&nats, 1024);
-    for (i, p) in payloads.iter().enumerate() {
-        let out = Output::new(
-            subjects::ingest("bench.disk"),
-            format!("bench-{i:09}"),
-            p.clone(),
-        );
-        w.send((), out).await;
+    for out in &events.ingest {
+        w.send((), out.clone()).await;
     }
     w.drain().await;
 
@@ -124,7 +117,7 @@ pub async fn run(mut cfg: Config, a: Args) -> anyhow::Result<ExitCode> {
     let validate = n as f64 / secs;
     // The reference again with validate stopped (the machine's load can change within a run):
     // the bound is the mean of both.
-    let after = raw.rates(&nats, &reference_sample).await?;
+    let after = raw.rates(&nats, &events).await?;
     // One validated event costs one consume+ack of an ingest message from the work queue and
     // one publish of its record: that is the bound.
     let bound_of = |r: Rates| 1.0 / (1.0 / r.publish_record + 1.0 / r.consume_ack_queue);
